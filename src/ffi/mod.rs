@@ -1,0 +1,1 @@
+//! The C ABI: thin wrappers over the Rust API (issue 4).

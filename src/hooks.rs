@@ -1,0 +1,98 @@
+//! User hooks of the process engine and the command producer's contract.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::error::HookError;
+
+/// Process ids as the C ABI and the OS see them.
+pub type Pid = i32;
+
+/// Outcome of a hook that may veto: an error stops the master (children are stopped and reaped
+/// first) and is returned from `listen_and_serve`.
+pub type HookResult = Result<(), HookError>;
+
+/// Environment variable that marks a child; its value is `1`.
+pub const CHILD_ENV: &str = "PREFORK_CHILD";
+/// The descriptor at which a child finds its listener.
+pub const LISTENER_FD: RawFd = 3;
+/// The descriptor at which a child finds its end of the lifeline socket.
+pub const LIFELINE_FD: RawFd = 4;
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    /// Exited with this status code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+/// Hooks of the master (and, for `on_master_death`, of each child). All run on the thread that
+/// called `listen_and_serve`; a hook that panics counts as a hook error.
+#[derive(Default)]
+#[allow(clippy::type_complexity)]
+pub struct Hooks {
+    /// After each child is started, initial or replacement. An error aborts.
+    pub on_child_spawn: Option<Box<dyn FnMut(Pid) -> HookResult + Send>>,
+    /// Once, when every initial child has reported "listening". An error aborts.
+    pub on_master_ready: Option<Box<dyn FnMut(&[Pid]) -> HookResult + Send>>,
+    /// After an exited child was replaced (old pid, new pid), following `on_child_spawn`.
+    /// An error aborts.
+    pub on_child_recover: Option<Box<dyn FnMut(Pid, Pid) -> HookResult + Send>>,
+    /// After a child exited and was reaped, before any replacement.
+    pub on_child_exit: Option<Box<dyn FnMut(Pid, ChildExit) + Send>>,
+    /// In a child, once, when its master is gone; the child then drains and exits.
+    pub on_master_death: Option<Box<dyn FnMut() + Send>>,
+    /// Starts a child instead of the default re-exec; returns its pid.
+    pub command_producer: Option<Box<dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send>>,
+}
+
+/// What the command producer is asked to start.
+///
+/// The contract: the started process must have `PREFORK_CHILD=1` in its environment, the
+/// listener at fd 3 and the lifeline at fd 4, and must call `listen_and_serve`. Both
+/// descriptors are close-on-exec in the master; [`SpawnRequest::command`] builds a
+/// `Command` that honours all of this and can be adjusted before `spawn()`.
+#[derive(Debug)]
+pub struct SpawnRequest {
+    /// The listener to place at fd 3.
+    pub listener_fd: RawFd,
+    /// The lifeline socket end to place at fd 4.
+    pub lifeline_fd: RawFd,
+    /// Index of the child slot (0-based); a replacement gets its predecessor's slot.
+    pub slot: usize,
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+}
+
+impl SpawnRequest {
+    /// The default child command: the current executable with the master's argv, the marker
+    /// set (replacing any inherited value) and both descriptors in place.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        if let Some(arg0) = self.args.first() {
+            cmd.arg0(arg0);
+        }
+        cmd.args(self.args.iter().skip(1));
+        cmd.env(CHILD_ENV, "1");
+        let placements = [(self.listener_fd, LISTENER_FD), (self.lifeline_fd, LIFELINE_FD)];
+        // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe. The
+        // sources are above LIFELINE_FD (the master dups them there), so placing one never
+        // clobbers the other.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (from, to) in placements {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
