@@ -92,7 +92,8 @@ impl ProcessConfig {
 
     /// The recover threshold after resolving the default.
     pub fn effective_recover_threshold(&self) -> usize {
-        self.recover_threshold.unwrap_or_else(|| (self.effective_children() / 2).max(1))
+        self.recover_threshold
+            .unwrap_or_else(|| (self.effective_children() / 2).max(1))
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -103,7 +104,10 @@ impl ProcessConfig {
             )));
         }
         if self.backlog < 1 {
-            return Err(Error::invalid(format!("backlog = {} must be at least 1", self.backlog)));
+            return Err(Error::invalid(format!(
+                "backlog = {} must be at least 1",
+                self.backlog
+            )));
         }
         if self.startup_timeout.is_zero() {
             return Err(Error::invalid("startup_timeout must be above zero"));

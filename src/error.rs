@@ -39,7 +39,10 @@ pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// An OS error with a description of what was being attempted.

@@ -79,10 +79,13 @@ impl SpawnRequest {
         }
         cmd.args(self.args.iter().skip(1));
         cmd.env(CHILD_ENV, "1");
-        let placements = [(self.listener_fd, LISTENER_FD), (self.lifeline_fd, LIFELINE_FD)];
-        // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe. The
-        // sources are above LIFELINE_FD (the master dups them there), so placing one never
-        // clobbers the other.
+        let placements = [
+            (self.listener_fd, LISTENER_FD),
+            (self.lifeline_fd, LIFELINE_FD),
+        ];
+        // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range, fcntl)
+        // and allocates nothing. The sources are above LIFELINE_FD (the master dups them
+        // there), so placing one never clobbers the other.
         unsafe {
             cmd.pre_exec(move || {
                 for (from, to) in placements {
@@ -90,9 +93,40 @@ impl SpawnRequest {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                cloexec_fds_above(LIFELINE_FD);
                 Ok(())
             });
         }
         cmd
+    }
+}
+
+/// Marks every descriptor above `last` close-on-exec: a C host's descriptors opened without it
+/// must not reach the children. Marking rather than closing keeps the pipe through which std
+/// reports a failed exec. Runs between fork and exec, so only raw syscalls.
+fn cloexec_fds_above(last: RawFd) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let first = (last + 1) as libc::c_uint;
+    // SAFETY: close_range and fcntl take plain integers; unknown numbers fail harmlessly.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        // Kernels before 5.11: one by one up to the descriptor limit.
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20) as RawFd
+        } else {
+            1024
+        };
+        for fd in first as RawFd..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }

@@ -41,7 +41,12 @@ impl Logger for StderrLogger {
             return;
         }
         // One write per line so lines of concurrent processes do not interleave.
-        let line = format!("prefork[{}] {}: {}\n", std::process::id(), level.as_str(), message);
+        let line = format!(
+            "prefork[{}] {}: {}\n",
+            std::process::id(),
+            level.as_str(),
+            message
+        );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }

@@ -1,6 +1,175 @@
-//! Child bootstrap (being written).
+//! Child bootstrap: check and adopt the inherited descriptors, arm the master-death
+//! detection, install signal handlers, run the handler's per-child init, report "listening"
+//! to the master, serve, and run the per-child exit.
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use crate::{Config, Error, Handler, Hooks, Logger};
-pub(crate) fn run(_c: &Config, _h: &mut Hooks, _hd: &Arc<dyn Handler>, _l: &dyn Logger) -> Result<(), Error> {
-    Err(Error::new(crate::ErrorKind::InvalidState, "not yet"))
+
+use crate::config::Config;
+use crate::control::{self, Role, SignalGuard};
+use crate::error::{Error, ErrorKind, panic_message};
+use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
+use crate::http::{self, Handler, ServeControl};
+use crate::log::{Level, Logger};
+
+/// What a child writes on its lifeline once it is about to accept connections.
+pub(crate) const READY_BYTE: u8 = b'R';
+
+pub(crate) fn run(
+    config: &Config,
+    hooks: &mut Hooks,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+) -> Result<(), Error> {
+    check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
+    check_inherited(
+        LIFELINE_FD,
+        libc::SO_DOMAIN,
+        libc::AF_UNIX,
+        "the lifeline socket",
+    )?;
+    // The descriptors arrived without close-on-exec; anything this child runs must not
+    // inherit them (a grandchild holding the lifeline would hide the master's death).
+    for fd in [LISTENER_FD, LIFELINE_FD] {
+        // SAFETY: fcntl on descriptors just checked to be open sockets.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: fd 3 is a listening socket handed to this process to own.
+    let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
+    // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
+    // lost. SIGTERM (not SIGKILL) so the backup also drains.
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    raise_fd_limit();
+
+    let wake_fd =
+        control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
+    let _signals = if config.process.handle_signals {
+        Some(
+            SignalGuard::install(Role::Child)
+                .map_err(|e| Error::io(ErrorKind::Io, "install signal handlers", e))?,
+        )
+    } else {
+        None
+    };
+
+    user_code("init_child", || {
+        handler.init_child().map_err(|e| e.to_string())
+    })?;
+    send_ready()?;
+
+    let ctl = ServeControl {
+        wake_fd,
+        lifeline_fd: Some(LIFELINE_FD),
+        on_master_death: hooks
+            .on_master_death
+            .as_deref_mut()
+            .map(|f| f as &mut (dyn FnMut() + Send)),
+        grace_period: config.process.grace_period,
+    };
+    let served = http::serve(listener, handler, &config.http, ctl, log);
+    if let Err(e) = user_code("exit_child", || {
+        handler.exit_child();
+        Ok(())
+    }) {
+        log.log(Level::Error, e.message());
+    }
+    served
+}
+
+/// Fails with a message that points at the cause when `fd` is not what a master passes.
+fn check_inherited(
+    fd: RawFd,
+    option: libc::c_int,
+    expected: libc::c_int,
+    what: &str,
+) -> Result<(), Error> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid out pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || value != expected {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "PREFORK_CHILD=1 is set but fd {fd} is not {what} ({}): this process must be \
+                 started by a prefork master (or a command producer that passes the listener at \
+                 fd 3 and the lifeline at fd 4)",
+                if r != 0 {
+                    io::Error::last_os_error().to_string()
+                } else {
+                    "wrong kind of socket".into()
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn send_ready() -> Result<(), Error> {
+    // SAFETY: sending one byte from a valid buffer; MSG_NOSIGNAL keeps a dead master from
+    // raising SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            LIFELINE_FD,
+            (&READY_BYTE as *const u8).cast(),
+            1,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n != 1 {
+        return Err(Error::io(
+            ErrorKind::Io,
+            "report ready to the master",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Lifts the soft RLIMIT_NOFILE to the hard limit, as the Go runtime does: a server that
+/// keeps thousands of connections must not stop at the historical 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Runs handler code that is not a request: an error or a panic becomes an `Error`.
+fn user_code(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Error> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::new(
+            ErrorKind::Hook,
+            format!("handler {name} failed: {e}"),
+        )),
+        Err(p) => Err(Error::new(
+            ErrorKind::Hook,
+            format!("handler {name} panicked: {}", panic_message(&*p)),
+        )),
+    }
 }

@@ -1,0 +1,281 @@
+//! The orchestrator's tools: start a master as a subprocess, read its event lines, talk HTTP
+//! to it, and prove that no process outlives a test. The orchestrator is a child subreaper,
+//! so children orphaned by a killed master come back to it and can be reaped and counted.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+pub type Outcome = Result<(), String>;
+
+/// Fails the current test with a message.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+pub fn become_subreaper() {
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+pub struct Master {
+    proc: Child,
+    lines: Receiver<String>,
+    /// Every line seen so far, in order.
+    pub seen: Vec<String>,
+    pub started: Instant,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Master {
+    pub fn start(env: &[(&str, &str)]) -> Master {
+        Master::start_with(env, |_| {})
+    }
+
+    pub fn start_with(env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Master {
+        let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+        cmd.env("PF_SCENARIO", "1")
+            .env_remove("PREFORK_CHILD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        adjust(&mut cmd);
+        let started = Instant::now();
+        let mut proc = cmd.spawn().expect("start master");
+        let (tx, rx) = channel();
+        let out = proc.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = proc.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Master {
+            proc,
+            lines: rx,
+            seen: Vec::new(),
+            started,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.id() as i32
+    }
+
+    /// Waits for the next line starting with `prefix`; returns the rest of it.
+    pub fn expect(&mut self, prefix: &str, within: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.to_string());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "no {prefix:?} line within {within:?}; {}",
+                        self.context()
+                    ));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "master closed stdout before {prefix:?}; {}",
+                        self.context()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads every line until the master's stdout closes.
+    pub fn drain(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+    }
+
+    pub fn context(&self) -> String {
+        format!(
+            "lines {:?}; stderr: {}",
+            self.seen,
+            self.stderr.lock().unwrap().trim_end()
+        )
+    }
+
+    pub fn pid_list(&self, prefix: &str) -> Vec<i32> {
+        self.seen
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.proc.try_wait().map_err(|e| e.to_string())? {
+                self.drain(Duration::from_secs(2));
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "master still running after {within:?}; {}",
+                    self.context()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Starts a master and waits for it to be ready; returns (children, port).
+    pub fn ready(&mut self) -> Result<(Vec<i32>, u16), String> {
+        let pids = self.expect("ready ", Duration::from_secs(10))?;
+        let pids: Vec<i32> = pids.split(',').map(|p| p.parse().expect("pid")).collect();
+        let port = self.port()?;
+        Ok((pids, port))
+    }
+
+    pub fn port(&mut self) -> Result<u16, String> {
+        if let Some(p) = self.seen.iter().find_map(|l| l.strip_prefix("port ")) {
+            return Ok(p.parse().expect("port"));
+        }
+        Ok(self
+            .expect("port ", Duration::from_secs(10))?
+            .parse()
+            .expect("port"))
+    }
+
+    /// Every pid this master ever reported spawning.
+    pub fn all_children(&self) -> Vec<i32> {
+        self.pid_list("spawn ")
+    }
+}
+
+impl Drop for Master {
+    /// A failed test must not leave its processes behind either.
+    fn drop(&mut self) {
+        if self.proc.try_wait().ok().flatten().is_none() {
+            let _ = self.proc.kill();
+            let _ = self.proc.wait();
+        }
+        for pid in self.all_children() {
+            if alive(pid) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = all_gone(&self.all_children(), Duration::from_secs(2));
+    }
+}
+
+/// True while `pid` exists and is not a zombie; reaps it if it is our zombie.
+pub fn alive(pid: i32) -> bool {
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits until none of `pids` is alive; returns how long that took.
+pub fn all_gone(pids: &[i32], within: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return Err(format!("processes {left:?} still alive after {within:?}"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// One HTTP request on a fresh connection; returns the body.
+pub fn get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!(
+            "unexpected response {text:?}"
+        ))),
+    }
+}
+
+/// The socket inode a descriptor of `pid` points at (`socket:[N]`), if any.
+pub fn fd_target(pid: i32, fd: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+pub fn fd_targets(pid: i32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in dir.flatten() {
+            let fd = entry.file_name().to_string_lossy().into_owned();
+            if let Some(t) = fd_target(pid, &fd) {
+                out.push((fd, t));
+            }
+        }
+    }
+    out
+}
+
+pub fn environ(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .map(|kv| String::from_utf8_lossy(kv).into_owned())
+        .collect()
+}

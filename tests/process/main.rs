@@ -1,0 +1,596 @@
+//! Process-engine suite: hooks, readiness, respawn, recovery policy, graceful and forced
+//! shutdown, master death, descriptor hygiene, reuseport, hook failures and command-producer
+//! misuse. Every test runs real processes, is bounded in time and proves that none is left.
+//!
+//! Run one test: `cargo test --test process -- NAME_SUBSTRING`.
+
+mod harness;
+mod scenario;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::{Master, Outcome, alive, all_gone, environ, fd_target, fd_targets, get};
+
+type Test = fn() -> Outcome;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn main() {
+    if std::env::var_os("PF_SCENARIO").is_some() {
+        std::process::exit(scenario::run());
+    }
+    harness::become_subreaper();
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let tests: &[(&str, Test)] = &[
+        (
+            "hooks_fire_in_order_and_sigterm_stops_cleanly",
+            hooks_fire_in_order_and_sigterm_stops_cleanly,
+        ),
+        (
+            "killed_child_is_replaced_without_refused_connections",
+            killed_child_is_replaced_without_refused_connections,
+        ),
+        (
+            "crash_loop_ends_in_over_recovery",
+            crash_loop_ends_in_over_recovery,
+        ),
+        ("recover_interval_is_honoured", recover_interval_is_honoured),
+        (
+            "recover_interval_does_not_delay_shutdown",
+            recover_interval_does_not_delay_shutdown,
+        ),
+        (
+            "child_ignoring_sigterm_is_killed_after_grace",
+            child_ignoring_sigterm_is_killed_after_grace,
+        ),
+        ("second_sigint_stops_at_once", second_sigint_stops_at_once),
+        (
+            "master_kill9_takes_children_down",
+            master_kill9_takes_children_down,
+        ),
+        (
+            "no_master_descriptor_reaches_a_child",
+            no_master_descriptor_reaches_a_child,
+        ),
+        (
+            "reuseport_conflict_is_reported_at_once",
+            reuseport_conflict_is_reported_at_once,
+        ),
+        (
+            "reuseport_replacement_gets_its_slot_socket",
+            reuseport_replacement_gets_its_slot_socket,
+        ),
+        (
+            "hook_errors_and_panics_clean_up",
+            hook_errors_and_panics_clean_up,
+        ),
+        (
+            "command_producer_misuse_is_a_clear_error",
+            command_producer_misuse_is_a_clear_error,
+        ),
+        (
+            "custom_command_producer_and_marker",
+            custom_command_producer_and_marker,
+        ),
+        ("startup_timeout_is_an_error", startup_timeout_is_an_error),
+        (
+            "bad_addresses_are_clear_errors",
+            bad_addresses_are_clear_errors,
+        ),
+        (
+            "default_child_count_follows_cpu_affinity",
+            default_child_count_follows_cpu_affinity,
+        ),
+        ("ipv6_listener_serves", ipv6_listener_serves),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let start = Instant::now();
+        let result = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("test panicked".into()));
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "test process::{name} ... ok ({} ms)",
+                    start.elapsed().as_millis()
+                );
+            }
+            Err(why) => {
+                failed += 1;
+                println!("test process::{name} ... FAILED\n    {why}");
+            }
+        }
+    }
+    println!("\nprocess suite: {passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+fn measure(what: &str, d: Duration) {
+    println!("    measure: {what}: {:.2} ms", d.as_secs_f64() * 1000.0);
+}
+
+/// SIGTERM, exit status 0, "result ok", and every process gone.
+fn stop_cleanly(m: &mut Master) -> Outcome {
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(10 * SEC)?;
+    ensure!(
+        status.code() == Some(0),
+        "master exit {status:?}; {}",
+        m.context()
+    );
+    ensure!(
+        m.seen.iter().any(|l| l == "result ok"),
+        "no result ok; {}",
+        m.context()
+    );
+    all_gone(&m.all_children(), 2 * SEC)?;
+    Ok(())
+}
+
+fn expect_failure(m: &mut Master, kind: &str, needle: &str) -> Outcome {
+    let status = m.wait_exit(10 * SEC)?;
+    ensure!(
+        status.code() == Some(1),
+        "master exit {status:?}; {}",
+        m.context()
+    );
+    let result = m
+        .seen
+        .iter()
+        .find(|l| l.starts_with("result "))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        result.starts_with(&format!("result err {kind} ")) && result.contains(needle),
+        "expected {kind} error containing {needle:?}, got {result:?}; {}",
+        m.context()
+    );
+    all_gone(&m.all_children(), 2 * SEC)?;
+    Ok(())
+}
+
+fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, port) = m.ready()?;
+    measure("start to master-ready, 2 children", m.started.elapsed());
+    let events: Vec<&str> = m
+        .seen
+        .iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .filter(|e| *e != "port")
+        .collect();
+    ensure!(
+        events == ["spawn", "spawn", "ready"],
+        "event order {events:?}"
+    );
+    ensure!(
+        ready == m.all_children(),
+        "ready pids {ready:?} differ from spawned {:?}",
+        m.all_children()
+    );
+    for _ in 0..4 {
+        let pid: i32 = get(port, "/pid")
+            .map_err(|e| e.to_string())?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        ensure!(
+            ready.contains(&pid),
+            "served by {pid}, not a child of {ready:?}"
+        );
+    }
+    stop_cleanly(&mut m)?;
+    for pid in &ready {
+        ensure!(
+            m.seen.contains(&format!("exit {pid} code 0")),
+            "child {pid} did not exit 0; {}",
+            m.context()
+        );
+    }
+    Ok(())
+}
+
+fn killed_child_is_replaced_without_refused_connections() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1")]);
+    let (ready, port) = m.ready()?;
+    let old = ready[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, refused, served) = (stop.clone(), refused.clone(), served.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match get(port, "/pid") {
+                    Ok(_) => served.fetch_add(1, Ordering::Relaxed),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    // A request in flight on the killed child may be reset: not a refusal.
+                    Err(_) => 0,
+                };
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Instant::now();
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new: i32 = recover
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or("bad recover line")?;
+    ensure!(
+        recover == format!("{old} {new}") && new != old,
+        "recover line {recover:?}"
+    );
+    let serving = loop {
+        if get(port, "/pid").ok().and_then(|b| b.parse::<i32>().ok()) == Some(new) {
+            break killed.elapsed();
+        }
+        ensure!(killed.elapsed() < 5 * SEC, "replacement {new} never served");
+    };
+    measure("kill -9 of a child to its replacement serving", serving);
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    client.join().map_err(|_| "client panicked")?;
+    ensure!(
+        refused.load(Ordering::Relaxed) == 0,
+        "{} connections refused during respawn",
+        refused.load(Ordering::Relaxed)
+    );
+    ensure!(
+        served.load(Ordering::Relaxed) > 10,
+        "steady client got only {} responses",
+        served.load(Ordering::Relaxed)
+    );
+    ensure!(!alive(old), "killed child {old} still alive");
+    stop_cleanly(&mut m)
+}
+
+fn crash_loop_ends_in_over_recovery() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_THRESHOLD", "3"),
+        ("PF_CHILD_INIT", "fail"),
+    ]);
+    expect_failure(&mut m, "OverRecovery", "above the recover threshold of 3")?;
+    // The fourth exit ends it; replacements in backoff when it comes are never started.
+    let exits = m.pid_list("exit ").len();
+    let spawns = m.all_children().len();
+    ensure!(exits == 4, "{exits} exits for threshold 3; {}", m.context());
+    ensure!(
+        (3..=5).contains(&spawns),
+        "{spawns} spawns for threshold 3 with 2 children; {}",
+        m.context()
+    );
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("ready ")),
+        "master-ready fired for children that never listened"
+    );
+    Ok(())
+}
+
+fn recover_interval_is_honoured() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_INTERVAL_MS", "300")]);
+    let (ready, _) = m.ready()?;
+    let killed = Instant::now();
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    m.expect("exit ", 5 * SEC)?;
+    m.expect("spawn ", 5 * SEC)?;
+    let waited = killed.elapsed();
+    measure("kill to respawn with recover_interval 300 ms", waited);
+    ensure!(
+        waited >= Duration::from_millis(300),
+        "respawned after {waited:?}, before the 300 ms interval"
+    );
+    ensure!(waited < 2 * SEC, "respawn took {waited:?}");
+    stop_cleanly(&mut m)
+}
+
+fn recover_interval_does_not_delay_shutdown() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_INTERVAL_MS", "10000")]);
+    let (ready, _) = m.ready()?;
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    m.expect("exit ", 5 * SEC)?;
+    let asked = Instant::now();
+    stop_cleanly(&mut m)?;
+    let took = asked.elapsed();
+    measure("SIGTERM to master exit while a respawn waits 10 s", took);
+    ensure!(
+        took < 2 * SEC,
+        "shutdown waited {took:?} for the recover interval"
+    );
+    ensure!(
+        m.all_children().len() == 1,
+        "a replacement was started during shutdown"
+    );
+    Ok(())
+}
+
+fn child_ignoring_sigterm_is_killed_after_grace() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_GRACE_MS", "400"),
+        ("PF_CHILD_IGNORE_TERM", "1"),
+    ]);
+    let (ready, _) = m.ready()?;
+    let asked = Instant::now();
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(10 * SEC)?;
+    let took = asked.elapsed();
+    measure(
+        "SIGTERM to master exit with children ignoring SIGTERM, grace 400 ms",
+        took,
+    );
+    ensure!(status.code() == Some(0), "master exit {status:?}");
+    ensure!(
+        took >= Duration::from_millis(400),
+        "children killed after {took:?}, before the grace period"
+    );
+    ensure!(took < 3 * SEC, "stop took {took:?}");
+    for pid in &ready {
+        ensure!(
+            m.seen.contains(&format!("exit {pid} signal 9")),
+            "child {pid} not SIGKILLed; {}",
+            m.context()
+        );
+    }
+    all_gone(&ready, 2 * SEC).map(|_| ())
+}
+
+fn second_sigint_stops_at_once() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_GRACE_MS", "20000"),
+        ("PF_CHILD_IGNORE_TERM", "1"),
+    ]);
+    let (ready, _) = m.ready()?;
+    m.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(150));
+    let asked = Instant::now();
+    m.signal(libc::SIGINT);
+    let status = m.wait_exit(5 * SEC)?;
+    ensure!(
+        asked.elapsed() < SEC,
+        "second SIGINT took {:?}",
+        asked.elapsed()
+    );
+    ensure!(status.code() == Some(0), "master exit {status:?}");
+    all_gone(&ready, 2 * SEC).map(|_| ())
+}
+
+fn master_kill9_takes_children_down() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, _) = m.ready()?;
+    m.signal(libc::SIGKILL);
+    let took = all_gone(&ready, 5 * SEC)?;
+    measure("kill -9 of the master to the last child's exit", took);
+    ensure!(took < SEC, "children outlived the master by {took:?}");
+    Ok(())
+}
+
+fn no_master_descriptor_reaches_a_child() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_LEAK_FD", "1")]);
+    let (ready, _) = m.ready()?;
+    let child = ready[0];
+    let master_targets: Vec<String> = fd_targets(m.pid()).into_iter().map(|(_, t)| t).collect();
+    let listener = fd_target(child, "3").ok_or("child has no fd 3")?;
+    ensure!(listener.starts_with("socket:"), "fd 3 is {listener}");
+    ensure!(
+        master_targets.contains(&listener),
+        "fd 3 of the child is not the master's listener"
+    );
+    for (fd, target) in fd_targets(child) {
+        let n: i32 = fd.parse().unwrap();
+        if n <= 4 {
+            continue;
+        }
+        ensure!(
+            !master_targets.contains(&target) && target != "/dev/null",
+            "child fd {fd} -> {target} came from the master (master has {master_targets:?})"
+        );
+    }
+    stop_cleanly(&mut m)
+}
+
+fn reuseport_conflict_is_reported_at_once() -> Outcome {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = holder.local_addr().unwrap().to_string();
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_REUSEPORT", "1"),
+        ("PF_ADDR", &addr),
+    ]);
+    let started = Instant::now();
+    expect_failure(&mut m, "Bind", &format!("bind {addr}"))?;
+    ensure!(
+        started.elapsed() < 2 * SEC,
+        "bind error took {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        m.context().contains("in use"),
+        "error does not name the cause; {}",
+        m.context()
+    );
+    ensure!(
+        m.all_children().is_empty(),
+        "children were spawned despite the bind error"
+    );
+    Ok(())
+}
+
+fn reuseport_replacement_gets_its_slot_socket() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_REUSEPORT", "1")]);
+    let (ready, port) = m.ready()?;
+    let sockets: Vec<String> = ready
+        .iter()
+        .map(|&p| fd_target(p, "3").unwrap_or_default())
+        .collect();
+    ensure!(
+        sockets[0] != sockets[1],
+        "both children share one socket in reuseport mode: {sockets:?}"
+    );
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new: i32 = recover
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or("bad recover line")?;
+    m.expect("port ", 5 * SEC)?;
+    ensure!(
+        fd_target(new, "3").as_ref() == Some(&sockets[0]),
+        "replacement got another socket"
+    );
+    get(port, "/").map_err(|e| e.to_string())?;
+    stop_cleanly(&mut m)
+}
+
+fn hook_errors_and_panics_clean_up() -> Outcome {
+    for (fail, needle) in [
+        ("spawn-error", "on_child_spawn hook failed: spawn says no"),
+        ("spawn-panic", "on_child_spawn hook panicked: spawn blew up"),
+        ("ready-error", "on_master_ready hook failed: ready says no"),
+        (
+            "ready-panic",
+            "on_master_ready hook panicked: ready blew up",
+        ),
+        (
+            "recover-error",
+            "on_child_recover hook failed: recover says no",
+        ),
+    ] {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_FAIL", fail)]);
+        if fail.starts_with("recover") {
+            let (ready, _) = m.ready()?;
+            unsafe { libc::kill(ready[0], libc::SIGKILL) };
+        }
+        expect_failure(&mut m, "Hook", needle).map_err(|e| format!("{fail}: {e}"))?;
+        ensure!(
+            !m.all_children().is_empty(),
+            "{fail}: no child was ever spawned"
+        );
+    }
+    Ok(())
+}
+
+fn command_producer_misuse_is_a_clear_error() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_PRODUCER", "zero")]);
+    expect_failure(&mut m, "Spawn", "returned pid 0: it must start the child")?;
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_PRODUCER", "error")]);
+    expect_failure(&mut m, "Spawn", "command_producer hook failed: no capacity")?;
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_PRODUCER", "nomarker")]);
+    expect_failure(&mut m, "Spawn", "without PREFORK_CHILD=1")?;
+    Ok(())
+}
+
+fn custom_command_producer_and_marker() -> Outcome {
+    // An inherited marker of another value must be replaced, not duplicated.
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_PRODUCER", "custom"),
+        ("PREFORK_CHILD", "0"),
+    ]);
+    let (ready, port) = m.ready()?;
+    for (slot, pid) in ready.iter().enumerate() {
+        let env = environ(*pid);
+        let markers: Vec<&String> = env
+            .iter()
+            .filter(|kv| kv.starts_with("PREFORK_CHILD="))
+            .collect();
+        ensure!(
+            markers == ["PREFORK_CHILD=1"],
+            "child {pid} markers {markers:?}"
+        );
+        ensure!(
+            env.contains(&format!("PF_CUSTOM=slot{slot}")),
+            "child {pid} lacks the producer's variable"
+        );
+    }
+    get(port, "/").map_err(|e| e.to_string())?;
+    stop_cleanly(&mut m)
+}
+
+fn startup_timeout_is_an_error() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_STARTUP_MS", "300"),
+        ("PF_CHILD_INIT", "sleep"),
+        ("PF_GRACE_MS", "200"),
+    ]);
+    let started = Instant::now();
+    expect_failure(
+        &mut m,
+        "StartupTimeout",
+        "did not report listening within 300ms",
+    )?;
+    ensure!(started.elapsed() < 8 * SEC, "took {:?}", started.elapsed());
+    Ok(())
+}
+
+fn bad_addresses_are_clear_errors() -> Outcome {
+    for (addr, network, needle) in [
+        ("127.0.0.1:99999", "tcp4", "port \"99999\" is not 0..=65535"),
+        ("127.0.0.1", "tcp4", "expected HOST:PORT"),
+        ("127.0.0.1:0", "tcp6", "has no IPv6 (network tcp6) address"),
+        ("[::1]:0", "tcp4", "has no IPv4 (network tcp4) address"),
+        ("no-such-host.invalid:80", "tcp4", "cannot resolve host"),
+    ] {
+        let mut m = Master::start(&[("PF_ADDR", addr), ("PF_NETWORK", network)]);
+        expect_failure(&mut m, "Bind", needle).map_err(|e| format!("{addr} {network}: {e}"))?;
+        ensure!(
+            m.all_children().is_empty(),
+            "children spawned for a bad address"
+        );
+    }
+    Ok(())
+}
+
+fn default_child_count_follows_cpu_affinity() -> Outcome {
+    use std::os::unix::process::CommandExt;
+    let mut m = Master::start_with(&[], |cmd| unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    });
+    let (ready, _) = m.ready()?;
+    ensure!(
+        ready.len() == 1,
+        "{} children on one allowed CPU",
+        ready.len()
+    );
+    stop_cleanly(&mut m)
+}
+
+fn ipv6_listener_serves() -> Outcome {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("    skipped: no IPv6 loopback here");
+        return Ok(());
+    }
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_NETWORK", "tcp6"),
+        ("PF_ADDR", "[::1]:0"),
+    ]);
+    let (_, port) = m.ready()?;
+    let mut s = TcpStream::connect(("::1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(5 * SEC)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    ensure!(out.starts_with("HTTP/1.1 200"), "response {out:?}");
+    stop_cleanly(&mut m)
+}

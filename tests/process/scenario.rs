@@ -1,0 +1,157 @@
+//! The server side of the suite: this same binary run as a master (and, re-executed by it, as
+//! its children). Environment variables choose the configuration and the misbehaviour under
+//! test; hooks print one line per event on stdout for the orchestrator to read.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use prefork::{ChildExit, Handler, Prefork, Request, Response};
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn num(name: &str) -> Option<u64> {
+    var(name).map(|v| v.parse().expect("numeric test variable"))
+}
+
+fn emit(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Fails or panics in hook `name` when PF_FAIL asks for it.
+fn maybe_fail(name: &str) -> prefork::HookResult {
+    match var("PF_FAIL").as_deref() {
+        Some(f) if f == format!("{name}-error") => Err(format!("{name} says no").into()),
+        Some(f) if f == format!("{name}-panic") => panic!("{name} blew up"),
+        _ => Ok(()),
+    }
+}
+
+struct TestHandler;
+
+impl Handler for TestHandler {
+    fn init_child(&self) -> prefork::HookResult {
+        match var("PF_CHILD_INIT").as_deref() {
+            Some("fail") => return Err("init refused".into()),
+            Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
+            _ => {}
+        }
+        // The listener is fd 3 by contract; its port tells the orchestrator where to connect.
+        let listener = unsafe {
+            std::mem::ManuallyDrop::new(
+                <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(3),
+            )
+        };
+        emit(format!(
+            "port {}",
+            listener.local_addr().expect("fd 3 is a socket").port()
+        ));
+        Ok(())
+    }
+
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        match req.path() {
+            "/pid" => resp.write(std::process::id().to_string().as_bytes()),
+            _ => resp.write(b"ok"),
+        }
+    }
+}
+
+pub fn run() -> i32 {
+    if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    if !prefork::is_child() && var("PF_LEAK_FD").is_some() {
+        // A host descriptor without close-on-exec: it must not reach the children.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        emit(format!("leaked {fd}"));
+    }
+    let mut server = Prefork::new(TestHandler);
+    let cfg = server.config_mut();
+    if let Some(n) = num("PF_CHILDREN") {
+        cfg.process.children = n as usize;
+    }
+    cfg.process.reuseport = var("PF_REUSEPORT").is_some();
+    if let Some(n) = var("PF_NETWORK") {
+        cfg.process.network = prefork::Network::parse(&n).expect("network");
+    }
+    if let Some(n) = num("PF_THRESHOLD") {
+        cfg.process.recover_threshold = Some(n as usize);
+    }
+    if let Some(ms) = num("PF_INTERVAL_MS") {
+        cfg.process.recover_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_GRACE_MS") {
+        cfg.process.grace_period = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_STARTUP_MS") {
+        cfg.process.startup_timeout = Duration::from_millis(ms);
+    }
+    if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
+        cfg.process.handle_signals = false;
+    }
+
+    let hooks = server.hooks_mut();
+    hooks.on_child_spawn = Some(Box::new(|pid| {
+        emit(format!("spawn {pid}"));
+        maybe_fail("spawn")
+    }));
+    hooks.on_master_ready = Some(Box::new(|pids| {
+        let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        emit(format!("ready {}", list.join(",")));
+        maybe_fail("ready")
+    }));
+    hooks.on_child_recover = Some(Box::new(|old, new| {
+        emit(format!("recover {old} {new}"));
+        maybe_fail("recover")
+    }));
+    hooks.on_child_exit = Some(Box::new(|pid, exit| {
+        emit(match exit {
+            ChildExit::Code(c) => format!("exit {pid} code {c}"),
+            ChildExit::Signal(s) => format!("exit {pid} signal {s}"),
+        })
+    }));
+    match var("PF_PRODUCER").as_deref() {
+        Some("zero") => hooks.command_producer = Some(Box::new(|_| Ok(0))),
+        Some("error") => hooks.command_producer = Some(Box::new(|_| Err("no capacity".into()))),
+        Some("nomarker") => {
+            hooks.command_producer = Some(Box::new(|req| {
+                let mut cmd = req.command();
+                cmd.env_remove(prefork::CHILD_ENV)
+                    .env("PF_CHILD_INIT", "sleep");
+                Ok(cmd.spawn()?.id() as i32)
+            }))
+        }
+        Some("custom") => {
+            hooks.command_producer = Some(Box::new(|req| {
+                let mut cmd = req.command();
+                cmd.env("PF_CUSTOM", format!("slot{}", req.slot))
+                    .arg0("custom-child");
+                Ok(cmd.spawn()?.id() as i32)
+            }))
+        }
+        _ => {}
+    }
+
+    let addr = var("PF_ADDR").unwrap_or_else(|| "127.0.0.1:0".into());
+    // Children share the master's stdout: their outcome must not read as the master's.
+    let role = if prefork::is_child() {
+        "child-result"
+    } else {
+        "result"
+    };
+    match server.listen_and_serve(&addr) {
+        Ok(()) => {
+            emit(format!("{role} ok"));
+            0
+        }
+        Err(e) => {
+            emit(format!("{role} err {:?} {e}", e.kind()));
+            1
+        }
+    }
+}
