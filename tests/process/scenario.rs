@@ -56,6 +56,7 @@ impl Handler for TestHandler {
     fn handle(&self, req: &Request<'_>, resp: &mut Response) {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
+            "/exit" => std::process::exit(3),
             _ => resp.write(b"ok"),
         }
     }
