@@ -1,1 +1,50 @@
-//! The C ABI: thin wrappers over the Rust API (issue 4).
+//! The C ABI: thin wrappers over the Rust API, no logic of their own beyond argument checks.
+//!
+//! `include/prefork.h` is generated from this module by cbindgen (see `cbindgen.toml` and
+//! `tests/header.rs`): the doc comments here are the C reference manual, so they speak C and
+//! state, for every item, who owns what, how long borrowed data lives and which process and
+//! thread runs each callback. The safety contract of each `unsafe` export is that prose.
+//!
+//! Every export is `#[unsafe(no_mangle)] pub unsafe extern "C"` with its body inside
+//! [`ffi_boundary!`], which turns a caught panic into `PREFORK_ERR_PANIC` (or the documented
+//! default) and records misuse in the thread's last-error message.
+
+// C names on purpose: they are what the header shows.
+#![allow(non_camel_case_types)]
+// The header, not rustdoc, carries the safety contracts (see above).
+#![allow(clippy::missing_safety_doc)]
+
+#[macro_use]
+mod panic;
+
+// The header lists items in the order of these declarations: keep it the order a reader wants.
+mod version;
+
+mod error;
+
+mod server;
+
+mod options;
+
+mod hooks;
+
+mod log;
+
+mod handler;
+
+mod request;
+
+mod response;
+
+mod slice;
+
+pub use error::*;
+pub use handler::*;
+pub use hooks::*;
+pub use log::*;
+pub use options::*;
+pub use request::*;
+pub use response::*;
+pub use server::*;
+pub use slice::*;
+pub use version::*;

@@ -1,0 +1,417 @@
+//! One setter per option of [`crate::ProcessConfig`] and [`crate::HttpConfig`].
+//!
+//! Each setter checks what its own value can be checked against (zero, limits); rules that
+//! tie several options together are checked by `prefork_listen_and_serve`, so options can be
+//! set in any order. Defaults live in `src/config.rs`; the "Default:" lines below mirror it
+//! (`tests/ffi_options.rs` keeps them honest).
+
+use std::ffi::c_char;
+use std::time::Duration;
+
+use super::error::{FfiError, prefork_result};
+use super::server::{Inner, configure, prefork};
+use super::slice::str_arg;
+use crate::config::{MAX_CHILDREN, MAX_HANDLER_THREADS};
+use crate::{HttpConfig, Network, ProcessConfig};
+
+impl Inner {
+    fn process(&mut self) -> &mut ProcessConfig {
+        &mut self.server.config_mut().process
+    }
+
+    fn http(&mut self) -> &mut HttpConfig {
+        &mut self.server.config_mut().http
+    }
+}
+
+/// Longest accepted duration: a typo guard that also keeps deadline arithmetic far from
+/// overflowing.
+const MAX_MILLIS: u64 = 365 * 24 * 3600 * 1000;
+
+fn millis(option: &str, ms: u64) -> Result<Duration, FfiError> {
+    if ms > MAX_MILLIS {
+        return Err(FfiError::invalid(format!(
+            "{option} = {ms} ms is above the limit of one year ({MAX_MILLIS} ms)"
+        )));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn positive_millis(option: &str, ms: u64) -> Result<Duration, FfiError> {
+    if ms == 0 {
+        return Err(FfiError::invalid(format!("{option} must be above zero")));
+    }
+    millis(option, ms)
+}
+
+fn positive(option: &str, value: usize) -> Result<usize, FfiError> {
+    if value == 0 {
+        return Err(FfiError::invalid(format!("{option} must be above zero")));
+    }
+    Ok(value)
+}
+
+fn at_most(option: &str, value: usize, limit: usize) -> Result<usize, FfiError> {
+    if value > limit {
+        return Err(FfiError::invalid(format!(
+            "{option} = {value} is above the limit of {limit}"
+        )));
+    }
+    Ok(value)
+}
+
+// Every setter: PREFORK_ERR_NULL for a NULL `p`, PREFORK_ERR_STATE while the server is
+// serving, PREFORK_ERR_INVALID_ARGUMENT (option unchanged) for a value out of range.
+
+/// Number of child processes. 0 = one per CPU the process may run on
+/// (sched_getaffinity and cgroup quotas respected). At most 1024. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_children(p: *mut prefork, children: u32) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().children = at_most("children", children as usize, MAX_CHILDREN)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// true: the master binds one SO_REUSEPORT socket per child (the kernel spreads connections
+/// evenly; a replaced child gets its predecessor's socket). false: one listener shared by all
+/// children. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_reuseport(p: *mut prefork, reuseport: bool) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().reuseport = reuseport;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Address family, NUL-terminated: "tcp4" (IPv4 only), "tcp6" (IPv6 only) or "tcp" (dual
+/// stack for an IPv6 or empty host, IPv4 for an IPv4 host). Default: "tcp4".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_network(
+    p: *mut prefork,
+    network: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().network = Network::parse(str_arg(network, "network")?)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// listen(2) backlog, at least 1 (the kernel caps it at net.core.somaxconn). Default: 1024.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_backlog(p: *mut prefork, backlog: i32) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                if backlog < 1 {
+                    return Err(FfiError::invalid(format!(
+                        "backlog = {backlog} must be at least 1"
+                    )));
+                }
+                s.process().backlog = backlog;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Child exits tolerated within the recover window; one more makes the master stop the others
+/// and `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first
+/// exit. A negative value restores the default, max(1, children / 2) (as fasthttp).
+/// Default: -1.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_threshold(
+    p: *mut prefork,
+    threshold: i32,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().recover_threshold = usize::try_from(threshold).ok();
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Delay before an exited child is replaced, in milliseconds. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_interval_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().recover_interval = millis("recover_interval_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Sliding window, in milliseconds, in which child exits count against the recover threshold;
+/// 0 counts them over the master's whole life (the fasthttp behaviour). Default: 60000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_window_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().recover_window = millis("recover_window_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Cap, in milliseconds, of the exponential backoff between replacements of children that keep
+/// dying right after they start. Default: 10000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_backoff_max_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().recover_backoff_max = millis("recover_backoff_max_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// How long children get to finish their requests after SIGTERM before they are killed, in
+/// milliseconds. Default: 5000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_grace_period_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().grace_period = millis("grace_period_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// How long a child may take to report "listening" (including `init_child`), in
+/// milliseconds; above zero. Default: 10000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_startup_timeout_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().startup_timeout = positive_millis("startup_timeout_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
+/// second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
+/// handlers afterwards. false: the host keeps its signal handling and calls
+/// `prefork_shutdown` itself. Default: true.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_handle_signals(
+    p: *mut prefork,
+    handle_signals: bool,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.process().handle_signals = handle_signals;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Longest request line (method, target, version), in bytes, before the reply is 414; above
+/// zero, and at most max_head_size (checked when serving starts). Default: 8192.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_request_line(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_request_line = positive("max_request_line", bytes)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Largest request head (request line and header fields), in bytes, before the reply is 431;
+/// above zero. Default: 16384.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_head_size(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_head_size = positive("max_head_size", bytes)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Most header fields in a request before the reply is 431; above zero. Default: 100.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_headers(p: *mut prefork, count: usize) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_headers = positive("max_headers", count)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Largest request body, in bytes; a larger declared or received body gets 413. 0 refuses
+/// every body. Default: 4194304.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_body_size(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_body_size = bytes;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Time allowed to receive a whole request head, from its first byte, in milliseconds; above
+/// zero. Default: 10000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_header_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().header_timeout = positive_millis("header_timeout_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Longest silence while a request body is being received, in milliseconds; above zero.
+/// Default: 30000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_body_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().body_timeout = positive_millis("body_timeout_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// How long an idle keep-alive connection is kept open, in milliseconds; above zero.
+/// Default: 60000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_idle_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().idle_timeout = positive_millis("idle_timeout_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Longest time a pending response may make no write progress before the connection is
+/// dropped, in milliseconds; above zero. Default: 30000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_write_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().write_timeout = positive_millis("write_timeout_ms", ms)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Open connections per child; above it the child stops accepting until one closes. Above
+/// zero. Default: 16384.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_connections(
+    p: *mut prefork,
+    count: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_connections = positive("max_connections", count)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Threads per child that run `handle`. 0 runs it on the child's event loop (best for
+/// handlers that never block); above 0, `handle` runs concurrently on that many threads (for
+/// handlers that block). At most 4096. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_handler_threads(
+    p: *mut prefork,
+    threads: u32,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().handler_threads =
+                    at_most("handler_threads", threads as usize, MAX_HANDLER_THREADS)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Output buffered for one connection, in bytes, before the child stops reading from it
+/// (backpressure against pipelining clients that do not read); above zero. Default: 262144.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_output_buffer(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_output_buffer = positive("max_output_buffer", bytes)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}

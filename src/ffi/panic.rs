@@ -1,0 +1,110 @@
+//! The panic boundary every export runs in.
+//!
+//! A panic must never unwind into C (since Rust 1.81 it would abort the host). The body of
+//! every export runs inside `catch_unwind`; the body returns `Result<R, FfiError>` where `R`
+//! is the export's C return type, and the macro turns an error into `R`'s error value after
+//! recording the message, prefixed with the export's name, as the thread's last error.
+
+use std::ffi::c_char;
+use std::ptr;
+
+use super::error::prefork_result;
+use super::slice::prefork_str;
+
+/// What an export returns when it fails (misuse, or an error of the Rust API) and when its
+/// body panicked.
+pub(crate) trait Boundary {
+    fn failed(code: prefork_result) -> Self;
+}
+
+impl Boundary for prefork_result {
+    fn failed(code: prefork_result) -> Self {
+        code
+    }
+}
+
+impl Boundary for () {
+    fn failed(_: prefork_result) -> Self {}
+}
+
+impl Boundary for bool {
+    fn failed(_: prefork_result) -> Self {
+        false
+    }
+}
+
+impl Boundary for usize {
+    fn failed(_: prefork_result) -> Self {
+        0
+    }
+}
+
+/// Only `prefork_request_minor_version` returns an `int`: -1 tells failure from HTTP/1.0.
+impl Boundary for i32 {
+    fn failed(_: prefork_result) -> Self {
+        -1
+    }
+}
+
+impl Boundary for prefork_str {
+    fn failed(_: prefork_result) -> Self {
+        prefork_str::EMPTY
+    }
+}
+
+/// Static strings: an empty one rather than NULL, so callers may print the result directly.
+impl Boundary for *const c_char {
+    fn failed(_: prefork_result) -> Self {
+        c"".as_ptr()
+    }
+}
+
+impl<T> Boundary for *mut T {
+    fn failed(_: prefork_result) -> Self {
+        ptr::null_mut()
+    }
+}
+
+/// The export's name, from the path of a function item declared inside it (what
+/// `std::any::type_name` gives, e.g. `prefork::ffi::options::prefork_set_children::here`).
+pub(crate) fn export_name(path: &'static str) -> &'static str {
+    let path = path.strip_suffix("::here").unwrap_or(path);
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+/// Runs an export's body: `ffi_boundary!({ ...; Ok(value) })`.
+///
+/// `signal_safe` variant: for `prefork_shutdown` only. Its body returns the value directly
+/// and the variant neither allocates nor touches thread-locals, so the export stays
+/// async-signal-safe. Its catch arm is there so that no export lacks a boundary; it cannot run,
+/// because the body (`crate::shutdown`) only uses atomics and write(2) and cannot panic.
+macro_rules! ffi_boundary {
+    (signal_safe, $body:block) => {{
+        match ::std::panic::catch_unwind(|| $body) {
+            Ok(value) => value,
+            Err(payload) => {
+                // Freeing the payload could call the allocator, which a signal handler must not.
+                ::std::mem::forget(payload);
+                $crate::ffi::panic::Boundary::failed($crate::ffi::prefork_result::PREFORK_ERR_PANIC)
+            }
+        }
+    }};
+    ($body:block) => {{
+        fn here() {}
+        let body = ::std::panic::AssertUnwindSafe(
+            || -> ::std::result::Result<_, $crate::ffi::error::FfiError> { $body },
+        );
+        match ::std::panic::catch_unwind(body) {
+            Ok(Ok(value)) => value,
+            Ok(Err(err)) => {
+                let name = $crate::ffi::panic::export_name(::std::any::type_name_of_val(&here));
+                $crate::ffi::panic::Boundary::failed(err.record(name))
+            }
+            Err(payload) => {
+                let name = $crate::ffi::panic::export_name(::std::any::type_name_of_val(&here));
+                let err = $crate::ffi::error::FfiError::panicked(&*payload);
+                $crate::ffi::panic::Boundary::failed(err.record(name))
+            }
+        }
+    }};
+}

@@ -1,0 +1,188 @@
+//! `prefork_request`: read-only accessors over [`crate::Request`].
+//!
+//! Every view returned here borrows the connection's buffers: it is valid only until the
+//! `handle` callback that received the request returns.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::io::Write;
+
+use super::error::{FfiError, prefork_result};
+use super::slice::{bytes_arg, prefork_str, ref_arg};
+use crate::Request;
+
+/// A request, borrowed for the duration of one `handle` callback. Opaque: read it with the
+/// `prefork_request_*` functions, on the thread that runs the callback, and never keep the
+/// pointer after the callback returns.
+pub struct prefork_request {
+    _opaque: [u8; 0],
+}
+
+/// The request behind the opaque pointer `handle` received.
+///
+/// # Safety
+/// `req` must be NULL or the pointer of a `handle` callback that is still running.
+unsafe fn request<'a>(req: *const prefork_request) -> Result<&'a Request<'a>, FfiError> {
+    // SAFETY: CHandler::handle made this pointer from a live `&Request` (see above).
+    unsafe { ref_arg(req.cast::<Request<'a>>(), "req") }
+}
+
+/// The method, e.g. "GET", case-sensitive as received. Valid until `handle` returns; empty
+/// if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_method(req: *const prefork_request) -> prefork_str {
+    ffi_boundary!({
+        Ok(prefork_str::from_bytes(
+            unsafe { request(req) }?.method().as_bytes(),
+        ))
+    })
+}
+
+/// The request-target as received: "/path?query" (origin form), "http://host/path"
+/// (absolute form) or "*". Valid until `handle` returns; empty if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_target(req: *const prefork_request) -> prefork_str {
+    ffi_boundary!({
+        Ok(prefork_str::from_bytes(
+            unsafe { request(req) }?.target().as_bytes(),
+        ))
+    })
+}
+
+/// The path of the target, without the query (for the absolute form, the part after the
+/// authority). Not percent-decoded. Valid until `handle` returns; empty if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_path(req: *const prefork_request) -> prefork_str {
+    ffi_boundary!({
+        Ok(prefork_str::from_bytes(
+            unsafe { request(req) }?.path().as_bytes(),
+        ))
+    })
+}
+
+/// The query after "?", without the "?"; empty when there is none. Not percent-decoded.
+/// Valid until `handle` returns; empty if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_query(req: *const prefork_request) -> prefork_str {
+    ffi_boundary!({
+        Ok(prefork_str::from_bytes(
+            unsafe { request(req) }?.query().as_bytes(),
+        ))
+    })
+}
+
+/// The whole request body, de-chunked; empty when there is none. Valid until `handle`
+/// returns; empty if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_body(req: *const prefork_request) -> prefork_str {
+    ffi_boundary!({ Ok(prefork_str::from_bytes(unsafe { request(req) }?.body())) })
+}
+
+/// The HTTP minor version: 1 for HTTP/1.1, 0 for HTTP/1.0; -1 if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_minor_version(req: *const prefork_request) -> c_int {
+    ffi_boundary!({ Ok(c_int::from(unsafe { request(req) }?.minor_version())) })
+}
+
+/// The number of header fields, repeated names counted each time; 0 if `req` is NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_header_count(req: *const prefork_request) -> usize {
+    ffi_boundary!({ Ok(unsafe { request(req) }?.headers().len()) })
+}
+
+/// The header field at `index` (from 0 to `prefork_request_header_count` - 1), in the order
+/// received, names as received. On success writes the views to `*name` and `*value` (either
+/// may be NULL if not wanted) and returns true; returns false, writing nothing, when `index` is
+/// out of range or `req` is NULL. The views are valid until `handle` returns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_header_at(
+    req: *const prefork_request,
+    index: usize,
+    name: *mut prefork_str,
+    value: *mut prefork_str,
+) -> bool {
+    ffi_boundary!({
+        let Some(field) = unsafe { request(req) }?.headers().get(index) else {
+            return Ok(false);
+        };
+        // SAFETY: non-NULL outputs point to writable prefork_str (the caller's contract).
+        unsafe {
+            if let Some(out) = name.as_mut() {
+                *out = prefork_str::from_bytes(field.name.as_bytes());
+            }
+            if let Some(out) = value.as_mut() {
+                *out = prefork_str::from_bytes(field.value);
+            }
+        }
+        Ok(true)
+    })
+}
+
+/// Looks up a header by name (`name_len` bytes at `name`, compared case-insensitively; NULL
+/// only with length 0). On success writes the first value to `*value` (which may be NULL to
+/// only test presence) and returns true; returns false, writing nothing, when there is no
+/// such header or `req` is NULL. The view is valid until `handle` returns. To read every value
+/// of a repeated header, iterate with `prefork_request_header_at`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_header(
+    req: *const prefork_request,
+    name: *const c_char,
+    name_len: usize,
+    value: *mut prefork_str,
+) -> bool {
+    ffi_boundary!({
+        let req = unsafe { request(req) }?;
+        let wanted = unsafe { bytes_arg(name.cast::<c_void>(), name_len, "name") }?;
+        let found = req
+            .headers()
+            .iter()
+            .find(|h| h.name.as_bytes().eq_ignore_ascii_case(wanted));
+        let Some(field) = found else { return Ok(false) };
+        // SAFETY: a non-NULL output points to a writable prefork_str (the caller's contract).
+        if let Some(out) = unsafe { value.as_mut() } {
+            *out = prefork_str::from_bytes(field.value);
+        }
+        Ok(true)
+    })
+}
+
+/// Buffer size that always suffices for `prefork_request_peer_addr` (the longest IPv6 form
+/// with scope and port, plus the NUL).
+pub const PREFORK_ADDR_STRLEN: usize = 64;
+
+/// Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
+/// "203.0.113.7:51234" or "[2001:db8::1]:51234". Returns PREFORK_OK;
+/// PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
+/// PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
+/// is written only on success. Call it during `handle`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_peer_addr(
+    req: *const prefork_request,
+    buf: *mut c_char,
+    cap: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        let req = unsafe { request(req) }?;
+        if buf.is_null() {
+            return Err(FfiError::null("buf"));
+        }
+        let Some(peer) = req.peer_addr() else {
+            return Err(FfiError::new(
+                prefork_result::PREFORK_ERR_IO,
+                "the peer address of this connection is unknown",
+            ));
+        };
+        let mut text = [0u8; PREFORK_ADDR_STRLEN];
+        let mut cursor = &mut text[..PREFORK_ADDR_STRLEN - 1];
+        write!(cursor, "{peer}").map_err(|_| FfiError::invalid("address text too long"))?;
+        let len = PREFORK_ADDR_STRLEN - 1 - cursor.len();
+        if len + 1 > cap {
+            return Err(FfiError::invalid(format!(
+                "buf: {cap} bytes cannot hold the address ({} needed)",
+                len + 1
+            )));
+        }
+        // SAFETY: buf has room for cap >= len + 1 bytes (the caller's contract); text ends in 0.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), len + 1) };
+        Ok(prefork_result::PREFORK_OK)
+    })
+}

@@ -1,0 +1,209 @@
+//! The `prefork` handle: creation, serving, freeing, and the process-wide calls.
+
+use std::cell::UnsafeCell;
+use std::ffi::c_char;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::error::{FfiError, prefork_result};
+use super::handler::{CHandler, prefork_handler};
+use super::hooks::HookData;
+use super::slice::{ref_arg, str_arg};
+use crate::{Level, Logger, Prefork, StderrLogger};
+
+/// A preforking server: its handler, options, hooks and logger. Opaque; create it with
+/// `prefork_new`, configure it with the `prefork_set_*` functions, run it with
+/// `prefork_listen_and_serve` and release it with `prefork_free`.
+///
+/// A handle is meant to be used by one thread. Misuse from several threads is detected, not
+/// undefined: a call made while another call on the same handle is running (for example a
+/// setter while `prefork_listen_and_serve` runs) fails with PREFORK_ERR_STATE.
+pub struct prefork {
+    state: AtomicU8,
+    inner: UnsafeCell<Inner>,
+}
+
+/// What a claimed handle gives access to.
+pub(crate) struct Inner {
+    pub(crate) server: Prefork,
+    /// Keeps the hooks' user_data alive even when no hook member is set.
+    pub(crate) hook_data: Option<Arc<HookData>>,
+}
+
+/// Nobody is using the handle.
+const IDLE: u8 = 0;
+/// A setter (or `prefork_free`) is running.
+const CONFIGURING: u8 = 1;
+/// `prefork_listen_and_serve` is running.
+const SERVING: u8 = 2;
+
+// SAFETY: `inner` is only reached through a `Claim`, and the state's compare-exchange from IDLE
+// lets one claim exist at a time, so no two threads ever touch `inner` together.
+unsafe impl Sync for prefork {}
+
+/// Exclusive use of a handle; the handle is IDLE again when the claim drops (also when a
+/// panic unwinds through it, so a caught panic leaves the handle usable).
+struct Claim<'a> {
+    handle: &'a prefork,
+}
+
+impl prefork {
+    fn claim(&self, to: u8) -> Result<Claim<'_>, FfiError> {
+        match self
+            .state
+            .compare_exchange(IDLE, to, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => Ok(Claim { handle: self }),
+            Err(SERVING) => Err(FfiError::state(
+                "prefork_listen_and_serve is running on this handle; options, hooks and the \
+                 logger can only be changed before it starts",
+            )),
+            Err(_) => Err(FfiError::state(
+                "another thread is using this handle right now",
+            )),
+        }
+    }
+}
+
+impl Claim<'_> {
+    fn inner(&mut self) -> &mut Inner {
+        // SAFETY: this claim is the only one (see `unsafe impl Sync for prefork`).
+        unsafe { &mut *self.handle.inner.get() }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.handle.state.store(IDLE, Ordering::Release);
+    }
+}
+
+/// Runs a configuring call on the handle `p`: refuses NULL and use while serving or from two
+/// threads at once, and returns `PREFORK_OK` when `change` succeeds.
+///
+/// # Safety
+/// `p` must be NULL or a handle from `prefork_new` not yet freed.
+pub(crate) unsafe fn configure<E: Into<FfiError>>(
+    p: *mut prefork,
+    change: impl FnOnce(&mut Inner) -> Result<(), E>,
+) -> Result<prefork_result, FfiError> {
+    let handle = unsafe { ref_arg(p, "p") }?;
+    let mut claim = handle.claim(CONFIGURING)?;
+    change(claim.inner()).map_err(Into::into)?;
+    Ok(prefork_result::PREFORK_OK)
+}
+
+/// Creates a server for `*handler` (copied) with every option at its default, hooks unset and
+/// the stderr logger, and stores it in `*out`. Call it in `main` of every process: the master
+/// and each child (a re-exec of the same program) run the same code. Returns PREFORK_ERR_NULL
+/// if `handler`, `handler->handle` or `out` is NULL (`*out` is then untouched and
+/// `handler->user_data` still the caller's). On success the handle owns `handler->user_data`:
+/// its `user_data_free` runs in `prefork_free`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_new(
+    handler: *const prefork_handler,
+    out: *mut *mut prefork,
+) -> prefork_result {
+    ffi_boundary!({
+        let vtable = *unsafe { ref_arg(handler, "handler") }?;
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        let handler = CHandler::new(vtable)?;
+        let handle = Box::new(prefork {
+            state: AtomicU8::new(IDLE),
+            inner: UnsafeCell::new(Inner {
+                server: Prefork::from_arc(Arc::new(handler)),
+                hook_data: None,
+            }),
+        });
+        // SAFETY: out is non-NULL and, by the caller's contract, writable.
+        unsafe { *out = Box::into_raw(handle) };
+        Ok(prefork_result::PREFORK_OK)
+    })
+}
+
+/// Frees the handle and calls the finalizers (`user_data_free`) of the handler, the hooks and
+/// the logger, each once. NULL is accepted and does nothing. Freeing a handle while
+/// `prefork_listen_and_serve` runs on it (on another thread, or from inside a callback) is
+/// refused, not undefined: nothing is freed, the handle stays valid, an error line goes to
+/// stderr and to `prefork_last_error`; free it after `prefork_listen_and_serve` returned.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_free(p: *mut prefork) {
+    ffi_boundary!({
+        // SAFETY: p is NULL or a live handle (the caller's contract).
+        let Some(handle) = (unsafe { p.as_ref() }) else {
+            return Ok(());
+        };
+        let claim = handle.claim(CONFIGURING).map_err(|_| {
+            let refusal = FfiError::state(
+                "the handle is in use (prefork_listen_and_serve is running); it was not \
+                 freed: free it after prefork_listen_and_serve returns",
+            );
+            // The caller cannot see an error from a void function: say it where it shows.
+            // StderrLogger holds no state, so using it here races with nothing.
+            StderrLogger.log(
+                Level::Error,
+                &format!("prefork_free: {}", refusal.message()),
+            );
+            refusal
+        })?;
+        // The handle is about to go: nothing may reset its state afterwards.
+        std::mem::forget(claim);
+        // SAFETY: p came from Box::into_raw in prefork_new and the claim makes this the only
+        // user; a second free of the same pointer is the caller's bug, as with free(3).
+        drop(unsafe { Box::from_raw(p) });
+        Ok(())
+    })
+}
+
+/// Runs the server; `addr` is "host:port" (NUL-terminated; "[::1]:8080" for IPv6; an empty
+/// host means every interface; port 0 picks a free port).
+///
+/// In the master (the program as started): binds `addr`, starts the children, calls the
+/// hooks, and supervises until SIGTERM/SIGINT (when `handle_signals` is on) or
+/// `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
+/// (`prefork_is_child()`, the same program re-executed by the master): serves the listener
+/// inherited from the master (`addr` is not used) until told to stop, drains, and returns
+/// PREFORK_OK; the program should then free the handle and exit.
+///
+/// Blocks the calling thread, on which the master's hooks and the child's event loop run.
+/// Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (bad `addr` or an invalid
+/// combination of options), PREFORK_ERR_STATE (already serving on another thread, or already
+/// served: a handle serves once), PREFORK_ERR_BIND, PREFORK_ERR_SPAWN,
+/// PREFORK_ERR_STARTUP_TIMEOUT, PREFORK_ERR_OVER_RECOVERY, PREFORK_ERR_HOOK, PREFORK_ERR_IO;
+/// in a child, an `init_child` failure. `prefork_last_error()` has the details.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_listen_and_serve(
+    p: *mut prefork,
+    addr: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let handle = unsafe { ref_arg(p, "p") }?;
+        let addr = unsafe { str_arg(addr, "addr") }?;
+        let mut claim = handle.claim(SERVING)?;
+        claim.inner().server.listen_and_serve(addr)?;
+        Ok(prefork_result::PREFORK_OK)
+    })
+}
+
+/// True when this process is a child started by a prefork master (its environment has
+/// PREFORK_CHILD=1). Callable from any thread, at any time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_is_child() -> bool {
+    ffi_boundary!({ Ok(crate::is_child()) })
+}
+
+/// Asks whatever this process serves to stop gracefully, as SIGTERM does: in the master,
+/// `prefork_listen_and_serve` stops the children within the grace period and returns; in a
+/// child, it drains and returns. Returns false when no server has started in this process yet;
+/// the request is remembered and stops the next one as soon as it starts.
+///
+/// Safe from any thread and from a signal handler (async-signal-safe): it only stores to
+/// atomics and writes one byte to a non-blocking pipe with write(2); it does not allocate,
+/// lock, or touch thread-local storage. Use it with `prefork_set_handle_signals(p, false)` to
+/// keep the host's own signal handling.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_shutdown() -> bool {
+    ffi_boundary!(signal_safe, { crate::shutdown() })
+}

@@ -1,0 +1,84 @@
+//! Borrowed byte views handed to C, and checked conversions of C arguments.
+
+use std::ffi::{CStr, c_char, c_void};
+
+use super::error::FfiError;
+
+/// A borrowed view of bytes: `len` bytes at `ptr`, NOT NUL-terminated (use `%.*s` or
+/// `fwrite` to print it). `ptr` is never NULL, even when `len` is 0. The bytes belong to the
+/// library; how long they stay valid is said by the function that returned the view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct prefork_str {
+    /// First byte; never NULL.
+    pub ptr: *const c_char,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl prefork_str {
+    /// Empty, with a valid pointer: C code may pass it to `memcmp` or `memcpy` as is.
+    pub(crate) const EMPTY: prefork_str = prefork_str {
+        ptr: c"".as_ptr(),
+        len: 0,
+    };
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> prefork_str {
+        if bytes.is_empty() {
+            prefork_str::EMPTY
+        } else {
+            prefork_str {
+                ptr: bytes.as_ptr().cast(),
+                len: bytes.len(),
+            }
+        }
+    }
+}
+
+/// `len` bytes at `ptr`; NULL is accepted only with `len == 0`.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to `len` readable bytes that stay valid for `'a`.
+pub(crate) unsafe fn bytes_arg<'a>(
+    ptr: *const c_void,
+    len: usize,
+    arg: &str,
+) -> Result<&'a [u8], FfiError> {
+    if ptr.is_null() {
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(FfiError::null(arg))
+        };
+    }
+    if len > isize::MAX as usize {
+        return Err(FfiError::invalid(format!(
+            "{arg}: length {len} is not a valid size"
+        )));
+    }
+    // SAFETY: the caller's contract (see above); the length was checked against isize::MAX.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.cast(), len) })
+}
+
+/// A NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a NUL-terminated string that stays valid for `'a`.
+pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, arg: &str) -> Result<&'a str, FfiError> {
+    if ptr.is_null() {
+        return Err(FfiError::null(arg));
+    }
+    // SAFETY: the caller's contract (see above).
+    let text = unsafe { CStr::from_ptr(ptr) };
+    text.to_str()
+        .map_err(|_| FfiError::invalid(format!("{arg} is not valid UTF-8")))
+}
+
+/// A shared reference to a handle-like argument.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a live `T` for `'a`.
+pub(crate) unsafe fn ref_arg<'a, T>(ptr: *const T, arg: &str) -> Result<&'a T, FfiError> {
+    // SAFETY: the caller's contract (see above).
+    unsafe { ptr.as_ref() }.ok_or_else(|| FfiError::null(arg))
+}
