@@ -17,6 +17,13 @@ use harness::{Master, Outcome, alive, all_gone, environ, fd_target, fd_targets, 
 
 type Test = fn() -> Outcome;
 
+/// The test table: each function with its name.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), $name as Test)),*]
+    };
+}
+
 const SEC: Duration = Duration::from_secs(1);
 
 fn main() {
@@ -25,71 +32,29 @@ fn main() {
     }
     harness::become_subreaper();
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let tests: &[(&str, Test)] = &[
-        (
-            "hooks_fire_in_order_and_sigterm_stops_cleanly",
-            hooks_fire_in_order_and_sigterm_stops_cleanly,
-        ),
-        (
-            "killed_child_is_replaced_without_refused_connections",
-            killed_child_is_replaced_without_refused_connections,
-        ),
-        (
-            "crash_loop_ends_in_over_recovery",
-            crash_loop_ends_in_over_recovery,
-        ),
-        ("recover_interval_is_honoured", recover_interval_is_honoured),
-        (
-            "recover_interval_does_not_delay_shutdown",
-            recover_interval_does_not_delay_shutdown,
-        ),
-        (
-            "child_ignoring_sigterm_is_killed_after_grace",
-            child_ignoring_sigterm_is_killed_after_grace,
-        ),
-        ("second_sigint_stops_at_once", second_sigint_stops_at_once),
-        (
-            "master_kill9_takes_children_down",
-            master_kill9_takes_children_down,
-        ),
-        (
-            "no_master_descriptor_reaches_a_child",
-            no_master_descriptor_reaches_a_child,
-        ),
-        (
-            "reuseport_conflict_is_reported_at_once",
-            reuseport_conflict_is_reported_at_once,
-        ),
-        (
-            "reuseport_replacement_gets_its_slot_socket",
-            reuseport_replacement_gets_its_slot_socket,
-        ),
-        (
-            "hook_errors_and_panics_clean_up",
-            hook_errors_and_panics_clean_up,
-        ),
-        (
-            "command_producer_misuse_is_a_clear_error",
-            command_producer_misuse_is_a_clear_error,
-        ),
-        (
-            "custom_command_producer_and_marker",
-            custom_command_producer_and_marker,
-        ),
-        ("startup_timeout_is_an_error", startup_timeout_is_an_error),
-        (
-            "bad_addresses_are_clear_errors",
-            bad_addresses_are_clear_errors,
-        ),
-        (
-            "default_child_count_follows_cpu_affinity",
-            default_child_count_follows_cpu_affinity,
-        ),
-        ("ipv6_listener_serves", ipv6_listener_serves),
-        (
-            "master_as_pid1_serves_respawns_and_stops",
-            master_as_pid1_serves_respawns_and_stops,
-        ),
+    let tests: &[(&str, Test)] = suite![
+        hooks_fire_in_order_and_sigterm_stops_cleanly,
+        killed_child_is_replaced_without_refused_connections,
+        crash_loop_ends_in_over_recovery,
+        recover_interval_is_honoured,
+        recover_interval_does_not_delay_shutdown,
+        child_ignoring_sigterm_is_killed_after_grace,
+        second_sigint_stops_at_once,
+        master_kill9_takes_children_down,
+        no_master_descriptor_reaches_a_child,
+        reuseport_conflict_is_reported_at_once,
+        reuseport_replacement_gets_its_slot_socket,
+        hook_errors_and_panics_clean_up,
+        command_producer_misuse_is_a_clear_error,
+        custom_command_producer_and_marker,
+        startup_timeout_is_an_error,
+        bad_addresses_are_clear_errors,
+        default_child_count_follows_cpu_affinity,
+        ipv6_listener_serves,
+        master_as_pid1_serves_respawns_and_stops,
+        dual_stack_listener_takes_both_families,
+        children_run_the_master_death_hook,
+        custom_logger_receives_process_events,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -666,5 +631,70 @@ fn master_as_pid1_serves_respawns_and_stops() -> Outcome {
     // The children died with their namespace's init. The pids they reported are the
     // namespace's, meaningless out here: keep the leftover check from probing them.
     m.seen.retain(|l| !l.starts_with("spawn "));
+    Ok(())
+}
+
+fn dual_stack_listener_takes_both_families() -> Outcome {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("    skipped: no IPv6 loopback here");
+        return Ok(());
+    }
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_NETWORK", "tcp"),
+        ("PF_ADDR", ":0"),
+    ]);
+    let (_, port) = m.ready()?;
+    get(port, "/").map_err(|e| format!("over IPv4: {e}"))?;
+    let mut s = TcpStream::connect(("::1", port)).map_err(|e| format!("over IPv6: {e}"))?;
+    s.set_read_timeout(Some(5 * SEC)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    ensure!(out.starts_with("HTTP/1.1 200"), "IPv6 response {out:?}");
+    stop_cleanly(&mut m)
+}
+
+fn children_run_the_master_death_hook() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_DEATH_HOOK", "1")]);
+    let (ready, _) = m.ready()?;
+    m.signal(libc::SIGKILL);
+    let mut told = Vec::new();
+    for _ in &ready {
+        told.push(
+            m.expect("master-death ", 5 * SEC)?
+                .parse::<i32>()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    told.sort();
+    let mut want = ready.clone();
+    want.sort();
+    ensure!(
+        told == want,
+        "master-death hook ran in {told:?}, children were {want:?}"
+    );
+    all_gone(&ready, 2 * SEC).map(|_| ())
+}
+
+fn custom_logger_receives_process_events() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_LOGGER", "1")]);
+    let (ready, _) = m.ready()?;
+    stop_cleanly(&mut m)?;
+    let want = format!("log info started child {} (slot 0)", ready[0]);
+    ensure!(m.seen.contains(&want), "no {want:?} line; {}", m.context());
+    ensure!(
+        m.seen
+            .iter()
+            .any(|l| l.starts_with("log info stopping 1 children gracefully")),
+        "no stop line; {}",
+        m.context()
+    );
+    ensure!(
+        !m.context().contains("prefork["),
+        "the default logger still wrote to stderr; {}",
+        m.context()
+    );
     Ok(())
 }

@@ -31,6 +31,15 @@ fn maybe_fail(name: &str) -> prefork::HookResult {
     }
 }
 
+/// A pluggable logger that turns every log line into an event line.
+struct LineLogger;
+
+impl prefork::Logger for LineLogger {
+    fn log(&self, level: prefork::Level, message: &str) {
+        emit(format!("log {} {message}", level.as_str()));
+    }
+}
+
 struct TestHandler;
 
 impl Handler for TestHandler {
@@ -96,7 +105,15 @@ pub fn run() -> i32 {
         cfg.process.handle_signals = false;
     }
 
+    if var("PF_LOGGER").is_some() {
+        server.set_logger(std::sync::Arc::new(LineLogger));
+    }
     let hooks = server.hooks_mut();
+    if var("PF_DEATH_HOOK").is_some() {
+        hooks.on_master_death = Some(Box::new(|| {
+            emit(format!("master-death {}", std::process::id()))
+        }));
+    }
     hooks.on_child_spawn = Some(Box::new(|pid| {
         emit(format!("spawn {pid}"));
         maybe_fail("spawn")
