@@ -233,9 +233,14 @@ pub fn all_gone(pids: &[i32], within: Duration) -> Result<Duration, String> {
     }
 }
 
-/// One HTTP request on a fresh connection; returns the body.
+/// One HTTP request to 127.0.0.1 on a fresh connection; returns the body.
 pub fn get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    get_from("127.0.0.1", port, path)
+}
+
+/// One HTTP request to `host` on a fresh connection; returns the body.
+pub fn get_from(host: &str, port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,

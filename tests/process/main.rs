@@ -7,13 +7,11 @@
 mod harness;
 mod scenario;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::{Master, Outcome, alive, all_gone, environ, fd_target, fd_targets, get};
+use harness::{Master, Outcome, alive, all_gone, environ, fd_target, fd_targets, get, get_from};
 
 type Test = fn() -> Outcome;
 
@@ -554,13 +552,7 @@ fn ipv6_listener_serves() -> Outcome {
         ("PF_ADDR", "[::1]:0"),
     ]);
     let (_, port) = m.ready()?;
-    let mut s = TcpStream::connect(("::1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(5 * SEC)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    ensure!(out.starts_with("HTTP/1.1 200"), "response {out:?}");
+    get_from("::1", port, "/").map_err(|e| e.to_string())?;
     stop_cleanly(&mut m)
 }
 
@@ -646,13 +638,7 @@ fn dual_stack_listener_takes_both_families() -> Outcome {
     ]);
     let (_, port) = m.ready()?;
     get(port, "/").map_err(|e| format!("over IPv4: {e}"))?;
-    let mut s = TcpStream::connect(("::1", port)).map_err(|e| format!("over IPv6: {e}"))?;
-    s.set_read_timeout(Some(5 * SEC)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    ensure!(out.starts_with("HTTP/1.1 200"), "IPv6 response {out:?}");
+    get_from("::1", port, "/").map_err(|e| format!("over IPv6: {e}"))?;
     stop_cleanly(&mut m)
 }
 
