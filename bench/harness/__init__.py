@@ -1,0 +1,1 @@
+"""The libprefork benchmark harness (driven by bench/run)."""
