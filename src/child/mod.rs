@@ -79,6 +79,12 @@ pub(crate) fn run(
         grace_period: config.process.grace_period,
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
+    // Serving is over: disarm the backup. The kernel sends PDEATHSIG after the master's
+    // descriptors close, so it can land after the lifeline EOF was handled and the signal
+    // handlers are restored, and would kill a child that is exiting cleanly (status -15).
+    let no_signal: libc::c_ulong = 0;
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, no_signal, 0, 0, 0) };
     if let Err(e) = user_code("exit_child", || {
         handler.exit_child();
         Ok(())
