@@ -1,0 +1,245 @@
+/*
+ * demo_server: the README's demo, and the program the end-to-end tests drive.
+ *
+ *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
+ *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
+ *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
+ *
+ * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /crash (with --allow-crash).
+ * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
+ * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
+ *
+ * The master re-executes this program once per child, with the same arguments: the children
+ * parse the same flags and build the same handle, then prefork_listen_and_serve serves.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "prefork.h"
+
+#define MAX_SLEEP_MS 600000
+
+static const char USAGE[] =
+    "usage: demo_server [--addr HOST:PORT] [--children N] [--reuseport]\n"
+    "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
+    "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
+    "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
+    "  --addr defaults to 127.0.0.1:8080\n"
+    "routes, any method: / /echo /headers /pid /sleep?ms=N /crash (only with --allow-crash)\n";
+
+struct app {
+    bool allow_crash;
+};
+
+static bool str_is(prefork_str s, const char *lit) {
+    size_t n = strlen(lit);
+    return s.len == n && memcmp(s.ptr, lit, n) == 0;
+}
+
+static void reply(prefork_response *resp, int status, const char *body, size_t len) {
+    static const char type[] = "text/plain; charset=utf-8";
+    prefork_response_set_status(resp, status);
+    prefork_response_add_header(resp, "Content-Type", 12, type, sizeof type - 1);
+    prefork_response_write(resp, body, len);
+}
+
+static void reply_text(prefork_response *resp, int status, const char *text) {
+    reply(resp, status, text, strlen(text));
+}
+
+/* Parses the decimal value of "ms" in a query such as "a=1&ms=250"; false if absent/bad. */
+static bool query_ms(prefork_str query, long *ms) {
+    size_t i = 0;
+    while (i < query.len) {
+        size_t end = i;
+        while (end < query.len && query.ptr[end] != '&') end++;
+        if (end - i > 3 && memcmp(query.ptr + i, "ms=", 3) == 0) {
+            long value = 0;
+            for (size_t j = i + 3; j < end; j++) {
+                char c = query.ptr[j];
+                if (c < '0' || c > '9' || value > MAX_SLEEP_MS) return false;
+                value = value * 10 + (c - '0');
+            }
+            if (value > MAX_SLEEP_MS) return false;
+            *ms = value;
+            return true;
+        }
+        i = end + 1;
+    }
+    return false;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec left = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
+}
+
+static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
+    const struct app *app = user_data;
+    prefork_str path = prefork_request_path(req);
+
+    if (str_is(path, "/")) {
+        reply_text(resp, 200, "Hello, World!");
+    } else if (str_is(path, "/echo")) {
+        prefork_str body = prefork_request_body(req);
+        reply(resp, 200, body.ptr, body.len);
+    } else if (str_is(path, "/headers")) {
+        size_t count = prefork_request_header_count(req);
+        reply(resp, 200, "", 0);
+        for (size_t i = 0; i < count; i++) {
+            prefork_str name, value;
+            if (!prefork_request_header_at(req, i, &name, &value)) break;
+            prefork_response_write(resp, name.ptr, name.len);
+            prefork_response_write(resp, ": ", 2);
+            prefork_response_write(resp, value.ptr, value.len);
+            prefork_response_write(resp, "\n", 1);
+        }
+    } else if (str_is(path, "/pid")) {
+        char text[32];
+        int n = snprintf(text, sizeof text, "%ld", (long)getpid());
+        reply(resp, 200, text, (size_t)n);
+    } else if (str_is(path, "/sleep")) {
+        long ms;
+        if (!query_ms(prefork_request_query(req), &ms)) {
+            reply_text(resp, 400, "expected /sleep?ms=N with N at most 600000\n");
+            return;
+        }
+        sleep_ms(ms);
+        reply_text(resp, 200, "slept");
+    } else if (str_is(path, "/crash") && app->allow_crash) {
+        abort();
+    } else {
+        reply_text(resp, 404, "Not Found\n");
+    }
+}
+
+/* Master only: every initial child is listening. The tests wait for this exact line. */
+static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
+    (void)user_data;
+    printf("ready pid=%ld children=", (long)getpid());
+    for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
+    printf("\n");
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static bool parse_u64(const char *text, uint64_t *out) {
+    char *end;
+    if (text[0] < '0' || text[0] > '9') return false; /* no sign, no space */
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0') return false;
+    *out = (uint64_t)v;
+    return true;
+}
+
+static bool parse_i32(const char *text, int32_t *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || *end != '\0' || end == text || v < INT32_MIN || v > INT32_MAX) return false;
+    *out = (int32_t)v;
+    return true;
+}
+
+static int usage(const char *problem, const char *arg) {
+    fprintf(stderr, "demo_server: %s%s\n%s", problem, arg, USAGE);
+    return 2;
+}
+
+/* A setter's refusal of a flag's value is a bad flag too: say the library's reason. */
+static bool set(prefork_result r) {
+    if (r != PREFORK_OK) fprintf(stderr, "demo_server: %s\n", prefork_last_error());
+    return r == PREFORK_OK;
+}
+
+int main(int argc, char **argv) {
+    static struct app app;
+    const char *addr = "127.0.0.1:8080";
+    prefork_handler handler = {&app, NULL, handle, NULL, NULL};
+    prefork_hooks hooks = {NULL, NULL, on_master_ready, NULL, NULL, NULL, NULL, NULL};
+    prefork *server = NULL;
+
+    if (prefork_new(&handler, &server) != PREFORK_OK) {
+        fprintf(stderr, "demo_server: %s\n", prefork_last_error());
+        return 1;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *flag = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        uint64_t n = 0;
+        int32_t s = 0;
+        bool ok = true;
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+            fputs(USAGE, stdout);
+            prefork_free(server);
+            return 0;
+        } else if (strcmp(flag, "--reuseport") == 0) {
+            ok = set(prefork_set_reuseport(server, true));
+        } else if (strcmp(flag, "--allow-crash") == 0) {
+            app.allow_crash = true;
+        } else if (val == NULL) {
+            prefork_free(server);
+            return usage("unknown flag or missing value: ", flag);
+        } else {
+            i++;
+            bool is_count = strcmp(flag, "--children") == 0 || strcmp(flag, "--handler-threads") == 0;
+            if (strcmp(flag, "--addr") == 0) {
+                addr = val;
+            } else if (strcmp(flag, "--network") == 0) {
+                if (strcmp(val, "tcp4") && strcmp(val, "tcp6") && strcmp(val, "tcp")) {
+                    prefork_free(server);
+                    return usage("--network must be tcp4, tcp6 or tcp, not ", val);
+                }
+                ok = set(prefork_set_network(server, val));
+            } else if (strcmp(flag, "--recover-threshold") == 0) {
+                if (!parse_i32(val, &s)) ok = false;
+                else ok = set(prefork_set_recover_threshold(server, s));
+            } else if (!parse_u64(val, &n) || (is_count && n > UINT32_MAX)) {
+                prefork_free(server);
+                return usage("not a valid number: ", val);
+            } else if (strcmp(flag, "--children") == 0) {
+                ok = set(prefork_set_children(server, (uint32_t)n));
+            } else if (strcmp(flag, "--handler-threads") == 0) {
+                ok = set(prefork_set_handler_threads(server, (uint32_t)n));
+            } else if (strcmp(flag, "--grace-ms") == 0) {
+                ok = set(prefork_set_grace_period_ms(server, n));
+            } else if (strcmp(flag, "--recover-interval-ms") == 0) {
+                ok = set(prefork_set_recover_interval_ms(server, n));
+            } else if (strcmp(flag, "--max-body") == 0) {
+                ok = n <= SIZE_MAX && set(prefork_set_max_body_size(server, (size_t)n));
+            } else if (strcmp(flag, "--header-timeout-ms") == 0) {
+                ok = set(prefork_set_header_timeout_ms(server, n));
+            } else if (strcmp(flag, "--idle-timeout-ms") == 0) {
+                ok = set(prefork_set_idle_timeout_ms(server, n));
+            } else {
+                prefork_free(server);
+                return usage("unknown flag: ", flag);
+            }
+        }
+        if (!ok) {
+            prefork_free(server);
+            return usage("bad value for ", flag);
+        }
+    }
+    if (!set(prefork_set_hooks(server, &hooks))) {
+        prefork_free(server);
+        return 1;
+    }
+
+    prefork_result r = prefork_listen_and_serve(server, addr);
+    if (r != PREFORK_OK) {
+        fprintf(stderr, "demo_server%s: %s (%s)\n", prefork_is_child() ? " child" : "",
+                prefork_last_error(), prefork_result_str(r));
+    }
+    prefork_free(server);
+    return r == PREFORK_OK ? 0 : 1;
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The C side end to end: the CMake build (the Rust library through cargo, the examples and the
+# tests, all C code under ASAN+UBSan), ctest (the examples and api_test as real preforking
+# servers on 127.0.0.1, exported symbols), then install into a temporary prefix and build
+# consumers with find_package(prefork) and with pkg-config (the install_consumers test).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need=()
+for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# ASAN's runtime ships with gcc; without it -fsanitize=address cannot link.
+if ! echo 'int main(void){return 0;}' | gcc -x c -fsanitize=address,undefined -o /dev/null - 2>/dev/null; then
+  echo "installing libasan/libubsan with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libasan8 libubsan1 >/dev/null
+fi
+
+build=build/ci
+# The cargo target dir of stage 10: its dependencies are compiled already.
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPREFORK_SANITIZE=ON \
+  -DPREFORK_CARGO_TARGET_DIR="$PWD/target" >/dev/null
+cmake --build "$build"
+ctest --test-dir "$build" --output-on-failure --timeout 180
