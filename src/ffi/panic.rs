@@ -108,3 +108,72 @@ macro_rules! ffi_boundary {
         }
     }};
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+    use crate::ffi::prefork_last_error;
+    use crate::ffi::slice::prefork_str;
+
+    fn last_error() -> String {
+        // SAFETY: prefork_last_error returns a NUL-terminated string valid until the next failure.
+        unsafe { CStr::from_ptr(prefork_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    extern "C" fn panics_with_result() -> prefork_result {
+        ffi_boundary!({
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok(prefork_result::PREFORK_OK)
+        })
+    }
+
+    extern "C" fn panics_with_str() -> prefork_str {
+        ffi_boundary!({
+            if std::hint::black_box(true) {
+                panic!("kaboom");
+            }
+            Ok(prefork_str::EMPTY)
+        })
+    }
+
+    extern "C" fn fails() -> bool {
+        ffi_boundary!({ Err(crate::ffi::error::FfiError::invalid("nope")) })
+    }
+
+    #[test]
+    fn a_panic_becomes_the_error_value_and_a_message() {
+        assert_eq!(panics_with_result(), prefork_result::PREFORK_ERR_PANIC);
+        assert_eq!(
+            last_error(),
+            "panics_with_result: internal error, please report: boom"
+        );
+        let s = panics_with_str();
+        assert!(!s.ptr.is_null() && s.len == 0);
+        assert!(
+            last_error().starts_with("panics_with_str: "),
+            "{}",
+            last_error()
+        );
+    }
+
+    #[test]
+    fn an_error_is_recorded_with_the_export_name() {
+        assert!(!fails());
+        assert_eq!(last_error(), "fails: nope");
+    }
+
+    #[test]
+    fn export_names_come_from_the_item_path() {
+        assert_eq!(
+            export_name("prefork::ffi::options::prefork_set_children::here"),
+            "prefork_set_children"
+        );
+        assert_eq!(export_name("prefork_new::here"), "prefork_new");
+    }
+}
