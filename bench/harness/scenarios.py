@@ -119,6 +119,20 @@ def hold_connections(port, n, batch=250, batch_timeout=15.0):
     return held, failed
 
 
+def count_closed(socks):
+    """How many of the sockets the server has closed (EOF or reset pending)."""
+    closed = 0
+    for s in socks:
+        try:
+            if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
 def memory(subjects, ports, opts, log):
     """RSS of an idle child (one child, after one request) and the RSS it adds per idle
     keep-alive connection with opts.idle_conns connections open."""
@@ -141,13 +155,17 @@ def memory(subjects, ports, opts, log):
             held, failed = hold_connections(srv.port, opts.idle_conns)
             time.sleep(0.5)
             loaded = procfs.rss_kib(child)
-            row = dict(subject=s.name, idle_child_kib=idle, master_kib=master, held=len(held),
-                       failed=failed, loaded_child_kib=loaded,
-                       per_conn_bytes=(loaded - idle) * 1024 / len(held) if held else None)
+            closed = count_closed(held)
+            open_ = len(held) - closed
+            row = dict(subject=s.name, idle_child_kib=idle, master_kib=master, held=open_,
+                       failed=failed + closed, loaded_child_kib=loaded,
+                       per_conn_bytes=(loaded - idle) * 1024 / open_ if open_ else None)
             out["rows"].append(row)
+            if closed:
+                out["problems"].append(f"{s.name}: the server closed {closed} of the idle keep-alive connections")
             log(f"  memory {s.name}: idle child {idle} KiB, master {master} KiB, "
-                f"{len(held)} conns held ({failed} failed) -> {loaded} KiB"
-                + (f", {row['per_conn_bytes']:.0f} B/conn" if held else ""))
+                f"{open_} conns open ({failed} failed, {closed} closed by the server) -> {loaded} KiB"
+                + (f", {row['per_conn_bytes']:.0f} B/conn" if open_ else ""))
         finally:
             for sock in held:
                 sock.close()

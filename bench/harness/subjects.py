@@ -27,10 +27,36 @@ ACTIVE = set()
 READY_RE = re.compile(r"^ready pid=(\d+) children=([\d,]*)\s*$")
 
 
+# The tree our subjects are built from: the working tree, or a snapshot of a commit (--rev).
+SOURCE = REPO
+
+
+def use_revision(rev, log):
+    """Exports `rev` (read-only for git: git archive) to .build/src-SHA and builds ours from
+    there, so a benchmark names the exact commit it measured while others edit the tree."""
+    global SOURCE
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    dest = BUILD / f"src-{sha[:12]}"
+    if not dest.is_dir():
+        tmp = BUILD / f"src-{sha[:12]}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(REPO), "archive", sha], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(tmp)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise SystemExit(f"bench/run: git archive {rev} failed")
+        tmp.rename(dest)
+    SOURCE = dest
+    os.environ["SOURCE_REV"] = sha[:12]
+    log(f"building ours from {rev} = {sha[:12]} (snapshot {dest.relative_to(BENCH)})")
+    return sha
+
+
 def ctl_env():
     env = dict(os.environ)
     env.setdefault("CARGO_TARGET_DIR", str(REPO / "target-bench"))
-    env.update(BENCH_DIR=str(BENCH), REPO_DIR=str(REPO), BUILD_DIR=str(BUILD))
+    env.update(BENCH_DIR=str(BENCH), REPO_DIR=str(SOURCE), BUILD_DIR=str(BUILD))
     cargo_bin = Path.home() / ".cargo" / "bin"
     if cargo_bin.is_dir():
         env["PATH"] = f"{cargo_bin}:{env['PATH']}"

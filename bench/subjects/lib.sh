@@ -6,7 +6,9 @@
 #                         preceded by NAME=VALUE lines for its environment. ARGS are
 #                         --addr HOST:PORT --children N [--handler-threads N].
 #                         $RUN_DIR is a fresh directory the server may use.
-# The harness (bench/harness) sets BENCH_DIR, REPO_DIR, BUILD_DIR and CARGO_TARGET_DIR.
+# The harness (bench/harness) sets BENCH_DIR, REPO_DIR (the tree ours is built from: the
+# working tree or, with --rev, a snapshot of a commit named by SOURCE_REV), BUILD_DIR and
+# CARGO_TARGET_DIR.
 set -euo pipefail
 
 skip() {
@@ -51,6 +53,11 @@ build_libprefork() {
 ours_version() {
   local v sha
   v=$(awk -F'"' '/^version *=/ { print $2; exit }' "$REPO_DIR/Cargo.toml")
-  sha=$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo unknown)
+  sha=${SOURCE_REV:-$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo unknown)}
   echo "libprefork $v @ $sha, $(rustc --version | cut -d' ' -f1-2)"
+}
+
+# True when ours is built from a --rev snapshot rather than the working tree around bench/.
+building_snapshot() {
+  [ "$(cd "$REPO_DIR" && pwd -P)" != "$(cd "$BENCH_DIR/.." && pwd -P)" ]
 }
