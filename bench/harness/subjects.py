@@ -304,8 +304,18 @@ class Server:
         result = StopResult(self.proc.returncode, forced, sorted(left))
         ACTIVE.discard(self)
         if self.run_dir:
+            self._keep_logs()
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return result
+
+
+    def _keep_logs(self):
+        """Keeps what the server wrote to stderr (and nginx's error.log) in .build/logs/servers."""
+        dest = BUILD / "logs" / "servers"
+        for log in Path(self.run_dir).glob("*.log"):
+            if log.stat().st_size:
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, dest / f"{self.subject.name}-{self.pid}-{log.name}")
 
 
 def port_in_use(port):
