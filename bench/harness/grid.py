@@ -2,6 +2,7 @@
 pipeline depth, every subject in every round, subjects interleaved and their order reversed
 each round. One server start per (round, configuration, subject) serves all of its cells."""
 
+import resource
 from dataclasses import dataclass
 
 from . import procfs, wrk
@@ -65,6 +66,9 @@ def run_grid(subjects, ports, opts, log, events):
                         log(f"  [{done}/{total}] r{rnd} {cfg_name} c{conns} d{depth} {s.name}: "
                             + describe(rec))
                 finally:
+                    if srv.proc.poll() is not None:
+                        events.append(f"round {rnd} {cfg_name} {s.name}: master exited by itself "
+                                      f"(status {srv.proc.returncode}) during the runs")
                     st = srv.stop()
                     for p in st.problems():
                         events.append(f"round {rnd} {cfg_name} {s.name}: {p}")
@@ -72,16 +76,28 @@ def run_grid(subjects, ports, opts, log, events):
     return runs
 
 
+def children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def measure(srv, cfg, conns, depth, seconds):
-    """One wrk run with the server's CPU time (master + children) read around it."""
+    """One wrk run with the server's CPU time (master + children) read around it, and the
+    CPU that neither the server nor wrk used: the machine is shared, and `other_cores` says
+    how much another workload may have disturbed the run."""
     ident = srv.tree()
     before, _ = procfs.total_cpu_ticks(ident)
+    busy0, wrk0 = procfs.busy_ticks(), children_cpu_s()
     res = wrk.run(srv.port, threads=cfg["wrk_threads"], conns=conns, seconds=seconds,
                   depth=depth, pin=cfg["wrk_pin"])
+    busy1, wrk1 = procfs.busy_ticks(), children_cpu_s()
     after, missing = procfs.total_cpu_ticks(ident)
+    server_s = (after - before) / procfs.CLK_TCK
+    other = (busy1 - busy0) / procfs.CLK_TCK - server_s - (wrk1 - wrk0)
     rec = res.to_dict()
     rec.update(conns=conns, depth=depth, cpu_ticks=after - before,
-               cpu_us_per_req=cpu_us_per_request(after - before, res.requests))
+               cpu_us_per_req=cpu_us_per_request(after - before, res.requests),
+               wrk_cpu_s=wrk1 - wrk0, other_cores=max(0.0, other) / res.seconds if res.seconds else None)
     if missing:
         rec["failure"] = (rec["failure"] + "; " if rec["failure"] else "") + \
             f"server processes exited during the run: {missing}"
@@ -99,6 +115,8 @@ def describe(rec):
         parts.append(f"p50 {rec['p50_ms']:.2f} ms p99 {rec['p99_ms']:.2f} ms")
     if rec.get("cpu_us_per_req") is not None:
         parts.append(f"{rec['cpu_us_per_req']:.2f} us/req")
+    if rec.get("other_cores") is not None:
+        parts.append(f"other load {rec['other_cores']:.2f} cores")
     if not rec["valid"]:
         parts.append(f"INVALID: errors {rec['errors']}")
     return ", ".join(parts)

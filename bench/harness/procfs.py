@@ -141,3 +141,11 @@ def wait_gone(ident, timeout):
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.01)
+
+
+def busy_ticks():
+    """Ticks all CPUs spent busy (not idle nor iowait) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return sum(fields[:8]) - fields[3] - fields[4]

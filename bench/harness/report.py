@@ -97,8 +97,10 @@ def medians_table(runs, subjects):
                 return med([r[key] for r in good if r.get(key) is not None])
 
             rows.append([cell_name(cell), s.name, f"{len(good)}/{len(rs)}", f(m("rps"), ",.0f"),
-                         f(m("p50_ms"), ".2f"), f(m("p99_ms"), ".2f"), f(m("cpu_us_per_req"), ".2f")])
-    return table(["cell", "subject", "valid runs", "req/s", "p50 ms", "p99 ms", "server CPU µs/req"], rows)
+                         f(m("p50_ms"), ".2f"), f(m("p99_ms"), ".2f"), f(m("cpu_us_per_req"), ".2f"),
+                         f(m("other_cores"), ".2f")])
+    return table(["cell", "subject", "valid runs", "req/s", "p50 ms", "p99 ms", "server CPU µs/req",
+                  "other load (cores)"], rows)
 
 
 def ratios_section(ratios, cells, metric):
@@ -118,10 +120,10 @@ def runs_table(runs):
         err = ", ".join(f"{k} {v}" for k, v in errs.items() if v) or "0"
         rows.append([r["round"], r["config"], r["conns"], r["depth"], r["subject"],
                      f(r.get("rps"), ",.0f"), f(r.get("p50_ms"), ".3f"), f(r.get("p99_ms"), ".3f"),
-                     f(r.get("cpu_us_per_req"), ".2f"), r.get("requests", "–"), err,
+                     f(r.get("cpu_us_per_req"), ".2f"), f(r.get("other_cores"), ".2f"), r.get("requests", "–"), err,
                      "yes" if r.get("valid") else f"**no**: {r.get('failure') or 'socket errors'}"])
     return table(["round", "config", "conns", "depth", "subject", "req/s", "p50 ms", "p99 ms",
-                  "CPU µs/req", "requests", "errors", "valid"], rows)
+                  "CPU µs/req", "other load", "requests", "errors", "valid"], rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def scenarios_section(scen):
     b = scen.get("blocking")
     if b:
         out.append(f"### Blocking handler (sleep {10} ms, 256 connections, 2 children, wrk -t2, "
-                   f"{b['seconds']} s; bound {b['bound']:,} req/s)\n")
+                   f"{b['seconds']} s; bound {b['bound']:,} req/s)")
         out.append(table(["subject", "options", "req/s", "of bound", "p50 ms", "p99 ms", "CPU µs/req", "valid"],
                          [[r["subject"], r["extra"] or "–", f(r["rps"], ",.0f"), f(r["of_bound"], ".2f"),
                            f(r["p50_ms"], ".2f"), f(r["p99_ms"], ".2f"), f(r["cpu_us_per_req"], ".1f"),
@@ -225,7 +227,7 @@ def scenarios_section(scen):
         out.append(_skips(b))
     m = scen.get("memory")
     if m:
-        out.append(f"### Memory (one child; {m['conns']:,} idle keep-alive connections, each after one GET /)\n")
+        out.append(f"### Memory (one child; {m['conns']:,} idle keep-alive connections, each after one GET /)")
         out.append(table(["subject", "idle child RSS KiB", "master RSS KiB", "held open", "failed or closed",
                           "child RSS with them KiB", "added per connection"],
                          [[r["subject"], r["idle_child_kib"], r["master_kib"], r["held"], r["failed"],
@@ -233,23 +235,23 @@ def scenarios_section(scen):
         out.append(_skips(m))
     r = scen.get("ready")
     if r:
-        out.append(f"### Start to ready (2 children, {r['repeats']} starts, median)\n")
+        out.append(f"### Start to ready (2 children, {r['repeats']} starts, median)")
         out.append("`ready line`: the `ready ...` line on stdout; `serving`: the first `Hello, World!` "
-                   "answer to GET / (polled every 1 ms, after the ready line if any).\n")
+                   "answer to GET / (polled every 1 ms, after the ready line if any).")
         out.append(table(["subject", "ready line ms", "serving ms", "runs (serving)", "note"],
                          [[x["subject"], f(x["ready_line_median"], ".1f"), f(x["serving_median"], ".1f"),
                            ", ".join(f"{v:.1f}" for v in x["serving_ms"]), x["note"] or ""] for x in r["rows"]]))
         out.append(_skips(r))
     rs = scen.get("respawn")
     if rs:
-        out.append(f"### Respawn (one child, kill -9, poll GET /pid until another pid answers; {rs['repeats']} runs)\n")
+        out.append(f"### Respawn (one child, kill -9, poll GET /pid until another pid answers; {rs['repeats']} runs)")
         out.append(table(["subject", "median ms", "runs ms"],
                          [[x["subject"], f"{x['median']:.1f}", ", ".join(f"{v:.1f}" for v in x["ms"])] for x in rs["rows"]]))
         out.append(_skips(rs))
     md = scen.get("master-death")
     if md:
         out.append(f"### Master death (2 children, kill -9 of the master, poll /proc; {md['repeats']} runs, "
-                   f"children still alive after {md['timeout_s']:.0f} s are killed and counted)\n")
+                   f"children still alive after {md['timeout_s']:.0f} s are killed and counted)")
         out.append(table(["subject", "median ms to last child exit", "runs ms", "runs with survivors"],
                          [[x["subject"], f(x["median"], ".1f"), ", ".join(f"{v:.1f}" for v in x["ms"]) or "–",
                            x["survived"]] for x in md["rows"]]))
@@ -356,6 +358,8 @@ def write(md_path, meta, subjects, runs, scen, events, log):
              "subjects interleaved, order reversed every round")
     L.append("- CPU: utime+stime of the master and every child from /proc/PID/stat, read before and after "
              "each run, divided by the requests wrk completed")
+    L.append("- other load: CPU the machine spent outside the server and wrk during the run (from "
+             "/proc/stat), in cores; above ~0.1 another workload competed with the run")
     L.append("- a run with any socket error or non-2xx response is invalid and left out of medians and ratios\n")
     if runs:
         L.append("## Medians per cell\n")
@@ -372,6 +376,7 @@ def write(md_path, meta, subjects, runs, scen, events, log):
     if scen:
         L.append("\n## Scenarios\n")
         L.append(scenarios_section(scen))
+    events = events + [f"scenario {name}: {p}" for name, sc in scen.items() for p in sc.get("problems", [])]
     L.append("\n## Events\n")
     L.append("\n".join(f"- {e}" for e in events) if events else "None: every server started, stopped on SIGTERM "
              "with status 0, and left no process behind.")

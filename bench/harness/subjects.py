@@ -152,11 +152,14 @@ class StopResult:
     exit_code: int | None
     forced: bool  # the master needed SIGKILL
     leftovers: list = field(default_factory=list)  # pids still running after SIGKILL
+    was_running: bool = True  # False: the master had exited before stop() (or was killed by us)
 
     def problems(self):
         out = []
         if self.forced:
             out.append("master ignored SIGTERM for the grace period and was killed")
+        elif not self.was_running:
+            pass  # whoever ended it (a scenario's kill -9, a crash) reported it already
         elif self.exit_code not in (0, None):
             out.append(f"master exited {self.exit_code} on SIGTERM")
         if self.leftovers:
@@ -279,7 +282,8 @@ class Server:
     def stop(self, grace=5.0):
         """SIGTERM to the master, SIGKILL after `grace`; then every process of the tree must be
         gone (stragglers get SIGKILL by pid and count as leftovers)."""
-        ident = self.tree() if self.proc.poll() is None else {}
+        was_running = self.proc.poll() is None
+        ident = self.tree() if was_running else {}
         others = {p: s for p, s in ident.items() if p != self.pid}
         forced = False
         if self.proc.poll() is None:
@@ -301,7 +305,7 @@ class Server:
             self._reader.join(2.0)
         if self.proc.stdout:
             self.proc.stdout.close()
-        result = StopResult(self.proc.returncode, forced, sorted(left))
+        result = StopResult(self.proc.returncode, forced, sorted(left), was_running)
         ACTIVE.discard(self)
         if self.run_dir:
             self._keep_logs()
