@@ -358,8 +358,8 @@ def write(md_path, meta, subjects, runs, scen, events, log):
              "subjects interleaved, order reversed every round")
     L.append("- CPU: utime+stime of the master and every child from /proc/PID/stat, read before and after "
              "each run, divided by the requests wrk completed")
-    L.append("- other load: CPU the machine spent outside the server and wrk during the run (from "
-             "/proc/stat), in cores; above ~0.1 another workload competed with the run")
+    L.append("- other load: user, system and stolen CPU time the machine spent outside the server and "
+             "wrk during the run (/proc/stat), in cores; above ~0.1 another workload competed with the run")
     L.append("- a run with any socket error or non-2xx response is invalid and left out of medians and ratios\n")
     if runs:
         L.append("## Medians per cell\n")
