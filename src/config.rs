@@ -145,6 +145,15 @@ pub struct HttpConfig {
     pub handler_threads: usize,
     /// Output buffered for one connection before reading from it pauses. Default 256 KiB.
     pub max_output_buffer: usize,
+    /// Total bytes of chunk extensions (`;name=value` after a chunk size) accepted in one
+    /// chunked request body; more gets 400. Default 16 KiB.
+    pub max_chunk_ext_size: usize,
+    /// Largest trailer section of a chunked request body; more gets 431 (the number of trailer
+    /// fields is capped by `max_headers`). Trailers are validated, then dropped. Default 16 KiB.
+    pub max_trailer_size: usize,
+    /// Fairness: bytes read from plus written to one connection in one event-loop turn before
+    /// the loop serves the others. Default 256 KiB.
+    pub max_bytes_per_turn: usize,
 }
 
 impl Default for HttpConfig {
@@ -161,6 +170,9 @@ impl Default for HttpConfig {
             max_connections: 16384,
             handler_threads: 0,
             max_output_buffer: 256 * 1024,
+            max_chunk_ext_size: 16 * 1024,
+            max_trailer_size: 16 * 1024,
+            max_bytes_per_turn: 256 * 1024,
         }
     }
 }
@@ -173,6 +185,9 @@ impl HttpConfig {
             ("max_headers", self.max_headers),
             ("max_connections", self.max_connections),
             ("max_output_buffer", self.max_output_buffer),
+            ("max_chunk_ext_size", self.max_chunk_ext_size),
+            ("max_trailer_size", self.max_trailer_size),
+            ("max_bytes_per_turn", self.max_bytes_per_turn),
         ];
         for (name, value) in positive {
             if value == 0 {

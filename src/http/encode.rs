@@ -1,0 +1,205 @@
+//! Response encoding: small copies into the connection's output buffer, no formatting
+//! machinery. Every response carries a Date (RFC 9110 §6.6.1) and either Content-Length,
+//! `Transfer-Encoding: chunked` or (HTTP/1.0 streams only) `Connection: close`.
+
+use std::io::Read;
+
+use super::date::DATE_LEN;
+use super::status::write_status_line;
+use super::{Response, Status};
+
+/// How the request shapes its response.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reply {
+    pub minor: u8,
+    pub is_head: bool,
+    /// The connection closes after this response (decided by the request and the engine; the
+    /// handler may still ask for it).
+    pub close: bool,
+}
+
+/// A streamed body still to be sent after the head.
+pub(crate) struct Streaming {
+    pub source: Box<dyn Read + Send>,
+    pub chunked: bool,
+}
+
+/// What `encode` decided.
+pub(crate) struct Encoded {
+    pub close: bool,
+    pub stream: Option<Streaming>,
+}
+
+/// Appends the status line, headers and (buffered) body of `resp`, which is left with its
+/// buffers for reuse by the caller.
+pub(crate) fn encode(
+    out: &mut Vec<u8>,
+    resp: &mut Response,
+    reply: Reply,
+    date: &[u8; DATE_LEN],
+) -> Encoded {
+    let status = resp.status;
+    let bodiless_status = status == 204 || status == 304;
+    let mut close = reply.close || resp.close;
+    let mut stream = resp.stream.take();
+    if bodiless_status {
+        stream = None;
+    }
+    let chunked = stream.is_some() && reply.minor == 1;
+    if stream.is_some() && !chunked && !reply.is_head {
+        // HTTP/1.0 has no chunked coding: the end of the body is the end of the connection.
+        close = true;
+    }
+
+    write_status_line(out, status);
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else if stream.is_none() && !bodiless_status {
+        out.extend_from_slice(b"Content-Length: ");
+        write_decimal(out, resp.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if reply.minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(&resp.headers);
+    out.extend_from_slice(b"\r\n");
+
+    if reply.is_head {
+        stream = None;
+    } else if stream.is_none() && !bodiless_status {
+        out.extend_from_slice(&resp.body);
+    }
+    Encoded {
+        close,
+        stream: stream.map(|source| Streaming { source, chunked }),
+    }
+}
+
+/// An engine-made error response; the connection always closes after it.
+pub(crate) fn encode_error(out: &mut Vec<u8>, status: Status, date: &[u8; DATE_LEN]) {
+    write_status_line(out, status.0);
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Appends one chunk (RFC 9112 §7.1) holding `data`, which must not be empty.
+pub(crate) fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    write_hex(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with no trailers.
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn write_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &[u8; DATE_LEN] = b"Thu, 01 Jan 1970 00:00:00 GMT";
+
+    fn run(resp: &mut Response, minor: u8, is_head: bool, close: bool) -> (String, Encoded) {
+        let mut out = Vec::new();
+        let e = encode(
+            &mut out,
+            resp,
+            Reply {
+                minor,
+                is_head,
+                close,
+            },
+            DATE,
+        );
+        (String::from_utf8(out).unwrap(), e)
+    }
+
+    #[test]
+    fn decimal_and_hex() {
+        let mut out = Vec::new();
+        for n in [0, 9, 10, 4096, u64::MAX] {
+            write_decimal(&mut out, n);
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0 9 10 4096 18446744073709551615 ");
+        out.clear();
+        encode_chunk(&mut out, &[b'x'; 26]);
+        assert!(out.starts_with(b"1a\r\nxxx"));
+    }
+
+    #[test]
+    fn buffered_bodies() {
+        let mut r = Response::default();
+        r.write(b"hi");
+        r.add_header(b"X-A", b"1").unwrap();
+        let (s, e) = run(&mut r, 1, false, false);
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nhi"
+        );
+        assert!(!e.close && e.stream.is_none());
+        let (s, _) = run(&mut r, 1, true, false);
+        assert!(s.ends_with("Content-Length: 2\r\nX-A: 1\r\n\r\n"), "{s}");
+        let (s, _) = run(&mut r, 0, false, false);
+        assert!(s.contains("Connection: keep-alive\r\n"), "{s}");
+        let (s, e) = run(&mut r, 0, false, true);
+        assert!(s.contains("Connection: close\r\n") && e.close, "{s}");
+        r.set_status(204).unwrap();
+        let (s, _) = run(&mut r, 1, false, false);
+        assert!(!s.contains("Content-Length") && !s.ends_with("hi"), "{s}");
+    }
+
+    #[test]
+    fn streamed_bodies() {
+        let mut r = Response::default();
+        r.set_body_stream(std::io::empty());
+        let (s, e) = run(&mut r, 1, false, false);
+        assert!(s.contains("Transfer-Encoding: chunked\r\n") && !e.close);
+        assert!(e.stream.is_some_and(|s| s.chunked));
+        r.set_body_stream(std::io::empty());
+        let (s, e) = run(&mut r, 0, false, false);
+        assert!(s.contains("Connection: close\r\n") && !s.contains("Content-Length") && e.close);
+        assert!(e.stream.is_some_and(|s| !s.chunked));
+        r.set_body_stream(std::io::empty());
+        let (_, e) = run(&mut r, 1, true, false);
+        assert!(e.stream.is_none());
+    }
+}

@@ -1,0 +1,151 @@
+//! The handler interface: the `Handler` trait and the borrowed `Request` it receives.
+
+use std::net::SocketAddr;
+
+use super::Response;
+use crate::error::HookError;
+
+/// The application's request handler. One value serves every child: each child process gets
+/// its own copy of the program, so `init_child` is where per-process state is built.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs once in each child, on its serving thread, before the child reports ready. An error
+    /// makes the child exit (the master counts it as a crash).
+    fn init_child(&self) -> Result<(), HookError> {
+        Ok(())
+    }
+
+    /// Answers one request. Runs on the child's event-loop thread, or on one of its handler
+    /// threads when `handler_threads > 0`. A panic becomes a 500 and closes the connection.
+    ///
+    /// The engine has already answered every malformed request (400, 413, 414, 431, 501, 505),
+    /// so a request that reaches the handler is well-formed and its body is complete.
+    fn handle(&self, req: &Request<'_>, resp: &mut Response);
+
+    /// Runs once in each child after it stopped serving, on its serving thread.
+    fn exit_child(&self) {}
+}
+
+/// One header field of a request, borrowed from the connection's buffer. The name is as
+/// received (compare it case-insensitively); the value has no leading or trailing whitespace
+/// and may hold bytes >= 0x80 (obs-text), never a control character other than tab.
+#[derive(Clone, Copy, Debug)]
+pub struct Header<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// A parsed request, borrowed from the connection's buffers for the duration of
+/// `Handler::handle`.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) target: &'a str,
+    pub(crate) minor_version: u8,
+    pub(crate) headers: &'a [Header<'a>],
+    pub(crate) body: &'a [u8],
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// The method token, case-sensitive as received (`GET`, `POST`, ...).
+    pub fn method(&self) -> &'a str {
+        self.method
+    }
+
+    /// The request-target as received: origin-form `/p?q`, absolute-form `http://h/p?q`, or
+    /// `*` (OPTIONS only). Always visible ASCII.
+    pub fn target(&self) -> &'a str {
+        self.target
+    }
+
+    /// The path part of the target (for absolute-form, the path after the authority; `/` when
+    /// it has none). Not percent-decoded.
+    pub fn path(&self) -> &'a str {
+        let t = self.origin();
+        let p = t.split_once('?').map_or(t, |(p, _)| p);
+        if p.is_empty() { "/" } else { p }
+    }
+
+    /// The query after `?`, without the `?`; empty when there is none.
+    pub fn query(&self) -> &'a str {
+        self.origin().split_once('?').map_or("", |(_, q)| q)
+    }
+
+    fn origin(&self) -> &'a str {
+        let t = self.target;
+        match t.find("://") {
+            Some(i) => {
+                let rest = &t[i + 3..];
+                match rest.find(['/', '?']) {
+                    Some(j) if rest.as_bytes()[j] == b'/' => &rest[j..],
+                    // `http://h?q`: an empty path with a query.
+                    Some(j) => &rest[j..],
+                    None => "/",
+                }
+            }
+            None => t,
+        }
+    }
+
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1 (a request announcing HTTP/1.2 or later minor versions
+    /// is served as HTTP/1.1, as RFC 9112 §2.3 asks).
+    pub fn minor_version(&self) -> u8 {
+        self.minor_version
+    }
+
+    /// Every header field in the order received (repeated names stay separate entries).
+    pub fn headers(&self) -> &'a [Header<'a>] {
+        self.headers
+    }
+
+    /// The first value of the named header, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// The whole body, de-chunked; empty when the request has none.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// The client's address (`None` only when the socket could not report it).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str) -> Request<'_> {
+        Request {
+            method: "GET",
+            target,
+            minor_version: 1,
+            headers: &[],
+            body: &[],
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn path_and_query_of_every_form() {
+        let cases = [
+            ("/a/b?x=1&y", "/a/b", "x=1&y"),
+            ("/", "/", ""),
+            ("/p?", "/p", ""),
+            ("*", "*", ""),
+            ("http://h.example/p/q?z", "/p/q", "z"),
+            ("http://h.example", "/", ""),
+            ("http://h.example?q=1", "/", "q=1"),
+        ];
+        for (target, path, query) in cases {
+            let r = req(target);
+            assert_eq!((r.path(), r.query()), (path, query), "{target}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Finds the end of a request head incrementally, across reads, and enforces what httparse does
+//! not: CRLF line endings only (a bare LF is a 400), the request-line cap (414), the head size
+//! cap and the field-line count cap (431).
+//!
+//! The verdict depends only on the bytes, never on how they were split into reads: every check
+//! that "the limit is already exceeded" is made at the same byte position whether the bytes
+//! came at once or one by one (the connection fuzz target checks this).
+
+use super::Status;
+
+/// Caps applied while scanning.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScanLimits {
+    pub max_request_line: usize,
+    pub max_head_size: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// No end yet and no limit broken: read more.
+    Incomplete,
+    /// The head is the first `n` bytes (its final CRLF CRLF included).
+    Complete(usize),
+    Error(Status),
+}
+
+/// Scan state of one request head; offsets are relative to the first byte of the request.
+#[derive(Debug, Default)]
+pub(crate) struct HeadScan {
+    /// Bytes already examined.
+    pos: usize,
+    /// Start of the line being scanned.
+    line_start: usize,
+    /// Complete lines seen (the request line and field lines).
+    lines: usize,
+}
+
+impl HeadScan {
+    pub(crate) fn reset(&mut self) {
+        *self = HeadScan::default();
+    }
+
+    /// True once any byte of the head was examined.
+    pub(crate) fn started(&self) -> bool {
+        self.pos > 0
+    }
+
+    /// Scans `data` (the request so far, from its first byte; never shorter than on the
+    /// previous call) for the end of the head.
+    pub(crate) fn scan(&mut self, data: &[u8], lim: &ScanLimits) -> Scan {
+        while let Some(off) = memchr::memchr(b'\n', &data[self.pos..]) {
+            let lf = self.pos + off;
+            // The limits broken by the bytes before this LF win, exactly as if the read had
+            // ended just before it.
+            if let Some(status) = self.over_limit(lf, lim) {
+                return Scan::Error(status);
+            }
+            if lf == 0 || data[lf - 1] != b'\r' {
+                return Scan::Error(Status::BAD_REQUEST);
+            }
+            self.pos = lf + 1;
+            if lf - self.line_start == 1 {
+                // An empty line: the head ends here. (The request line is never empty: the
+                // caller strips the empty lines that may precede it.)
+                if lf + 1 > lim.max_head_size {
+                    return Scan::Error(Status::HEADER_FIELDS_TOO_LARGE);
+                }
+                return Scan::Complete(lf + 1);
+            }
+            self.line_start = lf + 1;
+            self.lines += 1;
+            if self.lines > lim.max_headers + 1 {
+                return Scan::Error(Status::HEADER_FIELDS_TOO_LARGE);
+            }
+        }
+        self.pos = data.len();
+        match self.over_limit(data.len(), lim) {
+            Some(status) => Scan::Error(status),
+            None => Scan::Incomplete,
+        }
+    }
+
+    /// The cap already broken by `len` bytes with no head end among them, if any. When both
+    /// caps are broken, the one broken at the earlier byte wins (414 on a tie).
+    fn over_limit(&self, len: usize, lim: &ScanLimits) -> Option<Status> {
+        let line_limit = lim.max_request_line + 2; // the line, its CR, and one byte more
+        let head_limit = lim.max_head_size + 1;
+        if self.lines == 0 && len >= line_limit && line_limit <= head_limit {
+            return Some(Status::URI_TOO_LONG);
+        }
+        if len >= head_limit {
+            return Some(Status::HEADER_FIELDS_TOO_LARGE);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIM: ScanLimits = ScanLimits {
+        max_request_line: 20,
+        max_head_size: 60,
+        max_headers: 3,
+    };
+
+    fn whole(data: &[u8]) -> Scan {
+        HeadScan::default().scan(data, &LIM)
+    }
+
+    fn bytewise(data: &[u8]) -> Scan {
+        let mut s = HeadScan::default();
+        for n in 1..=data.len() {
+            match s.scan(&data[..n], &LIM) {
+                Scan::Incomplete => {}
+                other => return other,
+            }
+        }
+        Scan::Incomplete
+    }
+
+    #[test]
+    fn verdicts_do_not_depend_on_splits() {
+        let cases: &[(&[u8], Scan)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", Scan::Complete(27)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", Scan::Incomplete),
+            (
+                b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+                Scan::Error(Status::BAD_REQUEST),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+                Scan::Error(Status::BAD_REQUEST),
+            ),
+            (
+                b"GET /aaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n",
+                Scan::Error(Status::URI_TOO_LONG),
+            ),
+            (
+                b"GET /aaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\n",
+                Scan::Error(Status::URI_TOO_LONG),
+            ),
+            (
+                b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n",
+                Scan::Error(Status::HEADER_FIELDS_TOO_LARGE),
+            ),
+            (
+                b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n",
+                Scan::Complete(36),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n\r\n",
+                Scan::Error(Status::HEADER_FIELDS_TOO_LARGE),
+            ),
+        ];
+        for (data, want) in cases {
+            assert_eq!(&whole(data), want, "{:?}", String::from_utf8_lossy(data));
+            assert_eq!(&bytewise(data), want, "{:?}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn request_line_exactly_at_the_cap_is_accepted() {
+        let line = format!("GET /{} HTTP/1.1", "a".repeat(20 - 14));
+        assert_eq!(line.len(), 20);
+        let data = format!("{line}\r\n\r\n");
+        assert_eq!(whole(data.as_bytes()), Scan::Complete(24));
+        assert_eq!(bytewise(data.as_bytes()), Scan::Complete(24));
+    }
+
+    #[test]
+    fn head_exactly_at_the_cap_is_accepted() {
+        let pad = "x".repeat(60 - 16 - 7);
+        let data = format!("GET / HTTP/1.1\r\nh: {pad}\r\n\r\n");
+        assert_eq!(data.len(), 60);
+        assert_eq!(whole(data.as_bytes()), Scan::Complete(60));
+        let data = format!("GET / HTTP/1.1\r\nh: {pad}x\r\n\r\n");
+        assert_eq!(
+            whole(data.as_bytes()),
+            Scan::Error(Status::HEADER_FIELDS_TOO_LARGE)
+        );
+        assert_eq!(
+            bytewise(data.as_bytes()),
+            Scan::Error(Status::HEADER_FIELDS_TOO_LARGE)
+        );
+    }
+}

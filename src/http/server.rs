@@ -1,0 +1,728 @@
+//! The child's event loop: one edge-triggered mio poll on the serving thread, the listener,
+//! every connection's socket, the stop pipe, the lifeline to the master and (with handler
+//! threads) the waker.
+//!
+//! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
+//! session answer every complete request, write all of it with one `send`, repeat until the
+//! socket would block. Timeouts are checked by a sweep every `tick` over all connections, using
+//! the loop's cached clock: no timer syscall per request.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener as StdListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::ServeControl;
+use super::date::DateCache;
+use super::request::Handler;
+use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
+use super::workers::{Job, WorkerPool};
+use crate::config::HttpConfig;
+use crate::error::{Error, ErrorKind, panic_message};
+use crate::log::{Level, Logger};
+
+const LISTENER: Token = Token(0);
+const WAKE: Token = Token(1);
+const LIFELINE: Token = Token(2);
+const WAKER: Token = Token(3);
+/// Connection tokens are slab indices plus this.
+const FIRST_CONN: usize = 16;
+
+/// Connections accepted per turn before the others get a go.
+const ACCEPT_BATCH: usize = 64;
+/// Pause before accepting again after running out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After the last response, the socket's write side is shut and its input discarded for at
+/// most this long, so unread request bytes never turn the close into a reset that destroys the
+/// response in flight (a "lingering close", as nginx does).
+const LINGER: Duration = Duration::from_secs(2);
+/// Input discarded at most while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+/// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
+const MIN_TICK: Duration = Duration::from_millis(5);
+const MAX_TICK: Duration = Duration::from_millis(250);
+
+struct Conn {
+    sock: TcpStream,
+    session: Session,
+    generation: u64,
+    /// The socket may have input (no WouldBlock or short read since the last edge).
+    readable: bool,
+    /// The socket may take output.
+    writable: bool,
+    /// Listed in `Server::again` for the next turn.
+    queued: bool,
+    timer: Timer,
+    timer_seq: u64,
+    timer_since: Instant,
+    /// Output pending, without write progress since then.
+    write_since: Option<Instant>,
+    /// Lingering close under way: drop the connection at this instant at the latest.
+    linger_until: Option<Instant>,
+    linger_left: usize,
+}
+
+/// How a drive of one connection ended.
+enum Drive {
+    /// Waiting for the socket or a handler thread.
+    Wait,
+    /// Budget spent with work left: continue next turn.
+    Again,
+    /// Everything is sent and no response will follow: close gracefully.
+    Finish,
+    /// Drop the connection now (error, reset, idle while draining).
+    Close,
+}
+
+struct Server<'a> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    listener_ready: bool,
+    accept_resume: Option<Instant>,
+    accept_warned: bool,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    live: usize,
+    next_generation: u64,
+    /// Connections whose budget ran out this turn.
+    again: Vec<usize>,
+    cfg: &'a HttpConfig,
+    limits: Limits,
+    handler: &'a Arc<dyn Handler>,
+    pool: Option<WorkerPool>,
+    done: Vec<Job>,
+    scratch: Scratch,
+    date: DateCache,
+    now: Instant,
+    tick: Duration,
+    next_tick: Instant,
+    drain_deadline: Option<Instant>,
+    grace: Duration,
+    wake_fd: RawFd,
+    lifeline_fd: Option<RawFd>,
+    log: &'a dyn Logger,
+}
+
+/// Serves `listener` until a stop is requested or the master dies, then drains. See
+/// `super::serve`.
+pub(crate) fn run(
+    listener: StdListener,
+    handler: &Arc<dyn Handler>,
+    cfg: &HttpConfig,
+    mut ctl: ServeControl<'_>,
+    log: &dyn Logger,
+) -> Result<(), Error> {
+    let io_err = |what: &str, e: io::Error| Error::io(ErrorKind::Io, what, e);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("making the listener non-blocking", e))?;
+    let poll = Poll::new().map_err(|e| io_err("creating the event loop", e))?;
+    let mut listener = TcpListener::from_std(listener);
+    let registry = poll.registry();
+    registry
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(|e| io_err("registering the listener", e))?;
+    registry
+        .register(&mut SourceFd(&ctl.wake_fd), WAKE, Interest::READABLE)
+        .map_err(|e| io_err("registering the stop pipe", e))?;
+    if let Some(fd) = ctl.lifeline_fd {
+        registry
+            .register(&mut SourceFd(&fd), LIFELINE, Interest::READABLE)
+            .map_err(|e| io_err("registering the lifeline", e))?;
+    }
+    let pool = if cfg.handler_threads > 0 {
+        let waker = mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?;
+        let pool = WorkerPool::start(cfg.handler_threads, handler, waker, cfg.max_headers)
+            .map_err(|e| io_err("starting the handler threads", e))?;
+        Some(pool)
+    } else {
+        None
+    };
+
+    let shortest = [
+        cfg.header_timeout,
+        cfg.body_timeout,
+        cfg.idle_timeout,
+        cfg.write_timeout,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(MAX_TICK);
+    let now = Instant::now();
+    let mut server = Server {
+        poll,
+        listener: Some(listener),
+        listener_ready: true,
+        accept_resume: None,
+        accept_warned: false,
+        conns: Vec::new(),
+        free: Vec::new(),
+        live: 0,
+        next_generation: 0,
+        again: Vec::new(),
+        cfg,
+        limits: Limits::new(cfg),
+        handler,
+        pool,
+        done: Vec::new(),
+        scratch: Scratch::new(cfg.max_headers),
+        date: DateCache::new(),
+        now,
+        tick: (shortest / 8).clamp(MIN_TICK, MAX_TICK),
+        next_tick: now,
+        drain_deadline: None,
+        grace: ctl.grace_period,
+        wake_fd: ctl.wake_fd,
+        lifeline_fd: ctl.lifeline_fd,
+        log,
+    };
+    let result = server.run(&mut ctl);
+    server.close_all();
+    if let Some(mut pool) = server.pool.take() {
+        let stuck = pool.shutdown();
+        if stuck > 0 {
+            log.log(
+                Level::Warn,
+                &format!(
+                    "{stuck} handler thread(s) still busy after the grace period; not waiting"
+                ),
+            );
+        }
+    }
+    result
+}
+
+impl Server<'_> {
+    fn run(&mut self, ctl: &mut ServeControl<'_>) -> Result<(), Error> {
+        let mut events = Events::with_capacity(1024);
+        if crate::control::stop_requested() {
+            self.start_drain(false);
+        }
+        loop {
+            if let Some(deadline) = self.drain_deadline
+                && (self.live == 0 || self.now >= deadline)
+            {
+                return Ok(());
+            }
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(Error::io(ErrorKind::Io, "waiting for events", e));
+            }
+            self.now = Instant::now();
+            self.date.refresh(SystemTime::now());
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.listener_ready = true,
+                    WAKE => {
+                        if let Some(byte) = self.read_wake() {
+                            self.start_drain(byte == crate::control::WAKE_STOP_NOW);
+                        }
+                    }
+                    LIFELINE => {
+                        if self.lifeline_gone() {
+                            self.on_master_death(ctl);
+                        }
+                    }
+                    WAKER => {}
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        if let Some(Some(c)) = self.conns.get_mut(idx) {
+                            c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                            self.drive(idx);
+                        }
+                    }
+                }
+            }
+            self.collect_done();
+            self.accept();
+            for idx in std::mem::take(&mut self.again) {
+                if let Some(Some(c)) = self.conns.get_mut(idx) {
+                    c.queued = false;
+                    self.drive(idx);
+                }
+            }
+            if self.now >= self.next_tick {
+                self.next_tick = self.now + self.tick;
+                self.sweep();
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() || (self.listener_ready && self.can_accept()) {
+            return Some(Duration::ZERO);
+        }
+        let mut wake_at: Option<Instant> = None;
+        let mut consider = |t: Instant| wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+        if self.live > 0 || self.pool.as_ref().is_some_and(|p| p.outstanding() > 0) {
+            consider(self.next_tick);
+        }
+        if let Some(t) = self.accept_resume {
+            consider(t);
+        }
+        if let Some(t) = self.drain_deadline {
+            consider(t);
+        }
+        // Round up to a whole millisecond: epoll rounds down, and waking a hair early would
+        // spin through a turn that finds nothing due.
+        wake_at.map(|t| {
+            let d = t.saturating_duration_since(Instant::now());
+            Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64)
+        })
+    }
+
+    fn can_accept(&self) -> bool {
+        self.listener.is_some()
+            && self.live < self.cfg.max_connections
+            && self.accept_resume.is_none_or(|t| self.now >= t)
+    }
+
+    fn accept(&mut self) {
+        if !self.listener_ready || !self.can_accept() {
+            return;
+        }
+        self.accept_resume = None;
+        for _ in 0..ACCEPT_BATCH {
+            if self.live >= self.cfg.max_connections {
+                // Resumed by the first close: `listener_ready` stays set.
+                return;
+            }
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, peer)) => {
+                    self.accept_warned = false;
+                    self.add_conn(sock, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_ready = false;
+                    return;
+                }
+                Err(e) if is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM or worse: the pending connection stays in
+                    // the backlog; retry after a pause (or at the next close) instead of
+                    // spinning on an error that is still there.
+                    if !self.accept_warned {
+                        self.accept_warned = true;
+                        self.log.log(
+                            Level::Warn,
+                            &format!(
+                                "accept failed ({e}) with {} connections open; pausing accept",
+                                self.live
+                            ),
+                        );
+                    }
+                    self.accept_resume = Some(self.now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        // Responses are written whole, once per batch: Nagle would only delay them.
+        let _ = sock.set_nodelay(true);
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let token = Token(idx + FIRST_CONN);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            self.log.log(
+                Level::Warn,
+                &format!("registering a connection failed: {e}"),
+            );
+            self.free.push(idx);
+            return;
+        }
+        self.next_generation += 1;
+        self.conns[idx] = Some(Conn {
+            sock,
+            session: Session::new(Some(peer)),
+            generation: self.next_generation,
+            // Requests often arrive with the connection: try reading at once.
+            readable: true,
+            writable: true,
+            queued: false,
+            timer: Timer::Idle,
+            timer_seq: 0,
+            timer_since: self.now,
+            write_since: None,
+            linger_until: None,
+            linger_left: 0,
+        });
+        self.live += 1;
+        self.drive(idx);
+    }
+
+    /// Moves one connection as far as its socket, its budget and its requests allow.
+    fn drive(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.linger_until.is_some() {
+            if linger(conn) {
+                self.close(idx);
+            }
+            return;
+        }
+        let draining = self.drain_deadline.is_some();
+        let mut ctx = Ctx {
+            limits: &self.limits,
+            date: self.date.get(),
+            exec: match &self.pool {
+                Some(pool) => Exec::Pool(pool),
+                None => Exec::Inline(&**self.handler),
+            },
+            scratch: &mut self.scratch,
+            draining,
+            conn: (idx, conn.generation),
+            log: self.log,
+        };
+        let fd = conn.sock.as_raw_fd();
+        let mut budget = self.cfg.max_bytes_per_turn;
+        let mut body_progress = false;
+        let outcome = loop {
+            let mut progress = conn.session.process(&mut ctx);
+            if conn.session.out_pending() > 0 && conn.writable {
+                let out = conn.session.output();
+                match send(fd, out) {
+                    Ok(n) => {
+                        if n < out.len() {
+                            conn.writable = false;
+                        }
+                        conn.session.sent(n);
+                        conn.write_since = Some(self.now);
+                        budget = budget.saturating_sub(n);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(_) => break Drive::Close,
+                }
+            }
+            if conn.session.out_pending() == 0 {
+                if conn.session.finished() {
+                    break Drive::Finish;
+                }
+                if draining && conn.session.is_idle() {
+                    break Drive::Close;
+                }
+            }
+            if conn.session.wants_input(&self.limits) && conn.readable {
+                if budget == 0 {
+                    break Drive::Again;
+                }
+                let buf = conn.session.read_buf();
+                let room = buf.len();
+                match recv(fd, buf) {
+                    Ok(0) => {
+                        conn.session.on_eof();
+                        conn.readable = false;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        conn.session.filled(n);
+                        // Edge-triggered: a short read drained the socket, and new data will
+                        // raise a new edge, so the next read would only say WouldBlock.
+                        if n < room {
+                            conn.readable = false;
+                        }
+                        budget = budget.saturating_sub(n);
+                        body_progress = true;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(_) => break Drive::Close,
+                }
+            }
+            if !progress {
+                break Drive::Wait;
+            }
+            if budget == 0 {
+                break Drive::Again;
+            }
+        };
+        match outcome {
+            Drive::Close => return self.close(idx),
+            Drive::Finish => return self.finish(idx),
+            Drive::Again => {
+                if !conn.queued {
+                    conn.queued = true;
+                    self.again.push(idx);
+                }
+            }
+            Drive::Wait => {}
+        }
+        let timer = conn.session.timer(&self.limits);
+        let seq = conn.session.seq();
+        if timer != conn.timer || seq != conn.timer_seq || (timer == Timer::Body && body_progress) {
+            conn.timer = timer;
+            conn.timer_seq = seq;
+            conn.timer_since = self.now;
+        }
+        if conn.session.out_pending() == 0 {
+            conn.write_since = None;
+        } else if conn.write_since.is_none() {
+            conn.write_since = Some(self.now);
+        }
+    }
+
+    /// The last response is out: close, lingering unless the peer already closed its side.
+    fn finish(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.session.peer_closed() {
+            return self.close(idx);
+        }
+        if conn.sock.shutdown(Shutdown::Write).is_err() {
+            return self.close(idx);
+        }
+        conn.linger_until = Some(self.now + LINGER);
+        conn.linger_left = LINGER_BYTES;
+        conn.readable = true;
+        if linger(conn) {
+            self.close(idx);
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        // Closing the socket removes it from the epoll set; no deregister call needed.
+        if self.conns[idx].take().is_some() {
+            self.free.push(idx);
+            self.live -= 1;
+        }
+    }
+
+    fn close_all(&mut self) {
+        for idx in 0..self.conns.len() {
+            self.close(idx);
+        }
+    }
+
+    /// Applies the deadlines: write stall → drop; idle → drop; slow head or body → 408.
+    fn sweep(&mut self) {
+        let cfg = self.cfg;
+        for idx in 0..self.conns.len() {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                continue;
+            };
+            if let Some(until) = conn.linger_until {
+                if self.now >= until {
+                    self.close(idx);
+                }
+                continue;
+            }
+            if conn
+                .write_since
+                .is_some_and(|t| self.now - t >= cfg.write_timeout)
+            {
+                self.close(idx);
+                continue;
+            }
+            let limit = match conn.timer {
+                Timer::Off => continue,
+                Timer::Idle => cfg.idle_timeout,
+                Timer::Head => cfg.header_timeout,
+                Timer::Body => cfg.body_timeout,
+            };
+            if self.now - conn.timer_since < limit {
+                continue;
+            }
+            if conn.session.on_timeout(&self.limits, self.date.get()) {
+                self.close(idx);
+            } else {
+                self.drive(idx);
+            }
+        }
+    }
+
+    fn collect_done(&mut self) {
+        let Some(pool) = self.pool.as_ref() else {
+            return;
+        };
+        pool.take_done(&mut self.done);
+        if self.done.is_empty() {
+            return;
+        }
+        let draining = self.drain_deadline.is_some();
+        let mut jobs = std::mem::take(&mut self.done);
+        for mut job in jobs.drain(..) {
+            let (idx, generation) = job.conn;
+            if let Some(Some(conn)) = self.conns.get_mut(idx)
+                && conn.generation == generation
+            {
+                let mut ctx = Ctx {
+                    limits: &self.limits,
+                    date: self.date.get(),
+                    exec: Exec::Pool(pool),
+                    scratch: &mut self.scratch,
+                    draining,
+                    conn: job.conn,
+                    log: self.log,
+                };
+                conn.session.complete(&mut job, &mut ctx);
+                if !conn.queued {
+                    conn.queued = true;
+                    self.again.push(idx);
+                }
+            }
+            job.resp.reset();
+            self.scratch.free_jobs.push(job);
+        }
+        self.done = jobs;
+    }
+
+    /// Stops accepting and lets the connections finish (`now`: with no grace at all).
+    fn start_drain(&mut self, now: bool) {
+        let grace = if now { Duration::ZERO } else { self.grace };
+        let deadline = self.now + grace;
+        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+            // Dropping it closes this child's descriptor; the other children keep serving.
+        }
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].is_some() {
+                self.drive(idx);
+            }
+        }
+    }
+
+    /// Reads every pending byte of the stop pipe; returns the most urgent request seen.
+    fn read_wake(&self) -> Option<u8> {
+        let mut seen = None;
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reading into a valid buffer of the given length.
+            let n = unsafe { libc::read(self.wake_fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return seen;
+            }
+            for &b in &buf[..n as usize] {
+                if seen != Some(crate::control::WAKE_STOP_NOW) {
+                    seen = Some(b);
+                }
+            }
+        }
+    }
+
+    /// True when the lifeline reports EOF or an error (the master is gone).
+    fn lifeline_gone(&self) -> bool {
+        let Some(fd) = self.lifeline_fd else {
+            return false;
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; zero timeout. The lifeline's blocking mode is not ours
+            // to change, so a read happens only when poll says it will not block.
+            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if r <= 0 {
+                return false;
+            }
+            if pfd.revents & libc::POLLIN == 0 {
+                return pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+            }
+            // SAFETY: reading into a valid buffer of the given length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n == 0 {
+                return true;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                );
+            }
+        }
+    }
+
+    fn on_master_death(&mut self, ctl: &mut ServeControl<'_>) {
+        if let Some(fd) = self.lifeline_fd.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        self.log
+            .log(Level::Warn, "the master process is gone; draining");
+        if let Some(hook) = ctl.on_master_death.take()
+            && let Err(p) = catch_unwind(AssertUnwindSafe(hook))
+        {
+            self.log.log(
+                Level::Error,
+                &format!("the master-death hook panicked: {}", panic_message(&*p)),
+            );
+        }
+        self.start_drain(false);
+    }
+}
+
+/// Discards input of a closing connection; true when it can be dropped.
+fn linger(conn: &mut Conn) -> bool {
+    let mut buf = [0u8; 4096];
+    let fd = conn.sock.as_raw_fd();
+    loop {
+        match recv(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                conn.linger_left = conn.linger_left.saturating_sub(n);
+                if conn.linger_left == 0 {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM | libc::ETIMEDOUT)
+    )
+}
+
+/// `send` with MSG_NOSIGNAL: the host may leave SIGPIPE at its default (C programs do), and a
+/// peer's reset must not kill the child.
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length; fd is a socket this loop owns.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for writes of its length; fd is a socket this loop owns.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

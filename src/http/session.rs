@@ -1,0 +1,687 @@
+//! One connection's protocol state machine, free of I/O: received bytes go in through
+//! `read_buf`/`filled`, responses come out through `output`/`sent`. The socket side
+//! (`server.rs`) decides when to read and write; the fuzzer drives the same code from memory.
+//!
+//! Every complete request in the input is answered in order before the caller flushes, so a
+//! pipelined batch costs one write. Nothing is allocated per request once the buffers are warm:
+//! the input and output buffers, the de-chunked body, the response and the header arrays are
+//! all reused.
+
+use std::mem;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::chunked::{ChunkLimits, ChunkedDecoder, Decoded};
+use super::date::DATE_LEN;
+use super::encode::{self, Reply, Streaming};
+use super::parse::{self, BodyKind, ReqInfo};
+use super::request::{Handler, Header, Request};
+use super::scan::{HeadScan, Scan, ScanLimits};
+use super::workers::{ConnId, Job, WorkerPool};
+use super::{Response, Status, recycle};
+use crate::config::HttpConfig;
+use crate::error::panic_message;
+use crate::log::{Level, Logger};
+
+/// First size of a connection's input buffer, and the size it returns to when idle.
+const INITIAL_INPUT: usize = 8 * 1024;
+/// A read is attempted only with at least this much free space.
+const MIN_READ: usize = 2 * 1024;
+/// Buffers above this are released once empty rather than kept for the next request.
+const KEEP_CAPACITY: usize = 256 * 1024;
+/// Bytes pulled from a body stream per read.
+const STREAM_CHUNK: usize = 16 * 1024;
+
+/// The caps of `HttpConfig` in the form the state machine uses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub scan: ScanLimits,
+    pub chunk: ChunkLimits,
+    pub max_body: u64,
+    pub max_output: usize,
+}
+
+impl Limits {
+    pub(crate) fn new(cfg: &HttpConfig) -> Limits {
+        let max_body = cfg.max_body_size as u64;
+        Limits {
+            scan: ScanLimits {
+                max_request_line: cfg.max_request_line,
+                max_head_size: cfg.max_head_size,
+                max_headers: cfg.max_headers,
+            },
+            chunk: ChunkLimits {
+                max_body,
+                max_ext: cfg.max_chunk_ext_size,
+                max_trailer: cfg.max_trailer_size,
+                max_trailers: cfg.max_headers,
+            },
+            max_body,
+            max_output: cfg.max_output_buffer,
+        }
+    }
+}
+
+/// Where handlers run.
+pub(crate) enum Exec<'a> {
+    /// On the event loop, right away.
+    Inline(&'a dyn Handler),
+    /// On the handler threads.
+    Pool(&'a WorkerPool),
+}
+
+/// Buffers shared by every session of one event loop (only one runs at a time).
+pub(crate) struct Scratch {
+    /// Empty, with capacity for `max_headers`: httparse's output slots.
+    slots: Vec<httparse::Header<'static>>,
+    /// Empty, with capacity for `max_headers`: the handler's header array.
+    headers: Vec<Header<'static>>,
+    stream_buf: Vec<u8>,
+    /// Jobs back from the handler threads, ready for reuse.
+    pub(crate) free_jobs: Vec<Job>,
+}
+
+impl Scratch {
+    pub(crate) fn new(max_headers: usize) -> Scratch {
+        Scratch {
+            slots: Vec::with_capacity(max_headers),
+            headers: Vec::with_capacity(max_headers),
+            stream_buf: vec![0; STREAM_CHUNK],
+            free_jobs: Vec::new(),
+        }
+    }
+}
+
+/// What a session needs from its event loop for one call.
+pub(crate) struct Ctx<'a> {
+    pub limits: &'a Limits,
+    pub date: &'a [u8; DATE_LEN],
+    pub exec: Exec<'a>,
+    pub scratch: &'a mut Scratch,
+    /// A graceful stop is under way: the last buffered request gets `Connection: close`.
+    pub draining: bool,
+    pub conn: ConnId,
+    pub log: &'a dyn Logger,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// The head is parsed (`info`, `head_len`); waiting for the body.
+    Body,
+    /// A handler thread has the request.
+    InFlight,
+    /// Pulling a streamed response body.
+    Streaming,
+    /// No more requests on this connection: close once the output is sent.
+    Done,
+}
+
+/// Which read deadline applies now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// None: a handler or a write is what the connection waits for.
+    Off,
+    /// Between requests: `idle_timeout`, then a silent close.
+    Idle,
+    /// Inside a request head: `header_timeout` from its first byte, then 408.
+    Head,
+    /// Inside a request body: `body_timeout` without progress, then 408.
+    Body,
+}
+
+/// The received bytes not yet consumed are `buf[start..end]`.
+#[derive(Default)]
+struct InBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl InBuf {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Free space after the data: at least `min` bytes, growing by `grow` when it must grow.
+    fn space(&mut self, min: usize, grow: usize) -> &mut [u8] {
+        if self.buf.len() - self.end < min {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < min {
+                let len = self.end + grow.max(min);
+                self.buf.resize(len, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    fn release_if_large(&mut self) {
+        if self.start == self.end && self.buf.len() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+pub(crate) struct Session {
+    inp: InBuf,
+    out: Vec<u8>,
+    out_pos: usize,
+    phase: Phase,
+    scan: HeadScan,
+    info: ReqInfo,
+    head_len: usize,
+    /// The de-chunked body of the current request.
+    body: Vec<u8>,
+    chunked: ChunkedDecoder,
+    resp: Response,
+    stream: Option<Streaming>,
+    close_after_stream: bool,
+    peer: Option<SocketAddr>,
+    peer_eof: bool,
+    /// `process` stopped because the output is over its cap, with input left to handle.
+    stalled: bool,
+    /// Requests whose head was complete: tells the timers a new request began.
+    seq: u64,
+}
+
+/// What the request head leads to.
+enum Next {
+    Fail(Status),
+    /// Answered inline: the request (and its body) took `consumed` bytes.
+    Answered {
+        info: ReqInfo,
+        consumed: usize,
+        panic: Option<String>,
+    },
+    /// The body is still coming, or a handler thread will answer.
+    Later(ReqInfo),
+}
+
+impl Session {
+    pub(crate) fn new(peer: Option<SocketAddr>) -> Session {
+        Session {
+            inp: InBuf::default(),
+            out: Vec::new(),
+            out_pos: 0,
+            phase: Phase::Head,
+            scan: HeadScan::default(),
+            info: ReqInfo::NONE,
+            head_len: 0,
+            body: Vec::new(),
+            chunked: ChunkedDecoder::default(),
+            resp: Response::default(),
+            stream: None,
+            close_after_stream: false,
+            peer,
+            peer_eof: false,
+            stalled: false,
+            seq: 0,
+        }
+    }
+
+    /// Where the next read should put its bytes; pass the count to `filled`.
+    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
+        let remaining_body = match (self.phase, self.info.body) {
+            (Phase::Body, BodyKind::Length(n)) => {
+                (self.head_len as u64 + n).saturating_sub(self.inp.len() as u64) as usize
+            }
+            _ => 0,
+        };
+        self.inp.space(MIN_READ, remaining_body.max(INITIAL_INPUT))
+    }
+
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.inp.end += n;
+        debug_assert!(self.inp.end <= self.inp.buf.len());
+    }
+
+    /// The peer will send nothing more.
+    pub(crate) fn on_eof(&mut self) {
+        self.peer_eof = true;
+    }
+
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_eof
+    }
+
+    pub(crate) fn output(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    pub(crate) fn out_pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.out_pos += n;
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > KEEP_CAPACITY {
+                self.out = Vec::new();
+            }
+        } else if self.out_pos > KEEP_CAPACITY {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    /// More input is useful now.
+    pub(crate) fn wants_input(&self, lim: &Limits) -> bool {
+        matches!(self.phase, Phase::Head | Phase::Body)
+            && !self.peer_eof
+            && self.out_pending() <= lim.max_output
+    }
+
+    /// No response will be produced any more: close once the output is sent.
+    pub(crate) fn finished(&self) -> bool {
+        self.phase == Phase::Done
+            || (self.peer_eof && !self.stalled && matches!(self.phase, Phase::Head | Phase::Body))
+    }
+
+    /// Between requests with nothing buffered either way: safe to close at once.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.phase == Phase::Head
+            && self.inp.len() == 0
+            && !self.scan.started()
+            && self.out_pending() == 0
+    }
+
+    pub(crate) fn timer(&self, lim: &Limits) -> Timer {
+        if self.out_pending() > lim.max_output {
+            return Timer::Off;
+        }
+        match self.phase {
+            Phase::Head if self.inp.len() == 0 && !self.scan.started() => Timer::Idle,
+            Phase::Head => Timer::Head,
+            Phase::Body => Timer::Body,
+            Phase::InFlight | Phase::Streaming | Phase::Done => Timer::Off,
+        }
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The read deadline of `timer()` passed. Returns true when the connection should close
+    /// at once (idle); otherwise a 408 was queued (or nothing was due).
+    pub(crate) fn on_timeout(&mut self, lim: &Limits, date: &[u8; DATE_LEN]) -> bool {
+        match self.timer(lim) {
+            Timer::Idle => true,
+            Timer::Head | Timer::Body => {
+                self.fail_with(Status::REQUEST_TIMEOUT, date);
+                false
+            }
+            Timer::Off => false,
+        }
+    }
+
+    /// Handles every complete request buffered, until the output is over its cap. Returns
+    /// whether anything changed.
+    pub(crate) fn process(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            if self.out_pending() > ctx.limits.max_output {
+                self.stalled = matches!(self.phase, Phase::Head | Phase::Body | Phase::Streaming);
+                break;
+            }
+            self.stalled = false;
+            let stepped = match self.phase {
+                Phase::Done | Phase::InFlight => false,
+                Phase::Streaming => self.pump(ctx),
+                Phase::Head => self.on_head(ctx),
+                Phase::Body => self.on_body(ctx),
+            };
+            if !stepped {
+                break;
+            }
+            progress = true;
+        }
+        if self.phase == Phase::Head {
+            self.inp.release_if_large();
+        }
+        progress
+    }
+
+    /// A handler thread finished this session's request.
+    pub(crate) fn complete(&mut self, job: &mut Job, ctx: &mut Ctx<'_>) {
+        debug_assert_eq!(self.phase, Phase::InFlight);
+        let panic = job.panic.take();
+        self.reply(ctx, &mut job.resp, panic);
+    }
+
+    fn on_head(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let mut progress = false;
+        if !self.scan.started() {
+            // RFC 9112 §2.2: empty lines before a request-line are ignored (CRLF only).
+            loop {
+                match self.inp.data() {
+                    [b'\r', b'\n', ..] => {
+                        self.inp.consume(2);
+                        progress = true;
+                    }
+                    [b'\n', ..] => return self.fail(Status::BAD_REQUEST, ctx),
+                    [] | [b'\r'] => return progress,
+                    _ => break,
+                }
+            }
+        }
+        match self.scan.scan(self.inp.data(), &ctx.limits.scan) {
+            Scan::Incomplete => progress,
+            Scan::Error(status) => self.fail(status, ctx),
+            Scan::Complete(n) => {
+                self.head_len = n;
+                self.seq += 1;
+                self.start_request(ctx)
+            }
+        }
+    }
+
+    fn start_request(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let start = self.inp.start;
+        let n = self.head_len;
+        if let Err(status) = parse::check_version(&mut self.inp.buf[start..start + n]) {
+            return self.fail(status, ctx);
+        }
+        let after_head = self.inp.len() - n;
+        let mut slots: Vec<httparse::Header<'_>> = recycle(mem::take(&mut ctx.scratch.slots));
+        let next =
+            match parse::parse_head(&self.inp.buf[start..start + n], slots.spare_capacity_mut()) {
+                Err(status) => Next::Fail(status),
+                Ok(req) => match parse::analyze(&req) {
+                    Err(status) => Next::Fail(status),
+                    Ok(info) => match info.body {
+                        // Decided from the declared length, before reading any of the body.
+                        BodyKind::Length(len) if len > ctx.limits.max_body => {
+                            Next::Fail(Status::CONTENT_TOO_LARGE)
+                        }
+                        BodyKind::None | BodyKind::Length(_)
+                            if matches!(ctx.exec, Exec::Inline(_)) =>
+                        {
+                            let len = match info.body {
+                                BodyKind::Length(len) => len as usize,
+                                _ => 0,
+                            };
+                            match &ctx.exec {
+                                Exec::Inline(handler) if len <= after_head => {
+                                    let body = &self.inp.buf[start + n..start + n + len];
+                                    let panic = invoke(
+                                        *handler,
+                                        &req,
+                                        body,
+                                        self.peer,
+                                        &mut self.resp,
+                                        &mut ctx.scratch.headers,
+                                    );
+                                    Next::Answered {
+                                        info,
+                                        consumed: n + len,
+                                        panic,
+                                    }
+                                }
+                                _ => Next::Later(info),
+                            }
+                        }
+                        _ => Next::Later(info),
+                    },
+                },
+            };
+        ctx.scratch.slots = recycle(slots);
+        match next {
+            Next::Fail(status) => self.fail(status, ctx),
+            Next::Answered {
+                info,
+                consumed,
+                panic,
+            } => {
+                self.info = info;
+                self.inp.consume(consumed);
+                self.scan.reset();
+                let mut resp = mem::take(&mut self.resp);
+                self.reply(ctx, &mut resp, panic);
+                self.resp = resp;
+                true
+            }
+            Next::Later(info) => {
+                self.info = info;
+                self.phase = Phase::Body;
+                if info.body == BodyKind::Chunked {
+                    self.chunked.reset();
+                    self.body.clear();
+                }
+                // RFC 9110 §10.1.1: ask for the body only if none of it has arrived.
+                if info.expect_continue && info.body != BodyKind::None && after_head == 0 {
+                    self.out.extend_from_slice(encode::CONTINUE);
+                }
+                true
+            }
+        }
+    }
+
+    fn on_body(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let n = self.head_len;
+        let (consumed, dechunked) = match self.info.body {
+            BodyKind::None => (n, false),
+            BodyKind::Length(len) => {
+                let len = len as usize;
+                if self.inp.len() < n + len {
+                    return false;
+                }
+                (n + len, false)
+            }
+            BodyKind::Chunked => {
+                let raw = &self.inp.buf[self.inp.start + n..self.inp.end];
+                if raw.is_empty() {
+                    return false;
+                }
+                match self.chunked.decode(raw, &mut self.body, &ctx.limits.chunk) {
+                    Err(status) => return self.fail(status, ctx),
+                    Ok(Decoded::NeedMore) => {
+                        // Everything after the head was decoded: keep only the head.
+                        self.inp.end = self.inp.start + n;
+                        return true;
+                    }
+                    Ok(Decoded::Done(k)) => (n + k, true),
+                }
+            }
+        };
+        self.dispatch(ctx, consumed, dechunked)
+    }
+
+    /// Runs the handler (or hands the request to a thread) once the body is complete; the
+    /// request occupies the first `consumed` input bytes.
+    fn dispatch(&mut self, ctx: &mut Ctx<'_>, consumed: usize, dechunked: bool) -> bool {
+        let start = self.inp.start;
+        let n = self.head_len;
+        let head = &self.inp.buf[start..start + n];
+        let body: &[u8] = if dechunked {
+            &self.body
+        } else {
+            &self.inp.buf[start + n..start + consumed]
+        };
+        match &ctx.exec {
+            Exec::Inline(handler) => {
+                let mut slots: Vec<httparse::Header<'_>> =
+                    recycle(mem::take(&mut ctx.scratch.slots));
+                let panic = match parse::parse_head(head, slots.spare_capacity_mut()) {
+                    Ok(req) => invoke(
+                        *handler,
+                        &req,
+                        body,
+                        self.peer,
+                        &mut self.resp,
+                        &mut ctx.scratch.headers,
+                    ),
+                    Err(_) => Some("a validated request head failed to re-parse".to_string()),
+                };
+                ctx.scratch.slots = recycle(slots);
+                self.inp.consume(consumed);
+                self.scan.reset();
+                let mut resp = mem::take(&mut self.resp);
+                self.reply(ctx, &mut resp, panic);
+                self.resp = resp;
+            }
+            Exec::Pool(pool) => {
+                let mut job = ctx.scratch.free_jobs.pop().unwrap_or_else(Job::new);
+                job.conn = ctx.conn;
+                job.buf.clear();
+                job.buf.extend_from_slice(head);
+                job.buf.extend_from_slice(body);
+                job.head_len = n;
+                job.peer = self.peer;
+                job.resp.reset();
+                job.panic = None;
+                pool.submit(job);
+                self.inp.consume(consumed);
+                self.scan.reset();
+                self.phase = Phase::InFlight;
+            }
+        }
+        if dechunked && self.body.capacity() > KEEP_CAPACITY {
+            self.body = Vec::new();
+        }
+        true
+    }
+
+    /// Encodes the handler's response to the current request.
+    fn reply(&mut self, ctx: &mut Ctx<'_>, resp: &mut Response, panic: Option<String>) {
+        if let Some(msg) = panic {
+            ctx.log.log(
+                Level::Error,
+                &format!("request handler panicked: {msg}; answered 500 and closed the connection"),
+            );
+            resp.reset();
+            self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
+            return;
+        }
+        let info = self.info;
+        // While draining, the last request already buffered gets `Connection: close`.
+        let last_in_drain =
+            ctx.draining && memchr::memmem::find(self.inp.data(), b"\r\n\r\n").is_none();
+        let reply = Reply {
+            minor: info.minor,
+            is_head: info.is_head,
+            close: !info.keep_alive || info.close_after || last_in_drain,
+        };
+        let encoded = encode::encode(&mut self.out, resp, reply, ctx.date);
+        resp.reset();
+        match encoded.stream {
+            Some(stream) => {
+                self.stream = Some(stream);
+                self.close_after_stream = encoded.close;
+                self.phase = Phase::Streaming;
+            }
+            None => {
+                self.phase = if encoded.close {
+                    Phase::Done
+                } else {
+                    Phase::Head
+                }
+            }
+        }
+    }
+
+    /// Pulls once from the body stream. Always makes progress.
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(stream) = self.stream.as_mut() else {
+            self.phase = Phase::Head;
+            return true;
+        };
+        let buf = &mut ctx.scratch.stream_buf[..];
+        let read = catch_unwind(AssertUnwindSafe(|| stream.source.read(buf)));
+        let failure = match read {
+            Ok(Ok(0)) => {
+                if stream.chunked {
+                    self.out.extend_from_slice(encode::LAST_CHUNK);
+                }
+                self.stream = None;
+                self.phase = if self.close_after_stream {
+                    Phase::Done
+                } else {
+                    Phase::Head
+                };
+                return true;
+            }
+            Ok(Ok(n)) => {
+                let data = &buf[..n.min(buf.len())];
+                if stream.chunked {
+                    encode::encode_chunk(&mut self.out, data);
+                } else {
+                    self.out.extend_from_slice(data);
+                }
+                return true;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+            Ok(Err(e)) => e.to_string(),
+            Err(p) => format!("panic: {}", panic_message(&*p)),
+        };
+        ctx.log.log(
+            Level::Warn,
+            &format!("response body stream failed ({failure}); closing the connection"),
+        );
+        // Without the last chunk the client knows the body is incomplete.
+        self.stream = None;
+        self.phase = Phase::Done;
+        true
+    }
+
+    fn fail(&mut self, status: Status, ctx: &Ctx<'_>) -> bool {
+        self.fail_with(status, ctx.date);
+        true
+    }
+
+    /// Queues an engine error response; nothing after it is parsed.
+    fn fail_with(&mut self, status: Status, date: &[u8; DATE_LEN]) {
+        encode::encode_error(&mut self.out, status, date);
+        self.stream = None;
+        self.phase = Phase::Done;
+    }
+}
+
+/// Calls the handler with a `Request` over the parsed head; returns the panic message if it
+/// panicked.
+fn invoke(
+    handler: &dyn Handler,
+    parsed: &httparse::Request<'_, '_>,
+    body: &[u8],
+    peer: Option<SocketAddr>,
+    resp: &mut Response,
+    headers_store: &mut Vec<Header<'static>>,
+) -> Option<String> {
+    let mut headers: Vec<Header<'_>> = recycle(mem::take(headers_store));
+    headers.extend(parsed.headers.iter().map(|h| Header {
+        name: h.name,
+        value: h.value,
+    }));
+    let req = Request {
+        method: parsed.method.unwrap_or(""),
+        target: parsed.path.unwrap_or(""),
+        minor_version: parsed.version.unwrap_or(1),
+        headers: &headers,
+        body,
+        peer,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&req, resp)));
+    *headers_store = recycle(headers);
+    outcome.err().map(|p| panic_message(&*p))
+}

@@ -1,0 +1,180 @@
+//! NOT PART OF THE API: entry points for this crate's own conformance tests (`tests/http_*.rs`)
+//! and fuzz targets (`fuzz/`). Hidden from the docs, unstable, and may change or disappear in
+//! any release. Applications use `Prefork::listen_and_serve`.
+
+use std::mem::MaybeUninit;
+use std::net::TcpListener;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::chunked::{ChunkLimits, ChunkedDecoder, Decoded};
+use super::date::DateCache;
+use super::request::Handler;
+use super::scan::{HeadScan, Scan};
+use super::session::{Ctx, Exec, Limits, Scratch, Session};
+use super::{ServeControl, parse};
+use crate::config::HttpConfig;
+use crate::error::Error;
+use crate::log::Logger;
+
+/// Runs the engine on the calling thread exactly as a child does, with a caller-owned stop
+/// pipe (`stop_fd`: the non-blocking read end; write a byte to drain, `b'K'` to stop without
+/// grace) and an optional lifeline (`lifeline_fd`: EOF means the master died).
+#[allow(clippy::too_many_arguments)]
+pub fn serve_for_tests(
+    listener: TcpListener,
+    handler: &Arc<dyn Handler>,
+    cfg: &HttpConfig,
+    stop_fd: RawFd,
+    lifeline_fd: Option<RawFd>,
+    on_master_death: Option<&mut (dyn FnMut() + Send)>,
+    grace_period: Duration,
+    log: &dyn Logger,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let ctl = ServeControl {
+        wake_fd: stop_fd,
+        lifeline_fd,
+        on_master_death,
+        grace_period,
+    };
+    super::serve(listener, handler, cfg, ctl, log)
+}
+
+/// Scans, parses and checks `data` as one request head the way the engine does. Returns the
+/// head's length, or the status the engine would answer with (0 while incomplete).
+pub fn check_head(data: &[u8], cfg: &HttpConfig) -> Result<usize, u16> {
+    let limits = Limits::new(cfg);
+    let mut start = 0;
+    while data[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    if data[start..].starts_with(b"\n") {
+        return Err(400);
+    }
+    let n = match HeadScan::default().scan(&data[start..], &limits.scan) {
+        Scan::Incomplete => return Err(0),
+        Scan::Error(s) => return Err(s.0),
+        Scan::Complete(n) => n,
+    };
+    let mut head = data[start..start + n].to_vec();
+    parse::check_version(&mut head).map_err(|s| s.0)?;
+    let mut slots = vec![MaybeUninit::uninit(); cfg.max_headers];
+    let req = parse::parse_head(&head, &mut slots).map_err(|s| s.0)?;
+    parse::analyze(&req).map_err(|s| s.0)?;
+    Ok(start + n)
+}
+
+/// Decodes a chunked body fed in pieces cut at `cuts` (offsets into `input`, any order).
+/// Returns the body and the bytes the encoding took (`None` while incomplete), or the error
+/// status.
+pub fn decode_chunked(
+    input: &[u8],
+    cuts: &[usize],
+    cfg: &HttpConfig,
+) -> Result<(Vec<u8>, Option<usize>), u16> {
+    let lim = ChunkLimits {
+        max_body: cfg.max_body_size as u64,
+        max_ext: cfg.max_chunk_ext_size,
+        max_trailer: cfg.max_trailer_size,
+        max_trailers: cfg.max_headers,
+    };
+    let mut points: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+    points.push(input.len());
+    points.sort_unstable();
+    let mut decoder = ChunkedDecoder::default();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for p in points {
+        if p <= at {
+            continue;
+        }
+        match decoder
+            .decode(&input[at..p], &mut out, &lim)
+            .map_err(|s| s.0)?
+        {
+            Decoded::NeedMore => at = p,
+            Decoded::Done(k) => return Ok((out, Some(at + k))),
+        }
+    }
+    Ok((out, None))
+}
+
+/// What an in-memory connection produced.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConnectionRun {
+    /// Every byte the engine wrote.
+    pub output: Vec<u8>,
+    /// The engine decided to close the connection.
+    pub closed: bool,
+}
+
+/// Feeds `input` to one connection's state machine in reads cut at `cuts`, with handlers run
+/// inline and a frozen clock, then signals end of input. Deterministic: the output depends only
+/// on the bytes, the cut points can only move where `100 Continue` interim responses appear.
+pub fn run_connection(
+    input: &[u8],
+    cuts: &[usize],
+    cfg: &HttpConfig,
+    handler: &dyn Handler,
+) -> ConnectionRun {
+    let limits = Limits::new(cfg);
+    let date = DateCache::fixed(784_111_777);
+    let mut scratch = Scratch::new(cfg.max_headers);
+    let log = crate::log::StderrLogger;
+    let mut session = Session::new(None);
+    let mut output = Vec::new();
+    let mut points: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+    points.push(input.len());
+    points.sort_unstable();
+    let mut at = 0;
+    let mut pieces = points.into_iter();
+    loop {
+        let mut ctx = Ctx {
+            limits: &limits,
+            date: date.get(),
+            exec: Exec::Inline(handler),
+            scratch: &mut scratch,
+            draining: false,
+            conn: (0, 0),
+            log: &log,
+        };
+        let progress = session.process(&mut ctx);
+        output.extend_from_slice(session.output());
+        let n = session.out_pending();
+        session.sent(n);
+        if session.finished() {
+            return ConnectionRun {
+                output,
+                closed: true,
+            };
+        }
+        if progress {
+            continue;
+        }
+        if !session.wants_input(&limits) || at == input.len() {
+            if session.peer_closed() {
+                return ConnectionRun {
+                    output,
+                    closed: false,
+                };
+            }
+            session.on_eof();
+            continue;
+        }
+        // One "read": as much of the next piece as the buffer offers.
+        let end = match pieces.clone().find(|&p| p > at) {
+            Some(p) => p,
+            None => input.len(),
+        };
+        let buf = session.read_buf();
+        let n = buf.len().min(end - at);
+        buf[..n].copy_from_slice(&input[at..at + n]);
+        session.filled(n);
+        at += n;
+        while pieces.clone().next().is_some_and(|p| p <= at) {
+            pieces.next();
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Graceful drain (SIGTERM / `shutdown()` / master death): stop accepting, close idle
+//! connections at once, finish what was received with `Connection: close` on each connection's
+//! last response, return when done or when the grace period ends.
+
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prefork::HttpConfig;
+
+use crate::support::*;
+
+fn threaded() -> HttpConfig {
+    HttpConfig {
+        handler_threads: 2,
+        ..HttpConfig::default()
+    }
+}
+
+#[test]
+fn idle_connections_close_at_once_and_serve_returns() {
+    let server = Server::start(HttpConfig::default());
+    let mut c = server.connect();
+    c.send(&get("/"));
+    assert_eq!(c.response(false).unwrap().status, 200);
+    server.stop();
+    assert!(
+        c.response(false).is_none(),
+        "idle connection closed with no response"
+    );
+    let took = server.join(IO_TIMEOUT);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[test]
+fn request_in_flight_finishes_with_connection_close() {
+    let server = Server::start_with(Arc::new(Echo), threaded(), Opts::default());
+    let mut c = server.connect();
+    c.send(&get("/sleep?400"));
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    let r = c.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.closes(), "the last response says Connection: close");
+    c.expect_closed();
+    server.join(IO_TIMEOUT);
+}
+
+#[test]
+fn buffered_pipeline_is_answered_and_only_the_last_closes() {
+    let server = Server::start_with(Arc::new(Echo), threaded(), Opts::default());
+    let mut c = server.connect();
+    let mut batch = get("/sleep?300");
+    batch.extend_from_slice(&get("/2"));
+    batch.extend_from_slice(&get("/3"));
+    c.send(&batch);
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    let rs = collect(&mut c, 3, vec![false; 3]);
+    let closes: Vec<(u16, bool)> = rs.iter().map(|r| (r.status, r.closes())).collect();
+    assert_eq!(closes, [(200, false), (200, false), (200, true)]);
+    c.expect_closed();
+    server.join(IO_TIMEOUT);
+}
+
+#[test]
+fn partial_request_may_complete_during_the_drain() {
+    let server = Server::start(HttpConfig::default());
+    let mut c = server.connect();
+    c.send(b"GET /late HTTP/1.1\r\nHo");
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(b"st: t\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.closes()), (200, true));
+    c.expect_closed();
+    server.join(IO_TIMEOUT);
+}
+
+#[test]
+fn grace_period_bounds_the_drain() {
+    let opts = Opts {
+        grace: Duration::from_millis(300),
+        lifeline: false,
+    };
+    let server = Server::start_with(Arc::new(Echo), threaded(), opts);
+    let mut c = server.connect();
+    c.send(&get("/sleep?3000"));
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    let took = server.join(IO_TIMEOUT);
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(c.response(false).is_none(), "dropped without a response");
+}
+
+#[test]
+fn no_new_connections_during_the_drain() {
+    let server = Server::start_with(Arc::new(Echo), threaded(), Opts::default());
+    let mut c = server.connect();
+    c.send(&get("/sleep?500"));
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    std::thread::sleep(Duration::from_millis(100));
+    // The listener is closed: connecting is refused (or, at worst, reset unanswered).
+    match TcpStream::connect(server.addr) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        Ok(s) => {
+            let mut late = Client::from_stream(s);
+            late.send(&get("/late"));
+            assert!(
+                late.response(false).is_none(),
+                "a connection was accepted while draining"
+            );
+        }
+    }
+    assert_eq!(c.response(false).unwrap().status, 200);
+    server.join(IO_TIMEOUT);
+}
+
+#[test]
+fn master_death_runs_the_hook_and_drains() {
+    let opts = Opts {
+        lifeline: true,
+        ..Opts::default()
+    };
+    let server = Server::start_with(Arc::new(Echo), threaded(), opts);
+    let mut busy = server.connect();
+    let mut idle = server.connect();
+    idle.send(&get("/"));
+    assert_eq!(idle.response(false).unwrap().status, 200);
+    busy.send(&get("/sleep?300"));
+    std::thread::sleep(Duration::from_millis(50));
+    server.kill_master();
+    assert!(idle.response(false).is_none(), "idle connection closed");
+    let r = busy.response(false).unwrap();
+    assert_eq!((r.status, r.closes()), (200, true));
+    server.join(IO_TIMEOUT);
+    assert!(server.master_death_seen.load(Ordering::SeqCst));
+}
+
+#[test]
+fn stop_now_skips_the_grace_period() {
+    let server = Server::start_with(Arc::new(Echo), threaded(), Opts::default());
+    let mut c = server.connect();
+    c.send(&get("/sleep?2000"));
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop_now();
+    let took = server.join(IO_TIMEOUT);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert!(c.response(false).is_none());
+}
