@@ -481,6 +481,25 @@ enum prefork_result prefork_set_handler_threads(struct prefork *p, uint32_t thre
 enum prefork_result prefork_set_max_output_buffer(struct prefork *p, size_t bytes);
 
 /**
+ * Total bytes of chunk extensions (";name=value" after a chunk size) accepted in one chunked
+ * request body; more gets 400. Above zero. Default: 16384.
+ */
+enum prefork_result prefork_set_max_chunk_ext_size(struct prefork *p, size_t bytes);
+
+/**
+ * Largest trailer section of a chunked request body, in bytes; more gets 431 (the number of
+ * trailer fields is capped by max_headers). Trailers are checked, then dropped. Above zero.
+ * Default: 16384.
+ */
+enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes);
+
+/**
+ * Fairness: bytes read from plus written to one connection in one event-loop turn before the
+ * child serves its other connections. Above zero. Default: 262144.
+ */
+enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
+
+/**
  * Replaces every hook of `p` with those in `*hooks` (copied; members left NULL are unset).
  * The previous hooks' `user_data_free`, if any, is called. Returns PREFORK_ERR_NULL for a
  * NULL argument and PREFORK_ERR_STATE while the server is serving; on failure nothing is
@@ -616,6 +635,33 @@ enum prefork_result prefork_response_write(struct prefork_response *resp,
 enum prefork_result prefork_response_set_body(struct prefork_response *resp,
                                               const void *data,
                                               size_t len);
+
+/**
+ * Streams the body from `read` instead of a buffer, for a body whose length is not known in
+ * advance: HTTP/1.1 clients get it chunked (`Transfer-Encoding: chunked`), HTTP/1.0 clients
+ * get the bytes as they come and the connection is closed after them. It replaces any
+ * buffered body, and later `prefork_response_write` / `prefork_response_set_body` calls
+ * are ignored. Call it during `handle`.
+ *
+ * After `handle` returns, the child calls `read(user_data, buf, cap)` on its event-loop
+ * thread whenever the connection can take more output, until `read` returns 0 (end of the
+ * body). `read` copies at most `cap` bytes into `buf` and returns how many; it must return
+ * promptly, since a `read` that blocks stalls every connection of the child. Returning -1
+ * (or any value above `cap`) ends the response early and closes the connection, so an
+ * HTTP/1.1 client sees the body as truncated. For HEAD requests and 204/304 responses
+ * `read` is never called.
+ *
+ * `user_data_free` (optional) is called once with `user_data`, in the child, when the stream
+ * is finished with: after the last `read`, when the connection closed early, or right away if
+ * the body is not sent. Returns PREFORK_ERR_NULL (taking nothing over) for a NULL `resp` or
+ * `read`.
+ */
+enum prefork_result prefork_response_set_body_stream(struct prefork_response *resp,
+                                                     ptrdiff_t (*read)(void *user_data,
+                                                                       char *buf,
+                                                                       size_t cap),
+                                                     void *user_data,
+                                                     void (*user_data_free)(void *user_data));
 
 #ifdef __cplusplus
 }  // extern "C"

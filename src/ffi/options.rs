@@ -415,3 +415,198 @@ pub unsafe extern "C" fn prefork_set_max_output_buffer(
         }
     })
 }
+
+/// Total bytes of chunk extensions (";name=value" after a chunk size) accepted in one chunked
+/// request body; more gets 400. Above zero. Default: 16384.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_chunk_ext_size(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_chunk_ext_size = positive("max_chunk_ext_size", bytes)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Largest trailer section of a chunked request body, in bytes; more gets 431 (the number of
+/// trailer fields is capped by max_headers). Trailers are checked, then dropped. Above zero.
+/// Default: 16384.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_trailer_size(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_trailer_size = positive("max_trailer_size", bytes)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+/// Fairness: bytes read from plus written to one connection in one event-loop turn before the
+/// child serves its other connections. Above zero. Default: 262144.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
+    p: *mut prefork,
+    bytes: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            configure(p, |s| {
+                s.http().max_bytes_per_turn = positive("max_bytes_per_turn", bytes)?;
+                Ok::<(), FfiError>(())
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+    use std::ptr;
+
+    use super::*;
+    use crate::Config;
+    use crate::ffi::{
+        prefork_free, prefork_handler, prefork_new, prefork_request, prefork_response,
+    };
+
+    unsafe extern "C" fn handle(
+        _: *mut c_void,
+        _: *const prefork_request,
+        _: *mut prefork_response,
+    ) {
+    }
+
+    fn new_handle() -> *mut prefork {
+        let handler = prefork_handler {
+            user_data: ptr::null_mut(),
+            init_child: None,
+            handle: Some(handle),
+            exit_child: None,
+            user_data_free: None,
+        };
+        let mut p = ptr::null_mut();
+        assert_eq!(
+            unsafe { prefork_new(&handler, &mut p) },
+            prefork_result::PREFORK_OK
+        );
+        p
+    }
+
+    fn config(p: *mut prefork) -> Config {
+        let mut seen = None;
+        let r = unsafe {
+            configure(p, |inner| {
+                seen = Some(inner.server.config().clone());
+                Ok::<(), FfiError>(())
+            })
+        };
+        assert_eq!(r.unwrap(), prefork_result::PREFORK_OK);
+        seen.unwrap()
+    }
+
+    /// Each setter reaches its own field (distinct values, so a crossed wire shows).
+    #[test]
+    fn every_setter_sets_its_own_option() {
+        use prefork_result::PREFORK_OK;
+        let p = new_handle();
+        let ms = Duration::from_millis;
+        unsafe {
+            assert_eq!(prefork_set_children(p, 3), PREFORK_OK);
+            assert_eq!(prefork_set_reuseport(p, true), PREFORK_OK);
+            assert_eq!(prefork_set_network(p, c"tcp6".as_ptr()), PREFORK_OK);
+            assert_eq!(prefork_set_backlog(p, 77), PREFORK_OK);
+            assert_eq!(prefork_set_recover_threshold(p, 5), PREFORK_OK);
+            assert_eq!(prefork_set_recover_interval_ms(p, 11), PREFORK_OK);
+            assert_eq!(prefork_set_recover_window_ms(p, 12), PREFORK_OK);
+            assert_eq!(prefork_set_recover_backoff_max_ms(p, 13), PREFORK_OK);
+            assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
+            assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
+            assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
+            assert_eq!(prefork_set_max_request_line(p, 101), PREFORK_OK);
+            assert_eq!(prefork_set_max_head_size(p, 102), PREFORK_OK);
+            assert_eq!(prefork_set_max_headers(p, 103), PREFORK_OK);
+            assert_eq!(prefork_set_max_body_size(p, 104), PREFORK_OK);
+            assert_eq!(prefork_set_header_timeout_ms(p, 21), PREFORK_OK);
+            assert_eq!(prefork_set_body_timeout_ms(p, 22), PREFORK_OK);
+            assert_eq!(prefork_set_idle_timeout_ms(p, 23), PREFORK_OK);
+            assert_eq!(prefork_set_write_timeout_ms(p, 24), PREFORK_OK);
+            assert_eq!(prefork_set_max_connections(p, 105), PREFORK_OK);
+            assert_eq!(prefork_set_handler_threads(p, 6), PREFORK_OK);
+            assert_eq!(prefork_set_max_output_buffer(p, 106), PREFORK_OK);
+            assert_eq!(prefork_set_max_chunk_ext_size(p, 107), PREFORK_OK);
+            assert_eq!(prefork_set_max_trailer_size(p, 108), PREFORK_OK);
+            assert_eq!(prefork_set_max_bytes_per_turn(p, 109), PREFORK_OK);
+        }
+        let c = config(p);
+        let pc = &c.process;
+        assert_eq!(
+            (pc.children, pc.reuseport, pc.network, pc.backlog),
+            (3, true, Network::Tcp6, 77)
+        );
+        assert_eq!(pc.recover_threshold, Some(5));
+        assert_eq!(pc.recover_interval, ms(11));
+        assert_eq!(pc.recover_window, ms(12));
+        assert_eq!(pc.recover_backoff_max, ms(13));
+        assert_eq!(pc.grace_period, ms(14));
+        assert_eq!(pc.startup_timeout, ms(15));
+        assert!(!pc.handle_signals);
+        let h = &c.http;
+        assert_eq!(
+            (h.max_request_line, h.max_head_size, h.max_headers),
+            (101, 102, 103)
+        );
+        assert_eq!(h.max_body_size, 104);
+        assert_eq!((h.header_timeout, h.body_timeout), (ms(21), ms(22)));
+        assert_eq!((h.idle_timeout, h.write_timeout), (ms(23), ms(24)));
+        assert_eq!(
+            (h.max_connections, h.handler_threads, h.max_output_buffer),
+            (105, 6, 106)
+        );
+
+        unsafe { prefork_set_recover_threshold(p, -1) };
+        assert_eq!(config(p).process.recover_threshold, None);
+        unsafe { prefork_free(p) };
+    }
+
+    /// A refused value leaves the option as it was.
+    #[test]
+    fn a_refused_value_changes_nothing() {
+        let p = new_handle();
+        let before = format!("{:?}", config(p));
+        unsafe {
+            assert_ne!(
+                prefork_set_children(p, 1_000_000),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_network(p, c"tcp5".as_ptr()),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(prefork_set_backlog(p, -3), prefork_result::PREFORK_OK);
+            assert_ne!(
+                prefork_set_write_timeout_ms(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_grace_period_ms(p, MAX_MILLIS + 1),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_max_output_buffer(p, 0),
+                prefork_result::PREFORK_OK
+            );
+        }
+        assert_eq!(format!("{:?}", config(p)), before);
+        unsafe { prefork_free(p) };
+    }
+}

@@ -1,0 +1,115 @@
+//! The option setters of the C API against src/config.rs: every field of ProcessConfig and
+//! HttpConfig has a setter in include/prefork.h, and each setter's "Default:" line states the
+//! default that Config::default() really has.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use prefork::{Config, Network};
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+/// Setter name -> the text after "Default:" in its doc comment.
+fn documented_defaults() -> BTreeMap<String, String> {
+    let header = read("include/prefork.h");
+    let mut out = BTreeMap::new();
+    let mut doc = String::new();
+    for line in header.lines() {
+        let t = line.trim();
+        if t.starts_with("/**") {
+            doc.clear();
+        } else if let Some(text) = t.strip_prefix("* ") {
+            doc.push_str(text);
+            doc.push(' ');
+        } else if let Some(i) = t.find("prefork_set_") {
+            let name: String = t[i..].chars().take_while(|c| *c != '(').collect();
+            if let Some(d) = doc.split("Default: ").nth(1) {
+                out.insert(name, d.trim_end().trim_end_matches('.').to_string());
+            }
+        }
+    }
+    out
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+#[test]
+fn documented_defaults_are_the_real_ones() {
+    let c = Config::default();
+    let (p, h) = (&c.process, &c.http);
+    let network = match p.network {
+        Network::Tcp4 => "\"tcp4\"",
+        Network::Tcp6 => "\"tcp6\"",
+        Network::Tcp => "\"tcp\"",
+    };
+    let threshold = p
+        .recover_threshold
+        .map_or("-1".to_string(), |n| n.to_string());
+    let expected: BTreeMap<String, String> = [
+        ("children", p.children.to_string()),
+        ("reuseport", p.reuseport.to_string()),
+        ("network", network.to_string()),
+        ("backlog", p.backlog.to_string()),
+        ("recover_threshold", threshold),
+        ("recover_interval_ms", ms(p.recover_interval)),
+        ("recover_window_ms", ms(p.recover_window)),
+        ("recover_backoff_max_ms", ms(p.recover_backoff_max)),
+        ("grace_period_ms", ms(p.grace_period)),
+        ("startup_timeout_ms", ms(p.startup_timeout)),
+        ("handle_signals", p.handle_signals.to_string()),
+        ("max_request_line", h.max_request_line.to_string()),
+        ("max_head_size", h.max_head_size.to_string()),
+        ("max_headers", h.max_headers.to_string()),
+        ("max_body_size", h.max_body_size.to_string()),
+        ("header_timeout_ms", ms(h.header_timeout)),
+        ("body_timeout_ms", ms(h.body_timeout)),
+        ("idle_timeout_ms", ms(h.idle_timeout)),
+        ("write_timeout_ms", ms(h.write_timeout)),
+        ("max_connections", h.max_connections.to_string()),
+        ("handler_threads", h.handler_threads.to_string()),
+        ("max_output_buffer", h.max_output_buffer.to_string()),
+        ("max_chunk_ext_size", h.max_chunk_ext_size.to_string()),
+        ("max_trailer_size", h.max_trailer_size.to_string()),
+        ("max_bytes_per_turn", h.max_bytes_per_turn.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("prefork_set_{k}"), v))
+    .collect();
+    assert_eq!(documented_defaults(), expected);
+}
+
+/// Field names of `pub struct NAME { ... }` in src/config.rs.
+fn fields(source: &str, name: &str) -> Vec<String> {
+    let start = source.find(&format!("pub struct {name} {{")).expect(name);
+    let body = &source[start..source[start..].find("\n}").unwrap() + start];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split_once(':').map(|(f, _)| f.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn every_option_has_a_setter() {
+    let config = read("src/config.rs");
+    let header = read("include/prefork.h");
+    let mut missing = Vec::new();
+    for field in fields(&config, "ProcessConfig")
+        .into_iter()
+        .chain(fields(&config, "HttpConfig"))
+    {
+        let plain = format!("prefork_set_{field}(");
+        let millis = format!("prefork_set_{field}_ms(");
+        if !header.contains(&plain) && !header.contains(&millis) {
+            missing.push(field);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "options without a C setter in src/ffi/options.rs: {missing:?}"
+    );
+}
