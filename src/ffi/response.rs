@@ -89,3 +89,84 @@ pub unsafe extern "C" fn prefork_response_set_body(
         Ok(prefork_result::PREFORK_OK)
     })
 }
+
+/// Produces a streamed body: copies up to `cap` bytes into `buf` and returns how many, 0 at
+/// the end of the body, or -1 on error.
+type ReadFn = unsafe extern "C" fn(*mut c_void, *mut c_char, usize) -> isize;
+
+/// The C reader behind [`Response::set_body_stream`]; owns `user_data` (finalizer on drop).
+struct CStream {
+    read: ReadFn,
+    user_data: *mut c_void,
+    user_data_free: Option<unsafe extern "C" fn(*mut c_void)>,
+}
+
+// SAFETY: the library only passes user_data back to the caller's callbacks;
+// prefork_response_set_body_stream's documentation makes their use from the child's
+// event-loop thread the caller's responsibility.
+unsafe impl Send for CStream {}
+
+impl std::io::Read for CStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // SAFETY: the caller's callback, given a writable buffer of buf.len() bytes.
+        let n = unsafe { (self.read)(self.user_data, buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(n) if n <= buf.len() => Ok(n),
+            Ok(n) => Err(std::io::Error::other(format!(
+                "the body stream's read returned {n}, more than the {} bytes asked for",
+                buf.len()
+            ))),
+            Err(_) => Err(std::io::Error::other(format!(
+                "the body stream's read returned {n}"
+            ))),
+        }
+    }
+}
+
+impl Drop for CStream {
+    fn drop(&mut self) {
+        if let Some(free) = self.user_data_free {
+            // SAFETY: the caller's finalizer, called once with its own user_data.
+            unsafe { free(self.user_data) }
+        }
+    }
+}
+
+/// Streams the body from `read` instead of a buffer, for a body whose length is not known in
+/// advance: HTTP/1.1 clients get it chunked (`Transfer-Encoding: chunked`), HTTP/1.0 clients
+/// get the bytes as they come and the connection is closed after them. It replaces any
+/// buffered body, and later `prefork_response_write` / `prefork_response_set_body` calls
+/// are ignored. Call it during `handle`.
+///
+/// After `handle` returns, the child calls `read(user_data, buf, cap)` on its event-loop
+/// thread whenever the connection can take more output, until `read` returns 0 (end of the
+/// body). `read` copies at most `cap` bytes into `buf` and returns how many; it must return
+/// promptly, since a `read` that blocks stalls every connection of the child. Returning -1
+/// (or any value above `cap`) ends the response early and closes the connection, so an
+/// HTTP/1.1 client sees the body as truncated. For HEAD requests and 204/304 responses
+/// `read` is never called.
+///
+/// `user_data_free` (optional) is called once with `user_data`, in the child, when the stream
+/// is finished with: after the last `read`, when the connection closed early, or right away if
+/// the body is not sent. Returns PREFORK_ERR_NULL (taking nothing over) for a NULL `resp` or
+/// `read`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_response_set_body_stream(
+    resp: *mut prefork_response,
+    read: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, buf: *mut c_char, cap: usize) -> isize,
+    >,
+    user_data: *mut c_void,
+    user_data_free: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+) -> prefork_result {
+    ffi_boundary!({
+        let resp = unsafe { response(resp) }?;
+        let read: ReadFn = read.ok_or_else(|| FfiError::null("read"))?;
+        resp.set_body_stream(CStream {
+            read,
+            user_data,
+            user_data_free,
+        });
+        Ok(prefork_result::PREFORK_OK)
+    })
+}

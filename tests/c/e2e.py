@@ -381,6 +381,62 @@ def hooks_master_death(prog):
         srv.kill()
 
 
+def raw_exchange(port, data, timeout=10):
+    """Sends `data` and returns every byte until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def server(prog):
+    port = free_port()
+    srv = Server([prog, f"127.0.0.1:{port}"])
+    try:
+        srv.expect(r"^ready$")
+        status, headers, body = request(port, "/inspect?a=1&b=%20", "PATCH", b"the body",
+                                        {"X-Probe": "found it"})
+        check(status == 203 and headers.get("X-Inspected") == "yes", f"/inspect: {status} {headers}")
+        got = dict(l.split(": ", 1) for l in body.decode().splitlines())
+        peer = got.pop("peer", "")
+        check(re.fullmatch(r"127\.0\.0\.1:\d+", peer) is not None, f"peer {peer!r}")
+        want = {"method": "PATCH", "target": "/inspect?a=1&b=%20", "path": "/inspect",
+                "query": "a=1&b=%20", "minor_version": "1", "probe": "found it",
+                "missing": "<none>", "body": "the body", "refusals": "ok"}
+        check(got == want, f"/inspect gave {got}, expected {want}")
+        raw = raw_exchange(port, b"GET http://example.test/inspect?q HTTP/1.0\r\n\r\n")
+        check(b"\npath: /inspect\n" in raw and b"\nminor_version: 0\n" in raw
+              and b"\nquery: q\n" in raw, f"absolute-form HTTP/1.0 /inspect gave {raw!r}")
+
+        want = b"".join(b"piece %d\n" % i for i in range(5))
+        status, headers, body = request(port, "/stream?n=5")
+        # Exactly the pieces: the handler's write after set_body_stream must not show.
+        check((status, body) == (200, want), f"/stream?n=5 gave {status} {body!r}")
+        check(headers.get("Transfer-Encoding") == "chunked", f"HTTP/1.1 stream headers {headers}")
+        srv.expect(r"^freed n=5$", timeout=5)
+
+        raw = raw_exchange(port, b"GET /stream?n=3 HTTP/1.0\r\n\r\n")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        check(head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower(),
+              f"HTTP/1.0 stream head {head!r}")
+        check(body == want[: len(b"piece 0\n") * 3], f"HTTP/1.0 stream body {body!r}")
+        srv.expect(r"^freed n=3$", timeout=5)
+
+        raw = raw_exchange(port, b"HEAD /stream?n=4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        check(raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"\r\n\r\n"), f"HEAD gave {raw!r}")
+        srv.expect(r"^freed n=4$", timeout=5)
+
+        raw = raw_exchange(port, b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(b"piece 1\n" in raw and not raw.endswith(b"0\r\n\r\n"),
+              f"a failed stream must end without the last chunk: {raw!r}")
+        srv.expect(r"^freed fail$", timeout=5)
+        srv.stop()
+    finally:
+        srv.kill()
+
+
 def api(prog):
     r = subprocess.run([prog], timeout=60)
     check(r.returncode == 0, f"{prog} exit status {r.returncode}")
@@ -389,7 +445,7 @@ def api(prog):
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
                                       demo_flags, demo_bind_error, demo_limits, hello, hooks,
-                                      hooks_master_death, api]}
+                                      hooks_master_death, server, api]}
 
 
 def main():

@@ -1,0 +1,152 @@
+/*
+ * server_test: a server for e2e.py's "server" scenario, covering what demo_server does not:
+ * every request accessor, the response builders' refusals, and streamed bodies. Each
+ * stream's user_data_free prints "freed <tag>" on stdout, so the driver sees that every stream
+ * is let go exactly when the contract says.
+ *
+ *   ANY /inspect?...   one "name: value" line per request accessor (see inspect())
+ *   GET /stream?n=N    N pieces "piece <i>\n", streamed
+ *   GET /fail          two pieces, then the read callback fails (-1)
+ *
+ *   server_test HOST:PORT      prints "ready" once the master is ready
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefork.h"
+
+struct stream {
+    int next, count, fail_at; /* fail_at < 0: never */
+    char tag[24];
+};
+
+static ptrdiff_t read_piece(void *user_data, char *buf, size_t cap) {
+    struct stream *s = user_data;
+    if (s->next == s->fail_at) return -1;
+    if (s->next >= s->count) return 0;
+    char piece[32];
+    int n = snprintf(piece, sizeof piece, "piece %d\n", s->next);
+    if ((size_t)n > cap) return -1; /* the engine always offers more than a piece */
+    memcpy(buf, piece, (size_t)n);
+    s->next++;
+    return n;
+}
+
+static void free_stream(void *user_data) {
+    struct stream *s = user_data;
+    printf("freed %s\n", s->tag);
+    fflush(stdout);
+    free(s);
+}
+
+static void line(prefork_response *resp, const char *name, prefork_str value) {
+    prefork_response_write(resp, name, strlen(name));
+    prefork_response_write(resp, ": ", 2);
+    prefork_response_write(resp, value.ptr, value.len);
+    prefork_response_write(resp, "\n", 1);
+}
+
+static prefork_str cstr(const char *text) {
+    prefork_str s = {text, strlen(text)};
+    return s;
+}
+
+/* Reports each accessor, and checks the builders refuse what they must (a refusal that did
+ * not happen shows as "refusals: BROKEN"). */
+static void inspect(const prefork_request *req, prefork_response *resp) {
+    char buf[PREFORK_ADDR_STRLEN], version[8], tiny[4];
+    prefork_str v, name;
+    bool refusals = prefork_response_set_status(resp, 99) == PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_set_status(resp, 600) == PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_add_header(resp, "Content-Length", 14, "1", 1) ==
+                        PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_add_header(resp, "Bad Name", 8, "x", 1) ==
+                        PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_add_header(resp, "X-Ok", 4, "a\r\nb", 4) ==
+                        PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_add_header(resp, NULL, 3, "x", 1) == PREFORK_ERR_NULL &&
+                    prefork_request_peer_addr(req, tiny, sizeof tiny) ==
+                        PREFORK_ERR_INVALID_ARGUMENT &&
+                    !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v);
+    prefork_response_set_body(resp, "replaced\n", 9); /* set_body replaces what was written */
+    prefork_response_set_body(resp, "", 0);
+    prefork_response_set_status(resp, 203);
+    prefork_response_add_header(resp, "X-Inspected", 11, "yes", 3);
+    line(resp, "method", prefork_request_method(req));
+    line(resp, "target", prefork_request_target(req));
+    line(resp, "path", prefork_request_path(req));
+    line(resp, "query", prefork_request_query(req));
+    snprintf(version, sizeof version, "%d", prefork_request_minor_version(req));
+    line(resp, "minor_version", cstr(version));
+    line(resp, "probe", prefork_request_header(req, "x-PROBE", 7, &v) ? v : cstr("<none>"));
+    line(resp, "missing", prefork_request_header(req, "X-Missing", 9, &v) ? v : cstr("<none>"));
+    line(resp, "peer", prefork_request_peer_addr(req, buf, sizeof buf) == PREFORK_OK ? cstr(buf)
+                                                                                    : cstr("?"));
+    line(resp, "body", prefork_request_body(req));
+    line(resp, "refusals", cstr(refusals ? "ok" : "BROKEN"));
+}
+
+static void handle(void *ud, const prefork_request *req, prefork_response *resp) {
+    (void)ud;
+    prefork_str path = prefork_request_path(req);
+    prefork_str query = prefork_request_query(req);
+    if (path.len == 8 && memcmp(path.ptr, "/inspect", 8) == 0) {
+        inspect(req, resp);
+        return;
+    }
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->fail_at = -1;
+    if (path.len == 7 && memcmp(path.ptr, "/stream", 7) == 0 && query.len > 2 && query.len < 8 &&
+        memcmp(query.ptr, "n=", 2) == 0) {
+        char digits[8] = {0};
+        memcpy(digits, query.ptr + 2, query.len - 2);
+        s->count = atoi(digits);
+        snprintf(s->tag, sizeof s->tag, "n=%d", s->count);
+    } else if (path.len == 5 && memcmp(path.ptr, "/fail", 5) == 0) {
+        s->count = 10;
+        s->fail_at = 2;
+        snprintf(s->tag, sizeof s->tag, "fail");
+    } else {
+        free(s);
+        prefork_response_set_status(resp, 404);
+        return;
+    }
+    if (prefork_response_set_body_stream(resp, read_piece, s, free_stream) != PREFORK_OK) abort();
+    /* The stream replaced the buffered body: this must not reach the client. */
+    prefork_response_write(resp, "IGNORED", 7);
+}
+
+static int on_ready(void *ud, const int32_t *pids, size_t count) {
+    (void)ud;
+    (void)pids;
+    (void)count;
+    printf("ready\n");
+    return fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    prefork_handler handler = {NULL, NULL, handle, NULL, NULL};
+    prefork_hooks hooks = {NULL, NULL, on_ready, NULL, NULL, NULL, NULL, NULL};
+    prefork *p;
+    if (argc != 2) {
+        fprintf(stderr, "usage: server_test HOST:PORT\n");
+        return 2;
+    }
+    if (prefork_new(&handler, &p) != PREFORK_OK || prefork_set_children(p, 1) != PREFORK_OK ||
+        prefork_set_hooks(p, &hooks) != PREFORK_OK) {
+        fprintf(stderr, "server_test: %s\n", prefork_last_error());
+        return 1;
+    }
+    /* Misuse is refused without taking user_data over. */
+    if (prefork_response_set_body_stream(NULL, read_piece, NULL, free_stream) != PREFORK_ERR_NULL)
+        return 1;
+    prefork_result r = prefork_listen_and_serve(p, argv[1]);
+    if (r != PREFORK_OK) fprintf(stderr, "server_test: %s\n", prefork_last_error());
+    prefork_free(p);
+    return r == PREFORK_OK ? 0 : 1;
+}
