@@ -56,6 +56,8 @@ struct Conn {
     readable: bool,
     /// The socket may take output.
     writable: bool,
+    /// The last event reported the peer's FIN: a short read has not seen the EOF yet.
+    peer_hup: bool,
     /// Listed in `Server::again` for the next turn.
     queued: bool,
     timer: Timer,
@@ -90,8 +92,10 @@ struct Server<'a> {
     free: Vec<usize>,
     live: usize,
     next_generation: u64,
-    /// Connections whose budget ran out this turn.
+    /// Connections whose budget ran out this turn, or whose handler thread finished.
     again: Vec<usize>,
+    /// The previous turn's `again`, kept for its allocation.
+    again_spare: Vec<usize>,
     cfg: &'a HttpConfig,
     limits: Limits,
     handler: &'a Arc<dyn Handler>,
@@ -166,6 +170,7 @@ pub(crate) fn run(
         live: 0,
         next_generation: 0,
         again: Vec::new(),
+        again_spare: Vec::new(),
         cfg,
         limits: Limits::new(cfg),
         handler,
@@ -236,6 +241,7 @@ impl Server<'_> {
                         let idx = t - FIRST_CONN;
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
                             c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            c.peer_hup |= ev.is_read_closed() || ev.is_error();
                             c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(idx);
                         }
@@ -244,12 +250,15 @@ impl Server<'_> {
             }
             self.collect_done();
             self.accept();
-            for idx in std::mem::take(&mut self.again) {
+            let mut batch =
+                std::mem::replace(&mut self.again, std::mem::take(&mut self.again_spare));
+            for idx in batch.drain(..) {
                 if let Some(Some(c)) = self.conns.get_mut(idx) {
                     c.queued = false;
                     self.drive(idx);
                 }
             }
+            self.again_spare = batch;
             if self.now >= self.next_tick {
                 self.next_tick = self.now + self.tick;
                 self.sweep();
@@ -358,6 +367,7 @@ impl Server<'_> {
             // Requests often arrive with the connection: try reading at once.
             readable: true,
             writable: true,
+            peer_hup: false,
             queued: false,
             timer: Timer::Idle,
             timer_seq: 0,
@@ -439,8 +449,9 @@ impl Server<'_> {
                     Ok(n) => {
                         conn.session.filled(n);
                         // Edge-triggered: a short read drained the socket, and new data will
-                        // raise a new edge, so the next read would only say WouldBlock.
-                        if n < room {
+                        // raise a new edge, so the next read would only say WouldBlock. Not so
+                        // for a FIN that came with the data: only the next read reports it.
+                        if n < room && !conn.peer_hup {
                             conn.readable = false;
                         }
                         budget = budget.saturating_sub(n);

@@ -110,71 +110,123 @@ pub struct ConnectionRun {
     pub closed: bool,
 }
 
-/// Feeds `input` to one connection's state machine in reads cut at `cuts`, with handlers run
-/// inline and a frozen clock, then signals end of input. Deterministic: the output depends only
-/// on the bytes, the cut points can only move where `100 Continue` interim responses appear.
+/// One connection's state machine driven from memory, with handlers run inline and a frozen
+/// clock: what the event loop does with a socket, minus the socket.
+pub struct MemoryConnection<'h> {
+    limits: Limits,
+    date: DateCache,
+    scratch: Scratch,
+    session: Session,
+    handler: &'h dyn Handler,
+    log: crate::log::StderrLogger,
+}
+
+impl<'h> MemoryConnection<'h> {
+    pub fn new(cfg: &HttpConfig, handler: &'h dyn Handler) -> MemoryConnection<'h> {
+        MemoryConnection {
+            limits: Limits::new(cfg),
+            date: DateCache::fixed(784_111_777),
+            scratch: Scratch::new(cfg.max_headers),
+            session: Session::new(None),
+            handler,
+            log: crate::log::StderrLogger,
+        }
+    }
+
+    /// Lets the state machine work on what it has, moving its output to `out`. Returns
+    /// whether anything changed.
+    pub fn step(&mut self, out: &mut Vec<u8>) -> bool {
+        let mut ctx = Ctx {
+            limits: &self.limits,
+            date: self.date.get(),
+            exec: Exec::Inline(self.handler),
+            scratch: &mut self.scratch,
+            draining: false,
+            conn: (0, 0),
+            log: &self.log,
+        };
+        let progress = self.session.process(&mut ctx);
+        out.extend_from_slice(self.session.output());
+        let n = self.session.out_pending();
+        self.session.sent(n);
+        progress || n > 0
+    }
+
+    /// One read of at most `bytes.len()` bytes (less if the buffer offers less); returns how
+    /// many were taken.
+    pub fn read(&mut self, bytes: &[u8]) -> usize {
+        let buf = self.session.read_buf();
+        let n = buf.len().min(bytes.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        self.session.filled(n);
+        n
+    }
+
+    /// Feeds `bytes` as reads and steps until the machine wants more, moving output to `out`.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        while !bytes.is_empty() && !self.finished() {
+            if self.wants_input() {
+                let n = self.read(bytes);
+                bytes = &bytes[n..];
+            }
+            while self.step(out) {}
+        }
+    }
+
+    pub fn wants_input(&self) -> bool {
+        self.session.wants_input(&self.limits)
+    }
+
+    /// The engine will produce nothing more: it would close the connection.
+    pub fn finished(&self) -> bool {
+        self.session.finished()
+    }
+
+    /// The peer closed its side.
+    pub fn eof(&mut self) {
+        self.session.on_eof();
+    }
+}
+
+/// Feeds `input` to one connection in reads cut at `cuts` (offsets, any order), then signals
+/// end of input. Deterministic: the output depends only on the bytes, the cut points can only
+/// move where `100 Continue` interim responses appear.
 pub fn run_connection(
     input: &[u8],
     cuts: &[usize],
     cfg: &HttpConfig,
     handler: &dyn Handler,
 ) -> ConnectionRun {
-    let limits = Limits::new(cfg);
-    let date = DateCache::fixed(784_111_777);
-    let mut scratch = Scratch::new(cfg.max_headers);
-    let log = crate::log::StderrLogger;
-    let mut session = Session::new(None);
+    let mut conn = MemoryConnection::new(cfg, handler);
     let mut output = Vec::new();
     let mut points: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
     points.push(input.len());
     points.sort_unstable();
+    points.dedup();
     let mut at = 0;
-    let mut pieces = points.into_iter();
-    loop {
-        let mut ctx = Ctx {
-            limits: &limits,
-            date: date.get(),
-            exec: Exec::Inline(handler),
-            scratch: &mut scratch,
-            draining: false,
-            conn: (0, 0),
-            log: &log,
-        };
-        let progress = session.process(&mut ctx);
-        output.extend_from_slice(session.output());
-        let n = session.out_pending();
-        session.sent(n);
-        if session.finished() {
-            return ConnectionRun {
-                output,
-                closed: true,
-            };
-        }
-        if progress {
-            continue;
-        }
-        if !session.wants_input(&limits) || at == input.len() {
-            if session.peer_closed() {
+    for p in points {
+        while at < p {
+            while conn.step(&mut output) {}
+            if conn.finished() {
                 return ConnectionRun {
                     output,
-                    closed: false,
+                    closed: true,
                 };
             }
-            session.on_eof();
-            continue;
-        }
-        // One "read": as much of the next piece as the buffer offers.
-        let end = match pieces.clone().find(|&p| p > at) {
-            Some(p) => p,
-            None => input.len(),
-        };
-        let buf = session.read_buf();
-        let n = buf.len().min(end - at);
-        buf[..n].copy_from_slice(&input[at..at + n]);
-        session.filled(n);
-        at += n;
-        while pieces.clone().next().is_some_and(|p| p <= at) {
-            pieces.next();
+            if !conn.wants_input() {
+                // Only a body stream or the output cap can stop input here, and `step` always
+                // drains the output: the machine is stuck, which is a bug.
+                panic!("the connection neither finishes nor takes input");
+            }
+            at += conn.read(&input[at..p]);
         }
     }
+    while conn.step(&mut output) {}
+    // Whether the engine itself decided to close, before learning that the input ended.
+    let closed = conn.finished();
+    if !closed {
+        conn.eof();
+        while conn.step(&mut output) {}
+    }
+    ConnectionRun { output, closed }
 }
