@@ -519,6 +519,8 @@ impl Server<'_> {
         if self.conns[idx].take().is_some() {
             self.free.push(idx);
             self.live -= 1;
+            // A descriptor was freed: an accept paused by EMFILE may succeed now.
+            self.accept_resume = None;
         }
     }
 
