@@ -24,6 +24,8 @@ pub(crate) fn run(
     handler: &Arc<dyn Handler>,
     log: &dyn Logger,
 ) -> Result<(), Error> {
+    // SAFETY: getppid cannot fail. Taken first, while the master is surely alive.
+    let master = unsafe { libc::getppid() };
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
         LIFELINE_FD,
@@ -69,16 +71,36 @@ pub(crate) fn run(
     })?;
     send_ready()?;
 
+    let mut death_seen = false;
+    let mut death_hook = hooks.on_master_death.as_deref_mut();
+    let mut on_death = || {
+        death_seen = true;
+        if let Some(hook) = death_hook.as_mut() {
+            hook();
+        }
+    };
     let ctl = ServeControl {
         wake_fd,
         lifeline_fd: Some(LIFELINE_FD),
-        on_master_death: hooks
-            .on_master_death
-            .as_deref_mut()
-            .map(|f| f as &mut (dyn FnMut() + Send)),
+        on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
+    // PDEATHSIG can start the drain as a plain stop before the lifeline's EOF is read, and the
+    // loop then ends without seeing it. The kernel re-parents a child before it sends the
+    // signal, so a changed parent tells that the master is gone all the same.
+    // SAFETY: getppid cannot fail.
+    if !death_seen && unsafe { libc::getppid() } != master {
+        log.log(Level::Warn, "the master process is gone");
+        if let Some(hook) = hooks.on_master_death.as_mut()
+            && let Err(e) = user_code("on_master_death", || {
+                hook();
+                Ok(())
+            })
+        {
+            log.log(Level::Error, e.message());
+        }
+    }
     // Serving is over: disarm the backup. The kernel sends PDEATHSIG after the master's
     // descriptors close, so it can land after the lifeline EOF was handled and the signal
     // handlers are restored, and would kill a child that is exiting cleanly (status -15).
