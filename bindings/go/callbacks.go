@@ -1,0 +1,238 @@
+package prefork
+
+// The Go ends of the C callbacks (shim.c calls them). A file with //export may only declare C
+// functions in its preamble, so the definitions live in shim.c. No Go panic may unwind into
+// the library: every trampoline recovers.
+
+// #include "shim.h"
+import "C"
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime/cgo"
+	"runtime/debug"
+	"syscall"
+	"unsafe"
+)
+
+func serverOf(h C.uintptr_t) *server {
+	return cgo.Handle(h).Value().(*server)
+}
+
+//export goPreforkRelease
+func goPreforkRelease(h C.uintptr_t) {
+	deleteHandle(cgo.Handle(h))
+}
+
+// exchange holds one request's Request and Response. A new one per request (not pooled):
+// a Request kept past its handler must never alias a later request.
+type exchange struct {
+	req  Request
+	resp Response
+}
+
+//export goPreforkHandle
+func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response) {
+	s := serverOf(h)
+	x := &exchange{Request{creq}, Response{cresp, s}}
+	defer func() {
+		if v := recover(); v != nil {
+			s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
+			internalError(cresp)
+		}
+		// Whatever the handler kept now reads as empty instead of freed memory.
+		x.req.c, x.resp.c = nil, nil
+	}()
+	s.p.handler(&x.req, &x.resp)
+}
+
+var internalErrorBody = []byte("500 Internal Server Error\n")
+
+// internalError replaces what a panicking handler left with a 500. The connection closes:
+// the headers it added cannot be taken back, and the handler's state is suspect.
+func internalError(c *C.prefork_response) {
+	C.prefork_response_set_status(c, 500)
+	C.prefork_response_set_body(c, unsafe.Pointer(&internalErrorBody[0]), C.size_t(len(internalErrorBody)))
+	name, value := "Connection", "close"
+	C.prefork_response_add_header(c, stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value)))
+}
+
+// hook runs a Go hook: an error or a panic is kept for ListenAndServe and returns nonzero,
+// which makes the master stop.
+func (s *server) hook(name string, f func() error) (rc C.int) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.fail(fmt.Errorf("%s panicked: %v", name, v))
+			rc = 1
+		}
+	}()
+	if err := f(); err != nil {
+		s.fail(fmt.Errorf("%s: %w", name, err))
+		return 1
+	}
+	return 0
+}
+
+// notify runs a Go hook that cannot fail: a panic is logged.
+func (s *server) notify(name string, f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.logf("ERROR", "%s panicked: %v\n%s", name, v, debug.Stack())
+		}
+	}()
+	f()
+}
+
+//export goPreforkInitChild
+func goPreforkInitChild(h C.uintptr_t) C.int {
+	s := serverOf(h)
+	return s.hook("InitChild", s.p.InitChild)
+}
+
+//export goPreforkExitChild
+func goPreforkExitChild(h C.uintptr_t) {
+	s := serverOf(h)
+	s.notify("ExitChild", s.p.ExitChild)
+}
+
+//export goPreforkOnChildSpawn
+func goPreforkOnChildSpawn(h C.uintptr_t, pid C.int32_t) C.int {
+	s := serverOf(h)
+	return s.hook("OnChildSpawn", func() error { return s.p.OnChildSpawn(int(pid)) })
+}
+
+//export goPreforkOnMasterReady
+func goPreforkOnMasterReady(h C.uintptr_t, cpids *C.int32_t, n C.size_t) C.int {
+	s := serverOf(h)
+	pids := make([]int, int(n))
+	for i, pid := range unsafe.Slice((*int32)(unsafe.Pointer(cpids)), int(n)) {
+		pids[i] = int(pid)
+	}
+	return s.hook("OnMasterReady", func() error { return s.p.OnMasterReady(pids) })
+}
+
+//export goPreforkOnChildRecover
+func goPreforkOnChildRecover(h C.uintptr_t, oldPID, newPID C.int32_t) C.int {
+	s := serverOf(h)
+	return s.hook("OnChildRecover", func() error { return s.p.OnChildRecover(int(oldPID), int(newPID)) })
+}
+
+//export goPreforkOnChildExit
+func goPreforkOnChildExit(h C.uintptr_t, pid, exitCode, sig C.int32_t) {
+	s := serverOf(h)
+	s.notify("OnChildExit", func() { s.p.OnChildExit(int(pid), int(exitCode), syscall.Signal(sig)) })
+}
+
+//export goPreforkOnMasterDeath
+func goPreforkOnMasterDeath(h C.uintptr_t) {
+	s := serverOf(h)
+	s.notify("OnMasterDeath", s.p.OnMasterDeath)
+}
+
+//export goPreforkCommandProducer
+func goPreforkCommandProducer(h C.uintptr_t, listenerFD, lifelineFD C.int, slot C.size_t) C.int32_t {
+	s := serverOf(h)
+	pid := C.int32_t(-1)
+	s.hook("CommandProducer", func() error {
+		// os.File owns its descriptor and the library keeps its own: hand over copies.
+		files, err := dupFiles(int(listenerFD), int(lifelineFD))
+		if err != nil {
+			return err
+		}
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
+		cmd, err := s.p.CommandProducer(files)
+		switch {
+		case err != nil:
+			return err
+		case cmd == nil || cmd.Process == nil:
+			return fmt.Errorf("returned no started command (call cmd.Start)")
+		}
+		pid = C.int32_t(cmd.Process.Pid)
+		return nil
+	})
+	return pid
+}
+
+func dupFiles(fds ...int) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(fds))
+	for _, fd := range fds {
+		// F_DUPFD_CLOEXEC: no other child started meanwhile may inherit the copy.
+		nfd, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+		if errno != 0 {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("dup descriptor %d: %w", fd, errno)
+		}
+		files = append(files, os.NewFile(nfd, fmt.Sprintf("prefork-fd-%d", fd)))
+	}
+	return files, nil
+}
+
+// maxEmptyReads bounds how often a body stream's Read may return nothing without an error
+// before the stream is abandoned: the library takes 0 for the end of the body.
+const maxEmptyReads = 100
+
+//export goPreforkStreamRead
+func goPreforkStreamRead(h C.uintptr_t, buf *C.char, size C.size_t) (n C.ptrdiff_t) {
+	bs := cgo.Handle(h).Value().(*bodyStream)
+	defer func() {
+		if v := recover(); v != nil {
+			bs.srv.logf("ERROR", "body stream Read panicked: %v\n%s", v, debug.Stack())
+			n = -1
+		}
+	}()
+	p := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(size))
+	for range maxEmptyReads {
+		got, err := bs.r.Read(p)
+		switch {
+		case got < 0 || got > len(p):
+			return -1
+		case got > 0:
+			return C.ptrdiff_t(got) // an error with data shows again on the next Read
+		case err == io.EOF:
+			return 0
+		case err != nil:
+			return -1
+		}
+	}
+	return -1
+}
+
+//export goPreforkStreamFree
+func goPreforkStreamFree(h C.uintptr_t) {
+	handle := cgo.Handle(h)
+	defer deleteHandle(handle)
+	if c, ok := handle.Value().(*bodyStream).r.(io.Closer); ok {
+		defer func() { recover() }() // a panicking Close must not crash the child
+		c.Close()
+	}
+}
+
+var levelNames = [...]string{"DEBUG", "INFO", "WARN", "ERROR"}
+
+//export goPreforkLog
+func goPreforkLog(h C.uintptr_t, level C.int, msg *C.char, n C.size_t) {
+	if level <= C.PREFORK_LOG_DEBUG || int(level) >= len(levelNames) {
+		return // as the library's own logger: debug lines are not for users
+	}
+	s := serverOf(h)
+	s.logf(levelNames[level], "%s", C.GoStringN(msg, C.int(n)))
+}
+
+// logf writes a line to the Logger, or to stderr in the library's format when there is none.
+func (s *server) logf(level, format string, args ...any) {
+	defer func() { recover() }() // a panicking Logger must not crash the server
+	msg := fmt.Sprintf(format, args...)
+	if s.p.Logger != nil {
+		s.p.Logger.Printf("prefork[%d] %s: %s", os.Getpid(), level, msg)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "prefork[%d] %s: %s\n", os.Getpid(), level, msg)
+}

@@ -1,0 +1,5 @@
+package prefork
+
+// LiveHandles is the number of cgo handles the library still holds: 0 once every
+// ListenAndServe has returned, if the finalizers released them.
+func LiveHandles() int64 { return liveHandles.Load() }

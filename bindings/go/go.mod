@@ -1,0 +1,3 @@
+module libprefork.dev/prefork
+
+go 1.22

@@ -1,0 +1,259 @@
+package prefork_test
+
+// The test binary is also the server under test: TestMain runs the server role when the
+// environment asks for it (a master started by a test) or when the process is a prefork child
+// (the library re-executes this binary with PREFORK_CHILD=1), as fasthttp's prefork_test.go
+// re-executes its own test binary. The server prints one line per event on stdout, which the
+// tests read.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"libprefork.dev/prefork"
+)
+
+// Environment of the server role.
+const (
+	envServer    = "GOTEST_PREFORK_SERVER"    // "1": run the server role (master)
+	envAddr      = "GOTEST_PREFORK_ADDR"      // listen address
+	envChildren  = "GOTEST_PREFORK_CHILDREN"  // Children
+	envThreshold = "GOTEST_PREFORK_THRESHOLD" // RecoverThreshold
+	envThreads   = "GOTEST_PREFORK_THREADS"   // HandlerThreads
+	envReuseport = "GOTEST_PREFORK_REUSEPORT" // "1": Reuseport
+	envFailReady = "GOTEST_PREFORK_FAILREADY" // "1": OnMasterReady returns errNotReady
+	envProducer  = "GOTEST_PREFORK_PRODUCER"  // "1": children come from a CommandProducer
+	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
+	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
+)
+
+var errNotReady = errors.New("not ready on purpose")
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envServer) == "1" || prefork.IsChild() {
+		os.Exit(serve())
+	}
+	os.Exit(m.Run())
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+// say prints one event line for the test that started the master (a single write, so lines
+// of several processes never interleave). Children of an in-process master stay quiet: their
+// stdout is go test's.
+func say(format string, args ...any) {
+	if os.Getenv(envServer) == "1" {
+		fmt.Fprintf(os.Stdout, format+"\n", args...)
+	}
+}
+
+func serve() int {
+	p := prefork.New(handle)
+	p.Children = envInt(envChildren, 2)
+	p.RecoverThreshold = envInt(envThreshold, prefork.DefaultRecoverThreshold)
+	p.HandlerThreads = envInt(envThreads, 0)
+	p.MaxBodySize = envInt(envMaxBody, 0)
+	p.Reuseport = os.Getenv(envReuseport) == "1"
+	p.ShutdownGracePeriod = 5 * time.Second
+	p.RecoverBackoffMax = -1 // replace a killed child at once
+	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
+	p.OnChildExit = func(pid, code int, sig syscall.Signal) {
+		say("exit pid=%d code=%d signal=%d", pid, code, int(sig))
+	}
+	p.OnChildRecover = func(oldPID, newPID int) error {
+		say("recover old=%d new=%d", oldPID, newPID)
+		return nil
+	}
+	p.OnMasterReady = func(pids []int) error {
+		s := make([]string, len(pids))
+		for i, pid := range pids {
+			s[i] = strconv.Itoa(pid)
+		}
+		say("ready pid=%d children=%s", os.Getpid(), strings.Join(s, ","))
+		if os.Getenv(envFailReady) == "1" {
+			return errNotReady
+		}
+		return nil
+	}
+	p.InitChild = func() error {
+		// The library hands every child its listener at descriptor 3: its port is how the
+		// tests find a server bound to port 0.
+		sa, err := syscall.Getsockname(3)
+		if err != nil {
+			return err
+		}
+		port := 0
+		switch a := sa.(type) {
+		case *syscall.SockaddrInet4:
+			port = a.Port
+		case *syscall.SockaddrInet6:
+			port = a.Port
+		}
+		say("child pid=%d port=%d", os.Getpid(), port)
+		return nil
+	}
+	p.ExitChild = func() { say("child-exit pid=%d", os.Getpid()) }
+	p.OnMasterDeath = func() { say("master-death pid=%d", os.Getpid()) }
+	if os.Getenv(envProducer) == "1" {
+		p.CommandProducer = func(files []*os.File) (*exec.Cmd, error) {
+			cmd, err := prefork.ChildCommand(files)
+			if err != nil {
+				return nil, err
+			}
+			cmd.Env = append(cmd.Env, envProduced+"=1")
+			return cmd, cmd.Start()
+		}
+	}
+	addr := os.Getenv(envAddr)
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	err := p.ListenAndServe(addr)
+	var perr *prefork.Error
+	code := 0
+	if errors.As(err, &perr) {
+		code = int(perr.Code)
+	}
+	say("done pid=%d child=%t code=%d over-recovery=%t hook=%t not-ready=%t err=%v",
+		os.Getpid(), prefork.IsChild(), code, errors.Is(err, prefork.ErrOverRecovery),
+		errors.Is(err, prefork.ErrHook), errors.Is(err, errNotReady), err)
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// What /retain keeps, to show that a Request or Response used after its handler returned
+// reads as empty and refuses writes instead of touching freed memory.
+var (
+	retainedReq  atomic.Pointer[prefork.Request]
+	retainedResp atomic.Pointer[prefork.Response]
+)
+
+// barrier makes /together requests wait for each other: only concurrent handler threads can
+// all get through.
+var barrier struct {
+	sync.Mutex
+	arrived int
+	all     chan struct{}
+}
+
+func handle(req *prefork.Request, resp *prefork.Response) {
+	switch req.PathString() {
+	case "/":
+		resp.AddHeader("Content-Type", "text/plain")
+		resp.WriteString("hello")
+	case "/pid":
+		resp.WriteString(strconv.Itoa(os.Getpid()))
+	case "/echo":
+		fmt.Fprintf(resp, "method=%s\npath=%s\nquery=%s\ntarget=%s\nx-test=%s\nx-missing=%t\nheaders=%d\nproto=1.%d\nbody=%s\n",
+			req.Method(), req.Path(), req.Query(), req.Target(), req.Header("x-TEST"),
+			req.Header("X-Missing") == nil, len(req.Headers()), req.ProtoMinor(), req.Body())
+		resp.AddHeader("X-Remote-Set", strconv.FormatBool(req.RemoteAddr() != ""))
+	case "/teapot":
+		resp.SetStatus(418)
+		resp.AddHeader("X-Kind", "teapot")
+		resp.SetBodyString("short and stout")
+	case "/bad-header":
+		err := resp.AddHeader("Content-Length", "5")
+		resp.WriteString(fmt.Sprintf("invalid=%t", errors.Is(err, prefork.ErrInvalidArgument)))
+	case "/panic":
+		resp.AddHeader("X-Before-Panic", "1")
+		resp.WriteString("partial")
+		panic("boom")
+	case "/sleep":
+		say("sleeping pid=%d", os.Getpid())
+		ms, _ := strconv.Atoi(strings.TrimPrefix(req.QueryString(), "ms="))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		resp.WriteString("slept")
+	case "/together":
+		n, _ := strconv.Atoi(strings.TrimPrefix(req.QueryString(), "n="))
+		barrier.Lock()
+		if barrier.all == nil {
+			barrier.all = make(chan struct{})
+		}
+		all := barrier.all
+		barrier.arrived++
+		if barrier.arrived == n {
+			close(all)
+		}
+		barrier.Unlock()
+		select {
+		case <-all:
+			resp.WriteString("together")
+		case <-time.After(5 * time.Second):
+			resp.WriteString("alone")
+		}
+	case "/stream":
+		n, _ := strconv.Atoi(strings.TrimPrefix(req.QueryString(), "n="))
+		resp.WriteString("replaced by the stream")
+		resp.SetBodyStream(&pattern{left: n})
+	case "/stream-panic":
+		resp.SetBodyStream(&pattern{left: 1 << 20, panicAt: 5000})
+	case "/streams-closed":
+		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/produced":
+		resp.WriteString(os.Getenv(envProduced))
+	case "/retain":
+		retainedReq.Store(req)
+		retainedResp.Store(resp)
+		resp.WriteString("kept")
+	case "/retained":
+		_, err := retainedResp.Load().Write([]byte("late"))
+		fmt.Fprintf(resp, "method=%q state-err=%t", retainedReq.Load().Method(), errors.Is(err, prefork.ErrState))
+	default:
+		resp.SetStatus(404)
+	}
+}
+
+var streamsClosed atomic.Int64
+
+// pattern is a body stream of `left` bytes "abc...zabc...", at most 1000 per Read, that
+// panics once it has produced panicAt bytes (if set) and counts its Close calls.
+type pattern struct {
+	left, done, panicAt int
+}
+
+func (p *pattern) Read(b []byte) (int, error) {
+	if p.left == 0 {
+		return 0, io.EOF
+	}
+	if p.panicAt > 0 && p.done >= p.panicAt {
+		panic("stream broke")
+	}
+	n := min(len(b), p.left, 1000)
+	for i := range n {
+		b[i] = byte('a' + (p.done+i)%26)
+	}
+	p.left -= n
+	p.done += n
+	return n, nil
+}
+
+func (p *pattern) Close() error {
+	streamsClosed.Add(1)
+	return nil
+}
+
+func patternString(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + i%26)
+	}
+	return string(b)
+}

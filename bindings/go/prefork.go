@@ -1,0 +1,500 @@
+package prefork
+
+// #include <stdlib.h>
+// #include "shim.h"
+import "C"
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// ChildEnv is the environment variable (set to "1") that marks a process as a prefork child.
+const ChildEnv = "PREFORK_CHILD"
+
+// DefaultRecoverThreshold, the value New gives RecoverThreshold, lets the library choose
+// max(1, children/2), as fasthttp's New chooses max(1, GOMAXPROCS/2).
+const DefaultRecoverThreshold = -1
+
+// RequestHandler answers one request by reading req and filling resp. It runs in a child
+// process: on the child's event-loop thread, or concurrently on HandlerThreads threads when
+// that is above zero. req, resp and every view they return are valid only until it returns.
+// A panic becomes a 500 response for that request (and closes its connection); the child
+// keeps serving.
+type RequestHandler func(req *Request, resp *Response)
+
+// Logger receives the library's log lines (process events, warnings, errors) and the
+// binding's own (a handler's panic). Its method set is fasthttp's Logger, so a
+// *log.Logger or a fasthttp.Logger fits. It is called from the master and from every child,
+// from any of their threads, possibly concurrently.
+type Logger interface {
+	// Printf must have the same semantics as log.Printf.
+	Printf(format string, args ...any)
+}
+
+// Prefork runs a RequestHandler in preforked child processes: ListenAndServe in the master
+// (the program as started) binds the address and re-executes the program once per child;
+// the same call in each child serves the inherited listener. Build the Prefork the same way
+// in every process: the children are fresh executions of main.
+//
+// Zero-valued fields mean the library's default, except where a field says otherwise.
+// Fields are read when ListenAndServe starts; changing them while it runs has no effect.
+//
+// WARNING: as with fasthttp prefork, each child is a separate process: global state such as
+// an in-memory cache is per child.
+type Prefork struct {
+	// Logger receives the library's log lines at INFO and above. nil keeps the library's
+	// own logger, which writes "prefork[PID] LEVEL: message" lines to stderr.
+	Logger Logger
+
+	// Network is "tcp4" (New's choice, as fasthttp), "tcp6" or "tcp" (dual stack for an IPv6
+	// or empty host). Empty means "tcp4".
+	Network string
+
+	// RecoverThreshold is how many child exits are tolerated within RecoverWindow; one more
+	// makes ListenAndServe stop the other children and return ErrOverRecovery. 0 gives up at
+	// the first exit; DefaultRecoverThreshold (New's choice) means max(1, children/2).
+	RecoverThreshold int
+
+	// RecoverInterval is the delay before an exited child is replaced. Default 0.
+	RecoverInterval time.Duration
+
+	// ShutdownGracePeriod is how long children get to finish their requests after a stop
+	// request before they are killed. Zero means the default, 5s.
+	ShutdownGracePeriod time.Duration
+
+	// Reuseport makes the master bind one SO_REUSEPORT socket per child instead of one
+	// listener shared by all (the kernel then spreads connections evenly).
+	Reuseport bool
+
+	// OnMasterDeath runs in a child, at most once, when its master is gone (detected at once
+	// through a pipe, not by polling). The child then drains its connections and
+	// ListenAndServe returns nil. Unlike fasthttp, nil does not disable the detection:
+	// children always follow their master.
+	OnMasterDeath func()
+
+	// OnChildSpawn runs in the master after each child is started (first or replacement).
+	// An error (or a panic) stops the master: ListenAndServe stops and reaps the children
+	// and returns an error matching ErrHook and the hook's error.
+	OnChildSpawn func(pid int) error
+
+	// OnMasterReady runs in the master once, when every initial child reported that it
+	// listens, with their pids in slot order. An error stops the master as above.
+	OnMasterReady func(childPIDs []int) error
+
+	// OnChildRecover runs in the master when an exited child was replaced (after
+	// OnChildSpawn for newPID). An error stops the master as above.
+	OnChildRecover func(oldPID, newPID int) error
+
+	// OnChildExit runs in the master when a child exited and was reaped, before any
+	// replacement: exitCode is its exit status and sig 0, or exitCode is -1 and sig the
+	// signal that killed it.
+	OnChildExit func(pid, exitCode int, sig syscall.Signal)
+
+	// CommandProducer, when set, starts each child instead of the default re-execution of the
+	// program. files holds the listener and the lifeline: pass them as cmd.ExtraFiles, in
+	// this order (they must arrive at descriptors 3 and 4), set ChildEnv=1 in cmd.Env, and
+	// return a started command. ChildCommand builds the default one to adjust. The master
+	// waits for the process itself: never call cmd.Wait, and leave Stdout and Stderr nil or
+	// *os.File (other writers need Wait). The files are closed when the producer returns.
+	CommandProducer func(files []*os.File) (*exec.Cmd, error)
+
+	// InitChild runs in each child before it reports ready (the place for per-process state
+	// such as connections). An error makes the child exit; the master counts that as a crash.
+	InitChild func() error
+
+	// ExitChild runs in each child after it stopped serving (drained).
+	ExitChild func()
+
+	// Children is the number of child processes; 0 means one per CPU this process may run on
+	// (affinity and cgroup quota respected). At most 1024.
+	Children int
+
+	// Backlog is the listen(2) backlog. Default 1024.
+	Backlog int
+
+	// RecoverWindow is the sliding window in which child exits count against
+	// RecoverThreshold. Zero means the default, 60s; a negative value counts exits over the
+	// master's whole life (fasthttp's behaviour).
+	RecoverWindow time.Duration
+
+	// RecoverBackoffMax caps the exponential backoff between replacements of children that
+	// keep dying right after they start. Zero means the default, 10s; negative means no backoff.
+	RecoverBackoffMax time.Duration
+
+	// StartupTimeout is how long a child may take to report that it listens (InitChild
+	// included). Default 10s.
+	StartupTimeout time.Duration
+
+	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
+	// the child's event loop (best for handlers that never block); above 0 the handler runs
+	// concurrently on that many threads and must be safe for concurrent use. At most 4096.
+	HandlerThreads int
+
+	// MaxRequestLine is the longest request line before the reply is 414. Default 8 KiB.
+	MaxRequestLine int
+	// MaxHeadSize is the largest request head before the reply is 431. Default 16 KiB.
+	MaxHeadSize int
+	// MaxHeaders is the most header fields in a request before the reply is 431. Default 100.
+	MaxHeaders int
+	// MaxBodySize is the largest request body; a larger one gets 413. Zero means the
+	// default, 4 MiB; a negative value refuses every body.
+	MaxBodySize int
+	// MaxChunkExtSize is the total size of chunk extensions accepted in one chunked request
+	// body before the reply is 400. Default 16 KiB.
+	MaxChunkExtSize int
+	// MaxTrailerSize is the largest trailer section of a chunked request body before the
+	// reply is 431. Default 16 KiB.
+	MaxTrailerSize int
+	// MaxBytesPerTurn is how many bytes one connection may read and write in one event-loop
+	// turn before the child serves its other connections (fairness). Default 256 KiB.
+	MaxBytesPerTurn int
+	// MaxConnections is the number of open connections per child above which it stops
+	// accepting until one closes. Default 16384.
+	MaxConnections int
+	// MaxOutputBuffer is the output buffered for one connection before the child stops
+	// reading from it (backpressure on pipelining clients). Default 256 KiB.
+	MaxOutputBuffer int
+
+	// HeaderTimeout is the time allowed to receive a whole request head. Default 10s.
+	HeaderTimeout time.Duration
+	// BodyTimeout is the longest silence while a request body is received. Default 30s.
+	BodyTimeout time.Duration
+	// IdleTimeout is how long an idle keep-alive connection is kept. Default 60s.
+	IdleTimeout time.Duration
+	// WriteTimeout is the longest time a pending response may make no write progress.
+	// Default 30s.
+	WriteTimeout time.Duration
+
+	handler RequestHandler
+	serving atomic.Bool
+}
+
+// New returns a Prefork serving handler, with Network "tcp4" and RecoverThreshold
+// DefaultRecoverThreshold as fasthttp's New; every other field is at its default.
+func New(handler RequestHandler) *Prefork {
+	return &Prefork{
+		Network:          "tcp4",
+		RecoverThreshold: DefaultRecoverThreshold,
+		handler:          handler,
+	}
+}
+
+// IsChild reports whether this process is a prefork child (ChildEnv=1 in its environment).
+func IsChild() bool {
+	return bool(C.prefork_is_child())
+}
+
+// Shutdown asks whatever this process serves to stop gracefully, as SIGTERM does: in the
+// master, ListenAndServe stops the children within ShutdownGracePeriod and returns nil; in a
+// child, it drains and returns nil. It acts on the process, not on p alone (libprefork runs
+// one server per process), may be called from any goroutine, and, when no server runs yet,
+// stops the next one as soon as it starts.
+func (p *Prefork) Shutdown() {
+	C.prefork_shutdown()
+}
+
+// Version is the loaded library's version, "MAJOR.MINOR.PATCH".
+func Version() string {
+	return C.GoString(C.prefork_version())
+}
+
+// ListenAndServe serves HTTP/1.1 on addr ("host:port"; "[::1]:8080" for IPv6; an empty host
+// means every interface).
+//
+// In the master it binds addr, starts the children, runs the hooks and supervises them until
+// SIGTERM, SIGINT or Shutdown, then stops them gracefully and returns nil. In a child it
+// serves the listener inherited from the master (addr is not used) until told to stop,
+// drains and returns nil; the program should then exit.
+//
+// While it runs, SIGTERM and SIGINT reach the binding through os/signal (the library's own
+// signal handlers stay off, so the Go runtime keeps its signal handling); a child ignores
+// SIGINT, because a terminal's Ctrl-C reaches the whole process group and the master decides
+// how the group stops. The relay stops when ListenAndServe returns.
+//
+// Errors are *Error values that match a sentinel with errors.Is (ErrBind, ErrOverRecovery,
+// ErrHook...); a hook's own error is wrapped too.
+func (p *Prefork) ListenAndServe(addr string) error {
+	const op = "ListenAndServe"
+	if p.handler == nil {
+		return invalid(op, "the Prefork has no handler: create it with New")
+	}
+	if !p.serving.CompareAndSwap(false, true) {
+		return &Error{Op: op, Code: CodeState, Message: "ListenAndServe is already running on this Prefork"}
+	}
+	defer p.serving.Store(false)
+
+	// prefork_last_error is thread-local, and the child's event loop and the master's hooks
+	// run on this thread: keep the goroutine on it from the first call to the last.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	s := &server{p: p}
+	c, err := s.create()
+	if err != nil {
+		return err
+	}
+	defer C.prefork_free(c)
+	if err := p.configure(c); err != nil {
+		return err
+	}
+	if err := s.install(c); err != nil {
+		return err
+	}
+
+	caddr := C.CString(addr)
+	defer C.free(unsafe.Pointer(caddr))
+	stop := relaySignals(IsChild())
+	r := C.prefork_listen_and_serve(c, caddr)
+	stop()
+	if r == C.PREFORK_OK {
+		return nil
+	}
+	e := lastError(op, r).(*Error)
+	e.Err = s.failure()
+	return e
+}
+
+// server is what the C callbacks reach through their cgo.Handle: the Prefork being served
+// and the first error a Go hook returned, which ListenAndServe attaches to its result.
+type server struct {
+	p *Prefork
+
+	mu      sync.Mutex
+	hookErr error
+}
+
+func (s *server) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hookErr == nil {
+		s.hookErr = err
+	}
+}
+
+func (s *server) failure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hookErr
+}
+
+// create makes the C handle. Each callback struct gets a handle of its own, deleted by its own
+// finalizer, so no finalizer depends on the order in which the library runs them.
+func (s *server) create() (*C.prefork, error) {
+	var members C.uint
+	if s.p.InitChild != nil {
+		members |= C.GOPREFORK_INIT_CHILD
+	}
+	if s.p.ExitChild != nil {
+		members |= C.GOPREFORK_EXIT_CHILD
+	}
+	h := newHandle(s)
+	var c *C.prefork
+	if r := C.goprefork_new(C.uintptr_t(h), members, &c); r != C.PREFORK_OK {
+		deleteHandle(h) // the library took nothing over
+		return nil, lastError("create", r)
+	}
+	return c, nil
+}
+
+// install sets the library options the binding owns, the hooks and the logger.
+func (s *server) install(c *C.prefork) error {
+	if r := C.prefork_set_handle_signals(c, false); r != C.PREFORK_OK {
+		return lastError("set handle_signals", r)
+	}
+	p := s.p
+	var members C.uint
+	for _, m := range []struct {
+		set bool
+		bit C.uint
+	}{
+		{p.OnChildSpawn != nil, C.GOPREFORK_ON_CHILD_SPAWN},
+		{p.OnMasterReady != nil, C.GOPREFORK_ON_MASTER_READY},
+		{p.OnChildRecover != nil, C.GOPREFORK_ON_CHILD_RECOVER},
+		{p.OnChildExit != nil, C.GOPREFORK_ON_CHILD_EXIT},
+		{p.OnMasterDeath != nil, C.GOPREFORK_ON_MASTER_DEATH},
+		{p.CommandProducer != nil, C.GOPREFORK_COMMAND_PRODUCER},
+	} {
+		if m.set {
+			members |= m.bit
+		}
+	}
+	if members != 0 {
+		h := newHandle(s)
+		if r := C.goprefork_set_hooks(c, C.uintptr_t(h), members); r != C.PREFORK_OK {
+			deleteHandle(h)
+			return lastError("set hooks", r)
+		}
+	}
+	if p.Logger != nil {
+		h := newHandle(s)
+		if r := C.goprefork_set_logger(c, C.uintptr_t(h)); r != C.PREFORK_OK {
+			deleteHandle(h)
+			return lastError("set Logger", r)
+		}
+	}
+	return nil
+}
+
+// liveHandles counts the cgo handles the library holds, for the tests' leak check.
+var liveHandles atomic.Int64
+
+func newHandle(s *server) cgo.Handle {
+	liveHandles.Add(1)
+	return cgo.NewHandle(s)
+}
+
+func deleteHandle(h cgo.Handle) {
+	h.Delete()
+	liveHandles.Add(-1)
+}
+
+// configure passes every non-zero option to the library, which validates it.
+func (p *Prefork) configure(c *C.prefork) error {
+	var err error
+	set := func(name string, f func() C.enum_prefork_result) {
+		if err == nil {
+			err = lastError("set "+name, f())
+		}
+	}
+	// count sets a positive count; zero keeps the default, a negative value is refused.
+	count := func(name string, v int, limit uint64, f func(n uint64) C.enum_prefork_result) {
+		switch {
+		case err != nil || v == 0:
+		case v < 0 || uint64(v) > limit:
+			err = invalid("set "+name, "%s = %d is out of range", name, v)
+		default:
+			set(name, func() C.enum_prefork_result { return f(uint64(v)) })
+		}
+	}
+	// duration sets a positive duration in milliseconds (rounded up, so 1ns is not 0);
+	// zero keeps the default; a negative one is negative(), or refused when that is nil.
+	duration := func(name string, d time.Duration, negative func() C.enum_prefork_result, f func(ms C.uint64_t) C.enum_prefork_result) {
+		switch {
+		case err != nil || d == 0:
+		case d < 0 && negative != nil:
+			set(name, negative)
+		case d < 0:
+			err = invalid("set "+name, "%s = %v is negative", name, d)
+		default:
+			ms := (d + time.Millisecond - 1) / time.Millisecond
+			set(name, func() C.enum_prefork_result { return f(C.uint64_t(ms)) })
+		}
+	}
+	const maxSize = uint64(math.MaxInt)
+
+	count("Children", p.Children, math.MaxUint32, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_children(c, C.uint32_t(n))
+	})
+	set("Reuseport", func() C.enum_prefork_result { return C.prefork_set_reuseport(c, C.bool(p.Reuseport)) })
+	if p.Network != "" {
+		set("Network", func() C.enum_prefork_result {
+			cs := C.CString(p.Network)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_network(c, cs)
+		})
+	}
+	count("Backlog", p.Backlog, math.MaxInt32, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_backlog(c, C.int32_t(n))
+	})
+	if err == nil && p.RecoverThreshold > math.MaxInt32 {
+		err = invalid("set RecoverThreshold", "RecoverThreshold = %d is out of range", p.RecoverThreshold)
+	}
+	set("RecoverThreshold", func() C.enum_prefork_result {
+		return C.prefork_set_recover_threshold(c, C.int32_t(max(p.RecoverThreshold, -1)))
+	})
+	duration("RecoverInterval", p.RecoverInterval, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_recover_interval_ms(c, ms)
+	})
+	duration("RecoverWindow", p.RecoverWindow, func() C.enum_prefork_result {
+		return C.prefork_set_recover_window_ms(c, 0)
+	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_window_ms(c, ms) })
+	duration("RecoverBackoffMax", p.RecoverBackoffMax, func() C.enum_prefork_result {
+		return C.prefork_set_recover_backoff_max_ms(c, 0)
+	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_backoff_max_ms(c, ms) })
+	duration("ShutdownGracePeriod", p.ShutdownGracePeriod, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_grace_period_ms(c, ms)
+	})
+	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_startup_timeout_ms(c, ms)
+	})
+	count("HandlerThreads", p.HandlerThreads, math.MaxUint32, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_handler_threads(c, C.uint32_t(n))
+	})
+	count("MaxRequestLine", p.MaxRequestLine, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_request_line(c, C.size_t(n))
+	})
+	count("MaxHeadSize", p.MaxHeadSize, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_head_size(c, C.size_t(n))
+	})
+	count("MaxHeaders", p.MaxHeaders, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_headers(c, C.size_t(n))
+	})
+	if p.MaxBodySize < 0 {
+		set("MaxBodySize", func() C.enum_prefork_result { return C.prefork_set_max_body_size(c, 0) })
+	} else {
+		count("MaxBodySize", p.MaxBodySize, maxSize, func(n uint64) C.enum_prefork_result {
+			return C.prefork_set_max_body_size(c, C.size_t(n))
+		})
+	}
+	count("MaxChunkExtSize", p.MaxChunkExtSize, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_chunk_ext_size(c, C.size_t(n))
+	})
+	count("MaxTrailerSize", p.MaxTrailerSize, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_trailer_size(c, C.size_t(n))
+	})
+	count("MaxBytesPerTurn", p.MaxBytesPerTurn, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_bytes_per_turn(c, C.size_t(n))
+	})
+	count("MaxConnections", p.MaxConnections, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_connections(c, C.size_t(n))
+	})
+	count("MaxOutputBuffer", p.MaxOutputBuffer, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_output_buffer(c, C.size_t(n))
+	})
+	duration("HeaderTimeout", p.HeaderTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_header_timeout_ms(c, ms)
+	})
+	duration("BodyTimeout", p.BodyTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_body_timeout_ms(c, ms)
+	})
+	duration("IdleTimeout", p.IdleTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_idle_timeout_ms(c, ms)
+	})
+	duration("WriteTimeout", p.WriteTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_write_timeout_ms(c, ms)
+	})
+	return err
+}
+
+// ChildCommand is the command the master runs for a child by default: this program again,
+// with the same arguments, ChildEnv=1 in its environment, files as its ExtraFiles and the
+// master's stdout and stderr. A CommandProducer may adjust it before calling Start.
+func ChildCommand(files []*os.File) (*exec.Cmd, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("prefork: resolve the executable: %w", err)
+	}
+	env := make([]string, 0, len(os.Environ())+1)
+	for _, kv := range os.Environ() {
+		if len(kv) < len(ChildEnv)+1 || kv[:len(ChildEnv)+1] != ChildEnv+"=" {
+			env = append(env, kv)
+		}
+	}
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = append(env, ChildEnv+"=1")
+	cmd.ExtraFiles = files
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = os.Stderr
+	return cmd, nil
+}

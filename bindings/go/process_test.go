@@ -1,0 +1,351 @@
+package prefork_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// stop sends SIGTERM to the master and checks the clean exit: status 0, nothing left.
+func (m *master) stop() {
+	m.t.Helper()
+	m.signal(syscall.SIGTERM)
+	if code := m.wait(); code != 0 {
+		m.t.Fatalf("master exited with %d after SIGTERM, want 0\n%s", code, m.transcript())
+	}
+	m.allGone()
+}
+
+func TestServesRequests(t *testing.T) {
+	m := startMaster(t, envChildren+"=2")
+	if len(m.children) != 2 {
+		t.Fatalf("ready line names children %v, want 2", m.children)
+	}
+	if m.portOf(m.children[1]) != m.port {
+		t.Fatalf("children listen on different ports")
+	}
+
+	if code, body := get(t, m.url("/")); code != 200 || body != "hello" {
+		t.Fatalf("GET / = %d %q, want 200 \"hello\"", code, body)
+	}
+	code, body := get(t, m.url("/pid"))
+	pid, _ := strconv.Atoi(body)
+	if code != 200 || !slices.Contains(m.children, pid) {
+		t.Fatalf("GET /pid = %d %q, want the pid of a child in %v", code, body, m.children)
+	}
+
+	req, _ := http.NewRequest("POST", m.url("/echo?a=1&b=two"), strings.NewReader("the body"))
+	req.Header.Set("X-Test", "value")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = readBody(t, resp)
+	want := "method=POST\npath=/echo\nquery=a=1&b=two\ntarget=/echo?a=1&b=two\nx-test=value\n" +
+		"x-missing=true\n"
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, want) ||
+		!strings.Contains(body, "proto=1.1\nbody=the body\n") {
+		t.Fatalf("POST /echo = %d\n%s\nwant it to start with\n%s", resp.StatusCode, body, want)
+	}
+	if got := resp.Header.Get("X-Remote-Set"); got != "true" {
+		t.Fatalf("RemoteAddr was empty in the handler (X-Remote-Set %q)", got)
+	}
+
+	resp, err = client.Get(m.url("/teapot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = readBody(t, resp)
+	if resp.StatusCode != 418 || resp.Header.Get("X-Kind") != "teapot" || body != "short and stout" {
+		t.Fatalf("GET /teapot = %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+
+	if code, body := get(t, m.url("/bad-header")); code != 200 || body != "invalid=true" {
+		t.Fatalf("AddHeader(Content-Length) should fail with ErrInvalidArgument: %d %q", code, body)
+	}
+	if code, _ := get(t, m.url("/nowhere")); code != 404 {
+		t.Fatalf("GET /nowhere = %d, want 404", code)
+	}
+	m.stop()
+}
+
+func TestKeepAliveConnection(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1}}
+	defer c.CloseIdleConnections()
+	for i := range 20 {
+		resp, err := c.Get(m.url(fmt.Sprintf("/echo?i=%d", i)))
+		if err != nil {
+			t.Fatalf("request %d on a kept-alive connection: %v", i, err)
+		}
+		body := readBody(t, resp)
+		if !strings.Contains(body, fmt.Sprintf("query=i=%d\n", i)) {
+			t.Fatalf("request %d: %q", i, body)
+		}
+	}
+	m.stop()
+}
+
+func TestHandlerPanicIs500AndChildKeepsServing(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	resp, err := client.Get(m.url("/panic"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readBody(t, resp)
+	if resp.StatusCode != 500 || body != "500 Internal Server Error\n" {
+		t.Fatalf("GET /panic = %d %q, want 500 and the binding's body", resp.StatusCode, body)
+	}
+	for range 3 {
+		code, body := get(t, m.url("/pid"))
+		if code != 200 || body != strconv.Itoa(m.children[0]) {
+			t.Fatalf("after the panic, GET /pid = %d %q, want 200 from the same child %d", code, body, m.children[0])
+		}
+	}
+	if m.has(regexp.MustCompile(`^exit pid=`)) {
+		t.Fatalf("a child exited after the handler panicked\n%s", m.transcript())
+	}
+	if !strings.Contains(m.transcript(), "panic serving GET /panic: boom") {
+		t.Fatalf("the panic was not logged\n%s", m.transcript())
+	}
+	m.stop()
+}
+
+func TestHandlerThreadsRunConcurrently(t *testing.T) {
+	const n = 3
+	m := startMaster(t, envChildren+"=1", envThreads+"=4")
+	var wg sync.WaitGroup
+	bodies := make([]string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Get(m.url(fmt.Sprintf("/together?n=%d", n)))
+			if err != nil {
+				bodies[i] = err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			bodies[i] = string(b)
+		}()
+	}
+	wg.Wait()
+	for i, b := range bodies {
+		if b != "together" {
+			t.Fatalf("request %d: %q: the handlers did not run at the same time", i, b)
+		}
+	}
+	m.stop()
+}
+
+func TestRequestAndResponseAreDeadAfterTheHandler(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	if code, body := get(t, m.url("/retain")); code != 200 || body != "kept" {
+		t.Fatalf("GET /retain = %d %q", code, body)
+	}
+	if code, body := get(t, m.url("/retained")); code != 200 || body != `method="" state-err=true` {
+		t.Fatalf("GET /retained = %d %q, want the old request empty and writes refused", code, body)
+	}
+	m.stop()
+}
+
+func TestKilledChildIsReplaced(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	old := m.children[0]
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	m.waitLine(regexp.MustCompile(fmt.Sprintf(`^exit pid=%d code=-1 signal=9$`, old)))
+	sub := m.waitLine(regexp.MustCompile(fmt.Sprintf(`^recover old=%d new=(\d+)$`, old)))
+	replacement, _ := strconv.Atoi(sub[1])
+	m.portOf(replacement) // the replacement got the listener and reported ready
+	code, body := get(t, m.url("/pid"))
+	if code != 200 || body != strconv.Itoa(replacement) {
+		t.Fatalf("GET /pid = %d %q, want the replacement %d", code, body, replacement)
+	}
+	m.stop()
+}
+
+func TestOverRecoveryStopsTheMaster(t *testing.T) {
+	m := startMaster(t, envChildren+"=2", envThreshold+"=0")
+	if err := syscall.Kill(m.children[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := m.wait(); code != 1 {
+		t.Fatalf("master exited with %d, want 1", code)
+	}
+	m.waitLine(regexp.MustCompile(fmt.Sprintf(`^done pid=%d child=false code=7 over-recovery=true `, m.pid)))
+	m.allGone()
+}
+
+func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := client.Get(m.url("/sleep?ms=700"))
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		body := readBody(t, resp)
+		done <- result{code: resp.StatusCode, body: body}
+	}()
+	m.waitLine(regexp.MustCompile(`^sleeping pid=`))
+	m.signal(syscall.SIGTERM)
+	r := <-done
+	if r.err != nil || r.code != 200 || r.body != "slept" {
+		t.Fatalf("the request in flight at SIGTERM got %d %q %v, want 200 \"slept\"", r.code, r.body, r.err)
+	}
+	if code := m.wait(); code != 0 {
+		t.Fatalf("master exited with %d, want 0", code)
+	}
+	m.waitLine(regexp.MustCompile(fmt.Sprintf(`^child-exit pid=%d$`, m.children[0])))
+	m.allGone()
+}
+
+func TestChildrenFollowAKilledMaster(t *testing.T) {
+	m := startMaster(t, envChildren+"=2")
+	m.signal(syscall.SIGKILL)
+	m.wait()
+	// Each child learns it two ways: the lifeline's EOF (OnMasterDeath, then a drain) and
+	// PDEATHSIG's SIGTERM (a plain drain). With a multi-threaded master such as a Go program
+	// the signal may come first: the kernel sends it when the thread that started the child
+	// exits, which can be before the last thread closes the lifeline. Either way the child
+	// must drain and exit by itself.
+	for _, c := range m.children {
+		m.waitLine(regexp.MustCompile(fmt.Sprintf(`^done pid=%d child=true code=0 `, c)))
+	}
+	m.allGone()
+}
+
+func TestHookErrorStopsTheMaster(t *testing.T) {
+	m := startMaster(t, envChildren+"=2", envFailReady+"=1")
+	if code := m.wait(); code != 1 {
+		t.Fatalf("master exited with %d, want 1", code)
+	}
+	sub := m.waitLine(regexp.MustCompile(`^done pid=\d+ child=false code=(\d+) over-recovery=false hook=(\w+) not-ready=(\w+) err=(.*)$`))
+	if sub[1] != "8" || sub[2] != "true" || sub[3] != "true" || !strings.Contains(sub[4], "OnMasterReady: not ready on purpose") {
+		t.Fatalf("ListenAndServe's error should match ErrHook and the hook's error: %q", sub[0])
+	}
+	m.allGone()
+}
+
+func TestCommandProducerStartsTheChildren(t *testing.T) {
+	m := startMaster(t, envChildren+"=2", envProducer+"=1")
+	if code, body := get(t, m.url("/produced")); code != 200 || body != "1" {
+		t.Fatalf("GET /produced = %d %q: the child was not started by the producer", code, body)
+	}
+	m.stop()
+}
+
+func TestReuseport(t *testing.T) {
+	m := startMaster(t, envChildren+"=2", envReuseport+"=1")
+	if m.portOf(m.children[1]) != m.port {
+		t.Fatalf("reuseport children listen on different ports")
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 50 && len(seen) < 2; i++ {
+		_, body := get(t, m.url("/pid"))
+		seen[body] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("50 connections reached only children %v of %v", seen, m.children)
+	}
+	m.stop()
+}
+
+func TestBodyStream(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	const n = 100_000
+	resp, err := client.Get(m.url(fmt.Sprintf("/stream?n=%d", n)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readBody(t, resp)
+	if resp.StatusCode != 200 || !slices.Equal(resp.TransferEncoding, []string{"chunked"}) || body != patternString(n) {
+		t.Fatalf("GET /stream = %d %v, %d bytes, want 200, chunked, the %d pattern bytes",
+			resp.StatusCode, resp.TransferEncoding, len(body), n)
+	}
+	// A Read that panics truncates that response only.
+	if resp, err := client.Get(m.url("/stream-panic")); err == nil {
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Fatalf("a stream whose Read panicked gave a complete body of %d bytes", len(b))
+		}
+	}
+	// Both readers were closed once done with (the first one after its last Read, the
+	// second one after its panic), and the child still serves.
+	deadline := time.Now().Add(waitBound)
+	for {
+		code, closed := get(t, m.url("/streams-closed"))
+		if code == 200 && closed == "2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("streams closed: %d %q, want 2", code, closed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(m.transcript(), "body stream Read panicked: stream broke") {
+		t.Fatalf("the stream's panic was not logged\n%s", m.transcript())
+	}
+	if m.has(regexp.MustCompile(`^exit pid=`)) {
+		t.Fatalf("a child exited\n%s", m.transcript())
+	}
+	m.stop()
+}
+
+func TestOptionsReachTheChildren(t *testing.T) {
+	m := startMaster(t, envChildren+"=1", envMaxBody+"=10")
+	for _, c := range []struct {
+		body string
+		want int
+	}{{"0123456789", 200}, {"0123456789A", 413}} {
+		resp, err := client.Post(m.url("/echo"), "text/plain", strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBody(t, resp)
+		if resp.StatusCode != c.want {
+			t.Fatalf("POST of %d bytes with MaxBodySize 10 = %d, want %d", len(c.body), resp.StatusCode, c.want)
+		}
+	}
+	m.stop()
+}
+
+// BenchmarkKeepAliveRequest measures a GET through a Go handler in a child on one kept-alive
+// connection (net/http's client included). The benchmark harness (bench/, subject ours-go)
+// measures the server alone, with wrk and bindings/go/examples/hello.
+func BenchmarkKeepAliveRequest(b *testing.B) {
+	m := startMaster(b, envChildren+"=1")
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1}}
+	defer c.CloseIdleConnections()
+	url := m.url("/")
+	b.ResetTimer()
+	for range b.N {
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if body := readBody(b, resp); body != "hello" {
+			b.Fatalf("body %q", body)
+		}
+	}
+	b.StopTimer()
+	m.stop()
+}

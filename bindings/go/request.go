@@ -1,0 +1,114 @@
+package prefork
+
+// #include "prefork.h"
+import "C"
+
+import (
+	"net/http"
+	"unsafe"
+)
+
+// Request is the request being handled, valid only while the RequestHandler runs.
+//
+// The methods returning []byte are zero-copy views of the library's buffers: read-only, and
+// valid only until the handler returns (the memory is then reused for the next request).
+// Copy what must outlive the handler with the *String and *Copy methods, or bytes.Clone.
+// After the handler returns, every method returns empty values.
+type Request struct {
+	c *C.prefork_request
+}
+
+// view turns a borrowed prefork_str into a slice over the same C memory (cap == len, so an
+// append copies instead of writing past the view).
+func view(s C.prefork_str) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(s.ptr)), int(s.len))
+}
+
+// Method is the method as received, e.g. "GET" (a view, valid only in the handler).
+func (r *Request) Method() []byte { return view(C.prefork_request_method(r.c)) }
+
+// MethodString is a copy of Method.
+func (r *Request) MethodString() string { return string(r.Method()) }
+
+// Target is the request-target as received: "/path?query", "http://host/path" or "*"
+// (a view, valid only in the handler).
+func (r *Request) Target() []byte { return view(C.prefork_request_target(r.c)) }
+
+// TargetString is a copy of Target.
+func (r *Request) TargetString() string { return string(r.Target()) }
+
+// Path is the target's path, without the query, not percent-decoded (a view, valid only in
+// the handler).
+func (r *Request) Path() []byte { return view(C.prefork_request_path(r.c)) }
+
+// PathString is a copy of Path.
+func (r *Request) PathString() string { return string(r.Path()) }
+
+// Query is the part of the target after "?", without it; empty when there is none; not
+// percent-decoded (a view, valid only in the handler).
+func (r *Request) Query() []byte { return view(C.prefork_request_query(r.c)) }
+
+// QueryString is a copy of Query.
+func (r *Request) QueryString() string { return string(r.Query()) }
+
+// Body is the whole request body, de-chunked (a view, valid only in the handler).
+func (r *Request) Body() []byte { return view(C.prefork_request_body(r.c)) }
+
+// BodyCopy is a copy of Body, or nil when the body is empty.
+func (r *Request) BodyCopy() []byte {
+	b := r.Body()
+	if len(b) == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}
+
+// ProtoMinor is 1 for HTTP/1.1 and 0 for HTTP/1.0.
+func (r *Request) ProtoMinor() int {
+	return max(int(C.prefork_request_minor_version(r.c)), 0)
+}
+
+// Header is the first value of the named header (compared case-insensitively), or nil when
+// the request has no such header (a view, valid only in the handler).
+func (r *Request) Header(name string) []byte {
+	var v C.prefork_str
+	// The name's bytes are only read during the call.
+	if !C.prefork_request_header(r.c, stringPtr(name), C.size_t(len(name)), &v) {
+		return nil
+	}
+	return view(v)
+}
+
+// HeaderString is a copy of Header ("" when the header is absent).
+func (r *Request) HeaderString(name string) string { return string(r.Header(name)) }
+
+// VisitHeaders calls f with each header field in the order received, names as received
+// (views, valid only in the handler).
+func (r *Request) VisitHeaders(f func(name, value []byte)) {
+	n := C.prefork_request_header_count(r.c)
+	for i := C.size_t(0); i < n; i++ {
+		var name, value C.prefork_str
+		if C.prefork_request_header_at(r.c, i, &name, &value) {
+			f(view(name), view(value))
+		}
+	}
+}
+
+// Headers is a copy of every header field, keyed by canonical name as net/http does.
+func (r *Request) Headers() http.Header {
+	h := make(http.Header, int(C.prefork_request_header_count(r.c)))
+	r.VisitHeaders(func(name, value []byte) {
+		h.Add(string(name), string(value))
+	})
+	return h
+}
+
+// RemoteAddr is the client's address, "203.0.113.7:51234" or "[2001:db8::1]:51234"; "" when
+// it is unknown.
+func (r *Request) RemoteAddr() string {
+	var buf [C.PREFORK_ADDR_STRLEN]C.char
+	if C.prefork_request_peer_addr(r.c, &buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
+		return ""
+	}
+	return C.GoString(&buf[0])
+}

@@ -1,0 +1,39 @@
+// The C half of the binding: it fills libprefork's callback structs with functions that lead
+// to the Go trampolines (callbacks.go). user_data is a runtime/cgo.Handle carried as an
+// integer, so Go never turns a uintptr into a pointer.
+#ifndef GOPREFORK_SHIM_H
+#define GOPREFORK_SHIM_H
+
+#include <stdint.h>
+
+#include "prefork.h"
+
+// Which optional callbacks the Go side set: a member left out stays NULL, so the library
+// behaves as if the hook did not exist (for the command producer: the default re-exec).
+enum {
+	GOPREFORK_INIT_CHILD = 1 << 0,
+	GOPREFORK_EXIT_CHILD = 1 << 1,
+	GOPREFORK_ON_CHILD_SPAWN = 1 << 2,
+	GOPREFORK_ON_MASTER_READY = 1 << 3,
+	GOPREFORK_ON_CHILD_RECOVER = 1 << 4,
+	GOPREFORK_ON_CHILD_EXIT = 1 << 5,
+	GOPREFORK_ON_MASTER_DEATH = 1 << 6,
+	GOPREFORK_COMMAND_PRODUCER = 1 << 7,
+};
+
+// prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the
+// user_data_free finalizer in prefork_free).
+enum prefork_result goprefork_new(uintptr_t handle, unsigned members, prefork **out);
+
+// prefork_set_hooks with the Go hooks named in `members`; on success the library owns
+// `handle`, as above.
+enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t handle, unsigned members);
+
+// prefork_set_logger with the Go logger; on success the library owns `handle`, as above.
+enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
+
+// prefork_response_set_body_stream reading from the Go io.Reader behind `handle`; on success
+// the library owns `handle` (deleted by the stream's finalizer once the body is done).
+enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t handle);
+
+#endif
