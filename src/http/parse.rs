@@ -43,18 +43,41 @@ impl ReqInfo {
     };
 }
 
+/// A 256-entry membership table: one load per byte on the hot path.
+const fn byte_table(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static TCHAR: [bool; 256] = byte_table(b"!#$%&'*+-.^_`|~");
+static HOST: [bool; 256] = byte_table(b"-._~!$&'()*+,;=%:[]");
+
 /// RFC 9110 §5.6.2 tchar.
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[b as usize]
 }
 
 /// Checks the HTTP-version of the request line. httparse knows only `HTTP/1.0` and `HTTP/1.1`;
 /// RFC 9112 §2.3 asks to serve a higher 1.x minor version as 1.1, so its minor digit is
 /// rewritten to `1` in place. Another major version is a 505; anything not shaped like
 /// `HTTP/D.D` is a 400.
-pub(crate) fn check_version(head: &mut [u8]) -> Result<(), Status> {
-    let line_end = memchr::memchr(b'\r', head).ok_or(Status::BAD_REQUEST)?;
-    let line = &head[..line_end];
+/// `line_len` is the request line's length without its CRLF.
+pub(crate) fn check_version(head: &mut [u8], line_len: usize) -> Result<(), Status> {
+    let line = &head[..line_len];
+    if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+        return Ok(());
+    }
     let sp = memchr::memrchr(b' ', line).ok_or(Status::BAD_REQUEST)?;
     let v = &line[sp + 1..];
     if v == b"HTTP/1.1" || v == b"HTTP/1.0" {
@@ -240,7 +263,7 @@ fn is_absolute_form(t: &[u8]) -> bool {
 
 /// Bytes allowed in a Host value: RFC 3986 reg-name, IP literals and a port.
 fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+    HOST[b as usize]
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -274,7 +297,8 @@ mod tests {
 
     fn run(head: &str) -> Result<ReqInfo, Status> {
         let mut buf = head.as_bytes().to_vec();
-        check_version(&mut buf)?;
+        let line_len = head.find("\r\n").unwrap();
+        check_version(&mut buf, line_len)?;
         let mut slots = vec![MaybeUninit::uninit(); 16];
         let req = parse_head(&buf, &mut slots)?;
         analyze(&req)

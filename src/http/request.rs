@@ -73,6 +73,9 @@ impl<'a> Request<'a> {
 
     fn origin(&self) -> &'a str {
         let t = self.target;
+        if t.starts_with('/') {
+            return t;
+        }
         match t.find("://") {
             Some(i) => {
                 let rest = &t[i + 3..];

@@ -70,27 +70,40 @@ impl Response {
     /// token closes the connection after this response (the engine then sends
     /// `Connection: close`), other values are dropped.
     pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), Error> {
-        if name.is_empty() || !name.iter().all(|&b| super::parse::is_tchar(b)) {
+        if name.is_empty()
+            || !name
+                .iter()
+                .fold(true, |ok, &b| ok & super::parse::is_tchar(b))
+        {
             return Err(Error::invalid(format!(
                 "header name {:?} is not a token",
                 String::from_utf8_lossy(name)
             )));
         }
-        if !value
-            .iter()
-            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
-        {
+        // Branch-free over the bytes: values are short and this runs for every header added.
+        let bad = value.iter().fold(false, |bad, &b| {
+            bad | (b < b' ' && b != b'\t') | (b == 0x7f)
+        });
+        if bad {
             return Err(Error::invalid("header value contains a control character"));
         }
-        for owned in ["content-length", "transfer-encoding", "date"] {
-            if name.eq_ignore_ascii_case(owned.as_bytes()) {
+        let owned: &[u8] = match name.len() {
+            4 => b"date",
+            10 => b"connection",
+            14 => b"content-length",
+            17 => b"transfer-encoding",
+            _ => b"",
+        };
+        if !owned.is_empty() && name.eq_ignore_ascii_case(owned) {
+            if owned != b"connection" {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
-                    format!("the {owned} header is set by the engine"),
+                    format!(
+                        "the {} header is set by the engine",
+                        String::from_utf8_lossy(owned)
+                    ),
                 ));
             }
-        }
-        if name.eq_ignore_ascii_case(b"connection") {
             if value
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))

@@ -34,11 +34,18 @@ pub(crate) struct HeadScan {
     line_start: usize,
     /// Complete lines seen (the request line and field lines).
     lines: usize,
+    /// Length of the request line without its CRLF, once seen.
+    request_line: usize,
 }
 
 impl HeadScan {
     pub(crate) fn reset(&mut self) {
         *self = HeadScan::default();
+    }
+
+    /// Length of the request line (without CRLF); valid once the head is complete.
+    pub(crate) fn request_line_len(&self) -> usize {
+        self.request_line
     }
 
     /// True once any byte of the head was examined.
@@ -67,6 +74,9 @@ impl HeadScan {
                     return Scan::Error(Status::HEADER_FIELDS_TOO_LARGE);
                 }
                 return Scan::Complete(lf + 1);
+            }
+            if self.lines == 0 {
+                self.request_line = lf - 1;
             }
             self.line_start = lf + 1;
             self.lines += 1;

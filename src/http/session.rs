@@ -400,7 +400,8 @@ impl Session {
     fn start_request(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let start = self.inp.start;
         let n = self.head_len;
-        if let Err(status) = parse::check_version(&mut self.inp.buf[start..start + n]) {
+        let line_len = self.scan.request_line_len();
+        if let Err(status) = parse::check_version(&mut self.inp.buf[start..start + n], line_len) {
             return self.fail(status, ctx);
         }
         let after_head = self.inp.len() - n;

@@ -53,13 +53,14 @@ pub fn check_head(data: &[u8], cfg: &HttpConfig) -> Result<usize, u16> {
     if data[start..].starts_with(b"\n") {
         return Err(400);
     }
-    let n = match HeadScan::default().scan(&data[start..], &limits.scan) {
+    let mut scan = HeadScan::default();
+    let n = match scan.scan(&data[start..], &limits.scan) {
         Scan::Incomplete => return Err(0),
         Scan::Error(s) => return Err(s.0),
         Scan::Complete(n) => n,
     };
     let mut head = data[start..start + n].to_vec();
-    parse::check_version(&mut head).map_err(|s| s.0)?;
+    parse::check_version(&mut head, scan.request_line_len()).map_err(|s| s.0)?;
     let mut slots = vec![MaybeUninit::uninit(); cfg.max_headers];
     let req = parse::parse_head(&head, &mut slots).map_err(|s| s.0)?;
     parse::analyze(&req).map_err(|s| s.0)?;
