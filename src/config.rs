@@ -130,11 +130,13 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Largest request body; a larger declared or received body gets 413. Default 4 MiB.
     pub max_body_size: usize,
-    /// Total time allowed to receive a request head, from its first byte. Default 10 s.
+    /// Total time allowed to receive a request head, from its first byte (then 408); also the
+    /// longest wait for the first byte of a new connection's first request (then a silent
+    /// close). Default 10 s.
     pub header_timeout: Duration,
     /// Longest silence while a request body is being received. Default 30 s.
     pub body_timeout: Duration,
-    /// How long an idle keep-alive connection is kept. Default 60 s.
+    /// How long an idle keep-alive connection is kept between requests. Default 60 s.
     pub idle_timeout: Duration,
     /// Longest time a pending response may make no write progress. Default 30 s.
     pub write_timeout: Duration,

@@ -552,6 +552,9 @@ impl Server<'_> {
             }
             let limit = match conn.timer {
                 Timer::Off => continue,
+                // A connection that has not sent a first request gets no more than the time
+                // allowed for a head: idle connections must not be a free slowloris.
+                Timer::Idle if conn.session.seq() == 0 => cfg.idle_timeout.min(cfg.header_timeout),
                 Timer::Idle => cfg.idle_timeout,
                 Timer::Head => cfg.header_timeout,
                 Timer::Body => cfg.body_timeout,

@@ -280,7 +280,9 @@ impl Session {
             if self.out.capacity() > KEEP_CAPACITY {
                 self.out = Vec::new();
             }
-        } else if self.out_pos > KEEP_CAPACITY {
+        } else if self.out_pos > KEEP_CAPACITY && self.out_pos * 2 >= self.out.len() {
+            // Drop the sent prefix once it is at least half the buffer: each byte moves at
+            // most once on average, even for a huge body sent in small pieces.
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }

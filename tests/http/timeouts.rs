@@ -134,3 +134,18 @@ fn stalled_reader_is_dropped_after_write_timeout() {
     }
     assert!(total < 50_000_000, "the whole body arrived ({total} bytes)");
 }
+
+#[test]
+fn new_connection_gets_the_header_timeout_not_the_idle_timeout() {
+    let cfg = HttpConfig {
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(30),
+        ..HttpConfig::default()
+    };
+    let server = Server::start(cfg);
+    let mut c = server.connect();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(c.s.read(&mut buf).unwrap_or(0), 0, "closed silently");
+    assert_between(t0.elapsed(), 250, 1500);
+}
