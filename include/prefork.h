@@ -216,9 +216,9 @@ typedef struct prefork_hooks {
      */
     int (*on_child_recover)(void *user_data, int32_t old_pid, int32_t new_pid);
     /**
-     * Master: a child exited and was reaped (before any replacement). `exit_code` is its exit
-     * status and `signal` 0 when it exited; `exit_code` is -1 and `signal` the signal number
-     * when a signal killed it.
+     * Master: a child exited and was reaped, before any replacement; also for each child
+     * stopped when the master stops. `exit_code` is its exit status and `signal` 0 when it
+     * exited; `exit_code` is -1 and `signal` the signal number when a signal killed it.
      */
     void (*on_child_exit)(void *user_data, int32_t pid, int32_t exit_code, int32_t signal);
     /**
@@ -233,9 +233,10 @@ typedef struct prefork_hooks {
      * PREFORK_ERR_SPAWN). The started process must have PREFORK_CHILD=1 in its environment,
      * `listener_fd` at descriptor 3 and `lifeline_fd` at descriptor 4, and call
      * `prefork_listen_and_serve`; both descriptors are close-on-exec in the master, so
-     * place them with dup2 in the child (posix_spawn_file_actions_adddup2). It must be a
-     * direct child of the master (the master reaps it) and must not be reaped by the
-     * caller. `slot` is the 0-based child slot; a replacement gets its predecessor's slot.
+     * place them with dup2 in the child (posix_spawn_file_actions_adddup2); descriptors of
+     * the host that lack close-on-exec would reach the child, so close them there too. It
+     * must be a direct child of the master (the master reaps it) and must not be reaped by
+     * the caller. `slot` is the 0-based child slot; a replacement gets its predecessor's slot.
      */
     int32_t (*command_producer)(void *user_data, int listener_fd, int lifeline_fd, size_t slot);
     /**

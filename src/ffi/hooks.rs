@@ -35,9 +35,9 @@ pub struct prefork_hooks {
     /// Return 0 to go on.
     pub on_child_recover:
         Option<unsafe extern "C" fn(user_data: *mut c_void, old_pid: i32, new_pid: i32) -> c_int>,
-    /// Master: a child exited and was reaped (before any replacement). `exit_code` is its exit
-    /// status and `signal` 0 when it exited; `exit_code` is -1 and `signal` the signal number
-    /// when a signal killed it.
+    /// Master: a child exited and was reaped, before any replacement; also for each child
+    /// stopped when the master stops. `exit_code` is its exit status and `signal` 0 when it
+    /// exited; `exit_code` is -1 and `signal` the signal number when a signal killed it.
     pub on_child_exit:
         Option<unsafe extern "C" fn(user_data: *mut c_void, pid: i32, exit_code: i32, signal: i32)>,
     /// Child, at most once: its master is gone (the lifeline closed). Runs on the child's
@@ -49,9 +49,10 @@ pub struct prefork_hooks {
     /// PREFORK_ERR_SPAWN). The started process must have PREFORK_CHILD=1 in its environment,
     /// `listener_fd` at descriptor 3 and `lifeline_fd` at descriptor 4, and call
     /// `prefork_listen_and_serve`; both descriptors are close-on-exec in the master, so
-    /// place them with dup2 in the child (posix_spawn_file_actions_adddup2). It must be a
-    /// direct child of the master (the master reaps it) and must not be reaped by the
-    /// caller. `slot` is the 0-based child slot; a replacement gets its predecessor's slot.
+    /// place them with dup2 in the child (posix_spawn_file_actions_adddup2); descriptors of
+    /// the host that lack close-on-exec would reach the child, so close them there too. It
+    /// must be a direct child of the master (the master reaps it) and must not be reaped by
+    /// the caller. `slot` is the 0-based child slot; a replacement gets its predecessor's slot.
     pub command_producer: Option<
         unsafe extern "C" fn(
             user_data: *mut c_void,
