@@ -12,13 +12,23 @@ fuzz_target!(|data: &[u8]| {
     let (cuts, input) = common::cuts(data);
     let whole = decode_chunked(input, &[], &cfg);
     let split = decode_chunked(input, &cuts, &cfg);
-    assert_eq!(whole, split, "the verdict depends on read boundaries ({cuts:?})");
+    assert_eq!(
+        whole, split,
+        "the verdict depends on read boundaries ({cuts:?})"
+    );
     let bytewise: Vec<usize> = (1..input.len()).collect();
-    assert_eq!(whole, decode_chunked(input, &bytewise, &cfg), "byte-by-byte differs");
+    assert_eq!(
+        whole,
+        decode_chunked(input, &bytewise, &cfg),
+        "byte-by-byte differs"
+    );
     if let Ok((body, Some(used))) = &whole {
         assert!(*used <= input.len());
         assert!(body.len() <= cfg.max_body_size);
-        assert!(body.len() < *used, "the encoding is always longer than the body");
+        assert!(
+            body.len() < *used,
+            "the encoding is always longer than the body"
+        );
         let mut again = Vec::new();
         if !body.is_empty() {
             again.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
@@ -26,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
             again.extend_from_slice(b"\r\n");
         }
         again.extend_from_slice(b"0\r\n\r\n");
-        assert_eq!(decode_chunked(&again, &[], &cfg), Ok((body.clone(), Some(again.len()))));
+        assert_eq!(
+            decode_chunked(&again, &[], &cfg),
+            Ok((body.clone(), Some(again.len())))
+        );
     }
 });

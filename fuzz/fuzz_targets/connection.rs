@@ -77,7 +77,10 @@ fuzz_target!(|data: &[u8]| {
     let (cuts, input) = common::cuts(data);
     let whole = run_connection(input, &[], &cfg, &Fuzzy);
     let split = run_connection(input, &cuts, &cfg, &Fuzzy);
-    assert_eq!(whole.closed, split.closed, "close decision depends on read boundaries ({cuts:?})");
+    assert_eq!(
+        whole.closed, split.closed,
+        "close decision depends on read boundaries ({cuts:?})"
+    );
     assert_eq!(
         strip_continue(&whole.output),
         strip_continue(&split.output),
