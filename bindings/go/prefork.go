@@ -96,8 +96,8 @@ type Prefork struct {
 	OnChildRecover func(oldPID, newPID int) error
 
 	// OnChildExit runs in the master when a child exited and was reaped, before any
-	// replacement: exitCode is its exit status and sig 0, or exitCode is -1 and sig the
-	// signal that killed it.
+	// replacement, and for each child stopped when the master stops: exitCode is its exit
+	// status and sig 0, or exitCode is -1 and sig the signal that killed it.
 	OnChildExit func(pid, exitCode int, sig syscall.Signal)
 
 	// CommandProducer, when set, starts each child instead of the default re-execution of the
