@@ -75,6 +75,10 @@ func TestServesRequests(t *testing.T) {
 		t.Fatalf("GET /nowhere = %d, want 404", code)
 	}
 	m.stop()
+	// OnChildExit also reports the children stopped at shutdown: drained, exit status 0.
+	for _, c := range m.children {
+		m.waitLine(regexp.MustCompile(fmt.Sprintf(`^exit pid=%d code=0 signal=0$`, c)))
+	}
 }
 
 func TestKeepAliveConnection(t *testing.T) {
