@@ -611,7 +611,18 @@ impl Session {
             return true;
         };
         let buf = &mut ctx.scratch.stream_buf[..];
-        let read = catch_unwind(AssertUnwindSafe(|| stream.source.read(buf)));
+        // `Interrupted` asks for a retry; a stream that never stops asking is broken.
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            let mut tries = 0;
+            loop {
+                match stream.source.read(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted && tries < 16 => {
+                        tries += 1
+                    }
+                    other => return other,
+                }
+            }
+        }));
         let failure = match read {
             Ok(Ok(0)) => {
                 if stream.chunked {
@@ -634,7 +645,6 @@ impl Session {
                 }
                 return true;
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return true,
             Ok(Err(e)) => e.to_string(),
             Err(p) => format!("panic: {}", panic_message(&*p)),
         };

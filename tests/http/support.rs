@@ -37,7 +37,8 @@ impl Logger for MemLog {
 }
 
 /// The handler most cases use. It answers by path:
-/// `/panic` panics; `/sleep?MS` sleeps; `/stream?N` streams N chunks of 1000 bytes;
+/// `/panic` panics; `/sleep?MS` sleeps; `/stream?N` streams N chunks of 1000 bytes
+/// (`/stream-fail?N` then fails);
 /// `/close` asks for `Connection: close`; `/status?CODE` sets the status; `/big?N` returns N
 /// bytes; anything else echoes the body. Every response describes the request in headers.
 pub struct Echo;
@@ -63,7 +64,18 @@ impl Handler for Echo {
             "/sleep" => thread::sleep(Duration::from_millis(arg.parse().unwrap())),
             "/stream" => {
                 let n: usize = arg.parse().unwrap();
-                resp.set_body_stream(Chunks { left: n });
+                resp.set_body_stream(Chunks {
+                    left: n,
+                    fail: false,
+                });
+                return;
+            }
+            "/stream-fail" => {
+                let n: usize = arg.parse().unwrap();
+                resp.set_body_stream(Chunks {
+                    left: n,
+                    fail: true,
+                });
                 return;
             }
             "/close" => resp.add_header(b"Connection", b"close").unwrap(),
@@ -78,14 +90,19 @@ impl Handler for Echo {
     }
 }
 
-/// A body stream of `left` pieces of 1000 bytes ('a', 'b', ...).
+/// A body stream of `left` pieces of 1000 bytes ('a', 'b', ...), then the end or (`fail`)
+/// an error.
 pub struct Chunks {
     pub left: usize,
+    pub fail: bool,
 }
 
 impl Read for Chunks {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.left == 0 {
+            if self.fail {
+                return Err(std::io::Error::other("the stream's source broke"));
+            }
             return Ok(0);
         }
         self.left -= 1;

@@ -435,3 +435,36 @@ fn many_connections_at_once() {
         );
     }
 }
+
+#[test]
+fn failing_stream_truncates_the_body_and_closes() {
+    use std::io::Read;
+    let server = Server::start(cfg());
+    let mut c = server.connect();
+    c.send(b"GET /stream-fail?2 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = c.s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("Transfer-Encoding: chunked\r\n"));
+    assert!(
+        text.contains(&"b".repeat(1000)) && text.contains(&"a".repeat(1000)),
+        "the data before the failure is sent"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "no last chunk: the client sees a truncated body"
+    );
+    assert!(
+        server
+            .log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("stream failed"))
+    );
+    let mut d = server.connect();
+    d.send(&get("/after"));
+    assert_eq!(d.response(false).unwrap().status, 200);
+}
