@@ -33,6 +33,7 @@ mod error;
 pub mod ffi;
 mod hooks;
 pub mod http;
+mod lifeline;
 mod log;
 mod master;
 

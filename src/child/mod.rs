@@ -13,10 +13,8 @@ use crate::control::{self, Role, SignalGuard};
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
 use crate::http::{self, Handler, ServeControl};
+use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
-
-/// What a child writes on its lifeline once it is about to accept connections.
-pub(crate) const READY_BYTE: u8 = b'R';
 
 pub(crate) fn run(
     config: &Config,
@@ -24,8 +22,6 @@ pub(crate) fn run(
     handler: &Arc<dyn Handler>,
     log: &dyn Logger,
 ) -> Result<(), Error> {
-    // SAFETY: getppid cannot fail. Taken first, while the master is surely alive.
-    let master = unsafe { libc::getppid() };
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
         LIFELINE_FD,
@@ -86,11 +82,9 @@ pub(crate) fn run(
         grace_period: config.process.grace_period,
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
-    // PDEATHSIG can start the drain as a plain stop before the lifeline's EOF is read, and the
-    // loop then ends without seeing it. The kernel re-parents a child before it sends the
-    // signal, so a changed parent tells that the master is gone all the same.
-    // SAFETY: getppid cannot fail.
-    if !death_seen && unsafe { libc::getppid() } != master {
+    // A stop the master did not announce may be PDEATHSIG running ahead of the lifeline's EOF
+    // (see the lifeline module): the master-death hook is owed in that case too.
+    if !death_seen && lifeline::master_gone_after_stop(LIFELINE_FD, lifeline::PDEATH_SETTLE) {
         log.log(Level::Warn, "the master process is gone");
         if let Some(hook) = hooks.on_master_death.as_mut()
             && let Err(e) = user_code("on_master_death", || {

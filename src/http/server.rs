@@ -25,6 +25,7 @@ use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::workers::{Job, WorkerPool};
 use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
+use crate::lifeline;
 use crate::log::{Level, Logger};
 
 const LISTENER: Token = Token(0);
@@ -232,7 +233,9 @@ impl Server<'_> {
                         }
                     }
                     LIFELINE => {
-                        if self.lifeline_gone() {
+                        if let Some(fd) = self.lifeline_fd
+                            && lifeline::read(fd) == lifeline::State::Gone
+                        {
                             self.on_master_death(ctl);
                         }
                     }
@@ -636,42 +639,6 @@ impl Server<'_> {
                 if seen != Some(crate::control::WAKE_STOP_NOW) {
                     seen = Some(b);
                 }
-            }
-        }
-    }
-
-    /// True when the lifeline reports EOF or an error (the master is gone).
-    fn lifeline_gone(&self) -> bool {
-        let Some(fd) = self.lifeline_fd else {
-            return false;
-        };
-        let mut buf = [0u8; 64];
-        loop {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; zero timeout. The lifeline's blocking mode is not ours
-            // to change, so a read happens only when poll says it will not block.
-            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-            if r <= 0 {
-                return false;
-            }
-            if pfd.revents & libc::POLLIN == 0 {
-                return pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
-            }
-            // SAFETY: reading into a valid buffer of the given length.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
-                return true;
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                );
             }
         }
     }

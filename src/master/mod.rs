@@ -14,6 +14,7 @@ use crate::config::{Config, ProcessConfig};
 use crate::control::{self, Role, SignalGuard, WAKE_STOP_NOW};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
+use crate::lifeline;
 use crate::log::{Level, Logger};
 use recovery::Recovery;
 use spawn::Child;
@@ -194,7 +195,7 @@ impl Master<'_> {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n > 0 && buf[..n as usize].contains(&crate::child::READY_BYTE) {
+        if n > 0 && buf[..n as usize].contains(&lifeline::READY_BYTE) {
             child.ready = true;
             let ms = child.started.elapsed().as_secs_f64() * 1000.0;
             self.log.log(
@@ -351,6 +352,16 @@ impl Master<'_> {
                 if now { " at once" } else { " gracefully" }
             ),
         );
+        if !now {
+            // Tells each child that this SIGTERM is the master's (see child::lifeline).
+            for fd in self
+                .slots
+                .iter()
+                .filter_map(|s| s.child.as_ref()?.lifeline.as_ref())
+            {
+                lifeline::announce_stop(fd.as_raw_fd());
+            }
+        }
         signal_all(&live, if now { libc::SIGKILL } else { libc::SIGTERM });
         let deadline = Instant::now()
             + if now {

@@ -52,6 +52,7 @@ fn main() {
         master_as_pid1_serves_respawns_and_stops,
         dual_stack_listener_takes_both_families,
         children_run_the_master_death_hook,
+        master_death_hook_runs_when_sigterm_comes_first,
         custom_logger_receives_process_events,
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -413,7 +414,7 @@ fn reuseport_replacement_gets_its_slot_socket() -> Outcome {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .ok_or("bad recover line")?;
-    m.expect("port ", 5 * SEC)?;
+    // fd 3 is in place from the child's exec on; whether it listened yet does not matter here.
     ensure!(
         fd_target(new, "3").as_ref() == Some(&sockets[0]),
         "replacement got another socket"
@@ -680,6 +681,47 @@ fn custom_logger_receives_process_events() -> Outcome {
     ensure!(
         !m.context().contains("prefork["),
         "the default logger still wrote to stderr; {}",
+        m.context()
+    );
+    Ok(())
+}
+
+/// PDEATHSIG fires when the master's forking thread exits, which in a multi-threaded master can
+/// precede the lifeline's EOF: the child then sees a SIGTERM nobody announced, and the EOF a
+/// moment later. Sending that SIGTERM by hand just before killing the master reproduces it.
+fn master_death_hook_runs_when_sigterm_comes_first() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_DEATH_HOOK", "1")]);
+    let (ready, _) = m.ready()?;
+    for &pid in &ready {
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    m.signal(libc::SIGKILL);
+    let mut told = Vec::new();
+    for _ in &ready {
+        told.push(
+            m.expect("master-death ", 5 * SEC)?
+                .parse::<i32>()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    told.sort();
+    let mut want = ready.clone();
+    want.sort();
+    ensure!(
+        told == want,
+        "master-death hook ran in {told:?}, children were {want:?}"
+    );
+    all_gone(&ready, 2 * SEC)?;
+
+    // The same SIGTERM with the master alive is a plain stop: no hook, and a replacement.
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_DEATH_HOOK", "1")]);
+    let (ready, _) = m.ready()?;
+    unsafe { libc::kill(ready[0], libc::SIGTERM) };
+    m.expect("recover ", 5 * SEC)?;
+    stop_cleanly(&mut m)?;
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("master-death")),
+        "hook ran with the master alive; {}",
         m.context()
     );
     Ok(())
