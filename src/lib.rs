@@ -37,7 +37,8 @@ mod lifeline;
 mod log;
 mod master;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 pub use config::{Config, HttpConfig, Network, ProcessConfig};
 pub use control::shutdown;
@@ -51,6 +52,19 @@ pub use log::{Level, Logger, StderrLogger};
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).
 pub fn is_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
+}
+
+static LOCAL_ADDR: Mutex<Option<SocketAddr>> = Mutex::new(None);
+
+/// The address this process serves on while `listen_and_serve` runs: in the master from the
+/// bind on (so hooks can learn the port the OS chose for port 0), in a child from its start.
+/// `None` before and after.
+pub fn local_addr() -> Option<SocketAddr> {
+    *LOCAL_ADDR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn set_local_addr(addr: Option<SocketAddr>) {
+    *LOCAL_ADDR.lock().unwrap_or_else(|e| e.into_inner()) = addr;
 }
 
 /// A preforking server: configuration, hooks, logger and the handler. Serves once.
@@ -114,6 +128,7 @@ impl Prefork {
             master::run(addr, &self.config, &mut self.hooks, &*self.logger)
         };
         control::reset();
+        set_local_addr(None);
         result
     }
 }

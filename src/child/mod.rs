@@ -37,6 +37,7 @@ pub(crate) fn run(
     }
     // SAFETY: fd 3 is a listening socket handed to this process to own.
     let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
+    crate::set_local_addr(listener.local_addr().ok());
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
     // SAFETY: prctl with integer arguments.

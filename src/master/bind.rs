@@ -60,8 +60,9 @@ fn network_name(network: Network) -> &'static str {
     }
 }
 
-/// Binds and listens. With `reuseport`, `count` sockets sharing the port (a port 0 is resolved
-/// by the first bind and reused by the others); otherwise one. Every descriptor returned is
+/// Binds and listens; returns the sockets and the bound address. With `reuseport`, `count`
+/// sockets sharing the port (a port 0 is resolved by the first bind and reused by the others);
+/// otherwise one. Every descriptor returned is
 /// close-on-exec and numbered above the fds children receive, so placing it at fd 3 in a child
 /// never clobbers the lifeline.
 pub(crate) fn listeners(
@@ -70,7 +71,7 @@ pub(crate) fn listeners(
     backlog: i32,
     reuseport: bool,
     count: usize,
-) -> Result<Vec<OwnedFd>, Error> {
+) -> Result<(Vec<OwnedFd>, SocketAddr), Error> {
     let mut target = addr;
     let n = if reuseport { count } else { 1 };
     let mut out = Vec::with_capacity(n);
@@ -86,7 +87,7 @@ pub(crate) fn listeners(
         }
         out.push(above_child_fds(OwnedFd::from(socket))?);
     }
-    Ok(out)
+    Ok((out, target))
 }
 
 fn bind_one(

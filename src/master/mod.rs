@@ -31,7 +31,9 @@ pub(crate) fn run(
     let cfg = &config.process;
     let count = cfg.effective_children();
     let sockaddr = bind::resolve(addr, cfg.network)?;
-    let listeners = bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+    let (listeners, sockaddr) =
+        bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+    crate::set_local_addr(Some(sockaddr));
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
     let _signals = if cfg.handle_signals {
         Some(
@@ -221,7 +223,7 @@ impl Master<'_> {
         let child = self.slots[slot].child.take().expect("child checked above");
         let lived = child.started.elapsed();
         self.log.log(
-            if self.ready_announced {
+            if self.ready_announced && !self.stopping {
                 Level::Warn
             } else {
                 Level::Info

@@ -128,11 +128,16 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
     let mut m = Master::start(&[("PF_CHILDREN", "2")]);
     let (ready, port) = m.ready()?;
     measure("start to master-ready, 2 children", m.started.elapsed());
+    ensure!(
+        m.seen.contains(&format!("bound 127.0.0.1:{port}")),
+        "local_addr() in the master is not the bound address; {}",
+        m.context()
+    );
     let events: Vec<&str> = m
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| *e != "port")
+        .filter(|e| !matches!(*e, "port" | "bound"))
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],

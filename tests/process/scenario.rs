@@ -120,6 +120,10 @@ pub fn run() -> i32 {
     }));
     hooks.on_master_ready = Some(Box::new(|pids| {
         let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        emit(format!(
+            "bound {}",
+            prefork::local_addr().expect("bound while serving")
+        ));
         emit(format!("ready {}", list.join(",")));
         maybe_fail("ready")
     }));
