@@ -96,23 +96,28 @@ impl ProcessConfig {
             .unwrap_or_else(|| (self.effective_children() / 2).max(1))
     }
 
-    pub fn validate(&self) -> Result<(), Error> {
-        if self.children > MAX_CHILDREN {
-            return Err(Error::invalid(format!(
-                "children = {} is above the limit of {MAX_CHILDREN}",
-                self.children
-            )));
-        }
+    /// Checks each option on its own; `validate` adds the rules between options (none yet).
+    pub fn check_fields(&self) -> Result<(), Error> {
+        at_most("children", self.children, MAX_CHILDREN)?;
         if self.backlog < 1 {
             return Err(Error::invalid(format!(
                 "backlog = {} must be at least 1",
                 self.backlog
             )));
         }
-        if self.startup_timeout.is_zero() {
-            return Err(Error::invalid("startup_timeout must be above zero"));
+        for (name, value) in [
+            ("recover_interval", self.recover_interval),
+            ("recover_window", self.recover_window),
+            ("recover_backoff_max", self.recover_backoff_max),
+            ("grace_period", self.grace_period),
+        ] {
+            duration(name, value)?;
         }
-        Ok(())
+        positive_duration("startup_timeout", self.startup_timeout)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check_fields()
     }
 }
 
@@ -180,8 +185,9 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    pub fn validate(&self) -> Result<(), Error> {
-        let positive = [
+    /// Checks each option on its own; `validate` adds the rules between options.
+    pub fn check_fields(&self) -> Result<(), Error> {
+        for (name, value) in [
             ("max_request_line", self.max_request_line),
             ("max_head_size", self.max_head_size),
             ("max_headers", self.max_headers),
@@ -190,34 +196,30 @@ impl HttpConfig {
             ("max_chunk_ext_size", self.max_chunk_ext_size),
             ("max_trailer_size", self.max_trailer_size),
             ("max_bytes_per_turn", self.max_bytes_per_turn),
-        ];
-        for (name, value) in positive {
+        ] {
             if value == 0 {
                 return Err(Error::invalid(format!("{name} must be above zero")));
             }
         }
+        at_most("handler_threads", self.handler_threads, MAX_HANDLER_THREADS)?;
+        for (name, value) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            positive_duration(name, value)?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check_fields()?;
         if self.max_request_line > self.max_head_size {
             return Err(Error::invalid(format!(
                 "max_request_line ({}) cannot exceed max_head_size ({})",
                 self.max_request_line, self.max_head_size
             )));
-        }
-        if self.handler_threads > MAX_HANDLER_THREADS {
-            return Err(Error::invalid(format!(
-                "handler_threads = {} is above the limit of {MAX_HANDLER_THREADS}",
-                self.handler_threads
-            )));
-        }
-        let timeouts = [
-            ("header_timeout", self.header_timeout),
-            ("body_timeout", self.body_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("write_timeout", self.write_timeout),
-        ];
-        for (name, value) in timeouts {
-            if value.is_zero() {
-                return Err(Error::invalid(format!("{name} must be above zero")));
-            }
         }
         Ok(())
     }
@@ -234,8 +236,93 @@ pub struct Config {
 }
 
 impl Config {
+    /// Each option on its own: what a setter can check regardless of the order options are set.
+    pub fn check_fields(&self) -> Result<(), Error> {
+        self.process.check_fields()?;
+        self.http.check_fields()
+    }
+
+    /// Everything, including the rules between options; `listen_and_serve` runs it.
     pub fn validate(&self) -> Result<(), Error> {
         self.process.validate()?;
         self.http.validate()
+    }
+}
+
+/// Longest accepted duration of any option: a typo guard that also keeps deadline arithmetic
+/// (`Instant + Duration`) far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn at_most(name: &str, value: usize, limit: usize) -> Result<(), Error> {
+    if value > limit {
+        return Err(Error::invalid(format!(
+            "{name} = {value} is above the limit of {limit}"
+        )));
+    }
+    Ok(())
+}
+
+fn duration(name: &str, value: Duration) -> Result<(), Error> {
+    if value > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "{name} = {value:?} is above the limit of one year"
+        )));
+    }
+    Ok(())
+}
+
+fn positive_duration(name: &str, value: Duration) -> Result<(), Error> {
+    if value.is_zero() {
+        return Err(Error::invalid(format!("{name} must be above zero")));
+    }
+    duration(name, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn each_rule_names_its_option() {
+        let mut c = Config::default();
+        c.http.idle_timeout = Duration::from_secs(u64::MAX);
+        assert!(
+            c.check_fields()
+                .unwrap_err()
+                .message()
+                .contains("idle_timeout")
+        );
+        let mut c = Config::default();
+        c.process.startup_timeout = Duration::ZERO;
+        assert_eq!(
+            c.check_fields().unwrap_err().message(),
+            "startup_timeout must be above zero"
+        );
+        let mut c = Config::default();
+        c.process.children = MAX_CHILDREN + 1;
+        assert!(
+            c.check_fields()
+                .unwrap_err()
+                .message()
+                .contains("above the limit of 1024")
+        );
+    }
+
+    #[test]
+    fn rules_between_options_wait_for_validate() {
+        let mut c = Config::default();
+        c.http.max_request_line = c.http.max_head_size + 1;
+        c.check_fields().unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .message()
+                .contains("cannot exceed max_head_size")
+        );
     }
 }

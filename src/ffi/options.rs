@@ -1,8 +1,8 @@
 //! One setter per option of [`crate::ProcessConfig`] and [`crate::HttpConfig`].
 //!
-//! Each setter checks what its own value can be checked against (zero, limits); rules that
-//! tie several options together are checked by `prefork_listen_and_serve`, so options can be
-//! set in any order. Defaults live in `src/config.rs`; the "Default:" lines below mirror it
+//! Each setter refuses a value that breaks its option's own rule (`Config::check_fields`, in
+//! src/config.rs, as every rule); rules that tie several options together are checked by
+//! `prefork_listen_and_serve`, so options can be set in any order. Defaults live in `src/config.rs`; the "Default:" lines below mirror it
 //! (`tests/ffi_options.rs` keeps them honest).
 
 use std::ffi::c_char;
@@ -11,7 +11,6 @@ use std::time::Duration;
 use super::error::{FfiError, prefork_result};
 use super::server::{Inner, configure, prefork};
 use super::slice::str_arg;
-use crate::config::{MAX_CHILDREN, MAX_HANDLER_THREADS};
 use crate::{HttpConfig, Network, ProcessConfig};
 
 impl Inner {
@@ -24,42 +23,6 @@ impl Inner {
     }
 }
 
-/// Longest accepted duration: a typo guard that also keeps deadline arithmetic far from
-/// overflowing.
-const MAX_MILLIS: u64 = 365 * 24 * 3600 * 1000;
-
-fn millis(option: &str, ms: u64) -> Result<Duration, FfiError> {
-    if ms > MAX_MILLIS {
-        return Err(FfiError::invalid(format!(
-            "{option} = {ms} ms is above the limit of one year ({MAX_MILLIS} ms)"
-        )));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-fn positive_millis(option: &str, ms: u64) -> Result<Duration, FfiError> {
-    if ms == 0 {
-        return Err(FfiError::invalid(format!("{option} must be above zero")));
-    }
-    millis(option, ms)
-}
-
-fn positive(option: &str, value: usize) -> Result<usize, FfiError> {
-    if value == 0 {
-        return Err(FfiError::invalid(format!("{option} must be above zero")));
-    }
-    Ok(value)
-}
-
-fn at_most(option: &str, value: usize, limit: usize) -> Result<usize, FfiError> {
-    if value > limit {
-        return Err(FfiError::invalid(format!(
-            "{option} = {value} is above the limit of {limit}"
-        )));
-    }
-    Ok(value)
-}
-
 // Every setter: PREFORK_ERR_NULL for a NULL `p`, PREFORK_ERR_STATE while the server is
 // serving, PREFORK_ERR_INVALID_ARGUMENT (option unchanged) for a value out of range.
 
@@ -70,7 +33,7 @@ pub unsafe extern "C" fn prefork_set_children(p: *mut prefork, children: u32) ->
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.process().children = at_most("children", children as usize, MAX_CHILDREN)?;
+                s.process().children = children as usize;
                 Ok::<(), FfiError>(())
             })
         }
@@ -115,13 +78,8 @@ pub unsafe extern "C" fn prefork_set_backlog(p: *mut prefork, backlog: i32) -> p
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                if backlog < 1 {
-                    return Err(FfiError::invalid(format!(
-                        "backlog = {backlog} must be at least 1"
-                    )));
-                }
                 s.process().backlog = backlog;
-                Ok(())
+                Ok::<(), FfiError>(())
             })
         }
     })
@@ -155,7 +113,7 @@ pub unsafe extern "C" fn prefork_set_recover_interval_ms(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.process().recover_interval = millis("recover_interval_ms", ms)?;
+                s.process().recover_interval = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -169,7 +127,7 @@ pub unsafe extern "C" fn prefork_set_recover_window_ms(p: *mut prefork, ms: u64)
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.process().recover_window = millis("recover_window_ms", ms)?;
+                s.process().recover_window = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -186,7 +144,7 @@ pub unsafe extern "C" fn prefork_set_recover_backoff_max_ms(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.process().recover_backoff_max = millis("recover_backoff_max_ms", ms)?;
+                s.process().recover_backoff_max = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -200,7 +158,7 @@ pub unsafe extern "C" fn prefork_set_grace_period_ms(p: *mut prefork, ms: u64) -
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.process().grace_period = millis("grace_period_ms", ms)?;
+                s.process().grace_period = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -217,7 +175,7 @@ pub unsafe extern "C" fn prefork_set_startup_timeout_ms(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.process().startup_timeout = positive_millis("startup_timeout_ms", ms)?;
+                s.process().startup_timeout = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -253,7 +211,7 @@ pub unsafe extern "C" fn prefork_set_max_request_line(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_request_line = positive("max_request_line", bytes)?;
+                s.http().max_request_line = bytes;
                 Ok::<(), FfiError>(())
             })
         }
@@ -270,7 +228,7 @@ pub unsafe extern "C" fn prefork_set_max_head_size(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_head_size = positive("max_head_size", bytes)?;
+                s.http().max_head_size = bytes;
                 Ok::<(), FfiError>(())
             })
         }
@@ -283,7 +241,7 @@ pub unsafe extern "C" fn prefork_set_max_headers(p: *mut prefork, count: usize) 
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_headers = positive("max_headers", count)?;
+                s.http().max_headers = count;
                 Ok::<(), FfiError>(())
             })
         }
@@ -314,7 +272,7 @@ pub unsafe extern "C" fn prefork_set_header_timeout_ms(p: *mut prefork, ms: u64)
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().header_timeout = positive_millis("header_timeout_ms", ms)?;
+                s.http().header_timeout = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -328,7 +286,7 @@ pub unsafe extern "C" fn prefork_set_body_timeout_ms(p: *mut prefork, ms: u64) -
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().body_timeout = positive_millis("body_timeout_ms", ms)?;
+                s.http().body_timeout = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -342,7 +300,7 @@ pub unsafe extern "C" fn prefork_set_idle_timeout_ms(p: *mut prefork, ms: u64) -
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().idle_timeout = positive_millis("idle_timeout_ms", ms)?;
+                s.http().idle_timeout = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -356,7 +314,7 @@ pub unsafe extern "C" fn prefork_set_write_timeout_ms(p: *mut prefork, ms: u64) 
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().write_timeout = positive_millis("write_timeout_ms", ms)?;
+                s.http().write_timeout = Duration::from_millis(ms);
                 Ok::<(), FfiError>(())
             })
         }
@@ -373,7 +331,7 @@ pub unsafe extern "C" fn prefork_set_max_connections(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_connections = positive("max_connections", count)?;
+                s.http().max_connections = count;
                 Ok::<(), FfiError>(())
             })
         }
@@ -391,8 +349,7 @@ pub unsafe extern "C" fn prefork_set_handler_threads(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().handler_threads =
-                    at_most("handler_threads", threads as usize, MAX_HANDLER_THREADS)?;
+                s.http().handler_threads = threads as usize;
                 Ok::<(), FfiError>(())
             })
         }
@@ -409,7 +366,7 @@ pub unsafe extern "C" fn prefork_set_max_output_buffer(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_output_buffer = positive("max_output_buffer", bytes)?;
+                s.http().max_output_buffer = bytes;
                 Ok::<(), FfiError>(())
             })
         }
@@ -426,7 +383,7 @@ pub unsafe extern "C" fn prefork_set_max_chunk_ext_size(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_chunk_ext_size = positive("max_chunk_ext_size", bytes)?;
+                s.http().max_chunk_ext_size = bytes;
                 Ok::<(), FfiError>(())
             })
         }
@@ -444,7 +401,7 @@ pub unsafe extern "C" fn prefork_set_max_trailer_size(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_trailer_size = positive("max_trailer_size", bytes)?;
+                s.http().max_trailer_size = bytes;
                 Ok::<(), FfiError>(())
             })
         }
@@ -461,7 +418,7 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     ffi_boundary!({
         unsafe {
             configure(p, |s| {
-                s.http().max_bytes_per_turn = positive("max_bytes_per_turn", bytes)?;
+                s.http().max_bytes_per_turn = bytes;
                 Ok::<(), FfiError>(())
             })
         }
@@ -598,7 +555,7 @@ mod tests {
                 prefork_result::PREFORK_OK
             );
             assert_ne!(
-                prefork_set_grace_period_ms(p, MAX_MILLIS + 1),
+                prefork_set_grace_period_ms(p, crate::config::MAX_DURATION.as_millis() as u64 + 1),
                 prefork_result::PREFORK_OK
             );
             assert_ne!(

@@ -89,7 +89,14 @@ pub(crate) unsafe fn configure<E: Into<FfiError>>(
 ) -> Result<prefork_result, FfiError> {
     let handle = unsafe { ref_arg(p, "p") }?;
     let mut claim = handle.claim(CONFIGURING)?;
-    change(claim.inner()).map_err(Into::into)?;
+    let inner = claim.inner();
+    let before = inner.server.config().clone();
+    change(inner).map_err(Into::into)?;
+    // The per-option rules live in src/config.rs; a refused value leaves the option unchanged.
+    if let Err(e) = inner.server.config().check_fields() {
+        *inner.server.config_mut() = before;
+        return Err(e.into());
+    }
     Ok(prefork_result::PREFORK_OK)
 }
 
