@@ -61,9 +61,12 @@ static int on_child_spawn(void *user_data, int32_t pid) {
 }
 
 static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
+    char addr[PREFORK_ADDR_STRLEN];
     (void)user_data;
+    if (prefork_local_addr(addr, sizeof addr) != PREFORK_OK) return 1;
     printf("on_master_ready master=%ld children=", (long)getpid());
     for (size_t i = 0; i < count; i++) printf(i ? ",%ld" : "%ld", (long)pids[i]);
+    printf(" addr=%s", addr);
     say("\n");
     return 0;
 }

@@ -34,8 +34,8 @@
 #define PREFORK_VERSION "0.1.0"
 
 /**
- * Buffer size that always suffices for `prefork_request_peer_addr` (the longest IPv6 form
- * with scope and port, plus the NUL).
+ * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
+ * (the longest IPv6 form with scope and port, plus the NUL).
  */
 #define PREFORK_ADDR_STRLEN 64
 
@@ -332,6 +332,16 @@ enum prefork_result prefork_listen_and_serve(struct prefork *p, const char *addr
  * PREFORK_CHILD=1). Callable from any thread, at any time.
  */
 bool prefork_is_child(void);
+
+/**
+ * Writes the address this process serves on as NUL-terminated text into `buf` (`cap` bytes,
+ * `PREFORK_ADDR_STRLEN` always suffices), e.g. "127.0.0.1:41823": how a master bound to port
+ * 0 learns its port. Available while `prefork_listen_and_serve` runs: in the master from the
+ * bind on (so from every hook), in a child from before `init_child`. Returns PREFORK_OK;
+ * PREFORK_ERR_STATE when nothing is being served; PREFORK_ERR_INVALID_ARGUMENT when it does
+ * not fit; PREFORK_ERR_NULL for a NULL `buf`. `buf` is written only on success. Any thread.
+ */
+enum prefork_result prefork_local_addr(char *buf, size_t cap);
 
 /**
  * Asks whatever this process serves to stop gracefully, as SIGTERM does: in the master,

@@ -84,6 +84,10 @@ func startMaster(t testing.TB, env ...string) *master {
 	}
 	// Each child printed its port (from InitChild) before it reported ready.
 	m.port = m.portOf(m.children[0])
+	want := fmt.Sprintf("master-addr 127.0.0.1:%d", m.port)
+	if !m.has(regexp.MustCompile("^" + regexp.QuoteMeta(want) + "$")) {
+		t.Fatalf("LocalAddr in the master is not the bound address: want %q\n%s", want, m.transcript())
+	}
 	return m
 }
 

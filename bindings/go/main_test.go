@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -84,6 +85,7 @@ func serve() int {
 		for i, pid := range pids {
 			s[i] = strconv.Itoa(pid)
 		}
+		say("master-addr %s", prefork.LocalAddr())
 		say("ready pid=%d children=%s", os.Getpid(), strings.Join(s, ","))
 		if os.Getenv(envFailReady) == "1" {
 			return errNotReady
@@ -91,20 +93,12 @@ func serve() int {
 		return nil
 	}
 	p.InitChild = func() error {
-		// The library hands every child its listener at descriptor 3: its port is how the
-		// tests find a server bound to port 0.
-		sa, err := syscall.Getsockname(3)
+		// How the tests find a server bound to port 0.
+		_, port, err := net.SplitHostPort(prefork.LocalAddr())
 		if err != nil {
 			return err
 		}
-		port := 0
-		switch a := sa.(type) {
-		case *syscall.SockaddrInet4:
-			port = a.Port
-		case *syscall.SockaddrInet6:
-			port = a.Port
-		}
-		say("child pid=%d port=%d", os.Getpid(), port)
+		say("child pid=%d port=%s", os.Getpid(), port)
 		return nil
 	}
 	p.ExitChild = func() { say("child-exit pid=%d", os.Getpid()) }

@@ -208,6 +208,17 @@ func Version() string {
 	return C.GoString(C.prefork_version())
 }
 
+// LocalAddr returns the address this process serves on ("127.0.0.1:41823") while
+// ListenAndServe runs: in the master from the bind on, so hooks such as OnMasterReady learn the
+// port chosen for ":0"; in a child from before InitChild. It returns "" otherwise.
+func LocalAddr() string {
+	var buf [C.PREFORK_ADDR_STRLEN]C.char
+	if C.prefork_local_addr(&buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
+		return ""
+	}
+	return C.GoString(&buf[0])
+}
+
 // ListenAndServe serves HTTP/1.1 on addr ("host:port"; "[::1]:8080" for IPv6; an empty host
 // means every interface).
 //

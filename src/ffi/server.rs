@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use super::error::{FfiError, prefork_result};
 use super::handler::{CHandler, prefork_handler};
 use super::hooks::HookData;
+use super::request::write_addr;
 use super::slice::{ref_arg, str_arg};
 use crate::{Level, Logger, Prefork, StderrLogger};
 
@@ -199,6 +200,29 @@ pub unsafe extern "C" fn prefork_listen_and_serve(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_is_child() -> bool {
     ffi_boundary!({ Ok(crate::is_child()) })
+}
+
+/// Writes the address this process serves on as NUL-terminated text into `buf` (`cap` bytes,
+/// `PREFORK_ADDR_STRLEN` always suffices), e.g. "127.0.0.1:41823": how a master bound to port
+/// 0 learns its port. Available while `prefork_listen_and_serve` runs: in the master from the
+/// bind on (so from every hook), in a child from before `init_child`. Returns PREFORK_OK;
+/// PREFORK_ERR_STATE when nothing is being served; PREFORK_ERR_INVALID_ARGUMENT when it does
+/// not fit; PREFORK_ERR_NULL for a NULL `buf`. `buf` is written only on success. Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_local_addr(buf: *mut c_char, cap: usize) -> prefork_result {
+    ffi_boundary!({
+        if buf.is_null() {
+            return Err(FfiError::null("buf"));
+        }
+        let Some(addr) = crate::local_addr() else {
+            return Err(FfiError::new(
+                prefork_result::PREFORK_ERR_STATE,
+                "no server is running in this process",
+            ));
+        };
+        unsafe { write_addr(addr, buf, cap) }?;
+        Ok(prefork_result::PREFORK_OK)
+    })
 }
 
 /// Asks whatever this process serves to stop gracefully, as SIGTERM does: in the master,

@@ -72,6 +72,12 @@ static void test_null_and_ranges(void) {
     CHECK(frees[0] == 0); /* a failed prefork_new does not take user_data */
 
     CHECK_ERR(prefork_set_children(NULL, 1), PREFORK_ERR_NULL, "prefork_set_children: p is NULL");
+    {
+        char addr[PREFORK_ADDR_STRLEN];
+        CHECK_ERR(prefork_local_addr(addr, sizeof addr), PREFORK_ERR_STATE,
+                  "no server is running in this process");
+        CHECK_ERR(prefork_local_addr(NULL, 0), PREFORK_ERR_NULL, "buf is NULL");
+    }
     CHECK_ERR(prefork_listen_and_serve(NULL, "127.0.0.1:0"), PREFORK_ERR_NULL, "p is NULL");
     prefork_free(NULL);
 

@@ -329,7 +329,7 @@ def hooks(prog):
     port = free_port()
     srv = Server([prog, f"127.0.0.1:{port}", "2"])
     try:
-        m = srv.expect(r"^on_master_ready master=(\d+) children=(\d+),(\d+)$")
+        m = srv.expect(rf"^on_master_ready master=(\d+) children=(\d+),(\d+) addr=127\.0\.0\.1:{port}$")
         check(int(m.group(1)) == srv.proc.pid, "on_master_ready reports another master")
         a, b = int(m.group(2)), int(m.group(3))
         for pid, slot in ((a, 0), (b, 1)):
@@ -357,7 +357,7 @@ def hooks_master_death(prog):
     port = free_port()
     srv = Server([prog, f"127.0.0.1:{port}", "2"])
     try:
-        m = srv.expect(r"^on_master_ready master=\d+ children=(\d+),(\d+)$")
+        m = srv.expect(r"^on_master_ready master=\d+ children=(\d+),(\d+) addr=\S+$")
         kids = [int(m.group(1)), int(m.group(2))]
         srv.proc.kill()  # SIGKILL: no chance to stop the children
         srv.proc.wait(timeout=10)
