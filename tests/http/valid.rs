@@ -468,3 +468,35 @@ fn failing_stream_truncates_the_body_and_closes() {
     d.send(&get("/after"));
     assert_eq!(d.response(false).unwrap().status, 200);
 }
+
+// RFC 9110 §10.1.1 lets a server ignore expectations it does not know.
+case!(
+    unknown_expectation_is_ignored,
+    b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: x-foo\r\nContent-Length: 2\r\n\r\nok",
+    [200],
+    open
+);
+
+// `close` wins over `keep-alive` in the same request.
+case!(
+    http10_close_beats_keep_alive,
+    b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+    [200],
+    closed
+);
+
+// Header names are case-insensitive (RFC 9110 §5.1).
+case!(
+    header_names_are_case_insensitive,
+    b"POST /e HTTP/1.1\r\nhOsT: t\r\ncontent-LENGTH: 2\r\n\r\nok",
+    [200],
+    open
+);
+
+// Content-Length: 0 with Expect: nothing to wait for, no interim response.
+case!(
+    expect_with_empty_body,
+    b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    [200],
+    open
+);
