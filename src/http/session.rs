@@ -413,36 +413,25 @@ impl Session {
                 Err(status) => Next::Fail(status),
                 Ok(req) => match parse::analyze(&req) {
                     Err(status) => Next::Fail(status),
-                    Ok(info) => match info.body {
-                        // Decided from the declared length, before reading any of the body.
-                        BodyKind::Length(len) if len > ctx.limits.max_body => {
-                            Next::Fail(Status::CONTENT_TOO_LARGE)
-                        }
-                        BodyKind::None | BodyKind::Length(_)
-                            if matches!(ctx.exec, Exec::Inline(_)) =>
-                        {
-                            let len = match info.body {
-                                BodyKind::Length(len) => len as usize,
-                                _ => 0,
-                            };
-                            match &ctx.exec {
-                                Exec::Inline(handler) if len <= after_head => {
-                                    let body = &self.inp.buf[start + n..start + n + len];
-                                    let panic = invoke(
-                                        *handler,
-                                        &req,
-                                        body,
-                                        self.peer,
-                                        &mut self.resp,
-                                        &mut ctx.scratch.headers,
-                                    );
-                                    Next::Answered {
-                                        info,
-                                        consumed: n + len,
-                                        panic,
-                                    }
-                                }
-                                _ => Next::Later(info),
+                    Ok(info) => match (
+                        ready_body(&info, ctx.limits.max_body, after_head),
+                        &ctx.exec,
+                    ) {
+                        (Err(status), _) => Next::Fail(status),
+                        (Ok(Some(len)), Exec::Inline(handler)) => {
+                            let body = &self.inp.buf[start + n..start + n + len];
+                            let panic = invoke(
+                                *handler,
+                                &req,
+                                body,
+                                self.peer,
+                                &mut self.resp,
+                                &mut ctx.scratch.headers,
+                            );
+                            Next::Answered {
+                                info,
+                                consumed: n + len,
+                                panic,
                             }
                         }
                         _ => Next::Later(info),
@@ -668,6 +657,17 @@ impl Session {
         encode::encode_error(&mut self.out, status, date);
         self.stream = None;
         self.phase = Phase::Done;
+    }
+}
+
+/// The body's length if it is complete in the `after_head` bytes already received; a 413 when
+/// the declared length is over the cap (decided before reading any of the body).
+fn ready_body(info: &ReqInfo, max_body: u64, after_head: usize) -> Result<Option<usize>, Status> {
+    match info.body {
+        BodyKind::Length(len) if len > max_body => Err(Status::CONTENT_TOO_LARGE),
+        BodyKind::None => Ok(Some(0)),
+        BodyKind::Length(len) if len <= after_head as u64 => Ok(Some(len as usize)),
+        BodyKind::Length(_) | BodyKind::Chunked => Ok(None),
     }
 }
 
