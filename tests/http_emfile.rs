@@ -36,10 +36,6 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
-}
-
 fn set_nofile(soft: u64) -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
@@ -94,7 +90,14 @@ fn accept_pauses_on_emfile_and_resumes() {
         .map(|_| Socket::new(Domain::IPV4, Type::STREAM, None).unwrap())
         .collect();
     let spare = std::fs::File::open("/dev/null").unwrap();
-    let old = set_nofile(open_fds());
+    // A new descriptor takes the lowest free number: with the limit at that number, none can
+    // be made; closing `spare` (below it) allows exactly one.
+    // SAFETY: dup of a descriptor we own; the copy is closed at once.
+    let lowest_free = unsafe { libc::dup(spare.as_raw_fd()) };
+    assert!(lowest_free > spare.as_raw_fd());
+    // SAFETY: closing the copy made just above.
+    unsafe { libc::close(lowest_free) };
+    let old = set_nofile(lowest_free as u64);
     for c in &clients {
         c.connect(&addr.into()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -118,9 +121,24 @@ fn accept_pauses_on_emfile_and_resumes() {
             == 1
     );
 
+    // Nothing was served meanwhile.
+    clients[0]
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut first = &clients[0];
+    let e = first
+        .read(&mut buf)
+        .expect_err("served without a descriptor");
+    assert!(matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ));
+    clients[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
     // One descriptor freed: one connection gets in and is served.
     drop(spare);
-    let mut first = &clients[0];
     let n = first.read(&mut buf).unwrap();
     assert!(
         buf[..n].starts_with(b"HTTP/1.1 200 OK"),
