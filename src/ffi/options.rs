@@ -11,15 +11,21 @@ use std::time::Duration;
 use super::error::{FfiError, prefork_result};
 use super::server::{Inner, configure, prefork};
 use super::slice::str_arg;
-use crate::{HttpConfig, Network, ProcessConfig};
+use crate::{Config, Network};
 
-impl Inner {
-    fn process(&mut self) -> &mut ProcessConfig {
-        &mut self.server.config_mut().process
-    }
-
-    fn http(&mut self) -> &mut HttpConfig {
-        &mut self.server.config_mut().http
+/// Applies one option change through `configure` (which checks it and rolls it back if refused).
+///
+/// # Safety
+/// As `configure`.
+unsafe fn set(
+    p: *mut prefork,
+    change: impl FnOnce(&mut Config),
+) -> Result<prefork_result, FfiError> {
+    unsafe {
+        configure(p, |s: &mut Inner| {
+            change(s.server.config_mut());
+            Ok::<(), FfiError>(())
+        })
     }
 }
 
@@ -30,14 +36,7 @@ impl Inner {
 /// (sched_getaffinity and cgroup quotas respected). At most 1024. Default: 0.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_children(p: *mut prefork, children: u32) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().children = children as usize;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.children = children as usize) } })
 }
 
 /// true: the master binds one SO_REUSEPORT socket per child (the kernel spreads connections
@@ -45,14 +44,7 @@ pub unsafe extern "C" fn prefork_set_children(p: *mut prefork, children: u32) ->
 /// children. Default: false.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_reuseport(p: *mut prefork, reuseport: bool) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().reuseport = reuseport;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.reuseport = reuseport) } })
 }
 
 /// Address family, NUL-terminated: "tcp4" (IPv4 only), "tcp6" (IPv6 only) or "tcp" (dual
@@ -63,26 +55,15 @@ pub unsafe extern "C" fn prefork_set_network(
     network: *const c_char,
 ) -> prefork_result {
     ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().network = Network::parse(str_arg(network, "network")?)?;
-                Ok::<(), FfiError>(())
-            })
-        }
+        let network = Network::parse(unsafe { str_arg(network, "network") }?)?;
+        unsafe { set(p, |c| c.process.network = network) }
     })
 }
 
 /// listen(2) backlog, at least 1 (the kernel caps it at net.core.somaxconn). Default: 1024.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_backlog(p: *mut prefork, backlog: i32) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().backlog = backlog;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.backlog = backlog) } })
 }
 
 /// Child exits tolerated within the recover window; one more makes the master stop the others
@@ -96,9 +77,8 @@ pub unsafe extern "C" fn prefork_set_recover_threshold(
 ) -> prefork_result {
     ffi_boundary!({
         unsafe {
-            configure(p, |s| {
-                s.process().recover_threshold = usize::try_from(threshold).ok();
-                Ok::<(), FfiError>(())
+            set(p, |c| {
+                c.process.recover_threshold = usize::try_from(threshold).ok()
             })
         }
     })
@@ -112,9 +92,8 @@ pub unsafe extern "C" fn prefork_set_recover_interval_ms(
 ) -> prefork_result {
     ffi_boundary!({
         unsafe {
-            configure(p, |s| {
-                s.process().recover_interval = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
+            set(p, |c| {
+                c.process.recover_interval = Duration::from_millis(ms)
             })
         }
     })
@@ -124,14 +103,7 @@ pub unsafe extern "C" fn prefork_set_recover_interval_ms(
 /// 0 counts them over the master's whole life (the fasthttp behaviour). Default: 60000.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_recover_window_ms(p: *mut prefork, ms: u64) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().recover_window = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.recover_window = Duration::from_millis(ms)) } })
 }
 
 /// Cap, in milliseconds, of the exponential backoff between replacements of children that keep
@@ -143,9 +115,8 @@ pub unsafe extern "C" fn prefork_set_recover_backoff_max_ms(
 ) -> prefork_result {
     ffi_boundary!({
         unsafe {
-            configure(p, |s| {
-                s.process().recover_backoff_max = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
+            set(p, |c| {
+                c.process.recover_backoff_max = Duration::from_millis(ms)
             })
         }
     })
@@ -155,14 +126,7 @@ pub unsafe extern "C" fn prefork_set_recover_backoff_max_ms(
 /// milliseconds. Default: 5000.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_grace_period_ms(p: *mut prefork, ms: u64) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().grace_period = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.grace_period = Duration::from_millis(ms)) } })
 }
 
 /// How long a child may take to report "listening" (including `init_child`), in
@@ -172,14 +136,7 @@ pub unsafe extern "C" fn prefork_set_startup_timeout_ms(
     p: *mut prefork,
     ms: u64,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().startup_timeout = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.startup_timeout = Duration::from_millis(ms)) } })
 }
 
 /// true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
@@ -191,14 +148,7 @@ pub unsafe extern "C" fn prefork_set_handle_signals(
     p: *mut prefork,
     handle_signals: bool,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.process().handle_signals = handle_signals;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.process.handle_signals = handle_signals) } })
 }
 
 /// Longest request line (method, target, version), in bytes, before the reply is 414; above
@@ -208,14 +158,7 @@ pub unsafe extern "C" fn prefork_set_max_request_line(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_request_line = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_request_line = bytes) } })
 }
 
 /// Largest request head (request line and header fields), in bytes, before the reply is 431;
@@ -225,27 +168,13 @@ pub unsafe extern "C" fn prefork_set_max_head_size(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_head_size = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_head_size = bytes) } })
 }
 
 /// Most header fields in a request before the reply is 431; above zero. Default: 100.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_max_headers(p: *mut prefork, count: usize) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_headers = count;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_headers = count) } })
 }
 
 /// Largest request body, in bytes; a larger declared or received body gets 413. 0 refuses
@@ -255,70 +184,35 @@ pub unsafe extern "C" fn prefork_set_max_body_size(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_body_size = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_body_size = bytes) } })
 }
 
 /// Time allowed to receive a whole request head, from its first byte, in milliseconds; above
 /// zero. Default: 10000.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_header_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().header_timeout = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.header_timeout = Duration::from_millis(ms)) } })
 }
 
 /// Longest silence while a request body is being received, in milliseconds; above zero.
 /// Default: 30000.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_body_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().body_timeout = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.body_timeout = Duration::from_millis(ms)) } })
 }
 
 /// How long an idle keep-alive connection is kept open, in milliseconds; above zero.
 /// Default: 60000.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_idle_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().idle_timeout = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.idle_timeout = Duration::from_millis(ms)) } })
 }
 
 /// Longest time a pending response may make no write progress before the connection is
 /// dropped, in milliseconds; above zero. Default: 30000.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_write_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().write_timeout = Duration::from_millis(ms);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.write_timeout = Duration::from_millis(ms)) } })
 }
 
 /// Open connections per child; above it the child stops accepting until one closes. Above
@@ -328,14 +222,7 @@ pub unsafe extern "C" fn prefork_set_max_connections(
     p: *mut prefork,
     count: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_connections = count;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_connections = count) } })
 }
 
 /// Threads per child that run `handle`. 0 runs it on the child's event loop (best for
@@ -346,14 +233,7 @@ pub unsafe extern "C" fn prefork_set_handler_threads(
     p: *mut prefork,
     threads: u32,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().handler_threads = threads as usize;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.handler_threads = threads as usize) } })
 }
 
 /// Output buffered for one connection, in bytes, before the child stops reading from it
@@ -363,14 +243,7 @@ pub unsafe extern "C" fn prefork_set_max_output_buffer(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_output_buffer = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_output_buffer = bytes) } })
 }
 
 /// Total bytes of chunk extensions (";name=value" after a chunk size) accepted in one chunked
@@ -380,14 +253,7 @@ pub unsafe extern "C" fn prefork_set_max_chunk_ext_size(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_chunk_ext_size = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_chunk_ext_size = bytes) } })
 }
 
 /// Largest trailer section of a chunked request body, in bytes; more gets 431 (the number of
@@ -398,14 +264,7 @@ pub unsafe extern "C" fn prefork_set_max_trailer_size(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_trailer_size = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_trailer_size = bytes) } })
 }
 
 /// Fairness: bytes read from plus written to one connection in one event-loop turn before the
@@ -415,14 +274,7 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     p: *mut prefork,
     bytes: usize,
 ) -> prefork_result {
-    ffi_boundary!({
-        unsafe {
-            configure(p, |s| {
-                s.http().max_bytes_per_turn = bytes;
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set(p, |c| c.http.max_bytes_per_turn = bytes) } })
 }
 
 #[cfg(test)]
