@@ -652,21 +652,7 @@ fn children_run_the_master_death_hook() -> Outcome {
     let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_DEATH_HOOK", "1")]);
     let (ready, _) = m.ready()?;
     m.signal(libc::SIGKILL);
-    let mut told = Vec::new();
-    for _ in &ready {
-        told.push(
-            m.expect("master-death ", 5 * SEC)?
-                .parse::<i32>()
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    told.sort();
-    let mut want = ready.clone();
-    want.sort();
-    ensure!(
-        told == want,
-        "master-death hook ran in {told:?}, children were {want:?}"
-    );
+    expect_death_hook_in(&mut m, &ready)?;
     all_gone(&ready, 2 * SEC).map(|_| ())
 }
 
@@ -701,21 +687,7 @@ fn master_death_hook_runs_when_sigterm_comes_first() -> Outcome {
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
     m.signal(libc::SIGKILL);
-    let mut told = Vec::new();
-    for _ in &ready {
-        told.push(
-            m.expect("master-death ", 5 * SEC)?
-                .parse::<i32>()
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    told.sort();
-    let mut want = ready.clone();
-    want.sort();
-    ensure!(
-        told == want,
-        "master-death hook ran in {told:?}, children were {want:?}"
-    );
+    expect_death_hook_in(&mut m, &ready)?;
     all_gone(&ready, 2 * SEC)?;
 
     // The same SIGTERM with the master alive is a plain stop: no hook, and a replacement.
@@ -728,6 +700,26 @@ fn master_death_hook_runs_when_sigterm_comes_first() -> Outcome {
         !m.seen.iter().any(|l| l.starts_with("master-death")),
         "hook ran with the master alive; {}",
         m.context()
+    );
+    Ok(())
+}
+
+/// Every child in `children` reports running the master-death hook.
+fn expect_death_hook_in(m: &mut Master, children: &[i32]) -> Outcome {
+    let mut told = Vec::new();
+    for _ in children {
+        told.push(
+            m.expect("master-death ", 5 * SEC)?
+                .parse::<i32>()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    told.sort();
+    let mut want = children.to_vec();
+    want.sort();
+    ensure!(
+        told == want,
+        "master-death hook ran in {told:?}, children were {want:?}"
     );
     Ok(())
 }
