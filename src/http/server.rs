@@ -441,7 +441,7 @@ impl Server<'_> {
                 if budget == 0 {
                     break Drive::Again;
                 }
-                let buf = conn.session.read_buf();
+                let buf = conn.session.read_buf(ctx.scratch);
                 let room = buf.len();
                 match recv(fd, buf) {
                     Ok(0) => {
@@ -484,6 +484,7 @@ impl Server<'_> {
             }
             Drive::Wait => {}
         }
+        conn.session.park(&mut self.scratch);
         let timer = conn.session.timer(&self.limits);
         let seq = conn.session.seq();
         if timer != conn.timer || seq != conn.timer_seq || (timer == Timer::Body && body_progress) {

@@ -6,6 +6,10 @@
 //! pipelined batch costs one write. Nothing is allocated per request once the buffers are warm:
 //! the input and output buffers, the de-chunked body, the response and the header arrays are
 //! all reused.
+//!
+//! An idle keep-alive connection holds no buffer: `park` hands its empty buffers back to the
+//! loop's `Scratch`, and the next read or response takes them from there (`unpark`). Thousands
+//! of idle connections cost their state only, and steady traffic still allocates nothing.
 
 use std::mem;
 use std::net::SocketAddr;
@@ -31,6 +35,10 @@ const MIN_READ: usize = 2 * 1024;
 const KEEP_CAPACITY: usize = 256 * 1024;
 /// Bytes pulled from a body stream per read.
 const STREAM_CHUNK: usize = 16 * 1024;
+/// Empty buffers a loop keeps for connections that wake up. Only connections being driven or
+/// waiting for a handler hold buffers, so a few cover steady traffic; a burst beyond that
+/// allocates and frees.
+const SPARE_BUFFERS: usize = 32;
 
 /// The caps of `HttpConfig` in the form the state machine uses.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +87,14 @@ pub(crate) struct Scratch {
     stream_buf: Vec<u8>,
     /// Jobs back from the handler threads, ready for reuse.
     pub(crate) free_jobs: Vec<Job>,
+    /// The response an inline handler fills in (encoded before the next request runs).
+    resp: Response,
+    /// Input buffers of parked sessions, `INITIAL_INPUT` long.
+    spare_in: Vec<Vec<u8>>,
+    /// Empty output buffers of parked sessions.
+    spare_out: Vec<Vec<u8>>,
+    /// Empty de-chunked body buffers (apart from the output ones, whose sizes differ).
+    spare_body: Vec<Vec<u8>>,
 }
 
 impl Scratch {
@@ -88,7 +104,28 @@ impl Scratch {
             headers: Vec::with_capacity(max_headers),
             stream_buf: vec![0; STREAM_CHUNK],
             free_jobs: Vec::new(),
+            resp: Response::default(),
+            spare_in: Vec::with_capacity(SPARE_BUFFERS),
+            spare_out: Vec::with_capacity(SPARE_BUFFERS),
+            spare_body: Vec::with_capacity(SPARE_BUFFERS),
         }
+    }
+}
+
+/// Moves `buf` into `spare` if there is room and it is of a reusable size; leaves it empty.
+fn give_back(buf: &mut Vec<u8>, spare: &mut Vec<Vec<u8>>, reusable: bool) {
+    let buf = mem::take(buf);
+    if reusable && spare.len() < SPARE_BUFFERS {
+        spare.push(buf);
+    }
+}
+
+/// Gives `buf` a spare buffer if it has none.
+fn take_spare(buf: &mut Vec<u8>, spare: &mut Vec<Vec<u8>>) {
+    if buf.capacity() == 0
+        && let Some(b) = spare.pop()
+    {
+        *buf = b;
     }
 }
 
@@ -193,7 +230,6 @@ pub(crate) struct Session {
     /// The de-chunked body of the current request.
     body: Vec<u8>,
     chunked: ChunkedDecoder,
-    resp: Response,
     stream: Option<Streaming>,
     close_after_stream: bool,
     peer: Option<SocketAddr>,
@@ -229,7 +265,6 @@ impl Session {
             head_len: 0,
             body: Vec::new(),
             chunked: ChunkedDecoder::default(),
-            resp: Response::default(),
             stream: None,
             close_after_stream: false,
             peer,
@@ -239,8 +274,32 @@ impl Session {
         }
     }
 
+    /// Returns the empty buffers to `scratch`: between requests, an idle connection holds
+    /// none. Call after each drive; the session takes buffers back as it needs them.
+    pub(crate) fn park(&mut self, scratch: &mut Scratch) {
+        let head_pending = self.phase == Phase::Body || self.scan.started();
+        if self.inp.len() == 0 && !head_pending && self.inp.buf.capacity() > 0 {
+            let reusable = self.inp.buf.len() == INITIAL_INPUT;
+            give_back(&mut self.inp.buf, &mut scratch.spare_in, reusable);
+            self.inp.start = 0;
+            self.inp.end = 0;
+        }
+        if self.out_pending() == 0 && self.phase != Phase::Streaming && self.out.capacity() > 0 {
+            let reusable = self.out.capacity() <= KEEP_CAPACITY;
+            self.out.clear();
+            self.out_pos = 0;
+            give_back(&mut self.out, &mut scratch.spare_out, reusable);
+        }
+        if self.phase != Phase::Body && self.body.capacity() > 0 {
+            let reusable = self.body.capacity() <= KEEP_CAPACITY;
+            self.body.clear();
+            give_back(&mut self.body, &mut scratch.spare_body, reusable);
+        }
+    }
+
     /// Where the next read should put its bytes; pass the count to `filled`.
-    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
+    pub(crate) fn read_buf(&mut self, scratch: &mut Scratch) -> &mut [u8] {
+        take_spare(&mut self.inp.buf, &mut scratch.spare_in);
         let remaining_body = match (self.phase, self.info.body) {
             (Phase::Body, BodyKind::Length(n)) => {
                 (self.head_len as u64 + n).saturating_sub(self.inp.len() as u64) as usize
@@ -425,7 +484,7 @@ impl Session {
                                 &req,
                                 body,
                                 self.peer,
-                                &mut self.resp,
+                                &mut ctx.scratch.resp,
                                 &mut ctx.scratch.headers,
                             );
                             Next::Answered {
@@ -449,9 +508,9 @@ impl Session {
                 self.info = info;
                 self.inp.consume(consumed);
                 self.scan.reset();
-                let mut resp = mem::take(&mut self.resp);
+                let mut resp = mem::take(&mut ctx.scratch.resp);
                 self.reply(ctx, &mut resp, panic);
-                self.resp = resp;
+                ctx.scratch.resp = resp;
                 true
             }
             Next::Later(info) => {
@@ -460,9 +519,11 @@ impl Session {
                 if info.body == BodyKind::Chunked {
                     self.chunked.reset();
                     self.body.clear();
+                    take_spare(&mut self.body, &mut ctx.scratch.spare_body);
                 }
                 // RFC 9110 §10.1.1: ask for the body only if none of it has arrived.
                 if info.expect_continue && info.body != BodyKind::None && after_head == 0 {
+                    take_spare(&mut self.out, &mut ctx.scratch.spare_out);
                     self.out.extend_from_slice(encode::CONTINUE);
                 }
                 true
@@ -521,7 +582,7 @@ impl Session {
                         &req,
                         body,
                         self.peer,
-                        &mut self.resp,
+                        &mut ctx.scratch.resp,
                         &mut ctx.scratch.headers,
                     ),
                     Err(_) => Some("a validated request head failed to re-parse".to_string()),
@@ -529,9 +590,9 @@ impl Session {
                 ctx.scratch.slots = recycle(slots);
                 self.inp.consume(consumed);
                 self.scan.reset();
-                let mut resp = mem::take(&mut self.resp);
+                let mut resp = mem::take(&mut ctx.scratch.resp);
                 self.reply(ctx, &mut resp, panic);
-                self.resp = resp;
+                ctx.scratch.resp = resp;
             }
             Exec::Pool(pool) => {
                 let mut job = ctx.scratch.free_jobs.pop().unwrap_or_else(Job::new);
@@ -575,6 +636,7 @@ impl Session {
             is_head: info.is_head,
             close: !info.keep_alive || info.close_after || last_in_drain,
         };
+        take_spare(&mut self.out, &mut ctx.scratch.spare_out);
         let encoded = encode::encode(&mut self.out, resp, reply, ctx.date);
         resp.reset();
         match encoded.stream {

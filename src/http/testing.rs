@@ -157,13 +157,15 @@ impl<'h> MemoryConnection<'h> {
         out.extend_from_slice(self.session.output());
         let n = self.session.out_pending();
         self.session.sent(n);
+        // As the event loop does after each drive: an idle session lends its buffers back.
+        self.session.park(&mut self.scratch);
         progress || n > 0
     }
 
     /// One read of at most `bytes.len()` bytes (less if the buffer offers less); returns how
     /// many were taken.
     pub fn read(&mut self, bytes: &[u8]) -> usize {
-        let buf = self.session.read_buf();
+        let buf = self.session.read_buf(&mut self.scratch);
         let n = buf.len().min(bytes.len());
         buf[..n].copy_from_slice(&bytes[..n]);
         self.session.filled(n);
