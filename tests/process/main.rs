@@ -548,8 +548,7 @@ fn default_child_count_follows_cpu_affinity() -> Outcome {
 }
 
 fn ipv6_listener_serves() -> Outcome {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        println!("    skipped: no IPv6 loopback here");
+    if !ipv6_loopback() {
         return Ok(());
     }
     let mut m = Master::start(&[
@@ -633,8 +632,7 @@ fn master_as_pid1_serves_respawns_and_stops() -> Outcome {
 }
 
 fn dual_stack_listener_takes_both_families() -> Outcome {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        println!("    skipped: no IPv6 loopback here");
+    if !ipv6_loopback() {
         return Ok(());
     }
     let mut m = Master::start(&[
@@ -722,4 +720,13 @@ fn expect_death_hook_in(m: &mut Master, children: &[i32]) -> Outcome {
         "master-death hook ran in {told:?}, children were {want:?}"
     );
     Ok(())
+}
+
+/// Whether this machine has an IPv6 loopback; says the test is skipped when it has none.
+fn ipv6_loopback() -> bool {
+    let there = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !there {
+        println!("    skipped: no IPv6 loopback here");
+    }
+    there
 }
