@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener as StdListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
@@ -104,6 +104,8 @@ struct Server<'a> {
     done: Vec<Job>,
     scratch: Scratch,
     date: DateCache,
+    /// When the cached Date's second ends: the wall clock is read only then.
+    date_due: Instant,
     now: Instant,
     tick: Duration,
     next_tick: Instant,
@@ -179,6 +181,7 @@ pub(crate) fn run(
         done: Vec::new(),
         scratch: Scratch::new(cfg.max_headers),
         date: DateCache::new(),
+        date_due: now,
         now,
         tick: (shortest / 8).clamp(MIN_TICK, MAX_TICK),
         next_tick: now,
@@ -223,7 +226,9 @@ impl Server<'_> {
                 return Err(Error::io(ErrorKind::Io, "waiting for events", e));
             }
             self.now = Instant::now();
-            self.date.refresh(SystemTime::now());
+            if self.now >= self.date_due {
+                self.refresh_date();
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.listener_ready = true,
@@ -269,6 +274,17 @@ impl Server<'_> {
         }
     }
 
+    /// Reformats the Date once its second is over. A wall clock step shows after at most a
+    /// second.
+    fn refresh_date(&mut self) {
+        let wall = SystemTime::now();
+        self.date.refresh(wall);
+        let into_second = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        self.date_due = self.now + Duration::from_nanos(1_000_000_000 - u64::from(into_second));
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.again.is_empty() || (self.listener_ready && self.can_accept()) {
             return Some(Duration::ZERO);
@@ -285,9 +301,11 @@ impl Server<'_> {
             consider(t);
         }
         // Round up to a whole millisecond: epoll rounds down, and waking a hair early would
-        // spin through a turn that finds nothing due.
+        // spin through a turn that finds nothing due. Measured from the turn's start rather
+        // than a fresh clock read: the deadlines here are sweeps and pauses, which may run a
+        // turn's length late.
         wake_at.map(|t| {
-            let d = t.saturating_duration_since(Instant::now());
+            let d = t.saturating_duration_since(self.now);
             Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64)
         })
     }
