@@ -760,3 +760,93 @@ fn invoke(
     *headers_store = recycle(headers);
     outcome.err().map(|p| panic_message(&*p))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::date::DateCache;
+
+    struct Hello;
+
+    impl Handler for Hello {
+        fn handle(&self, _req: &Request<'_>, resp: &mut Response) {
+            resp.write(b"Hello");
+        }
+    }
+
+    struct Quiet;
+
+    impl Logger for Quiet {
+        fn log(&self, _level: Level, _message: &str) {}
+    }
+
+    struct Loop {
+        limits: Limits,
+        date: DateCache,
+        scratch: Scratch,
+    }
+
+    impl Loop {
+        fn new() -> Loop {
+            let cfg = HttpConfig::default();
+            Loop {
+                limits: Limits::new(&cfg),
+                date: DateCache::fixed(784_111_777),
+                scratch: Scratch::new(cfg.max_headers),
+            }
+        }
+
+        /// One read of `bytes`, then what the event loop does in a drive: process, send all,
+        /// park. Returns the output.
+        fn drive(&mut self, s: &mut Session, bytes: &[u8]) -> Vec<u8> {
+            let buf = s.read_buf(&mut self.scratch);
+            buf[..bytes.len()].copy_from_slice(bytes);
+            s.filled(bytes.len());
+            let mut ctx = Ctx {
+                limits: &self.limits,
+                date: self.date.get(),
+                exec: Exec::Inline(&Hello),
+                scratch: &mut self.scratch,
+                draining: false,
+                conn: (0, 0),
+                log: &Quiet,
+            };
+            s.process(&mut ctx);
+            let out = s.output().to_vec();
+            s.sent(out.len());
+            s.park(&mut self.scratch);
+            out
+        }
+    }
+
+    fn held(s: &Session) -> usize {
+        s.inp.buf.capacity() + s.out.capacity() + s.body.capacity()
+    }
+
+    #[test]
+    fn an_idle_session_lends_its_buffers_to_the_loop() {
+        let mut lp = Loop::new();
+        let mut s = Session::new(None);
+        // A partial head keeps its bytes (and so its buffer) across drives.
+        assert!(lp.drive(&mut s, b"GET / HTTP/1.1\r\nHo").is_empty());
+        assert!(s.inp.buf.capacity() >= INITIAL_INPUT);
+        let out = lp.drive(&mut s, b"st: a\r\n\r\n");
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"), "{out:?}");
+        assert!(out.ends_with(b"\r\n\r\nHello"), "{out:?}");
+        assert_eq!(held(&s), 0);
+        assert_eq!(
+            (lp.scratch.spare_in.len(), lp.scratch.spare_out.len()),
+            (1, 1)
+        );
+        // The next requests take the same buffers back and return them.
+        for _ in 0..3 {
+            let out = lp.drive(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(out.ends_with(b"Hello"));
+            assert_eq!(held(&s), 0);
+            assert_eq!(
+                (lp.scratch.spare_in.len(), lp.scratch.spare_out.len()),
+                (1, 1)
+            );
+        }
+    }
+}
