@@ -47,6 +47,23 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    /// The request a parsed head stands for; `headers` holds the head's fields as `Header`s.
+    pub(crate) fn from_parsed(
+        parsed: &httparse::Request<'a, '_>,
+        headers: &'a [Header<'a>],
+        body: &'a [u8],
+        peer: Option<SocketAddr>,
+    ) -> Request<'a> {
+        Request {
+            method: parsed.method.unwrap_or(""),
+            target: parsed.path.unwrap_or(""),
+            minor_version: parsed.version.unwrap_or(1),
+            headers,
+            body,
+            peer,
+        }
+    }
+
     /// The method token, case-sensitive as received (`GET`, `POST`, ...).
     pub fn method(&self) -> &'a str {
         self.method

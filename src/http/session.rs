@@ -748,14 +748,7 @@ fn invoke(
         name: h.name,
         value: h.value,
     }));
-    let req = Request {
-        method: parsed.method.unwrap_or(""),
-        target: parsed.path.unwrap_or(""),
-        minor_version: parsed.version.unwrap_or(1),
-        headers: &headers,
-        body,
-        peer,
-    };
+    let req = Request::from_parsed(parsed, &headers, body, peer);
     let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(&req, resp)));
     *headers_store = recycle(headers);
     outcome.err().map(|p| panic_message(&*p))

@@ -196,14 +196,7 @@ fn run_job(
                 name: h.name,
                 value: h.value,
             }));
-            let req = Request {
-                method: parsed.method.unwrap_or(""),
-                target: parsed.path.unwrap_or(""),
-                minor_version: parsed.version.unwrap_or(1),
-                headers: &headers,
-                body,
-                peer: job.peer,
-            };
+            let req = Request::from_parsed(&parsed, &headers, body, job.peer);
             let resp = &mut job.resp;
             catch_unwind(AssertUnwindSafe(|| handler.handle(&req, resp)))
                 .map_err(|p| panic_message(&*p))
