@@ -13,13 +13,28 @@ import (
 	"os"
 	"runtime/cgo"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
 
+// serverOf is the server behind a callback's handle. The last one found is kept: a child
+// serves one server, and Handle.Value is a concurrent-map lookup on every request.
 func serverOf(h C.uintptr_t) *server {
-	return cgo.Handle(h).Value().(*server)
+	if c := lastServer.Load(); c != nil && c.h == cgo.Handle(h) {
+		return c.s
+	}
+	s := cgo.Handle(h).Value().(*server)
+	lastServer.Store(&handleServer{cgo.Handle(h), s})
+	return s
 }
+
+type handleServer struct {
+	h cgo.Handle
+	s *server
+}
+
+var lastServer atomic.Pointer[handleServer]
 
 //export goPreforkRelease
 func goPreforkRelease(h C.uintptr_t) {
@@ -34,16 +49,16 @@ type exchange struct {
 }
 
 //export goPreforkHandle
-func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response) {
+func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, line *C.goprefork_line) {
 	s := serverOf(h)
-	x := &exchange{Request{creq}, Response{cresp, s}}
+	x := &exchange{Request{creq, *line}, Response{cresp, s}}
 	defer func() {
 		if v := recover(); v != nil {
 			s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
 			internalError(cresp)
 		}
 		// Whatever the handler kept now reads as empty instead of freed memory.
-		x.req.c, x.resp.c = nil, nil
+		x.req, x.resp.c = Request{}, nil
 	}()
 	s.p.handler(&x.req, &x.resp)
 }
@@ -54,7 +69,7 @@ var internalErrorBody = []byte("500 Internal Server Error\n")
 // the headers it added cannot be taken back, and the handler's state is suspect.
 func internalError(c *C.prefork_response) {
 	C.prefork_response_set_status(c, 500)
-	C.prefork_response_set_body(c, unsafe.Pointer(&internalErrorBody[0]), C.size_t(len(internalErrorBody)))
+	C.goprefork_set_body(c, bytesPtr(internalErrorBody), C.size_t(len(internalErrorBody)))
 	name, value := "Connection", "close"
 	C.prefork_response_add_header(c, stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value)))
 }

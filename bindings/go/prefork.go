@@ -365,6 +365,10 @@ func newHandle(s *server) cgo.Handle {
 }
 
 func deleteHandle(h cgo.Handle) {
+	// A deleted handle's number can be handed out again: serverOf must not remember it.
+	if c := lastServer.Load(); c != nil && c.h == h {
+		lastServer.CompareAndSwap(c, nil)
+	}
 	h.Delete()
 	liveHandles.Add(-1)
 }

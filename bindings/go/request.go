@@ -1,6 +1,6 @@
 package prefork
 
-// #include "prefork.h"
+// #include "shim.h"
 import "C"
 
 import (
@@ -15,7 +15,8 @@ import (
 // Copy what must outlive the handler with the *String and *Copy methods, or bytes.Clone.
 // After the handler returns, every method returns empty values.
 type Request struct {
-	c *C.prefork_request
+	c    *C.prefork_request
+	line C.goprefork_line // read by the C callback: no cgo call for the request line
 }
 
 // view turns a borrowed prefork_str into a slice over the same C memory (cap == len, so an
@@ -25,28 +26,28 @@ func view(s C.prefork_str) []byte {
 }
 
 // Method is the method as received, e.g. "GET" (a view, valid only in the handler).
-func (r *Request) Method() []byte { return view(C.prefork_request_method(r.c)) }
+func (r *Request) Method() []byte { return view(r.line.method) }
 
 // MethodString is a copy of Method.
 func (r *Request) MethodString() string { return string(r.Method()) }
 
 // Target is the request-target as received: "/path?query", "http://host/path" or "*"
 // (a view, valid only in the handler).
-func (r *Request) Target() []byte { return view(C.prefork_request_target(r.c)) }
+func (r *Request) Target() []byte { return view(r.line.target) }
 
 // TargetString is a copy of Target.
 func (r *Request) TargetString() string { return string(r.Target()) }
 
 // Path is the target's path, without the query, not percent-decoded (a view, valid only in
 // the handler).
-func (r *Request) Path() []byte { return view(C.prefork_request_path(r.c)) }
+func (r *Request) Path() []byte { return view(r.line.path) }
 
 // PathString is a copy of Path.
 func (r *Request) PathString() string { return string(r.Path()) }
 
 // Query is the part of the target after "?", without it; empty when there is none; not
 // percent-decoded (a view, valid only in the handler).
-func (r *Request) Query() []byte { return view(C.prefork_request_query(r.c)) }
+func (r *Request) Query() []byte { return view(r.line.query) }
 
 // QueryString is a copy of Query.
 func (r *Request) QueryString() string { return string(r.Query()) }

@@ -31,11 +31,11 @@ var _ interface {
 
 // bytesPtr is the address of b's first byte, or nil for an empty b (the library accepts NULL
 // with length 0). Go memory passed to C is only read during the call.
-func bytesPtr(b []byte) unsafe.Pointer {
+func bytesPtr(b []byte) *C.char {
 	if len(b) == 0 {
 		return nil
 	}
-	return unsafe.Pointer(unsafe.SliceData(b))
+	return (*C.char)(unsafe.Pointer(unsafe.SliceData(b)))
 }
 
 func stringPtr(s string) *C.char {
@@ -80,7 +80,7 @@ func (r *Response) Write(p []byte) (int, error) {
 	if err := r.ended("Write"); err != nil {
 		return 0, err
 	}
-	if err := lastError("Write", C.prefork_response_write(r.c, bytesPtr(p), C.size_t(len(p)))); err != nil {
+	if err := lastError("Write", C.goprefork_write(r.c, bytesPtr(p), C.size_t(len(p)))); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -91,7 +91,7 @@ func (r *Response) WriteString(s string) (int, error) {
 	if err := r.ended("WriteString"); err != nil {
 		return 0, err
 	}
-	err := lastError("WriteString", C.prefork_response_write(r.c, unsafe.Pointer(stringPtr(s)), C.size_t(len(s))))
+	err := lastError("WriteString", C.goprefork_write(r.c, stringPtr(s), C.size_t(len(s))))
 	if err != nil {
 		return 0, err
 	}
@@ -103,7 +103,7 @@ func (r *Response) SetBody(b []byte) error {
 	if err := r.ended("SetBody"); err != nil {
 		return err
 	}
-	return lastError("SetBody", C.prefork_response_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
+	return lastError("SetBody", C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
 }
 
 // SetBodyString replaces the body with s.
@@ -111,7 +111,7 @@ func (r *Response) SetBodyString(s string) error {
 	if err := r.ended("SetBodyString"); err != nil {
 		return err
 	}
-	return lastError("SetBodyString", C.prefork_response_set_body(r.c, unsafe.Pointer(stringPtr(s)), C.size_t(len(s))))
+	return lastError("SetBodyString", C.goprefork_set_body(r.c, stringPtr(s), C.size_t(len(s))))
 }
 
 // SetBodyStream sends the body from r instead of a buffer, for a body whose length is not

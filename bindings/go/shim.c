@@ -10,7 +10,13 @@ static int init_child(void *user_data) {
 }
 
 static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
-	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp);
+	goprefork_line line = {
+		.method = prefork_request_method(req),
+		.target = prefork_request_target(req),
+		.path = prefork_request_path(req),
+		.query = prefork_request_query(req),
+	};
+	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &line);
 }
 
 static void exit_child(void *user_data) {

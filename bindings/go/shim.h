@@ -36,4 +36,21 @@ enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
 // the library owns `handle` (deleted by the stream's finalizer once the body is done).
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t handle);
 
+// The request line's parts, read in C before the handler callback so that the accessors the
+// handlers call most cost Go no cgo call.
+typedef struct {
+	prefork_str method, target, path, query;
+} goprefork_line;
+
+// prefork_response_write and prefork_response_set_body with a char pointer: cgo checks every
+// unsafe.Pointer argument for Go pointers inside the memory it points to (a heap bitmap walk
+// per call), while bytes cannot hold pointers and are never checked.
+static inline enum prefork_result goprefork_write(prefork_response *resp, const char *data, size_t len) {
+	return prefork_response_write(resp, data, len);
+}
+
+static inline enum prefork_result goprefork_set_body(prefork_response *resp, const char *data, size_t len) {
+	return prefork_response_set_body(resp, data, len);
+}
+
 #endif
