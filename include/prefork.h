@@ -319,9 +319,10 @@ void prefork_free(struct prefork *p);
  * PREFORK_OK; the program should then free the handle and exit.
  *
  * Blocks the calling thread, on which the master's hooks and the child's event loop run.
- * Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (bad `addr` or an invalid
+ * Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (`addr` is not UTF-8, or an invalid
  * combination of options), PREFORK_ERR_STATE (already serving on another thread, or already
- * served: a handle serves once), PREFORK_ERR_BIND, PREFORK_ERR_SPAWN,
+ * served: a handle serves once), PREFORK_ERR_BIND (`addr` is malformed, does not resolve to
+ * an address of the chosen network, or cannot be bound), PREFORK_ERR_SPAWN,
  * PREFORK_ERR_STARTUP_TIMEOUT, PREFORK_ERR_OVER_RECOVERY, PREFORK_ERR_HOOK, PREFORK_ERR_IO;
  * in a child, an `init_child` failure. `prefork_last_error()` has the details.
  */
