@@ -49,16 +49,20 @@ type exchange struct {
 }
 
 //export goPreforkHandle
-func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, line *C.goprefork_line) {
+func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange) {
 	s := serverOf(h)
-	x := &exchange{Request{creq, *line}, Response{cresp, s}}
+	x := &exchange{
+		Request{creq, cx.method, cx.target, cx.path, cx.query},
+		Response{c: cresp, x: cx, srv: s},
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
+			cx.stage_len = 0
 			internalError(cresp)
 		}
 		// Whatever the handler kept now reads as empty instead of freed memory.
-		x.req, x.resp.c = Request{}, nil
+		x.req, x.resp.c, x.resp.x = Request{}, nil, nil
 	}()
 	s.p.handler(&x.req, &x.resp)
 }

@@ -7,10 +7,12 @@ package prefork_test
 // tests read.
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -199,6 +201,17 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.SetBodyStream(&pattern{left: n})
 	case "/stream-panic":
 		resp.SetBodyStream(&pattern{left: 1 << 20, panicAt: 5000})
+	case "/pieces":
+		// sizes=N,M,...: writes N bytes of 'a', M of 'b', ...; then set=K: SetBody of K 'z's.
+		q, _ := url.ParseQuery(req.QueryString())
+		for i, f := range strings.Split(q.Get("sizes"), ",") {
+			n, _ := strconv.Atoi(f)
+			resp.Write(bytes.Repeat([]byte{byte('a' + i)}, n))
+		}
+		if k := q.Get("set"); k != "" {
+			n, _ := strconv.Atoi(k)
+			resp.SetBodyString(strings.Repeat("z", n))
+		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
 	case "/produced":

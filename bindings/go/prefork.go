@@ -265,6 +265,9 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	caddr := C.CString(addr)
 	defer C.free(unsafe.Pointer(caddr))
 	stop := relaySignals(IsChild())
+	if IsChild() {
+		defer keepSpareP()()
+	}
 	r := C.prefork_listen_and_serve(c, caddr)
 	stop()
 	if r == C.PREFORK_OK {
@@ -273,6 +276,20 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	e := lastError(op, r).(*Error)
 	e.Err = s.failure()
 	return e
+}
+
+// keepSpareP raises GOMAXPROCS from 1 to 2 while a child serves, unless the GOMAXPROCS
+// environment variable chose 1, and returns what restores it. The child's event loop is one
+// long cgo call. With a single P, the runtime's sysmon takes that P away whenever the loop
+// stays in C for a while and wakes a thread to look for other work, which finds none: at
+// depth 1 that was 167 context switches per 1,000 requests against the C demo's 130. With an
+// idle P beside it, sysmon leaves the loop's P alone: 130.
+func keepSpareP() (restore func()) {
+	if runtime.GOMAXPROCS(0) != 1 || os.Getenv("GOMAXPROCS") != "" {
+		return func() {}
+	}
+	runtime.GOMAXPROCS(2)
+	return func() { runtime.GOMAXPROCS(1) }
 }
 
 // server is what the C callbacks reach through their cgo.Handle: the Prefork being served

@@ -81,6 +81,29 @@ func TestServesRequests(t *testing.T) {
 	}
 }
 
+// Bodies up to the binding's staging buffer (4 KiB) are handed to the library after the
+// handler; a larger one goes straight to the library, after what was staged.
+func TestBodyAcrossTheStagingBuffer(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	for _, c := range []struct{ query, want string }{
+		{"sizes=100,200", strings.Repeat("a", 100) + strings.Repeat("b", 200)},
+		{"sizes=4096", strings.Repeat("a", 4096)},
+		{"sizes=3000,3000,10", strings.Repeat("a", 3000) + strings.Repeat("b", 3000) + strings.Repeat("c", 10)},
+		{"sizes=5000,20", strings.Repeat("a", 5000) + strings.Repeat("b", 20)},
+		{"sizes=100&set=7", strings.Repeat("z", 7)},
+		{"sizes=3000,3000&set=7", strings.Repeat("z", 7)},
+		{"sizes=100&set=5000", strings.Repeat("z", 5000)},
+		{"sizes=5000&set=9000", strings.Repeat("z", 9000)},
+	} {
+		code, body := get(t, m.url("/pieces?"+c.query))
+		if code != 200 || body != c.want {
+			t.Errorf("GET /pieces?%s = %d, %d bytes, want 200 and %d bytes (%.20q...)",
+				c.query, code, len(body), len(c.want), body)
+		}
+	}
+	m.stop()
+}
+
 func TestKeepAliveConnection(t *testing.T) {
 	m := startMaster(t, envChildren+"=1")
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1}}

@@ -15,8 +15,9 @@ import (
 // Copy what must outlive the handler with the *String and *Copy methods, or bytes.Clone.
 // After the handler returns, every method returns empty values.
 type Request struct {
-	c    *C.prefork_request
-	line C.goprefork_line // read by the C callback: no cgo call for the request line
+	c *C.prefork_request
+	// The request line, read by the C callback: its accessors cost no cgo call.
+	method, target, path, query C.prefork_str
 }
 
 // view turns a borrowed prefork_str into a slice over the same C memory (cap == len, so an
@@ -26,28 +27,28 @@ func view(s C.prefork_str) []byte {
 }
 
 // Method is the method as received, e.g. "GET" (a view, valid only in the handler).
-func (r *Request) Method() []byte { return view(r.line.method) }
+func (r *Request) Method() []byte { return view(r.method) }
 
 // MethodString is a copy of Method.
 func (r *Request) MethodString() string { return string(r.Method()) }
 
 // Target is the request-target as received: "/path?query", "http://host/path" or "*"
 // (a view, valid only in the handler).
-func (r *Request) Target() []byte { return view(r.line.target) }
+func (r *Request) Target() []byte { return view(r.target) }
 
 // TargetString is a copy of Target.
 func (r *Request) TargetString() string { return string(r.Target()) }
 
 // Path is the target's path, without the query, not percent-decoded (a view, valid only in
 // the handler).
-func (r *Request) Path() []byte { return view(r.line.path) }
+func (r *Request) Path() []byte { return view(r.path) }
 
 // PathString is a copy of Path.
 func (r *Request) PathString() string { return string(r.Path()) }
 
 // Query is the part of the target after "?", without it; empty when there is none; not
 // percent-decoded (a view, valid only in the handler).
-func (r *Request) Query() []byte { return view(r.line.query) }
+func (r *Request) Query() []byte { return view(r.query) }
 
 // QueryString is a copy of Query.
 func (r *Request) QueryString() string { return string(r.Query()) }

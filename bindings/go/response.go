@@ -14,8 +14,13 @@ import (
 // adds Content-Length, Date and Connection. Every method copies its arguments. After the
 // handler returns, the methods fail with ErrState.
 type Response struct {
-	c   *C.prefork_response
-	srv *server // for the log lines of a body stream
+	c *C.prefork_response
+	// The C callback's staging buffer: the body goes there while it fits, and the callback
+	// hands it to the library after the handler. Once it does not fit (or after
+	// SetBodyStream), direct is set and every body call goes to the library, in order.
+	x      *C.goprefork_exchange
+	direct bool
+	srv    *server // for the log lines of a body stream
 }
 
 // bodyStream is what a body stream's cgo.Handle holds.
@@ -80,10 +85,44 @@ func (r *Response) Write(p []byte) (int, error) {
 	if err := r.ended("Write"); err != nil {
 		return 0, err
 	}
-	if err := lastError("Write", C.goprefork_write(r.c, bytesPtr(p), C.size_t(len(p)))); err != nil {
+	if err := r.write("Write", p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// write appends b to the body: into the staging buffer while it fits, else (and from then
+// on) to the library, after what was staged.
+func (r *Response) write(op string, b []byte) error {
+	x := r.x
+	if !r.direct && len(b) <= int(x.stage_cap-x.stage_len) {
+		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
+		x.stage_len += C.size_t(copy(stage[x.stage_len:], b))
+		return nil
+	}
+	r.direct = true
+	if n := x.stage_len; n > 0 {
+		x.stage_len = 0
+		if err := lastError(op, C.goprefork_write(r.c, x.stage, n)); err != nil {
+			return err
+		}
+	}
+	return lastError(op, C.goprefork_write(r.c, bytesPtr(b), C.size_t(len(b))))
+}
+
+// setBody replaces the body with b.
+func (r *Response) setBody(op string, b []byte) error {
+	r.x.stage_len = 0
+	if !r.direct {
+		// Nothing reached the library yet: the staged bytes were the whole body.
+		return r.write(op, b)
+	}
+	return lastError(op, C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
+}
+
+// stringBytes is a read-only view of s, for the calls above, which only read it.
+func stringBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // WriteString appends s to the body (io.StringWriter).
@@ -91,8 +130,7 @@ func (r *Response) WriteString(s string) (int, error) {
 	if err := r.ended("WriteString"); err != nil {
 		return 0, err
 	}
-	err := lastError("WriteString", C.goprefork_write(r.c, stringPtr(s), C.size_t(len(s))))
-	if err != nil {
+	if err := r.write("WriteString", stringBytes(s)); err != nil {
 		return 0, err
 	}
 	return len(s), nil
@@ -103,7 +141,7 @@ func (r *Response) SetBody(b []byte) error {
 	if err := r.ended("SetBody"); err != nil {
 		return err
 	}
-	return lastError("SetBody", C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
+	return r.setBody("SetBody", b)
 }
 
 // SetBodyString replaces the body with s.
@@ -111,7 +149,7 @@ func (r *Response) SetBodyString(s string) error {
 	if err := r.ended("SetBodyString"); err != nil {
 		return err
 	}
-	return lastError("SetBodyString", C.goprefork_set_body(r.c, stringPtr(s), C.size_t(len(s))))
+	return r.setBody("SetBodyString", stringBytes(s))
 }
 
 // SetBodyStream sends the body from r instead of a buffer, for a body whose length is not
@@ -135,5 +173,7 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 		deleteHandle(h)
 		return lastError("SetBodyStream", rc)
 	}
+	// The stream replaced the buffered body; later body calls are the library's to ignore.
+	r.x.stage_len, r.direct = 0, true
 	return nil
 }

@@ -10,13 +10,20 @@ static int init_child(void *user_data) {
 }
 
 static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
-	goprefork_line line = {
+	char stage[GOPREFORK_STAGE_SIZE];
+	goprefork_exchange x = {
 		.method = prefork_request_method(req),
 		.target = prefork_request_target(req),
 		.path = prefork_request_path(req),
 		.query = prefork_request_query(req),
+		.stage = stage,
+		.stage_cap = sizeof stage,
 	};
-	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &line);
+	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &x);
+	if (x.stage_len > 0) {
+		// Cannot fail: resp is live and the handler's writes were valid when staged.
+		prefork_response_write(resp, stage, x.stage_len);
+	}
 }
 
 static void exit_child(void *user_data) {

@@ -36,11 +36,18 @@ enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
 // the library owns `handle` (deleted by the stream's finalizer once the body is done).
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t handle);
 
-// The request line's parts, read in C before the handler callback so that the accessors the
-// handlers call most cost Go no cgo call.
+// What the C callback hands the Go handler besides the request and response: the request
+// line's parts, read in C so that the accessors handlers call most cost Go no cgo call, and a
+// buffer on the callback's C stack where Go stages the body. The callback passes the staged
+// bytes to prefork_response_write after Go returns: a small body costs no cgo call either.
 typedef struct {
 	prefork_str method, target, path, query;
-} goprefork_line;
+	char *stage;
+	size_t stage_len, stage_cap;
+} goprefork_exchange;
+
+// The staging buffer's size: bodies up to this many bytes cross no extra cgo call.
+#define GOPREFORK_STAGE_SIZE 4096
 
 // prefork_response_write and prefork_response_set_body with a char pointer: cgo checks every
 // unsafe.Pointer argument for Go pointers inside the memory it points to (a heap bitmap walk
