@@ -52,7 +52,7 @@ type exchange struct {
 func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange) {
 	s := serverOf(h)
 	x := &exchange{
-		Request{creq, cx.method, cx.target, cx.path, cx.query},
+		Request{creq, cx},
 		Response{c: cresp, x: cx, srv: s},
 	}
 	defer func() {

@@ -16,9 +16,20 @@ import (
 // After the handler returns, every method returns empty values.
 type Request struct {
 	c *C.prefork_request
-	// The request line, read by the C callback: its accessors cost no cgo call.
-	method, target, path, query C.prefork_str
+	// The request line, read by the C callback (no cgo call for its accessors); nil once the
+	// handler returned. A pointer rather than a copy keeps the per-request allocation small.
+	x *C.goprefork_exchange
 }
+
+// line is the request line's parts: empty ones once the handler returned.
+func (r *Request) line() *C.goprefork_exchange {
+	if r.x == nil {
+		return &noLine
+	}
+	return r.x
+}
+
+var noLine C.goprefork_exchange
 
 // view turns a borrowed prefork_str into a slice over the same C memory (cap == len, so an
 // append copies instead of writing past the view).
@@ -27,28 +38,28 @@ func view(s C.prefork_str) []byte {
 }
 
 // Method is the method as received, e.g. "GET" (a view, valid only in the handler).
-func (r *Request) Method() []byte { return view(r.method) }
+func (r *Request) Method() []byte { return view(r.line().method) }
 
 // MethodString is a copy of Method.
 func (r *Request) MethodString() string { return string(r.Method()) }
 
 // Target is the request-target as received: "/path?query", "http://host/path" or "*"
 // (a view, valid only in the handler).
-func (r *Request) Target() []byte { return view(r.target) }
+func (r *Request) Target() []byte { return view(r.line().target) }
 
 // TargetString is a copy of Target.
 func (r *Request) TargetString() string { return string(r.Target()) }
 
 // Path is the target's path, without the query, not percent-decoded (a view, valid only in
 // the handler).
-func (r *Request) Path() []byte { return view(r.path) }
+func (r *Request) Path() []byte { return view(r.line().path) }
 
 // PathString is a copy of Path.
 func (r *Request) PathString() string { return string(r.Path()) }
 
 // Query is the part of the target after "?", without it; empty when there is none; not
 // percent-decoded (a view, valid only in the handler).
-func (r *Request) Query() []byte { return view(r.query) }
+func (r *Request) Query() []byte { return view(r.line().query) }
 
 // QueryString is a copy of Query.
 func (r *Request) QueryString() string { return string(r.Query()) }
