@@ -758,6 +758,7 @@ fn invoke(
 mod tests {
     use super::*;
     use crate::http::date::DateCache;
+    use crate::http::testing::Quiet;
 
     struct Hello;
 
@@ -765,12 +766,6 @@ mod tests {
         fn handle(&self, _req: &Request<'_>, resp: &mut Response) {
             resp.write(b"Hello");
         }
-    }
-
-    struct Quiet;
-
-    impl Logger for Quiet {
-        fn log(&self, _level: Level, _message: &str) {}
     }
 
     struct Loop {

@@ -122,8 +122,9 @@ pub struct MemoryConnection<'h> {
     log: Quiet,
 }
 
-/// The fuzzers make handlers panic by the million: their log lines would only slow them down.
-struct Quiet;
+/// A logger that drops every line. The fuzzers make handlers panic by the million: their log
+/// lines would only slow them down.
+pub(crate) struct Quiet;
 
 impl Logger for Quiet {
     fn log(&self, _level: crate::log::Level, _message: &str) {}
