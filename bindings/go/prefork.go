@@ -264,8 +264,9 @@ func (p *Prefork) ListenAndServe(addr string) error {
 
 	caddr := C.CString(addr)
 	defer C.free(unsafe.Pointer(caddr))
-	stop := relaySignals(IsChild())
-	if IsChild() {
+	child := IsChild()
+	stop := relaySignals(child)
+	if child {
 		defer keepSpareP()()
 	}
 	r := C.prefork_listen_and_serve(c, caddr)

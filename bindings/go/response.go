@@ -44,10 +44,7 @@ func bytesPtr(b []byte) *C.char {
 }
 
 func stringPtr(s string) *C.char {
-	if len(s) == 0 {
-		return nil
-	}
-	return (*C.char)(unsafe.Pointer(unsafe.StringData(s)))
+	return bytesPtr(stringBytes(s))
 }
 
 func (r *Response) ended(op string) error {
