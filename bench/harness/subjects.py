@@ -74,6 +74,8 @@ class Subject:
     handler_threads: bool
     order: int
     note: str = ""
+    # The scenarios this subject takes part in; None: the grid and every scenario.
+    scenarios: list | None = None
     status: str = "unbuilt"  # unbuilt | ok | skip | error
     reason: str = ""
     version: str = ""
@@ -108,6 +110,7 @@ def load_subjects():
                 handler_threads=d.get("handler_threads", False),
                 order=d.get("order", 99),
                 note=d.get("ready_line_note", ""),
+                scenarios=d.get("scenarios"),
             )
         )
     return sorted(out, key=lambda s: s.order)

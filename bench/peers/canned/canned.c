@@ -7,7 +7,13 @@
  * one canned response with ONE write. Anything a real server does on top of this (parsing,
  * framing, calling a handler, building a response) is what the benchmark prices.
  *
- *   canned [--addr HOST:PORT] [--children N]      (N = 0: one per CPU of the affinity mask)
+ *   canned [--addr HOST:PORT] [--children N] [--threads]   (N = 0: one per CPU of the mask)
+ *
+ * --threads is the blocking scenario's limit instead: each child accepts with blocking calls
+ * and gives every connection its own thread, which reads a request, sleeps the "ms=N" its
+ * target asks for, and writes the canned response. No event loop, no hand-off between
+ * threads: the least CPU a server can spend per request when each sleeping request holds an
+ * OS thread, as a C handler on libprefork's handler threads does.
  *
  * The master binds one SO_REUSEPORT socket per child (so each child has its own accept
  * queue), forks the children (this program is single-threaded, so fork without exec is
@@ -22,6 +28,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -231,6 +238,78 @@ static void child_main(int lfd, int ready_fd) {
     }
 }
 
+/* --threads: one request at a time per connection, on the connection's own thread. */
+static void *conn_thread(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char buf[4096], resp[256];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        char *end;
+        while ((end = memmem(buf, have, "\r\n\r\n", 4)) != NULL) {
+            size_t used = (size_t)(end + 4 - buf);
+            const char *ms = memmem(buf, used, "ms=", 3);
+            if (ms) {
+                long v = atol(ms + 3);
+                struct timespec t = {v / 1000, (v % 1000) * 1000000L};
+                while (nanosleep(&t, &t) < 0 && errno == EINTR)
+                    ;
+            }
+            time_t now = time(NULL);
+            struct tm tm;
+            gmtime_r(&now, &tm);
+            char date[64];
+            strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+            int len = snprintf(resp, sizeof resp, RESP_FMT, date);
+            for (int off = 0; off < len;) {
+                ssize_t w = write(fd, resp + off, (size_t)(len - off));
+                if (w < 0 && errno == EINTR)
+                    continue;
+                if (w <= 0)
+                    goto out;
+                off += (int)w;
+            }
+            memmove(buf, buf + used, have - used);
+            have -= used;
+        }
+        if (have == sizeof buf)
+            break; /* a head over 4 KiB: not one of wrk's */
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+static void child_threads(int lfd, int ready_fd) {
+    if (fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) & ~O_NONBLOCK) < 0)
+        die("fcntl");
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    if (write(ready_fd, "r", 1) != 1)
+        die("write ready");
+    close(ready_fd);
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE)
+                usleep(1000);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        pthread_t t;
+        if (pthread_create(&t, &attr, conn_thread, (void *)(intptr_t)fd) != 0)
+            close(fd);
+    }
+}
+
 static int listen_reuseport(const struct sockaddr_in *addr) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -271,14 +350,16 @@ static void parse_addr(const char *s, struct sockaddr_in *out) {
 
 int main(int argc, char **argv) {
     const char *addr_s = "127.0.0.1:8080";
-    int children = 0;
+    int children = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--addr") && i + 1 < argc)
             addr_s = argv[++i];
         else if (!strcmp(argv[i], "--children") && i + 1 < argc)
             children = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads"))
+            threads = 1;
         else {
-            fprintf(stderr, "usage: canned [--addr HOST:PORT] [--children N]\n");
+            fprintf(stderr, "usage: canned [--addr HOST:PORT] [--children N] [--threads]\n");
             return 2;
         }
     }
@@ -320,7 +401,10 @@ int main(int argc, char **argv) {
             for (int j = 0; j < children; j++)
                 if (j != i)
                     close(lfds[j]);
-            child_main(lfds[i], ready[1]);
+            if (threads)
+                child_threads(lfds[i], ready[1]);
+            else
+                child_main(lfds[i], ready[1]);
             _exit(0);
         }
         pids[i] = pid;
