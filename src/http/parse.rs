@@ -99,6 +99,8 @@ pub(crate) fn check_version(head: &mut [u8], line_len: usize) -> Result<(), Stat
 
 /// Runs httparse over a complete head (after `check_version`). `slots` must hold at least
 /// `max_headers` entries.
+// Once per request; LLVM left it out of Session::process in the cdylib (callgrind).
+#[inline(always)]
 pub(crate) fn parse_head<'b, 'h>(
     head: &'b [u8],
     slots: &'h mut [MaybeUninit<httparse::Header<'b>>],
@@ -112,6 +114,8 @@ pub(crate) fn parse_head<'b, 'h>(
 }
 
 /// The checks httparse does not make, and the request's framing.
+// Once per request; LLVM left it out of Session::process in the cdylib (callgrind).
+#[inline(always)]
 pub(crate) fn analyze(req: &httparse::Request<'_, '_>) -> Result<ReqInfo, Status> {
     const BAD: Status = Status::BAD_REQUEST;
     let method = req.method.ok_or(BAD)?;
