@@ -144,6 +144,23 @@ func (m *master) waitLine(re *regexp.Regexp) []string {
 	return nil
 }
 
+// waitStderr waits (bounded) until the servers' stderr holds s: log lines arrive through a
+// pipe that another goroutine reads, possibly after the response that caused them.
+func (m *master) waitStderr(s string) {
+	m.t.Helper()
+	deadline := time.Now().Add(waitBound)
+	for time.Now().Before(deadline) {
+		m.mu.Lock()
+		found := strings.Contains(m.stderr.String(), s)
+		m.mu.Unlock()
+		if found {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.t.Fatalf("stderr did not show %q within %v\n%s", s, waitBound, m.transcript())
+}
+
 // has reports whether some line already matches re.
 func (m *master) has(re *regexp.Regexp) bool {
 	sub, _ := m.find(re, 0)
