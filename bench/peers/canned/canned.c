@@ -64,20 +64,25 @@ static time_t resp_date;
  * The length never changes (IMF-fixdate has a fixed width), so pending byte counts stay valid;
  * a response cut by a partial write across the change may carry two half-dates, which wrk
  * does not look at. */
+/* Writes the canned response dated `now` into out; returns its length. */
+static size_t format_response(char *out, size_t cap, time_t now) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char date[64];
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    int n = snprintf(out, cap, RESP_FMT, date);
+    if (n <= 0 || (size_t)n >= cap)
+        abort();
+    return (size_t)n;
+}
+
 static void refresh_date(void) {
     time_t now = time(NULL);
     if (now == resp_date)
         return;
     resp_date = now;
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    char date[64];
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     char one[256];
-    int n = snprintf(one, sizeof one, RESP_FMT, date);
-    if (n <= 0 || (size_t)n >= sizeof one)
-        abort();
-    resp_len = (size_t)n;
+    resp_len = format_response(one, sizeof one, now);
     for (size_t i = 0; i < BATCH; i++)
         memcpy(resp_buf + i * resp_len, one, resp_len);
 }
@@ -242,7 +247,8 @@ static void child_main(int lfd, int ready_fd) {
 static void *conn_thread(void *arg) {
     int fd = (int)(intptr_t)arg;
     char buf[4096], resp[256];
-    size_t have = 0;
+    size_t have = 0, len = 0;
+    time_t dated = (time_t)-1; /* the second resp is dated, reformatted when it changes */
     for (;;) {
         ssize_t n = read(fd, buf + have, sizeof buf - have);
         if (n < 0 && errno == EINTR)
@@ -261,18 +267,17 @@ static void *conn_thread(void *arg) {
                     ;
             }
             time_t now = time(NULL);
-            struct tm tm;
-            gmtime_r(&now, &tm);
-            char date[64];
-            strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-            int len = snprintf(resp, sizeof resp, RESP_FMT, date);
-            for (int off = 0; off < len;) {
-                ssize_t w = write(fd, resp + off, (size_t)(len - off));
+            if (now != dated) {
+                len = format_response(resp, sizeof resp, now);
+                dated = now;
+            }
+            for (size_t off = 0; off < len;) {
+                ssize_t w = write(fd, resp + off, len - off);
                 if (w < 0 && errno == EINTR)
                     continue;
                 if (w <= 0)
                     goto out;
-                off += (int)w;
+                off += (size_t)w;
             }
             memmove(buf, buf + used, have - used);
             have -= used;
