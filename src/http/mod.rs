@@ -4,8 +4,10 @@
 //! Layout: `server` (the mio loop, accept, timeouts, drain) drives one `session` per
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
-//! decoder), `encode` (responses), `date` and `status`; `workers` runs handlers on threads.
+//! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
+//! searches they share; `workers` runs handlers on threads.
 
+mod bytes;
 mod chunked;
 mod date;
 mod encode;

@@ -80,11 +80,7 @@ impl Response {
                 String::from_utf8_lossy(name)
             )));
         }
-        // Branch-free over the bytes: values are short and this runs for every header added.
-        let bad = value.iter().fold(false, |bad, &b| {
-            bad | (b < b' ' && b != b'\t') | (b == 0x7f)
-        });
-        if bad {
+        if super::bytes::has_control(value) {
             return Err(Error::invalid("header value contains a control character"));
         }
         let owned: &[u8] = match name.len() {

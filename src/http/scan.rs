@@ -6,7 +6,7 @@
 //! that "the limit is already exceeded" is made at the same byte position whether the bytes
 //! came at once or one by one (the connection fuzz target checks this).
 
-use super::Status;
+use super::{Status, bytes};
 
 /// Caps applied while scanning.
 #[derive(Clone, Copy, Debug)]
@@ -58,39 +58,57 @@ impl HeadScan {
     // Once per request; LLVM left it out of Session::process in the cdylib (callgrind).
     #[inline(always)]
     pub(crate) fn scan(&mut self, data: &[u8], lim: &ScanLimits) -> Scan {
-        while let Some(off) = memchr::memchr(b'\n', &data[self.pos..]) {
-            let lf = self.pos + off;
-            // The limits broken by the bytes before this LF win, exactly as if the read had
-            // ended just before it.
-            if let Some(status) = self.over_limit(lf, lim) {
-                return Scan::Error(status);
-            }
-            if lf == 0 || data[lf - 1] != b'\r' {
-                return Scan::Error(Status::BAD_REQUEST);
-            }
-            self.pos = lf + 1;
-            if lf - self.line_start == 1 {
-                // An empty line: the head ends here. (The request line is never empty: the
-                // caller strips the empty lines that may precede it.)
-                if lf + 1 > lim.max_head_size {
-                    return Scan::Error(Status::HEADER_FIELDS_TOO_LARGE);
+        // A block at a time: one mask gives every LF of the block (see `bytes`).
+        let mut at = self.pos;
+        while at < data.len() {
+            let next = data.len().min(at + bytes::BLOCK);
+            let mut lfs = bytes::match_block(b'\n', &data[at..next]);
+            while lfs != 0 {
+                let lf = at + lfs.trailing_zeros() as usize;
+                lfs &= lfs - 1;
+                if let Some(verdict) = self.line_end(data, lf, lim) {
+                    return verdict;
                 }
-                return Scan::Complete(lf + 1);
             }
-            if self.lines == 0 {
-                self.request_line = lf - 1;
-            }
-            self.line_start = lf + 1;
-            self.lines += 1;
-            if self.lines > lim.max_headers + 1 {
-                return Scan::Error(Status::HEADER_FIELDS_TOO_LARGE);
-            }
+            at = next;
         }
         self.pos = data.len();
         match self.over_limit(data.len(), lim) {
             Some(status) => Scan::Error(status),
             None => Scan::Incomplete,
         }
+    }
+
+    /// Steps past the line that the LF at `lf` ends. A verdict when that ends the head or breaks
+    /// a rule.
+    #[inline(always)]
+    fn line_end(&mut self, data: &[u8], lf: usize, lim: &ScanLimits) -> Option<Scan> {
+        // The limits broken by the bytes before this LF win, exactly as if the read had ended
+        // just before it.
+        if let Some(status) = self.over_limit(lf, lim) {
+            return Some(Scan::Error(status));
+        }
+        if lf == 0 || data[lf - 1] != b'\r' {
+            return Some(Scan::Error(Status::BAD_REQUEST));
+        }
+        self.pos = lf + 1;
+        if lf - self.line_start == 1 {
+            // An empty line: the head ends here. (The request line is never empty: the caller
+            // strips the empty lines that may precede it.)
+            if lf + 1 > lim.max_head_size {
+                return Some(Scan::Error(Status::HEADER_FIELDS_TOO_LARGE));
+            }
+            return Some(Scan::Complete(lf + 1));
+        }
+        if self.lines == 0 {
+            self.request_line = lf - 1;
+        }
+        self.line_start = lf + 1;
+        self.lines += 1;
+        if self.lines > lim.max_headers + 1 {
+            return Some(Scan::Error(Status::HEADER_FIELDS_TOO_LARGE));
+        }
+        None
     }
 
     /// The cap already broken by `len` bytes with no head end among them, if any. When both
