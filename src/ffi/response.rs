@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::error::{FfiError, prefork_result};
-use super::slice::bytes_arg;
+use super::slice::{bytes_arg, null_arg};
 use crate::Response;
 
 /// The response to the request being handled, valid only during one `handle` callback.
@@ -18,9 +18,13 @@ pub struct prefork_response {
 ///
 /// # Safety
 /// `resp` must be NULL or the pointer of a `handle` callback that is still running.
+#[inline(always)]
 unsafe fn response<'a>(resp: *mut prefork_response) -> Result<&'a mut Response, FfiError> {
     // SAFETY: CHandler::handle made this pointer from a live `&mut Response` (see above).
-    unsafe { resp.cast::<Response>().as_mut() }.ok_or_else(|| FfiError::null("resp"))
+    match unsafe { resp.cast::<Response>().as_mut() } {
+        Some(r) => Ok(r),
+        None => Err(null_arg("resp")),
+    }
 }
 
 /// Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the

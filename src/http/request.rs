@@ -77,6 +77,7 @@ impl<'a> Request<'a> {
 
     /// The path part of the target (for absolute-form, the path after the authority; `/` when
     /// it has none). Not percent-decoded.
+    #[inline]
     pub fn path(&self) -> &'a str {
         let t = self.origin();
         let p = split_query(t).map_or(t, |(p, _)| p);
@@ -88,22 +89,14 @@ impl<'a> Request<'a> {
         split_query(self.origin()).map_or("", |(_, q)| q)
     }
 
+    // Inline for the origin form of nearly every request; the other forms are out of line.
+    #[inline]
     fn origin(&self) -> &'a str {
         let t = self.target;
         if t.starts_with('/') {
-            return t;
-        }
-        match t.find("://") {
-            Some(i) => {
-                let rest = &t[i + 3..];
-                match rest.find(['/', '?']) {
-                    Some(j) if rest.as_bytes()[j] == b'/' => &rest[j..],
-                    // `http://h?q`: an empty path with a query.
-                    Some(j) => &rest[j..],
-                    None => "/",
-                }
-            }
-            None => t,
+            t
+        } else {
+            not_origin_form(t)
         }
     }
 
@@ -134,6 +127,24 @@ impl<'a> Request<'a> {
     /// The client's address (`None` only when the socket could not report it).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+}
+
+/// The origin-form part of an absolute-form target (`http://h/p?q` gives `/p?q`), or `t`
+/// itself (`*`).
+#[inline(never)]
+fn not_origin_form(t: &str) -> &str {
+    match t.find("://") {
+        Some(i) => {
+            let rest = &t[i + 3..];
+            match rest.find(['/', '?']) {
+                Some(j) if rest.as_bytes()[j] == b'/' => &rest[j..],
+                // `http://h?q`: an empty path with a query.
+                Some(j) => &rest[j..],
+                None => "/",
+            }
+        }
+        None => t,
     }
 }
 
