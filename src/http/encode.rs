@@ -30,6 +30,11 @@ pub(crate) struct Encoded {
     pub stream: Option<Streaming>,
 }
 
+/// Bytes a response head may need beyond the handler's header lines: the longest status line
+/// (under 64 bytes), Date (37), Content-Length (38) or Transfer-Encoding (28), Connection (24)
+/// and the final CRLF.
+const HEAD_OVERHEAD: usize = 64 + 37 + 38 + 24 + 2;
+
 /// Appends the status line, headers and (buffered) body of `resp`, which is left with its
 /// buffers for reuse by the caller.
 pub(crate) fn encode(
@@ -51,8 +56,15 @@ pub(crate) fn encode(
         close = true;
     }
 
-    write_status_line(out, status);
-    out.extend_from_slice(b"Date: ");
+    // One reservation for the whole response (then no copy below can grow the buffer), and
+    // the status line of most responses as a constant along with the start of the next line.
+    out.reserve(HEAD_OVERHEAD + resp.headers.len() + resp.body.len());
+    if status == 200 {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
+    } else {
+        write_status_line(out, status);
+        out.extend_from_slice(b"Date: ");
+    }
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n");
     if chunked {
