@@ -72,6 +72,15 @@ pub(crate) fn export_name(path: &'static str) -> &'static str {
     path.rsplit("::").next().unwrap_or(path)
 }
 
+/// Records `err` as the last error of the export at `here` (see `export_name`) and returns the
+/// export's error value. Out of line, so that an export's success path stays short: the
+/// response builders run several times per request.
+#[cold]
+#[inline(never)]
+pub(crate) fn failed<R: Boundary>(err: super::error::FfiError, here: &'static str) -> R {
+    R::failed(err.record(export_name(here)))
+}
+
 /// Runs an export's body: `ffi_boundary!({ ...; Ok(value) })`.
 ///
 /// `signal_safe` variant: for `prefork_shutdown` only. Its body returns the value directly
@@ -96,15 +105,11 @@ macro_rules! ffi_boundary {
         );
         match ::std::panic::catch_unwind(body) {
             Ok(Ok(value)) => value,
-            Ok(Err(err)) => {
-                let name = $crate::ffi::panic::export_name(::std::any::type_name_of_val(&here));
-                $crate::ffi::panic::Boundary::failed(err.record(name))
-            }
-            Err(payload) => {
-                let name = $crate::ffi::panic::export_name(::std::any::type_name_of_val(&here));
-                let err = $crate::ffi::error::FfiError::panicked(&*payload);
-                $crate::ffi::panic::Boundary::failed(err.record(name))
-            }
+            Ok(Err(err)) => $crate::ffi::panic::failed(err, ::std::any::type_name_of_val(&here)),
+            Err(payload) => $crate::ffi::panic::failed(
+                $crate::ffi::error::FfiError::panicked(&*payload),
+                ::std::any::type_name_of_val(&here),
+            ),
         }
     }};
 }
