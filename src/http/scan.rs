@@ -16,6 +16,27 @@ pub(crate) struct ScanLimits {
     pub max_headers: usize,
 }
 
+/// The caps of `ScanLimits` as lengths of the bytes read so far: `line` for the request line
+/// (the line, its CR, and one byte more), `head` for the whole head (one byte more than the
+/// limit). Below `first_line` (while the request line is read) and `head` (after it),
+/// `HeadScan::over_limit` finds no cap broken.
+struct Caps {
+    line: usize,
+    head: usize,
+    first_line: usize,
+}
+
+impl Caps {
+    fn new(lim: &ScanLimits) -> Caps {
+        let (line, head) = (lim.max_request_line + 2, lim.max_head_size + 1);
+        Caps {
+            line,
+            head,
+            first_line: line.min(head),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Scan {
     /// No end yet and no limit broken: read more.
@@ -59,6 +80,7 @@ impl HeadScan {
     #[inline(always)]
     pub(crate) fn scan(&mut self, data: &[u8], lim: &ScanLimits) -> Scan {
         // A block at a time: one mask gives every LF of the block (see `bytes`).
+        let caps = Caps::new(lim);
         let mut at = self.pos;
         while at < data.len() {
             let next = data.len().min(at + bytes::BLOCK);
@@ -66,14 +88,14 @@ impl HeadScan {
             while lfs != 0 {
                 let lf = at + lfs.trailing_zeros() as usize;
                 lfs &= lfs - 1;
-                if let Some(verdict) = self.line_end(data, lf, lim) {
+                if let Some(verdict) = self.line_end(data, lf, lim, &caps) {
                     return verdict;
                 }
             }
             at = next;
         }
         self.pos = data.len();
-        match self.over_limit(data.len(), lim) {
+        match self.over_limit(data.len(), &caps) {
             Some(status) => Scan::Error(status),
             None => Scan::Incomplete,
         }
@@ -82,10 +104,18 @@ impl HeadScan {
     /// Steps past the line that the LF at `lf` ends. A verdict when that ends the head or breaks
     /// a rule.
     #[inline(always)]
-    fn line_end(&mut self, data: &[u8], lf: usize, lim: &ScanLimits) -> Option<Scan> {
+    fn line_end(&mut self, data: &[u8], lf: usize, lim: &ScanLimits, caps: &Caps) -> Option<Scan> {
         // The limits broken by the bytes before this LF win, exactly as if the read had ended
         // just before it.
-        if let Some(status) = self.over_limit(lf, lim) {
+        // One comparison for most lines (see `Caps`).
+        let below = if self.lines == 0 {
+            caps.first_line
+        } else {
+            caps.head
+        };
+        if lf >= below
+            && let Some(status) = self.over_limit(lf, caps)
+        {
             return Some(Scan::Error(status));
         }
         if lf == 0 || data[lf - 1] != b'\r' {
@@ -113,13 +143,11 @@ impl HeadScan {
 
     /// The cap already broken by `len` bytes with no head end among them, if any. When both
     /// caps are broken, the one broken at the earlier byte wins (414 on a tie).
-    fn over_limit(&self, len: usize, lim: &ScanLimits) -> Option<Status> {
-        let line_limit = lim.max_request_line + 2; // the line, its CR, and one byte more
-        let head_limit = lim.max_head_size + 1;
-        if self.lines == 0 && len >= line_limit && line_limit <= head_limit {
+    fn over_limit(&self, len: usize, caps: &Caps) -> Option<Status> {
+        if self.lines == 0 && len >= caps.line && caps.line <= caps.head {
             return Some(Status::URI_TOO_LONG);
         }
-        if len >= head_limit {
+        if len >= caps.head {
             return Some(Status::HEADER_FIELDS_TOO_LARGE);
         }
         None
@@ -188,6 +216,40 @@ mod tests {
         for (data, want) in cases {
             assert_eq!(&whole(data), want, "{:?}", String::from_utf8_lossy(data));
             assert_eq!(&bytewise(data), want, "{:?}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn no_cap_is_broken_below_the_quick_thresholds() {
+        for (line, head) in [(20, 60), (60, 20), (30, 30)] {
+            let lim = ScanLimits {
+                max_request_line: line,
+                max_head_size: head,
+                max_headers: 3,
+            };
+            let caps = Caps::new(&lim);
+            for lines in [0, 1] {
+                let scan = HeadScan {
+                    lines,
+                    ..HeadScan::default()
+                };
+                let below = if lines == 0 {
+                    caps.first_line
+                } else {
+                    caps.head
+                };
+                for len in 0..below {
+                    assert_eq!(
+                        scan.over_limit(len, &caps),
+                        None,
+                        "{line}/{head}, {lines} lines, {len}"
+                    );
+                }
+                assert!(
+                    scan.over_limit(below, &caps).is_some(),
+                    "{line}/{head}, {lines} lines"
+                );
+            }
         }
     }
 
