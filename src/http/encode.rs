@@ -56,17 +56,9 @@ pub(crate) fn encode(
         close = true;
     }
 
-    // One reservation for the whole response (then no copy below can grow the buffer), and
-    // the status line of most responses as a constant along with the start of the next line.
+    // One reservation for the whole response: then no copy below can grow the buffer.
     out.reserve(HEAD_OVERHEAD + resp.headers.len() + resp.body.len());
-    if status == 200 {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
-    } else {
-        write_status_line(out, status);
-        out.extend_from_slice(b"Date: ");
-    }
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n");
+    write_status_and_date(out, status, date);
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     } else if stream.is_none() && !bodiless_status {
@@ -95,10 +87,22 @@ pub(crate) fn encode(
 
 /// An engine-made error response; the connection always closes after it.
 pub(crate) fn encode_error(out: &mut Vec<u8>, status: Status, date: &[u8; DATE_LEN]) {
-    write_status_line(out, status.0);
-    out.extend_from_slice(b"Date: ");
+    write_status_and_date(out, status.0, date);
+    out.extend_from_slice(b"Content-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// Appends the status line and the Date line that every response starts with. A 200, the
+/// status of most responses, is one constant copy with the start of the Date line.
+#[inline(always)]
+fn write_status_and_date(out: &mut Vec<u8>, status: u16, date: &[u8; DATE_LEN]) {
+    if status == 200 {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
+    } else {
+        write_status_line(out, status);
+        out.extend_from_slice(b"Date: ");
+    }
     out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The interim response to `Expect: 100-continue`.
