@@ -16,14 +16,16 @@ pub(crate) struct ScanLimits {
     pub max_headers: usize,
 }
 
-/// The caps of `ScanLimits` as lengths of the bytes read so far: `line` for the request line
-/// (the line, its CR, and one byte more), `head` for the whole head (one byte more than the
-/// limit). Below `first_line` (while the request line is read) and `head` (after it),
-/// `HeadScan::over_limit` finds no cap broken.
+/// `ScanLimits` in the form the scan compares against, computed once per `scan` call: `line`
+/// and `head` are the lengths of bytes read at which the request-line cap (the line, its CR,
+/// and one byte more) and the head cap (one byte more than the limit) are broken, and `lines`
+/// the most lines a head may hold. Below `first_line` (while the request line is read) and
+/// `head` (after it), `HeadScan::over_limit` finds no cap broken.
 struct Caps {
     line: usize,
     head: usize,
     first_line: usize,
+    lines: usize,
 }
 
 impl Caps {
@@ -33,6 +35,7 @@ impl Caps {
             line,
             head,
             first_line: line.min(head),
+            lines: lim.max_headers + 1,
         }
     }
 }
@@ -88,7 +91,7 @@ impl HeadScan {
             while lfs != 0 {
                 let lf = at + lfs.trailing_zeros() as usize;
                 lfs &= lfs - 1;
-                if let Some(verdict) = self.line_end(data, lf, lim, &caps) {
+                if let Some(verdict) = self.line_end(data, lf, &caps) {
                     return verdict;
                 }
             }
@@ -104,10 +107,9 @@ impl HeadScan {
     /// Steps past the line that the LF at `lf` ends. A verdict when that ends the head or breaks
     /// a rule.
     #[inline(always)]
-    fn line_end(&mut self, data: &[u8], lf: usize, lim: &ScanLimits, caps: &Caps) -> Option<Scan> {
+    fn line_end(&mut self, data: &[u8], lf: usize, caps: &Caps) -> Option<Scan> {
         // The limits broken by the bytes before this LF win, exactly as if the read had ended
-        // just before it.
-        // One comparison for most lines (see `Caps`).
+        // just before it. One comparison for most lines (see `Caps`).
         let below = if self.lines == 0 {
             caps.first_line
         } else {
@@ -125,7 +127,7 @@ impl HeadScan {
         if lf - self.line_start == 1 {
             // An empty line: the head ends here. (The request line is never empty: the caller
             // strips the empty lines that may precede it.)
-            if lf + 1 > lim.max_head_size {
+            if lf + 1 >= caps.head {
                 return Some(Scan::Error(Status::HEADER_FIELDS_TOO_LARGE));
             }
             return Some(Scan::Complete(lf + 1));
@@ -135,7 +137,7 @@ impl HeadScan {
         }
         self.line_start = lf + 1;
         self.lines += 1;
-        if self.lines > lim.max_headers + 1 {
+        if self.lines > caps.lines {
             return Some(Scan::Error(Status::HEADER_FIELDS_TOO_LARGE));
         }
         None
