@@ -130,35 +130,40 @@ func (m *master) find(re *regexp.Regexp, from int) ([]string, int) {
 	return nil, len(m.lines)
 }
 
-// waitLine waits (bounded) for a line matching re.
-func (m *master) waitLine(re *regexp.Regexp) []string {
+// waitUntil polls done every 10 ms until it returns true; after waitBound it fails the test
+// with "<what> within <bound>" and the transcript.
+func (m *master) waitUntil(what string, done func() bool) {
 	m.t.Helper()
 	deadline := time.Now().Add(waitBound)
 	for time.Now().Before(deadline) {
-		if sub, _ := m.find(re, 0); sub != nil {
-			return sub
+		if done() {
+			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	m.t.Fatalf("no line matching %q within %v\n%s", re, waitBound, m.transcript())
-	return nil
+	m.t.Fatalf("%s within %v\n%s", what, waitBound, m.transcript())
+}
+
+// waitLine waits (bounded) for a line matching re.
+func (m *master) waitLine(re *regexp.Regexp) []string {
+	m.t.Helper()
+	var sub []string
+	m.waitUntil(fmt.Sprintf("no line matching %q", re), func() bool {
+		sub, _ = m.find(re, 0)
+		return sub != nil
+	})
+	return sub
 }
 
 // waitStderr waits (bounded) until the servers' stderr holds s: log lines arrive through a
 // pipe that another goroutine reads, possibly after the response that caused them.
 func (m *master) waitStderr(s string) {
 	m.t.Helper()
-	deadline := time.Now().Add(waitBound)
-	for time.Now().Before(deadline) {
+	m.waitUntil(fmt.Sprintf("stderr did not show %q", s), func() bool {
 		m.mu.Lock()
-		found := strings.Contains(m.stderr.String(), s)
-		m.mu.Unlock()
-		if found {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	m.t.Fatalf("stderr did not show %q within %v\n%s", s, waitBound, m.transcript())
+		defer m.mu.Unlock()
+		return strings.Contains(m.stderr.String(), s)
+	})
 }
 
 // has reports whether some line already matches re.
