@@ -73,11 +73,23 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 /// rewritten to `1` in place. Another major version is a 505; anything not shaped like
 /// `HTTP/D.D` is a 400.
 /// `line_len` is the request line's length without its CRLF.
+#[inline(always)]
 pub(crate) fn check_version(head: &mut [u8], line_len: usize) -> Result<(), Status> {
     let line = &head[..line_len];
-    if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+    // The usual ` HTTP/1.1` or ` HTTP/1.0` in two comparisons: the two differ only in bit 0
+    // of the last byte ('1' is 0x31, '0' is 0x30).
+    if let Some([b' ', version @ ..]) = line.last_chunk::<9>()
+        && u64::from_le_bytes(*version) | (1 << 56) == u64::from_le_bytes(*b"HTTP/1.1")
+    {
         return Ok(());
     }
+    check_other_version(head, line_len)
+}
+
+/// `check_version` for anything but `HTTP/1.1` and `HTTP/1.0`.
+#[cold]
+fn check_other_version(head: &mut [u8], line_len: usize) -> Result<(), Status> {
+    let line = &head[..line_len];
     let sp = memchr::memrchr(b' ', line).ok_or(Status::BAD_REQUEST)?;
     let v = &line[sp + 1..];
     if v == b"HTTP/1.1" || v == b"HTTP/1.0" {
@@ -324,6 +336,40 @@ mod tests {
         assert_eq!(status("GET / http/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.10\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET /\r\nHost: a\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn version_fast_path_agrees_with_the_full_check() {
+        // Every one-bit change of the fast path's ` HTTP/1.1`, on request lines of several
+        // lengths (the fast path reads the last 9 bytes): both paths give the same verdict and
+        // leave the same bytes.
+        for target in ["/", "/abcdefgh"] {
+            let good = format!("GET {target} HTTP/1.1");
+            let version_at = good.len() - 9;
+            for i in version_at..good.len() {
+                for bit in 0..8 {
+                    let mut fast = good.clone().into_bytes();
+                    fast[i] ^= 1 << bit;
+                    let mut full = fast.clone();
+                    let len = fast.len();
+                    assert_eq!(
+                        check_version(&mut fast, len),
+                        check_other_version(&mut full, len),
+                        "{:?}",
+                        String::from_utf8_lossy(&full)
+                    );
+                    assert_eq!(fast, full);
+                }
+            }
+        }
+        for short in ["", "HTTP/1.1", "x", "GET / HTTP/1"] {
+            let mut buf = short.as_bytes().to_vec();
+            let mut full = buf.clone();
+            assert_eq!(
+                check_version(&mut buf, short.len()),
+                check_other_version(&mut full, short.len())
+            );
+        }
     }
 
     #[test]

@@ -428,7 +428,7 @@ impl Session {
     pub(crate) fn complete(&mut self, job: &mut Job, ctx: &mut Ctx<'_>) {
         debug_assert_eq!(self.phase, Phase::InFlight);
         let panic = job.panic.take();
-        self.reply(ctx, &mut job.resp, panic);
+        self.reply(ctx, Some(&mut job.resp), panic);
     }
 
     fn on_head(&mut self, ctx: &mut Ctx<'_>) -> bool {
@@ -508,9 +508,7 @@ impl Session {
                 self.info = info;
                 self.inp.consume(consumed);
                 self.scan.reset();
-                let mut resp = mem::take(&mut ctx.scratch.resp);
-                self.reply(ctx, &mut resp, panic);
-                ctx.scratch.resp = resp;
+                self.reply(ctx, None, panic);
                 true
             }
             Next::Later(info) => {
@@ -590,9 +588,7 @@ impl Session {
                 ctx.scratch.slots = recycle(slots);
                 self.inp.consume(consumed);
                 self.scan.reset();
-                let mut resp = mem::take(&mut ctx.scratch.resp);
-                self.reply(ctx, &mut resp, panic);
-                ctx.scratch.resp = resp;
+                self.reply(ctx, None, panic);
             }
             Exec::Pool(pool) => {
                 let mut job = ctx.scratch.free_jobs.pop().unwrap_or_else(Job::new);
@@ -616,8 +612,15 @@ impl Session {
         true
     }
 
-    /// Encodes the handler's response to the current request.
-    fn reply(&mut self, ctx: &mut Ctx<'_>, resp: &mut Response, panic: Option<String>) {
+    /// Encodes the handler's response to the current request: a handler thread's (`job`), or
+    /// else the one an inline handler filled in `ctx.scratch`. Borrowed in place, not moved
+    /// out and back, which cost a default `Response` built and dropped per request.
+    fn reply(&mut self, ctx: &mut Ctx<'_>, job: Option<&mut Response>, panic: Option<String>) {
+        let scratch = &mut *ctx.scratch;
+        let resp = match job {
+            Some(resp) => resp,
+            None => &mut scratch.resp,
+        };
         if let Some(msg) = panic {
             ctx.log.log(
                 Level::Error,
@@ -636,7 +639,7 @@ impl Session {
             is_head: info.is_head,
             close: !info.keep_alive || info.close_after || last_in_drain,
         };
-        take_spare(&mut self.out, &mut ctx.scratch.spare_out);
+        take_spare(&mut self.out, &mut scratch.spare_out);
         let encoded = encode::encode(&mut self.out, resp, reply, ctx.date);
         resp.reset();
         match encoded.stream {
