@@ -47,9 +47,7 @@ static bool str_is(prefork_str s, const char *lit) {
 static void reply(prefork_response *resp, int status, const char *body, size_t len) {
     /* The same Content-Type as every other bench subject, so they all send the same bytes. */
     static const char type[] = "text/plain";
-    if (status != 200) prefork_response_set_status(resp, status); /* responses start as 200 */
-    prefork_response_add_header(resp, "Content-Type", 12, type, sizeof type - 1);
-    prefork_response_write(resp, body, len);
+    prefork_response_reply(resp, status, type, sizeof type - 1, body, len);
 }
 
 static void reply_text(prefork_response *resp, int status, const char *text) {

@@ -649,6 +649,23 @@ enum prefork_result prefork_response_set_body(struct prefork_response *resp,
                                               size_t len);
 
 /**
+ * Answers in one call: sets the status, adds the field `Content-Type: <content_type>`
+ * (`content_type_len` bytes; no field when it is 0) and replaces the body with `body_len`
+ * bytes at `body` (copied). It does what `prefork_response_set_status`,
+ * `prefork_response_add_header` and `prefork_response_set_body` would, with one call and one
+ * result to check, and is the cheapest way to send a buffered answer. Fields added before
+ * are kept. Either pointer may be NULL only with length 0. Returns PREFORK_ERR_NULL or
+ * PREFORK_ERR_INVALID_ARGUMENT (for a status outside 200..599 or a control character in
+ * `content_type`), changing nothing.
+ */
+enum prefork_result prefork_response_reply(struct prefork_response *resp,
+                                           int status,
+                                           const char *content_type,
+                                           size_t content_type_len,
+                                           const void *body,
+                                           size_t body_len);
+
+/**
  * Streams the body from `read` instead of a buffer, for a body whose length is not known in
  * advance: HTTP/1.1 clients get it chunked (`Transfer-Encoding: chunked`), HTTP/1.0 clients
  * get the bytes as they come and the connection is closed after them. It replaces any

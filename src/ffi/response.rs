@@ -36,11 +36,15 @@ pub unsafe extern "C" fn prefork_response_set_status(
 ) -> prefork_result {
     ffi_boundary!({
         let resp = unsafe { response(resp) }?;
-        let code = u16::try_from(status)
-            .map_err(|_| FfiError::invalid(format!("status {status} is outside 200..=599")))?;
-        resp.set_status(code)?;
+        resp.set_status(status_arg(status)?)?;
         Ok(prefork_result::PREFORK_OK)
     })
+}
+
+/// A C status as the `u16` of [`Response`]; out of that range it is out of 200..=599 too.
+fn status_arg(status: c_int) -> Result<u16, FfiError> {
+    u16::try_from(status)
+        .map_err(|_| FfiError::invalid(format!("status {status} is outside 200..=599")))
 }
 
 /// Adds a header field; the bytes are copied. `name` (`name_len` bytes) must be an HTTP
@@ -90,6 +94,33 @@ pub unsafe extern "C" fn prefork_response_set_body(
     ffi_boundary!({
         let resp = unsafe { response(resp) }?;
         resp.set_body(unsafe { bytes_arg(data, len, "data") }?);
+        Ok(prefork_result::PREFORK_OK)
+    })
+}
+
+/// Answers in one call: sets the status, adds the field `Content-Type: <content_type>`
+/// (`content_type_len` bytes; no field when it is 0) and replaces the body with `body_len`
+/// bytes at `body` (copied). It does what `prefork_response_set_status`,
+/// `prefork_response_add_header` and `prefork_response_set_body` would, with one call and one
+/// result to check, and is the cheapest way to send a buffered answer. Fields added before
+/// are kept. Either pointer may be NULL only with length 0. Returns PREFORK_ERR_NULL or
+/// PREFORK_ERR_INVALID_ARGUMENT (for a status outside 200..599 or a control character in
+/// `content_type`), changing nothing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_response_reply(
+    resp: *mut prefork_response,
+    status: c_int,
+    content_type: *const c_char,
+    content_type_len: usize,
+    body: *const c_void,
+    body_len: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        let resp = unsafe { response(resp) }?;
+        let content_type =
+            unsafe { bytes_arg(content_type.cast(), content_type_len, "content_type") }?;
+        let body = unsafe { bytes_arg(body, body_len, "body") }?;
+        resp.reply(status_arg(status)?, content_type, body)?;
         Ok(prefork_result::PREFORK_OK)
     })
 }

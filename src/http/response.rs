@@ -47,15 +47,29 @@ impl fmt::Debug for Response {
 /// Buffers above this are released after a response instead of being kept for the next one.
 const KEEP_CAPACITY: usize = 1 << 20;
 
+fn check_status(code: u16) -> Result<(), Error> {
+    if (200..=599).contains(&code) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "status {code} is outside 200..=599"
+        )))
+    }
+}
+
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if super::bytes::has_control(value) {
+        Err(Error::invalid("header value contains a control character"))
+    } else {
+        Ok(())
+    }
+}
+
 impl Response {
     /// Sets the status code; 200 until set. Must be 200..=599 (interim responses are the
     /// engine's).
     pub fn set_status(&mut self, code: u16) -> Result<(), Error> {
-        if !(200..=599).contains(&code) {
-            return Err(Error::invalid(format!(
-                "status {code} is outside 200..=599"
-            )));
-        }
+        check_status(code)?;
         self.status = code;
         Ok(())
     }
@@ -80,9 +94,7 @@ impl Response {
                 String::from_utf8_lossy(name)
             )));
         }
-        if super::bytes::has_control(value) {
-            return Err(Error::invalid("header value contains a control character"));
-        }
+        check_value(value)?;
         let owned: &[u8] = match name.len() {
             4 => b"date",
             10 => b"connection",
@@ -108,11 +120,34 @@ impl Response {
             }
             return Ok(());
         }
+        self.push_header(name, value);
+        Ok(())
+    }
+
+    /// `set_status`, `add_header("Content-Type", content_type)` (none when it is empty) and
+    /// `set_body` in one step, for the C ABI's one-call answer. Changes nothing on error.
+    pub(crate) fn reply(
+        &mut self,
+        status: u16,
+        content_type: &[u8],
+        body: &[u8],
+    ) -> Result<(), Error> {
+        check_status(status)?;
+        check_value(content_type)?;
+        self.status = status;
+        if !content_type.is_empty() {
+            self.push_header(b"Content-Type", content_type);
+        }
+        self.set_body(body);
+        Ok(())
+    }
+
+    /// Appends a checked field.
+    fn push_header(&mut self, name: &[u8], value: &[u8]) {
         self.headers.extend_from_slice(name);
         self.headers.extend_from_slice(b": ");
         self.headers.extend_from_slice(value.trim_ascii());
         self.headers.extend_from_slice(b"\r\n");
-        Ok(())
     }
 
     /// Appends to the body.
@@ -186,6 +221,29 @@ mod tests {
         assert!(r.set_status(404).is_ok());
         r.reset();
         assert_eq!((r.status, r.headers.len(), r.close), (200, 0, false));
+    }
+
+    #[test]
+    fn reply_sets_all_three_or_nothing() {
+        let mut r = Response::default();
+        r.add_header(b"X-A", b"1").unwrap();
+        r.write(b"old");
+        assert!(r.reply(199, b"text/plain", b"new").is_err());
+        assert!(
+            r.reply(404, b"text/plain\r\nX-Injected: 1", b"new")
+                .is_err()
+        );
+        assert_eq!(
+            (r.status, &r.headers[..], r.body()),
+            (200, &b"X-A: 1\r\n"[..], &b"old"[..])
+        );
+        r.reply(404, b" text/plain ", b"new").unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.headers, b"X-A: 1\r\nContent-Type: text/plain\r\n");
+        assert_eq!(r.body(), b"new");
+        // An empty type adds no field.
+        r.reply(200, b"", b"").unwrap();
+        assert_eq!((r.status, r.headers.len(), r.body().len()), (200, 34, 0));
     }
 
     #[test]

@@ -114,6 +114,7 @@ static void test_null_and_ranges(void) {
     CHECK(prefork_response_set_status(NULL, 200) == PREFORK_ERR_NULL);
     CHECK(prefork_response_write(NULL, "x", 1) == PREFORK_ERR_NULL);
     CHECK(prefork_response_set_body(NULL, NULL, 0) == PREFORK_ERR_NULL);
+    CHECK_ERR(prefork_response_reply(NULL, 200, "", 0, "x", 1), PREFORK_ERR_NULL, "resp is NULL");
     CHECK_ERR(prefork_response_add_header(NULL, "A", 1, "b", 1), PREFORK_ERR_NULL, "resp is NULL");
 
     prefork_free(p);

@@ -398,7 +398,8 @@ def server(prog):
         srv.expect(r"^ready$")
         status, headers, body = request(port, "/inspect?a=1&b=%20", "PATCH", b"the body",
                                         {"X-Probe": "found it"})
-        check(status == 203 and headers.get("X-Inspected") == "yes", f"/inspect: {status} {headers}")
+        check(status == 203 and headers.get("X-Inspected") == "yes"
+              and headers.get("Content-Type") == "text/plain", f"/inspect: {status} {headers}")
         got = dict(l.split(": ", 1) for l in body.decode().splitlines())
         peer = got.pop("peer", "")
         check(re.fullmatch(r"127\.0\.0\.1:\d+", peer) is not None, f"peer {peer!r}")

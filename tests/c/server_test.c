@@ -69,13 +69,19 @@ static void inspect(const prefork_request *req, prefork_response *resp) {
                     prefork_response_add_header(resp, "X-Ok", 4, "a\r\nb", 4) ==
                         PREFORK_ERR_INVALID_ARGUMENT &&
                     prefork_response_add_header(resp, NULL, 3, "x", 1) == PREFORK_ERR_NULL &&
+                    prefork_response_reply(resp, 600, "text/plain", 10, "x", 1) ==
+                        PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_reply(resp, 200, "a\nb", 3, "x", 1) ==
+                        PREFORK_ERR_INVALID_ARGUMENT &&
+                    prefork_response_reply(resp, 200, NULL, 1, "x", 1) == PREFORK_ERR_NULL &&
+                    prefork_response_reply(resp, 200, "", 0, NULL, 1) == PREFORK_ERR_NULL &&
                     prefork_request_peer_addr(req, tiny, sizeof tiny) ==
                         PREFORK_ERR_INVALID_ARGUMENT &&
                     !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v);
     prefork_response_set_body(resp, "replaced\n", 9); /* set_body replaces what was written */
-    prefork_response_set_body(resp, "", 0);
-    prefork_response_set_status(resp, 203);
     prefork_response_add_header(resp, "X-Inspected", 11, "yes", 3);
+    /* Replaces the body too; the refused calls above changed nothing (a 200, no field). */
+    prefork_response_reply(resp, 203, "text/plain", 10, "", 0);
     line(resp, "method", prefork_request_method(req));
     line(resp, "target", prefork_request_target(req));
     line(resp, "path", prefork_request_path(req));
