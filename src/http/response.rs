@@ -47,6 +47,7 @@ impl fmt::Debug for Response {
 /// Buffers above this are released after a response instead of being kept for the next one.
 const KEEP_CAPACITY: usize = 1 << 20;
 
+#[inline(always)]
 fn check_status(code: u16) -> Result<(), Error> {
     if (200..=599).contains(&code) {
         Ok(())
@@ -57,6 +58,7 @@ fn check_status(code: u16) -> Result<(), Error> {
     }
 }
 
+#[inline(always)]
 fn check_value(value: &[u8]) -> Result<(), Error> {
     if super::bytes::has_control(value) {
         Err(Error::invalid("header value contains a control character"))
@@ -143,6 +145,7 @@ impl Response {
     }
 
     /// Appends a checked field.
+    #[inline(always)]
     fn push_header(&mut self, name: &[u8], value: &[u8]) {
         self.headers.extend_from_slice(name);
         self.headers.extend_from_slice(b": ");
