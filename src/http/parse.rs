@@ -86,7 +86,8 @@ pub(crate) fn check_version(head: &mut [u8], line_len: usize) -> Result<(), Stat
     check_other_version(head, line_len)
 }
 
-/// `check_version` for anything but `HTTP/1.1` and `HTTP/1.0`.
+/// The whole check, which `check_version` falls back to for anything but ` HTTP/1.1` and
+/// ` HTTP/1.0` at the line's end (the tests hold the fast path to it).
 #[cold]
 fn check_other_version(head: &mut [u8], line_len: usize) -> Result<(), Status> {
     let line = &head[..line_len];

@@ -80,7 +80,7 @@ static void inspect(const prefork_request *req, prefork_response *resp) {
                     !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v);
     prefork_response_set_body(resp, "replaced\n", 9); /* set_body replaces what was written */
     prefork_response_add_header(resp, "X-Inspected", 11, "yes", 3);
-    /* Replaces the body too; the refused calls above changed nothing (a 200, no field). */
+    /* Replaces the body too; e2e.py checks the status and Content-Type it sets. */
     prefork_response_reply(resp, 203, "text/plain", 10, "", 0);
     line(resp, "method", prefork_request_method(req));
     line(resp, "target", prefork_request_target(req));
