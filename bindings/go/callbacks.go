@@ -41,20 +41,48 @@ func goPreforkRelease(h C.uintptr_t) {
 	deleteHandle(cgo.Handle(h))
 }
 
-// exchange holds one request's Request and Response. A new one per request (not pooled):
+// exchange holds one request's Request and Response. A new one per request (never reused):
 // a Request kept past its handler must never alias a later request.
 type exchange struct {
 	req  Request
 	resp Response
 }
 
+// exchangesPerSlab is how many exchanges one allocation carves: an allocation per request cost
+// 229 of 3,506 instructions per request (bench/instructions). A retained Request keeps its
+// whole slab (3 KiB) alive instead of its own 48 bytes.
+const exchangesPerSlab = 64
+
+type exchangeSlab struct {
+	used atomic.Int32
+	xs   [exchangesPerSlab]exchange
+}
+
+var currentSlab atomic.Pointer[exchangeSlab]
+
+// newExchange returns an exchange no request has had. Handler threads call it concurrently.
+func newExchange() *exchange {
+	for {
+		s := currentSlab.Load()
+		if s != nil {
+			if i := s.used.Add(1) - 1; i < exchangesPerSlab {
+				return &s.xs[i]
+			}
+		}
+		fresh := new(exchangeSlab)
+		fresh.used.Store(1)
+		if currentSlab.CompareAndSwap(s, fresh) {
+			return &fresh.xs[0]
+		}
+	}
+}
+
 //export goPreforkHandle
 func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange) {
 	s := serverOf(h)
-	x := &exchange{
-		Request{creq, cx},
-		Response{c: cresp, x: cx, srv: s},
-	}
+	x := newExchange()
+	x.req = Request{creq, cx}
+	x.resp = Response{c: cresp, x: cx, srv: s}
 	defer func() {
 		if v := recover(); v != nil {
 			s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
