@@ -399,7 +399,24 @@ impl Session {
 
     /// Handles every complete request buffered, until the output is over its cap. Returns
     /// whether anything changed.
+    #[inline]
     pub(crate) fn process(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        // Waiting for a head with nothing buffered: no step can run. A turn of the event loop
+        // ends here twice per read (before the read, and after the answer went out), so this
+        // check stays inline and the steps' large frame is only set up when there is input.
+        if self.phase == Phase::Head
+            && self.inp.len() == 0
+            && self.out_pending() <= ctx.limits.max_output
+        {
+            self.stalled = false;
+            self.inp.release_if_large();
+            return false;
+        }
+        self.step_all(ctx)
+    }
+
+    #[inline(never)]
+    fn step_all(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let mut progress = false;
         loop {
             if self.out_pending() > ctx.limits.max_output {
