@@ -300,14 +300,11 @@ impl Server<'_> {
         if let Some(t) = self.drain_deadline {
             consider(t);
         }
-        // Round up to a whole millisecond: epoll rounds down, and waking a hair early would
-        // spin through a turn that finds nothing due. Measured from the turn's start rather
+        // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
+        // early into a turn that finds nothing due. Measured from the turn's start rather
         // than a fresh clock read: the deadlines here are sweeps and pauses, which may run a
         // turn's length late.
-        wake_at.map(|t| {
-            let d = t.saturating_duration_since(self.now);
-            Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64)
-        })
+        wake_at.map(|t| t.saturating_duration_since(self.now))
     }
 
     fn can_accept(&self) -> bool {
