@@ -258,15 +258,17 @@ impl Server<'_> {
             }
             self.collect_done();
             self.accept();
-            let mut batch =
-                std::mem::replace(&mut self.again, std::mem::take(&mut self.again_spare));
-            for idx in batch.drain(..) {
-                if let Some(Some(c)) = self.conns.get_mut(idx) {
-                    c.queued = false;
-                    self.drive(idx);
+            if !self.again.is_empty() {
+                let mut batch =
+                    std::mem::replace(&mut self.again, std::mem::take(&mut self.again_spare));
+                for idx in batch.drain(..) {
+                    if let Some(Some(c)) = self.conns.get_mut(idx) {
+                        c.queued = false;
+                        self.drive(idx);
+                    }
                 }
+                self.again_spare = batch;
             }
-            self.again_spare = batch;
             if self.now >= self.next_tick {
                 self.next_tick = self.now + self.tick;
                 self.sweep();
