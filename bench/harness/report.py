@@ -14,14 +14,18 @@ METRICS = {
 }
 
 
+def cell_key(c):
+    """Sort key of a (config, conns, depth) cell: split before shared, then by size."""
+    return ({"split": 0, "shared": 1}.get(c[0], 9), c[1], c[2])
+
+
 def cells_of(runs):
     seen = []
     for r in runs:
         c = (r["config"], r["conns"], r["depth"])
         if c not in seen:
             seen.append(c)
-    order = {"split": 0, "shared": 1}
-    return sorted(seen, key=lambda c: (order.get(c[0], 9), c[1], c[2]))
+    return sorted(seen, key=cell_key)
 
 
 def cell_name(c):
