@@ -47,6 +47,8 @@ def ratio_pairs(subjects):
     # The limit against the other peers: how much room the machine leaves above them.
     if "canned" in peers:
         pairs += [("canned", p) for p in peers if p != "canned"]
+        # One binary against itself: how far a per-round ratio moves by noise alone.
+        pairs += [(s.name, "canned") for s in ok if s.group == "twin"]
     return pairs
 
 
@@ -173,9 +175,9 @@ def targets(subjects, rps_r, cpu_r, p99_r, scen):
             figs += "".join(f" (canned / {b} {cell_name(c)}: {lim[c]:.3f})" for c, _ in got if c in lim)
         add(label, f"{a} / {b}", figs, "met" if all(test(v) for _, v in got) else "**not met**")
 
+    d16_split = lambda c: c[0] == "split" and c[2] == 16  # noqa: E731
+    d1 = lambda c: c[2] == 1  # noqa: E731
     for o in engine:
-        d16_split = lambda c: c[0] == "split" and c[2] == 16  # noqa: E731
-        d1 = lambda c: c[2] == 1  # noqa: E731
         grid_target("depth 16 split: req/s ≥ 6 × nginx", rps_r, o, "nginx", d16_split, lambda v: v >= 6)
         grid_target("depth 16 split: req/s ≥ 1.4 × fasthttp", rps_r, o, "fasthttp", d16_split, lambda v: v >= 1.4,
                     ceiling=True)
@@ -185,6 +187,14 @@ def targets(subjects, rps_r, cpu_r, p99_r, scen):
         grid_target("depth 1: CPU/req < nginx", cpu_r, o, "nginx", d1, lambda v: v < 1)
         grid_target("depth 1: CPU/req < fasthttp", cpu_r, o, "fasthttp", d1, lambda v: v < 1)
         grid_target("depth 1: p99 ≤ nginx", p99_r, o, "nginx", d1, lambda v: v <= 1)
+    for twin in (s.name for s in subjects if s.ok and s.group == "twin"):
+        for label, ratios, pred in (("reference: depth 16 split req/s, one binary twice", rps_r, d16_split),
+                                    ("reference: depth 1 CPU/req, one binary twice", cpu_r, d1)):
+            got = [(c, v) for c, v in ratios.get((twin, "canned"), {}).items() if pred(c)]
+            if got:
+                add(label, f"{twin} / canned",
+                    "; ".join(f"{cell_name(c)}: {med(v):.3f} ({min(v):.3f}..{max(v):.3f})" for c, v in got),
+                    "not a target: the noise of a ratio in this run")
     grid_target("C handler ≥ 0.95 × pure Rust (req/s)", rps_r, "ours-c", "ours-rust", lambda c: True, lambda v: v >= 0.95)
     grid_target("Go handler beats fasthttp (req/s)", rps_r, "ours-go", "fasthttp", lambda c: True, lambda v: v > 1)
 
@@ -291,7 +301,7 @@ def _skips(sc):
 
 
 def chart(path, rps_r, configs, log):
-    """One row per subject of ours (and the canned limit), one column per configuration: bars
+    """One row per subject of ours (and canned, and its twin), one column per configuration: bars
     of the per-round req/s ratios against each peer per cell, median with min..max whiskers,
     log scale."""
     try:

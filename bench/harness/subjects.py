@@ -74,7 +74,8 @@ class Subject:
     handler_threads: bool
     order: int
     note: str = ""
-    # The scenarios this subject takes part in; None: the grid and every scenario.
+    # What this subject takes part in: None is the grid and every scenario; a list names
+    # scenarios, and "grid" for the grid.
     scenarios: list | None = None
     status: str = "unbuilt"  # unbuilt | ok | skip | error
     reason: str = ""
@@ -84,6 +85,10 @@ class Subject:
     @property
     def ok(self):
         return self.status == "ok"
+
+    def takes_part(self, what):
+        """True when the subject runs in `what`: "grid" or a scenario's name."""
+        return self.scenarios is None or what in self.scenarios
 
     def ctl(self, *args, env=None, timeout=900, **kw):
         return subprocess.run(
