@@ -375,7 +375,8 @@ impl Master<'_> {
         loop {
             for slot in 0..self.slots.len() {
                 if let Err(e) = self.reap(slot, false) {
-                    self.log.log(Level::Error, &format!("while stopping: {e}"));
+                    self.log
+                        .log(Level::Error, &format!("while stopping: {}", e.message()));
                 }
             }
             let live = self.live_pids();

@@ -172,7 +172,7 @@ pub fn run() -> i32 {
             0
         }
         Err(e) => {
-            emit(format!("{role} err {:?} {e}", e.kind()));
+            emit(format!("{role} err {:?} {}", e.kind(), e.message()));
             1
         }
     }
