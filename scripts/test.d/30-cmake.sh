@@ -21,7 +21,8 @@ if ! echo 'int main(void){return 0;}' | gcc -x c -fsanitize=address,undefined -o
 fi
 
 build=build/ci
-# The cargo target dir of stage 10: its dependencies are compiled already.
+# The cargo target dir and profile of stage 10: the library is built already, cmake's cargo
+# call finds it fresh.
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPREFORK_SANITIZE=ON \
   -DPREFORK_CARGO_TARGET_DIR="$PWD/target" >/dev/null
 cmake --build "$build"
