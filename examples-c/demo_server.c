@@ -163,8 +163,8 @@ static bool set(prefork_result r) {
 int main(int argc, char **argv) {
     static struct app app;
     const char *addr = "127.0.0.1:8080";
-    prefork_handler handler = {&app, NULL, handle, NULL, NULL};
-    prefork_hooks hooks = {NULL, NULL, on_master_ready, NULL, NULL, NULL, NULL, NULL};
+    prefork_handler handler = {.user_data = &app, .handle = handle};
+    prefork_hooks hooks = {.on_master_ready = on_master_ready};
     prefork *server = NULL;
 
     if (prefork_new(&handler, &server) != PREFORK_OK) {

@@ -14,7 +14,7 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
 
 int main(int argc, char **argv) {
     const char *addr = argc > 1 ? argv[1] : "127.0.0.1:8080";
-    prefork_handler handler = {NULL, NULL, handle, NULL, NULL};
+    prefork_handler handler = {.handle = handle};
     prefork *server;
     if (prefork_new(&handler, &server) != PREFORK_OK) return 1;
 

@@ -137,9 +137,21 @@ int main(int argc, char **argv) {
     static struct app app;
     const char *addr = argc > 1 ? argv[1] : "127.0.0.1:8080";
     long children = argc > 2 ? strtol(argv[2], NULL, 10) : 2;
-    prefork_handler handler = {&app, init_child, handle, exit_child, NULL};
-    prefork_hooks hooks = {&app,          on_child_spawn,  on_master_ready,  on_child_recover,
-                           on_child_exit, on_master_death, command_producer, NULL};
+    prefork_handler handler = {
+        .user_data = &app,
+        .init_child = init_child,
+        .handle = handle,
+        .exit_child = exit_child,
+    };
+    prefork_hooks hooks = {
+        .user_data = &app,
+        .on_child_spawn = on_child_spawn,
+        .on_master_ready = on_master_ready,
+        .on_child_recover = on_child_recover,
+        .on_child_exit = on_child_exit,
+        .on_master_death = on_master_death,
+        .command_producer = command_producer,
+    };
     prefork *server;
     app.argv = argv;
 

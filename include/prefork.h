@@ -13,6 +13,11 @@
  *    Strings out: prefork_str views, NOT NUL-terminated, borrowed (each function says how long).
  *  - Callbacks take their user_data first; each callback struct has an optional
  *    user_data_free finalizer, called once when the library lets go of user_data.
+ *  - Callback structs only grow, at their end: initialise them by member name with the rest
+ *    zero, and pass them through the macros at the end of this header (prefork_new,
+ *    prefork_set_hooks), which hand the library their size. A program built against an older
+ *    header keeps working with a newer library of the same major version (the README's "ABI
+ *    policy"). Check which library was loaded with prefork_version().
  *  - The program is both the master and every child: the master re-executes /proc/self/exe
  *    with the same argv for each child. Build the handle the same way in every process.
  */
@@ -27,11 +32,25 @@
 /** Major version of this header; the library's soname is libprefork.so.<major>. */
 #define PREFORK_VERSION_MAJOR 0
 /** Minor version of this header. */
-#define PREFORK_VERSION_MINOR 1
+#define PREFORK_VERSION_MINOR 2
 /** Patch version of this header. */
 #define PREFORK_VERSION_PATCH 0
 /** Version of this header, "MAJOR.MINOR.PATCH"; prefork_version() gives the library's. */
-#define PREFORK_VERSION "0.1.0"
+#define PREFORK_VERSION "0.2.0"
+
+/*
+ * Extensible structs: the macros below pass the library the size of the struct as this
+ * header declares it, so a program compiled against this header keeps working with later 0.x
+ * libraries, whose structs may have grown. Call them as functions; FFIs that cannot expand C
+ * macros (cgo, Zig) call the _sized functions with their own sizeof. The library also exports
+ * the 0.1 functions of these names, for programs built against a 0.1 header.
+ */
+
+/** prefork_new_sized with this header's sizeof(prefork_handler): see prefork_new_sized. */
+#define prefork_new(handler, out) prefork_new_sized((handler), sizeof(prefork_handler), (out))
+
+/** prefork_set_hooks_sized with this header's sizeof(prefork_hooks). */
+#define prefork_set_hooks(p, hooks) prefork_set_hooks_sized((p), (hooks), sizeof(prefork_hooks))
 
 /**
  * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
@@ -147,6 +166,11 @@ typedef struct prefork_response prefork_response;
  * so `user_data` is built by `main` in each process before `prefork_new`. Only the children
  * call `init_child`, `handle` and `exit_child`; the master never does.
  *
+ * Extensible: members are only ever added at the end, and a member a program does not know
+ * of reads as NULL (unset). Initialise it by member name, with every other member zero
+ * (`prefork_handler h = {0}; h.handle = my_handle;`, or C99 designated initialisers), and
+ * pass it to the `prefork_new` macro, which hands the library `sizeof(prefork_handler)`.
+ *
  * The library copies this struct: it need not outlive the `prefork_new` call.
  */
 typedef struct prefork_handler {
@@ -191,6 +215,10 @@ typedef struct prefork_handler {
  * reaps the children, then `prefork_listen_and_serve` returns PREFORK_ERR_HOOK with a
  * message naming the hook and the value it returned. Hooks must not call `prefork_free`,
  * the setters or `prefork_listen_and_serve`.
+ *
+ * Extensible, as `prefork_handler`: members are only ever added at the end, one a program does
+ * not know of reads as NULL. Initialise it by member name with the rest zero, and pass it to
+ * the `prefork_set_hooks` macro.
  *
  * The library copies this struct: it need not outlive the `prefork_set_hooks` call.
  */
@@ -289,14 +317,32 @@ const char *prefork_result_str(int result);
 const char *prefork_last_error(void);
 
 /**
- * Creates a server for `*handler` (copied) with every option at its default, hooks unset and
- * the stderr logger, and stores it in `*out`. Call it in `main` of every process: the master
- * and each child (a re-exec of the same program) run the same code. Returns PREFORK_ERR_NULL
- * if `handler`, `handler->handle` or `out` is NULL (`*out` is then untouched and
- * `handler->user_data` still the caller's). On success the handle owns `handler->user_data`:
- * its `user_data_free` runs in `prefork_free`.
+ * The operating-system error number (`errno`, as in <errno.h>) behind the last failed prefork
+ * call on the calling thread, or 0 when that failure had no OS cause (a NULL argument, a
+ * value out of range) or no call has failed yet. It tells causes apart without parsing
+ * `prefork_last_error()`: a PREFORK_ERR_BIND with EADDRINUSE (the address is in use) from
+ * one with EACCES (a privileged port) or EADDRNOTAVAIL (not a local address). Set and
+ * replaced together with `prefork_last_error()`. Callable from any thread, at any time.
  */
-enum prefork_result prefork_new(const struct prefork_handler *handler, struct prefork **out);
+int prefork_last_os_error(void);
+
+/**
+ * Creates a server for `*handler`, a struct of `handler_size` bytes (copied), with every
+ * option at its default, hooks unset and the stderr logger, and stores it in `*out`. C and
+ * C++ call it through the `prefork_new(handler, out)` macro, which passes
+ * `sizeof(prefork_handler)`; Go, Zig and other FFIs call it with the size of their
+ * `prefork_handler`. Call it in `main` of every process: the master and each child (a
+ * re-exec of the same program) run the same code.
+ *
+ * Returns PREFORK_ERR_NULL if `handler`, `handler->handle` or `out` is NULL, and
+ * PREFORK_ERR_INVALID_ARGUMENT when `handler_size` is no `prefork_handler` size or the struct
+ * sets a member this library does not know (a newer header than the library); `*out` is then
+ * untouched and `handler->user_data` still the caller's. On success the handle owns
+ * `handler->user_data`: its `user_data_free` runs in `prefork_free`.
+ */
+enum prefork_result prefork_new_sized(const struct prefork_handler *handler,
+                                      size_t handler_size,
+                                      struct prefork **out);
 
 /**
  * Frees the handle and calls the finalizers (`user_data_free`) of the handler, the hooks and
@@ -512,13 +558,19 @@ enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes
 enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
 
 /**
- * Replaces every hook of `p` with those in `*hooks` (copied; members left NULL are unset).
- * The previous hooks' `user_data_free`, if any, is called. Returns PREFORK_ERR_NULL for a
- * NULL argument and PREFORK_ERR_STATE while the server is serving; on failure nothing is
- * taken over (the caller still owns `hooks->user_data`). Call it from the thread that owns
- * `p`, before `prefork_listen_and_serve`.
+ * Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
+ * members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
+ * macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size
+ * of their `prefork_hooks`. The previous hooks' `user_data_free`, if any, is called. Returns
+ * PREFORK_ERR_NULL for a NULL argument, PREFORK_ERR_INVALID_ARGUMENT when `hooks_size` is
+ * no `prefork_hooks` size or the struct sets a member this library does not know (a newer
+ * header than the library), and PREFORK_ERR_STATE while the server is serving; on failure
+ * nothing is taken over (the caller still owns `hooks->user_data`). Call it from the thread
+ * that owns `p`, before `prefork_listen_and_serve`.
  */
-enum prefork_result prefork_set_hooks(struct prefork *p, const struct prefork_hooks *hooks);
+enum prefork_result prefork_set_hooks_sized(struct prefork *p,
+                                            const struct prefork_hooks *hooks,
+                                            size_t hooks_size);
 
 /**
  * Sends the library's log lines to `log` instead of stderr (the default logger writes

@@ -202,3 +202,166 @@ fn option_combinations_are_checked_at_listen() {
         prefork_free(p);
     }
 }
+
+/// A caller's `prefork_handler` as a later header might declare it: today's members, then one
+/// this library does not know.
+#[repr(C)]
+struct NewerHandler {
+    today: prefork_handler,
+    unknown: *mut c_void,
+}
+
+#[test]
+fn structs_are_read_by_the_size_the_caller_passes() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let size = std::mem::size_of::<prefork_handler>();
+    let mut p = ptr::null_mut();
+    unsafe {
+        assert_eq!(
+            prefork_new_sized(&handler(&frees), size, &mut p),
+            PREFORK_OK
+        );
+        prefork_free(p);
+        assert_eq!(frees.swap(0, Ordering::SeqCst), 1);
+
+        // Too short to be any prefork_handler, or not a whole number of members.
+        for bad in [0, 8, size - 8, size + 1] {
+            p = ptr::null_mut();
+            let r = prefork_new_sized(&handler(&frees), bad, &mut p);
+            assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT, "size {bad}");
+            assert!(
+                last_error().contains("is not the size of a prefork_handler"),
+                "{}",
+                last_error()
+            );
+            assert!(p.is_null());
+        }
+
+        // A newer program's struct: fine while it leaves the unknown member unset...
+        let mut newer = NewerHandler {
+            today: handler(&frees),
+            unknown: ptr::null_mut(),
+        };
+        let newer_size = std::mem::size_of::<NewerHandler>();
+        let newer_ptr = (&newer as *const NewerHandler).cast::<prefork_handler>();
+        assert_eq!(prefork_new_sized(newer_ptr, newer_size, &mut p), PREFORK_OK);
+        prefork_free(p);
+        assert_eq!(frees.swap(0, Ordering::SeqCst), 1);
+
+        // ...and refused, taking nothing, when it counts on a member this library lacks.
+        newer.unknown = &frees as *const AtomicUsize as *mut c_void;
+        let newer_ptr = (&newer as *const NewerHandler).cast::<prefork_handler>();
+        p = ptr::null_mut();
+        let r = prefork_new_sized(newer_ptr, newer_size, &mut p);
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        assert!(
+            last_error().contains("link a newer libprefork"),
+            "{}",
+            last_error()
+        );
+        assert!(p.is_null());
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            0,
+            "a refused struct's user_data was taken"
+        );
+
+        // The hooks follow the same rule.
+        assert_eq!(
+            prefork_new_sized(&handler(&frees), size, &mut p),
+            PREFORK_OK
+        );
+        let hooks = prefork_hooks {
+            user_data: ptr::null_mut(),
+            on_child_spawn: None,
+            on_master_ready: None,
+            on_child_recover: None,
+            on_child_exit: None,
+            on_master_death: None,
+            command_producer: None,
+            user_data_free: None,
+        };
+        let hooks_size = std::mem::size_of::<prefork_hooks>();
+        assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size), PREFORK_OK);
+        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 8);
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        assert!(
+            last_error().contains("is not the size of a prefork_hooks"),
+            "{}",
+            last_error()
+        );
+        prefork_free(p);
+    }
+}
+
+/// A port some other socket holds, and the address that holds it.
+fn taken_port() -> (std::net::TcpListener, String) {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    (holder, addr)
+}
+
+#[test]
+fn a_rust_error_keeps_its_os_cause() {
+    use std::error::Error as _;
+    struct Nothing;
+    impl ::prefork::Handler for Nothing {
+        fn handle(&self, _: &::prefork::Request<'_>, _: &mut ::prefork::Response) {}
+    }
+    let (_holder, addr) = taken_port();
+    let err = ::prefork::Prefork::new(Nothing)
+        .listen_and_serve(&addr)
+        .expect_err("the port is taken");
+    assert_eq!(err.kind(), ::prefork::ErrorKind::Bind);
+    assert_eq!(err.os_error(), Some(libc::EADDRINUSE), "{}", err.message());
+    let cause = err
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(cause.map(|c| c.kind()), Some(std::io::ErrorKind::AddrInUse));
+    assert!(
+        !err.to_string().contains(&cause.unwrap().to_string()),
+        "Display repeats the source"
+    );
+    assert!(
+        err.message().ends_with(&cause.unwrap().to_string()),
+        "{}",
+        err.message()
+    );
+}
+
+#[test]
+fn the_c_side_reads_the_os_error_number() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let (_holder, taken) = taken_port();
+    let taken = std::ffi::CString::new(taken).unwrap();
+    // TEST-NET-1 (RFC 5737) is no local address: bind(2) refuses it without sending anything.
+    let foreign = c"192.0.2.1:0";
+    std::thread::spawn(move || unsafe {
+        assert_eq!(
+            prefork_last_os_error(),
+            0,
+            "nothing failed on this thread yet"
+        );
+        for (addr, errno) in [
+            (taken.as_c_str(), libc::EADDRINUSE),
+            (foreign, libc::EADDRNOTAVAIL),
+        ] {
+            let mut p = ptr::null_mut();
+            let size = std::mem::size_of::<prefork_handler>();
+            assert_eq!(
+                prefork_new_sized(&handler(&frees), size, &mut p),
+                PREFORK_OK
+            );
+            assert_eq!(prefork_listen_and_serve(p, addr.as_ptr()), PREFORK_ERR_BIND);
+            assert_eq!(prefork_last_os_error(), errno, "{addr:?}: {}", last_error());
+            prefork_free(p);
+        }
+        // A failure with no OS cause replaces the number with 0, as it replaces the message.
+        assert_eq!(prefork_set_children(ptr::null_mut(), 1), PREFORK_ERR_NULL);
+        assert_eq!(prefork_last_os_error(), 0);
+    })
+    .join()
+    .unwrap();
+}

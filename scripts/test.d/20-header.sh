@@ -21,11 +21,22 @@ trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/use.c" <<'C'
 #include "prefork.h"
 #include "prefork.h" /* the include guard works */
+static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
+    (void)user_data;
+    (void)req;
+    (void)resp;
+}
 int main(void) {
+    /* Members by name over zero, the one way that works in C and C++ alike. */
+    static prefork_handler h;
+    static prefork_hooks hooks;
+    prefork *p = 0;
     prefork_str s = {0, 0};
-    prefork_handler h = {0, 0, 0, 0, 0};
     (void)s;
-    (void)h;
+    h.handle = handle;
+    /* The size-passing macros expand in C and C++. */
+    if (prefork_new(&h, &p) != PREFORK_OK || prefork_set_hooks(p, &hooks) != PREFORK_OK) return 1;
+    prefork_free(p);
     return PREFORK_OK + PREFORK_VERSION_MAJOR * 0 + (int)sizeof(PREFORK_VERSION) * 0;
 }
 C

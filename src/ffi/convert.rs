@@ -1,6 +1,9 @@
-//! Borrowed byte views handed to C, and checked conversions of C arguments.
+//! Conversions across the boundary, shared by every export: borrowed byte views and address
+//! text handed to C, checked C arguments taken in.
 
 use std::ffi::{CStr, c_char, c_void};
+use std::io::Write;
+use std::net::SocketAddr;
 
 use super::error::FfiError;
 
@@ -98,4 +101,32 @@ pub(crate) unsafe fn ref_arg<'a, T>(ptr: *const T, arg: &str) -> Result<&'a T, F
 #[inline(never)]
 pub(crate) fn null_arg(arg: &str) -> FfiError {
     FfiError::null(arg)
+}
+
+/// Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
+/// (the longest IPv6 form with scope and port, plus the NUL).
+pub const PREFORK_ADDR_STRLEN: usize = 64;
+
+/// Writes `addr` as NUL-terminated text into `buf` (`cap` bytes), or fails without writing.
+///
+/// # Safety
+/// `buf` must be non-NULL and point to `cap` writable bytes.
+pub(crate) unsafe fn write_addr(
+    addr: SocketAddr,
+    buf: *mut c_char,
+    cap: usize,
+) -> Result<(), FfiError> {
+    let mut text = [0u8; PREFORK_ADDR_STRLEN];
+    let mut cursor = &mut text[..PREFORK_ADDR_STRLEN - 1];
+    write!(cursor, "{addr}").map_err(|_| FfiError::invalid("address text too long"))?;
+    let len = PREFORK_ADDR_STRLEN - 1 - cursor.len();
+    if len + 1 > cap {
+        return Err(FfiError::invalid(format!(
+            "buf: {cap} bytes cannot hold the address ({} needed)",
+            len + 1
+        )));
+    }
+    // SAFETY: buf has room for cap >= len + 1 bytes (the caller's contract); text ends in 0.
+    unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), len + 1) };
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Result codes, the thread-local last-error message, and their exports.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CString, c_char, c_int};
 
 use crate::{Error, ErrorKind};
@@ -93,6 +93,8 @@ impl prefork_result {
 pub(crate) struct FfiError {
     code: prefork_result,
     message: String,
+    /// The OS error number behind the failure, for `prefork_last_os_error`.
+    os_error: Option<c_int>,
 }
 
 impl FfiError {
@@ -100,6 +102,7 @@ impl FfiError {
         FfiError {
             code,
             message: message.into(),
+            os_error: None,
         }
     }
 
@@ -130,10 +133,10 @@ impl FfiError {
         &self.message
     }
 
-    /// Stores the message as the thread's last error, prefixed with the export's name, and
-    /// returns the code.
+    /// Stores the message (prefixed with the export's name) and the OS error number as the
+    /// thread's last error, and returns the code.
     pub(crate) fn record(self, export: &str) -> prefork_result {
-        set_last_error(&format!("{export}: {}", self.message));
+        set_last_error(&format!("{export}: {}", self.message), self.os_error);
         self.code
     }
 }
@@ -143,6 +146,7 @@ impl From<Error> for FfiError {
         FfiError {
             code: err.kind().into(),
             message: err.message().to_string(),
+            os_error: err.os_error(),
         }
     }
 }
@@ -151,12 +155,15 @@ thread_local! {
     /// The last failure's message on this thread. Replaced (never cleared) by the next failure,
     /// so the pointer `prefork_last_error` hands out stays valid until then.
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+    /// The last failure's OS error number on this thread; 0 when it had no OS cause.
+    static LAST_OS_ERROR: Cell<c_int> = const { Cell::new(0) };
 }
 
-fn set_last_error(message: &str) {
+fn set_last_error(message: &str, os_error: Option<c_int>) {
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
     // A thread being torn down has no slot left; losing the message there is harmless.
     let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = Some(text));
+    let _ = LAST_OS_ERROR.try_with(|slot| slot.set(os_error.unwrap_or(0)));
 }
 
 /// A static, human-readable description of a result code (for example "invalid argument").
@@ -180,4 +187,15 @@ pub unsafe extern "C" fn prefork_last_error() -> *const c_char {
             .flatten();
         Ok(ptr.unwrap_or(c"".as_ptr()))
     })
+}
+
+/// The operating-system error number (`errno`, as in <errno.h>) behind the last failed prefork
+/// call on the calling thread, or 0 when that failure had no OS cause (a NULL argument, a
+/// value out of range) or no call has failed yet. It tells causes apart without parsing
+/// `prefork_last_error()`: a PREFORK_ERR_BIND with EADDRINUSE (the address is in use) from
+/// one with EACCES (a privileged port) or EADDRNOTAVAIL (not a local address). Set and
+/// replaced together with `prefork_last_error()`. Callable from any thread, at any time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_last_os_error() -> c_int {
+    ffi_boundary!({ Ok(LAST_OS_ERROR.try_with(Cell::get).unwrap_or(0)) })
 }

@@ -5,11 +5,11 @@ use std::ffi::c_char;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::convert::{ref_arg, str_arg, write_addr};
 use super::error::{FfiError, prefork_result};
+use super::extensible::{self, Extensible};
 use super::handler::{CHandler, prefork_handler};
-use super::hooks::HookData;
-use super::request::write_addr;
-use super::slice::{ref_arg, str_arg};
+use super::user_data::UserData;
 use crate::{Level, Logger, Prefork, StderrLogger};
 
 /// A preforking server: its handler, options, hooks and logger. Opaque; create it with
@@ -28,7 +28,7 @@ pub struct prefork {
 pub(crate) struct Inner {
     pub(crate) server: Prefork,
     /// Keeps the hooks' user_data alive even when no hook member is set.
-    pub(crate) hook_data: Option<Arc<HookData>>,
+    pub(crate) hook_data: Option<Arc<UserData>>,
 }
 
 /// Nobody is using the handle.
@@ -101,34 +101,60 @@ pub(crate) unsafe fn configure<E: Into<FfiError>>(
     Ok(prefork_result::PREFORK_OK)
 }
 
-/// Creates a server for `*handler` (copied) with every option at its default, hooks unset and
-/// the stderr logger, and stores it in `*out`. Call it in `main` of every process: the master
-/// and each child (a re-exec of the same program) run the same code. Returns PREFORK_ERR_NULL
-/// if `handler`, `handler->handle` or `out` is NULL (`*out` is then untouched and
-/// `handler->user_data` still the caller's). On success the handle owns `handler->user_data`:
-/// its `user_data_free` runs in `prefork_free`.
+/// Creates a server for `*handler`, a struct of `handler_size` bytes (copied), with every
+/// option at its default, hooks unset and the stderr logger, and stores it in `*out`. C and
+/// C++ call it through the `prefork_new(handler, out)` macro, which passes
+/// `sizeof(prefork_handler)`; Go, Zig and other FFIs call it with the size of their
+/// `prefork_handler`. Call it in `main` of every process: the master and each child (a
+/// re-exec of the same program) run the same code.
+///
+/// Returns PREFORK_ERR_NULL if `handler`, `handler->handle` or `out` is NULL, and
+/// PREFORK_ERR_INVALID_ARGUMENT when `handler_size` is no `prefork_handler` size or the struct
+/// sets a member this library does not know (a newer header than the library); `*out` is then
+/// untouched and `handler->user_data` still the caller's. On success the handle owns
+/// `handler->user_data`: its `user_data_free` runs in `prefork_free`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_new_sized(
+    handler: *const prefork_handler,
+    handler_size: usize,
+    out: *mut *mut prefork,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { new(handler, handler_size, out) } })
+}
+
+/// The 0.1 entry point, which programs built against a 0.1 header call: reads the 0.1
+/// members of `*handler` only. Not in the header, whose `prefork_new` macro calls
+/// `prefork_new_sized`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_new(
     handler: *const prefork_handler,
     out: *mut *mut prefork,
 ) -> prefork_result {
-    ffi_boundary!({
-        let vtable = *unsafe { ref_arg(handler, "handler") }?;
-        if out.is_null() {
-            return Err(FfiError::null("out"));
-        }
-        let handler = CHandler::new(vtable)?;
-        let handle = Box::new(prefork {
-            state: AtomicU8::new(IDLE),
-            inner: UnsafeCell::new(Inner {
-                server: Prefork::from_arc(Arc::new(handler)),
-                hook_data: None,
-            }),
-        });
-        // SAFETY: out is non-NULL and, by the caller's contract, writable.
-        unsafe { *out = Box::into_raw(handle) };
-        Ok(prefork_result::PREFORK_OK)
-    })
+    ffi_boundary!({ unsafe { new(handler, prefork_handler::SIZE_0_1, out) } })
+}
+
+/// # Safety
+/// `handler` is NULL or points to `size` readable bytes; `out` is NULL or writable.
+unsafe fn new(
+    handler: *const prefork_handler,
+    size: usize,
+    out: *mut *mut prefork,
+) -> Result<prefork_result, FfiError> {
+    let vtable = unsafe { extensible::read(handler, size, "handler") }?;
+    if out.is_null() {
+        return Err(FfiError::null("out"));
+    }
+    let handler = CHandler::new(vtable)?;
+    let handle = Box::new(prefork {
+        state: AtomicU8::new(IDLE),
+        inner: UnsafeCell::new(Inner {
+            server: Prefork::from_arc(Arc::new(handler)),
+            hook_data: None,
+        }),
+    });
+    // SAFETY: out is non-NULL and, by the caller's contract, writable.
+    unsafe { *out = Box::into_raw(handle) };
+    Ok(prefork_result::PREFORK_OK)
 }
 
 /// Frees the handle and calls the finalizers (`user_data_free`) of the handler, the hooks and

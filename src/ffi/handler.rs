@@ -3,8 +3,10 @@
 use std::ffi::{c_int, c_void};
 
 use super::error::FfiError;
+use super::extensible::Extensible;
 use super::request::prefork_request;
 use super::response::prefork_response;
+use super::user_data::UserData;
 use crate::{HookError, Request, Response};
 
 /// The application: what `prefork_new` takes, as Go's `prefork.New(server)` takes the server.
@@ -12,6 +14,11 @@ use crate::{HookError, Request, Response};
 /// The same program runs as master and as every child (each child is a fresh `exec` of it),
 /// so `user_data` is built by `main` in each process before `prefork_new`. Only the children
 /// call `init_child`, `handle` and `exit_child`; the master never does.
+///
+/// Extensible: members are only ever added at the end, and a member a program does not know
+/// of reads as NULL (unset). Initialise it by member name, with every other member zero
+/// (`prefork_handler h = {0}; h.handle = my_handle;`, or C99 designated initialisers), and
+/// pass it to the `prefork_new` macro, which hands the library `sizeof(prefork_handler)`.
 ///
 /// The library copies this struct: it need not outlive the `prefork_new` call.
 #[repr(C)]
@@ -47,36 +54,45 @@ pub struct prefork_handler {
     pub user_data_free: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
 }
 
-type HandleFn = unsafe extern "C" fn(*mut c_void, *const prefork_request, *mut prefork_response);
-
-/// The vtable behind `crate::Handler`; owns `user_data` (finalizer on drop).
-pub(crate) struct CHandler {
-    vtable: prefork_handler,
-    handle: HandleFn,
+// SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
+unsafe impl Extensible for prefork_handler {
+    const NAME: &'static str = "prefork_handler";
+    // user_data, init_child, handle, exit_child, user_data_free.
+    const SIZE_0_1: usize = size_of::<[usize; 5]>();
 }
 
-// SAFETY: the library only passes `user_data` back to the caller's callbacks; prefork_handler's
-// documentation makes its use from the named threads the caller's responsibility.
-unsafe impl Send for CHandler {}
-// SAFETY: as above: with handler_threads > 0 the caller guarantees concurrent use is safe.
-unsafe impl Sync for CHandler {}
+type HandleFn = unsafe extern "C" fn(*mut c_void, *const prefork_request, *mut prefork_response);
+
+/// The vtable behind `crate::Handler`; owns `user_data` (its finalizer runs on drop).
+pub(crate) struct CHandler {
+    init_child: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+    handle: HandleFn,
+    exit_child: Option<unsafe extern "C" fn(*mut c_void)>,
+    user_data: UserData,
+}
 
 impl CHandler {
+    /// Fails, without taking `user_data`, when the required `handle` is missing.
     pub(crate) fn new(vtable: prefork_handler) -> Result<CHandler, FfiError> {
         let handle = vtable
             .handle
             .ok_or_else(|| FfiError::null("handler->handle"))?;
-        Ok(CHandler { vtable, handle })
+        Ok(CHandler {
+            init_child: vtable.init_child,
+            handle,
+            exit_child: vtable.exit_child,
+            user_data: UserData::new(vtable.user_data, vtable.user_data_free),
+        })
     }
 }
 
 impl crate::Handler for CHandler {
     fn init_child(&self) -> Result<(), HookError> {
-        let Some(init) = self.vtable.init_child else {
+        let Some(init) = self.init_child else {
             return Ok(());
         };
         // SAFETY: a callback of the caller's vtable with its own user_data.
-        match unsafe { init(self.vtable.user_data) } {
+        match unsafe { init(self.user_data.ptr()) } {
             0 => Ok(()),
             code => Err(format!("the handler's init_child returned {code}").into()),
         }
@@ -86,22 +102,13 @@ impl crate::Handler for CHandler {
         let req: *const Request<'_> = req;
         let resp: *mut Response = resp;
         // SAFETY: both pointers are live for the whole call; the accessors cast them back.
-        unsafe { (self.handle)(self.vtable.user_data, req.cast(), resp.cast()) }
+        unsafe { (self.handle)(self.user_data.ptr(), req.cast(), resp.cast()) }
     }
 
     fn exit_child(&self) {
-        if let Some(exit) = self.vtable.exit_child {
+        if let Some(exit) = self.exit_child {
             // SAFETY: a callback of the caller's vtable with its own user_data.
-            unsafe { exit(self.vtable.user_data) }
-        }
-    }
-}
-
-impl Drop for CHandler {
-    fn drop(&mut self) {
-        if let Some(free) = self.vtable.user_data_free {
-            // SAFETY: runs once, when the last reference to the handler goes away.
-            unsafe { free(self.vtable.user_data) }
+            unsafe { exit(self.user_data.ptr()) }
         }
     }
 }

@@ -5,8 +5,9 @@ use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
 use super::error::{FfiError, prefork_result};
-use super::server::{configure, prefork};
-use super::slice::ref_arg;
+use super::extensible::{self, Extensible};
+use super::handle::{configure, prefork};
+use super::user_data::UserData;
 use crate::{ChildExit, HookError, HookResult, Hooks, Pid};
 
 /// Hooks of the process engine. Every member is optional (NULL = no hook). The master calls
@@ -15,6 +16,10 @@ use crate::{ChildExit, HookError, HookResult, Hooks, Pid};
 /// reaps the children, then `prefork_listen_and_serve` returns PREFORK_ERR_HOOK with a
 /// message naming the hook and the value it returned. Hooks must not call `prefork_free`,
 /// the setters or `prefork_listen_and_serve`.
+///
+/// Extensible, as `prefork_handler`: members are only ever added at the end, one a program does
+/// not know of reads as NULL. Initialise it by member name with the rest zero, and pass it to
+/// the `prefork_set_hooks` macro.
 ///
 /// The library copies this struct: it need not outlive the `prefork_set_hooks` call.
 #[repr(C)]
@@ -67,22 +72,11 @@ pub struct prefork_hooks {
     pub user_data_free: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
 }
 
-/// The hooks' `user_data`, shared by every closure; the finalizer runs when the last is gone.
-pub(crate) struct HookData(prefork_hooks);
-
-// SAFETY: the library only passes user_data back to the caller's hooks; prefork_hooks'
-// documentation makes its use from the master's serving thread the caller's responsibility.
-unsafe impl Send for HookData {}
-// SAFETY: as above; the hooks run one at a time.
-unsafe impl Sync for HookData {}
-
-impl Drop for HookData {
-    fn drop(&mut self) {
-        if let Some(free) = self.0.user_data_free {
-            // SAFETY: the caller's finalizer, called once with its own user_data.
-            unsafe { free(self.0.user_data) }
-        }
-    }
+// SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
+unsafe impl Extensible for prefork_hooks {
+    const NAME: &'static str = "prefork_hooks";
+    // user_data, six hooks, user_data_free.
+    const SIZE_0_1: usize = size_of::<[usize; 8]>();
 }
 
 fn verdict(hook: &str, code: c_int) -> HookResult {
@@ -92,30 +86,29 @@ fn verdict(hook: &str, code: c_int) -> HookResult {
     }
 }
 
-/// The Rust hooks calling the C ones. The closures share `data`, which is returned too, so
-/// the handle keeps `user_data` alive even when no hook is set.
-fn adapt(data: &Arc<HookData>) -> Hooks {
-    let c = data.0;
+/// The Rust hooks calling the C ones in `c`. The closures share `data`, which the handle keeps
+/// too, so `user_data` lives on even when no hook is set.
+fn adapt(c: &prefork_hooks, data: &Arc<UserData>) -> Hooks {
     let mut hooks = Hooks::default();
     if let Some(f) = c.on_child_spawn {
         let d = Arc::clone(data);
         // SAFETY (all closures below): the caller's hook, with its own user_data.
         hooks.on_child_spawn = Some(Box::new(move |pid| {
-            verdict("on_child_spawn", unsafe { f(d.0.user_data, pid) })
+            verdict("on_child_spawn", unsafe { f(d.ptr(), pid) })
         }));
     }
     if let Some(f) = c.on_master_ready {
         let d = Arc::clone(data);
         hooks.on_master_ready = Some(Box::new(move |pids: &[Pid]| {
             verdict("on_master_ready", unsafe {
-                f(d.0.user_data, pids.as_ptr(), pids.len())
+                f(d.ptr(), pids.as_ptr(), pids.len())
             })
         }));
     }
     if let Some(f) = c.on_child_recover {
         let d = Arc::clone(data);
         hooks.on_child_recover = Some(Box::new(move |old, new| {
-            verdict("on_child_recover", unsafe { f(d.0.user_data, old, new) })
+            verdict("on_child_recover", unsafe { f(d.ptr(), old, new) })
         }));
     }
     if let Some(f) = c.on_child_exit {
@@ -125,17 +118,17 @@ fn adapt(data: &Arc<HookData>) -> Hooks {
                 ChildExit::Code(code) => (code, 0),
                 ChildExit::Signal(signal) => (-1, signal),
             };
-            unsafe { f(d.0.user_data, pid, code, signal) }
+            unsafe { f(d.ptr(), pid, code, signal) }
         }));
     }
     if let Some(f) = c.on_master_death {
         let d = Arc::clone(data);
-        hooks.on_master_death = Some(Box::new(move || unsafe { f(d.0.user_data) }));
+        hooks.on_master_death = Some(Box::new(move || unsafe { f(d.ptr()) }));
     }
     if let Some(f) = c.command_producer {
         let d = Arc::clone(data);
         hooks.command_producer = Some(Box::new(move |req| -> Result<Pid, HookError> {
-            let pid = unsafe { f(d.0.user_data, req.listener_fd, req.lifeline_fd, req.slot) };
+            let pid = unsafe { f(d.ptr(), req.listener_fd, req.lifeline_fd, req.slot) };
             if pid > 0 {
                 Ok(pid)
             } else {
@@ -146,25 +139,49 @@ fn adapt(data: &Arc<HookData>) -> Hooks {
     hooks
 }
 
-/// Replaces every hook of `p` with those in `*hooks` (copied; members left NULL are unset).
-/// The previous hooks' `user_data_free`, if any, is called. Returns PREFORK_ERR_NULL for a
-/// NULL argument and PREFORK_ERR_STATE while the server is serving; on failure nothing is
-/// taken over (the caller still owns `hooks->user_data`). Call it from the thread that owns
-/// `p`, before `prefork_listen_and_serve`.
+/// Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
+/// members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
+/// macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size
+/// of their `prefork_hooks`. The previous hooks' `user_data_free`, if any, is called. Returns
+/// PREFORK_ERR_NULL for a NULL argument, PREFORK_ERR_INVALID_ARGUMENT when `hooks_size` is
+/// no `prefork_hooks` size or the struct sets a member this library does not know (a newer
+/// header than the library), and PREFORK_ERR_STATE while the server is serving; on failure
+/// nothing is taken over (the caller still owns `hooks->user_data`). Call it from the thread
+/// that owns `p`, before `prefork_listen_and_serve`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_hooks_sized(
+    p: *mut prefork,
+    hooks: *const prefork_hooks,
+    hooks_size: usize,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set_hooks(p, hooks, hooks_size) } })
+}
+
+/// The 0.1 entry point, which programs built against a 0.1 header call: reads the 0.1
+/// members of `*hooks` only. Not in the header, whose `prefork_set_hooks` macro calls
+/// `prefork_set_hooks_sized`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_hooks(
     p: *mut prefork,
     hooks: *const prefork_hooks,
 ) -> prefork_result {
-    ffi_boundary!({
-        let hooks = *unsafe { ref_arg(hooks, "hooks") }?;
-        unsafe {
-            configure(p, |inner| {
-                let data = Arc::new(HookData(hooks));
-                *inner.server.hooks_mut() = adapt(&data);
-                inner.hook_data = Some(data);
-                Ok::<(), FfiError>(())
-            })
-        }
-    })
+    ffi_boundary!({ unsafe { set_hooks(p, hooks, prefork_hooks::SIZE_0_1) } })
+}
+
+/// # Safety
+/// `p` is NULL or a live handle; `hooks` is NULL or points to `size` readable bytes.
+unsafe fn set_hooks(
+    p: *mut prefork,
+    hooks: *const prefork_hooks,
+    size: usize,
+) -> Result<prefork_result, FfiError> {
+    let hooks = unsafe { extensible::read(hooks, size, "hooks") }?;
+    unsafe {
+        configure(p, |inner| {
+            let data = Arc::new(UserData::new(hooks.user_data, hooks.user_data_free));
+            *inner.server.hooks_mut() = adapt(&hooks, &data);
+            inner.hook_data = Some(data);
+            Ok::<(), FfiError>(())
+        })
+    }
 }

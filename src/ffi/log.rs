@@ -4,7 +4,8 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use super::error::{FfiError, prefork_result};
-use super::server::{configure, prefork};
+use super::handle::{configure, prefork};
+use super::user_data::UserData;
 use crate::{Level, Logger};
 
 /// Severity of a log line.
@@ -36,15 +37,8 @@ type LogFn = unsafe extern "C" fn(*mut c_void, prefork_log_level, *const c_char,
 
 struct CLogger {
     log: LogFn,
-    user_data: *mut c_void,
-    user_data_free: Option<unsafe extern "C" fn(*mut c_void)>,
+    user_data: UserData,
 }
-
-// SAFETY: the library only passes user_data back to the caller's callback; prefork_set_logger's
-// documentation makes concurrent use from any thread the caller's responsibility.
-unsafe impl Send for CLogger {}
-// SAFETY: as above.
-unsafe impl Sync for CLogger {}
 
 impl Logger for CLogger {
     fn log(&self, level: Level, message: &str) {
@@ -56,20 +50,11 @@ impl Logger for CLogger {
         // SAFETY: the caller's callback with its own user_data; text outlives the call.
         unsafe {
             (self.log)(
-                self.user_data,
+                self.user_data.ptr(),
                 level.into(),
                 text.as_ptr().cast(),
                 message.len(),
             )
-        }
-    }
-}
-
-impl Drop for CLogger {
-    fn drop(&mut self) {
-        if let Some(free) = self.user_data_free {
-            // SAFETY: the caller's finalizer, called once with its own user_data.
-            unsafe { free(self.user_data) }
         }
     }
 }
@@ -104,8 +89,7 @@ pub unsafe extern "C" fn prefork_set_logger(
             configure(p, |inner| {
                 let logger = CLogger {
                     log,
-                    user_data,
-                    user_data_free,
+                    user_data: UserData::new(user_data, user_data_free),
                 };
                 inner.server.set_logger(Arc::new(logger));
                 Ok::<(), FfiError>(())

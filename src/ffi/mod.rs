@@ -8,6 +8,12 @@
 //! Every export is `#[unsafe(no_mangle)] pub unsafe extern "C"` with its body inside
 //! [`ffi_boundary!`], which turns a caught panic into `PREFORK_ERR_PANIC` (or the documented
 //! default) and records misuse in the thread's last-error message.
+//!
+//! The modules depend on each other one way only. `handle` owns the C handle; `options`,
+//! `hooks` and `log` configure one through it; `handle` builds the handler of `handler`;
+//! `request` and `response` are the handler's views. Under them all lie the shared leaves:
+//! `error` (codes, last error), `convert` (arguments in, views and text out), `extensible`
+//! (the ABI's growth rule) and `user_data` (a caller's pointer and its finalizer).
 
 // C names on purpose: they are what the header shows.
 #![allow(non_camel_case_types)]
@@ -22,7 +28,7 @@ mod version;
 
 mod error;
 
-mod server;
+mod handle;
 
 mod options;
 
@@ -36,15 +42,19 @@ mod request;
 
 mod response;
 
-mod slice;
+mod convert;
 
+mod extensible;
+
+mod user_data;
+
+pub use convert::*;
 pub use error::*;
+pub use handle::*;
 pub use handler::*;
 pub use hooks::*;
 pub use log::*;
 pub use options::*;
 pub use request::*;
 pub use response::*;
-pub use server::*;
-pub use slice::*;
 pub use version::*;

@@ -8,9 +8,9 @@
 use std::ffi::c_char;
 use std::time::Duration;
 
+use super::convert::str_arg;
 use super::error::{FfiError, prefork_result};
-use super::server::{Inner, configure, prefork};
-use super::slice::str_arg;
+use super::handle::{Inner, configure, prefork};
 use crate::{Config, Network};
 
 /// Applies one option change through `configure` (which checks it and rolls it back if refused).

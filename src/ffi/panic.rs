@@ -8,8 +8,8 @@
 use std::ffi::c_char;
 use std::ptr;
 
+use super::convert::prefork_str;
 use super::error::prefork_result;
-use super::slice::prefork_str;
 
 /// What an export returns when it fails (misuse, or an error of the Rust API) and when its
 /// body panicked.
@@ -66,10 +66,13 @@ impl<T> Boundary for *mut T {
 }
 
 /// The export's name, from the path of a function item declared inside it (what
-/// `std::any::type_name` gives, e.g. `prefork::ffi::options::prefork_set_children::here`).
+/// `std::any::type_name` gives, e.g. `prefork::ffi::options::prefork_set_children::here`), as
+/// the caller wrote it: C code calls a `_sized` export through the header's macro of the base
+/// name (`prefork_new` for `prefork_new_sized`).
 pub(crate) fn export_name(path: &'static str) -> &'static str {
     let path = path.strip_suffix("::here").unwrap_or(path);
-    path.rsplit("::").next().unwrap_or(path)
+    let name = path.rsplit("::").next().unwrap_or(path);
+    name.strip_suffix("_sized").unwrap_or(name)
 }
 
 /// Records `err` as the last error of the export at `here` (see `export_name`) and returns the
@@ -119,8 +122,8 @@ mod tests {
     use std::ffi::CStr;
 
     use super::*;
+    use crate::ffi::convert::prefork_str;
     use crate::ffi::prefork_last_error;
-    use crate::ffi::slice::prefork_str;
 
     fn last_error() -> String {
         // SAFETY: prefork_last_error returns a NUL-terminated string valid until the next failure.
@@ -180,5 +183,9 @@ mod tests {
             "prefork_set_children"
         );
         assert_eq!(export_name("prefork_new::here"), "prefork_new");
+        assert_eq!(
+            export_name("prefork::ffi::handle::prefork_new_sized::here"),
+            "prefork_new"
+        );
     }
 }

@@ -4,11 +4,9 @@
 //! `handle` callback that received the request returns.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::io::Write;
-use std::net::SocketAddr;
 
+use super::convert::{bytes_arg, prefork_str, ref_arg, write_addr};
 use super::error::{FfiError, prefork_result};
-use super::slice::{bytes_arg, prefork_str, ref_arg};
 use crate::Request;
 
 /// A request, borrowed for the duration of one `handle` callback. Opaque: read it with the
@@ -146,10 +144,6 @@ pub unsafe extern "C" fn prefork_request_header(
     })
 }
 
-/// Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
-/// (the longest IPv6 form with scope and port, plus the NUL).
-pub const PREFORK_ADDR_STRLEN: usize = 64;
-
 /// Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
 /// "203.0.113.7:51234" or "[2001:db8::1]:51234". Returns PREFORK_OK;
 /// PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
@@ -175,28 +169,4 @@ pub unsafe extern "C" fn prefork_request_peer_addr(
         unsafe { write_addr(peer, buf, cap) }?;
         Ok(prefork_result::PREFORK_OK)
     })
-}
-
-/// Writes `addr` as NUL-terminated text into `buf` (`cap` bytes), or fails without writing.
-///
-/// # Safety
-/// `buf` must be non-NULL and point to `cap` writable bytes.
-pub(crate) unsafe fn write_addr(
-    addr: SocketAddr,
-    buf: *mut c_char,
-    cap: usize,
-) -> Result<(), FfiError> {
-    let mut text = [0u8; PREFORK_ADDR_STRLEN];
-    let mut cursor = &mut text[..PREFORK_ADDR_STRLEN - 1];
-    write!(cursor, "{addr}").map_err(|_| FfiError::invalid("address text too long"))?;
-    let len = PREFORK_ADDR_STRLEN - 1 - cursor.len();
-    if len + 1 > cap {
-        return Err(FfiError::invalid(format!(
-            "buf: {cap} bytes cannot hold the address ({} needed)",
-            len + 1
-        )));
-    }
-    // SAFETY: buf has room for cap >= len + 1 bytes (the caller's contract); text ends in 0.
-    unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), len + 1) };
-    Ok(())
 }

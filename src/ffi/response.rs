@@ -2,8 +2,8 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use super::convert::{bytes_arg, null_arg};
 use super::error::{FfiError, prefork_result};
-use super::slice::{bytes_arg, null_arg};
 use crate::Response;
 
 /// The response to the request being handled, valid only during one `handle` callback.

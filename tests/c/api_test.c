@@ -9,11 +9,16 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "prefork.h"
 
@@ -60,9 +65,52 @@ static void test_results_and_version(void) {
     CHECK(strcmp(prefork_last_error(), "") == 0); /* nothing failed yet on this thread */
 }
 
+/* The header's version macros and the loaded library agree, and the library is new enough
+ * for this header: the run-time check the README's ABI policy describes. */
+static void test_version_macros(void) {
+    char header[32];
+    int major = -1, minor = -1, patch = -1;
+    snprintf(header, sizeof header, "%d.%d.%d", PREFORK_VERSION_MAJOR, PREFORK_VERSION_MINOR,
+             PREFORK_VERSION_PATCH);
+    CHECK(strcmp(header, PREFORK_VERSION) == 0);
+    CHECK(sscanf(prefork_version(), "%d.%d.%d", &major, &minor, &patch) == 3);
+    CHECK(major == PREFORK_VERSION_MAJOR);
+    CHECK(minor >= PREFORK_VERSION_MINOR);
+}
+
+/* A bind failure says why, as a number: the address is in use, or it is no local address. */
+static void test_os_error(void) {
+    prefork_handler h = {.handle = handle};
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    char taken[PREFORK_ADDR_STRLEN];
+    int holder = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(holder >= 0 && bind(holder, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+          listen(holder, 1) == 0 && getsockname(holder, (struct sockaddr *)&sa, &len) == 0);
+    snprintf(taken, sizeof taken, "127.0.0.1:%d", ntohs(sa.sin_port));
+
+    /* TEST-NET-1 (RFC 5737) is no local address: bind(2) refuses it, sending nothing. */
+    const char *addrs[] = {taken, "192.0.2.1:0"};
+    const int errnos[] = {EADDRINUSE, EADDRNOTAVAIL};
+    for (int i = 0; i < 2; i++) {
+        prefork *p = NULL;
+        CHECK(prefork_new(&h, &p) == PREFORK_OK);
+        CHECK(prefork_listen_and_serve(p, addrs[i]) == PREFORK_ERR_BIND);
+        CHECK(prefork_last_os_error() == errnos[i]);
+        prefork_free(p);
+    }
+    CHECK(prefork_set_children(NULL, 1) == PREFORK_ERR_NULL);
+    CHECK(prefork_last_os_error() == 0); /* no OS cause: replaced with the message */
+    close(holder);
+}
+
 static void test_null_and_ranges(void) {
-    prefork_handler h = {&frees[0], NULL, handle, NULL, count_free};
-    prefork_handler no_handle = {&frees[0], NULL, NULL, NULL, count_free};
+    prefork_handler h = {
+        .user_data = &frees[0], .handle = handle, .user_data_free = count_free};
+    prefork_handler no_handle = {.user_data = &frees[0], .user_data_free = count_free};
     prefork *p = (prefork *)&h; /* must stay untouched by failing calls */
 
     CHECK_ERR(prefork_new(NULL, &p), PREFORK_ERR_NULL, "prefork_new: handler is NULL");
@@ -123,9 +171,10 @@ static void test_null_and_ranges(void) {
 
 static void test_finalizers(void) {
     int handler_frees = 0, hook_frees[2] = {0, 0}, log_frees[2] = {0, 0};
-    prefork_handler h = {&handler_frees, NULL, handle, NULL, count_free};
-    prefork_hooks first = {&hook_frees[0], NULL, NULL, NULL, NULL, NULL, NULL, count_free};
-    prefork_hooks second = {&hook_frees[1], NULL, NULL, NULL, NULL, NULL, NULL, count_free};
+    prefork_handler h = {
+        .user_data = &handler_frees, .handle = handle, .user_data_free = count_free};
+    prefork_hooks first = {.user_data = &hook_frees[0], .user_data_free = count_free};
+    prefork_hooks second = {.user_data = &hook_frees[1], .user_data_free = count_free};
     prefork *p = NULL;
 
     CHECK(prefork_new(&h, &p) == PREFORK_OK);
@@ -183,8 +232,9 @@ static int wait_for(const int *flag, int unset) {
 
 static void test_state_while_serving(void) {
     int handler_frees = 0, log_frees = 0;
-    prefork_handler h = {&handler_frees, NULL, handle, NULL, count_free};
-    prefork_hooks hooks = {NULL, NULL, on_ready, NULL, NULL, NULL, NULL, NULL};
+    prefork_handler h = {
+        .user_data = &handler_frees, .handle = handle, .user_data_free = count_free};
+    prefork_hooks hooks = {.on_master_ready = on_ready};
     prefork *p = NULL;
     pthread_t thread;
 
@@ -222,7 +272,7 @@ static void test_state_while_serving(void) {
 int main(void) {
     if (prefork_is_child()) {
         /* Re-executed by the master of test_state_while_serving: just serve. */
-        prefork_handler h = {NULL, NULL, handle, NULL, NULL};
+        prefork_handler h = {.handle = handle};
         prefork *p;
         if (prefork_new(&h, &p) != PREFORK_OK) return 1;
         prefork_result r = prefork_listen_and_serve(p, "127.0.0.1:0");
@@ -230,6 +280,8 @@ int main(void) {
         return r == PREFORK_OK ? 0 : 1;
     }
     test_results_and_version();
+    test_version_macros();
+    test_os_error();
     test_null_and_ranges();
     test_finalizers();
     test_state_while_serving();

@@ -353,6 +353,20 @@ def hooks(prog):
         srv.kill()
 
 
+def abi_v0_1(prog):
+    """A program built against the 0.1 header, run against this library: it must serve and see
+    every hook, as the hooks scenario checks. Its undefined symbols prove which header it was
+    built against: the 0.1 entry points, not the size-passing ones the current macros call."""
+    out = subprocess.run(["nm", "-D", "--undefined-only", prog], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    used = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+    for old in ("prefork_new", "prefork_set_hooks"):
+        check(old in used, f"{prog} does not call the 0.1 entry point {old}: {sorted(used)}")
+    for new in ("prefork_new_sized", "prefork_set_hooks_sized"):
+        check(new not in used, f"{prog} calls {new}: it was built against a newer header")
+    hooks(prog)
+
+
 def hooks_master_death(prog):
     port = free_port()
     srv = Server([prog, f"127.0.0.1:{port}", "2"])
@@ -446,7 +460,7 @@ def api(prog):
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
                                       demo_flags, demo_bind_error, demo_limits, hello, hooks,
-                                      hooks_master_death, server, api]}
+                                      hooks_master_death, server, api, abi_v0_1]}
 
 
 def main():

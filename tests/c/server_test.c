@@ -136,8 +136,8 @@ static int on_ready(void *ud, const int32_t *pids, size_t count) {
 }
 
 int main(int argc, char **argv) {
-    prefork_handler handler = {NULL, NULL, handle, NULL, NULL};
-    prefork_hooks hooks = {NULL, NULL, on_ready, NULL, NULL, NULL, NULL, NULL};
+    prefork_handler handler = {.handle = handle};
+    prefork_hooks hooks = {.on_master_ready = on_ready};
     prefork *p;
     if (argc != 2) {
         fprintf(stderr, "usage: server_test HOST:PORT\n");

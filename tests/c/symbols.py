@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The shared library exports exactly the functions prefork.h declares, all named prefork_*,
-and carries the soname libprefork.so.<major>.
+"""The shared library exports exactly the functions prefork.h declares plus those of every
+frozen older header (the ABI only grows: a function a released header declared stays), all
+named prefork_*, and carries the soname libprefork.so.<major>.
 
-    python3 symbols.py LIBRARY HEADER MAJOR
+    python3 symbols.py LIBRARY HEADER MAJOR [OLD_HEADER...]
 """
 
 import re
@@ -10,19 +11,28 @@ import subprocess
 import sys
 
 
+def declared_functions(header):
+    """Function names a header declares (its function-like macros are not functions)."""
+    text = "\n".join(line for line in open(header).read().splitlines()
+                     if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\b(prefork_\w+)\(", text))
+
+
 def main():
     lib, header, major = sys.argv[1:4]
     nm = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True,
                         check=True).stdout
     exported = {line.split()[-1] for line in nm.splitlines() if line.split()[1:2] != ["A"]}
-    declared = set(re.findall(r"\b(prefork_\w+)\(", open(header).read()))
+    declared = declared_functions(header)
+    for old in sys.argv[4:]:
+        declared |= declared_functions(old)
     problems = []
     stray = sorted(s for s in exported if not s.startswith("prefork_"))
     if stray:
         problems.append(f"exported symbols outside prefork_*: {stray}")
     if exported != declared:
-        problems.append(f"exported but not in the header: {sorted(exported - declared)}; "
-                        f"in the header but not exported: {sorted(declared - exported)}")
+        problems.append(f"exported but in no header: {sorted(exported - declared)}; "
+                        f"in a header but not exported: {sorted(declared - exported)}")
     dynamic = subprocess.run(["readelf", "-d", lib], capture_output=True, text=True,
                              check=True).stdout
     if f"[libprefork.so.{major}]" not in dynamic:

@@ -138,7 +138,9 @@ pub fn main(init: std.process.Init) u8 {
     var app: App = .{ .io = init.io };
     const handler: c.prefork_handler = .{ .user_data = &app, .handle = handle };
     var server: ?*c.prefork = null;
-    if (c.prefork_new(&handler, &server) != c.PREFORK_OK) return failed("prefork_new");
+    // The header's prefork_new macro passes C's sizeof; from Zig, the _sized call with ours.
+    if (c.prefork_new_sized(&handler, @sizeOf(c.prefork_handler), &server) != c.PREFORK_OK)
+        return failed("prefork_new");
     defer c.prefork_free(server);
 
     if (c.prefork_set_children(server, children) != c.PREFORK_OK)
@@ -148,7 +150,8 @@ pub fn main(init: std.process.Init) u8 {
         .on_master_ready = onMasterReady,
         .on_child_exit = onChildExit,
     };
-    if (c.prefork_set_hooks(server, &hooks) != c.PREFORK_OK) return failed("prefork_set_hooks");
+    if (c.prefork_set_hooks_sized(server, &hooks, @sizeOf(c.prefork_hooks)) != c.PREFORK_OK)
+        return failed("prefork_set_hooks");
 
     const r = c.prefork_listen_and_serve(server, addr.ptr);
     if (r != c.PREFORK_OK) {

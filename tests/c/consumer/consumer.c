@@ -12,7 +12,7 @@ static void handle(void *ud, const prefork_request *req, prefork_response *resp)
 }
 
 int main(void) {
-    prefork_handler handler = {NULL, NULL, handle, NULL, NULL};
+    prefork_handler handler = {.handle = handle};
     prefork *server = NULL;
     if (strcmp(prefork_version(), PREFORK_VERSION) != 0) {
         fprintf(stderr, "header %s, library %s\n", PREFORK_VERSION, prefork_version());
