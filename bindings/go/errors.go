@@ -6,6 +6,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Code is a libprefork result code (prefork_result in prefork.h).
@@ -67,6 +68,10 @@ type Error struct {
 	Code Code
 	// Message is the library's prefork_last_error() text, with context.
 	Message string
+	// Errno is the operating-system error behind the failure (prefork_last_os_error), 0 when
+	// there was none: errors.Is(err, syscall.EADDRINUSE) tells a port in use from, say,
+	// syscall.EACCES without parsing Message.
+	Errno syscall.Errno
 	// Err is the Go error behind a CodeHook failure: what a hook returned, or its panic.
 	Err error
 }
@@ -82,8 +87,12 @@ func (e *Error) Error() string {
 	return msg
 }
 
-// Is makes errors.Is(err, ErrX) true for the sentinel of the error's code.
+// Is makes errors.Is(err, ErrX) true for the sentinel of the error's code, and
+// errors.Is(err, syscall.EXXX) true for its Errno.
 func (e *Error) Is(target error) bool {
+	if errno, ok := target.(syscall.Errno); ok {
+		return e.Errno != 0 && e.Errno == errno
+	}
 	s, ok := sentinels[e.Code]
 	return ok && s == target
 }
@@ -98,7 +107,12 @@ func lastError(op string, r C.enum_prefork_result) error {
 	if r == C.PREFORK_OK {
 		return nil
 	}
-	return &Error{Op: op, Code: Code(r), Message: C.GoString(C.prefork_last_error())}
+	return &Error{
+		Op:      op,
+		Code:    Code(r),
+		Message: C.GoString(C.prefork_last_error()),
+		Errno:   syscall.Errno(C.prefork_last_os_error()),
+	}
 }
 
 func invalid(op, format string, args ...any) error {

@@ -140,9 +140,24 @@ func TestBindErrorIsErrBind(t *testing.T) {
 	if errors.Is(err, prefork.ErrOverRecovery) {
 		t.Fatalf("%v matches ErrOverRecovery too", err)
 	}
-	// An address that cannot be resolved is a bind error too ("could not be resolved or bound").
-	if err := p.ListenAndServe("no port here"); !errors.Is(err, prefork.ErrBind) || !strings.Contains(err.Error(), `"no port here"`) {
+	// The OS's reason comes as a number: in use, not (say) a privileged port.
+	if !errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EACCES) || perr.Errno != syscall.EADDRINUSE {
+		t.Fatalf("ListenAndServe on a busy port returned Errno %d (%v), want EADDRINUSE", perr.Errno, err)
+	}
+	// An address that cannot be resolved is a bind error too ("could not be resolved or bound"),
+	// with no OS error behind it.
+	err = p.ListenAndServe("no port here")
+	if !errors.Is(err, prefork.ErrBind) || !strings.Contains(err.Error(), `"no port here"`) {
 		t.Fatalf("a malformed address returned %v, want ErrBind naming the address", err)
+	}
+	if errors.As(err, &perr); perr.Errno != 0 {
+		t.Fatalf("a malformed address returned Errno %d, want 0", perr.Errno)
+	}
+	// TEST-NET-1 (RFC 5737) is no local address: bind(2) refuses it without sending anything.
+	other := prefork.New(mustNotHandle)
+	other.Children = 1
+	if err := other.ListenAndServe("192.0.2.1:0"); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Fatalf("binding a foreign address returned %v, want EADDRNOTAVAIL", err)
 	}
 	checkNoHandles(t)
 }
