@@ -8,38 +8,38 @@
 //! loses nothing.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// What a byte in the pipe asks for.
 pub(crate) const WAKE_STOP: u8 = b'T';
 /// A second SIGINT in the master: stop without a grace period.
 pub(crate) const WAKE_STOP_NOW: u8 = b'K';
 
-static WAKE_READ: AtomicI32 = AtomicI32::new(-1);
-static WAKE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// The pipe's (read, write) ends. A static is never dropped, which is what keeps the pipe open
+/// for the life of the process. `OnceLock::get` is one atomic load that never waits (it returns
+/// `None` while another thread is still creating the pipe), so the signal handler may call it.
+static WAKE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// Set by every stop request and checked by the loops when they start, so a request that
 /// arrives while `listen_and_serve` is still setting up is not lost.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGINT_COUNT: AtomicU32 = AtomicU32::new(0);
-static INIT: Mutex<()> = Mutex::new(());
 
 /// Returns the read end of the process's wake pipe, creating the pipe on first use.
-pub(crate) fn wake_fd() -> io::Result<RawFd> {
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    let fd = WAKE_READ.load(Ordering::Acquire);
-    if fd >= 0 {
-        return Ok(fd);
+pub(crate) fn wake_fd() -> io::Result<BorrowedFd<'static>> {
+    if let Some((read, _)) = WAKE.get() {
+        return Ok(read.as_fd());
     }
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    WAKE_WRITE.store(fds[1], Ordering::Release);
-    WAKE_READ.store(fds[0], Ordering::Release);
-    Ok(fds[0])
+    let pipe = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
+    // Should a racing first call have won, its pipe is the one; this one, never published,
+    // is closed.
+    let (read, _) = WAKE.get_or_init(|| pipe);
+    Ok(read.as_fd())
 }
 
 /// Requests a graceful stop of whatever this process is serving. Async-signal-safe: only
@@ -51,12 +51,11 @@ pub fn shutdown() -> bool {
 
 fn wake(byte: u8) -> bool {
     STOP_REQUESTED.store(true, Ordering::Release);
-    let fd = WAKE_WRITE.load(Ordering::Acquire);
-    if fd < 0 {
+    let Some((_, write)) = WAKE.get() else {
         return false;
-    }
-    // SAFETY: writing one byte from a valid buffer; errno is saved by the signal handler.
-    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    };
+    // A full pipe already holds a wake-up; errno is saved by the signal handler.
+    let _ = nix::unistd::write(write, &[byte]);
     true
 }
 
@@ -64,18 +63,21 @@ pub(crate) fn stop_requested() -> bool {
     STOP_REQUESTED.load(Ordering::Acquire)
 }
 
-/// Reads every pending byte; returns the most urgent request seen, if any.
+/// Reads every pending byte of the process's wake pipe; returns the most urgent request seen.
 pub(crate) fn drain_wake() -> Option<u8> {
-    let fd = WAKE_READ.load(Ordering::Acquire);
+    drain(WAKE.get()?.0.as_fd())
+}
+
+/// Reads every pending byte of a non-blocking stop pipe; returns the most urgent request seen.
+pub(crate) fn drain(fd: BorrowedFd<'_>) -> Option<u8> {
     let mut seen = None;
     let mut buf = [0u8; 64];
     loop {
-        // SAFETY: reading into a valid buffer of the given length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            return seen;
-        }
-        for &b in &buf[..n as usize] {
+        let n = match nix::unistd::read(fd, &mut buf) {
+            Ok(0) | Err(_) => return seen,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
             if seen != Some(WAKE_STOP_NOW) {
                 seen = Some(b);
             }
@@ -91,15 +93,15 @@ pub(crate) fn reset() {
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    // SAFETY: errno is thread-local; saving and restoring it keeps the interrupted code intact.
-    let saved = unsafe { *libc::__errno_location() };
+    // errno is thread-local: restoring it keeps the interrupted code's value intact.
+    let saved = Errno::last_raw();
     let byte = if sig == libc::SIGINT && SIGINT_COUNT.fetch_add(1, Ordering::AcqRel) >= 1 {
         WAKE_STOP_NOW
     } else {
         WAKE_STOP
     };
     wake(byte);
-    unsafe { *libc::__errno_location() = saved };
+    Errno::set_raw(saved);
 }
 
 /// Which signals the library takes over.
@@ -114,37 +116,34 @@ pub(crate) enum Role {
 
 /// Installed signal handlers; dropping it restores the host's previous dispositions.
 pub(crate) struct SignalGuard {
-    saved: Vec<(libc::c_int, libc::sigaction)>,
+    saved: Vec<(Signal, SigAction)>,
 }
 
 impl SignalGuard {
     pub(crate) fn install(role: Role) -> io::Result<SignalGuard> {
         wake_fd()?;
         let mut guard = SignalGuard { saved: Vec::new() };
-        guard.set(libc::SIGTERM, on_signal as *const () as libc::sighandler_t)?;
+        guard.set(Signal::SIGTERM, SigHandler::Handler(on_signal))?;
         let int_action = match role {
-            Role::Master => on_signal as *const () as libc::sighandler_t,
-            Role::Child => libc::SIG_IGN,
+            Role::Master => SigHandler::Handler(on_signal),
+            Role::Child => SigHandler::SigIgn,
         };
-        guard.set(libc::SIGINT, int_action)?;
+        guard.set(Signal::SIGINT, int_action)?;
         Ok(guard)
     }
 
-    fn set(&mut self, sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
-        // SAFETY: sigaction structs are plain data; zeroed is a valid empty mask.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handler;
-            // SA_ONSTACK: Go hosts run signal handlers on the alternate stack; SA_RESTART keeps
-            // the host's blocking calls from failing with EINTR.
-            action.sa_flags = libc::SA_ONSTACK | libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, &action, &mut old) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            self.saved.push((sig, old));
-        }
+    fn set(&mut self, sig: Signal, handler: SigHandler) -> io::Result<()> {
+        // SA_ONSTACK: Go hosts run signal handlers on the alternate stack; SA_RESTART keeps
+        // the host's blocking calls from failing with EINTR.
+        let action = SigAction::new(
+            handler,
+            SaFlags::SA_ONSTACK | SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: on_signal is async-signal-safe (atomics, a lock-free OnceLock::get and
+        // write(2), errno saved and restored), and SIG_IGN needs nothing.
+        let old = unsafe { signal::sigaction(sig, &action) }.map_err(io::Error::from)?;
+        self.saved.push((sig, old));
         Ok(())
     }
 }
@@ -152,8 +151,9 @@ impl SignalGuard {
 impl Drop for SignalGuard {
     fn drop(&mut self) {
         for (sig, old) in self.saved.drain(..).rev() {
-            // SAFETY: restoring a disposition that sigaction itself returned.
-            unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
+            // SAFETY: `old` is the host's disposition exactly as sigaction returned it, so
+            // putting it back is as sound as it was before we replaced it.
+            let _ = unsafe { signal::sigaction(sig, &old) };
         }
     }
 }

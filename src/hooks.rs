@@ -6,6 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+use nix::sys::resource::{Resource, getrlimit};
+
 use crate::error::HookError;
 
 /// Process ids as the C ABI and the OS see them.
@@ -83,9 +85,11 @@ impl SpawnRequest {
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),
         ];
-        // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range, fcntl)
-        // and allocates nothing. The sources are above LIFELINE_FD (the master dups them
-        // there), so placing one never clobbers the other.
+        // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range,
+        // getrlimit, fcntl) and allocates nothing. The sources are above LIFELINE_FD (the master
+        // dups them there), so placing one never clobbers the other. dup2 is raw libc: nix's
+        // dup2 wants the target as an OwnedFd, and its dup2_raw returns one that would close
+        // the placed descriptor when dropped.
         unsafe {
             cmd.pre_exec(move || {
                 for (from, to) in placements {
@@ -103,30 +107,30 @@ impl SpawnRequest {
 
 /// Marks every descriptor above `last` close-on-exec: a C host's descriptors opened without it
 /// must not reach the children. Marking rather than closing keeps the pipe through which std
-/// reports a failed exec. Runs between fork and exec, so only raw syscalls.
+/// reports a failed exec. Runs between fork and exec, so only system calls, no allocation.
 fn cloexec_fds_above(last: RawFd) {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     let first = (last + 1) as libc::c_uint;
-    // SAFETY: close_range and fcntl take plain integers; unknown numbers fail harmlessly.
-    unsafe {
-        if libc::syscall(
+    // SAFETY: close_range takes plain integers and only sets descriptor flags; nix 0.32 has
+    // no wrapper for it.
+    let marked = unsafe {
+        libc::syscall(
             libc::SYS_close_range,
             first,
             libc::c_uint::MAX,
             CLOSE_RANGE_CLOEXEC,
-        ) == 0
-        {
-            return;
-        }
-        // Kernels before 5.11: one by one up to the descriptor limit.
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur.min(1 << 20) as RawFd
-        } else {
-            1024
-        };
-        for fd in first as RawFd..max {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
+        )
+    } == 0;
+    if marked {
+        return;
+    }
+    // Kernels before 5.11: one by one up to the descriptor limit.
+    let max =
+        getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft.min(1 << 20) as RawFd);
+    for fd in first as RawFd..max {
+        // SAFETY: F_SETFD on a number that is not open fails with EBADF and changes nothing.
+        // Raw libc because nix's fcntl takes a BorrowedFd, which a number that may not be open
+        // cannot be.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }

@@ -11,9 +11,13 @@
 //! the child sees a SIGTERM first and the EOF a moment later. A stop the master did not
 //! announce therefore waits briefly for the EOF before it is taken as a plain stop.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{MsgFlags, recv, send};
 
 pub(crate) const READY_BYTE: u8 = b'R';
 pub(crate) const STOP_BYTE: u8 = b'S';
@@ -37,20 +41,15 @@ pub(crate) enum State {
 pub(crate) fn read(fd: RawFd) -> State {
     let mut buf = [0u8; 64];
     loop {
-        // SAFETY: reading into a valid buffer; MSG_DONTWAIT leaves the descriptor's mode alone.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n == 0 {
-            return State::Gone;
-        }
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.kind() {
-                std::io::ErrorKind::WouldBlock => State::Open,
-                std::io::ErrorKind::Interrupted => continue,
-                _ => State::Gone,
-            };
-        }
-        if buf[..n as usize].contains(&STOP_BYTE) {
+        // MSG_DONTWAIT leaves the descriptor's mode alone.
+        let n = match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return State::Gone,
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => return State::Open,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return State::Gone,
+        };
+        if buf[..n].contains(&STOP_BYTE) {
             STOP_ANNOUNCED.store(true, Ordering::Release);
         }
     }
@@ -64,10 +63,10 @@ pub(crate) fn stop_announced() -> bool {
 /// After serving ended without a master-death event: was the master gone all the same?
 /// Answers at once when the lifeline tells (EOF, or the master's stop byte); otherwise waits
 /// up to `settle` for an EOF.
-pub(crate) fn master_gone_after_stop(fd: RawFd, settle: Duration) -> bool {
+pub(crate) fn master_gone_after_stop(fd: BorrowedFd<'_>, settle: Duration) -> bool {
     let deadline = Instant::now() + settle;
     loop {
-        if read(fd) == State::Gone {
+        if read(fd.as_raw_fd()) == State::Gone {
             return true;
         }
         if stop_announced() {
@@ -77,26 +76,18 @@ pub(crate) fn master_gone_after_stop(fd: RawFd, settle: Duration) -> bool {
         if left.is_zero() {
             return false;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+        let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+        let _ = nix::poll::poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], ms);
     }
 }
 
 /// Master side: announces a graceful stop to a child.
 pub(crate) fn announce_stop(fd: RawFd) {
-    // SAFETY: sending one byte from a valid buffer; a full or closed socket just drops it
-    // (MSG_NOSIGNAL: a dead child must not raise SIGPIPE in the master).
-    unsafe {
-        libc::send(
-            fd,
-            (&STOP_BYTE as *const u8).cast(),
-            1,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
+    // A full or closed socket just drops it (MSG_NOSIGNAL: a dead child must not raise SIGPIPE
+    // in the master).
+    let _ = send(
+        fd,
+        &[STOP_BYTE],
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    );
 }

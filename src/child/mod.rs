@@ -4,9 +4,15 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{MsgFlags, send};
 
 use crate::config::Config;
 use crate::control::{self, Role, SignalGuard};
@@ -29,27 +35,21 @@ pub(crate) fn run(
         libc::AF_UNIX,
         "the lifeline socket",
     )?;
+    // SAFETY: fd 3 was just checked to be a listening socket; the master handed it to this
+    // process to own.
+    let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
+    // SAFETY: fd 4 was just checked to be a socket, and nothing in this process closes it: it
+    // is the child's end of the lifeline for the life of the process.
+    let lifeline_fd = unsafe { BorrowedFd::borrow_raw(LIFELINE_FD) };
     // The descriptors arrived without close-on-exec; anything this child runs must not
     // inherit them (a grandchild holding the lifeline would hide the master's death).
-    for fd in [LISTENER_FD, LIFELINE_FD] {
-        // SAFETY: fcntl on descriptors just checked to be open sockets.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    for fd in [listener.as_fd(), lifeline_fd] {
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
-    // SAFETY: fd 3 is a listening socket handed to this process to own.
-    let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
     crate::set_local_addr(listener.local_addr().ok());
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGTERM as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    let _ = set_pdeathsig(Signal::SIGTERM);
     raise_fd_limit();
 
     let wake_fd =
@@ -77,7 +77,7 @@ pub(crate) fn run(
         }
     };
     let ctl = ServeControl {
-        wake_fd,
+        wake_fd: wake_fd.as_raw_fd(),
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
@@ -85,7 +85,7 @@ pub(crate) fn run(
     let served = http::serve(listener, handler, &config.http, ctl, log);
     // A stop the master did not announce may be PDEATHSIG running ahead of the lifeline's EOF
     // (see the lifeline module): the master-death hook is owed in that case too.
-    if !death_seen && lifeline::master_gone_after_stop(LIFELINE_FD, lifeline::PDEATH_SETTLE) {
+    if !death_seen && lifeline::master_gone_after_stop(lifeline_fd, lifeline::PDEATH_SETTLE) {
         log.log(Level::Warn, "the master process is gone");
         if let Some(hook) = hooks.on_master_death.as_mut()
             && let Err(e) = user_code("on_master_death", || {
@@ -99,9 +99,7 @@ pub(crate) fn run(
     // Serving is over: disarm the backup. The kernel sends PDEATHSIG after the master's
     // descriptors close, so it can land after the lifeline EOF was handled and the signal
     // handlers are restored, and would kill a child that is exiting cleanly (status -15).
-    let no_signal: libc::c_ulong = 0;
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, no_signal, 0, 0, 0) };
+    let _ = set_pdeathsig(None);
     if let Err(e) = user_code("exit_child", || {
         handler.exit_child();
         Ok(())
@@ -112,6 +110,9 @@ pub(crate) fn run(
 }
 
 /// Fails with a message that points at the cause when `fd` is not what a master passes.
+///
+/// Raw libc: nix has no SO_DOMAIN option, and its getsockopt wants a BorrowedFd, which a
+/// descriptor not yet known to be open cannot be.
 fn check_inherited(
     fd: RawFd,
     option: libc::c_int,
@@ -120,7 +121,8 @@ fn check_inherited(
 ) -> Result<(), Error> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len are valid out pointers of the right size.
+    // SAFETY: value and len are valid out pointers of the right size; on a number that is not
+    // open, getsockopt fails with EBADF and touches nothing.
     let r = unsafe {
         libc::getsockopt(
             fd,
@@ -149,36 +151,26 @@ fn check_inherited(
 }
 
 fn send_ready() -> Result<(), Error> {
-    // SAFETY: sending one byte from a valid buffer; MSG_NOSIGNAL keeps a dead master from
-    // raising SIGPIPE.
-    let n = unsafe {
-        libc::send(
-            LIFELINE_FD,
-            (&READY_BYTE as *const u8).cast(),
-            1,
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n != 1 {
-        return Err(Error::io(
-            ErrorKind::Io,
-            "report ready to the master",
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    // MSG_NOSIGNAL keeps a dead master from raising SIGPIPE. A one-byte send on a stream
+    // socket either sends the byte or fails.
+    send(LIFELINE_FD, &[READY_BYTE], MsgFlags::MSG_NOSIGNAL)
+        .map(drop)
+        .map_err(|e| {
+            Error::io(
+                ErrorKind::Io,
+                "report ready to the master",
+                io::Error::from(e),
+            )
+        })
 }
 
 /// Lifts the soft RLIMIT_NOFILE to the hard limit, as the Go runtime does: a server that
 /// keeps thousands of connections must not stop at the historical 1024.
 fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::socket::MsgFlags;
 
 use super::ServeControl;
 use super::date::DateCache;
@@ -645,20 +646,10 @@ impl Server<'_> {
 
     /// Reads every pending byte of the stop pipe; returns the most urgent request seen.
     fn read_wake(&self) -> Option<u8> {
-        let mut seen = None;
-        let mut buf = [0u8; 64];
-        loop {
-            // SAFETY: reading into a valid buffer of the given length.
-            let n = unsafe { libc::read(self.wake_fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return seen;
-            }
-            for &b in &buf[..n as usize] {
-                if seen != Some(crate::control::WAKE_STOP_NOW) {
-                    seen = Some(b);
-                }
-            }
-        }
+        // SAFETY: the stop pipe stays open while serve runs (ServeControl's wake_fd is the
+        // process's never-closed pipe, or a test's, closed only after serve returns), and the
+        // borrow ends with this call.
+        crate::control::drain(unsafe { BorrowedFd::borrow_raw(self.wake_fd) })
     }
 
     fn on_master_death(&mut self, ctl: &mut ServeControl<'_>) {
@@ -709,21 +700,9 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 /// `send` with MSG_NOSIGNAL: the host may leave SIGPIPE at its default (C programs do), and a
 /// peer's reset must not kill the child.
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the buffer is valid for its length; fd is a socket this loop owns.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    nix::sys::socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
 }
 
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the buffer is valid for writes of its length; fd is a socket this loop owns.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    nix::sys::socket::recv(fd, buf, MsgFlags::empty()).map_err(io::Error::from)
 }

@@ -3,8 +3,9 @@
 //! returned at once rather than a crash loop of children.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
+use nix::fcntl::{FcntlArg, fcntl};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Network;
@@ -125,15 +126,14 @@ fn bind_one(
 
 /// Moves `fd` above the descriptor numbers children receive (see the module docs).
 pub(crate) fn above_child_fds(fd: OwnedFd) -> Result<OwnedFd, Error> {
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new descriptor or -1.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, LIFELINE_FD + 1) };
-    if dup < 0 {
-        return Err(Error::io(
+    let dup = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(LIFELINE_FD + 1)).map_err(|e| {
+        Error::io(
             ErrorKind::Io,
             "duplicate descriptor",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: dup is a fresh descriptor owned by nobody else.
+            std::io::Error::from(e),
+        )
+    })?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor, owned by nobody else (nix's fcntl
+    // returns it as a plain number).
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }

@@ -7,8 +7,14 @@ mod hook;
 mod recovery;
 mod spawn;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{MsgFlags, recv};
+use nix::unistd::Pid as NixPid;
 
 use crate::config::{Config, ProcessConfig};
 use crate::control::{self, Role, SignalGuard, WAKE_STOP_NOW};
@@ -88,7 +94,7 @@ struct Master<'a> {
     cfg: &'a ProcessConfig,
     hooks: &'a mut Hooks,
     log: &'a dyn Logger,
-    wake: std::os::fd::RawFd,
+    wake: BorrowedFd<'static>,
     slots: Vec<Slot>,
     listeners: Vec<OwnedFd>,
     recovery: Recovery,
@@ -124,7 +130,6 @@ impl Master<'_> {
 
     /// Runs until a stop is requested (Ok) or the recover policy, a hook or a spawn fails.
     fn supervise(&mut self) -> Result<Stop, Error> {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut owners: Vec<(usize, Watch)> = Vec::new();
         loop {
             if control::stop_requested() {
@@ -138,21 +143,21 @@ impl Master<'_> {
             self.check_startup_deadlines(now)?;
             self.announce_ready()?;
 
-            fds.clear();
             owners.clear();
-            fds.push(pollfd(self.wake));
+            // The descriptors are borrowed from the slots, so this list lives for one turn.
+            let mut fds = vec![pollfd(self.wake)];
             let mut sweep = false;
             for (i, slot) in self.slots.iter().enumerate() {
                 let Some(child) = &slot.child else { continue };
                 match &child.pidfd {
                     Some(fd) => {
-                        fds.push(pollfd(fd.as_raw_fd()));
+                        fds.push(pollfd(fd.as_fd()));
                         owners.push((i, Watch::Exit));
                     }
                     None => sweep = true,
                 }
                 if let (false, Some(fd)) = (child.ready, &child.lifeline) {
-                    fds.push(pollfd(fd.as_raw_fd()));
+                    fds.push(pollfd(fd.as_fd()));
                     owners.push((i, Watch::Lifeline));
                 }
             }
@@ -163,11 +168,11 @@ impl Master<'_> {
                 timeout = Some(timeout.map_or(SWEEP_PERIOD, |t| t.min(SWEEP_PERIOD)));
             }
             poll(&mut fds, timeout);
+            let mut polled = fds[1..].iter();
+            owners.retain(|_| polled.next().is_some_and(fired));
+            drop(fds);
 
-            for (k, &(slot, watch)) in owners.iter().enumerate() {
-                if fds[k + 1].revents == 0 {
-                    continue;
-                }
+            for &(slot, watch) in &owners {
                 match watch {
                     Watch::Lifeline => self.read_lifeline(slot),
                     Watch::Exit => self.reap(slot, false)?,
@@ -188,23 +193,17 @@ impl Master<'_> {
         };
         let Some(fd) = &child.lifeline else { return };
         let mut buf = [0u8; 16];
-        // SAFETY: reading into a valid buffer; the socket is ours.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 && buf[..n as usize].contains(&lifeline::READY_BYTE) {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT);
+        if let Ok(n @ 1..) = n
+            && buf[..n].contains(&lifeline::READY_BYTE)
+        {
             child.ready = true;
             let ms = child.started.elapsed().as_secs_f64() * 1000.0;
             self.log.log(
                 Level::Debug,
                 &format!("child {} ready after {ms:.1} ms", child.pid),
             );
-        } else if n == 0 {
+        } else if n == Ok(0) {
             // The child closed its lifeline before reporting ready: it is exiting, and its
             // pidfd (or the sweep) will say so. Stop polling a descriptor stuck at EOF.
             child.lifeline = None;
@@ -364,14 +363,20 @@ impl Master<'_> {
                 lifeline::announce_stop(fd.as_raw_fd());
             }
         }
-        signal_all(&live, if now { libc::SIGKILL } else { libc::SIGTERM });
+        signal_all(
+            &live,
+            if now {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            },
+        );
         let deadline = Instant::now()
             + if now {
                 Duration::ZERO
             } else {
                 self.cfg.grace_period
             };
-        let mut fds = Vec::new();
         loop {
             for slot in 0..self.slots.len() {
                 if let Err(e) = self.reap(slot, false) {
@@ -384,17 +389,16 @@ impl Master<'_> {
             if live.is_empty() || left.is_zero() {
                 break;
             }
-            fds.clear();
-            fds.push(pollfd(self.wake));
+            let mut fds = vec![pollfd(self.wake)];
             for child in self.slots.iter().filter_map(|s| s.child.as_ref()) {
                 if let Some(fd) = &child.pidfd {
-                    fds.push(pollfd(fd.as_raw_fd()));
+                    fds.push(pollfd(fd.as_fd()));
                 }
             }
             poll(&mut fds, Some(left.min(SWEEP_PERIOD)));
-            if fds[0].revents != 0 && control::drain_wake() == Some(WAKE_STOP_NOW) && !now {
+            if fired(&fds[0]) && control::drain_wake() == Some(WAKE_STOP_NOW) && !now {
                 now = true;
-                signal_all(&live, libc::SIGKILL);
+                signal_all(&live, Signal::SIGKILL);
             }
         }
         let stubborn = self.live_pids();
@@ -406,7 +410,7 @@ impl Master<'_> {
                     self.cfg.grace_period
                 ),
             );
-            signal_all(&stubborn, libc::SIGKILL);
+            signal_all(&stubborn, Signal::SIGKILL);
             for slot in 0..self.slots.len() {
                 let _ = self.reap(slot, true);
             }
@@ -437,33 +441,41 @@ enum Watch {
     Lifeline,
 }
 
-fn pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+fn pollfd(fd: BorrowedFd<'_>) -> PollFd<'_> {
+    PollFd::new(fd, PollFlags::POLLIN)
 }
 
-fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
-    let ms = timeout.map_or(-1, |t| {
-        t.as_millis().min(i32::MAX as u128) as i32 + i32::from(t.subsec_nanos() % 1_000_000 != 0)
+/// True when poll reported anything for `fd`. Bits nix has no name for (`revents()` is then
+/// `None`) are events all the same.
+fn fired(fd: &PollFd<'_>) -> bool {
+    fd.any().unwrap_or(true)
+}
+
+fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) {
+    let timeout = timeout.map_or(PollTimeout::NONE, |t| {
+        let ms = t.as_millis().min(i32::MAX as u128) as i32
+            + i32::from(t.subsec_nanos() % 1_000_000 != 0);
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
     });
-    // SAFETY: fds is a valid slice of pollfd for the duration of the call. EINTR just means
-    // a signal came in; the loop re-checks everything.
-    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    // EINTR just means a signal came in; the loop re-checks everything.
+    let _ = nix::poll::poll(fds, timeout);
 }
 
 /// waitpid for one child: its exit, or None while it runs.
+///
+/// Raw libc, not nix's `waitpid`: nix decodes the status into its `Signal` enum, which has no
+/// real-time signals, so for a child killed by one it reaps the child and then returns EINVAL,
+/// and the status is lost. Without WUNTRACED or WCONTINUED (and with no child traced by this
+/// process) a status is an exit or a death by signal.
 fn wait(pid: Pid, block: bool) -> Option<ChildExit> {
     let mut status = 0;
     loop {
-        // SAFETY: status is a valid out pointer.
+        // SAFETY: status is a valid out pointer for the duration of the call.
         let r = unsafe { libc::waitpid(pid, &mut status, if block { 0 } else { libc::WNOHANG }) };
         if r == pid {
             break;
         }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+        if r < 0 && Errno::last() == Errno::EINTR {
             continue;
         }
         if r < 0 {
@@ -488,9 +500,9 @@ fn describe(exit: ChildExit) -> String {
     }
 }
 
-fn signal_all(pids: &[Pid], sig: libc::c_int) {
+/// Signals children we have not reaped, so no pid can have been recycled.
+fn signal_all(pids: &[Pid], sig: Signal) {
     for &pid in pids {
-        // SAFETY: signalling a child we have not reaped, so the pid cannot be recycled.
-        unsafe { libc::kill(pid, sig) };
+        let _ = nix::sys::signal::kill(NixPid::from_raw(pid), sig);
     }
 }

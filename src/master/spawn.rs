@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
 
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid as NixPid;
+
 use crate::error::{Error, ErrorKind, HookError};
 use crate::hooks::{CHILD_ENV, Pid, SpawnRequest};
 use crate::master::bind::above_child_fds;
@@ -81,7 +87,9 @@ fn check_produced(pid: Pid) -> Result<(), Error> {
         )));
     }
     let mut status = 0;
-    // SAFETY: WNOHANG never blocks; status is a valid out pointer.
+    // Raw libc, not nix's waitpid: the raw status goes into the message, and nix would report
+    // a child killed at once by a real-time signal as an EINVAL (see master::wait).
+    // SAFETY: WNOHANG never blocks; status is a valid out pointer for the duration of the call.
     let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
     if r < 0 {
         return Err(broken(format!(
@@ -109,45 +117,39 @@ fn check_produced(pid: Pid) -> Result<(), Error> {
 }
 
 fn lifeline_pair() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(Error::io(
+    let (master_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| {
+        Error::io(
             ErrorKind::Spawn,
             "create lifeline socket pair",
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    let (master_end, child_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            io::Error::from(e),
+        )
+    })?;
     Ok((master_end, above_child_fds(child_end)?))
 }
 
+/// nix 0.32 has no pidfd_open, so the raw system call.
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; a
+    // descriptor it returns is fresh, so the OwnedFd is its only owner (pidfds are
+    // close-on-exec by definition).
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd as RawFd))
     }
-    // SAFETY: fd is a fresh descriptor; pidfds are close-on-exec by definition.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// SIGKILL and a blocking reap: for a child that must not outlive an error path.
+/// SIGKILL and a blocking reap: for a child that must not outlive an error path. The pid is
+/// ours and not reaped yet, so it cannot have been recycled.
 pub(crate) fn kill_and_reap(pid: Pid) {
-    // SAFETY: plain syscalls on a pid we started and have not reaped.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        let mut status = 0;
-        while libc::waitpid(pid, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
-    }
+    let pid = NixPid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGKILL);
+    // Only EINTR is retried: any other error (EINVAL from a status nix cannot decode included)
+    // comes after the reap or means there is nothing left to reap.
+    while waitpid(pid, None) == Err(Errno::EINTR) {}
 }
