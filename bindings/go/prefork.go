@@ -46,34 +46,39 @@ type Logger interface {
 // the same call in each child serves the inherited listener. Build the Prefork the same way
 // in every process: the children are fresh executions of main.
 //
-// Zero-valued fields mean the library's default, except where a field says otherwise.
+// Each option field states its default ("Default: 5s."), what a Prefork from New has. A zero
+// field means that default too, except where the field says "Zero is not the default".
 // Fields are read when ListenAndServe starts; changing them while it runs has no effect.
 //
 // WARNING: as with fasthttp prefork, each child is a separate process: global state such as
 // an in-memory cache is per child.
 type Prefork struct {
+	// The "Default:" sentences and what configure does with a zero field are checked against
+	// include/prefork.h by tests/go_options.rs.
+
 	// Logger receives the library's log lines at INFO and above. nil keeps the library's
 	// own logger, which writes "prefork[PID] LEVEL: message" lines to stderr.
 	Logger Logger
 
-	// Network is "tcp4" (New's choice, as fasthttp), "tcp6" or "tcp" (dual stack for an IPv6
-	// or empty host). Empty means "tcp4".
+	// Network is "tcp4", "tcp6" or "tcp" (dual stack for an IPv6 or empty host).
+	// Default: "tcp4", as in fasthttp; New sets it, and empty means the default too.
 	Network string
 
 	// RecoverThreshold is how many child exits are tolerated within RecoverWindow; one more
-	// makes ListenAndServe stop the other children and return ErrOverRecovery. 0 gives up at
-	// the first exit; DefaultRecoverThreshold (New's choice) means max(1, children/2).
+	// makes ListenAndServe stop the other children and return ErrOverRecovery.
+	// Default: -1 (DefaultRecoverThreshold, which New sets), meaning max(1, children/2), as
+	// does any negative value. Zero is not the default: 0 gives up at the first exit.
 	RecoverThreshold int
 
-	// RecoverInterval is the delay before an exited child is replaced. Default 0.
+	// RecoverInterval is the delay before an exited child is replaced. Default: 0.
 	RecoverInterval time.Duration
 
 	// ShutdownGracePeriod is how long children get to finish their requests after a stop
-	// request before they are killed. Zero means the default, 5s.
+	// request before they are killed. Default: 5s.
 	ShutdownGracePeriod time.Duration
 
 	// Reuseport makes the master bind one SO_REUSEPORT socket per child instead of one
-	// listener shared by all (the kernel then spreads connections evenly).
+	// listener shared by all (the kernel then spreads connections evenly). Default: false.
 	Reuseport bool
 
 	// OnMasterDeath runs in a child, at most once, when its master is gone (detected at once
@@ -116,63 +121,68 @@ type Prefork struct {
 	ExitChild func()
 
 	// Children is the number of child processes; 0 means one per CPU this process may run on
-	// (affinity and cgroup quota respected). At most 1024.
+	// (affinity and cgroup quota respected). At most 1024. Default: 0.
 	Children int
 
-	// Backlog is the listen(2) backlog. Default 1024.
+	// Backlog is the listen(2) backlog (the kernel caps it at net.core.somaxconn).
+	// Default: 1024.
 	Backlog int
 
 	// RecoverWindow is the sliding window in which child exits count against
-	// RecoverThreshold. Zero means the default, 60s; a negative value counts exits over the
-	// master's whole life (fasthttp's behaviour).
+	// RecoverThreshold. Default: 60s. Zero means the default (unlike the C setter's 0); a
+	// negative value counts exits over the master's whole life (fasthttp's behaviour).
 	RecoverWindow time.Duration
 
 	// RecoverBackoffMax caps the exponential backoff between replacements of children that
-	// keep dying right after they start. Zero means the default, 10s; negative means no backoff.
+	// keep dying right after they start. Default: 10s. Zero means the default (unlike the C
+	// setter's 0); a negative value means no backoff.
 	RecoverBackoffMax time.Duration
 
 	// StartupTimeout is how long a child may take to report that it listens (InitChild
-	// included). Default 10s.
+	// included). Default: 10s.
 	StartupTimeout time.Duration
 
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
 	// concurrently on that many threads and must be safe for concurrent use. At most 4096.
+	// Default: 0.
 	HandlerThreads int
 
-	// MaxRequestLine is the longest request line before the reply is 414. Default 8 KiB.
+	// MaxRequestLine is the longest request line before the reply is 414; at most
+	// MaxHeadSize. Default: 8 KiB.
 	MaxRequestLine int
-	// MaxHeadSize is the largest request head before the reply is 431. Default 16 KiB.
+	// MaxHeadSize is the largest request head before the reply is 431. Default: 16 KiB.
 	MaxHeadSize int
-	// MaxHeaders is the most header fields in a request before the reply is 431. Default 100.
+	// MaxHeaders is the most header fields in a request before the reply is 431.
+	// Default: 100.
 	MaxHeaders int
-	// MaxBodySize is the largest request body; a larger one gets 413. Zero means the
-	// default, 4 MiB; a negative value refuses every body.
+	// MaxBodySize is the largest request body; a larger one gets 413. Default: 4 MiB. Zero
+	// means the default (unlike the C setter's 0); a negative value refuses every body.
 	MaxBodySize int
 	// MaxChunkExtSize is the total size of chunk extensions accepted in one chunked request
-	// body before the reply is 400. Default 16 KiB.
+	// body before the reply is 400. Default: 16 KiB.
 	MaxChunkExtSize int
 	// MaxTrailerSize is the largest trailer section of a chunked request body before the
-	// reply is 431. Default 16 KiB.
+	// reply is 431. Default: 16 KiB.
 	MaxTrailerSize int
 	// MaxBytesPerTurn is how many bytes one connection may read and write in one event-loop
-	// turn before the child serves its other connections (fairness). Default 256 KiB.
+	// turn before the child serves its other connections (fairness). Default: 256 KiB.
 	MaxBytesPerTurn int
 	// MaxConnections is the number of open connections per child above which it stops
-	// accepting until one closes. Default 16384.
+	// accepting until one closes. Default: 16384.
 	MaxConnections int
 	// MaxOutputBuffer is the output buffered for one connection before the child stops
-	// reading from it (backpressure on pipelining clients). Default 256 KiB.
+	// reading from it (backpressure on pipelining clients). Default: 256 KiB.
 	MaxOutputBuffer int
 
-	// HeaderTimeout is the time allowed to receive a whole request head. Default 10s.
+	// HeaderTimeout is the time allowed to receive a whole request head. Default: 10s.
 	HeaderTimeout time.Duration
-	// BodyTimeout is the longest silence while a request body is received. Default 30s.
+	// BodyTimeout is the longest silence while a request body is received. Default: 30s.
 	BodyTimeout time.Duration
-	// IdleTimeout is how long an idle keep-alive connection is kept. Default 60s.
+	// IdleTimeout is how long an idle keep-alive connection is kept. Default: 60s.
 	IdleTimeout time.Duration
 	// WriteTimeout is the longest time a pending response may make no write progress.
-	// Default 30s.
+	// Default: 30s.
 	WriteTimeout time.Duration
 
 	handler RequestHandler
