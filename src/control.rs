@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// What a byte in the pipe asks for.
 pub(crate) const WAKE_STOP: u8 = b'T';
@@ -115,35 +114,44 @@ pub(crate) enum Role {
 }
 
 /// Installed signal handlers; dropping it restores the host's previous dispositions.
+///
+/// Raw `libc::sigaction` on purpose: nix 0.32's `SigAction::new` leaves the struct's
+/// `sa_restorer` uninitialised and then calls `assume_init`, which is undefined behaviour in
+/// Rust however glibc treats the field; a zeroed struct has no such hole.
 pub(crate) struct SignalGuard {
-    saved: Vec<(Signal, SigAction)>,
+    saved: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 impl SignalGuard {
     pub(crate) fn install(role: Role) -> io::Result<SignalGuard> {
         wake_fd()?;
         let mut guard = SignalGuard { saved: Vec::new() };
-        guard.set(Signal::SIGTERM, SigHandler::Handler(on_signal))?;
+        let on_signal = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        guard.set(libc::SIGTERM, on_signal)?;
         let int_action = match role {
-            Role::Master => SigHandler::Handler(on_signal),
-            Role::Child => SigHandler::SigIgn,
+            Role::Master => on_signal,
+            Role::Child => libc::SIG_IGN,
         };
-        guard.set(Signal::SIGINT, int_action)?;
+        guard.set(libc::SIGINT, int_action)?;
         Ok(guard)
     }
 
-    fn set(&mut self, sig: Signal, handler: SigHandler) -> io::Result<()> {
-        // SA_ONSTACK: Go hosts run signal handlers on the alternate stack; SA_RESTART keeps
-        // the host's blocking calls from failing with EINTR.
-        let action = SigAction::new(
-            handler,
-            SaFlags::SA_ONSTACK | SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        // SAFETY: on_signal is async-signal-safe (atomics, a lock-free OnceLock::get and
+    fn set(&mut self, sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
+        // SAFETY: sigaction structs are plain data and all-zero is a valid one (an empty mask,
+        // no flags); on_signal is async-signal-safe (atomics, a lock-free OnceLock::get and
         // write(2), errno saved and restored), and SIG_IGN needs nothing.
-        let old = unsafe { signal::sigaction(sig, &action) }.map_err(io::Error::from)?;
-        self.saved.push((sig, old));
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler;
+            // SA_ONSTACK: Go hosts run signal handlers on the alternate stack; SA_RESTART
+            // keeps the host's blocking calls from failing with EINTR.
+            action.sa_flags = libc::SA_ONSTACK | libc::SA_RESTART;
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, &action, &mut old) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.saved.push((sig, old));
+        }
         Ok(())
     }
 }
@@ -151,9 +159,8 @@ impl SignalGuard {
 impl Drop for SignalGuard {
     fn drop(&mut self) {
         for (sig, old) in self.saved.drain(..).rev() {
-            // SAFETY: `old` is the host's disposition exactly as sigaction returned it, so
-            // putting it back is as sound as it was before we replaced it.
-            let _ = unsafe { signal::sigaction(sig, &old) };
+            // SAFETY: restoring a disposition that sigaction itself returned.
+            unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
         }
     }
 }
