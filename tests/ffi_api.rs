@@ -36,6 +36,23 @@ fn handler(frees: &AtomicUsize) -> prefork_handler {
     }
 }
 
+/// Hooks with every member unset but the user data and its finalizer.
+fn no_hooks(
+    user_data: *mut c_void,
+    user_data_free: Option<unsafe extern "C" fn(*mut c_void)>,
+) -> prefork_hooks {
+    prefork_hooks {
+        user_data,
+        on_child_spawn: None,
+        on_master_ready: None,
+        on_child_recover: None,
+        on_child_exit: None,
+        on_master_death: None,
+        command_producer: None,
+        user_data_free,
+    }
+}
+
 #[test]
 fn every_code_has_its_own_description() {
     let all: Vec<String> = (0..=10)
@@ -131,16 +148,10 @@ fn finalizers_run_once_when_let_go() {
         AtomicUsize::new(0),
         AtomicUsize::new(0),
     );
-    let hooks = prefork_hooks {
-        user_data: &hook_frees as *const AtomicUsize as *mut c_void,
-        on_child_spawn: None,
-        on_master_ready: None,
-        on_child_recover: None,
-        on_child_exit: None,
-        on_master_death: None,
-        command_producer: None,
-        user_data_free: Some(count),
-    };
+    let hooks = no_hooks(
+        &hook_frees as *const AtomicUsize as *mut c_void,
+        Some(count),
+    );
     unsafe extern "C" fn log(
         _: *mut c_void,
         _: prefork_log_level,
@@ -272,16 +283,7 @@ fn structs_are_read_by_the_size_the_caller_passes() {
             prefork_new_sized(&handler(&frees), size, &mut p),
             PREFORK_OK
         );
-        let hooks = prefork_hooks {
-            user_data: ptr::null_mut(),
-            on_child_spawn: None,
-            on_master_ready: None,
-            on_child_recover: None,
-            on_child_exit: None,
-            on_master_death: None,
-            command_producer: None,
-            user_data_free: None,
-        };
+        let hooks = no_hooks(ptr::null_mut(), None);
         let hooks_size = std::mem::size_of::<prefork_hooks>();
         assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size), PREFORK_OK);
         let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 8);

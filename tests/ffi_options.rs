@@ -3,36 +3,12 @@
 //! default that Config::default() really has.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use prefork::{Config, Network};
 
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
-}
-
-/// Setter name -> the text after "Default:" in its doc comment.
-fn documented_defaults() -> BTreeMap<String, String> {
-    let header = read("include/prefork.h");
-    let mut out = BTreeMap::new();
-    let mut doc = String::new();
-    for line in header.lines() {
-        let t = line.trim();
-        if t.starts_with("/**") {
-            doc.clear();
-        } else if let Some(text) = t.strip_prefix("* ") {
-            doc.push_str(text);
-            doc.push(' ');
-        } else if let Some(i) = t.find("prefork_set_") {
-            let name: String = t[i..].chars().take_while(|c| *c != '(').collect();
-            if let Some(d) = doc.split("Default: ").nth(1) {
-                out.insert(name, d.trim_end().trim_end_matches('.').to_string());
-            }
-        }
-    }
-    out
-}
+mod common;
+use common::{header_defaults as documented_defaults, read};
 
 fn ms(d: Duration) -> String {
     d.as_millis().to_string()
