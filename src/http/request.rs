@@ -64,6 +64,23 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The request `index` recorded; `headers` holds its fields, from `HeadIndex::fields`.
+    pub(crate) fn from_index(
+        index: &'a HeadIndex,
+        headers: &'a [Header<'a>],
+        body: &'a [u8],
+        peer: Option<SocketAddr>,
+    ) -> Request<'a> {
+        Request {
+            method: &index.text[..index.method_end],
+            target: &index.text[index.method_end..index.target_end],
+            minor_version: index.minor_version,
+            headers,
+            body,
+            peer,
+        }
+    }
+
     /// The method token, case-sensitive as received (`GET`, `POST`, ...).
     pub fn method(&self) -> &'a str {
         self.method
@@ -127,6 +144,94 @@ impl<'a> Request<'a> {
     /// The client's address (`None` only when the socket could not report it).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+}
+
+/// A parsed request head in a form that outlives its borrow of the head's bytes: a request
+/// whose body arrives after its head (the input buffer may move meanwhile), or that a handler
+/// thread answers from a copy of the head, is rebuilt from this instead of parsing the head
+/// again.
+#[derive(Debug)]
+pub(crate) struct HeadIndex {
+    /// The method, the target, then every field name, one after the other. Copied as text:
+    /// making a `&str` of the head's bytes again would check them as UTF-8, which costs more.
+    text: String,
+    method_end: usize,
+    target_end: usize,
+    minor_version: u8,
+    /// Each field: where its name ends in `text` (it starts where the previous one ended),
+    /// and where its value is in the head.
+    fields: Vec<(usize, Span)>,
+}
+
+impl Default for HeadIndex {
+    fn default() -> HeadIndex {
+        HeadIndex {
+            text: String::new(),
+            method_end: 0,
+            target_end: 0,
+            minor_version: 1,
+            fields: Vec::new(),
+        }
+    }
+}
+
+impl HeadIndex {
+    /// Records `req`, whose field values borrow `head`.
+    pub(crate) fn record(&mut self, req: &Request<'_>, head: &[u8]) {
+        self.text.clear();
+        self.text.push_str(req.method);
+        self.method_end = self.text.len();
+        self.text.push_str(req.target);
+        self.target_end = self.text.len();
+        self.minor_version = req.minor_version;
+        self.fields.clear();
+        for h in req.headers {
+            self.text.push_str(h.name);
+            self.fields
+                .push((self.text.len(), Span::within(head, h.value)));
+        }
+    }
+
+    /// Appends the recorded fields to `headers`, their values from `head`: the recorded bytes,
+    /// wherever they are now.
+    pub(crate) fn fields<'a>(&'a self, head: &'a [u8], headers: &mut Vec<Header<'a>>) {
+        let mut name_start = self.target_end;
+        headers.extend(self.fields.iter().map(|&(name_end, value)| {
+            let name = &self.text[name_start..name_end];
+            name_start = name_end;
+            Header {
+                name,
+                value: value.of(head),
+            }
+        }));
+    }
+}
+
+/// Where a field value is in its head: `len` bytes from offset `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    at: usize,
+    len: usize,
+}
+
+impl Span {
+    /// Where `part`, a subslice of `head`, is in it.
+    fn within(head: &[u8], part: &[u8]) -> Span {
+        if part.is_empty() {
+            // An empty value need not point into the head.
+            return Span { at: 0, len: 0 };
+        }
+        let at = part.as_ptr() as usize - head.as_ptr() as usize;
+        debug_assert!(at + part.len() <= head.len());
+        Span {
+            at,
+            len: part.len(),
+        }
+    }
+
+    fn of(self, head: &[u8]) -> &[u8] {
+        &head[self.at..self.at + self.len]
     }
 }
 

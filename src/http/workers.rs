@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::request::{Handler, Header, Request};
-use super::{Response, parse, recycle};
+use super::request::{Handler, HeadIndex, Header, Request};
+use super::{Response, recycle};
 use crate::error::panic_message;
 
 /// Identifies a connection across slot reuse: (slab index, generation).
@@ -24,6 +24,8 @@ pub(crate) struct Job {
     /// The request head (already validated) followed by its de-chunked body.
     pub buf: Vec<u8>,
     pub head_len: usize,
+    /// The head's parse, made on the event loop.
+    pub index: HeadIndex,
     pub peer: Option<SocketAddr>,
     pub resp: Response,
     /// The handler's panic message, if it panicked.
@@ -36,6 +38,7 @@ impl Job {
             conn: (0, 0),
             buf: Vec::new(),
             head_len: 0,
+            index: HeadIndex::default(),
             peer: None,
             resp: Response::default(),
             panic: None,
@@ -155,7 +158,6 @@ impl Drop for WorkerPool {
 }
 
 fn worker(shared: &Shared, handler: &dyn Handler, max_headers: usize) {
-    let mut slots: Vec<httparse::Header<'static>> = Vec::with_capacity(max_headers);
     let mut headers: Vec<Header<'static>> = Vec::with_capacity(max_headers);
     loop {
         let mut job = {
@@ -171,7 +173,7 @@ fn worker(shared: &Shared, handler: &dyn Handler, max_headers: usize) {
                 q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
-        run_job(&mut job, handler, &mut slots, &mut headers);
+        run_job(&mut job, handler, &mut headers);
         lock(&shared.done).push(job);
         shared.busy.fetch_sub(1, Ordering::AcqRel);
         // A failed wake leaves the job queued until the loop's next turn (it polls with a
@@ -180,31 +182,14 @@ fn worker(shared: &Shared, handler: &dyn Handler, max_headers: usize) {
     }
 }
 
-fn run_job(
-    job: &mut Job,
-    handler: &dyn Handler,
-    slots_store: &mut Vec<httparse::Header<'static>>,
-    headers_store: &mut Vec<Header<'static>>,
-) {
-    job.panic = None;
+fn run_job(job: &mut Job, handler: &dyn Handler, headers_store: &mut Vec<Header<'static>>) {
     let (head, body) = job.buf.split_at(job.head_len);
-    let mut slots: Vec<httparse::Header<'_>> = recycle(std::mem::take(slots_store));
     let mut headers: Vec<Header<'_>> = recycle(std::mem::take(headers_store));
-    let outcome = match parse::parse_head(head, slots.spare_capacity_mut()) {
-        Ok(parsed) => {
-            headers.extend(parsed.headers.iter().map(|h| Header {
-                name: h.name,
-                value: h.value,
-            }));
-            let req = Request::from_parsed(&parsed, &headers, body, job.peer);
-            let resp = &mut job.resp;
-            catch_unwind(AssertUnwindSafe(|| handler.handle(&req, resp)))
-                .map_err(|p| panic_message(&*p))
-        }
-        // The loop validated this head before queueing it; failing now is a bug of ours.
-        Err(_) => Err("request head failed to re-parse".to_string()),
-    };
-    job.panic = outcome.err();
+    job.index.fields(head, &mut headers);
+    let req = Request::from_index(&job.index, &headers, body, job.peer);
+    let resp = &mut job.resp;
+    job.panic = catch_unwind(AssertUnwindSafe(|| handler.handle(&req, resp)))
+        .err()
+        .map(|p| panic_message(&*p));
     *headers_store = recycle(headers);
-    *slots_store = recycle(slots);
 }
