@@ -668,7 +668,9 @@ enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
 
 /**
  * Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the
- * status unchanged, outside 200..599 (1xx responses are the engine's).
+ * status unchanged, outside 200..599 (1xx responses are the engine's). A 204 or 304 response
+ * is sent without Content-Length, Transfer-Encoding or body (RFC 9110 §6.4.1): a body written
+ * or streamed for it is dropped, and the child logs that once.
  */
 enum prefork_result prefork_response_set_status(struct prefork_response *resp, int status);
 

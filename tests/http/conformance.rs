@@ -1,7 +1,10 @@
 //! The conformance rules of issue 19 (item 4), each checked on the wire with the exact bytes:
-//! fragments in the request-target, empty hosts and over-long methods.
+//! fragments in the request-target, empty hosts, over-long methods, and the responses that
+//! never carry Content-Length, Transfer-Encoding or a body (1xx, 204, 304), HEAD beside them.
 
-use prefork::HttpConfig;
+use std::sync::Arc;
+
+use prefork::{Handler, HttpConfig, Request, Response};
 
 use crate::case;
 use crate::support::*;
@@ -271,4 +274,155 @@ fn method_longer_than_a_small_request_line_cap_is_501() {
         true,
         &engine_error("414 URI Too Long"),
     );
+}
+
+// ---- RFC 9110 §6.4.1, §8.6, §15.3.5, §15.4.5 and RFC 9112 §6.1, §6.3: a 1xx, 204 or 304
+// response ends with its head: no Content-Length, no Transfer-Encoding and no body, whatever
+// the handler set (its body is dropped, and logged once per process: tests/http_log_once.rs).
+
+#[test]
+fn status_204_drops_the_handler_body() {
+    // The pipelined request after it is answered right after the head: no body byte leaked.
+    let mut req = b"POST /status?204 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+    req.extend_from_slice(&get("/next"));
+    check_bytes(
+        &req,
+        &[204, 200],
+        false,
+        &format!(
+            "HTTP/1.1 204 No Content\r\nDate: <date>\r\n{}\r\n\
+             HTTP/1.1 200 OK\r\nDate: <date>\r\nContent-Length: 0\r\n{}\r\n",
+            echoed("POST", "/status?204", 1, 2, Some("t")),
+            echoed("GET", "/next", 1, 1, Some("t"))
+        ),
+    );
+}
+
+#[test]
+fn status_304_drops_the_handler_body() {
+    let mut req = b"POST /status?304 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+    req.extend_from_slice(&get("/next"));
+    check_bytes(
+        &req,
+        &[304, 200],
+        false,
+        &format!(
+            "HTTP/1.1 304 Not Modified\r\nDate: <date>\r\n{}\r\n\
+             HTTP/1.1 200 OK\r\nDate: <date>\r\nContent-Length: 0\r\n{}\r\n",
+            echoed("POST", "/status?304", 1, 2, Some("t")),
+            echoed("GET", "/next", 1, 1, Some("t"))
+        ),
+    );
+}
+
+#[test]
+fn status_204_and_304_drop_a_body_stream() {
+    for (code, reason) in [(204, "No Content"), (304, "Not Modified")] {
+        let target = format!("/status-stream?{code}");
+        let mut req = get(&target);
+        req.extend_from_slice(&get("/next"));
+        check_bytes(
+            &req,
+            &[code, 200],
+            false,
+            &format!(
+                "HTTP/1.1 {code} {reason}\r\nDate: <date>\r\n{}\r\n\
+                 HTTP/1.1 200 OK\r\nDate: <date>\r\nContent-Length: 0\r\n{}\r\n",
+                echoed("GET", &target, 1, 1, Some("t")),
+                echoed("GET", "/next", 1, 1, Some("t"))
+            ),
+        );
+    }
+}
+
+// An HTTP/1.0 stream is delimited by the close; a dropped one must not close the connection.
+case!(
+    status_304_drops_a_stream_in_http10_and_keeps_the_connection,
+    b"GET /status-stream?304 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    [304],
+    open,
+    format!(
+        "HTTP/1.1 304 Not Modified\r\nDate: <date>\r\nConnection: keep-alive\r\n{}\r\n",
+        echoed("GET", "/status-stream?304", 0, 1, None)
+    )
+);
+
+#[test]
+fn status_204_from_a_handler_thread_drops_the_body() {
+    let cfg = HttpConfig {
+        handler_threads: 2,
+        ..HttpConfig::default()
+    };
+    check_bytes_with(
+        cfg,
+        b"POST /status?204 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        &[204],
+        false,
+        &format!(
+            "HTTP/1.1 204 No Content\r\nDate: <date>\r\n{}\r\n",
+            echoed("POST", "/status?204", 1, 2, Some("t"))
+        ),
+    );
+}
+
+// RFC 9110 §9.3.2: a HEAD response has the head a GET would get, without the body: the
+// Content-Length of the body, or none at all for a 204 or 304.
+case!(
+    head_keeps_the_length_of_the_body_it_drops,
+    b"HEAD /big?5 HTTP/1.1\r\nHost: t\r\n\r\n",
+    [200],
+    open,
+    format!(
+        "HTTP/1.1 200 OK\r\nDate: <date>\r\nContent-Length: 5\r\n{}\r\n",
+        echoed("HEAD", "/big?5", 1, 1, Some("t"))
+    )
+);
+case!(
+    head_of_a_204_has_no_length,
+    b"HEAD /status?204 HTTP/1.1\r\nHost: t\r\n\r\n",
+    [204],
+    open,
+    format!(
+        "HTTP/1.1 204 No Content\r\nDate: <date>\r\n{}\r\n",
+        echoed("HEAD", "/status?204", 1, 1, Some("t"))
+    )
+);
+case!(
+    head_of_a_304_has_no_length,
+    b"HEAD /status-stream?304 HTTP/1.1\r\nHost: t\r\n\r\n",
+    [304],
+    open,
+    format!(
+        "HTTP/1.1 304 Not Modified\r\nDate: <date>\r\n{}\r\n",
+        echoed("HEAD", "/status-stream?304", 1, 1, Some("t"))
+    )
+);
+
+/// Tries every 1xx status, then answers 200 with what `set_status` said (and the `X-Path` that
+/// `Client::closed`'s probe looks for).
+struct Interim;
+
+impl Handler for Interim {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        resp.add_header(b"X-Path", req.path().as_bytes()).unwrap();
+        let refused = (100..200).all(|code| resp.set_status(code).is_err());
+        resp.write(if refused { b"refused" } else { b"accepted" });
+    }
+}
+
+#[test]
+fn a_handler_cannot_send_a_1xx_status() {
+    // The engine's own 1xx (100 Continue) is the only one on the wire, and it has no framing.
+    let server = Server::start_with(Arc::new(Interim), HttpConfig::default(), Opts::default());
+    let mut c = server.connect();
+    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 100);
+    c.send(b"ok");
+    assert_eq!(c.response(false).unwrap().status, 200);
+    assert_eq!(
+        c.received(),
+        "HTTP/1.1 100 Continue\r\n\r\n\
+         HTTP/1.1 200 OK\r\nDate: <date>\r\nContent-Length: 7\r\nX-Path: /\r\n\r\nrefused"
+    );
+    assert!(!c.closed());
 }

@@ -39,8 +39,9 @@ impl Logger for MemLog {
 /// The handler most cases use. It answers by path:
 /// `/panic` panics; `/sleep?MS` sleeps; `/stream?N` streams N chunks of 1000 bytes
 /// (`/stream-fail?N` then fails);
-/// `/close` asks for `Connection: close`; `/status?CODE` sets the status; `/big?N` returns N
-/// bytes; anything else echoes the body. Every response describes the request in headers.
+/// `/close` asks for `Connection: close`; `/status?CODE` sets the status (and echoes the body);
+/// `/status-stream?CODE` sets it and streams one chunk; `/big?N` returns N bytes; anything else
+/// echoes the body. Every response describes the request in headers.
 pub struct Echo;
 
 impl Handler for Echo {
@@ -75,6 +76,14 @@ impl Handler for Echo {
                 resp.set_body_stream(Chunks {
                     left: n,
                     fail: true,
+                });
+                return;
+            }
+            "/status-stream" => {
+                resp.set_status(arg.parse().unwrap()).unwrap();
+                resp.set_body_stream(Chunks {
+                    left: 1,
+                    fail: false,
                 });
                 return;
             }
