@@ -473,8 +473,9 @@ enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t m
 enum prefork_result prefork_set_handle_signals(struct prefork *p, bool handle_signals);
 
 /**
- * Longest request line (method, target, version), in bytes, before the reply is 414; above
- * zero, and at most max_head_size (checked when serving starts). Default: 8192.
+ * Longest request line (method, target, version), in bytes, before the reply is 414 (501
+ * when the method alone is too long: over 32 bytes or over this cap); above zero, and at most
+ * max_head_size (checked when serving starts). Default: 8192.
  */
 enum prefork_result prefork_set_max_request_line(struct prefork *p, size_t bytes);
 
