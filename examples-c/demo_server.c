@@ -5,7 +5,8 @@
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *
- * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /crash (with --allow-crash).
+ * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
+ * --allow-crash); and OPTIONS *.
  * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
@@ -33,7 +34,8 @@ static const char USAGE[] =
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
-    "routes, any method: / /echo /headers /pid /sleep?ms=N /crash (only with --allow-crash)\n";
+    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
+    "                    /crash (only with --allow-crash); and OPTIONS *\n";
 
 struct app {
     bool allow_crash;
@@ -54,21 +56,23 @@ static void reply_text(prefork_response *resp, int status, const char *text) {
     reply(resp, status, text, strlen(text));
 }
 
-/* Parses the decimal value of "ms" in a query such as "a=1&ms=250"; false if absent/bad. */
-static bool query_ms(prefork_str query, long *ms) {
-    size_t i = 0;
+/* Parses the decimal value of `key` ("ms") in a query such as "a=1&ms=250", at most `max`;
+ * false if absent or bad. */
+static bool query_number(prefork_str query, const char *key, long max, long *out) {
+    size_t key_len = strlen(key), i = 0;
     while (i < query.len) {
         size_t end = i;
         while (end < query.len && query.ptr[end] != '&') end++;
-        if (end - i > 3 && memcmp(query.ptr + i, "ms=", 3) == 0) {
+        if (end - i > key_len + 1 && memcmp(query.ptr + i, key, key_len) == 0 &&
+            query.ptr[i + key_len] == '=') {
             long value = 0;
-            for (size_t j = i + 3; j < end; j++) {
+            for (size_t j = i + key_len + 1; j < end; j++) {
                 char c = query.ptr[j];
-                if (c < '0' || c > '9' || value > MAX_SLEEP_MS) return false;
+                if (c < '0' || c > '9' || value > max) return false;
                 value = value * 10 + (c - '0');
             }
-            if (value > MAX_SLEEP_MS) return false;
-            *ms = value;
+            if (value > max) return false;
+            *out = value;
             return true;
         }
         i = end + 1;
@@ -88,6 +92,28 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
 
     if (str_is(path, "/")) {
         reply_text(resp, 200, "Hello, World!");
+    } else if (str_is(path, "*")) {
+        /* OPTIONS * (the library lets "*" through with OPTIONS only) asks about the server as
+         * a whole (RFC 9110 §9.3.7): every route takes any of these methods. No body, so the
+         * library sends the Content-Length: 0 that §9.3.7 asks for. */
+        static const char allow[] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+        prefork_response_add_header(resp, "Allow", 5, allow, sizeof allow - 1);
+    } else if (str_is(path, "/status")) {
+        /* An empty response with the status asked for, to probe how the library frames each
+         * one (a 204 or 304 gets neither Content-Length nor a body). The library refuses the
+         * 1xx statuses, which are its own: those are a 400 too. */
+        long code;
+        if (!query_number(prefork_request_query(req), "code", 599, &code) || code < 100) {
+            reply_text(resp, 400, "expected /status?code=N with N from 100 to 599\n");
+            return;
+        }
+        if (prefork_response_set_status(resp, (int)code) != PREFORK_OK) {
+            char text[256];
+            int n = snprintf(text, sizeof text, "status %ld refused: %s\n", code,
+                             prefork_last_error());
+            size_t len = n < 0 ? 0 : (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
+            reply(resp, 400, text, len);
+        }
     } else if (str_is(path, "/echo")) {
         prefork_str body = prefork_request_body(req);
         reply(resp, 200, body.ptr, body.len);
@@ -108,7 +134,7 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
         reply(resp, 200, text, (size_t)n);
     } else if (str_is(path, "/sleep")) {
         long ms;
-        if (!query_ms(prefork_request_query(req), &ms)) {
+        if (!query_number(prefork_request_query(req), "ms", MAX_SLEEP_MS, &ms)) {
             reply_text(resp, 400, "expected /sleep?ms=N with N at most 600000\n");
             return;
         }

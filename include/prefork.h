@@ -473,8 +473,9 @@ enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t m
 enum prefork_result prefork_set_handle_signals(struct prefork *p, bool handle_signals);
 
 /**
- * Longest request line (method, target, version), in bytes, before the reply is 414; above
- * zero, and at most max_head_size (checked when serving starts). Default: 8192.
+ * Longest request line (method, target, version), in bytes, before the reply is 414 (501
+ * when the method alone is too long: over 32 bytes or over this cap); above zero, and at most
+ * max_head_size (checked when serving starts). Default: 8192.
  */
 enum prefork_result prefork_set_max_request_line(struct prefork *p, size_t bytes);
 
@@ -668,7 +669,9 @@ enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
 
 /**
  * Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the
- * status unchanged, outside 200..599 (1xx responses are the engine's).
+ * status unchanged, outside 200..599 (1xx responses are the engine's). A 204 or 304 response
+ * is sent without Content-Length, Transfer-Encoding or body (RFC 9110 §6.4.1): a body written
+ * or streamed for it is dropped, and the child logs that once.
  */
 enum prefork_result prefork_response_set_status(struct prefork_response *resp, int status);
 

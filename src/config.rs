@@ -127,7 +127,8 @@ pub const MAX_CHILDREN: usize = 1024;
 /// Options of the HTTP/1.1 engine each child runs.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// Longest request line (method, target, version) before 414. Default 8 KiB.
+    /// Longest request line (method, target, version) before 414 (501 when the method alone
+    /// is too long: over 32 bytes or over this cap). Default 8 KiB.
     pub max_request_line: usize,
     /// Largest request head (request line and headers) before 431. Default 16 KiB.
     pub max_head_size: usize,

@@ -148,8 +148,9 @@ type Prefork struct {
 	// Default: 0.
 	HandlerThreads int
 
-	// MaxRequestLine is the longest request line before the reply is 414; at most
-	// MaxHeadSize. Default: 8 KiB.
+	// MaxRequestLine is the longest request line before the reply is 414 (501 when the
+	// method alone is too long: over 32 bytes or over this cap); at most MaxHeadSize.
+	// Default: 8 KiB.
 	MaxRequestLine int
 	// MaxHeadSize is the largest request head before the reply is 431. Default: 16 KiB.
 	MaxHeadSize int

@@ -151,8 +151,9 @@ pub unsafe extern "C" fn prefork_set_handle_signals(
     ffi_boundary!({ unsafe { set(p, |c| c.process.handle_signals = handle_signals) } })
 }
 
-/// Longest request line (method, target, version), in bytes, before the reply is 414; above
-/// zero, and at most max_head_size (checked when serving starts). Default: 8192.
+/// Longest request line (method, target, version), in bytes, before the reply is 414 (501
+/// when the method alone is too long: over 32 bytes or over this cap); above zero, and at most
+/// max_head_size (checked when serving starts). Default: 8192.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_max_request_line(
     p: *mut prefork,

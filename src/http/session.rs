@@ -674,7 +674,7 @@ impl Session {
             close: !info.keep_alive || info.close_after || last_in_drain,
         };
         take_spare(&mut self.out, &mut scratch.spare_out);
-        let encoded = encode::encode(&mut self.out, resp, reply, ctx.date);
+        let encoded = encode::encode(&mut self.out, resp, reply, ctx.date, ctx.log);
         resp.reset();
         match encoded.stream {
             Some(stream) => {

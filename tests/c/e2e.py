@@ -208,9 +208,61 @@ def demo_routes(prog):
         for path in ["/crash", "/nope", "/echo/more", "/pidx"]:
             status, _, _ = request(port, path, "DELETE")
             check(status == 404, f"{path} gave {status}, expected 404")
+
+        conformance_routes(port)
         srv.stop(signal.SIGTERM)
     finally:
         srv.kill()
+
+
+def split_head(raw):
+    """The status line and the fields of the response head at the start of `raw`, and the bytes
+    after the head."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    check(sep, f"no complete response head in {raw!r}")
+    lines = head.decode().split("\r\n")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return lines[0], fields, rest
+
+
+def conformance_routes(port):
+    """OPTIONS * and /status?code=N (issue 19): how the library frames each status."""
+    raw = raw_exchange(port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    line, fields, rest = split_head(raw)
+    check(line == "HTTP/1.1 200 OK", f"OPTIONS * gave {raw!r}")
+    check(fields.get("allow") == ["GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"],
+          f"OPTIONS * Allow: {fields.get('allow')}")
+    check(fields.get("content-length") == ["0"] and rest == b"", f"OPTIONS * gave {raw!r}")
+
+    # 204 and 304 end with their head: no Content-Length, no Transfer-Encoding, no body, so
+    # the pipelined request after each is answered right after the empty line (HEAD too).
+    pipelined = b"".join(
+        b"%s /status?code=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (method, code)
+        for code in (204, 304) for method in (b"GET", b"HEAD"))
+    raw = raw_exchange(port, pipelined + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    rest = raw
+    for code, reason in [(204, "No Content")] * 2 + [(304, "Not Modified")] * 2:
+        line, fields, rest = split_head(rest)
+        check(line == f"HTTP/1.1 {code} {reason}", f"/status?code={code} gave {line!r} in {raw!r}")
+        check("content-length" not in fields and "transfer-encoding" not in fields,
+              f"/status?code={code} framing {fields}")
+    line, fields, rest = split_head(rest)
+    check(line == "HTTP/1.1 200 OK" and rest == b"Hello, World!",
+          f"the request after the 204s and 304s gave {line!r} {rest!r}")
+
+    for code in (200, 202, 404, 503, 599):
+        status, headers, body = request(port, f"/status?code={code}", "POST", b"ignored")
+        check((status, body, headers.get("Content-Length")) == (code, b"", "0"),
+              f"/status?code={code} gave {status} {headers} {body!r}")
+    # 1xx statuses are the library's own, so it refuses them, and the demo says 400.
+    for bad in ["abc", "", "99", "600", "1000", "100", "101", "199", "2x0"]:
+        status, _, body = request(port, f"/status?code={bad}")
+        check(status == 400 and body, f"/status?code={bad} gave {status} {body!r}")
+    status, _, _ = request(port, "/status")
+    check(status == 400, f"/status without a code gave {status}")
 
 
 def demo_sigint(prog):
@@ -447,6 +499,27 @@ def server(prog):
         check(b"piece 1\n" in raw and not raw.endswith(b"0\r\n\r\n"),
               f"a failed stream must end without the last chunk: {raw!r}")
         srv.expect(r"^freed fail$", timeout=5)
+
+        # prefork_response_set_status(204 or 304) + prefork_response_write: the body is dropped
+        # (the next response follows the empty line at once), and the child logs that once.
+        raw = raw_exchange(port, b"GET /drop?code=204 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET /drop?code=304 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET /drop?code=200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = raw
+        for line_want in ["HTTP/1.1 204 No Content", "HTTP/1.1 304 Not Modified"]:
+            line, fields, rest = split_head(rest)
+            check(line == line_want and "content-length" not in fields
+                  and "transfer-encoding" not in fields, f"/drop gave {raw!r}")
+        line, fields, rest = split_head(rest)
+        check(line == "HTTP/1.1 200 OK" and fields.get("content-length") == ["7"]
+              and rest == b"dropped", f"/drop?code=200 gave {raw!r}")
+        # A stream after them: its "freed" line comes after any log line of the drops.
+        status, _, _ = request(port, "/stream?n=1")
+        check(status == 200, f"/stream?n=1 gave {status}")
+        srv.expect(r"^freed n=1$", timeout=5)
+        dropped = [l for l in srv.seen if l.startswith("log warn: ") and "set a body" in l]
+        check(len(dropped) == 1 and "204 response" in dropped[0],
+              f"expected one log line for the dropped bodies, got {dropped}")
         srv.stop()
     finally:
         srv.kill()
