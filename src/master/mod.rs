@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use recovery::Recovery;
+use recovery::{Lived, Recovery};
 use spawn::Child;
 
 /// Poll period when the kernel has no pidfd_open and exits are found by waitpid sweeps.
@@ -156,7 +156,7 @@ impl Master<'_> {
                     }
                     None => sweep = true,
                 }
-                if let (false, Some(fd)) = (child.ready, &child.lifeline) {
+                if let (false, Some(fd)) = (child.ready(), &child.lifeline) {
                     fds.push(pollfd(fd.as_fd()));
                     owners.push((i, Watch::Lifeline));
                 }
@@ -197,7 +197,7 @@ impl Master<'_> {
         if let Ok(n @ 1..) = n
             && buf[..n].contains(&lifeline::READY_BYTE)
         {
-            child.ready = true;
+            child.ready_at = Some(Instant::now());
             let ms = child.started.elapsed().as_secs_f64() * 1000.0;
             self.log.log(
                 Level::Debug,
@@ -220,7 +220,10 @@ impl Master<'_> {
             return Ok(());
         };
         let child = self.slots[slot].child.take().expect("child checked above");
-        let lived = child.started.elapsed();
+        let lived = Lived {
+            total: child.started.elapsed(),
+            ready: child.ready_at.map(|t| t.elapsed()),
+        };
         self.log.log(
             if self.ready_announced && !self.stopping {
                 Level::Warn
@@ -228,8 +231,9 @@ impl Master<'_> {
                 Level::Info
             },
             &format!(
-                "child {pid} (slot {slot}) {} after {lived:.1?}",
-                describe(exit)
+                "child {pid} (slot {slot}) {} after {:.1?}",
+                describe(exit),
+                lived.total
             ),
         );
         hook::call("on_child_exit", || {
@@ -243,7 +247,7 @@ impl Master<'_> {
         }
         let delay = self
             .recovery
-            .on_exit(slot, lived, child.ready)
+            .on_exit(slot, lived)
             .inspect_err(|e| self.log.log(Level::Error, e.message()))?;
         self.slots[slot].respawn = Some((Instant::now() + delay, pid));
         Ok(())
@@ -279,7 +283,7 @@ impl Master<'_> {
 
     fn check_startup_deadlines(&self, now: Instant) -> Result<(), Error> {
         for child in self.slots.iter().filter_map(|s| s.child.as_ref()) {
-            if !child.ready && now.duration_since(child.started) >= self.cfg.startup_timeout {
+            if !child.ready() && now.duration_since(child.started) >= self.cfg.startup_timeout {
                 let msg = format!(
                     "child {} did not report listening within {:?} (startup timeout); a custom \
                      command producer must pass the lifeline at fd 4",
@@ -298,7 +302,7 @@ impl Master<'_> {
             || !self
                 .slots
                 .iter()
-                .all(|s| s.child.as_ref().is_some_and(|c| c.ready))
+                .all(|s| s.child.as_ref().is_some_and(|c| c.ready()))
         {
             return Ok(());
         }
@@ -328,7 +332,7 @@ impl Master<'_> {
             .slots
             .iter()
             .filter_map(|s| s.child.as_ref())
-            .filter(|c| !c.ready)
+            .filter(|c| !c.ready())
             .map(|c| c.started + self.cfg.startup_timeout);
         respawns.chain(startups).min()
     }

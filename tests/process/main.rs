@@ -34,6 +34,10 @@ fn main() {
         hooks_fire_in_order_and_sigterm_stops_cleanly,
         killed_child_is_replaced_without_refused_connections,
         crash_loop_ends_in_over_recovery,
+        crashes_after_serving_never_stop_the_server,
+        children_dying_soon_after_ready_end_in_over_recovery,
+        min_uptime_sets_what_a_crash_loop_is,
+        fasthttp_rule_counts_every_exit,
         recover_interval_is_honoured,
         recover_interval_does_not_delay_shutdown,
         child_ignoring_sigterm_is_killed_after_grace,
@@ -249,6 +253,120 @@ fn crash_loop_ends_in_over_recovery() -> Outcome {
         "master-ready fired for children that never listened"
     );
     Ok(())
+}
+
+/// Past the default `recover_min_uptime` (1 s), with a margin for a loaded machine.
+const SERVED_LONG_ENOUGH: Duration = Duration::from_millis(1300);
+
+/// A request that crashes the child serving it, once every child has served for longer than
+/// the min uptime; returns (crashed, replacement).
+fn crash_a_child_after_serving(m: &mut Master, port: u16) -> Result<(i32, i32), String> {
+    std::thread::sleep(SERVED_LONG_ENOUGH);
+    get(port, "/pid").map_err(|e| format!("before the crash: {e}"))?;
+    ensure!(get(port, "/exit").is_err(), "/exit was answered");
+    let exit = m.expect("exit ", 5 * SEC)?;
+    let crashed: i32 = exit
+        .strip_suffix(" code 3")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("exit line {exit:?}; {}", m.context()))?;
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new = recover
+        .strip_prefix(&format!("{crashed} "))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("recover line {recover:?} after {crashed} exited"))?;
+    Ok((crashed, new))
+}
+
+/// Issue 18, fault 2: with 2 children the default threshold is 1, and two requests that
+/// crashed their children within the window used to stop the master and the healthy child.
+fn crashes_after_serving_never_stop_the_server() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, port) = m.ready()?;
+    let (first, first_new) = crash_a_child_after_serving(&mut m, port)?;
+    let between = Instant::now();
+    let (second, second_new) = crash_a_child_after_serving(&mut m, port)?;
+    let apart = between.elapsed();
+    measure("between the two crashes (window 60 s, threshold 1)", apart);
+    ensure!(apart < 60 * SEC, "the crashes were {apart:?} apart");
+    ensure!(
+        ready.contains(&first) && first != second,
+        "crashed {first} then {second}, children were {ready:?}"
+    );
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    let served: i32 = get(port, "/pid")
+        .map_err(|e| format!("after two crashes: {e}"))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let live = [first_new, second_new, ready[0], ready[1]];
+    ensure!(
+        live.contains(&served) && served != first && served != second,
+        "served by {served} after {first} and {second} crashed"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// Children that die 300 ms after they report ready are a crash loop, and the master still
+/// gives up on one.
+fn children_dying_soon_after_ready_end_in_over_recovery() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_THRESHOLD", "3"),
+        ("PF_CHILD_EXIT_AFTER_MS", "300"),
+    ]);
+    m.expect("ready ", 10 * SEC)?;
+    expect_failure(
+        &mut m,
+        "OverRecovery",
+        "children exited before they were ready or within 1s of it (a crash loop) 4 times \
+         within 60s, above the recover threshold of 3",
+    )?;
+    let exits = m.pid_list("exit ").len();
+    ensure!(exits == 4, "{exits} exits for threshold 3; {}", m.context());
+    Ok(())
+}
+
+/// `recover_min_uptime` below the children's 300 ms of service: each exit is a served child's,
+/// replaced every time even with a threshold of 0.
+fn min_uptime_sets_what_a_crash_loop_is() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_THRESHOLD", "0"),
+        ("PF_MIN_UPTIME_MS", "100"),
+        ("PF_CHILD_EXIT_AFTER_MS", "300"),
+    ]);
+    m.ready()?;
+    for _ in 0..3 {
+        m.expect("recover ", 5 * SEC)?;
+    }
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    stop_cleanly(&mut m)
+}
+
+/// `recover_every_exit` with a zero window is fasthttp's rule: the two crashes that
+/// `crashes_after_serving_never_stop_the_server` survives stop the master.
+fn fasthttp_rule_counts_every_exit() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_EVERY_EXIT", "1"),
+        ("PF_WINDOW_MS", "0"),
+    ]);
+    let (_, port) = m.ready()?;
+    crash_a_child_after_serving(&mut m, port)?;
+    std::thread::sleep(SERVED_LONG_ENOUGH);
+    ensure!(get(port, "/exit").is_err(), "/exit was answered");
+    expect_failure(
+        &mut m,
+        "OverRecovery",
+        "children exited 2 times since the start, above the recover threshold of 1",
+    )
 }
 
 fn recover_interval_is_honoured() -> Outcome {

@@ -49,6 +49,13 @@ impl Handler for TestHandler {
             Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
             _ => {}
         }
+        if let Some(ms) = num("PF_CHILD_EXIT_AFTER_MS") {
+            // Dies that long after init, so shortly after it reported ready.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                std::process::exit(4);
+            });
+        }
         // The listener is fd 3 by contract; its port tells the orchestrator where to connect.
         let listener = unsafe {
             std::mem::ManuallyDrop::new(
@@ -95,6 +102,13 @@ pub fn run() -> i32 {
     if let Some(ms) = num("PF_INTERVAL_MS") {
         cfg.process.recover_interval = Duration::from_millis(ms);
     }
+    if let Some(ms) = num("PF_WINDOW_MS") {
+        cfg.process.recover_window = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_MIN_UPTIME_MS") {
+        cfg.process.recover_min_uptime = Duration::from_millis(ms);
+    }
+    cfg.process.recover_every_exit = var("PF_EVERY_EXIT").is_some();
     if let Some(ms) = num("PF_GRACE_MS") {
         cfg.process.grace_period = Duration::from_millis(ms);
     }
