@@ -119,7 +119,13 @@ impl Master<'_> {
     }
 
     fn spawn_into(&mut self, slot: usize) -> Result<Pid, Error> {
-        let listener = self.listeners[slot % self.listeners.len()].as_raw_fd();
+        let Some(listener) = self.listeners.get(slot % self.listeners.len().max(1)) else {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "no child is started once the stop closed the listeners",
+            ));
+        };
+        let listener = listener.as_raw_fd();
         let child = spawn::spawn(listener, slot, self.hooks.command_producer.as_deref_mut())?;
         let pid = child.pid;
         self.log
@@ -345,6 +351,11 @@ impl Master<'_> {
         for slot in &mut self.slots {
             slot.respawn = None;
         }
+        // While the master holds a listener the kernel completes handshakes on it that no child
+        // will take, and resets them when the master finally closes it: closed first, the
+        // children's descriptors are the last, and each child takes its queue before closing
+        // (http::server's close_listener), after which connecting is refused.
+        self.listeners.clear();
         let live = self.live_pids();
         if live.is_empty() {
             return;

@@ -73,6 +73,16 @@ impl Handler for TestHandler {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
             "/exit" => std::process::exit(3),
+            "/sleep" => {
+                let ms: u64 = req
+                    .query()
+                    .strip_prefix("ms=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                emit(format!("sleeping {}", std::process::id()));
+                std::thread::sleep(Duration::from_millis(ms));
+                resp.write(b"slept");
+            }
             _ => resp.write(b"ok"),
         }
     }
@@ -114,6 +124,9 @@ pub fn run() -> i32 {
     }
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = num("PF_HANDLER_THREADS") {
+        cfg.http.handler_threads = n as usize;
     }
     if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
         cfg.process.handle_signals = false;
