@@ -94,7 +94,9 @@ typedef enum prefork_result {
      */
     PREFORK_ERR_STARTUP_TIMEOUT = 6,
     /**
-     * Children exited more often than the recover threshold allows.
+     * Children exited in a crash loop (before they were ready, or within the recover min
+     * uptime of it; any exit with recover_every_exit) more often than the recover threshold
+     * allows.
      */
     PREFORK_ERR_OVER_RECOVERY = 7,
     /**
@@ -428,8 +430,10 @@ enum prefork_result prefork_set_network(struct prefork *p, const char *network);
 enum prefork_result prefork_set_backlog(struct prefork *p, int32_t backlog);
 
 /**
- * Child exits tolerated within the recover window; one more makes the master stop the others
- * and `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first
+ * Crash-loop exits tolerated within the recover window: exits of children that never
+ * reported ready or exited within the recover min uptime of it (every exit with
+ * `prefork_set_recover_every_exit`). One more makes the master stop the others and
+ * `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first such
  * exit. A negative value restores the default, max(1, children / 2) (as fasthttp).
  * Default: -1.
  */
@@ -451,6 +455,24 @@ enum prefork_result prefork_set_recover_window_ms(struct prefork *p, uint64_t ms
  * dying right after they start. Default: 10000.
  */
 enum prefork_result prefork_set_recover_backoff_max_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * How long a child must have served, in milliseconds from its "listening" report, for its
+ * exit not to count against the recover threshold. A child that exits sooner, or before it
+ * is ready, is taken for a crash loop (broken code or configuration, which a replacement
+ * cannot cure) and counts; one that served longer (a request that hit a bug, an OOM kill) is
+ * always replaced and never makes the master give up. 0 counts only children that never
+ * became ready. Not used with `prefork_set_recover_every_exit(p, true)`. Default: 1000.
+ */
+enum prefork_result prefork_set_recover_min_uptime_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * true: every child exit counts against the recover threshold, however long the child
+ * served: fasthttp's rule (with `prefork_set_recover_window_ms(p, 0)`, over the master's
+ * whole life, exactly as fasthttp). false: only crash-loop exits count (see
+ * `prefork_set_recover_min_uptime_ms`). Default: false.
+ */
+enum prefork_result prefork_set_recover_every_exit(struct prefork *p, bool every_exit);
 
 /**
  * How long children get to finish their requests after SIGTERM before they are killed, in

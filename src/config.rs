@@ -42,8 +42,9 @@ pub struct ProcessConfig {
     pub network: Network,
     /// listen(2) backlog. Default 1024 (the kernel caps it at net.core.somaxconn).
     pub backlog: i32,
-    /// Child exits tolerated inside `recover_window` before the master gives up with an
-    /// over-recovery error. `None` (default) = max(1, children / 2), as in fasthttp.
+    /// Crash-loop exits (see `recover_min_uptime`; every exit with `recover_every_exit`)
+    /// tolerated inside `recover_window` before the master gives up with an over-recovery
+    /// error. `None` (default) = max(1, children / 2), as in fasthttp.
     pub recover_threshold: Option<usize>,
     /// Delay before respawning an exited child. Default 0.
     pub recover_interval: Duration,
@@ -51,8 +52,18 @@ pub struct ProcessConfig {
     /// over the master's whole lifetime (the fasthttp behaviour).
     pub recover_window: Duration,
     /// Cap of the exponential backoff applied to back-to-back quick crashes (a child that
-    /// dies within `startup_timeout` of its spawn). Default 10 s.
+    /// dies before it is ready or within a second of its spawn). Default 10 s.
     pub recover_backoff_max: Duration,
+    /// How long a child must have served, from its "listening" report, for its exit not to
+    /// count against `recover_threshold`: an exit before ready or sooner than this is a crash
+    /// loop's, one after it is a crash a replacement cures (a request that hits a bug), and is
+    /// always replaced. Default 1 s (pm2's `min_uptime`, supervisord's `startsecs`); zero
+    /// counts only children that never became ready.
+    pub recover_min_uptime: Duration,
+    /// Count every child exit against `recover_threshold`, however long the child served:
+    /// fasthttp's rule (with a zero `recover_window`, over the master's whole life, exactly
+    /// as fasthttp). Default false.
+    pub recover_every_exit: bool,
     /// How long children get to finish after SIGTERM before SIGKILL. Default 5 s.
     pub grace_period: Duration,
     /// How long a child may take to report "listening". Default 10 s.
@@ -73,6 +84,8 @@ impl Default for ProcessConfig {
             recover_interval: Duration::ZERO,
             recover_window: Duration::from_secs(60),
             recover_backoff_max: Duration::from_secs(10),
+            recover_min_uptime: Duration::from_secs(1),
+            recover_every_exit: false,
             grace_period: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
@@ -109,6 +122,7 @@ impl ProcessConfig {
             ("recover_interval", self.recover_interval),
             ("recover_window", self.recover_window),
             ("recover_backoff_max", self.recover_backoff_max),
+            ("recover_min_uptime", self.recover_min_uptime),
             ("grace_period", self.grace_period),
         ] {
             duration(name, value)?;

@@ -35,6 +35,8 @@ fn documented_defaults_are_the_real_ones() {
         ("recover_interval_ms", ms(p.recover_interval)),
         ("recover_window_ms", ms(p.recover_window)),
         ("recover_backoff_max_ms", ms(p.recover_backoff_max)),
+        ("recover_min_uptime_ms", ms(p.recover_min_uptime)),
+        ("recover_every_exit", p.recover_every_exit.to_string()),
         ("grace_period_ms", ms(p.grace_period)),
         ("startup_timeout_ms", ms(p.startup_timeout)),
         ("handle_signals", p.handle_signals.to_string()),

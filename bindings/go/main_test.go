@@ -38,6 +38,7 @@ const (
 	envProducer  = "GOTEST_PREFORK_PRODUCER"  // "1": children come from a CommandProducer
 	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
 	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
+	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -72,6 +73,7 @@ func serve() int {
 	p.HandlerThreads = envInt(envThreads, 0)
 	p.MaxBodySize = envInt(envMaxBody, 0)
 	p.Reuseport = os.Getenv(envReuseport) == "1"
+	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }

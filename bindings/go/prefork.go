@@ -64,8 +64,9 @@ type Prefork struct {
 	// Default: "tcp4", as in fasthttp; New sets it, and empty means the default too.
 	Network string
 
-	// RecoverThreshold is how many child exits are tolerated within RecoverWindow; one more
-	// makes ListenAndServe stop the other children and return ErrOverRecovery.
+	// RecoverThreshold is how many crash-loop exits (see RecoverMinUptime; every exit with
+	// RecoverEveryExit) are tolerated within RecoverWindow; one more makes ListenAndServe stop
+	// the other children and return ErrOverRecovery.
 	// Default: -1 (DefaultRecoverThreshold, which New sets), meaning max(1, children/2), as
 	// does any negative value. Zero is not the default: 0 gives up at the first exit.
 	RecoverThreshold int
@@ -137,6 +138,18 @@ type Prefork struct {
 	// keep dying right after they start. Default: 10s. Zero means the default (unlike the C
 	// setter's 0); a negative value means no backoff.
 	RecoverBackoffMax time.Duration
+
+	// RecoverMinUptime is how long a child must have served, from its report that it
+	// listens, for its exit not to count against RecoverThreshold: a child that exits sooner,
+	// or before it is ready, is taken for a crash loop; one that served longer (a request that
+	// hit a bug) is always replaced. Default: 1s. Zero means the default (unlike the C
+	// setter's 0); a negative value counts only children that never became ready.
+	RecoverMinUptime time.Duration
+
+	// RecoverEveryExit counts every child exit against RecoverThreshold, however long the
+	// child served: fasthttp's rule (with a negative RecoverWindow, over the master's whole
+	// life, exactly as fasthttp). Default: false.
+	RecoverEveryExit bool
 
 	// StartupTimeout is how long a child may take to report that it listens (InitChild
 	// included). Default: 10s.
@@ -465,6 +478,12 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("RecoverBackoffMax", p.RecoverBackoffMax, func() C.enum_prefork_result {
 		return C.prefork_set_recover_backoff_max_ms(c, 0)
 	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_backoff_max_ms(c, ms) })
+	duration("RecoverMinUptime", p.RecoverMinUptime, func() C.enum_prefork_result {
+		return C.prefork_set_recover_min_uptime_ms(c, 0)
+	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_min_uptime_ms(c, ms) })
+	set("RecoverEveryExit", func() C.enum_prefork_result {
+		return C.prefork_set_recover_every_exit(c, C.bool(p.RecoverEveryExit))
+	})
 	duration("ShutdownGracePeriod", p.ShutdownGracePeriod, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_grace_period_ms(c, ms)
 	})

@@ -66,8 +66,10 @@ pub unsafe extern "C" fn prefork_set_backlog(p: *mut prefork, backlog: i32) -> p
     ffi_boundary!({ unsafe { set(p, |c| c.process.backlog = backlog) } })
 }
 
-/// Child exits tolerated within the recover window; one more makes the master stop the others
-/// and `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first
+/// Crash-loop exits tolerated within the recover window: exits of children that never
+/// reported ready or exited within the recover min uptime of it (every exit with
+/// `prefork_set_recover_every_exit`). One more makes the master stop the others and
+/// `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first such
 /// exit. A negative value restores the default, max(1, children / 2) (as fasthttp).
 /// Default: -1.
 #[unsafe(no_mangle)]
@@ -120,6 +122,38 @@ pub unsafe extern "C" fn prefork_set_recover_backoff_max_ms(
             })
         }
     })
+}
+
+/// How long a child must have served, in milliseconds from its "listening" report, for its
+/// exit not to count against the recover threshold. A child that exits sooner, or before it
+/// is ready, is taken for a crash loop (broken code or configuration, which a replacement
+/// cannot cure) and counts; one that served longer (a request that hit a bug, an OOM kill) is
+/// always replaced and never makes the master give up. 0 counts only children that never
+/// became ready. Not used with `prefork_set_recover_every_exit(p, true)`. Default: 1000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_min_uptime_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            set(p, |c| {
+                c.process.recover_min_uptime = Duration::from_millis(ms)
+            })
+        }
+    })
+}
+
+/// true: every child exit counts against the recover threshold, however long the child
+/// served: fasthttp's rule (with `prefork_set_recover_window_ms(p, 0)`, over the master's
+/// whole life, exactly as fasthttp). false: only crash-loop exits count (see
+/// `prefork_set_recover_min_uptime_ms`). Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_every_exit(
+    p: *mut prefork,
+    every_exit: bool,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.recover_every_exit = every_exit) } })
 }
 
 /// How long children get to finish their requests after SIGTERM before they are killed, in
@@ -339,6 +373,8 @@ mod tests {
             assert_eq!(prefork_set_recover_interval_ms(p, 11), PREFORK_OK);
             assert_eq!(prefork_set_recover_window_ms(p, 12), PREFORK_OK);
             assert_eq!(prefork_set_recover_backoff_max_ms(p, 13), PREFORK_OK);
+            assert_eq!(prefork_set_recover_min_uptime_ms(p, 16), PREFORK_OK);
+            assert_eq!(prefork_set_recover_every_exit(p, true), PREFORK_OK);
             assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
             assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
             assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
@@ -367,6 +403,8 @@ mod tests {
         assert_eq!(pc.recover_interval, ms(11));
         assert_eq!(pc.recover_window, ms(12));
         assert_eq!(pc.recover_backoff_max, ms(13));
+        assert_eq!(pc.recover_min_uptime, ms(16));
+        assert!(pc.recover_every_exit);
         assert_eq!(pc.grace_period, ms(14));
         assert_eq!(pc.startup_timeout, ms(15));
         assert!(!pc.handle_signals);

@@ -51,9 +51,12 @@ pub(crate) struct ServeControl<'a> {
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a
 /// stop is requested (`wake_fd`, or `crate::control::stop_requested()` already set) or the
-/// master dies (`lifeline_fd`), then drains: the listener is closed, idle connections are
-/// closed at once, requests already received are answered (the last one on each connection
-/// with `Connection: close`), and it returns when every connection is closed or when
+/// master dies (`lifeline_fd`), then drains: the connections waiting in the listener's accept
+/// queue are taken and the listener is closed (so that none is reset by the close, and new
+/// ones are refused once no process holds it), idle connections are closed at once (one that
+/// has sent nothing yet gets up to a second from its accept to send its first request),
+/// requests already received are answered (the last one on each connection with
+/// `Connection: close`), and it returns when every connection is closed or when
 /// `grace_period` has elapsed.
 pub(crate) fn serve(
     listener: TcpListener,

@@ -46,6 +46,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(2);
 /// Input discarded at most while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
+/// While draining, how long a connection that has sent nothing yet may take to send its first
+/// request, from its accept. Such a client connected to be answered (the drain itself takes the
+/// accept queue's connections); closing it unanswered is the reset a stop must not cause. One
+/// silent for longer, like a speculative preconnect, is closed as an idle connection is.
+const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
@@ -322,6 +327,9 @@ impl Server<'_> {
         }
         self.accept_resume = None;
         for _ in 0..ACCEPT_BATCH {
+            if self.stop_pending() {
+                return;
+            }
             if self.live >= self.cfg.max_connections {
                 // Resumed by the first close: `listener_ready` stays set.
                 return;
@@ -451,7 +459,7 @@ impl Server<'_> {
                 if conn.session.finished() {
                     break Drive::Finish;
                 }
-                if draining && conn.session.is_idle() {
+                if draining && conn.session.is_idle() && !awaits_first_request(conn, self.now) {
                     break Drive::Close;
                 }
             }
@@ -555,6 +563,7 @@ impl Server<'_> {
     /// Applies the deadlines: write stall → drop; idle → drop; slow head or body → 408.
     fn sweep(&mut self) {
         let cfg = self.cfg;
+        let draining = self.drain_deadline.is_some();
         for idx in 0..self.conns.len() {
             let Some(conn) = self.conns[idx].as_mut() else {
                 continue;
@@ -563,6 +572,10 @@ impl Server<'_> {
                 if self.now >= until {
                     self.close(idx);
                 }
+                continue;
+            }
+            if draining && conn.session.is_idle() && !awaits_first_request(conn, self.now) {
+                self.close(idx);
                 continue;
             }
             if conn
@@ -633,15 +646,78 @@ impl Server<'_> {
         let grace = if now { Duration::ZERO } else { self.grace };
         let deadline = self.now + grace;
         self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-            // Dropping it closes this child's descriptor; the other children keep serving.
-        }
+        let queued = match self.listener.take() {
+            Some(listener) => self.close_listener(listener, !grace.is_zero()),
+            None => Vec::new(),
+        };
         for idx in 0..self.conns.len() {
             if self.conns[idx].is_some() {
                 self.drive(idx);
             }
         }
+        for (sock, peer) in queued {
+            self.add_conn(sock, peer);
+        }
+    }
+
+    /// Closes this process's descriptor of the listener, first taking (when `take_queue`)
+    /// every connection in its accept queue, which it returns to be served.
+    ///
+    /// The kernel resets the queued connections of a listener whose last descriptor closes,
+    /// and their clients, which saw the handshake complete, would have sent a request for
+    /// nothing. The master closes its copies when the stop begins, so the children's are the
+    /// last: each takes what is queued, then closes at once, with nothing in between, and from
+    /// the last close on the kernel refuses new connections. A connection that completes its
+    /// handshake in that gap of two system calls is the only one a stop can still reset.
+    fn close_listener(
+        &mut self,
+        mut listener: TcpListener,
+        take_queue: bool,
+    ) -> Vec<(TcpStream, SocketAddr)> {
+        // The listener's open file may outlive this descriptor (other children share it), and
+        // with it this epoll's registration: remove that first.
+        let _ = self.poll.registry().deregister(&mut listener);
+        let queued = if take_queue {
+            self.accept_all(&listener)
+        } else {
+            Vec::new()
+        };
+        drop(listener);
+        queued
+    }
+
+    /// Accepts until the queue is empty. Whatever max_connections says: the queue is bounded
+    /// by the backlog, and a connection left in it is reset when the listener closes.
+    fn accept_all(&self, listener: &TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+        let mut queued = Vec::new();
+        loop {
+            match listener.accept() {
+                Ok(conn) => queued.push(conn),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return queued,
+                Err(e) if is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    self.log.log(
+                        Level::Warn,
+                        &format!(
+                            "accept failed ({e}) while taking the accept queue at the stop; \
+                             connections left in it are reset"
+                        ),
+                    );
+                    return queued;
+                }
+            }
+        }
+    }
+
+    /// A stop was requested whose wake-up this loop has not read yet (it was inside a blocking
+    /// handler): starts the drain now, so no connection is taken as if still serving.
+    fn stop_pending(&mut self) -> bool {
+        if self.drain_deadline.is_some() || !crate::control::stop_requested() {
+            return false;
+        }
+        let now = self.read_wake() == Some(crate::control::WAKE_STOP_NOW);
+        self.start_drain(now);
+        true
     }
 
     /// Reads every pending byte of the stop pipe; returns the most urgent request seen.
@@ -668,6 +744,15 @@ impl Server<'_> {
         }
         self.start_drain(false);
     }
+}
+
+/// While draining: a connection that has sent nothing since its accept, not long ago, is kept
+/// for its first request (see `FIRST_REQUEST_IN_DRAIN`). Its timer has been `Idle` since the
+/// accept, so `timer_since` is the accept's instant.
+fn awaits_first_request(conn: &Conn, now: Instant) -> bool {
+    conn.session.seq() == 0
+        && conn.timer == Timer::Idle
+        && now.saturating_duration_since(conn.timer_since) < FIRST_REQUEST_IN_DRAIN
 }
 
 /// Discards input of a closing connection; true when it can be dropped.

@@ -27,8 +27,15 @@ pub(crate) struct Child {
     /// The master's end of the lifeline: the child writes its ready byte here, and the
     /// master's death closes it, which the child sees as EOF.
     pub lifeline: Option<OwnedFd>,
-    pub ready: bool,
+    /// When it reported "listening".
+    pub ready_at: Option<Instant>,
     pub started: Instant,
+}
+
+impl Child {
+    pub fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
 }
 
 pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send;
@@ -72,7 +79,7 @@ pub(crate) fn spawn(
         pid,
         pidfd: pidfd_open(pid),
         lifeline: Some(master_end),
-        ready: false,
+        ready_at: None,
         started: Instant::now(),
     })
 }

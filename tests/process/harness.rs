@@ -284,3 +284,47 @@ pub fn environ(pid: i32) -> Vec<String> {
         .map(|kv| String::from_utf8_lossy(kv).into_owned())
         .collect()
 }
+
+/// What one fresh connection got from a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A whole 200 response, then the close it announced.
+    Answered,
+    /// The kernel refused the connection: no listener.
+    Refused,
+    /// Accepted, then reset or closed without a whole response.
+    Dropped(String),
+    /// No refusal, no response, no close within the bound.
+    Hung(String),
+}
+
+/// Connects, sends `GET /` and reads the response to its end, each step bounded by `within`.
+pub fn probe(port: u16, within: Duration) -> Probe {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let mut s = match TcpStream::connect_timeout(&addr, within) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
+        Err(e) if timed_out(&e) => return Probe::Hung(format!("connect: {e}")),
+        Err(e) => return Probe::Dropped(format!("connect: {e}")),
+    };
+    let _ = s.set_read_timeout(Some(within));
+    let _ = s.set_write_timeout(Some(within));
+    if let Err(e) = s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n") {
+        return Probe::Dropped(format!("send: {e}"));
+    }
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Err(e) if timed_out(&e) => Probe::Hung(format!("after {} bytes: {e}", raw.len())),
+        Err(e) => Probe::Dropped(format!("after {} bytes: {e}", raw.len())),
+        Ok(_) if raw.starts_with(b"HTTP/1.1 200 ") && raw.ends_with(b"\r\n\r\nok") => {
+            Probe::Answered
+        }
+        Ok(_) => Probe::Dropped(format!("closed after {:?}", String::from_utf8_lossy(&raw))),
+    }
+}

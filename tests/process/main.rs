@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::{Master, Outcome, alive, all_gone, environ, fd_target, fd_targets, get, get_from};
+use harness::{
+    Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
+};
 
 type Test = fn() -> Outcome;
 
@@ -34,10 +36,18 @@ fn main() {
         hooks_fire_in_order_and_sigterm_stops_cleanly,
         killed_child_is_replaced_without_refused_connections,
         crash_loop_ends_in_over_recovery,
+        crashes_after_serving_never_stop_the_server,
+        children_dying_soon_after_ready_end_in_over_recovery,
+        min_uptime_sets_what_a_crash_loop_is,
+        fasthttp_rule_counts_every_exit,
         recover_interval_is_honoured,
         recover_interval_does_not_delay_shutdown,
         child_ignoring_sigterm_is_killed_after_grace,
         second_sigint_stops_at_once,
+        stop_answers_or_refuses_every_connection_shared_listener,
+        stop_answers_or_refuses_every_connection_reuseport,
+        stop_answers_or_refuses_every_connection_blocked_loop,
+        stop_answers_or_refuses_every_connection_blocked_loop_reuseport,
         master_kill9_takes_children_down,
         no_master_descriptor_reaches_a_child,
         reuseport_conflict_is_reported_at_once,
@@ -251,6 +261,120 @@ fn crash_loop_ends_in_over_recovery() -> Outcome {
     Ok(())
 }
 
+/// Past the default `recover_min_uptime` (1 s), with a margin for a loaded machine.
+const SERVED_LONG_ENOUGH: Duration = Duration::from_millis(1300);
+
+/// A request that crashes the child serving it, once every child has served for longer than
+/// the min uptime; returns (crashed, replacement).
+fn crash_a_child_after_serving(m: &mut Master, port: u16) -> Result<(i32, i32), String> {
+    std::thread::sleep(SERVED_LONG_ENOUGH);
+    get(port, "/pid").map_err(|e| format!("before the crash: {e}"))?;
+    ensure!(get(port, "/exit").is_err(), "/exit was answered");
+    let exit = m.expect("exit ", 5 * SEC)?;
+    let crashed: i32 = exit
+        .strip_suffix(" code 3")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("exit line {exit:?}; {}", m.context()))?;
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new = recover
+        .strip_prefix(&format!("{crashed} "))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("recover line {recover:?} after {crashed} exited"))?;
+    Ok((crashed, new))
+}
+
+/// Issue 18, fault 2: with 2 children the default threshold is 1, and two requests that
+/// crashed their children within the window used to stop the master and the healthy child.
+fn crashes_after_serving_never_stop_the_server() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, port) = m.ready()?;
+    let (first, first_new) = crash_a_child_after_serving(&mut m, port)?;
+    let between = Instant::now();
+    let (second, second_new) = crash_a_child_after_serving(&mut m, port)?;
+    let apart = between.elapsed();
+    measure("between the two crashes (window 60 s, threshold 1)", apart);
+    ensure!(apart < 60 * SEC, "the crashes were {apart:?} apart");
+    ensure!(
+        ready.contains(&first) && first != second,
+        "crashed {first} then {second}, children were {ready:?}"
+    );
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    let served: i32 = get(port, "/pid")
+        .map_err(|e| format!("after two crashes: {e}"))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let live = [first_new, second_new, ready[0], ready[1]];
+    ensure!(
+        live.contains(&served) && served != first && served != second,
+        "served by {served} after {first} and {second} crashed"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// Children that die 300 ms after they report ready are a crash loop, and the master still
+/// gives up on one.
+fn children_dying_soon_after_ready_end_in_over_recovery() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_THRESHOLD", "3"),
+        ("PF_CHILD_EXIT_AFTER_MS", "300"),
+    ]);
+    m.expect("ready ", 10 * SEC)?;
+    expect_failure(
+        &mut m,
+        "OverRecovery",
+        "children exited before they were ready or within 1s of it (a crash loop) 4 times \
+         within 60s, above the recover threshold of 3",
+    )?;
+    let exits = m.pid_list("exit ").len();
+    ensure!(exits == 4, "{exits} exits for threshold 3; {}", m.context());
+    Ok(())
+}
+
+/// `recover_min_uptime` below the children's 300 ms of service: each exit is a served child's,
+/// replaced every time even with a threshold of 0.
+fn min_uptime_sets_what_a_crash_loop_is() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_THRESHOLD", "0"),
+        ("PF_MIN_UPTIME_MS", "100"),
+        ("PF_CHILD_EXIT_AFTER_MS", "300"),
+    ]);
+    m.ready()?;
+    for _ in 0..3 {
+        m.expect("recover ", 5 * SEC)?;
+    }
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    stop_cleanly(&mut m)
+}
+
+/// `recover_every_exit` with a zero window is fasthttp's rule: the two crashes that
+/// `crashes_after_serving_never_stop_the_server` survives stop the master.
+fn fasthttp_rule_counts_every_exit() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_EVERY_EXIT", "1"),
+        ("PF_WINDOW_MS", "0"),
+    ]);
+    let (_, port) = m.ready()?;
+    crash_a_child_after_serving(&mut m, port)?;
+    std::thread::sleep(SERVED_LONG_ENOUGH);
+    ensure!(get(port, "/exit").is_err(), "/exit was answered");
+    expect_failure(
+        &mut m,
+        "OverRecovery",
+        "children exited 2 times since the start, above the recover threshold of 1",
+    )
+}
+
 fn recover_interval_is_honoured() -> Outcome {
     let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_INTERVAL_MS", "300")]);
     let (ready, _) = m.ready()?;
@@ -338,6 +462,168 @@ fn second_sigint_stops_at_once() -> Outcome {
     );
     ensure!(status.code() == Some(0), "master exit {status:?}");
     all_gone(&ready, 2 * SEC).map(|_| ())
+}
+
+/// How often the stop tests connect.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// How long the request in flight at the stop takes.
+const SLOW_MS: u64 = 1500;
+
+/// Issue 18, fault 1, as reported: handler threads, so each child's loop sees the stop at once
+/// while a slow request runs on; new connections used to be accepted into the master's copy
+/// of the listener and reset when the drain ended.
+fn stop_answers_or_refuses_every_connection_shared_listener() -> Outcome {
+    stop_under_connects(false, "4")
+}
+
+fn stop_answers_or_refuses_every_connection_reuseport() -> Outcome {
+    stop_under_connects(true, "4")
+}
+
+/// The slow request blocks its child's event loop: that child learns of the stop only when
+/// the handler returns, and must then serve what queued meanwhile, not drop it.
+fn stop_answers_or_refuses_every_connection_blocked_loop() -> Outcome {
+    stop_under_connects(false, "0")
+}
+
+fn stop_answers_or_refuses_every_connection_blocked_loop_reuseport() -> Outcome {
+    stop_under_connects(true, "0")
+}
+
+/// One probe's outcome: when it started, what it got, how long it took.
+type Probed = (Instant, Probe, Duration);
+
+/// A graceful stop with a slow request in flight while a client connects every
+/// `PROBE_EVERY`, from before the SIGTERM to after the master's exit: each connection is
+/// answered in full or refused at once, never accepted and then dropped or left hanging.
+fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
+    let mut env = vec![
+        ("PF_CHILDREN", "2"),
+        ("PF_GRACE_MS", "8000"),
+        ("PF_HANDLER_THREADS", threads),
+    ];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (ready, port) = m.ready()?;
+    let slow = std::thread::spawn(move || {
+        let body = get(port, &format!("/sleep?ms={SLOW_MS}"));
+        (body, Instant::now())
+    });
+    m.expect("sleeping ", 5 * SEC)?;
+    let probing = Arc::new(AtomicBool::new(true));
+    let prober = {
+        let probing = probing.clone();
+        std::thread::spawn(move || {
+            let mut probes = Vec::new();
+            while probing.load(Ordering::Relaxed) {
+                probes.push(std::thread::spawn(move || {
+                    let at = Instant::now();
+                    let got = probe(port, 5 * SEC);
+                    (at, got, at.elapsed())
+                }));
+                std::thread::sleep(PROBE_EVERY);
+            }
+            probes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(15 * SEC)?;
+    let exited = Instant::now();
+    let stopped = exited - asked;
+    std::thread::sleep(Duration::from_millis(200));
+    probing.store(false, Ordering::Relaxed);
+    let probes: Vec<Probed> = prober
+        .join()
+        .map_err(|_| "prober panicked")?
+        .into_iter()
+        .map(|p| p.join().map_err(|_| "probe panicked".to_string()))
+        .collect::<Result<_, _>>()?;
+    let (slow_body, slow_done) = slow.join().map_err(|_| "slow request panicked")?;
+    all_gone(&ready, 2 * SEC)?;
+
+    ensure!(
+        status.code() == Some(0),
+        "master exit {status:?}; {}",
+        m.context()
+    );
+    ensure!(
+        slow_body.as_deref().ok() == Some("slept"),
+        "the request in flight at the stop got {slow_body:?}"
+    );
+    let failed: Vec<String> = probes
+        .iter()
+        .filter(|(_, got, _)| matches!(got, Probe::Dropped(_) | Probe::Hung(_)))
+        .map(|(at, got, took)| {
+            format!(
+                "{got:?} for a connect {:.0} ms after SIGTERM, after {took:?}",
+                signed_ms(*at, asked)
+            )
+        })
+        .collect();
+    let count = |f: &dyn Fn(&Probed) -> bool| probes.iter().filter(|p| f(p)).count();
+    let in_stop = |p: &Probed| p.0 >= asked && p.0 < exited;
+    let answered = count(&|p| p.1 == Probe::Answered);
+    let refused = count(&|p| p.1 == Probe::Refused);
+    let answered_in_stop = count(&|p| p.1 == Probe::Answered && in_stop(p));
+    let refused_in_stop = count(&|p| p.1 == Probe::Refused && in_stop(p));
+    let refused_in_flight = count(&|p| p.1 == Probe::Refused && p.0 > asked && p.0 < slow_done);
+    let slowest = |want: Probe| {
+        let d = probes.iter().filter(|p| p.1 == want).map(|p| p.2).max();
+        d.unwrap_or_default()
+    };
+    let (slowest_answer, slowest_refusal) = (slowest(Probe::Answered), slowest(Probe::Refused));
+    println!(
+        "    measure: {} connects, {} during the stop: {answered} answered ({answered_in_stop} \
+         during the stop), {refused} refused ({refused_in_stop} during the stop, \
+         {refused_in_flight} of them while the slow request ran on), {} dropped or hung; \
+         slowest answer {:.1} ms, slowest refusal {:.1} ms",
+        probes.len(),
+        count(&in_stop),
+        failed.len(),
+        slowest_answer.as_secs_f64() * 1000.0,
+        slowest_refusal.as_secs_f64() * 1000.0,
+    );
+    measure("SIGTERM to master exit", stopped);
+    ensure!(
+        failed.is_empty(),
+        "{} connections failed: {failed:#?}",
+        failed.len()
+    );
+    ensure!(
+        slowest_refusal < Duration::from_millis(500),
+        "a refusal took {slowest_refusal:?}: not at once"
+    );
+    ensure!(answered > 0, "no connection was answered before the stop");
+    if threads == "0" {
+        // What queued while the loop was blocked was served when it came back.
+        ensure!(
+            answered_in_stop > 0,
+            "no connection made during the stop was answered"
+        );
+    } else {
+        // The stop closed every listener at once, not when the drain ended.
+        ensure!(
+            refused_in_flight > 0,
+            "no connection was refused while the slow request ran on"
+        );
+    }
+    ensure!(
+        stopped < Duration::from_millis(SLOW_MS + 3000),
+        "the stop took {stopped:?}"
+    );
+    Ok(())
+}
+
+/// Milliseconds from `origin` to `t`, negative before it.
+fn signed_ms(t: Instant, origin: Instant) -> f64 {
+    match t.checked_duration_since(origin) {
+        Some(d) => d.as_secs_f64() * 1000.0,
+        None => -(origin - t).as_secs_f64() * 1000.0,
+    }
 }
 
 fn master_kill9_takes_children_down() -> Outcome {

@@ -49,6 +49,13 @@ impl Handler for TestHandler {
             Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
             _ => {}
         }
+        if let Some(ms) = num("PF_CHILD_EXIT_AFTER_MS") {
+            // Dies that long after init, so shortly after it reported ready.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                std::process::exit(4);
+            });
+        }
         // The listener is fd 3 by contract; its port tells the orchestrator where to connect.
         let listener = unsafe {
             std::mem::ManuallyDrop::new(
@@ -66,6 +73,16 @@ impl Handler for TestHandler {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
             "/exit" => std::process::exit(3),
+            "/sleep" => {
+                let ms: u64 = req
+                    .query()
+                    .strip_prefix("ms=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                emit(format!("sleeping {}", std::process::id()));
+                std::thread::sleep(Duration::from_millis(ms));
+                resp.write(b"slept");
+            }
             _ => resp.write(b"ok"),
         }
     }
@@ -95,11 +112,21 @@ pub fn run() -> i32 {
     if let Some(ms) = num("PF_INTERVAL_MS") {
         cfg.process.recover_interval = Duration::from_millis(ms);
     }
+    if let Some(ms) = num("PF_WINDOW_MS") {
+        cfg.process.recover_window = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_MIN_UPTIME_MS") {
+        cfg.process.recover_min_uptime = Duration::from_millis(ms);
+    }
+    cfg.process.recover_every_exit = var("PF_EVERY_EXIT").is_some();
     if let Some(ms) = num("PF_GRACE_MS") {
         cfg.process.grace_period = Duration::from_millis(ms);
     }
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = num("PF_HANDLER_THREADS") {
+        cfg.http.handler_threads = n as usize;
     }
     if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
         cfg.process.handle_signals = false;
