@@ -75,8 +75,9 @@ pub struct prefork_hooks {
 // SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
 unsafe impl Extensible for prefork_hooks {
     const NAME: &'static str = "prefork_hooks";
+    const SINCE: &'static str = "0.1";
     // user_data, six hooks, user_data_free.
-    const SIZE_0_1: usize = size_of::<[usize; 8]>();
+    const FIRST_SIZE: usize = size_of::<[usize; 8]>();
 }
 
 fn verdict(hook: &str, code: c_int) -> HookResult {
@@ -165,7 +166,7 @@ pub unsafe extern "C" fn prefork_set_hooks(
     p: *mut prefork,
     hooks: *const prefork_hooks,
 ) -> prefork_result {
-    ffi_boundary!({ unsafe { set_hooks(p, hooks, prefork_hooks::SIZE_0_1) } })
+    ffi_boundary!({ unsafe { set_hooks(p, hooks, prefork_hooks::FIRST_SIZE) } })
 }
 
 /// # Safety
