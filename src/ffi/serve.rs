@@ -102,7 +102,7 @@ fn readiness(ready: c_int) -> Result<Ready, FfiError> {
 }
 
 /// Puts the handle `p` in serve mode with `*serve`, a struct of `serve_size` bytes (copied).
-/// C and C++ call it through the `prefork_set_serve(p, serve)` macro, which passes
+/// C and C++ call it through the `prefork_set_serve` macro, which passes
 /// `sizeof(prefork_serve)`; Go, Zig and other FFIs call it with the size of their
 /// `prefork_serve`. An earlier serve struct is replaced and its `user_data_free`, if any,
 /// called. Call it in every process (the master ignores it, the children need it), from the
