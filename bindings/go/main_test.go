@@ -38,6 +38,7 @@ const (
 	envProducer  = "GOTEST_PREFORK_PRODUCER"  // "1": children come from a CommandProducer
 	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
 	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
+	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -114,6 +115,9 @@ func serve() int {
 			cmd.Env = append(cmd.Env, envProduced+"=1")
 			return cmd, cmd.Start()
 		}
+	}
+	if kind := os.Getenv(envServe); kind != "" {
+		p.ServeFunc = serveFuncs[kind]()
 	}
 	addr := os.Getenv(envAddr)
 	if addr == "" {
