@@ -268,7 +268,8 @@ typedef struct prefork_hooks {
     /**
      * Child, at most once: its master is gone (the lifeline closed). Runs on the child's
      * event-loop thread; the child then drains its connections and
-     * `prefork_listen_and_serve` returns.
+     * `prefork_listen_and_serve` returns. In serve mode it runs on a library thread of the
+     * child, while `serve` runs, just before `stop_fd` becomes readable.
      */
     void (*on_master_death)(void *user_data);
     /**

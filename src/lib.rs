@@ -63,7 +63,7 @@ mod master;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
-pub use child::{Ready, ServeFn, StopSignal, child_ready};
+pub use child::{Ready, StopSignal, child_ready};
 pub use config::{Config, HttpConfig, Network, ProcessConfig};
 pub use control::shutdown;
 pub use error::{Error, ErrorKind, HookError};

@@ -105,8 +105,9 @@ type Prefork struct {
 
 	// OnMasterDeath runs in a child, at most once, when its master is gone (detected at once
 	// through a pipe, not by polling). The child then drains its connections and
-	// ListenAndServe returns nil. Unlike fasthttp, nil does not disable the detection:
-	// children always follow their master.
+	// ListenAndServe returns nil (with a ServeFunc: Stopping is closed right after it).
+	// Unlike fasthttp, nil does not disable the detection: children always follow their
+	// master.
 	OnMasterDeath func()
 
 	// OnChildSpawn runs in the master after each child is started (first or replacement).

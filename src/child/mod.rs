@@ -25,7 +25,7 @@ use crate::log::{Level, Logger};
 
 mod serve;
 
-pub use serve::{Ready, ServeFn, StopSignal, child_ready};
+pub use serve::{Ready, StopSignal, child_ready};
 pub(crate) use serve::{Serve, serve};
 
 /// What every child holds once it adopted the master's descriptors.

@@ -46,7 +46,7 @@ pub enum Ready {
 
 /// The application's server: called once in each child with the listener (its to own and
 /// close) and the child's stop signal; returns the child's exit status (see [`exit_status`]).
-pub type ServeFn = dyn FnOnce(TcpListener, &StopSignal) -> i32 + Send;
+pub(crate) type ServeFn = dyn FnOnce(TcpListener, &StopSignal) -> i32 + Send;
 
 /// Serve mode as configured on a `Prefork`.
 pub(crate) struct Serve {

@@ -47,7 +47,8 @@ pub struct prefork_hooks {
         Option<unsafe extern "C" fn(user_data: *mut c_void, pid: i32, exit_code: i32, signal: i32)>,
     /// Child, at most once: its master is gone (the lifeline closed). Runs on the child's
     /// event-loop thread; the child then drains its connections and
-    /// `prefork_listen_and_serve` returns.
+    /// `prefork_listen_and_serve` returns. In serve mode it runs on a library thread of the
+    /// child, while `serve` runs, just before `stop_fd` becomes readable.
     pub on_master_death: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
     /// Master: starts a child instead of the default re-exec of the current program, and
     /// returns its pid, or -1 when it could not (the master then fails with
