@@ -59,10 +59,10 @@ type Prefork struct {
 
 	// ServeFunc, when set, runs the program's own server in each child instead of the
 	// library's HTTP engine, as fasthttp prefork's ServeFunc does: the child calls it, after
-	// InitChild, with the listener inherited from the master, and the master supervises the
-	// children as always (readiness, replacement within RecoverThreshold, the grace period,
-	// master-death detection, every hook). The child reports ready as ServeFunc is called
-	// (the listener queues connections already).
+	// InitChild, with the listener inherited from the master (a *net.TCPListener), and the
+	// master supervises the children as always (readiness, replacement within
+	// RecoverThreshold, the grace period, master-death detection, every hook). The child
+	// reports ready as ServeFunc is called (the listener queues connections already).
 	//
 	// ServeFunc must return when Stopping() is closed, once its requests in flight are done:
 	// Graceful does that for servers with a Shutdown method, such as net/http's and

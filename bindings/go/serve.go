@@ -102,7 +102,8 @@ func Graceful(serve func(net.Listener) error, shutdown func(context.Context) err
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), stop.at.Add(stop.left))
 		defer cancel()
-		if err := shutdown(ctx); err != nil {
+		// The binding closed the listener at the stop: a shutdown closing it again says so.
+		if err := shutdown(ctx); err != nil && !isClosedError(err) {
 			return fmt.Errorf("shutdown: %w", err)
 		}
 		if pending {
@@ -120,7 +121,8 @@ func Graceful(serve func(net.Listener) error, shutdown func(context.Context) err
 }
 
 // isClosedError reports whether err only says that the server's listener was closed, which
-// after the stop is how a Serve method says it stopped.
+// after the stop is how a Serve method says it stopped (and a Shutdown that the listener was
+// closed already).
 func isClosedError(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed)
 }
@@ -163,7 +165,8 @@ func (s *server) runServeFunc(ln net.Listener) (status int) {
 	return serveFailed
 }
 
-// childListener makes the inherited listener a net.Listener; the library handed fd over.
+// childListener makes the inherited listener a net.Listener (a *net.TCPListener, as fasthttp
+// prefork's ServeFunc gets); the library handed fd over.
 func childListener(fd int) (net.Listener, error) {
 	f := os.NewFile(uintptr(fd), "prefork-listener")
 	defer f.Close() // FileListener works on a copy
@@ -171,20 +174,7 @@ func childListener(fd int) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the inherited listener (fd %d): %w", fd, err)
 	}
-	return &closeOnce{Listener: ln}, nil
-}
-
-// closeOnce is the listener a ServeFunc gets: the binding closes it at the stop, and the
-// server's own shutdown closes it again, which must not turn into shutdown's error.
-type closeOnce struct {
-	net.Listener
-	once sync.Once
-	err  error
-}
-
-func (l *closeOnce) Close() error {
-	l.once.Do(func() { l.err = l.Listener.Close() })
-	return l.err
+	return ln, nil
 }
 
 // watchStop closes the Stopping channel, then ln, when the library's stop descriptor becomes

@@ -28,7 +28,14 @@ import (
 var serveFuncs = map[string]func() func(net.Listener) error{
 	"nethttp": func() func(net.Listener) error {
 		srv := &http.Server{Handler: http.HandlerFunc(netHTTPHandler), ReadHeaderTimeout: 5 * time.Second}
-		return prefork.Graceful(srv.Serve, srv.Shutdown)
+		serve := prefork.Graceful(srv.Serve, srv.Shutdown)
+		return func(ln net.Listener) error {
+			// What fasthttp prefork's ServeFunc gets, for servers that look.
+			if _, ok := ln.(*net.TCPListener); !ok {
+				return fmt.Errorf("ServeFunc got a %T, not a *net.TCPListener", ln)
+			}
+			return serve(ln)
+		}
 	},
 	// What a program moving from fasthttp prefork would write first: Serve alone, no
 	// shutdown. The binding's closing of the listener at the stop still ends it.
