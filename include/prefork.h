@@ -15,9 +15,12 @@
  *    user_data_free finalizer, called once when the library lets go of user_data.
  *  - Callback structs only grow, at their end: initialise them by member name with the rest
  *    zero, and pass them through the macros at the end of this header (prefork_new,
- *    prefork_set_hooks), which hand the library their size. A program built against an older
- *    header keeps working with a newer library of the same major version (the README's "ABI
- *    policy"). Check which library was loaded with prefork_version().
+ *    prefork_set_hooks, prefork_set_serve), which hand the library their size. A program
+ *    built against an older header keeps working with a newer library of the same major
+ *    version (the README's "ABI policy"). Check which library was loaded with
+ *    prefork_version().
+ *  - Serve mode (prefork_set_serve) runs the program's own server in the children, with the
+ *    same supervisor around it.
  *  - The program is both the master and every child: the master re-executes /proc/self/exe
  *    with the same argv for each child. Build the handle the same way in every process.
  */
@@ -51,6 +54,19 @@
 
 /** prefork_set_hooks_sized with this header's sizeof(prefork_hooks). */
 #define prefork_set_hooks(p, hooks) prefork_set_hooks_sized((p), (hooks), sizeof(prefork_hooks))
+
+/** prefork_set_serve_sized with this header's sizeof(prefork_serve) (serve mode, since 0.2). */
+#define prefork_set_serve(p, serve) prefork_set_serve_sized((p), (serve), sizeof(prefork_serve))
+
+/**
+ * `prefork_serve.ready`: the child reports ready just before `serve` is called (the default).
+ */
+#define PREFORK_SERVE_READY_ON_START 0
+
+/**
+ * `prefork_serve.ready`: the child reports ready when `serve` calls `prefork_child_ready()`.
+ */
+#define PREFORK_SERVE_READY_EXPLICIT 1
 
 /**
  * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
@@ -254,7 +270,8 @@ typedef struct prefork_hooks {
     /**
      * Child, at most once: its master is gone (the lifeline closed). Runs on the child's
      * event-loop thread; the child then drains its connections and
-     * `prefork_listen_and_serve` returns.
+     * `prefork_listen_and_serve` returns. In serve mode it runs on a library thread of the
+     * child, while `serve` runs, just before `stop_fd` becomes readable.
      */
     void (*on_master_death)(void *user_data);
     /**
@@ -276,6 +293,76 @@ typedef struct prefork_hooks {
      */
     void (*user_data_free)(void *user_data);
 } prefork_hooks;
+
+/**
+ * Serve mode: each child runs the program's own server (a libuv or libevent loop, a custom
+ * protocol) instead of the library's HTTP engine, as Go's fasthttp prefork runs its
+ * `ServeFunc`. Set it with the `prefork_set_serve` macro before `prefork_listen_and_serve`.
+ *
+ * The master does not change: it binds, starts and supervises the children as always
+ * (readiness and the startup timeout, respawn, recover threshold and window, backoff, the
+ * grace period then SIGKILL, reuseport slots, every hook). In each child, the library adopts
+ * the listener and the lifeline, installs its signal handlers (with `handle_signals` on),
+ * runs the handler's `init_child`, then calls `serve` on the thread that called
+ * `prefork_listen_and_serve`. When `serve` returns, the child runs `exit_child` and exits
+ * the process with `serve`'s return value as its status: in a serve-mode child,
+ * `prefork_listen_and_serve` returns only when something failed before `serve` was called
+ * (an `init_child` failure, for example). `prefork_new` still takes a `prefork_handler`,
+ * whose `init_child` and `exit_child` run as said; its `handle` is never called, and the
+ * HTTP options (the limits, timeouts and `handler_threads`) do not apply.
+ *
+ * Extensible, as `prefork_handler`: members are only ever added at the end, one a program
+ * does not know of reads as 0 (unset). Initialise it by member name with the rest zero.
+ *
+ * The library copies this struct: it need not outlive the `prefork_set_serve` call.
+ */
+typedef struct prefork_serve {
+    /**
+     * Passed as the first argument of `serve` and `user_data_free`; the library never reads
+     * it.
+     */
+    void *user_data;
+    /**
+     * Required. The child's server, called once in each child.
+     *
+     * `listen_fd` is the listening TCP socket the master bound (blocking, close-on-exec).
+     * `serve` owns it: close it when the server stops accepting. Its file status flags
+     * (O_NONBLOCK) are those of the socket, which the master shares with every child (with
+     * reuseport, with the children of its slot): set them the same way in every child.
+     * Descriptor 4 is the library's lifeline to the master: leave it alone.
+     *
+     * `stop_fd` becomes readable (POLLIN, and POLLHUP) when the child must stop, and stays
+     * so: on the master's graceful stop (its SIGTERM; with `handle_signals` off, the host's
+     * own handler calls `prefork_shutdown`), on the master's death (after `on_master_death`
+     * ran, on a library thread), and on `prefork_shutdown()` in this child. Poll it beside
+     * the server's own descriptors; do not read, write or close it: it is the library's, and
+     * valid until `serve` returns. On the stop, finish the requests in flight and return
+     * within the grace period, after which the master kills the child with SIGKILL.
+     *
+     * The return value is the child's exit status, which the master's `on_child_exit` hook
+     * sees: 0 for a clean stop, 1 to 255 as they are, any other value (a negative one, or
+     * above 255) 1. Returning before the stop is a child's exit like a crash: the master
+     * replaces it, within the recover threshold and with the backoff of a child that dies
+     * soon after its start.
+     */
+    int (*serve)(void *user_data, int listen_fd, int stop_fd);
+    /**
+     * When the child tells the master it is ready (the master's `on_master_ready` waits for
+     * every child, and until then its startup timeout runs):
+     * PREFORK_SERVE_READY_ON_START (0): just before `serve` is called; the master's socket
+     * already queues connections, so a server that accepts as soon as it runs needs nothing
+     * more. PREFORK_SERVE_READY_EXPLICIT: when `serve` calls `prefork_child_ready()`, for a
+     * server that sets itself up first; a `serve` that returns without calling it is a child
+     * that failed to start. Any other value is refused.
+     */
+    int ready;
+    /**
+     * Optional finalizer: called once with `user_data` when this serve struct is replaced by
+     * another `prefork_set_serve` call or the handle is freed, never when `prefork_set_serve`
+     * failed. A serve-mode child exits without freeing the handle, so it does not run there.
+     */
+    void (*user_data_free)(void *user_data);
+} prefork_serve;
 
 /**
  * A borrowed view of bytes: `len` bytes at `ptr`, NOT NUL-terminated (use `%.*s` or
@@ -364,7 +451,9 @@ void prefork_free(struct prefork *p);
  * `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
  * (`prefork_is_child()`, the same program re-executed by the master): serves the listener
  * inherited from the master (`addr` is not used) until told to stop, drains, and returns
- * PREFORK_OK; the program should then free the handle and exit.
+ * PREFORK_OK; the program should then free the handle and exit. In serve mode
+ * (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
+ * it returns: the call returns in a child only on a failure before the callback started.
  *
  * Blocks the calling thread, on which the master's hooks and the child's event loop run.
  * Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (`addr` is not UTF-8, or an invalid
@@ -614,6 +703,36 @@ enum prefork_result prefork_set_logger(struct prefork *p,
                                                    size_t len),
                                        void *user_data,
                                        void (*user_data_free)(void *user_data));
+
+/**
+ * Puts the handle `p` in serve mode with `*serve`, a struct of `serve_size` bytes (copied).
+ * C and C++ call it through the `prefork_set_serve` macro, which passes
+ * `sizeof(prefork_serve)`; Go, Zig and other FFIs call it with the size of their
+ * `prefork_serve`. An earlier serve struct is replaced and its `user_data_free`, if any,
+ * called. Call it in every process (the master ignores it, the children need it), from the
+ * thread that owns `p`, before `prefork_listen_and_serve`.
+ *
+ * Returns PREFORK_ERR_NULL for a NULL `p`, `serve` or `serve->serve`;
+ * PREFORK_ERR_INVALID_ARGUMENT when `serve_size` is no `prefork_serve` size, the struct sets
+ * a member this library does not know (a newer header than the library), or `ready` is no
+ * PREFORK_SERVE_READY_* value; PREFORK_ERR_STATE while the server is serving. On failure
+ * nothing is taken over (the caller still owns `serve->user_data`).
+ */
+enum prefork_result prefork_set_serve_sized(struct prefork *p,
+                                            const struct prefork_serve *serve,
+                                            size_t serve_size);
+
+/**
+ * Reports this serve-mode child ready to its master, for a `prefork_serve` whose `ready` is
+ * PREFORK_SERVE_READY_EXPLICIT: call it from `serve` (or from any thread of the child while
+ * `serve` runs) once the server can take connections. Reporting again, or with
+ * PREFORK_SERVE_READY_ON_START, does nothing and returns PREFORK_OK.
+ *
+ * Returns PREFORK_ERR_STATE when no `serve` callback is running in this process (in the
+ * master, in a child of the HTTP engine, after `serve` returned), and PREFORK_ERR_IO when
+ * the master is gone (the child is then about to be told to stop).
+ */
+enum prefork_result prefork_child_ready(void);
 
 /**
  * The method, e.g. "GET", case-sensitive as received. Valid until `handle` returns; empty

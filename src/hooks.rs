@@ -34,7 +34,8 @@ pub enum ChildExit {
 }
 
 /// Hooks of the master (and, for `on_master_death`, of each child). All run on the thread that
-/// called `listen_and_serve`; a hook that panics counts as a hook error.
+/// called `listen_and_serve` (except `on_master_death` in serve mode, which runs on a library
+/// thread while the serve function runs); a hook that panics counts as a hook error.
 #[derive(Default)]
 #[allow(clippy::type_complexity)]
 pub struct Hooks {
@@ -47,7 +48,8 @@ pub struct Hooks {
     pub on_child_recover: Option<Box<dyn FnMut(Pid, Pid) -> HookResult + Send>>,
     /// After a child exited and was reaped, before any replacement.
     pub on_child_exit: Option<Box<dyn FnMut(Pid, ChildExit) + Send>>,
-    /// In a child, once, when its master is gone; the child then drains and exits.
+    /// In a child, once, when its master is gone; the child then drains and exits (in serve
+    /// mode: the stop signal is set right after it).
     pub on_master_death: Option<Box<dyn FnMut() + Send>>,
     /// Starts a child instead of the default re-exec; returns its pid.
     pub command_producer: Option<Box<dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send>>,

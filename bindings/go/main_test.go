@@ -39,6 +39,8 @@ const (
 	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
 	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
 	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
+	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
+	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -67,7 +69,11 @@ func say(format string, args ...any) {
 }
 
 func serve() int {
-	p := prefork.New(handle)
+	handler := handle
+	if os.Getenv(envChi) == "1" {
+		handler = prefork.HTTPHandler(chiRouter())
+	}
+	p := prefork.New(handler)
 	p.Children = envInt(envChildren, 2)
 	p.RecoverThreshold = envInt(envThreshold, prefork.DefaultRecoverThreshold)
 	p.HandlerThreads = envInt(envThreads, 0)
@@ -116,6 +122,9 @@ func serve() int {
 			cmd.Env = append(cmd.Env, envProduced+"=1")
 			return cmd, cmd.Start()
 		}
+	}
+	if kind := os.Getenv(envServe); kind != "" {
+		p.ServeFunc = serveFuncs[kind]()
 	}
 	addr := os.Getenv(envAddr)
 	if addr == "" {

@@ -7,6 +7,7 @@ import "C"
 import (
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -56,6 +57,27 @@ type Prefork struct {
 	// The "Default:" sentences and what configure does with a zero field are checked against
 	// include/prefork.h by tests/go_options.rs.
 
+	// ServeFunc, when set, runs the program's own server in each child instead of the
+	// library's HTTP engine, as fasthttp prefork's ServeFunc does: the child calls it, after
+	// InitChild, with the listener inherited from the master (a *net.TCPListener), and the
+	// master supervises the children as always (readiness, replacement within
+	// RecoverThreshold, the grace period, master-death detection, every hook). The child
+	// reports ready as ServeFunc is called (the listener queues connections already).
+	//
+	// ServeFunc must return when Stopping() is closed, once its requests in flight are done:
+	// Graceful does that for servers with a Shutdown method, such as net/http's and
+	// fasthttp's. At the stop the binding also closes ln, so that a server that ignores
+	// Stopping at least stops accepting and returns, dropping what it was serving. When
+	// ServeFunc returns, ExitChild runs and the child exits: with status 0 for nil (or, after
+	// the stop, an error that only says the listener was closed: net.ErrClosed,
+	// http.ErrServerClosed), 1 for another error, which is logged, and 2 for a panic. A
+	// ServeFunc that returns before the stop is a child that exited, which the master
+	// replaces. In a child, ListenAndServe does not return once ServeFunc was called.
+	//
+	// The handler given to New is not called (New(nil) will do), and the HTTP options
+	// (HandlerThreads, the Max* limits and the timeouts) do not apply.
+	ServeFunc func(ln net.Listener) error
+
 	// Logger receives the library's log lines at INFO and above. nil keeps the library's
 	// own logger, which writes "prefork[PID] LEVEL: message" lines to stderr.
 	Logger Logger
@@ -84,8 +106,9 @@ type Prefork struct {
 
 	// OnMasterDeath runs in a child, at most once, when its master is gone (detected at once
 	// through a pipe, not by polling). The child then drains its connections and
-	// ListenAndServe returns nil. Unlike fasthttp, nil does not disable the detection:
-	// children always follow their master.
+	// ListenAndServe returns nil (with a ServeFunc: Stopping is closed right after it).
+	// Unlike fasthttp, nil does not disable the detection: children always follow their
+	// master.
 	OnMasterDeath func()
 
 	// OnChildSpawn runs in the master after each child is started (first or replacement).
@@ -249,7 +272,8 @@ func LocalAddr() string {
 // In the master it binds addr, starts the children, runs the hooks and supervises them until
 // SIGTERM, SIGINT or Shutdown, then stops them gracefully and returns nil. In a child it
 // serves the listener inherited from the master (addr is not used) until told to stop,
-// drains and returns nil; the program should then exit.
+// drains and returns nil; the program should then exit. With a ServeFunc, a child calls it
+// instead and exits when it returns (see ServeFunc).
 //
 // While it runs, SIGTERM and SIGINT reach the binding through os/signal (the library's own
 // signal handlers stay off, so the Go runtime keeps its signal handling); a child ignores
@@ -260,8 +284,8 @@ func LocalAddr() string {
 // ErrHook...); a hook's own error is wrapped too.
 func (p *Prefork) ListenAndServe(addr string) error {
 	const op = "ListenAndServe"
-	if p.handler == nil {
-		return invalid(op, "the Prefork has no handler: create it with New")
+	if p.handler == nil && p.ServeFunc == nil {
+		return invalid(op, "the Prefork has neither a handler nor a ServeFunc: create it with New")
 	}
 	if !p.serving.CompareAndSwap(false, true) {
 		return &Error{Op: op, Code: CodeState, Message: "ListenAndServe is already running on this Prefork"}
@@ -290,7 +314,7 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	defer C.free(unsafe.Pointer(caddr))
 	child := IsChild()
 	stop := relaySignals(child)
-	if child {
+	if child && p.ServeFunc == nil {
 		defer keepSpareP()()
 	}
 	r := C.prefork_listen_and_serve(c, caddr)
@@ -359,7 +383,8 @@ func (s *server) create() (*C.prefork, error) {
 	return c, nil
 }
 
-// install sets the library options the binding owns, the hooks and the logger.
+// install sets the library options the binding owns, the hooks, the ServeFunc and the
+// logger.
 func (s *server) install(c *C.prefork) error {
 	if r := C.prefork_set_handle_signals(c, false); r != C.PREFORK_OK {
 		return lastError("set handle_signals", r)
@@ -386,6 +411,13 @@ func (s *server) install(c *C.prefork) error {
 		if r := C.goprefork_set_hooks(c, C.uintptr_t(h), members); r != C.PREFORK_OK {
 			deleteHandle(h)
 			return lastError("set hooks", r)
+		}
+	}
+	if p.ServeFunc != nil {
+		h := newHandle(s)
+		if r := C.goprefork_set_serve(c, C.uintptr_t(h)); r != C.PREFORK_OK {
+			deleteHandle(h)
+			return lastError("set ServeFunc", r)
 		}
 	}
 	if p.Logger != nil {

@@ -10,7 +10,7 @@
 //! default) and records misuse in the thread's last-error message.
 //!
 //! The modules depend on each other one way only. `handle` owns the C handle; `options`,
-//! `hooks` and `log` configure one through it; `handle` builds the handler of `handler`;
+//! `hooks`, `log` and `serve` configure one through it; `handle` builds the handler of `handler`;
 //! `request` and `response` are the handler's views. Under them all lie the shared leaves:
 //! `error` (codes, last error), `convert` (arguments in, views and text out), `extensible`
 //! (the ABI's growth rule) and `user_data` (a caller's pointer and its finalizer).
@@ -36,6 +36,8 @@ mod hooks;
 
 mod log;
 
+mod serve;
+
 mod handler;
 
 mod request;
@@ -57,4 +59,5 @@ pub use log::*;
 pub use options::*;
 pub use request::*;
 pub use response::*;
+pub use serve::*;
 pub use version::*;

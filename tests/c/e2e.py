@@ -525,6 +525,126 @@ def server(prog):
         srv.kill()
 
 
+class EchoClient:
+    """A connection to serve_echo: its greeting names the child that accepted it."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        m = re.fullmatch(r"hello from (\d+)", self.line())
+        check(m is not None, "no greeting")
+        self.pid = int(m.group(1))
+
+    def line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            check(chunk, f"connection closed after {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+    def echo(self, *pieces):
+        """Sends the pieces with pauses between them; returns the lines that came back."""
+        for piece in pieces:
+            self.sock.sendall(piece)
+            time.sleep(0.01)
+        return [self.line() for _ in range(b"".join(pieces).count(b"\n"))]
+
+    def rest(self):
+        """Everything until the server closes the connection."""
+        out = self.buf
+        while chunk := self.sock.recv(4096):
+            out += chunk
+        self.sock.close()
+        return out
+
+
+def echo_pids(port, connections, kids):
+    """Echoes through `connections` fresh connections; returns the set of children that
+    answered, each of which must be in `kids`."""
+    served = set()
+    for i in range(connections):
+        c = EchoClient(port)
+        check(c.pid in kids, f"greeted by {c.pid}, not one of {kids}")
+        got = c.echo(b"line %d\n" % i)
+        check(got == [f"line {i}"], f"echo through {c.pid} gave {got}")
+        c.sock.close()
+        served.add(c.pid)
+    return served
+
+
+def serve_echo(prog):
+    """Serve mode: the children run the example's own poll loop under the supervisor. Once with
+    one SO_REUSEPORT socket per child and explicit readiness (prefork_child_ready), once with
+    the shared listener and readiness when serve starts."""
+    for flags in (["--reuseport", "--explicit-ready"], []):
+        print(f"  serve_echo {' '.join(flags) or '(shared listener, ready on start)'}")
+        port = free_port()
+        srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "3", *flags])
+        try:
+            kids = srv.ready()
+            check(len(kids) == 3, f"expected 3 children, got {kids}")
+            for pid in kids:
+                srv.expect(rf"^serving pid={pid}$")
+
+            c = EchoClient(port)
+            got = c.echo(b"one\ntwo\n", b"thr", b"ee\n")
+            check(got == ["one", "two", "three"], f"echo of pieces gave {got}")
+            c.sock.close()
+            served = echo_pids(port, 40, kids)
+            if "--reuseport" in flags:
+                check(served == set(kids), f"40 connections reached {served}, children {kids}")
+
+            os.kill(kids[0], signal.SIGKILL)
+            srv.expect(rf"^child_exit pid={kids[0]} code=-1 signal=9$")
+            new = int(srv.expect(rf"^recover old={kids[0]} new=(\d+)$").group(1))
+            srv.expect(rf"^serving pid={new}$")
+            now = [new, *kids[1:]]
+            served = echo_pids(port, 40, now)
+            if "--reuseport" in flags:
+                check(new in served, f"the replacement {new} got none of 40 connections: the "
+                      f"slot's socket did not reach it ({served})")
+
+            held = EchoClient(port)
+            check(held.echo(b"still here\n") == ["still here"], "echo before the stop")
+            srv.stop()
+            check(held.rest() == b"bye\n", "the client was not told bye at the stop")
+            for pid in now:
+                srv.expect(rf"^stopping pid={pid}$", timeout=1)
+                srv.expect(rf"^exit_child pid={pid}$", timeout=1)
+                srv.expect(rf"^child_exit pid={pid} code=0 signal=0$", timeout=1)
+        finally:
+            srv.kill()
+
+
+def serve_echo_master_death(prog):
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    try:
+        kids = srv.ready()
+        held = EchoClient(port)
+        srv.proc.kill()  # SIGKILL: the children learn it from their lifeline, in serve mode too
+        srv.proc.wait(timeout=10)
+        check(held.rest() == b"bye\n", "the client of a child whose master died was not told bye")
+        for pid in kids:
+            srv.expect(rf"^exit_child pid={pid}$", timeout=10)
+        for pid in kids:
+            deadline = time.monotonic() + 15
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    check(os.waitstatus_to_exitcode(status) == 0,
+                          f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
+                    break
+                check(time.monotonic() < deadline, f"orphan {pid} still running")
+                time.sleep(0.02)
+        assert_nothing_left(kids)
+    finally:
+        for pid in children_of(os.getpid()):
+            os.kill(pid, signal.SIGKILL)
+        srv.kill()
+
+
 def api(prog):
     r = subprocess.run([prog], timeout=60)
     check(r.returncode == 0, f"{prog} exit status {r.returncode}")
@@ -533,7 +653,8 @@ def api(prog):
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
                                       demo_flags, demo_bind_error, demo_limits, hello, hooks,
-                                      hooks_master_death, server, api, abi_v0_1]}
+                                      hooks_master_death, server, api, abi_v0_1, serve_echo,
+                                      serve_echo_master_death]}
 
 
 def main():

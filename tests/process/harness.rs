@@ -20,6 +20,23 @@ macro_rules! ensure {
     };
 }
 
+/// Variables every master started from now on gets too, after its own: how the suite runs a
+/// test again in serve mode. Tests run one at a time, so a global is enough.
+static EXTRA_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `f` with `env` added to every master it starts.
+pub fn with_env<T>(env: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    let saved = std::mem::replace(
+        &mut *EXTRA_ENV.lock().unwrap(),
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    *EXTRA_ENV.lock().unwrap() = saved;
+    out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
@@ -46,6 +63,9 @@ impl Master {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for (k, v) in EXTRA_ENV.lock().unwrap().iter() {
             cmd.env(k, v);
         }
         adjust(&mut cmd);

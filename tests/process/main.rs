@@ -1,6 +1,7 @@
 //! Process-engine suite: hooks, readiness, respawn, recovery policy, graceful and forced
 //! shutdown, master death, descriptor hygiene, reuseport, hook failures and command-producer
-//! misuse. Every test runs real processes, is bounded in time and proves that none is left.
+//! misuse, with the HTTP engine and again in serve mode (the children run the scenario's own
+//! server). Every test runs real processes, is bounded in time and proves that none is left.
 //!
 //! Run one test: `cargo test --test process -- NAME_SUBSTRING`.
 
@@ -64,6 +65,13 @@ fn main() {
         children_run_the_master_death_hook,
         master_death_hook_runs_when_sigterm_comes_first,
         custom_logger_receives_process_events,
+        serve_mode_keeps_every_supervisor_feature,
+        serve_mode_with_explicit_ready_keeps_the_supervisor_features,
+        serve_mode_reports_ready_when_the_serve_function_starts_or_says_so,
+        serve_mode_ready_never_reported_is_a_startup_timeout,
+        serve_mode_return_value_is_the_exit_status,
+        serve_mode_crash_loop_ends_in_over_recovery,
+        serve_mode_stop_lets_the_request_in_flight_finish,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -147,7 +155,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| !matches!(*e, "port" | "bound"))
+        .filter(|e| !matches!(*e, "port" | "bound" | "child-ready"))
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],
@@ -1015,4 +1023,197 @@ fn ipv6_loopback() -> bool {
         println!("    skipped: no IPv6 loopback here");
     }
     there
+}
+
+/// The engine tests whose subject is the supervisor, not HTTP: serve mode must pass them as
+/// they are, with the scenario's own server in the children.
+const SUPERVISOR_TESTS: &[(&str, Test)] = suite![
+    hooks_fire_in_order_and_sigterm_stops_cleanly,
+    killed_child_is_replaced_without_refused_connections,
+    crash_loop_ends_in_over_recovery,
+    recover_interval_is_honoured,
+    recover_interval_does_not_delay_shutdown,
+    child_ignoring_sigterm_is_killed_after_grace,
+    second_sigint_stops_at_once,
+    master_kill9_takes_children_down,
+    no_master_descriptor_reaches_a_child,
+    reuseport_replacement_gets_its_slot_socket,
+    hook_errors_and_panics_clean_up,
+    startup_timeout_is_an_error,
+    master_as_pid1_serves_respawns_and_stops,
+    children_run_the_master_death_hook,
+    master_death_hook_runs_when_sigterm_comes_first,
+    custom_logger_receives_process_events,
+];
+
+fn in_serve_mode(ready: &str, tests: &[(&str, Test)]) -> Outcome {
+    for (name, test) in tests {
+        harness::with_env(&[("PF_SERVE", ready)], test)
+            .map_err(|e| format!("{name} in serve mode (ready {ready}): {e}"))?;
+    }
+    Ok(())
+}
+
+fn serve_mode_keeps_every_supervisor_feature() -> Outcome {
+    in_serve_mode("start", SUPERVISOR_TESTS)
+}
+
+fn serve_mode_with_explicit_ready_keeps_the_supervisor_features() -> Outcome {
+    in_serve_mode(
+        "explicit",
+        suite![
+            hooks_fire_in_order_and_sigterm_stops_cleanly,
+            killed_child_is_replaced_without_refused_connections,
+            reuseport_replacement_gets_its_slot_socket,
+            children_run_the_master_death_hook,
+        ],
+    )
+}
+
+fn serve_mode_reports_ready_when_the_serve_function_starts_or_says_so() -> Outcome {
+    // The serve function sets itself up for this long before it accepts, and under
+    // Ready::Explicit before it calls child_ready.
+    const SETUP: Duration = Duration::from_millis(1500);
+    let setup_ms = SETUP.as_millis().to_string();
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_SERVE", "start"),
+        ("PF_SERVE_READY_MS", &setup_ms),
+    ]);
+    let (ready, port) = m.ready()?;
+    let took = m.started.elapsed();
+    measure("start to master-ready, ready on start, 1.5 s setup", took);
+    ensure!(
+        took < SETUP,
+        "ready on start came after {took:?}, not before the serve function's setup"
+    );
+    // The master's socket queues the connection meanwhile: it is answered after the setup.
+    let pid = get(port, "/pid").map_err(|e| e.to_string())?;
+    ensure!(
+        pid == ready[0].to_string(),
+        "served by {pid}, not {ready:?}"
+    );
+    stop_cleanly(&mut m)?;
+
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_SERVE", "explicit"),
+        ("PF_SERVE_READY_MS", &setup_ms),
+    ]);
+    let (ready, port) = m.ready()?;
+    let took = m.started.elapsed();
+    measure(
+        "start to master-ready, explicit ready after a 1.5 s setup",
+        took,
+    );
+    ensure!(
+        took >= SETUP,
+        "explicit ready came after {took:?}, before the serve function called child_ready"
+    );
+    let pid: i32 = get(port, "/pid")
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    ensure!(ready.contains(&pid), "served by {pid}, not {ready:?}");
+    stop_cleanly(&mut m)?;
+    for pid in &ready {
+        ensure!(
+            m.seen.contains(&format!("child-ready {pid}")),
+            "child {pid} did not report through child_ready; {}",
+            m.context()
+        );
+    }
+    Ok(())
+}
+
+fn serve_mode_ready_never_reported_is_a_startup_timeout() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_SERVE", "explicit"),
+        ("PF_SERVE_NEVER_READY", "1"),
+        ("PF_STARTUP_MS", "300"),
+        ("PF_GRACE_MS", "2000"),
+    ]);
+    let started = Instant::now();
+    expect_failure(
+        &mut m,
+        "StartupTimeout",
+        "did not report listening within 300ms",
+    )?;
+    ensure!(started.elapsed() < 5 * SEC, "took {:?}", started.elapsed());
+    // The children were waiting on their stop signal: they stopped at the SIGTERM, cleanly.
+    for pid in m.all_children() {
+        ensure!(
+            m.seen.contains(&format!("exit {pid} code 0")),
+            "child {pid} did not stop cleanly; {}",
+            m.context()
+        );
+    }
+    Ok(())
+}
+
+fn serve_mode_return_value_is_the_exit_status() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_SERVE", "start")]);
+    let (ready, port) = m.ready()?;
+    let old = ready[0];
+    ensure!(get(port, "/exit").is_err(), "/exit answered");
+    m.expect(&format!("exit-child {old}"), 5 * SEC)?;
+    m.expect(&format!("exit {old} code 3"), 5 * SEC)?;
+    let recover = m.expect(&format!("recover {old} "), 5 * SEC)?;
+    let new: i32 = recover.parse().map_err(|e| format!("recover line: {e}"))?;
+    let pid = get(port, "/pid").map_err(|e| e.to_string())?;
+    ensure!(
+        pid == new.to_string(),
+        "served by {pid}, not the replacement {new}"
+    );
+    stop_cleanly(&mut m)?;
+    for line in [
+        format!("serve-stop {new}"),
+        format!("exit-child {new}"),
+        format!("exit {new} code 0"),
+    ] {
+        ensure!(m.seen.contains(&line), "no {line:?}; {}", m.context());
+    }
+    Ok(())
+}
+
+fn serve_mode_crash_loop_ends_in_over_recovery() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_THRESHOLD", "3"),
+        ("PF_SERVE", "start"),
+        ("PF_SERVE_RETURN", "7"),
+    ]);
+    expect_failure(&mut m, "OverRecovery", "above the recover threshold of 3")?;
+    let exits: Vec<&String> = m.seen.iter().filter(|l| l.starts_with("exit ")).collect();
+    ensure!(
+        exits.len() == 4,
+        "{} exits for threshold 3; {}",
+        exits.len(),
+        m.context()
+    );
+    ensure!(
+        exits.iter().all(|l| l.ends_with(" code 7")),
+        "a child did not exit with its serve function's 7: {exits:?}"
+    );
+    Ok(())
+}
+
+fn serve_mode_stop_lets_the_request_in_flight_finish() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_SERVE", "start")]);
+    let (ready, port) = m.ready()?;
+    let request = std::thread::spawn(move || get(port, "/sleep"));
+    m.expect(&format!("sleeping {}", ready[0]), 5 * SEC)?;
+    stop_cleanly(&mut m)?;
+    let body = request
+        .join()
+        .map_err(|_| "client panicked")?
+        .map_err(|e| format!("the request in flight failed: {e}"))?;
+    ensure!(body == "slept", "request in flight answered {body:?}");
+    ensure!(
+        m.seen.contains(&format!("exit {} code 0", ready[0])),
+        "child did not exit 0; {}",
+        m.context()
+    );
+    Ok(())
 }
