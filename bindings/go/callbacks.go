@@ -82,11 +82,15 @@ func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_re
 	s := serverOf(h)
 	x := newExchange()
 	x.req = Request{creq, cx}
-	x.resp = Response{c: cresp, x: cx, srv: s}
+	x.resp = Response{c: cresp, x: cx, srv: s, n: -1}
+	if rp := s.replay; rp != nil {
+		cx.fields, x.resp.n = rp.buf, 0
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
-			cx.stage_len = 0
+			// What was staged is taken back; what reached the library is replaced or stays.
+			cx.stage_len, cx.fields_len, cx.status = 0, 0, 0
 			internalError(cresp)
 		}
 		// Whatever the handler kept now reads as empty instead of freed memory.
@@ -98,7 +102,8 @@ func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_re
 var internalErrorBody = []byte("500 Internal Server Error\n")
 
 // internalError replaces what a panicking handler left with a 500. The connection closes:
-// the headers it added cannot be taken back, and the handler's state is suspect.
+// the headers that reached the library (those that were not staged) cannot be taken back,
+// and the handler's state is suspect.
 func internalError(c *C.prefork_response) {
 	C.prefork_response_set_status(c, 500)
 	C.goprefork_set_body(c, bytesPtr(internalErrorBody), C.size_t(len(internalErrorBody)))

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,10 +235,74 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 	case "/retained":
 		_, err := retainedResp.Load().Write([]byte("late"))
 		fmt.Fprintf(resp, "method=%q state-err=%t", retainedReq.Load().Method(), errors.Is(err, prefork.ErrState))
+	case "/fields":
+		// status=N, then f=NAME:VALUE in order (VALUE "long": longer than the staging buffer).
+		// The body names the fields AddHeader refused.
+		q, _ := url.ParseQuery(req.QueryString())
+		if n, err := strconv.Atoi(q.Get("status")); err == nil {
+			resp.SetStatus(n)
+		}
+		for _, f := range q["f"] {
+			name, value, _ := strings.Cut(f, ":")
+			if value == "long" {
+				value = strings.Repeat("v", 1500)
+			}
+			if resp.AddHeader(name, value) != nil {
+				resp.WriteString("refused " + name + "\n")
+			}
+		}
+		resp.WriteString(q.Get("body"))
+	case "/constfields":
+		// n=K: the first K of constFields, the same strings on every request.
+		n, _ := strconv.Atoi(strings.TrimPrefix(req.QueryString(), "n="))
+		for _, f := range constFields[:n] {
+			resp.AddHeader(f[0], f[1])
+		}
+		resp.WriteString("const")
+	case "/stats":
+		// The child's allocations and Go-to-C calls so far: "MALLOCS CGOCALLS".
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		cgo := runtime.NumCgoCall()
+		var buf [48]byte
+		b := strconv.AppendUint(buf[:0], ms.Mallocs, 10)
+		b = strconv.AppendInt(append(b, ' '), cgo, 10)
+		resp.Write(b)
+	case "/stagecheck":
+		// Every byte in a name and in a value: AddHeader stages a field exactly when the
+		// library accepts it, and never stages one of the names the library owns.
+		var wrong []string
+		for b := range 256 {
+			c := string([]byte{byte(b)})
+			for _, f := range [][2]string{{"X" + c + "y", "v"}, {c, "v"}, {"X-Value", "a" + c + "b"}, {"X-Value", c}} {
+				staged := prefork.Stageable(f[0], f[1])
+				accepted := prefork.AddHeaderDirect(resp, f[0], f[1]) == nil
+				if staged != accepted {
+					wrong = append(wrong, fmt.Sprintf("%q: %q staged=%t accepted=%t", f[0], f[1], staged, accepted))
+				}
+			}
+		}
+		for _, name := range []string{"Date", "date", "CONNECTION", "Connection", "Content-Length", "content-length", "Transfer-Encoding", "TRANSFER-encoding"} {
+			if prefork.Stageable(name, "x") {
+				wrong = append(wrong, name+" is staged")
+			}
+		}
+		if !prefork.Stageable("X-Tab", "a\tb") || !prefork.Stageable("X-High", "caf\u00e9") || !prefork.Stageable("X-Empty", "") {
+			wrong = append(wrong, "a tab, a byte above 0x7f or an empty value is not staged")
+		}
+		for _, v := range []string{"0123456\r89", "01234567\n9abcdef", "\x7f", "abcdefgh\x00"} {
+			if prefork.Stageable("X-Value", v) {
+				wrong = append(wrong, fmt.Sprintf("%q is staged", v))
+			}
+		}
+		resp.WriteString(strings.Join(wrong, "\n"))
 	default:
 		resp.SetStatus(404)
 	}
 }
+
+// What /constfields adds.
+var constFields = [][2]string{{"Content-Type", "text/plain"}, {"X-One", "1"}, {"Cache-Control", "no-store"}}
 
 var streamsClosed atomic.Int64
 

@@ -298,6 +298,11 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	defer runtime.UnlockOSThread()
 
 	s := &server{p: p}
+	if p.HandlerThreads <= 0 && p.ServeFunc == nil {
+		// One request at a time: the fields are staged in a buffer kept across requests.
+		s.replay = &replay{buf: (*C.char)(C.malloc(C.GOPREFORK_FIELDS_SIZE))}
+		defer C.free(unsafe.Pointer(s.replay.buf))
+	}
 	c, err := s.create()
 	if err != nil {
 		return err
@@ -345,6 +350,9 @@ func keepSpareP() (restore func()) {
 // and the first error a Go hook returned, which ListenAndServe attaches to its result.
 type server struct {
 	p *Prefork
+	// replay is the staging buffer of the fields kept across requests, nil with handler
+	// threads (see replay).
+	replay *replay
 
 	mu      sync.Mutex
 	hookErr error

@@ -4,8 +4,10 @@ package prefork
 import "C"
 
 import (
+	"encoding/binary"
 	"io"
 	"runtime/cgo"
+	"strings"
 	"unsafe"
 )
 
@@ -15,12 +17,17 @@ import (
 // handler returns, the methods fail with ErrState.
 type Response struct {
 	c *C.prefork_response
-	// The C callback's staging buffer: the body goes there while it fits, and the callback
-	// hands it to the library after the handler. Once it does not fit (or after
-	// SetBodyStream), direct is set and every body call goes to the library, in order.
-	x      *C.goprefork_exchange
-	direct bool
-	srv    *server // for the log lines of a body stream
+	// n is the number of fields of srv.replay this response staged, or -1 when it does not
+	// stage its fields in srv.replay's buffer.
+	n int
+	// The C callback's staging buffers: the status, the header fields and the body go there
+	// while they fit, and the callback hands them to the library after the handler (shim.c's
+	// apply), so that a handler crosses into C not once. A field that does not fit, or that
+	// the library might refuse, goes to the library at once, after the staged ones; a body
+	// that does not fit (or a body stream) sets x.direct, and from then on every body call
+	// goes to the library, after what was staged.
+	x   *C.goprefork_exchange
+	srv *server // for the log lines of a body stream
 }
 
 // bodyStream is what a body stream's cgo.Handle holds.
@@ -63,22 +70,145 @@ func (r *Response) SetStatus(code int) error {
 	if code < 200 || code > 599 {
 		return invalid("SetStatus", "status %d is outside 200..599", code)
 	}
-	return lastError("SetStatus", C.prefork_response_set_status(r.c, C.int(code)))
+	r.x.status = C.int(code) // the library's range too: applying it cannot fail
+	return nil
 }
 
 // AddHeader adds a header field. The name must be an HTTP token and the value hold no control
 // character but tab. Content-Length, Transfer-Encoding and Date belong to the library and are
 // refused; "Connection: close" closes the connection after this response.
 func (r *Response) AddHeader(name, value string) error {
-	if err := r.ended("AddHeader"); err != nil {
-		return err
+	x := r.x
+	if x == nil {
+		return r.ended("AddHeader")
 	}
+	rp := r.srv.replay
+	if r.n >= 0 && r.n < len(rp.fields) {
+		if f := &rp.fields[r.n]; sameString(f.name, name) && sameString(f.value, value) {
+			x.fields_len = C.size_t(f.end) // staged already, by the request before
+			r.n++
+			return nil
+		}
+	}
+	at, need := int(x.fields_len), 4+len(name)+len(value)
+	if need <= int(x.fields_cap)-at && stageable(name, value) {
+		f := unsafe.Slice((*byte)(unsafe.Pointer(x.fields)), int(x.fields_cap))[at : at+need]
+		binary.LittleEndian.PutUint32(f, uint32(len(name))|uint32(len(value))<<16)
+		copy(f[4+copy(f[4:], name):], value)
+		x.fields_len = C.size_t(at + need)
+		if r.n >= 0 {
+			// What follows in the buffer is overwritten from here on.
+			rp.fields = append(rp.fields[:r.n], replayField{name, value, at + need})
+			r.n++
+		}
+		return nil
+	}
+	return r.addHeaderDirect(name, value)
+}
+
+// addHeaderDirect adds the field to the library's response at once, after the staged ones,
+// with the library's verdict on it.
+func (r *Response) addHeaderDirect(name, value string) error {
+	if r.x.fields_len > 0 {
+		C.goprefork_flush_fields(r.c, r.x) // the fields keep their order
+	}
+	r.n = -1 // the buffer is no longer what replay says
 	return lastError("AddHeader", C.prefork_response_add_header(r.c,
 		stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
 }
 
+// replay describes the fields staged in buf, a buffer of C memory that a server whose handler
+// runs on the event loop (one request at a time) keeps from request to request, instead of
+// the callback's own: fields[i] is the i-th field staged there, which ends at fields[i].end,
+// known by the identity of its strings (the address and length of their bytes). A handler
+// that adds the fields the request before added, in the same order (the constant
+// "Content-Type: text/plain" of most handlers), finds each staged already: two comparisons
+// instead of a check and a copy. A string's bytes never change, and replay keeps the strings
+// it holds alive, so the same address and length mean the same bytes. (A string made with
+// unsafe.String over bytes that change breaks that promise; the library checks the field
+// again when it is added, and drops it.)
+type replay struct {
+	buf    *C.char
+	fields []replayField
+}
+
+type replayField struct {
+	name, value string
+	end         int
+}
+
+func sameString(a, b string) bool {
+	return len(a) == len(b) && unsafe.StringData(a) == unsafe.StringData(b)
+}
+
+// tchar is RFC 9110's token characters, as the library's header name check has them.
+var tchar = func() (t [256]bool) {
+	for _, b := range []byte("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") {
+		t[b] = true
+	}
+	return t
+}()
+
+// stageable reports whether the library accepts the field as an ordinary one: its name is a
+// token and not one of the names the library owns (Date, Connection, Content-Length,
+// Transfer-Encoding: those go to the library, which refuses them or acts on them), and its
+// value has no control character but tab. Such a field may be staged, because adding it
+// later cannot fail; any other goes to the library at once, which explains its refusal.
+// TestStagedFieldsAreWhatTheLibraryAccepts holds this to the library's own rules.
+func stageable(name, value string) bool {
+	if len(name) == 0 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if !tchar[name[i]] {
+			return false
+		}
+	}
+	switch len(name) {
+	case 4, 10, 14, 17:
+		if strings.EqualFold(name, "Date") || strings.EqualFold(name, "Connection") ||
+			strings.EqualFold(name, "Content-Length") || strings.EqualFold(name, "Transfer-Encoding") {
+			return false
+		}
+	}
+	return !hasControl(value)
+}
+
+// hasControl reports whether v holds a control character other than tab (0x00-0x1f, 0x7f),
+// eight bytes at a time where it can.
+func hasControl(v string) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(v); i += 8 {
+		w := binary.LittleEndian.Uint64(stringBytes(v[i : i+8]))
+		// A byte below 0x20, or equal to 0x7f (a zero byte in w ^ 0x7f...): a tab is below
+		// 0x20 and allowed, so a suspect word is checked byte by byte.
+		below := (w - 0x20*ones) &^ w & highs
+		del := (w ^ 0x7f*ones - ones) &^ (w ^ 0x7f*ones) & highs
+		if below|del != 0 && hasControlBytes(v[i:i+8]) {
+			return true
+		}
+	}
+	return hasControlBytes(v[i:])
+}
+
+func hasControlBytes(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; (b < ' ' && b != '\t') || b == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
 // Write appends p to the body (io.Writer).
 func (r *Response) Write(p []byte) (int, error) {
+	x := r.x
+	if x != nil && x.direct == 0 && len(p) <= int(x.stage_cap-x.stage_len) {
+		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
+		x.stage_len += C.size_t(copy(stage[x.stage_len:], p))
+		return len(p), nil
+	}
 	if err := r.ended("Write"); err != nil {
 		return 0, err
 	}
@@ -92,12 +222,12 @@ func (r *Response) Write(p []byte) (int, error) {
 // on) to the library, after what was staged.
 func (r *Response) write(op string, b []byte) error {
 	x := r.x
-	if !r.direct && len(b) <= int(x.stage_cap-x.stage_len) {
+	if x.direct == 0 && len(b) <= int(x.stage_cap-x.stage_len) {
 		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
 		x.stage_len += C.size_t(copy(stage[x.stage_len:], b))
 		return nil
 	}
-	r.direct = true
+	x.direct = 1
 	if n := x.stage_len; n > 0 {
 		x.stage_len = 0
 		if err := lastError(op, C.goprefork_write(r.c, x.stage, n)); err != nil {
@@ -110,7 +240,7 @@ func (r *Response) write(op string, b []byte) error {
 // setBody replaces the body with b.
 func (r *Response) setBody(op string, b []byte) error {
 	r.x.stage_len = 0
-	if !r.direct {
+	if r.x.direct == 0 {
 		// Nothing reached the library yet: the staged bytes were the whole body.
 		return r.write(op, b)
 	}
@@ -171,6 +301,6 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 		return lastError("SetBodyStream", rc)
 	}
 	// The stream replaced the buffered body; later body calls are the library's to ignore.
-	r.x.stage_len, r.direct = 0, true
+	r.x.stage_len, r.x.direct = 0, 1
 	return nil
 }

@@ -1,5 +1,8 @@
 // Adapters between libprefork's callback signatures and the Go exports: they turn user_data
-// back into the cgo.Handle integer and drop the const the Go side cannot spell.
+// back into the cgo.Handle integer and drop the const the Go side cannot spell. The request
+// handler also hands Go the request line and stages the response (see goprefork_exchange).
+#include <string.h>
+
 #include "shim.h"
 #include "_cgo_export.h"
 
@@ -9,21 +12,80 @@ static int init_child(void *user_data) {
 	return goPreforkInitChild(HANDLE(user_data));
 }
 
+// The head of a staged field: the name's and the value's length (see goprefork_exchange).
+static size_t field_len(const char *head, int which) {
+	const unsigned char *h = (const unsigned char *)head + 2 * which;
+	return (size_t)h[0] | (size_t)h[1] << 8;
+}
+
+// Adds the staged fields from byte `at` on. Cannot fail: Go staged only fields the library
+// accepts, on a response that is live.
+static void add_fields(prefork_response *resp, goprefork_exchange *x, size_t at) {
+	while (at + 4 <= x->fields_len) {
+		const char *name = x->fields + at + 4;
+		size_t name_len = field_len(x->fields + at, 0), value_len = field_len(x->fields + at, 1);
+		prefork_response_add_header(resp, name, name_len, name + name_len, value_len);
+		at += 4 + name_len + value_len;
+	}
+	x->fields_len = 0;
+}
+
+void goprefork_flush_fields(prefork_response *resp, goprefork_exchange *x) {
+	add_fields(resp, x, 0);
+}
+
+// Hands what Go staged to the library once the handler returned: the status, the fields,
+// then the body. When the whole body was staged and the first staged field is
+// "Content-Type", one prefork_response_reply does what set_status, add_header and set_body
+// would: the cheapest answer the ABI has, with the fields in the same order. Cannot fail:
+// the status was checked in Go, and so was each field.
+static void apply(prefork_response *resp, goprefork_exchange *x) {
+	static const char content_type[] = "Content-Type";
+	const size_t ct_len = sizeof content_type - 1;
+	int status = x->status ? x->status : 200;
+	if (!x->direct && x->fields_len >= 4 + ct_len && field_len(x->fields, 0) == ct_len &&
+	    memcmp(x->fields + 4, content_type, ct_len) == 0) {
+		size_t value_len = field_len(x->fields, 1);
+		prefork_response_reply(resp, status, x->fields + 4 + ct_len, value_len, x->stage, x->stage_len);
+		add_fields(resp, x, 4 + ct_len + value_len);
+		return;
+	}
+	if (x->status) {
+		prefork_response_set_status(resp, x->status);
+	}
+	add_fields(resp, x, 0);
+	if (x->stage_len > 0) {
+		prefork_response_write(resp, x->stage, x->stage_len);
+	}
+}
+
 static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
 	char stage[GOPREFORK_STAGE_SIZE];
+	char fields[GOPREFORK_FIELDS_SIZE];
 	goprefork_exchange x = {
 		.method = prefork_request_method(req),
 		.target = prefork_request_target(req),
-		.path = prefork_request_path(req),
-		.query = prefork_request_query(req),
 		.stage = stage,
 		.stage_cap = sizeof stage,
+		.fields = fields,
+		.fields_cap = sizeof fields,
 	};
-	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &x);
-	if (x.stage_len > 0) {
-		// Cannot fail: resp is live and the handler's writes were valid when staged.
-		prefork_response_write(resp, stage, x.stage_len);
+	// The origin form ("/path?query", nearly every request) is split here, at its first "?"
+	// (RFC 9112 §3.2.1), as the library's accessors split it; the library splits the others.
+	if (x.target.len > 0 && x.target.ptr[0] == '/') {
+		const char *q = memchr(x.target.ptr, '?', x.target.len);
+		x.path = x.target;
+		x.query = (prefork_str){.ptr = x.target.ptr + x.target.len, .len = 0};
+		if (q != NULL) {
+			x.path.len = (size_t)(q - x.target.ptr);
+			x.query = (prefork_str){.ptr = q + 1, .len = x.target.len - x.path.len - 1};
+		}
+	} else {
+		x.path = prefork_request_path(req);
+		x.query = prefork_request_query(req);
 	}
+	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &x);
+	apply(resp, &x);
 }
 
 static void exit_child(void *user_data) {

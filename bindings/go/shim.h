@@ -41,17 +41,34 @@ enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t handle);
 
 // What the C callback hands the Go handler besides the request and response: the request
-// line's parts, read in C so that the accessors handlers call most cost Go no cgo call, and a
-// buffer on the callback's C stack where Go stages the body. The callback passes the staged
-// bytes to prefork_response_write after Go returns: a small body costs no cgo call either.
+// line's parts, read in C so that the accessors handlers call most cost Go no cgo call, and
+// buffers on the callback's C stack where Go stages the response: the status, header fields
+// and body that the callback hands to the library after Go returns (goprefork_apply). A
+// handler whose response fits crosses from Go to C not once.
 typedef struct {
 	prefork_str method, target, path, query;
+	// The body, while it fits; once it does not (or after a body stream), direct is set and
+	// every body call goes to the library, after what was staged.
 	char *stage;
 	size_t stage_len, stage_cap;
+	// Header fields, in order: each is a 4-byte head (the name's and the value's length, as
+	// little-endian 16-bit numbers), the name, the value. Go stages only fields the library
+	// accepts (an HTTP token for a name, no control character but tab in the value, none of
+	// the names it owns), so adding them cannot fail.
+	char *fields;
+	size_t fields_len, fields_cap;
+	// The status, 200..599, or 0 when the handler set none.
+	int status;
+	int direct;
 } goprefork_exchange;
 
-// The staging buffer's size: bodies up to this many bytes cross no extra cgo call.
+// The staging buffers' sizes: a body and fields that fit cross no extra cgo call.
 #define GOPREFORK_STAGE_SIZE 4096
+#define GOPREFORK_FIELDS_SIZE 1024
+
+// Adds the staged header fields to the response, in order, and empties the buffer: what Go
+// calls before it adds a field directly, so that fields keep their order.
+void goprefork_flush_fields(prefork_response *resp, goprefork_exchange *x);
 
 // prefork_response_write and prefork_response_set_body with a char pointer: cgo checks every
 // unsafe.Pointer argument for Go pointers inside the memory it points to (a heap bitmap walk
