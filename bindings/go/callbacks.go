@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/cgo"
 	"runtime/debug"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -97,6 +99,34 @@ func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_re
 		x.req, x.resp.c, x.resp.x = Request{}, nil, nil
 	}()
 	s.p.handler(&x.req, &x.resp)
+	if s.replay != nil {
+		s.yield()
+	}
+}
+
+// How often the event loop's goroutine goes through the scheduler: at least every
+// yieldInterval, checked every yieldCheck requests.
+const (
+	yieldInterval = 5 * time.Millisecond
+	yieldCheck    = 8
+)
+
+// yield lets the scheduler run the event loop's goroutine again (runtime.Gosched) when it has
+// not for yieldInterval. That goroutine is one long cgo call that never reaches the scheduler
+// on its own, and the runtime's sysmon takes any goroutine that has not been rescheduled for
+// 10 ms for a hog: from then on, at each of its ticks (20 µs when it acts), it takes the
+// goroutine's P away while the loop is in C, which the next callback must get back, or
+// preempts it in Go code. That churn cost a child ~0.3-0.5 µs of another thread's CPU per
+// request at depth 1 (sysmon awake ~2,500 times a second, 1,300 futex wakeups and 16
+// preemption signals a second against 0 after), for one yield every 5 ms: a few context
+// switches, as the goroutine is locked to its thread. Only on the event loop: handler threads
+// block and are rescheduled anyway.
+func (s *server) yield() {
+	if s.handled++; s.handled%yieldCheck != 0 || time.Since(s.yielded) < yieldInterval {
+		return
+	}
+	runtime.Gosched()
+	s.yielded = time.Now()
 }
 
 var internalErrorBody = []byte("500 Internal Server Error\n")

@@ -353,6 +353,10 @@ type server struct {
 	// replay is the staging buffer of the fields kept across requests, nil with handler
 	// threads (see replay).
 	replay *replay
+	// On the event loop: requests handled, and when the loop's goroutine last yielded (see
+	// yield).
+	handled uint64
+	yielded time.Time
 
 	mu      sync.Mutex
 	hookErr error
