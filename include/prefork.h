@@ -75,6 +75,11 @@
 #define PREFORK_ADDR_STRLEN 64
 
 /**
+ * Size of the buffer `prefork_request_peer_ip` writes an IP address to: an IPv6 address's.
+ */
+#define PREFORK_IP_BYTES 16
+
+/**
  * The outcome of a fallible call. `PREFORK_OK` is 0; every failure also leaves a message
  * with context in `prefork_last_error()` on the calling thread.
  */
@@ -807,6 +812,21 @@ bool prefork_request_header(const struct prefork_request *req,
 enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
                                               char *buf,
                                               size_t cap);
+
+/**
+ * Writes the client's address in binary: the IP address's bytes in network order to `ip`
+ * (`PREFORK_IP_BYTES`, 16 bytes: 4 used for IPv4, all 16 for IPv6), their count (4 or 16) to
+ * `*ip_len` and the port to `*port`; for IPv6 the scope id is left out (it is part of
+ * `prefork_request_peer_addr`'s text). For callers that compare or format the address
+ * themselves, such as a binding that keeps the text of the last one (a keep-alive connection
+ * asks again for every request). Returns PREFORK_OK; PREFORK_ERR_IO when the address is
+ * unknown; PREFORK_ERR_NULL for a NULL argument. The outputs are written only on success.
+ * Call it during `handle`.
+ */
+enum prefork_result prefork_request_peer_ip(const struct prefork_request *req,
+                                            uint8_t *ip,
+                                            size_t *ip_len,
+                                            uint16_t *port);
 
 /**
  * Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the

@@ -107,6 +107,9 @@ pub(crate) fn null_arg(arg: &str) -> FfiError {
 /// (the longest IPv6 form with scope and port, plus the NUL).
 pub const PREFORK_ADDR_STRLEN: usize = 64;
 
+/// Size of the buffer `prefork_request_peer_ip` writes an IP address to: an IPv6 address's.
+pub const PREFORK_IP_BYTES: usize = 16;
+
 /// Writes `addr` as NUL-terminated text into `buf` (`cap` bytes), or fails without writing.
 ///
 /// # Safety

@@ -4,8 +4,9 @@
 //! `handle` callback that received the request returns.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::net::IpAddr;
 
-use super::convert::{bytes_arg, prefork_str, ref_arg, write_addr};
+use super::convert::{PREFORK_IP_BYTES, bytes_arg, prefork_str, ref_arg, write_addr};
 use super::error::{FfiError, prefork_result};
 use crate::Request;
 
@@ -167,6 +168,58 @@ pub unsafe extern "C" fn prefork_request_peer_addr(
             ));
         };
         unsafe { write_addr(peer, buf, cap) }?;
+        Ok(prefork_result::PREFORK_OK)
+    })
+}
+
+/// Writes the client's address in binary: the IP address's bytes in network order to `ip`
+/// (`PREFORK_IP_BYTES`, 16 bytes: 4 used for IPv4, all 16 for IPv6), their count (4 or 16) to
+/// `*ip_len` and the port to `*port`; for IPv6 the scope id is left out (it is part of
+/// `prefork_request_peer_addr`'s text). For callers that compare or format the address
+/// themselves, such as a binding that keeps the text of the last one (a keep-alive connection
+/// asks again for every request). Returns PREFORK_OK; PREFORK_ERR_IO when the address is
+/// unknown; PREFORK_ERR_NULL for a NULL argument. The outputs are written only on success.
+/// Call it during `handle`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_peer_ip(
+    req: *const prefork_request,
+    ip: *mut u8,
+    ip_len: *mut usize,
+    port: *mut u16,
+) -> prefork_result {
+    ffi_boundary!({
+        let req = unsafe { request(req) }?;
+        if ip.is_null() || ip_len.is_null() || port.is_null() {
+            let arg = if ip.is_null() {
+                "ip"
+            } else if ip_len.is_null() {
+                "ip_len"
+            } else {
+                "port"
+            };
+            return Err(FfiError::null(arg));
+        }
+        let Some(peer) = req.peer_addr() else {
+            return Err(FfiError::new(
+                prefork_result::PREFORK_ERR_IO,
+                "the peer address of this connection is unknown",
+            ));
+        };
+        let (bytes, len) = match peer.ip() {
+            IpAddr::V4(v4) => {
+                let mut b = [0u8; PREFORK_IP_BYTES];
+                b[..4].copy_from_slice(&v4.octets());
+                (b, 4)
+            }
+            IpAddr::V6(v6) => (v6.octets(), 16),
+        };
+        // SAFETY: non-NULL outputs: ip has PREFORK_IP_BYTES writable bytes, ip_len and port
+        // point to writable values (the caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), ip, PREFORK_IP_BYTES);
+            *ip_len = len;
+            *port = peer.port();
+        }
         Ok(prefork_result::PREFORK_OK)
     })
 }

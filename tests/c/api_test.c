@@ -159,6 +159,11 @@ static void test_null_and_ranges(void) {
     CHECK(!prefork_request_header(NULL, "Host", 4, &s));
     char buf[PREFORK_ADDR_STRLEN];
     CHECK(prefork_request_peer_addr(NULL, buf, sizeof buf) == PREFORK_ERR_NULL);
+    uint8_t ip[PREFORK_IP_BYTES];
+    size_t ip_len = 99;
+    uint16_t port = 7;
+    CHECK(prefork_request_peer_ip(NULL, ip, &ip_len, &port) == PREFORK_ERR_NULL);
+    CHECK(ip_len == 99 && port == 7);
     CHECK(prefork_response_set_status(NULL, 200) == PREFORK_ERR_NULL);
     CHECK(prefork_response_write(NULL, "x", 1) == PREFORK_ERR_NULL);
     CHECK(prefork_response_set_body(NULL, NULL, 0) == PREFORK_ERR_NULL);
