@@ -44,6 +44,9 @@ def ratio_pairs(subjects):
     pairs = [(o, p) for o in ours for p in peers]
     if "ours-rust" in ours:
         pairs += [(o, "ours-rust") for o in ours if o != "ours-rust"]
+    # The Go binding against the C ABI it wraps (issue 17's target).
+    if "ours-c" in ours and "ours-go" in ours:
+        pairs.append(("ours-go", "ours-c"))
     # The limit against the other peers: how much room the machine leaves above them.
     if "canned" in peers:
         pairs += [("canned", p) for p in peers if p != "canned"]
@@ -197,6 +200,17 @@ def targets(subjects, rps_r, cpu_r, p99_r, scen):
                     "not a target: the noise of a ratio in this run")
     grid_target("C handler ≥ 0.95 × pure Rust (req/s)", rps_r, "ours-c", "ours-rust", lambda c: True, lambda v: v >= 0.95)
     grid_target("Go handler beats fasthttp (req/s)", rps_r, "ours-go", "fasthttp", lambda c: True, lambda v: v > 1)
+    # Issue 17: what the Go binding costs over the C ABI, and the net/http adapter against
+    # net/http itself serving the same chi router.
+    d16 = lambda c: c[2] == 16  # noqa: E731
+    grid_target("Go handler ≥ 0.92 × C handler at depth 16 (req/s)", rps_r, "ours-go", "ours-c", d16,
+                lambda v: v >= 0.92)
+    grid_target("Go handler ≥ 0.97 × C handler at depth 1 (req/s)", rps_r, "ours-go", "ours-c", d1,
+                lambda v: v >= 0.97)
+    grid_target("chi via HTTPHandler ≥ 2 × net/http alone at depth 16 (req/s)", rps_r, "ours-go-chi",
+                "nethttp-chi", d16, lambda v: v >= 2)
+    grid_target("chi via HTTPHandler: depth 1 CPU/req < net/http alone", cpu_r, "ours-go-chi",
+                "nethttp-chi", d1, lambda v: v < 1)
 
     b = scen.get("blocking")
     if b:

@@ -77,6 +77,9 @@ class Subject:
     # What this subject takes part in: None is the grid and every scenario; a list names
     # scenarios, and "grid" for the grid.
     scenarios: list | None = None
+    # The server is one process that serves on `children` cores itself (net/http with
+    # GOMAXPROCS): no child processes to wait for.
+    one_process: bool = False
     status: str = "unbuilt"  # unbuilt | ok | skip | error
     reason: str = ""
     version: str = ""
@@ -116,6 +119,7 @@ def load_subjects():
                 order=d.get("order", 99),
                 note=d.get("ready_line_note", ""),
                 scenarios=d.get("scenarios"),
+                one_process=d.get("one_process", False),
             )
         )
     return sorted(out, key=lambda s: s.order)
@@ -261,7 +265,7 @@ class Server:
         if self.serving_at is None:
             self._check_alive()
             raise StartError(f"GET / did not answer Hello, World! within {timeout:.0f} s{self._stderr_tail()}")
-        while len(procfs.descendants(self.pid)) < self.children:
+        while len(procfs.descendants(self.pid)) < (0 if self.subject.one_process else self.children):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise StartError(

@@ -83,7 +83,7 @@ func newExchange() *exchange {
 func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange) {
 	s := serverOf(h)
 	x := newExchange()
-	x.req = Request{creq, cx}
+	x.req = Request{creq, cx, s}
 	x.resp = Response{c: cresp, x: cx, srv: s, n: -1}
 	if rp := s.replay; rp != nil {
 		cx.fields, x.resp.n = rp.buf, 0

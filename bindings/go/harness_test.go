@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -84,7 +85,13 @@ func startMaster(t testing.TB, env ...string) *master {
 	}
 	// Each child printed its port (from InitChild) before it reported ready.
 	m.port = m.portOf(m.children[0])
-	want := fmt.Sprintf("master-addr 127.0.0.1:%d", m.port)
+	host := "127.0.0.1"
+	for _, kv := range env {
+		if a, ok := strings.CutPrefix(kv, envAddr+"="); ok {
+			host, _, _ = net.SplitHostPort(a)
+		}
+	}
+	want := "master-addr " + net.JoinHostPort(host, strconv.Itoa(m.port))
 	if !m.has(regexp.MustCompile("^" + regexp.QuoteMeta(want) + "$")) {
 		t.Fatalf("LocalAddr in the master is not the bound address: want %q\n%s", want, m.transcript())
 	}

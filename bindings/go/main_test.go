@@ -42,6 +42,7 @@ const (
 	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
 	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
 	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
+	envNetwork   = "GOTEST_PREFORK_NETWORK"   // Network
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -80,6 +81,9 @@ func serve() int {
 	p.HandlerThreads = envInt(envThreads, 0)
 	p.MaxBodySize = envInt(envMaxBody, 0)
 	p.Reuseport = os.Getenv(envReuseport) == "1"
+	if n := os.Getenv(envNetwork); n != "" {
+		p.Network = n
+	}
 	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
@@ -259,6 +263,8 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 			resp.AddHeader(f[0], f[1])
 		}
 		resp.WriteString("const")
+	case "/remote":
+		resp.WriteString(req.RemoteAddr())
 	case "/stats":
 		// The child's allocations and Go-to-C calls so far: "MALLOCS CGOCALLS".
 		var ms runtime.MemStats

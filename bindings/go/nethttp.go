@@ -1,5 +1,8 @@
 package prefork
 
+// #include "shim.h"
+import "C"
+
 // The net/http adapter: an http.Handler (a router such as chi or gorilla/mux, and its
 // middleware) answering requests on the library's HTTP engine.
 
@@ -7,10 +10,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strings"
+	"sync"
+	"time"
+	"unsafe"
 )
 
 // HTTPHandler returns a RequestHandler that serves each request with h, as net/http's server
@@ -45,64 +51,392 @@ import (
 // block).
 func HTTPHandler(h http.Handler) RequestHandler {
 	return func(req *Request, resp *Response) {
-		r, err := newHTTPRequest(req)
-		if err != nil {
+		x := new(httpExchange) // the writer, the URL, the body reader and small slices at once
+		x.w = responseWriter{resp: resp, header: make(http.Header)}
+		var r http.Request // copied by WithContext, so it stays on the stack
+		if err := x.fill(&r, req); err != nil {
 			resp.SetStatus(http.StatusBadRequest)
 			resp.AddHeader("Content-Type", "text/plain; charset=utf-8")
 			resp.AddHeader("Connection", "close")
 			resp.WriteString("400 Bad Request: " + err.Error() + "\n")
 			return
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		w := &responseWriter{resp: resp, header: make(http.Header)}
-		h.ServeHTTP(w, r.WithContext(ctx))
-		w.commit(http.StatusOK)
+		defer x.ctx.end()
+		h.ServeHTTP(&x.w, r.WithContext(&x.ctx))
+		x.w.commit(http.StatusOK)
 	}
 }
 
-func newHTTPRequest(req *Request) (*http.Request, error) {
-	target := req.TargetString()
-	u, err := url.ParseRequestURI(target)
+// handlerCtx is r.Context(): never done until the handler returns, canceled then (as
+// net/http's, whose request context also ends when its handler returns). It is part of the
+// request's httpExchange, where context.WithCancel would cost two allocations and its cancel
+// a third of the adapter's work for a small request. Contexts derived from it (a middleware's
+// WithTimeout) are told through AfterFunc, without a goroutine.
+type handlerCtx struct {
+	mu    sync.Mutex
+	ended bool
+	done  chan struct{} // made by the first Done
+	after []func()      // AfterFunc's functions still to run
+}
+
+func (c *handlerCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+
+func (c *handlerCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.ended {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+func (c *handlerCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return context.Canceled
+	}
+	return nil
+}
+
+func (*handlerCtx) Value(any) any { return nil }
+
+func (c *handlerCtx) String() string { return "prefork.HTTPHandler request context" }
+
+// AfterFunc runs f in its own goroutine once the context ends (at once if it has), as
+// context.AfterFunc does; the stop function unregisters it.
+func (c *handlerCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		go f()
+		return func() bool { return false }
+	}
+	i := len(c.after)
+	c.after = append(c.after, f)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.ended || c.after[i] == nil {
+			return false
+		}
+		c.after[i] = nil
+		return true
+	}
+}
+
+// end cancels the context: when the handler returned.
+func (c *handlerCtx) end() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ended = true
+	if c.done != nil {
+		close(c.done)
+	}
+	for _, f := range c.after {
+		if f != nil {
+			go f()
+		}
+	}
+	c.after = nil
+}
+
+// httpExchange is what one request of the adapter allocates in one piece.
+type httpExchange struct {
+	w    responseWriter
+	ctx  handlerCtx
+	url  url.URL
+	body bodyReader
+	// Backing for the header map's value slices when the request has few fields.
+	values [12]string
+}
+
+// bodyReader is the request body: a copy of the engine's (the handler may read it after it
+// returns), and a no-op Close.
+type bodyReader struct{ bytes.Reader }
+
+func (*bodyReader) Close() error { return nil }
+
+// fill makes r the net/http request for req: one cgo call for the headers, body and version
+// (goprefork_details), and one string holding the target and every header value.
+func (x *httpExchange) fill(r *http.Request, req *Request) error {
+	d := req.details()
+	target := req.Target()
+	headers := unsafe.Slice(d.headers, 2*min(int(d.header_count), int(d.headers_cap)))
+	field := func(i int) (name, value []byte) {
+		if i < int(d.headers_cap) {
+			return view(headers[2*i]), view(headers[2*i+1])
+		}
+		return req.headerAt(i)
+	}
+	n := int(d.header_count)
+	size := len(target)
+	for i := range n {
+		_, v := field(i)
+		size += len(v)
+	}
+	// The target and the values, copied once; every string below is a piece of it.
+	text := make([]byte, 0, size)
+	text = append(text, target...)
+	for i := range n {
+		_, v := field(i)
+		text = append(text, v...)
+	}
+	all := unsafe.String(unsafe.SliceData(text), len(text))
+	targetStr, at := all[:len(target)], len(target)
+
+	u, err := x.parseTarget(targetStr)
 	if err != nil {
-		return nil, fmt.Errorf("request-target %q: %w", target, err)
+		return fmt.Errorf("request-target %q: %w", targetStr, err)
 	}
-	header := req.Headers()
-	// As net/http: an absolute-form target's authority wins over the Host header.
-	host := u.Host
-	if host == "" {
-		host = header.Get("Host")
+	header := make(http.Header, n)
+	values := x.values[:0]
+	if n > len(x.values) {
+		values = make([]string, 0, n)
 	}
-	delete(header, "Host")
-	minor := req.ProtoMinor()
-	r := &http.Request{
-		Method:        req.MethodString(),
-		URL:           u,
-		Proto:         fmt.Sprintf("HTTP/1.%d", minor),
-		ProtoMajor:    1,
-		ProtoMinor:    minor,
-		Header:        header,
-		Host:          host,
-		RemoteAddr:    req.RemoteAddr(),
-		RequestURI:    target,
-		Body:          http.NoBody,
-		ContentLength: 0,
-		Close:         wantsClose(header, minor),
+	host := u.Host // as net/http: an absolute-form target's authority wins over Host
+	minor := int(max(d.minor_version, 0))
+	closing := minor == 0 // HTTP/1.0 closes unless it asks for keep-alive
+	for i := range n {
+		name, v := field(i)
+		value := all[at : at+len(v)]
+		at += len(v)
+		key := canonicalKey(name)
+		switch key {
+		case "Host":
+			if host == "" {
+				host = value
+			}
+			continue // moved to r.Host, as net/http does
+		case "Connection":
+			if minor == 0 && hasToken(value, "keep-alive") {
+				closing = false
+			} else if minor > 0 && hasToken(value, "close") {
+				closing = true
+			}
+		}
+		if vs, ok := header[key]; ok {
+			header[key] = append(vs, value)
+			continue
+		}
+		values = append(values, value)
+		header[key] = values[len(values)-1 : len(values) : len(values)]
 	}
-	if body := req.BodyCopy(); len(body) > 0 {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
+	*r = http.Request{
+		Method:     methodString(req.Method()),
+		URL:        u,
+		Proto:      protos[min(minor, 1)],
+		ProtoMajor: 1,
+		ProtoMinor: minor,
+		Header:     header,
+		Host:       host,
+		RemoteAddr: remoteAddr(req, d),
+		RequestURI: targetStr,
+		Body:       http.NoBody,
+		Close:      closing,
 	}
-	return r, nil
+	if body := view(d.body); len(body) > 0 {
+		x.body.Reset(bytes.Clone(body))
+		r.Body, r.ContentLength = &x.body, int64(len(body))
+	}
+	return nil
 }
 
-// wantsClose is net/http's Request.Close: the client asked to close after this request.
-func wantsClose(h http.Header, minor int) bool {
-	conn := strings.ToLower(strings.Join(h.Values("Connection"), ","))
-	if minor == 0 {
-		return !strings.Contains(conn, "keep-alive")
+var protos = [2]string{"HTTP/1.0", "HTTP/1.1"}
+
+// remoteAddr is req.RemoteAddr() from the address goprefork_details read.
+func remoteAddr(req *Request, d *C.goprefork_exchange) string {
+	if d.peer_ok == 0 {
+		return ""
 	}
-	return strings.Contains(conn, "close")
+	return req.peerText()
+}
+
+// parseTarget is url.ParseRequestURI(target), without its allocation for the common
+// origin-form target whose path needs no unescaping and no escaping (see pathAsIs).
+func (x *httpExchange) parseTarget(target string) (*url.URL, error) {
+	if len(target) == 0 || target[0] != '/' {
+		return url.ParseRequestURI(target)
+	}
+	path, query, hasQuery := strings.Cut(target, "?")
+	if !pathAsIs(path) {
+		return url.ParseRequestURI(target)
+	}
+	x.url = url.URL{Path: path, RawQuery: query}
+	// As url.Parse: a lone "?" at the end is ForceQuery; "a??" keeps its "?" in the query.
+	if hasQuery && query == "" {
+		x.url.ForceQuery = true
+	}
+	return &x.url, nil
+}
+
+// pathAsIs reports whether url.ParseRequestURI takes path as it is: no %-escape to decode, and
+// nothing its EscapedPath would escape (so RawPath stays empty).
+func pathAsIs(path string) bool {
+	for i := 0; i < len(path); i++ {
+		if !pathChar[path[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var pathChar = func() (t [256]bool) {
+	for _, b := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~$&+,/:;=@") {
+		t[b] = true
+	}
+	return t
+}()
+
+// methodString is the method as a string, without an allocation for the common ones.
+func methodString(m []byte) string {
+	switch string(m) { // no allocation: the compiler compares the bytes
+	case "GET":
+		return http.MethodGet
+	case "POST":
+		return http.MethodPost
+	case "HEAD":
+		return http.MethodHead
+	case "PUT":
+		return http.MethodPut
+	case "DELETE":
+		return http.MethodDelete
+	case "PATCH":
+		return http.MethodPatch
+	case "OPTIONS":
+		return http.MethodOptions
+	}
+	return string(m)
+}
+
+// canonicalKey is textproto.CanonicalMIMEHeaderKey(string(name)), as net/http keys its
+// header map, without an allocation for common names.
+func canonicalKey(name []byte) string {
+	var lower [32]byte
+	if len(name) <= len(lower) {
+		for i, b := range name {
+			if 'A' <= b && b <= 'Z' {
+				b += 'a' - 'A'
+			}
+			lower[i] = b
+		}
+		if k := commonHeader(string(lower[:len(name)])); k != "" {
+			return k
+		}
+	}
+	return textproto.CanonicalMIMEHeaderKey(string(name))
+}
+
+// commonHeader is the canonical form of a common header name in lower case, or "". A switch
+// (no allocation, no hashing) rather than a map.
+func commonHeader(lower string) string {
+	switch lower {
+	case "accept":
+		return "Accept"
+	case "accept-charset":
+		return "Accept-Charset"
+	case "accept-encoding":
+		return "Accept-Encoding"
+	case "accept-language":
+		return "Accept-Language"
+	case "authorization":
+		return "Authorization"
+	case "cache-control":
+		return "Cache-Control"
+	case "connection":
+		return "Connection"
+	case "content-encoding":
+		return "Content-Encoding"
+	case "content-length":
+		return "Content-Length"
+	case "content-type":
+		return "Content-Type"
+	case "cookie":
+		return "Cookie"
+	case "dnt":
+		return "Dnt"
+	case "expect":
+		return "Expect"
+	case "forwarded":
+		return "Forwarded"
+	case "host":
+		return "Host"
+	case "if-match":
+		return "If-Match"
+	case "if-modified-since":
+		return "If-Modified-Since"
+	case "if-none-match":
+		return "If-None-Match"
+	case "if-range":
+		return "If-Range"
+	case "if-unmodified-since":
+		return "If-Unmodified-Since"
+	case "origin":
+		return "Origin"
+	case "pragma":
+		return "Pragma"
+	case "priority":
+		return "Priority"
+	case "range":
+		return "Range"
+	case "referer":
+		return "Referer"
+	case "sec-ch-ua":
+		return "Sec-Ch-Ua"
+	case "sec-ch-ua-mobile":
+		return "Sec-Ch-Ua-Mobile"
+	case "sec-ch-ua-platform":
+		return "Sec-Ch-Ua-Platform"
+	case "sec-fetch-dest":
+		return "Sec-Fetch-Dest"
+	case "sec-fetch-mode":
+		return "Sec-Fetch-Mode"
+	case "sec-fetch-site":
+		return "Sec-Fetch-Site"
+	case "sec-fetch-user":
+		return "Sec-Fetch-User"
+	case "te":
+		return "Te"
+	case "traceparent":
+		return "Traceparent"
+	case "upgrade":
+		return "Upgrade"
+	case "upgrade-insecure-requests":
+		return "Upgrade-Insecure-Requests"
+	case "user-agent":
+		return "User-Agent"
+	case "via":
+		return "Via"
+	case "x-forwarded-for":
+		return "X-Forwarded-For"
+	case "x-forwarded-host":
+		return "X-Forwarded-Host"
+	case "x-forwarded-proto":
+		return "X-Forwarded-Proto"
+	case "x-real-ip":
+		return "X-Real-Ip"
+	case "x-request-id":
+		return "X-Request-Id"
+	case "x-requested-with":
+		return "X-Requested-With"
+	}
+	return ""
+}
+
+// hasToken reports whether the comma-separated list v holds token, compared
+// case-insensitively (as net/http reads Connection).
+func hasToken(v, token string) bool {
+	for v != "" {
+		var t string
+		t, v, _ = strings.Cut(v, ",")
+		if strings.EqualFold(strings.TrimSpace(t), token) {
+			return true
+		}
+	}
+	return false
 }
 
 // responseWriter is the http.ResponseWriter (and http.Flusher) over a Response.
@@ -141,11 +475,15 @@ func (w *responseWriter) commit(code int) {
 	}
 }
 
-// ownedByTheEngine names the headers the library writes itself.
+// ownedByTheEngine names the headers the library writes itself (any case).
 func ownedByTheEngine(name string) bool {
-	switch http.CanonicalHeaderKey(name) {
-	case "Content-Length", "Transfer-Encoding", "Date":
-		return true
+	switch len(name) {
+	case 4:
+		return strings.EqualFold(name, "Date")
+	case 14:
+		return strings.EqualFold(name, "Content-Length")
+	case 17:
+		return strings.EqualFold(name, "Transfer-Encoding")
 	}
 	return false
 }

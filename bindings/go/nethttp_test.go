@@ -11,15 +11,17 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 )
 
 // lastCtx is the context of the previous /ctx request, to show that it ends with its handler.
-var lastCtx atomic.Pointer[context.Context]
+var lastCtx, lastDerived atomic.Pointer[context.Context]
 
 func chiRouter() http.Handler {
 	r := chi.NewRouter()
@@ -52,6 +54,15 @@ func chiRouter() http.Handler {
 		w.Header().Set("X-Late", "after WriteHeader") // net/http ignores it too
 		fmt.Fprintf(w, "%d:%s", r.ContentLength, body)
 	})
+	r.Get("/hello", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "Hello, World!")
+	})
+	r.Get("/stats", func(w http.ResponseWriter, r *http.Request) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Fprintf(w, "%d %d", ms.Mallocs, runtime.NumCgoCall())
+	})
 	r.Get("/html", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "<html><body>sniffed</body></html>")
 	})
@@ -68,6 +79,21 @@ func chiRouter() http.Handler {
 		w.WriteHeader(http.StatusContinue) // informational: not sent
 		w.WriteHeader(http.StatusTeapot)
 		w.WriteHeader(http.StatusOK) // superfluous: ignored, as net/http does
+	})
+	r.Get("/ctx-derived", func(w http.ResponseWriter, r *http.Request) {
+		// A context derived from the request's (as timeout middleware makes) ends with it.
+		ctx, cancel := context.WithTimeout(r.Context(), time.Hour)
+		_ = cancel
+		prev := lastDerived.Swap(&ctx)
+		ended := false
+		for deadline := time.Now().Add(waitBound); prev != nil && !ended && time.Now().Before(deadline); {
+			select {
+			case <-(*prev).Done():
+				ended = errors.Is((*prev).Err(), context.Canceled)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		fmt.Fprintf(w, "live=%t previous-ended=%t", ctx.Err() == nil, ended)
 	})
 	r.Get("/ctx", func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
@@ -129,6 +155,9 @@ func TestHTTPHandlerRunsAChiRouter(t *testing.T) {
 	do("GET", "/ctx", "")
 	resp, body = do("GET", "/ctx", "")
 	expect("the request context", resp, body, 200, "live=true previous-ended=true")
+	do("GET", "/ctx-derived", "")
+	resp, body = do("GET", "/ctx-derived", "")
+	expect("a context derived from the request's", resp, body, 200, "live=true previous-ended=true")
 	// An absolute-form target's authority is r.Host, as in net/http.
 	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", m.port))
 	if err != nil {

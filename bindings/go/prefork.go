@@ -301,6 +301,7 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	if p.HandlerThreads <= 0 && p.ServeFunc == nil {
 		// One request at a time: the fields are staged in a buffer kept across requests.
 		s.replay = &replay{buf: (*C.char)(C.malloc(C.GOPREFORK_FIELDS_SIZE))}
+		s.peer = new(peerCache)
 		defer C.free(unsafe.Pointer(s.replay.buf))
 	}
 	c, err := s.create()
@@ -357,6 +358,7 @@ type server struct {
 	// yield).
 	handled uint64
 	yielded time.Time
+	peer    *peerCache // the last client address, on the event loop; nil with handler threads
 
 	mu      sync.Mutex
 	hookErr error

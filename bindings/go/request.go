@@ -5,6 +5,7 @@ import "C"
 
 import (
 	"net/http"
+	"strconv"
 	"unsafe"
 )
 
@@ -18,7 +19,8 @@ type Request struct {
 	c *C.prefork_request
 	// The request line, read by the C callback (no cgo call for its accessors); nil once the
 	// handler returned. A pointer rather than a copy keeps the per-request allocation small.
-	x *C.goprefork_exchange
+	x   *C.goprefork_exchange
+	srv *server // for its peer cache
 }
 
 // line is the request line's parts: empty ones once the handler returned.
@@ -107,6 +109,24 @@ func (r *Request) VisitHeaders(f func(name, value []byte)) {
 	}
 }
 
+// details is the exchange with its header views, body and version filled in (one cgo call).
+func (r *Request) details() *C.goprefork_exchange {
+	if r.x == nil {
+		return &noLine
+	}
+	C.goprefork_details(r.c, r.x)
+	return r.x
+}
+
+// headerAt is the header field at i, in the order received (views, valid only in the handler).
+func (r *Request) headerAt(i int) (name, value []byte) {
+	var n, v C.prefork_str
+	if !C.prefork_request_header_at(r.c, C.size_t(i), &n, &v) {
+		return nil, nil
+	}
+	return view(n), view(v)
+}
+
 // Headers is a copy of every header field, keyed by canonical name as net/http does.
 func (r *Request) Headers() http.Header {
 	h := make(http.Header, int(C.prefork_request_header_count(r.c)))
@@ -119,9 +139,50 @@ func (r *Request) Headers() http.Header {
 // RemoteAddr is the client's address, "203.0.113.7:51234" or "[2001:db8::1]:51234"; "" when
 // it is unknown.
 func (r *Request) RemoteAddr() string {
-	var buf [C.PREFORK_ADDR_STRLEN]C.char
-	if C.prefork_request_peer_addr(r.c, &buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
+	if r.x == nil || C.goprefork_peer(r.c, r.x) == 0 {
 		return ""
 	}
-	return C.GoString(&buf[0])
+	return r.peerText()
+}
+
+// peerText is the text of the address in r.x (peer_ok set): for IPv4 formatted here, else the
+// library's; on the event loop the last one is kept, so that the requests of a keep-alive
+// connection share one string.
+func (r *Request) peerText() string {
+	x := r.x
+	ip := unsafe.Slice((*byte)(unsafe.Pointer(&x.peer_ip[0])), int(x.peer_ip_len))
+	port := uint16(x.peer_port)
+	var last *peerCache
+	if r.srv != nil {
+		last = r.srv.peer
+	}
+	if last != nil && last.text != "" && last.port == port && string(last.ip[:last.n]) == string(ip) {
+		return last.text
+	}
+	var text string
+	if len(ip) == 4 {
+		var b [len("255.255.255.255:65535")]byte
+		t := strconv.AppendUint(b[:0], uint64(ip[0]), 10)
+		for _, o := range ip[1:] {
+			t = strconv.AppendUint(append(t, '.'), uint64(o), 10)
+		}
+		text = string(strconv.AppendUint(append(t, ':'), uint64(port), 10))
+	} else if C.goprefork_peer_text(r.c, x) != 0 {
+		text = C.GoString(&x.peer_text[0]) // IPv6, with its scope as the library writes it
+	} else {
+		return ""
+	}
+	if last != nil {
+		last.n = copy(last.ip[:], ip)
+		last.port, last.text = port, text
+	}
+	return text
+}
+
+// peerCache is the last client address a server on the event loop formatted.
+type peerCache struct {
+	ip   [C.PREFORK_IP_BYTES]byte
+	n    int
+	port uint16
+	text string
 }

@@ -59,10 +59,24 @@ static void apply(prefork_response *resp, goprefork_exchange *x) {
 	}
 }
 
+void goprefork_details(const prefork_request *req, goprefork_exchange *x) {
+	size_t n = prefork_request_header_count(req);
+	for (size_t i = 0; i < n && i < x->headers_cap; i++) {
+		prefork_request_header_at(req, i, &x->headers[2 * i], &x->headers[2 * i + 1]);
+	}
+	x->header_count = n;
+	x->body = prefork_request_body(req);
+	x->minor_version = prefork_request_minor_version(req);
+	goprefork_peer(req, x);
+}
+
 static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
 	char stage[GOPREFORK_STAGE_SIZE];
 	char fields[GOPREFORK_FIELDS_SIZE];
+	prefork_str headers[2 * GOPREFORK_HEADERS];
 	goprefork_exchange x = {
+		.headers = headers,
+		.headers_cap = GOPREFORK_HEADERS,
 		.method = prefork_request_method(req),
 		.target = prefork_request_target(req),
 		.stage = stage,

@@ -60,7 +60,39 @@ typedef struct {
 	// The status, 200..599, or 0 when the handler set none.
 	int status;
 	int direct;
+	// What goprefork_details fills, on demand (the net/http adapter reads it all): the first
+	// headers_cap header fields as name and value views (headers[2i], headers[2i+1]), the
+	// number of fields, the body and the minor version.
+	prefork_str *headers;
+	size_t headers_cap, header_count;
+	prefork_str body;
+	int minor_version;
+	// The client's address, as prefork_request_peer_ip gives it (peer_ok 0: unknown), filled
+	// by goprefork_details and goprefork_peer; peer_text is room for the library's text.
+	uint8_t peer_ip[PREFORK_IP_BYTES];
+	size_t peer_ip_len;
+	uint16_t peer_port;
+	int peer_ok;
+	char peer_text[PREFORK_ADDR_STRLEN];
 } goprefork_exchange;
+
+// How many header fields goprefork_details hands over at once (more are read one by one).
+#define GOPREFORK_HEADERS 64
+
+// Fills the exchange's header views, header count, body, minor version and client address:
+// one cgo call for all of them.
+void goprefork_details(const prefork_request *req, goprefork_exchange *x);
+
+// Fills the exchange's client address; returns peer_ok.
+static inline int goprefork_peer(const prefork_request *req, goprefork_exchange *x) {
+	x->peer_ok = prefork_request_peer_ip(req, x->peer_ip, &x->peer_ip_len, &x->peer_port) == PREFORK_OK;
+	return x->peer_ok;
+}
+
+// The client's address as the library writes it, into peer_text; returns whether it did.
+static inline int goprefork_peer_text(const prefork_request *req, goprefork_exchange *x) {
+	return prefork_request_peer_addr(req, x->peer_text, sizeof x->peer_text) == PREFORK_OK;
+}
 
 // The staging buffers' sizes: a body and fields that fit cross no extra cgo call.
 #define GOPREFORK_STAGE_SIZE 4096
