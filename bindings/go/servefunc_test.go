@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"go/build"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -202,15 +204,37 @@ func TestGracefulReturnsTheErrorOfAServeThatEndsOnItsOwn(t *testing.T) {
 	}
 }
 
-// The test dependencies stay test dependencies: the package imports the standard library only.
+// The test dependencies stay test dependencies: the package, and every other package of its
+// module (the examples), import the standard library only; the programs that import fasthttp
+// sit in a module of their own (examples/migrate-fasthttp).
 func TestThePackageImportsOnlyTheStandardLibrary(t *testing.T) {
-	pkg, err := build.ImportDir(".", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, path := range pkg.Imports {
-		if first, _, _ := strings.Cut(path, "/"); strings.Contains(first, ".") {
-			t.Errorf("the package imports %s, a module: only its tests may", path)
+	dirs := []string{"."}
+	filepath.WalkDir("examples", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
 		}
+		if _, err := os.Stat(filepath.Join(path, "go.mod")); err == nil {
+			return filepath.SkipDir // another module
+		}
+		dirs = append(dirs, path)
+		return nil
+	})
+	for _, dir := range dirs {
+		pkg, err := build.ImportDir(dir, 0)
+		var none *build.NoGoError
+		if errors.As(err, &none) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, path := range pkg.Imports {
+			if first, _, _ := strings.Cut(path, "/"); strings.Contains(first, ".") && path != "libprefork.dev/prefork" {
+				t.Errorf("%s imports %s, a module: only tests, and modules of their own, may", dir, path)
+			}
+		}
+	}
+	if len(dirs) < 4 {
+		t.Errorf("found the packages %v, want the package and its examples", dirs)
 	}
 }

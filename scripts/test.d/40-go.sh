@@ -2,7 +2,8 @@
 # The Go binding (bindings/go): links the libprefork the Rust stage built, then go vet and go
 # test, whose tests run real preforking servers (the test binary re-executed as master and
 # children) on 127.0.0.1: requests, a handler panic, a killed child replaced, SIGTERM, no
-# process left; net/http and fasthttp servers as ServeFunc; a chi router through HTTPHandler.
+# process left; net/http and fasthttp servers as ServeFunc; a chi router through HTTPHandler;
+# the migration guide's example programs, built and run end to end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -48,12 +49,19 @@ export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib ${CGO_LDFLAGS:-}"
 # and checks against go.sum.
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
-unformatted=$(gofmt -l .)
+chi=$repo/bench/subjects/ours-go-chi
+unformatted=$(gofmt -l . "$chi")
 if [ -n "$unformatted" ]; then
   echo "gofmt: these files need formatting: $unformatted" >&2
   exit 1
 fi
 go vet ./...
-go build -o /dev/null ./examples/hello
+go build -o /dev/null ./examples/...
+# The migration guide's programs that import fasthttp are a module of their own (the package's
+# module imports only the standard library), and so are the bench's chi subjects: vet and
+# build them too, so that every program the README and bench/ name compiles.
+(cd examples/migrate-fasthttp && go vet ./... && go build -o /dev/null ./...)
+(cd "$chi" && go vet . && go build -o /dev/null . && go vet -tags nethttp . &&
+  CGO_ENABLED=0 go build -tags nethttp -o /dev/null .)
 # Each test bounds its own waits (15 s); -timeout is the backstop, timeout(1) the last resort.
 timeout 300 go test -count=1 -timeout 180s ./...
