@@ -47,7 +47,9 @@ static void apply(prefork_response *resp, goprefork_exchange *x) {
 	    memcmp(x->fields + 4, content_type, ct_len) == 0) {
 		size_t value_len = field_len(x->fields, 1);
 		prefork_response_reply(resp, status, x->fields + 4 + ct_len, value_len, x->stage, x->stage_len);
-		add_fields(resp, x, 4 + ct_len + value_len);
+		if (4 + ct_len + value_len < x->fields_len) {
+			add_fields(resp, x, 4 + ct_len + value_len);
+		}
 		return;
 	}
 	if (x->status) {
@@ -74,16 +76,27 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
 	char stage[GOPREFORK_STAGE_SIZE];
 	char fields[GOPREFORK_FIELDS_SIZE];
 	prefork_str headers[2 * GOPREFORK_HEADERS];
-	goprefork_exchange x = {
-		.headers = headers,
-		.headers_cap = GOPREFORK_HEADERS,
-		.method = prefork_request_method(req),
-		.target = prefork_request_target(req),
-		.stage = stage,
-		.stage_cap = sizeof stage,
-		.fields = fields,
-		.fields_cap = sizeof fields,
-	};
+	// Every member but the address buffers, which goprefork_peer writes before they are read:
+	// an initializer would clear them all, a tenth of the callback's own work.
+	goprefork_exchange x;
+	x.method = prefork_request_method(req);
+	x.target = prefork_request_target(req);
+	x.stage = stage;
+	x.stage_len = 0;
+	x.stage_cap = sizeof stage;
+	x.fields = fields;
+	x.fields_len = 0;
+	x.fields_cap = sizeof fields;
+	x.status = 0;
+	x.direct = 0;
+	x.headers = headers;
+	x.headers_cap = GOPREFORK_HEADERS;
+	x.header_count = 0;
+	x.body = (prefork_str){.ptr = "", .len = 0};
+	x.minor_version = 0;
+	x.peer_ip_len = 0;
+	x.peer_port = 0;
+	x.peer_ok = 0;
 	// The origin form ("/path?query", nearly every request) is split here, at its first "?"
 	// (RFC 9112 §3.2.1), as the library's accessors split it; the library splits the others.
 	if (x.target.len > 0 && x.target.ptr[0] == '/') {
