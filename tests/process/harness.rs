@@ -259,6 +259,13 @@ pub fn get(port: u16, path: &str) -> std::io::Result<String> {
 }
 
 /// One HTTP request to `host` on a fresh connection; returns the body.
+/// The pid of the child that answers `GET /pid`.
+pub fn served_by(port: u16) -> Result<i32, String> {
+    let body = get(port, "/pid").map_err(|e| e.to_string())?;
+    body.parse()
+        .map_err(|e| format!("GET /pid gave {body:?}: {e}"))
+}
+
 pub fn get_from(host: &str, port: u16, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

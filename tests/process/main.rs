@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
+    served_by,
 };
 
 type Test = fn() -> Outcome;
@@ -167,10 +168,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         m.all_children()
     );
     for _ in 0..4 {
-        let pid: i32 = get(port, "/pid")
-            .map_err(|e| e.to_string())?
-            .parse()
-            .map_err(|e| format!("{e}"))?;
+        let pid: i32 = served_by(port)?;
         ensure!(
             ready.contains(&pid),
             "served by {pid}, not a child of {ready:?}"
@@ -1110,10 +1108,7 @@ fn serve_mode_reports_ready_when_the_serve_function_starts_or_says_so() -> Outco
         took >= SETUP,
         "explicit ready came after {took:?}, before the serve function called child_ready"
     );
-    let pid: i32 = get(port, "/pid")
-        .map_err(|e| e.to_string())?
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let pid: i32 = served_by(port)?;
     ensure!(ready.contains(&pid), "served by {pid}, not {ready:?}");
     stop_cleanly(&mut m)?;
     for pid in &ready {
