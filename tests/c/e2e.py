@@ -429,22 +429,27 @@ def hooks_master_death(prog):
         srv.proc.wait(timeout=10)
         for pid in kids:
             srv.expect(rf"^on_master_death child={pid}$", timeout=10)
-        # The orphans were re-parented to this subreaper: reap them and check they exited 0.
-        for pid in kids:
-            deadline = time.monotonic() + 15
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    check(os.waitstatus_to_exitcode(status) == 0,
-                          f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
-                    break
-                check(time.monotonic() < deadline, f"orphan {pid} still running")
-                time.sleep(0.02)
-        assert_nothing_left(kids)
+        reap_orphans(kids)
     finally:
         for pid in children_of(os.getpid()):
             os.kill(pid, signal.SIGKILL)
         srv.kill()
+
+
+def reap_orphans(kids):
+    """Children whose master died are re-parented to this subreaper: reap each, check that it
+    exited 0 within 15 s, and that nothing else is left."""
+    for pid in kids:
+        deadline = time.monotonic() + 15
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                check(os.waitstatus_to_exitcode(status) == 0,
+                      f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
+                break
+            check(time.monotonic() < deadline, f"orphan {pid} still running")
+            time.sleep(0.02)
+    assert_nothing_left(kids)
 
 
 def raw_exchange(port, data, timeout=10):
@@ -628,17 +633,7 @@ def serve_echo_master_death(prog):
         check(held.rest() == b"bye\n", "the client of a child whose master died was not told bye")
         for pid in kids:
             srv.expect(rf"^exit_child pid={pid}$", timeout=10)
-        for pid in kids:
-            deadline = time.monotonic() + 15
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    check(os.waitstatus_to_exitcode(status) == 0,
-                          f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
-                    break
-                check(time.monotonic() < deadline, f"orphan {pid} still running")
-                time.sleep(0.02)
-        assert_nothing_left(kids)
+        reap_orphans(kids)
     finally:
         for pid in children_of(os.getpid()):
             os.kill(pid, signal.SIGKILL)
