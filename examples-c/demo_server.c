@@ -4,6 +4,7 @@
  *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
+ *     [--user NAME] [--group NAME] [--cpu-affinity]
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
  * --allow-crash); and OPTIONS *.
@@ -33,6 +34,7 @@ static const char USAGE[] =
     "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
+    "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
     "                    /crash (only with --allow-crash); and OPTIONS *\n";
@@ -211,6 +213,8 @@ int main(int argc, char **argv) {
             ok = set(prefork_set_reuseport(server, true));
         } else if (strcmp(flag, "--allow-crash") == 0) {
             app.allow_crash = true;
+        } else if (strcmp(flag, "--cpu-affinity") == 0) {
+            ok = set(prefork_set_cpu_affinity(server, true));
         } else if (val == NULL) {
             prefork_free(server);
             return usage("unknown flag or missing value: ", flag);
@@ -225,6 +229,10 @@ int main(int argc, char **argv) {
                     return usage("--network must be tcp4, tcp6 or tcp, not ", val);
                 }
                 ok = set(prefork_set_network(server, val));
+            } else if (strcmp(flag, "--user") == 0) {
+                ok = set(prefork_set_user(server, val));
+            } else if (strcmp(flag, "--group") == 0) {
+                ok = set(prefork_set_group(server, val));
             } else if (strcmp(flag, "--recover-threshold") == 0) {
                 if (!parse_i32(val, &s)) ok = false;
                 else ok = set(prefork_set_recover_threshold(server, s));

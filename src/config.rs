@@ -71,6 +71,17 @@ pub struct ProcessConfig {
     /// Install SIGTERM/SIGINT handlers (master) and SIGTERM (child). Default true. When false
     /// the host must call `shutdown()` itself.
     pub handle_signals: bool,
+    /// The user every child runs as (a name from the user database), set between fork and
+    /// exec, so no code of a child runs with the master's identity; its group and
+    /// supplementary groups come from the user's entry unless `group` is set. Needs a root
+    /// master. Default `None`: children run as the master's user.
+    pub user: Option<String>,
+    /// The group every child runs as (a name from the group database), instead of the user's
+    /// primary group; alone, it changes only the children's groups. Default `None`.
+    pub group: Option<String>,
+    /// Pin child *i* to the *i*-th CPU of the master's allowed set (wrapping around); a
+    /// replacement gets its slot's CPU. Default false.
+    pub cpu_affinity: bool,
 }
 
 impl Default for ProcessConfig {
@@ -89,6 +100,9 @@ impl Default for ProcessConfig {
             grace_period: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
+            user: None,
+            group: None,
+            cpu_affinity: false,
         }
     }
 }
@@ -127,11 +141,26 @@ impl ProcessConfig {
         ] {
             duration(name, value)?;
         }
-        positive_duration("startup_timeout", self.startup_timeout)
+        positive_duration("startup_timeout", self.startup_timeout)?;
+        for (name, value) in [("user", &self.user), ("group", &self.group)] {
+            account_name(name, value.as_deref())?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), Error> {
         self.check_fields()
+    }
+}
+
+/// A user or group name: set means non-empty and free of NUL and whitespace (whether it
+/// exists is checked when serving starts, against the databases of the machine it runs on).
+fn account_name(option: &str, name: Option<&str>) -> Result<(), Error> {
+    match name {
+        Some(n) if n.is_empty() || n.contains(|c: char| c == '\0' || c.is_whitespace()) => Err(
+            Error::invalid(format!("{option} = {n:?} is not a valid name")),
+        ),
+        _ => Ok(()),
     }
 }
 

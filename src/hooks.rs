@@ -8,6 +8,7 @@ use std::process::Command;
 
 use nix::sys::resource::{Resource, getrlimit};
 
+use crate::confine::ChildConfinement;
 use crate::error::HookError;
 
 /// Process ids as the C ABI and the OS see them.
@@ -71,11 +72,14 @@ pub struct SpawnRequest {
     pub slot: usize,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
+    /// The user, groups and CPU the options give this slot's child.
+    pub(crate) confinement: ChildConfinement,
 }
 
 impl SpawnRequest {
     /// The default child command: the current executable with the master's argv, the marker
-    /// set (replacing any inherited value) and both descriptors in place.
+    /// set (replacing any inherited value), both descriptors in place, and the child's user,
+    /// groups and CPU (the `user`, `group` and `cpu_affinity` options) set before it runs.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         if let Some(arg0) = self.args.first() {
@@ -87,9 +91,11 @@ impl SpawnRequest {
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),
         ];
+        let confinement = self.confinement.clone();
         // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range,
-        // getrlimit, fcntl) and allocates nothing. The sources are above LIFELINE_FD (the master
-        // dups them there), so placing one never clobbers the other. dup2 is raw libc: nix's
+        // getrlimit, fcntl, and ChildConfinement::apply's) and allocates nothing. The sources
+        // are above LIFELINE_FD (the master dups them there), so placing one never clobbers the
+        // other. dup2 is raw libc: nix's
         // dup2 wants the target as an OwnedFd, and its dup2_raw returns one that would close
         // the placed descriptor when dropped.
         unsafe {
@@ -100,7 +106,7 @@ impl SpawnRequest {
                     }
                 }
                 cloexec_fds_above(LIFELINE_FD);
-                Ok(())
+                confinement.apply()
             });
         }
         cmd

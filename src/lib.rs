@@ -51,6 +51,7 @@
 
 mod child;
 pub mod config;
+mod confine;
 mod control;
 mod error;
 pub mod ffi;

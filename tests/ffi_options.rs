@@ -10,6 +10,11 @@ use prefork::{Config, Network};
 mod common;
 use common::{header_defaults as documented_defaults, read};
 
+/// An optional name as the header writes it: unset is "".
+fn quoted(name: Option<&str>) -> String {
+    format!("\"{}\"", name.unwrap_or_default())
+}
+
 fn ms(d: Duration) -> String {
     d.as_millis().to_string()
 }
@@ -40,6 +45,9 @@ fn documented_defaults_are_the_real_ones() {
         ("grace_period_ms", ms(p.grace_period)),
         ("startup_timeout_ms", ms(p.startup_timeout)),
         ("handle_signals", p.handle_signals.to_string()),
+        ("user", quoted(p.user.as_deref())),
+        ("group", quoted(p.group.as_deref())),
+        ("cpu_affinity", p.cpu_affinity.to_string()),
         ("max_request_line", h.max_request_line.to_string()),
         ("max_head_size", h.max_head_size.to_string()),
         ("max_headers", h.max_headers.to_string()),

@@ -178,6 +178,21 @@ type Prefork struct {
 	// included). Default: 10s.
 	StartupTimeout time.Duration
 
+	// User is the user every child runs as (a name from the user database), with its groups,
+	// set before the child's program starts, as nginx's user directive does: the master must
+	// run as root, and keeps root only to bind, spawn and signal. An unknown name or a
+	// non-root master makes ListenAndServe fail before any child starts. A CommandProducer
+	// must start children with that identity itself. Default: "" (the master's user).
+	User string
+
+	// Group is the group every child runs as, instead of User's primary group. Default: ""
+	// (User's primary group, or the master's).
+	Group string
+
+	// CPUAffinity pins child i to the i-th CPU the master may run on (wrapping around); a
+	// replacement gets its slot's CPU. Default: false.
+	CPUAffinity bool
+
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
 	// concurrently on that many threads and must be safe for concurrent use. At most 4096.
@@ -522,6 +537,21 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_startup_timeout_ms(c, ms)
 	})
+	if p.User != "" {
+		set("User", func() C.enum_prefork_result {
+			cs := C.CString(p.User)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_user(c, cs)
+		})
+	}
+	if p.Group != "" {
+		set("Group", func() C.enum_prefork_result {
+			cs := C.CString(p.Group)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_group(c, cs)
+		})
+	}
+	set("CPUAffinity", func() C.enum_prefork_result { return C.prefork_set_cpu_affinity(c, C.bool(p.CPUAffinity)) })
 	count("HandlerThreads", p.HandlerThreads, math.MaxUint32, func(n uint64) C.enum_prefork_result {
 		return C.prefork_set_handler_threads(c, C.uint32_t(n))
 	})

@@ -42,6 +42,7 @@ struct Adopted {
 /// The bootstrap both modes share: check and take the inherited descriptors, arm the
 /// master-death backup, install the signal handlers, and run the handler's `init_child`.
 fn adopt(config: &Config, handler: &Arc<dyn Handler>) -> Result<Adopted, Error> {
+    crate::confine::check_child(&config.process)?;
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
         LIFELINE_FD,

@@ -185,6 +185,61 @@ pub unsafe extern "C" fn prefork_set_handle_signals(
     ffi_boundary!({ unsafe { set(p, |c| c.process.handle_signals = handle_signals) } })
 }
 
+/// An account name as an option: NULL or "" unsets it.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn account_arg(name: *const c_char, arg: &str) -> Result<Option<String>, FfiError> {
+    if name.is_null() {
+        return Ok(None);
+    }
+    let name = unsafe { str_arg(name, arg) }?;
+    Ok((!name.is_empty()).then(|| name.to_string()))
+}
+
+/// The user every child runs as, by name (NUL-terminated), as nginx's `user` and gunicorn's
+/// `--user`: the master, which must then run as root, binds the listener and starts each
+/// child with this user's uid, its primary group (or `group`'s) and supplementary groups from
+/// the user database, set between fork and exec with `PR_SET_NO_NEW_PRIVS`, so no code of a
+/// child runs as root. The master stays root to bind, spawn and signal. An unknown name, or a
+/// master that is not root, fails `prefork_listen_and_serve` at once with
+/// PREFORK_ERR_INVALID_ARGUMENT, before any child starts. A `command_producer` must drop
+/// privileges itself (a child that finds itself under the wrong uid refuses to serve). NULL or
+/// "" unsets it: children run as the master's user. Default: "".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_user(p: *mut prefork, user: *const c_char) -> prefork_result {
+    ffi_boundary!({
+        let user = unsafe { account_arg(user, "user") }?;
+        unsafe { set(p, |c| c.process.user = user) }
+    })
+}
+
+/// The group every child runs as, by name (NUL-terminated), instead of the user's primary
+/// group; with no `user`, only the children's groups change (supplementary groups: just this
+/// one). Checked as `prefork_set_user` is. NULL or "" unsets it: the user's primary group, or
+/// the master's. Default: "".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_group(
+    p: *mut prefork,
+    group: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let group = unsafe { account_arg(group, "group") }?;
+        unsafe { set(p, |c| c.process.group = group) }
+    })
+}
+
+/// Pins child *i* to the *i*-th CPU of the set the master may run on (sched_getaffinity,
+/// wrapping around when there are more children than CPUs); a replacement inherits its
+/// slot's CPU. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_cpu_affinity(
+    p: *mut prefork,
+    cpu_affinity: bool,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.cpu_affinity = cpu_affinity) } })
+}
+
 /// Longest request line (method, target, version), in bytes, before the reply is 414 (501
 /// when the method alone is too long: over 32 bytes or over this cap); above zero, and at most
 /// max_head_size (checked when serving starts). Default: 8192.

@@ -23,6 +23,7 @@ use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::Pid as NixPid;
 
 use crate::config::{Config, ProcessConfig};
+use crate::confine::Confinement;
 use crate::control::{self, Role, SignalGuard, WAKE_STOP_NOW};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
@@ -42,6 +43,8 @@ pub(crate) fn run(
 ) -> Result<(), Error> {
     let cfg = &config.process;
     let count = cfg.effective_children();
+    // Before anything is bound: a user that does not exist is the caller's error, at once.
+    let confinement = Confinement::resolve(cfg)?;
     let sockaddr = bind::resolve(addr, cfg.network)?;
     let (listeners, sockaddr) =
         bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
@@ -66,6 +69,9 @@ pub(crate) fn run(
             }
         ),
     );
+    if let Some(confined) = confinement.describe() {
+        log.log(Level::Info, &confined);
+    }
     let mut master = Master {
         cfg,
         hooks,
@@ -73,6 +79,7 @@ pub(crate) fn run(
         wake,
         slots: (0..count).map(|_| Slot::default()).collect(),
         listeners,
+        confinement,
         recovery: Recovery::new(cfg),
         ready_announced: false,
         state: State::Running,
@@ -118,6 +125,7 @@ struct Master<'a> {
     wake: BorrowedFd<'static>,
     slots: Vec<Slot>,
     listeners: Vec<OwnedFd>,
+    confinement: Confinement,
     recovery: Recovery,
     ready_announced: bool,
     state: State,
@@ -148,7 +156,12 @@ impl Master<'_> {
             ));
         };
         let listener = listener.as_raw_fd();
-        let child = spawn::spawn(listener, slot, self.hooks.command_producer.as_deref_mut())?;
+        let child = spawn::spawn(
+            listener,
+            slot,
+            self.confinement.for_slot(slot),
+            self.hooks.command_producer.as_deref_mut(),
+        )?;
         let pid = child.pid;
         self.log
             .log(Level::Info, &format!("started child {pid} (slot {slot})"));

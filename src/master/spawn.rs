@@ -14,6 +14,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid as NixPid;
 
+use crate::confine::ChildConfinement;
 use crate::error::{Error, ErrorKind, HookError};
 use crate::hooks::{CHILD_ENV, Pid, SpawnRequest};
 use crate::master::bind::above_child_fds;
@@ -44,6 +45,7 @@ pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + 
 pub(crate) fn spawn(
     listener: RawFd,
     slot: usize,
+    confinement: ChildConfinement,
     producer: Option<&mut Producer>,
 ) -> Result<Child, Error> {
     let (master_end, child_end) = lifeline_pair()?;
@@ -53,6 +55,7 @@ pub(crate) fn spawn(
         slot,
         program: PathBuf::from("/proc/self/exe"),
         args: std::env::args_os().collect::<Vec<OsString>>(),
+        confinement,
     };
     let pid = match producer {
         None => {

@@ -344,6 +344,52 @@ def demo_bind_error(prog):
     assert_nothing_left()
 
 
+def proc_status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].split()
+    return []
+
+
+def demo_user(prog):
+    """--user nobody as root: every child, a replacement too, runs as nobody with only its
+    groups and no way back, the master stays root and still stops them; an unknown user is an
+    error before any child starts. Skipped when not root (CI runs as root)."""
+    if os.geteuid() != 0:
+        print("SKIP demo_user: needs root", flush=True)
+        return
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    r = subprocess.run([prog, "--addr", "127.0.0.1:0", "--user", "no-such-user-prefork"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "no such user" in r.stderr, f"unknown user: {r}")
+    check("ready" not in r.stdout, f"printed ready with an unknown user: {r.stdout!r}")
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--user", "nobody",
+                  "--allow-crash", "--cpu-affinity"])
+    try:
+        kids = srv.ready()
+        check(proc_status(srv.proc.pid, "Uid")[0] == "0", "the master is not root")
+
+        def dropped(pid):
+            check(proc_status(pid, "Uid") == [str(nobody.pw_uid)] * 4, f"child {pid} uid")
+            check(proc_status(pid, "Gid") == [str(nobody.pw_gid)] * 4, f"child {pid} gid")
+            check(proc_status(pid, "NoNewPrivs") == ["1"], f"child {pid} may regain privileges")
+
+        for pid in kids:
+            dropped(pid)
+        status, _, _ = request(port, "/")
+        check(status == 200, f"GET / as nobody gave {status}")
+        os.kill(kids[0], signal.SIGKILL)
+        wait_until(lambda: set(children_of(srv.proc.pid)) - set(kids), 10, "a replacement")
+        for pid in set(children_of(srv.proc.pid)) - set(kids):
+            dropped(pid)
+        srv.stop()
+    finally:
+        srv.kill()
+
+
 def demo_limits(prog):
     port = free_port()
     srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--max-body", "16",
@@ -647,9 +693,9 @@ def api(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
-                                      demo_flags, demo_bind_error, demo_limits, hello, hooks,
-                                      hooks_master_death, server, api, abi_v0_1, serve_echo,
-                                      serve_echo_master_death]}
+                                      demo_flags, demo_bind_error, demo_user, demo_limits, hello,
+                                      hooks, hooks_master_death, server, api, abi_v0_1,
+                                      serve_echo, serve_echo_master_death]}
 
 
 def main():

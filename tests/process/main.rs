@@ -60,6 +60,9 @@ fn main() {
         startup_timeout_is_an_error,
         bad_addresses_are_clear_errors,
         default_child_count_follows_cpu_affinity,
+        children_run_as_the_configured_user,
+        unknown_user_or_group_is_an_error_before_any_child,
+        cpu_affinity_pins_each_slot,
         ipv6_listener_serves,
         master_as_pid1_serves_respawns_and_stops,
         dual_stack_listener_takes_both_families,
@@ -1012,6 +1015,179 @@ fn expect_death_hook_in(m: &mut Master, children: &[i32]) -> Outcome {
         "master-death hook ran in {told:?}, children were {want:?}"
     );
     Ok(())
+}
+
+/// Kills the first child with SIGKILL and returns its replacement's pid.
+fn replace_first(m: &mut Master, ready: &[i32]) -> Result<i32, String> {
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    let recover = m.expect("recover ", 5 * SEC)?;
+    recover
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("bad recover line {recover:?}"))
+}
+
+/// A field of /proc/PID/status, e.g. "Uid" -> "65534\t65534\t65534\t65534".
+fn status_field(pid: i32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// Whether `user` could execute this test binary: a child dropped to it re-executes it. Says
+/// the test is skipped when not (a checkout under a private home directory, say).
+fn runnable_by_others() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().expect("current exe");
+    let blocked = exe
+        .ancestors()
+        .find(|p| std::fs::metadata(p).map_or(true, |m| m.permissions().mode() & 0o001 == 0));
+    if let Some(p) = blocked {
+        println!(
+            "    skipped: {} is not executable by other users",
+            p.display()
+        );
+        return false;
+    }
+    true
+}
+
+/// With `user` and `group`, every child (replacements too) runs with that uid, gid and only
+/// the user's groups, cannot regain privileges, cannot read a root-only file, and the root
+/// master still stops them all. Skipped unless the suite runs as root (CI does).
+fn children_run_as_the_configured_user() -> Outcome {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("    skipped: dropping privileges needs the suite to run as root");
+        return Ok(());
+    }
+    if !runnable_by_others() {
+        return Ok(());
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .map_err(|e| e.to_string())?
+        .ok_or("this machine has no user nobody")?;
+    let (uid, gid) = (nobody.uid.to_string(), nobody.gid.to_string());
+    let secret = std::env::temp_dir().join(format!("prefork-root-only-{}", std::process::id()));
+    std::fs::write(&secret, b"root only").map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let outcome = (|| {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_USER", "nobody")]);
+        let (ready, port) = m.ready()?;
+        let check = |pid: i32| -> Outcome {
+            let ids = |f| status_field(pid, f).unwrap_or_default();
+            let want = |id: &str| format!("{id}\t{id}\t{id}\t{id}");
+            ensure!(
+                ids("Uid") == want(&uid),
+                "child {pid} Uid {:?}, want {uid}",
+                ids("Uid")
+            );
+            ensure!(
+                ids("Gid") == want(&gid),
+                "child {pid} Gid {:?}, want {gid}",
+                ids("Gid")
+            );
+            ensure!(
+                ids("Groups") == gid,
+                "child {pid} Groups {:?}, want {gid}",
+                ids("Groups")
+            );
+            ensure!(
+                ids("NoNewPrivs") == "1",
+                "child {pid} NoNewPrivs {:?}",
+                ids("NoNewPrivs")
+            );
+            Ok(())
+        };
+        for &pid in &ready {
+            check(pid)?;
+        }
+        ensure!(
+            status_field(m.pid(), "Uid").is_some_and(|u| u.starts_with("0\t")),
+            "the master is not root any more"
+        );
+        let read = get(port, &format!("/read?{}", secret.display())).map_err(|e| e.to_string())?;
+        ensure!(
+            read == format!("denied {}", libc::EACCES),
+            "a child read the root-only file: {read}"
+        );
+        // The replacement exec'd with its identity before on_child_recover runs.
+        check(replace_first(&mut m, &ready)?)?;
+        stop_cleanly(&mut m)
+    })();
+    let _ = std::fs::remove_file(&secret);
+    outcome
+}
+
+/// A user or group that does not exist fails listen_and_serve at once, naming it, and no
+/// child is started.
+fn unknown_user_or_group_is_an_error_before_any_child() -> Outcome {
+    for (var, name, needle) in [
+        (
+            "PF_USER",
+            "no-such-user-prefork",
+            "user = \"no-such-user-prefork\": no such user",
+        ),
+        (
+            "PF_GROUP",
+            "no-such-group-prefork",
+            "group = \"no-such-group-prefork\": no such group",
+        ),
+    ] {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), (var, name)]);
+        expect_failure(&mut m, "InvalidArgument", needle)?;
+        ensure!(
+            m.all_children().is_empty(),
+            "children started: {:?}",
+            m.all_children()
+        );
+    }
+    Ok(())
+}
+
+/// The CPUs in a list such as "0-3,6".
+fn cpu_list(text: &str) -> Vec<usize> {
+    text.split(',')
+        .filter(|r| !r.is_empty())
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+/// With cpu_affinity, child i runs on the i-th allowed CPU, wrapping around, and a
+/// replacement gets its slot's CPU.
+fn cpu_affinity_pins_each_slot() -> Outcome {
+    let allowed = cpu_list(
+        &status_field(std::process::id() as i32, "Cpus_allowed_list")
+            .ok_or("no Cpus_allowed_list")?,
+    );
+    let children = allowed.len() + 1;
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", &children.to_string()),
+        ("PF_CPU_AFFINITY", "1"),
+    ]);
+    let (ready, _) = m.ready()?;
+    let pinned = |pid: i32| status_field(pid, "Cpus_allowed_list").unwrap_or_default();
+    for (slot, &pid) in ready.iter().enumerate() {
+        let want = allowed[slot % allowed.len()].to_string();
+        ensure!(
+            pinned(pid) == want,
+            "slot {slot} (pid {pid}) on CPUs {:?}, want {want}",
+            pinned(pid)
+        );
+    }
+    let new = replace_first(&mut m, &ready)?;
+    ensure!(
+        pinned(new) == allowed[0].to_string(),
+        "slot 0's replacement on CPUs {:?}",
+        pinned(new)
+    );
+    stop_cleanly(&mut m)
 }
 
 /// Whether this machine has an IPv6 loopback; says the test is skipped when it has none.

@@ -85,6 +85,13 @@ impl Handler for TestHandler {
                 std::thread::sleep(Duration::from_millis(ms));
                 resp.write(b"slept");
             }
+            // Whether this child may read the file named by the query.
+            "/read" => match std::fs::read(req.query()) {
+                Ok(_) => resp.write(b"read"),
+                Err(e) => {
+                    resp.write(format!("denied {}", e.raw_os_error().unwrap_or(0)).as_bytes())
+                }
+            },
             _ => resp.write(b"ok"),
         }
     }
@@ -222,6 +229,9 @@ pub fn run() -> i32 {
     if let Some(n) = num("PF_HANDLER_THREADS") {
         cfg.http.handler_threads = n as usize;
     }
+    cfg.process.user = var("PF_USER");
+    cfg.process.group = var("PF_GROUP");
+    cfg.process.cpu_affinity = var("PF_CPU_AFFINITY").is_some();
     if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
         cfg.process.handle_signals = false;
     }
