@@ -5,13 +5,15 @@
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads.
+//! searches they share; `workers` runs handlers on threads. `proxy` parses the PROXY protocol
+//! header a load balancer may send first.
 
 mod bytes;
 mod chunked;
 mod date;
 mod encode;
 mod parse;
+pub mod proxy;
 mod request;
 mod response;
 mod scan;
