@@ -39,6 +39,7 @@ const (
 	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
 	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
 	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
+	envProxy     = "GOTEST_PREFORK_PROXY"     // "1": ProxyProtocol
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -74,6 +75,7 @@ func serve() int {
 	p.MaxBodySize = envInt(envMaxBody, 0)
 	p.Reuseport = os.Getenv(envReuseport) == "1"
 	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
+	p.ProxyProtocol = os.Getenv(envProxy) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
@@ -216,6 +218,9 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/proxy":
+		tlv, ok := req.ProxyTLV(0xE0)
+		fmt.Fprintf(resp, "remote=%s tlv=%q found=%t", req.RemoteAddr(), tlv, ok)
 	case "/produced":
 		resp.WriteString(os.Getenv(envProduced))
 	case "/retain":
