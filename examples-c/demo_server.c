@@ -5,9 +5,15 @@
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *     [--user NAME] [--group NAME] [--cpu-affinity]
+ *     [--proxy-protocol] [--proxy-allow CIDR]...
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
- * --allow-crash); and OPTIONS *.
+ * --allow-crash); and OPTIONS *. /peer answers the client's address as the handler sees it,
+ * "ip:port" ("[ip6]:port" for IPv6): with --proxy-protocol, the one the balancer's PROXY
+ * protocol header names.
+ *
+ * --proxy-protocol makes every connection (on every --addr) start with a PROXY protocol
+ * header, accepted from the --proxy-allow networks (repeatable; default loopback).
  * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
@@ -35,9 +41,14 @@ static const char USAGE[] =
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
     "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
+    "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
-    "                    /crash (only with --allow-crash); and OPTIONS *\n";
+    "                    /crash (only with --allow-crash); and OPTIONS *\n"
+    "                    /peer (the client's address, ip:port)\n";
+
+/* The --proxy-allow networks so far, comma-separated, as prefork_set_proxy_allow takes them. */
+static char proxy_allow[4096];
 
 struct app {
     bool allow_crash;
@@ -142,6 +153,14 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
         }
         sleep_ms(ms);
         reply_text(resp, 200, "slept");
+    } else if (str_is(path, "/peer")) {
+        /* With --proxy-protocol, the client the balancer's header names, not the balancer. */
+        char addr[PREFORK_ADDR_STRLEN];
+        if (prefork_request_peer_addr(req, addr, sizeof addr) != PREFORK_OK) {
+            reply_text(resp, 500, "the peer address is unknown\n");
+            return;
+        }
+        reply_text(resp, 200, addr);
     } else if (str_is(path, "/crash") && app->allow_crash) {
         abort();
     } else {
@@ -215,6 +234,8 @@ int main(int argc, char **argv) {
             app.allow_crash = true;
         } else if (strcmp(flag, "--cpu-affinity") == 0) {
             ok = set(prefork_set_cpu_affinity(server, true));
+        } else if (strcmp(flag, "--proxy-protocol") == 0) {
+            ok = set(prefork_set_proxy_protocol(server, true));
         } else if (val == NULL) {
             prefork_free(server);
             return usage("unknown flag or missing value: ", flag);
@@ -223,6 +244,17 @@ int main(int argc, char **argv) {
             bool is_count = strcmp(flag, "--children") == 0 || strcmp(flag, "--handler-threads") == 0;
             if (strcmp(flag, "--addr") == 0) {
                 addr = val;
+            } else if (strcmp(flag, "--proxy-allow") == 0) {
+                /* Each one adds to the list; setting the list so far makes the library name a
+                 * bad network at once. */
+                size_t used = strlen(proxy_allow), len = strlen(val);
+                if (used + len + 2 > sizeof proxy_allow) {
+                    prefork_free(server);
+                    return usage("too many --proxy-allow networks at ", val);
+                }
+                if (used > 0) proxy_allow[used++] = ',';
+                memcpy(proxy_allow + used, val, len + 1);
+                ok = set(prefork_set_proxy_allow(server, proxy_allow));
             } else if (strcmp(flag, "--network") == 0) {
                 if (strcmp(val, "tcp4") && strcmp(val, "tcp6") && strcmp(val, "tcp")) {
                     prefork_free(server);

@@ -69,6 +69,46 @@
 #define PREFORK_SERVE_READY_EXPLICIT 1
 
 /**
+ * The PREFORK_PP2_TYPE_* values are the TLV types of PROXY protocol version 2 that its
+ * specification registers, for `prefork_request_proxy_tlv` (0xE0 to 0xEF are for
+ * applications, such as a cloud balancer's own; 0xF0 to 0xF7 are experimental). This one is
+ * the application protocol (ALPN) the client negotiated with the balancer.
+ */
+#define PREFORK_PP2_TYPE_ALPN 1
+
+/**
+ * The host name the client asked for (TLS SNI), UTF-8.
+ */
+#define PREFORK_PP2_TYPE_AUTHORITY 2
+
+/**
+ * A CRC32C of the header: the library checked it (a connection whose header does not match
+ * was closed).
+ */
+#define PREFORK_PP2_TYPE_CRC32C 3
+
+/**
+ * Padding, to be ignored.
+ */
+#define PREFORK_PP2_TYPE_NOOP 4
+
+/**
+ * An opaque id of the connection from the balancer, at most 128 bytes.
+ */
+#define PREFORK_PP2_TYPE_UNIQUE_ID 5
+
+/**
+ * TLS details of the client's connection to the balancer: a client byte, a 32-bit verify
+ * result, then sub-TLVs (version 0x21, CN 0x22, cipher 0x23, signature 0x24, key 0x25).
+ */
+#define PREFORK_PP2_TYPE_SSL 32
+
+/**
+ * The network namespace's name.
+ */
+#define PREFORK_PP2_TYPE_NETNS 48
+
+/**
  * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
  * (the longest IPv6 form with scope and port, plus the NUL).
  */
@@ -698,6 +738,38 @@ enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes
 enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
 
 /**
+ * true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
+ * specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
+ * `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
+ * `prefork_request_peer_addr` is the client's address from the header and
+ * `prefork_request_proxy_tlv` reads its TLVs. The header is required, never guessed: a
+ * connection from a source outside `prefork_set_proxy_allow` is closed before anything is
+ * read, and one whose header is missing, malformed (the specification's rules, a CRC32C
+ * that does not match, a version 2 header over 4096 bytes of addresses and TLVs) or late
+ * (`prefork_set_proxy_timeout_ms`) is closed without a response. A TLS layer would come after
+ * the header. Turn it on only where every client is such a balancer. Default: false.
+ */
+enum prefork_result prefork_set_proxy_protocol(struct prefork *p, bool on);
+
+/**
+ * The networks PROXY protocol connections may come from (those of the balancers): a
+ * NUL-terminated, comma-separated list of CIDRs such as "10.0.0.0/8, 2001:db8::/32" (a bare
+ * address is that one host; "0.0.0.0/0,::/0" allows every source), which replaces the list.
+ * A network whose address has bits set past its prefix ("10.0.0.1/8") is refused as a likely
+ * typo; PREFORK_ERR_INVALID_ARGUMENT names the first bad entry, and an empty list is refused.
+ * An IPv4 client of a dual-stack listener matches the IPv4 networks. Used only with
+ * `prefork_set_proxy_protocol(p, true)`. Default: "127.0.0.0/8,::1/128".
+ */
+enum prefork_result prefork_set_proxy_allow(struct prefork *p, const char *cidrs);
+
+/**
+ * How long a new connection may take, from its accept, to send its whole PROXY protocol
+ * header before it is closed, in milliseconds; above zero. Used only with
+ * `prefork_set_proxy_protocol(p, true)`. Default: 5000.
+ */
+enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
  * Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
  * members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
  * macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size
@@ -827,7 +899,10 @@ bool prefork_request_header(const struct prefork_request *req,
 
 /**
  * Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
- * "203.0.113.7:51234" or "[2001:db8::1]:51234". Returns PREFORK_OK;
+ * "203.0.113.7:51234" or "[2001:db8::1]:51234". With `prefork_set_proxy_protocol` on, it is
+ * the client's address from the connection's PROXY protocol header; for a header that names
+ * none (a balancer's own connection: version 2 LOCAL, version 1 UNKNOWN, or an AF_UNSPEC or
+ * AF_UNIX address), the socket's peer, which is the balancer. Returns PREFORK_OK;
  * PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
  * PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
  * is written only on success. Call it during `handle`.
@@ -835,6 +910,31 @@ bool prefork_request_header(const struct prefork_request *req,
 enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
                                               char *buf,
                                               size_t cap);
+
+/**
+ * Looks up the first TLV of type `type` (a `PREFORK_PP2_TYPE_*` value, or an application's
+ * 0xE0 to 0xEF) in the PROXY protocol version 2 header the request's connection began with
+ * (see `prefork_set_proxy_protocol`). On success writes its value to `*value` (which may be
+ * NULL to only test presence) and returns true; returns false, writing nothing, when the
+ * header has no such TLV, the connection had no version 2 header (the option is off, or the
+ * balancer sent version 1), or `req` is NULL. The view is valid until `handle` returns. To
+ * read every TLV of a repeated type, iterate with `prefork_request_proxy_tlv_at`.
+ */
+bool prefork_request_proxy_tlv(const struct prefork_request *req,
+                               uint8_t type,
+                               struct prefork_str *value);
+
+/**
+ * The TLV at `index` (from 0) of the connection's PROXY protocol version 2 header, in the
+ * order received. On success writes its type to `*type` and its value to `*value` (either may
+ * be NULL if not wanted) and returns true; returns false, writing nothing, when `index` is
+ * past the last TLV, the connection had no version 2 header, or `req` is NULL. The view is
+ * valid until `handle` returns.
+ */
+bool prefork_request_proxy_tlv_at(const struct prefork_request *req,
+                                  size_t index,
+                                  uint8_t *type,
+                                  struct prefork_str *value);
 
 /**
  * Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the

@@ -65,13 +65,13 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 pub use child::{Ready, StopSignal, child_ready};
-pub use config::{Config, HttpConfig, Network, ProcessConfig};
+pub use config::{Cidr, Config, HttpConfig, Network, ProcessConfig};
 pub use control::shutdown;
 pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
-pub use http::{Handler, Header, Request, Response};
+pub use http::{Handler, Header, ProxyHeader, Request, Response};
 pub use log::{Level, Logger, StderrLogger};
 
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).

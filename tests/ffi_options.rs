@@ -28,6 +28,8 @@ fn documented_defaults_are_the_real_ones() {
         Network::Tcp6 => "\"tcp6\"",
         Network::Tcp => "\"tcp\"",
     };
+    let allow: Vec<String> = h.proxy_allow.iter().map(ToString::to_string).collect();
+    let allow = allow.join(",");
     let threshold = p
         .recover_threshold
         .map_or("-1".to_string(), |n| n.to_string());
@@ -62,6 +64,9 @@ fn documented_defaults_are_the_real_ones() {
         ("max_chunk_ext_size", h.max_chunk_ext_size.to_string()),
         ("max_trailer_size", h.max_trailer_size.to_string()),
         ("max_bytes_per_turn", h.max_bytes_per_turn.to_string()),
+        ("proxy_protocol", h.proxy_protocol.to_string()),
+        ("proxy_allow", format!("\"{allow}\"")),
+        ("proxy_timeout_ms", ms(h.proxy_timeout)),
     ]
     .into_iter()
     .map(|(k, v)| (format!("prefork_set_{k}"), v))

@@ -41,6 +41,7 @@ const (
 	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
 	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
 	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
+	envProxy     = "GOTEST_PREFORK_PROXY"     // "1": ProxyProtocol
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -80,6 +81,7 @@ func serve() int {
 	p.MaxBodySize = envInt(envMaxBody, 0)
 	p.Reuseport = os.Getenv(envReuseport) == "1"
 	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
+	p.ProxyProtocol = os.Getenv(envProxy) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
@@ -225,6 +227,9 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/proxy":
+		tlv, ok := req.ProxyTLV(0xE0)
+		fmt.Fprintf(resp, "remote=%s tlv=%q found=%t", req.RemoteAddr(), tlv, ok)
 	case "/produced":
 		resp.WriteString(os.Getenv(envProduced))
 	case "/retain":

@@ -237,6 +237,22 @@ type Prefork struct {
 	// Default: 30s.
 	WriteTimeout time.Duration
 
+	// ProxyProtocol makes every connection start with a PROXY protocol header, version 1 or 2,
+	// as a load balancer in front sends it (HAProxy's send-proxy-v2, nginx stream's
+	// proxy_protocol on): Request.RemoteAddr is then the client's address from the header and
+	// Request.ProxyTLV reads its TLVs. The header is required, never guessed: a connection from
+	// outside ProxyAllow, or without a valid header within ProxyTimeout, is closed without a
+	// response. Turn it on only where every client is such a balancer. Default: false.
+	ProxyProtocol bool
+	// ProxyAllow is the comma-separated list of networks (CIDRs such as "10.0.0.0/8,
+	// 2001:db8::/32"; "0.0.0.0/0,::/0" allows every source) that PROXY protocol connections
+	// may come from; others are closed before anything is read.
+	// Default: "127.0.0.0/8,::1/128"; empty means the default too.
+	ProxyAllow string
+	// ProxyTimeout is how long a new connection may take to send its whole PROXY protocol
+	// header. Default: 5s.
+	ProxyTimeout time.Duration
+
 	handler RequestHandler
 	serving atomic.Bool
 }
@@ -597,6 +613,19 @@ func (p *Prefork) configure(c *C.prefork) error {
 	})
 	duration("WriteTimeout", p.WriteTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_write_timeout_ms(c, ms)
+	})
+	set("ProxyProtocol", func() C.enum_prefork_result {
+		return C.prefork_set_proxy_protocol(c, C.bool(p.ProxyProtocol))
+	})
+	if p.ProxyAllow != "" {
+		set("ProxyAllow", func() C.enum_prefork_result {
+			cs := C.CString(p.ProxyAllow)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_proxy_allow(c, cs)
+		})
+	}
+	duration("ProxyTimeout", p.ProxyTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_proxy_timeout_ms(c, ms)
 	})
 	return err
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::convert::str_arg;
 use super::error::{FfiError, prefork_result};
 use super::handle::{Inner, configure, prefork};
-use crate::{Config, Network};
+use crate::{Cidr, Config, Network};
 
 /// Applies one option change through `configure` (which checks it and rolls it back if refused).
 ///
@@ -367,6 +367,47 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     ffi_boundary!({ unsafe { set(p, |c| c.http.max_bytes_per_turn = bytes) } })
 }
 
+/// true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
+/// specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
+/// `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
+/// `prefork_request_peer_addr` is the client's address from the header and
+/// `prefork_request_proxy_tlv` reads its TLVs. The header is required, never guessed: a
+/// connection from a source outside `prefork_set_proxy_allow` is closed before anything is
+/// read, and one whose header is missing, malformed (the specification's rules, a CRC32C
+/// that does not match, a version 2 header over 4096 bytes of addresses and TLVs) or late
+/// (`prefork_set_proxy_timeout_ms`) is closed without a response. A TLS layer would come after
+/// the header. Turn it on only where every client is such a balancer. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_protocol(p: *mut prefork, on: bool) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.proxy_protocol = on) } })
+}
+
+/// The networks PROXY protocol connections may come from (those of the balancers): a
+/// NUL-terminated, comma-separated list of CIDRs such as "10.0.0.0/8, 2001:db8::/32" (a bare
+/// address is that one host; "0.0.0.0/0,::/0" allows every source), which replaces the list.
+/// A network whose address has bits set past its prefix ("10.0.0.1/8") is refused as a likely
+/// typo; PREFORK_ERR_INVALID_ARGUMENT names the first bad entry, and an empty list is refused.
+/// An IPv4 client of a dual-stack listener matches the IPv4 networks. Used only with
+/// `prefork_set_proxy_protocol(p, true)`. Default: "127.0.0.0/8,::1/128".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_allow(
+    p: *mut prefork,
+    cidrs: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let list = Cidr::parse_list(unsafe { str_arg(cidrs, "cidrs") }?)?;
+        unsafe { set(p, |c| c.http.proxy_allow = list) }
+    })
+}
+
+/// How long a new connection may take, from its accept, to send its whole PROXY protocol
+/// header before it is closed, in milliseconds; above zero. Used only with
+/// `prefork_set_proxy_protocol(p, true)`. Default: 5000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.proxy_timeout = Duration::from_millis(ms)) } })
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::c_void;
@@ -447,6 +488,12 @@ mod tests {
             assert_eq!(prefork_set_max_chunk_ext_size(p, 107), PREFORK_OK);
             assert_eq!(prefork_set_max_trailer_size(p, 108), PREFORK_OK);
             assert_eq!(prefork_set_max_bytes_per_turn(p, 109), PREFORK_OK);
+            assert_eq!(prefork_set_proxy_protocol(p, true), PREFORK_OK);
+            assert_eq!(
+                prefork_set_proxy_allow(p, c"10.0.0.0/8, ::/0".as_ptr()),
+                PREFORK_OK
+            );
+            assert_eq!(prefork_set_proxy_timeout_ms(p, 25), PREFORK_OK);
         }
         let c = config(p);
         let pc = &c.process;
@@ -475,6 +522,11 @@ mod tests {
             (h.max_connections, h.handler_threads, h.max_output_buffer),
             (105, 6, 106)
         );
+
+        assert!(h.proxy_protocol);
+        assert_eq!(h.proxy_timeout, ms(25));
+        let allow: Vec<String> = h.proxy_allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "::/0"]);
 
         unsafe { prefork_set_recover_threshold(p, -1) };
         assert_eq!(config(p).process.recover_threshold, None);
@@ -508,6 +560,18 @@ mod tests {
                 prefork_set_max_output_buffer(p, 0),
                 prefork_result::PREFORK_OK
             );
+            assert_ne!(
+                prefork_set_proxy_timeout_ms(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            for bad in [c"", c"10.0.0.0/8,", c"10.0.0.1/8", c"10.0.0.0/8,bogus"] {
+                assert_eq!(
+                    prefork_set_proxy_allow(p, bad.as_ptr()),
+                    prefork_result::PREFORK_ERR_INVALID_ARGUMENT
+                );
+            }
+            let msg = std::ffi::CStr::from_ptr(crate::ffi::prefork_last_error());
+            assert!(msg.to_str().unwrap().contains("\"bogus\""), "{msg:?}");
         }
         assert_eq!(format!("{:?}", config(p)), before);
         unsafe { prefork_free(p) };

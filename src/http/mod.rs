@@ -5,13 +5,17 @@
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads.
+//! searches they share; `workers` runs handlers on threads. `proxy` parses the PROXY protocol
+//! header a load balancer may send first, which `preamble` reads off a new connection before
+//! the session sees a byte.
 
 mod bytes;
 mod chunked;
 mod date;
 mod encode;
 mod parse;
+mod preamble;
+pub mod proxy;
 mod request;
 mod response;
 mod scan;
@@ -27,6 +31,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
 pub(crate) use status::Status;

@@ -21,6 +21,7 @@ use nix::sys::socket::MsgFlags;
 
 use super::ServeControl;
 use super::date::DateCache;
+use super::preamble::{self, Step};
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::workers::{Job, WorkerPool};
@@ -65,6 +66,9 @@ struct Conn {
     writable: bool,
     /// The last event reported the peer's FIN: a short read has not seen the EOF yet.
     peer_hup: bool,
+    /// Still waiting for its PROXY protocol header (since its accept, `timer_since`): no byte
+    /// has gone to the session yet.
+    proxy_pending: bool,
     /// Listed in `Server::again` for the next turn.
     queued: bool,
     timer: Timer,
@@ -120,6 +124,9 @@ struct Server<'a> {
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
     log: &'a dyn Logger,
+    /// Connections refused by the PROXY protocol step so far (the first is logged as a
+    /// warning, the others at debug level: a misconfigured balancer must not flood the log).
+    proxy_refused: u64,
 }
 
 /// Serves `listener` until a stop is requested or the master dies, then drains. See
@@ -163,6 +170,11 @@ pub(crate) fn run(
         cfg.body_timeout,
         cfg.idle_timeout,
         cfg.write_timeout,
+        if cfg.proxy_protocol {
+            cfg.proxy_timeout
+        } else {
+            MAX_TICK
+        },
     ]
     .into_iter()
     .min()
@@ -196,6 +208,7 @@ pub(crate) fn run(
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
         log,
+        proxy_refused: 0,
     };
     let result = server.run(&mut ctl);
     server.close_all();
@@ -369,6 +382,9 @@ impl Server<'_> {
     }
 
     fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        if self.cfg.proxy_protocol && !self.proxy_allowed(peer) {
+            return;
+        }
         // Responses are written whole, once per batch: Nagle would only delay them.
         let _ = sock.set_nodelay(true);
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -397,6 +413,7 @@ impl Server<'_> {
             readable: true,
             writable: true,
             peer_hup: false,
+            proxy_pending: self.cfg.proxy_protocol,
             queued: false,
             timer: Timer::Idle,
             timer_seq: 0,
@@ -414,6 +431,9 @@ impl Server<'_> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if conn.proxy_pending {
+            return self.drive_proxy_header(idx);
+        }
         if conn.linger_until.is_some() {
             if linger(conn) {
                 self.close(idx);
@@ -576,6 +596,13 @@ impl Server<'_> {
             }
             if draining && conn.session.is_idle() && !awaits_first_request(conn, self.now) {
                 self.close(idx);
+                continue;
+            }
+            if conn.proxy_pending {
+                // The timer has not moved since the accept: nothing reached the session.
+                if self.now - conn.timer_since >= cfg.proxy_timeout {
+                    self.refuse_proxy(idx, "no whole PROXY protocol header before the deadline");
+                }
                 continue;
             }
             if conn
@@ -743,6 +770,91 @@ impl Server<'_> {
             );
         }
         self.start_drain(false);
+    }
+}
+
+/// The PROXY protocol step (`cfg.proxy_protocol`): the first thing a connection does.
+impl Server<'_> {
+    /// A connection from a source the allowlist does not name is closed before anything is
+    /// read: only trusted balancers may speak for a client (the spec's §5).
+    fn proxy_allowed(&mut self, peer: SocketAddr) -> bool {
+        if self
+            .cfg
+            .proxy_allow
+            .iter()
+            .any(|net| net.contains(peer.ip()))
+        {
+            return true;
+        }
+        self.log_refusal(peer, "its source is not in proxy_allow");
+        false
+    }
+
+    /// `drive` for a connection still waiting for its header: out of line, so that serving
+    /// connections pay one test of a flag for it.
+    #[cold]
+    #[inline(never)]
+    fn drive_proxy_header(&mut self, idx: usize) {
+        if self.proxy_header(idx) {
+            self.drive(idx);
+        }
+    }
+
+    /// Reads the header of connection `idx` as far as its socket allows; true when it is
+    /// done and the session may run.
+    fn proxy_header(&mut self, idx: usize) -> bool {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if !conn.readable {
+            return false;
+        }
+        match preamble::read_proxy_header(conn.sock.as_raw_fd(), conn.peer_hup) {
+            Step::Wait => {
+                conn.readable = false;
+                false
+            }
+            Step::Done(header) => {
+                conn.session.set_proxy(header);
+                conn.proxy_pending = false;
+                // Only the header was read: bytes after it may be waiting, with no new edge
+                // to announce them.
+                conn.readable = true;
+                true
+            }
+            Step::Fail(why) => {
+                self.refuse_proxy(idx, why);
+                false
+            }
+        }
+    }
+
+    fn refuse_proxy(&mut self, idx: usize, why: &str) {
+        if let Some(conn) = self.conns[idx].as_ref() {
+            let peer = conn.sock.peer_addr().ok();
+            match peer {
+                Some(p) => self.log_refusal(p, why),
+                None => self.log_refusal_text("an unknown peer", why),
+            }
+        }
+        self.close(idx);
+    }
+
+    fn log_refusal(&mut self, peer: SocketAddr, why: &str) {
+        self.log_refusal_text(&peer.to_string(), why);
+    }
+
+    fn log_refusal_text(&mut self, peer: &str, why: &str) {
+        self.proxy_refused += 1;
+        let (level, more) = if self.proxy_refused == 1 {
+            (Level::Warn, " (further refusals are logged at debug level)")
+        } else {
+            (Level::Debug, "")
+        };
+        self.log.log(
+            level,
+            &format!("closed a connection from {peer}: {why}{more}"),
+        );
     }
 }
 

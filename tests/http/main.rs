@@ -7,6 +7,7 @@ mod conformance;
 mod drain;
 mod limits;
 mod malformed;
+mod proxy;
 mod smuggling;
 mod support;
 mod timeouts;
