@@ -7,7 +7,9 @@
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
  * --allow-crash); and OPTIONS *.
- * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
+ * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout;
+ * after a reload (SIGHUP) "reloaded generation=<n> children=<pid>,..." or, when the new
+ * generation failed and the old one serves on, "reload failed generation=<n>: <reason>".
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
  * The master re-executes this program once per child, with the same arguments: the children
@@ -156,6 +158,25 @@ static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
+static void print_pids(const int32_t *pids, size_t count) {
+    for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
+    printf("\n");
+}
+
+/* Master only: a reload's new generation serves; the old one drains. */
+static int on_reload(void *user_data, uint64_t generation, const int32_t *pids, size_t count) {
+    (void)user_data;
+    printf("reloaded generation=%" PRIu64 " children=", generation);
+    print_pids(pids, count);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void on_reload_failed(void *user_data, uint64_t generation, const char *reason) {
+    (void)user_data;
+    printf("reload failed generation=%" PRIu64 ": %s\n", generation, reason);
+    fflush(stdout);
+}
+
 static bool parse_u64(const char *text, uint64_t *out) {
     char *end;
     if (text[0] < '0' || text[0] > '9') return false; /* no sign, no space */
@@ -190,7 +211,11 @@ int main(int argc, char **argv) {
     static struct app app;
     const char *addr = "127.0.0.1:8080";
     prefork_handler handler = {.user_data = &app, .handle = handle};
-    prefork_hooks hooks = {.on_master_ready = on_master_ready};
+    prefork_hooks hooks = {
+        .on_master_ready = on_master_ready,
+        .on_reload = on_reload,
+        .on_reload_failed = on_reload_failed,
+    };
     prefork *server = NULL;
 
     if (prefork_new(&handler, &server) != PREFORK_OK) {

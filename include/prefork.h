@@ -275,6 +275,21 @@ typedef struct prefork_hooks {
      * `prefork_set_hooks` failed.
      */
     void (*user_data_free)(void *user_data);
+    /**
+     * Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+     * generation `generation` (the first children are generation 1, each reload takes the
+     * next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
+     * only during the call. The children they replace were told to stop gracefully and are
+     * still draining. Return 0 to go on.
+     */
+    int (*on_reload)(void *user_data, uint64_t generation, const int32_t *pids, size_t count);
+    /**
+     * Master (since 0.3): the reload to `generation` failed, because one of its children
+     * exited or missed the startup timeout before all were ready, or could not be started;
+     * `reason` (NUL-terminated, valid only during the call) says which and how. Its children
+     * were told to stop; the previous generation, never stopped, keeps serving.
+     */
+    void (*on_reload_failed)(void *user_data, uint64_t generation, const char *reason);
 } prefork_hooks;
 
 /**
@@ -404,6 +419,23 @@ enum prefork_result prefork_local_addr(char *buf, size_t cap);
  * keep the host's own signal handling.
  */
 bool prefork_shutdown(void);
+
+/**
+ * Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+ * new generation of children (a re-execution of the program, so each reads its configuration
+ * and certificates again), waits until every one of them reported "listening", then stops the
+ * previous generation gracefully; `on_reload` reports it. If a child of the new generation
+ * exits or misses the startup timeout before that, the new generation is stopped, the
+ * previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+ * runs is queued (any number of them make one more reload) and starts when the running one
+ * ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+ *
+ * Returns true when the request was passed to a running master, false when this process runs
+ * none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+ * dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+ * write(2) to a non-blocking pipe, as `prefork_shutdown`.
+ */
+bool prefork_reload(void);
 
 /**
  * Number of child processes. 0 = one per CPU the process may run on

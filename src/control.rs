@@ -1,6 +1,9 @@
-//! Process-wide stop requests: the self-pipe that wakes the master's or the child's loop, the
-//! library's signal handlers, and `shutdown()`, which a host may call from any thread or from
-//! its own signal handler.
+//! Process-wide requests: the self-pipe that wakes the master's or the child's loop, the
+//! library's signal handlers, `shutdown()` and the master's control requests (`reload()`,
+//! `set_children_live()`), which a host may call from any thread or from its own signal handler.
+//!
+//! A request is an atomic (a flag or a count) plus one byte in the pipe to wake the loop, which
+//! reads the atomics: bytes may be lost to a full pipe or merged, atomics are not.
 //!
 //! The pipe is created once per process and never closed, so a `shutdown()` racing with the
 //! end of `listen_and_serve` can never write into a recycled descriptor. Both ends are
@@ -19,6 +22,8 @@ use nix::fcntl::OFlag;
 pub(crate) const WAKE_STOP: u8 = b'T';
 /// A second SIGINT in the master: stop without a grace period.
 pub(crate) const WAKE_STOP_NOW: u8 = b'K';
+/// A control request of the master (reload, scale): read the atomics below.
+pub(crate) const WAKE_CONTROL: u8 = b'C';
 
 /// The pipe's (read, write) ends. A static is never dropped, which is what keeps the pipe open
 /// for the life of the process. `OnceLock::get` is one atomic load that never waits (it returns
@@ -28,6 +33,9 @@ static WAKE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// arrives while `listen_and_serve` is still setting up is not lost.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGINT_COUNT: AtomicU32 = AtomicU32::new(0);
+/// True while a master runs in this process: control requests are only taken then.
+static MASTER_RUNNING: AtomicBool = AtomicBool::new(false);
+static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Returns the read end of the process's wake pipe, creating the pipe on first use.
 pub(crate) fn wake_fd() -> io::Result<BorrowedFd<'static>> {
@@ -50,12 +58,38 @@ pub fn shutdown() -> bool {
 
 fn wake(byte: u8) -> bool {
     STOP_REQUESTED.store(true, Ordering::Release);
+    poke(byte)
+}
+
+/// Writes one wake-up byte; false when no pipe exists yet.
+fn poke(byte: u8) -> bool {
     let Some((_, write)) = WAKE.get() else {
         return false;
     };
     // A full pipe already holds a wake-up; errno is saved by the signal handler.
     let _ = nix::unistd::write(write, &[byte]);
     true
+}
+
+/// Requests a graceful reload of the master running in this process: a new generation of
+/// children, then the old one's graceful stop. Async-signal-safe (atomics and write(2)).
+/// Returns false, and forgets the request, when no master runs in this process.
+pub fn reload() -> bool {
+    if !MASTER_RUNNING.load(Ordering::Acquire) {
+        return false;
+    }
+    RELOAD_REQUESTED.store(true, Ordering::Release);
+    poke(WAKE_CONTROL)
+}
+
+/// Master: takes a pending reload request.
+pub(crate) fn take_reload() -> bool {
+    RELOAD_REQUESTED.swap(false, Ordering::AcqRel)
+}
+
+/// Marks the master as running (control requests are taken) or not.
+pub(crate) fn set_master_running(running: bool) {
+    MASTER_RUNNING.store(running, Ordering::Release);
 }
 
 pub(crate) fn stop_requested() -> bool {
@@ -86,30 +120,39 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) -> Option<u8> {
 
 /// Forgets stop requests once a serve has ended, so the next one starts clean.
 pub(crate) fn reset() {
+    set_master_running(false);
     drain_wake();
     STOP_REQUESTED.store(false, Ordering::Release);
     SIGINT_COUNT.store(0, Ordering::Release);
+    RELOAD_REQUESTED.store(false, Ordering::Release);
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // errno is thread-local: restoring it keeps the interrupted code's value intact.
     let saved = Errno::last_raw();
-    let byte = if sig == libc::SIGINT && SIGINT_COUNT.fetch_add(1, Ordering::AcqRel) >= 1 {
-        WAKE_STOP_NOW
-    } else {
-        WAKE_STOP
-    };
-    wake(byte);
+    match sig {
+        libc::SIGHUP => {
+            reload();
+        }
+        _ => {
+            let byte = if sig == libc::SIGINT && SIGINT_COUNT.fetch_add(1, Ordering::AcqRel) >= 1 {
+                WAKE_STOP_NOW
+            } else {
+                WAKE_STOP
+            };
+            wake(byte);
+        }
+    }
     Errno::set_raw(saved);
 }
 
 /// Which signals the library takes over.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// SIGTERM and SIGINT stop gracefully; a second SIGINT stops at once.
+    /// SIGTERM and SIGINT stop gracefully; a second SIGINT stops at once. SIGHUP reloads.
     Master,
-    /// SIGTERM drains; SIGINT is ignored, because a terminal's Ctrl-C reaches the whole
-    /// process group and the master, not each child, decides how the group stops.
+    /// SIGTERM drains; SIGINT and SIGHUP are ignored, because a terminal's Ctrl-C or hangup
+    /// reaches the whole process group and the master, not each child, decides what follows.
     Child,
 }
 
@@ -133,6 +176,7 @@ impl SignalGuard {
             Role::Child => libc::SIG_IGN,
         };
         guard.set(libc::SIGINT, int_action)?;
+        guard.set(libc::SIGHUP, int_action)?;
         Ok(guard)
     }
 

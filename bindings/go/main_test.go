@@ -96,6 +96,17 @@ func serve() int {
 		}
 		return nil
 	}
+	p.OnReload = func(generation uint64, pids []int) error {
+		s := make([]string, len(pids))
+		for i, pid := range pids {
+			s[i] = strconv.Itoa(pid)
+		}
+		say("reloaded generation=%d children=%s", generation, strings.Join(s, ","))
+		return nil
+	}
+	p.OnReloadFailed = func(generation uint64, reason string) {
+		say("reload-failed generation=%d reason=%s", generation, reason)
+	}
 	p.InitChild = func() error {
 		// How the tests find a server bound to port 0.
 		_, port, err := net.SplitHostPort(prefork.LocalAddr())

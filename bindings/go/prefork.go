@@ -97,6 +97,17 @@ type Prefork struct {
 	// listens, with their pids in slot order. An error stops the master as above.
 	OnMasterReady func(childPIDs []int) error
 
+	// OnReload runs in the master when a reload (SIGHUP or Reload) completed: every child of
+	// generation generation (the first children are generation 1) listens, with their pids
+	// in slot order, and the previous generation was told to stop gracefully. An error stops
+	// the master as above.
+	OnReload func(generation uint64, childPIDs []int) error
+
+	// OnReloadFailed runs in the master when the reload to generation failed (one of its
+	// children exited or missed the startup timeout before all were ready); reason says
+	// which. The previous generation keeps serving.
+	OnReloadFailed func(generation uint64, reason string)
+
 	// OnChildRecover runs in the master when an exited child was replaced (after
 	// OnChildSpawn for newPID). An error stops the master as above.
 	OnChildRecover func(oldPID, newPID int) error
@@ -227,6 +238,17 @@ func (p *Prefork) Shutdown() {
 	C.prefork_shutdown()
 }
 
+// Reload asks the master running in this process for a graceful reload, as SIGHUP does: a
+// new generation of children (fresh executions of the program, which read their
+// configuration again) starts, and once every one of them listens the previous generation
+// stops gracefully (OnReload). If the new generation fails before that, the previous one
+// keeps serving (OnReloadFailed). A reload asked for while one runs is queued and follows it.
+// It reports whether a master was running in this process to take the request; any
+// goroutine may call it.
+func (p *Prefork) Reload() bool {
+	return bool(C.prefork_reload())
+}
+
 // Version is the loaded library's version, "MAJOR.MINOR.PATCH".
 func Version() string {
 	return C.GoString(C.prefork_version())
@@ -251,10 +273,10 @@ func LocalAddr() string {
 // serves the listener inherited from the master (addr is not used) until told to stop,
 // drains and returns nil; the program should then exit.
 //
-// While it runs, SIGTERM and SIGINT reach the binding through os/signal (the library's own
-// signal handlers stay off, so the Go runtime keeps its signal handling); a child ignores
-// SIGINT, because a terminal's Ctrl-C reaches the whole process group and the master decides
-// how the group stops. The relay stops when ListenAndServe returns.
+// While it runs, SIGTERM and SIGINT (and in the master SIGHUP, which reloads) reach the
+// binding through os/signal (the library's own signal handlers stay off, so the Go runtime
+// keeps its signal handling); a child ignores SIGINT and SIGHUP, because a terminal's Ctrl-C
+// or hangup reaches the whole process group and the master decides what follows. The relay stops when ListenAndServe returns.
 //
 // Errors are *Error values that match a sentinel with errors.Is (ErrBind, ErrOverRecovery,
 // ErrHook...); a hook's own error is wrapped too.
@@ -376,6 +398,8 @@ func (s *server) install(c *C.prefork) error {
 		{p.OnChildExit != nil, C.GOPREFORK_ON_CHILD_EXIT},
 		{p.OnMasterDeath != nil, C.GOPREFORK_ON_MASTER_DEATH},
 		{p.CommandProducer != nil, C.GOPREFORK_COMMAND_PRODUCER},
+		{p.OnReload != nil, C.GOPREFORK_ON_RELOAD},
+		{p.OnReloadFailed != nil, C.GOPREFORK_ON_RELOAD_FAILED},
 	} {
 		if m.set {
 			members |= m.bit

@@ -9,13 +9,14 @@ import (
 	"syscall"
 )
 
-// relaySignals turns SIGTERM (and, in the master, SIGINT) into prefork_shutdown until the
-// returned function is called. os/signal rather than the library's handlers keeps the Go
-// runtime's signal handling intact. A child takes SIGINT too, but ignores it: a terminal's
-// Ctrl-C reaches every process of the group, and the master stops the children itself.
+// relaySignals turns SIGTERM (and, in the master, SIGINT) into prefork_shutdown and, in the
+// master, SIGHUP into prefork_reload, until the returned function is called. os/signal rather
+// than the library's handlers keeps the Go runtime's signal handling intact. A child takes
+// SIGINT and SIGHUP too, but ignores them: a terminal's Ctrl-C or hangup reaches every
+// process of the group, and the master decides what the children do.
 func relaySignals(child bool) (stop func()) {
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -23,7 +24,11 @@ func relaySignals(child bool) (stop func()) {
 		for {
 			select {
 			case sig := <-sigs:
-				if sig == syscall.SIGTERM || !child {
+				switch {
+				case child && sig != syscall.SIGTERM:
+				case sig == syscall.SIGHUP:
+					C.prefork_reload()
+				default:
 					C.prefork_shutdown()
 				}
 			case <-done:

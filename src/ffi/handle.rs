@@ -265,3 +265,21 @@ pub unsafe extern "C" fn prefork_local_addr(buf: *mut c_char, cap: usize) -> pre
 pub unsafe extern "C" fn prefork_shutdown() -> bool {
     ffi_boundary!(signal_safe, { crate::shutdown() })
 }
+
+/// Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+/// new generation of children (a re-execution of the program, so each reads its configuration
+/// and certificates again), waits until every one of them reported "listening", then stops the
+/// previous generation gracefully; `on_reload` reports it. If a child of the new generation
+/// exits or misses the startup timeout before that, the new generation is stopped, the
+/// previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+/// runs is queued (any number of them make one more reload) and starts when the running one
+/// ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+///
+/// Returns true when the request was passed to a running master, false when this process runs
+/// none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+/// dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+/// write(2) to a non-blocking pipe, as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_reload() -> bool {
+    ffi_boundary!(signal_safe, { crate::reload() })
+}

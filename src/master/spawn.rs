@@ -30,6 +30,8 @@ pub(crate) struct Child {
     /// When it reported "listening".
     pub ready_at: Option<Instant>,
     pub started: Instant,
+    /// Its generation: 1 for the first children, one more for each reload.
+    pub generation: u64,
 }
 
 impl Child {
@@ -40,10 +42,11 @@ impl Child {
 
 pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send;
 
-/// Starts the child of `slot` serving `listener`.
+/// Starts the child of `slot` and `generation` serving `listener`.
 pub(crate) fn spawn(
     listener: RawFd,
     slot: usize,
+    generation: u64,
     producer: Option<&mut Producer>,
 ) -> Result<Child, Error> {
     let (master_end, child_end) = lifeline_pair()?;
@@ -81,6 +84,7 @@ pub(crate) fn spawn(
         lifeline: Some(master_end),
         ready_at: None,
         started: Instant::now(),
+        generation,
     })
 }
 

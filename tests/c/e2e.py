@@ -317,6 +317,26 @@ def demo_reuseport(prog):
         srv.kill()
 
 
+def demo_reload(prog):
+    """SIGHUP: a new generation replaces every child, the old one exits 0, and the port keeps
+    answering throughout."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGHUP)
+        m = srv.expect(r"^reloaded generation=(\d+) children=(\d+(?:,\d+)*)$")
+        fresh = [int(p) for p in m.group(2).split(",")]
+        check(m.group(1) == "2", f"reloaded to generation {m.group(1)}, expected 2")
+        check(len(fresh) == 2 and not set(fresh) & set(kids), f"{kids} reloaded to {fresh}")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old generation to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the reload to {fresh}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+
 def demo_flags(prog):
     bad = [["--children", "x"], ["--bogus"], ["--network", "udp"], ["--addr"],
            ["--children", "5000"], ["--header-timeout-ms", "0"], ["--grace-ms", "-5"],
@@ -532,6 +552,7 @@ def api(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
+                                      demo_reload,
                                       demo_flags, demo_bind_error, demo_limits, hello, hooks,
                                       hooks_master_death, server, api, abi_v0_1]}
 

@@ -64,6 +64,11 @@ fn main() {
         children_run_the_master_death_hook,
         master_death_hook_runs_when_sigterm_comes_first,
         custom_logger_receives_process_events,
+        reload_under_steady_load_fails_no_request,
+        reload_under_steady_load_fails_no_request_reuseport,
+        reload_whose_new_generation_fails_keeps_the_old_serving,
+        reload_during_a_reload_is_queued,
+        reload_call_from_a_hook,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -944,7 +949,7 @@ fn custom_logger_receives_process_events() -> Outcome {
     let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_LOGGER", "1")]);
     let (ready, _) = m.ready()?;
     stop_cleanly(&mut m)?;
-    let want = format!("log info started child {} (slot 0)", ready[0]);
+    let want = format!("log info started child {} (slot 0, generation 1)", ready[0]);
     ensure!(m.seen.contains(&want), "no {want:?} line; {}", m.context());
     ensure!(
         m.seen
@@ -1015,4 +1020,240 @@ fn ipv6_loopback() -> bool {
         println!("    skipped: no IPv6 loopback here");
     }
     there
+}
+
+/// Parses a `reloaded GEN PID,PID` line's rest into (generation, pids).
+fn reloaded(rest: &str) -> Result<(u64, Vec<i32>), String> {
+    let (generation, pids) = rest
+        .split_once(' ')
+        .ok_or_else(|| format!("bad reloaded line {rest:?}"))?;
+    let pids = pids
+        .split(',')
+        .map(|p| p.parse().map_err(|e| format!("{e}")));
+    Ok((
+        generation.parse().map_err(|e| format!("{e}"))?,
+        pids.collect::<Result<_, _>>()?,
+    ))
+}
+
+/// When a request started, and the pid that served it or the error.
+type Served = (Instant, Result<i32, String>);
+
+/// A client on fresh connections, one request after another, until told to stop: what each
+/// got.
+struct SteadyClient {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Served>>,
+}
+
+impl SteadyClient {
+    fn start(port: u16) -> SteadyClient {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let pid = get(port, "/pid")
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| b.parse::<i32>().map_err(|e| format!("{e}: {b:?}")));
+                got.push((at, pid));
+            }
+            got
+        });
+        SteadyClient { stop, thread }
+    }
+
+    fn finish(self) -> Result<Vec<Served>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| "client panicked".into())
+    }
+}
+
+fn reload_under_steady_load_fails_no_request() -> Outcome {
+    reload_under_load(false)
+}
+
+fn reload_under_steady_load_fails_no_request_reuseport() -> Outcome {
+    reload_under_load(true)
+}
+
+/// SIGHUP under a steady client and with a slow request in flight: a new generation of
+/// children takes over, the old one drains, and not one request fails.
+fn reload_under_load(reuseport: bool) -> Outcome {
+    let mut env = vec![("PF_CHILDREN", "2"), ("PF_HANDLER_THREADS", "2")];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (old, port) = m.ready()?;
+    let client = SteadyClient::start(port);
+    let slow = std::thread::spawn(move || get(port, "/sleep?ms=800"));
+    m.expect("sleeping ", 5 * SEC)?;
+    let asked = Instant::now();
+    m.signal(libc::SIGHUP);
+    let (generation, new) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    let took = asked.elapsed();
+    let drained = all_gone(&old, 6 * SEC)?;
+    let old_gone = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let got = client.finish()?;
+    let slow = slow.join().map_err(|_| "slow request panicked")?;
+    measure("SIGHUP to the new generation serving (2 children)", took);
+    measure("then the old generation's drain", drained);
+    ensure!(generation == 2, "reloaded to generation {generation}");
+    ensure!(
+        new.len() == 2 && new.iter().all(|p| !old.contains(p)),
+        "new generation {new:?}, old {old:?}"
+    );
+    ensure!(
+        slow.as_deref().ok() == Some("slept"),
+        "the request in flight at the reload got {slow:?}"
+    );
+    let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    println!(
+        "    measure: {} requests during the reload, {} failed",
+        got.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    ensure!(got.len() > 20, "only {} requests", got.len());
+    let late: Vec<i32> = got
+        .iter()
+        .filter(|(at, _)| *at > old_gone)
+        .filter_map(|(_, r)| r.clone().ok())
+        .collect();
+    ensure!(
+        !late.is_empty() && late.iter().all(|p| new.contains(p)),
+        "after the old generation left, served by {late:?}; new is {new:?}"
+    );
+    stop_cleanly(&mut m)
+}
+
+fn reload_whose_new_generation_fails_keeps_the_old_serving() -> Outcome {
+    let file = std::env::temp_dir().join(format!("pf-reload-{}", std::process::id()));
+    std::fs::write(&file, "").map_err(|e| e.to_string())?;
+    let path = file.display().to_string();
+    let result = reload_failures(&path);
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
+fn reload_failures(path: &str) -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_INIT_FILE", path),
+        ("PF_STARTUP_MS", "1500"),
+        ("PF_GRACE_MS", "500"),
+        ("PF_THRESHOLD", "0"),
+    ]);
+    let (old, port) = m.ready()?;
+    for (content, generation, needle) in [
+        ("fail", 2, "before generation 2 was ready"),
+        ("sleep", 3, "within 1.5s (startup timeout)"),
+    ] {
+        std::fs::write(path, content).map_err(|e| e.to_string())?;
+        let spawned = m.all_children().len();
+        let asked = Instant::now();
+        m.signal(libc::SIGHUP);
+        let failed = m.expect("reload-failed ", 10 * SEC)?;
+        measure(
+            &format!("SIGHUP to the failure report ({content})"),
+            asked.elapsed(),
+        );
+        ensure!(
+            failed.starts_with(&format!("{generation} ")) && failed.contains(needle),
+            "failure report {failed:?}, wanted generation {generation} and {needle:?}"
+        );
+        let tried = m.all_children()[spawned..].to_vec();
+        ensure!(tried.len() == 2, "started {tried:?} for the reload");
+        all_gone(&tried, 3 * SEC)?;
+        for _ in 0..6 {
+            let pid: i32 = get(port, "/pid")
+                .map_err(|e| format!("after the failed reload: {e}"))?
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            ensure!(old.contains(&pid), "served by {pid}, not the old {old:?}");
+        }
+    }
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    std::fs::write(path, "").map_err(|e| e.to_string())?;
+    m.signal(libc::SIGHUP);
+    let (generation, new) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    ensure!(
+        generation == 4,
+        "the fixed reload is generation {generation}"
+    );
+    all_gone(&old, 3 * SEC)?;
+    let pid: i32 = get(port, "/pid")
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    ensure!(new.contains(&pid), "served by {pid}, not {new:?}");
+    stop_cleanly(&mut m)
+}
+
+/// Reloads asked for while one runs coalesce into one that follows it; a stop during a
+/// reload takes the half-started generation down too.
+fn reload_during_a_reload_is_queued() -> Outcome {
+    let file = std::env::temp_dir().join(format!("pf-requeue-{}", std::process::id()));
+    std::fs::write(&file, "slow 700").map_err(|e| e.to_string())?;
+    let path = file.display().to_string();
+    let result = (|| {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_INIT_FILE", &path)]);
+        let (first, port) = m.ready()?;
+        m.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(150));
+        m.signal(libc::SIGHUP);
+        m.signal(libc::SIGHUP);
+        let (g2, second) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+        let (g3, third) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+        ensure!((g2, g3) == (2, 3), "generations {g2} then {g3}");
+        all_gone(&first, 6 * SEC)?;
+        all_gone(&second, 6 * SEC)?;
+        let pid: i32 = get(port, "/pid")
+            .map_err(|e| e.to_string())?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        ensure!(third.contains(&pid), "served by {pid}, not {third:?}");
+        std::thread::sleep(Duration::from_millis(1000));
+        ensure!(
+            !m.seen.iter().any(|l| l.starts_with("reloaded 4")),
+            "three requests made three reloads; {}",
+            m.context()
+        );
+        m.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(200));
+        stop_cleanly(&mut m)?;
+        ensure!(
+            m.all_children().len() == 8,
+            "spawned {:?}; {}",
+            m.all_children(),
+            m.context()
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
+/// `prefork::reload()` from the master's own hook: the Rust equivalent of prefork_reload.
+fn reload_call_from_a_hook() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_RELOAD_ON_READY", "1")]);
+    let (old, _) = m.ready()?;
+    let (generation, new) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    ensure!(
+        generation == 2 && new != old,
+        "reloaded {generation} {new:?}"
+    );
+    ensure!(
+        m.seen.iter().any(|l| l == "reload-call true"),
+        "reload() did not say it was taken; {}",
+        m.context()
+    );
+    stop_cleanly(&mut m)
 }

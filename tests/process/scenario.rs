@@ -44,6 +44,16 @@ struct TestHandler;
 
 impl Handler for TestHandler {
     fn init_child(&self) -> prefork::HookResult {
+        // What a reload re-reads: the test rewrites this file to change the next generation.
+        let from_file = var("PF_INIT_FILE").and_then(|f| std::fs::read_to_string(f).ok());
+        match from_file.as_deref().map(str::trim) {
+            Some("fail") => return Err("init refused by the file".into()),
+            Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
+            Some(slow) if slow.starts_with("slow ") => {
+                std::thread::sleep(Duration::from_millis(slow[5..].parse().expect("slow MS")))
+            }
+            _ => {}
+        }
         match var("PF_CHILD_INIT").as_deref() {
             Some("fail") => return Err("init refused".into()),
             Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
@@ -152,11 +162,22 @@ pub fn run() -> i32 {
             prefork::local_addr().expect("bound while serving")
         ));
         emit(format!("ready {}", list.join(",")));
+        if var("PF_RELOAD_ON_READY").is_some() {
+            emit(format!("reload-call {}", prefork::reload()));
+        }
         maybe_fail("ready")
     }));
     hooks.on_child_recover = Some(Box::new(|old, new| {
         emit(format!("recover {old} {new}"));
         maybe_fail("recover")
+    }));
+    hooks.on_reload = Some(Box::new(|generation, pids| {
+        let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        emit(format!("reloaded {generation} {}", list.join(",")));
+        maybe_fail("reload")
+    }));
+    hooks.on_reload_failed = Some(Box::new(|generation, why| {
+        emit(format!("reload-failed {generation} {why}"))
     }));
     hooks.on_child_exit = Some(Box::new(|pid, exit| {
         emit(match exit {
