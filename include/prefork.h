@@ -438,6 +438,31 @@ bool prefork_shutdown(void);
 bool prefork_reload(void);
 
 /**
+ * Asks the master running in this process to serve with `children` child processes from now
+ * on (1 to 1024), as `prefork_set_children` would at the start: it adds children (each ready
+ * as a first child is: its slot counts once it reports "listening"), or removes the
+ * highest-numbered slots, whose children stop gracefully, finishing their requests within the
+ * grace period. In reuseport mode an added slot gets its own new socket on the same port,
+ * and a removed slot's socket is closed by its child once it took the connections waiting in
+ * it, so none is reset. A later request replaces one not yet applied. A request made while a
+ * reload runs waits until it ends; one made before the master is ready waits for that.
+ *
+ * Returns true when the request was passed to a running master; false (request dropped) when
+ * this process runs none, or `children` is 0 or above 1024. Safe from any thread and from a
+ * signal handler (async-signal-safe): atomics and one write(2), as `prefork_shutdown`.
+ */
+bool prefork_set_children_live(uint32_t children);
+
+/**
+ * Asks the master running in this process for `delta` children more, or fewer when it is
+ * negative, counted from the number it serves with or was last asked for (SIGTTIN is +1,
+ * SIGTTOU -1); it keeps at least 1 and at most 1024. Children come and go as with
+ * `prefork_set_children_live`. Returns false (request dropped) when this process runs no
+ * master. Safe from any thread and from a signal handler (async-signal-safe).
+ */
+bool prefork_scale_children(int32_t delta);
+
+/**
  * Number of child processes. 0 = one per CPU the process may run on
  * (sched_getaffinity and cgroup quotas respected). At most 1024. Default: 0.
  */

@@ -291,7 +291,10 @@ fn structs_are_read_by_the_size_the_caller_passes() {
         // The 0.1 struct (eight members) and the 0.2 one are older sizes, still taken; an
         // odd size is no struct's.
         assert_eq!(prefork_set_hooks_sized(p, &hooks, 8 * 8), PREFORK_OK);
-        assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size - 8), PREFORK_OK);
+        assert_eq!(
+            prefork_set_hooks_sized(p, &hooks, hooks_size - 8),
+            PREFORK_OK
+        );
         let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 4);
         assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
         assert!(

@@ -249,6 +249,26 @@ func (p *Prefork) Reload() bool {
 	return bool(C.prefork_reload())
 }
 
+// SetChildrenLive asks the master running in this process to serve with n children from now
+// on (1 to 1024): added children start as the first ones did, removed ones (the highest
+// slots) stop gracefully. It reports whether a master was running to take the request; any
+// goroutine may call it. SIGTTIN and SIGTTOU to the master add and remove one child.
+func (p *Prefork) SetChildrenLive(n int) bool {
+	if n < 1 || n > math.MaxUint32 {
+		return false
+	}
+	return bool(C.prefork_set_children_live(C.uint32_t(n)))
+}
+
+// ScaleChildren asks the master running in this process for delta children more (fewer when
+// negative), as SIGTTIN (+1) and SIGTTOU (-1) do; it keeps at least one.
+func (p *Prefork) ScaleChildren(delta int) bool {
+	if delta < math.MinInt32 || delta > math.MaxInt32 {
+		return false
+	}
+	return bool(C.prefork_scale_children(C.int32_t(delta)))
+}
+
 // Version is the loaded library's version, "MAJOR.MINOR.PATCH".
 func Version() string {
 	return C.GoString(C.prefork_version())
@@ -273,7 +293,8 @@ func LocalAddr() string {
 // serves the listener inherited from the master (addr is not used) until told to stop,
 // drains and returns nil; the program should then exit.
 //
-// While it runs, SIGTERM and SIGINT (and in the master SIGHUP, which reloads) reach the
+// While it runs, SIGTERM and SIGINT (and in the master SIGHUP, which reloads, and SIGTTIN
+// and SIGTTOU, which add and remove a child) reach the
 // binding through os/signal (the library's own signal handlers stay off, so the Go runtime
 // keeps its signal handling); a child ignores SIGINT and SIGHUP, because a terminal's Ctrl-C
 // or hangup reaches the whole process group and the master decides what follows. The relay stops when ListenAndServe returns.

@@ -221,6 +221,34 @@ func TestSIGHUPReloadsANewGeneration(t *testing.T) {
 	m.stop()
 }
 
+func TestSIGTTINAndSIGTTOUScale(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	m.signal(syscall.SIGTTIN)
+	spawn := regexp.MustCompile(`^spawn pid=(\d+)$`)
+	added := 0
+	m.waitUntil("a second child's spawn line", func() bool {
+		for from := 0; ; {
+			sub, next := m.find(spawn, from)
+			if sub == nil {
+				return false
+			}
+			if pid, _ := strconv.Atoi(sub[1]); pid != m.children[0] {
+				added = pid
+				return true
+			}
+			from = next
+		}
+	})
+	m.portOf(added) // it listens
+	m.signal(syscall.SIGTTOU)
+	m.waitLine(regexp.MustCompile(fmt.Sprintf(`^exit pid=%d code=0 signal=0$`, added)))
+	code, body := get(t, m.url("/pid"))
+	if code != 200 || body != strconv.Itoa(m.children[0]) {
+		t.Fatalf("GET /pid = %d %q, want the remaining child %d", code, body, m.children[0])
+	}
+	m.stop()
+}
+
 func TestOverRecoveryStopsTheMaster(t *testing.T) {
 	// With the default rule the kill counts only within RecoverMinUptime of the child's start,
 	// a race with this test's pace; the every-exit rule counts it whenever it comes.

@@ -17,8 +17,10 @@ mod bind;
 mod hook;
 mod recovery;
 mod reload;
+mod scale;
 mod spawn;
 
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -78,6 +80,7 @@ pub(crate) fn run(
         hooks,
         log,
         wake,
+        addr: sockaddr,
         slots: (0..count).map(|_| Slot::default()).collect(),
         retiring: Vec::new(),
         listeners,
@@ -87,6 +90,7 @@ pub(crate) fn run(
         generation: 1,
         next_generation: 2,
         reload_queued: false,
+        scale_to: None,
         stop_now_seen: false,
         outcome: Ok(()),
     };
@@ -153,6 +157,8 @@ struct Master<'a> {
     hooks: &'a mut Hooks,
     log: &'a dyn Logger,
     wake: BorrowedFd<'static>,
+    /// The bound address (with the port a port 0 resolved to), for sockets of added slots.
+    addr: SocketAddr,
     slots: Vec<Slot>,
     retiring: Vec<Retiring>,
     listeners: Vec<OwnedFd>,
@@ -166,6 +172,8 @@ struct Master<'a> {
     next_generation: u64,
     /// A reload was asked for while one ran: it starts when that one ends.
     reload_queued: bool,
+    /// The child count asked for and not reached yet.
+    scale_to: Option<usize>,
     /// A second SIGINT's byte was read from the wake pipe before the stop began.
     stop_now_seen: bool,
     /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
@@ -257,7 +265,7 @@ impl Master<'_> {
 
     /// Running or reloading: a stop request (raised before the loop or by the wake pipe),
     /// then the retiring children's deadlines, the due respawns, the startup deadlines, the
-    /// ready announcement and the reload's progress.
+    /// ready announcement, the reload's progress and the scaling requests.
     fn run_timers(&mut self, now: Instant) -> Result<(), Error> {
         if control::stop_requested() {
             let forced = self.stop_now_seen || control::drain_wake() == Some(WAKE_STOP_NOW);
@@ -268,7 +276,8 @@ impl Master<'_> {
         self.respawn_due(now)?;
         self.check_startup_deadlines(now)?;
         self.announce_ready()?;
-        self.advance_reload(now)
+        self.advance_reload(now)?;
+        self.apply_scaling()
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {

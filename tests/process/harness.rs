@@ -115,6 +115,21 @@ impl Master {
         }
     }
 
+    /// Waits for the line `line`, which may have been read already.
+    pub fn saw(&mut self, line: &str, within: Duration) -> Result<(), String> {
+        if self.seen.iter().any(|l| l == line) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.expect(line, left)?;
+            if self.seen.last().is_some_and(|l| l == line) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Reads every line until the master's stdout closes.
     pub fn drain(&mut self, within: Duration) {
         let deadline = Instant::now() + within;

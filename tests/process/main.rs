@@ -69,6 +69,9 @@ fn main() {
         reload_whose_new_generation_fails_keeps_the_old_serving,
         reload_during_a_reload_is_queued,
         reload_call_from_a_hook,
+        ttin_and_ttou_add_and_remove_children,
+        ttin_and_ttou_add_and_remove_children_reuseport,
+        set_children_live_from_a_hook,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -152,7 +155,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| !matches!(*e, "port" | "bound"))
+        .filter(|e| !matches!(*e, "port" | "init" | "bound"))
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],
@@ -1255,5 +1258,129 @@ fn reload_call_from_a_hook() -> Outcome {
         "reload() did not say it was taken; {}",
         m.context()
     );
+    stop_cleanly(&mut m)
+}
+
+/// The master's live children, as the kernel sees them.
+fn children_of(master: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p| alive(p))
+        .collect()
+}
+
+/// Waits until the master has `n` live children; returns them.
+fn wait_children(m: &Master, n: usize, within: Duration) -> Result<Vec<i32>, String> {
+    let start = Instant::now();
+    loop {
+        let kids = children_of(m.pid());
+        if kids.len() == n {
+            return Ok(kids);
+        }
+        ensure!(
+            start.elapsed() < within,
+            "{} children {kids:?} after {within:?}, expected {n}; {}",
+            kids.len(),
+            m.context()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ttin_and_ttou_add_and_remove_children() -> Outcome {
+    scale_with_signals(false)
+}
+
+fn ttin_and_ttou_add_and_remove_children_reuseport() -> Outcome {
+    scale_with_signals(true)
+}
+
+/// 2 children, TTIN twice to 4, TTOU four times down to 1 (the last one refused), under a
+/// steady client that must see no failure; in reuseport mode each added slot has its own
+/// socket and a removed slot's socket leaves the master.
+fn scale_with_signals(reuseport: bool) -> Outcome {
+    let mut env = vec![("PF_CHILDREN", "2")];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (first, port) = m.ready()?;
+    let client = SteadyClient::start(port);
+    // Removed before it is ready: it is let finish starting, then drains what its socket got.
+    m.signal(libc::SIGTTIN);
+    let brief = m.expect("spawn ", 5 * SEC)?;
+    m.signal(libc::SIGTTOU);
+    m.saw(&format!("exit {brief} code 0"), 5 * SEC)?;
+    wait_children(&m, 2, 5 * SEC)?;
+    let mut added = Vec::new();
+    for n in [3, 4] {
+        let asked = Instant::now();
+        m.signal(libc::SIGTTIN);
+        let pid: i32 = m
+            .expect("spawn ", 5 * SEC)?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        wait_children(&m, n, 5 * SEC)?;
+        m.saw(&format!("init {pid}"), 5 * SEC)?;
+        measure(
+            &format!("SIGTTIN to child {n} initialised"),
+            asked.elapsed(),
+        );
+        added.push(pid);
+    }
+    if reuseport {
+        let sockets: Vec<String> = first
+            .iter()
+            .chain(&added)
+            .map(|&p| fd_target(p, "3").unwrap_or_default())
+            .collect();
+        let distinct: std::collections::HashSet<&String> = sockets.iter().collect();
+        ensure!(distinct.len() == 4, "4 slots share sockets {sockets:?}");
+    }
+    let master_sockets =
+        |m: &Master| -> Vec<String> { fd_targets(m.pid()).into_iter().map(|(_, t)| t).collect() };
+    let last_socket = fd_target(added[1], "3").unwrap_or_default();
+    for (n, leaving) in [(3, added[1]), (2, added[0]), (1, first[1])] {
+        let asked = Instant::now();
+        m.signal(libc::SIGTTOU);
+        all_gone(&[leaving], 5 * SEC)?;
+        measure(&format!("SIGTTOU to child {leaving} gone"), asked.elapsed());
+        wait_children(&m, n, 5 * SEC)?;
+        m.saw(&format!("exit {leaving} code 0"), SEC)
+            .map_err(|e| format!("removed child {leaving} did not exit 0: {e}"))?;
+    }
+    if reuseport {
+        ensure!(
+            !master_sockets(&m).contains(&last_socket),
+            "the master still holds removed slot 3's socket {last_socket}"
+        );
+    }
+    m.signal(libc::SIGTTOU);
+    std::thread::sleep(Duration::from_millis(300));
+    let left = wait_children(&m, 1, SEC)?;
+    ensure!(
+        left == [first[0]],
+        "left with {left:?}, slot 0 was {}",
+        first[0]
+    );
+    let got = client.finish()?;
+    let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    println!(
+        "    measure: {} requests while scaling 2 -> 4 -> 1, {} failed",
+        got.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    stop_cleanly(&mut m)
+}
+
+/// `prefork::set_children_live` from the master's own hook.
+fn set_children_live_from_a_hook() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_SCALE_ON_READY", "3")]);
+    m.ready()?;
+    m.expect("scale-call true", 5 * SEC)?;
+    wait_children(&m, 3, 5 * SEC)?;
     stop_cleanly(&mut m)
 }

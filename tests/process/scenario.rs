@@ -76,6 +76,8 @@ impl Handler for TestHandler {
             "port {}",
             listener.local_addr().expect("fd 3 is a socket").port()
         ));
+        // The child's signal handlers are in place from here on.
+        emit(format!("init {}", std::process::id()));
         Ok(())
     }
 
@@ -162,6 +164,12 @@ pub fn run() -> i32 {
             prefork::local_addr().expect("bound while serving")
         ));
         emit(format!("ready {}", list.join(",")));
+        if let Some(n) = num("PF_SCALE_ON_READY") {
+            emit(format!(
+                "scale-call {}",
+                prefork::set_children_live(n as usize)
+            ));
+        }
         if var("PF_RELOAD_ON_READY").is_some() {
             emit(format!("reload-call {}", prefork::reload()));
         }
