@@ -4,6 +4,7 @@
  *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
+ *     [--child-timeout-ms N]
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
  * --allow-crash); and OPTIONS *.
@@ -35,6 +36,7 @@ static const char USAGE[] =
     "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
+    "                   [--child-timeout-ms N]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
     "                    /crash (only with --allow-crash); and OPTIONS *\n";
@@ -270,6 +272,8 @@ int main(int argc, char **argv) {
                 ok = set(prefork_set_header_timeout_ms(server, n));
             } else if (strcmp(flag, "--idle-timeout-ms") == 0) {
                 ok = set(prefork_set_idle_timeout_ms(server, n));
+            } else if (strcmp(flag, "--child-timeout-ms") == 0) {
+                ok = set(prefork_set_child_timeout_ms(server, n));
             } else {
                 prefork_free(server);
                 return usage("unknown flag: ", flag);

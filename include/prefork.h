@@ -544,6 +544,18 @@ enum prefork_result prefork_set_grace_period_ms(struct prefork *p, uint64_t ms);
 enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+ * for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+ * backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+ * Children report each turn through memory shared with the master, waking at least four
+ * times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+ * gives every child a full timeout again from its resumption rather than killing them.
+ * Handlers running on handler threads do not hold the loop; only the loop is watched.
+ * 0 = off; otherwise at least 100. Default: 0.
+ */
+enum prefork_result prefork_set_child_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
  * true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
  * second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
  * handlers afterwards. false: the host keeps its signal handling and calls

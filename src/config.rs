@@ -71,6 +71,11 @@ pub struct ProcessConfig {
     /// Install SIGTERM/SIGINT handlers (master) and SIGTERM (child). Default true. When false
     /// the host must call `shutdown()` itself.
     pub handle_signals: bool,
+    /// The hung-child watchdog: how long a ready child's event loop may go without a turn
+    /// before the master takes it for hung and kills it (SIGABRT, so a core or backtrace can
+    /// be had, then SIGKILL after `ABORT_GRACE`) and replaces it. Zero (default) is off;
+    /// otherwise at least `MIN_CHILD_TIMEOUT`.
+    pub child_timeout: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -89,6 +94,7 @@ impl Default for ProcessConfig {
             grace_period: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
+            child_timeout: Duration::ZERO,
         }
     }
 }
@@ -127,6 +133,13 @@ impl ProcessConfig {
         ] {
             duration(name, value)?;
         }
+        duration("child_timeout", self.child_timeout)?;
+        if !self.child_timeout.is_zero() && self.child_timeout < MIN_CHILD_TIMEOUT {
+            return Err(Error::invalid(format!(
+                "child_timeout = {:?} must be 0 (off) or at least {MIN_CHILD_TIMEOUT:?}",
+                self.child_timeout
+            )));
+        }
         positive_duration("startup_timeout", self.startup_timeout)
     }
 
@@ -134,6 +147,10 @@ impl ProcessConfig {
         self.check_fields()
     }
 }
+
+/// Shortest `child_timeout`: children beat four times per timeout, and a loop turn every 25 ms
+/// is about what an idle child can afford.
+pub const MIN_CHILD_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Upper bound on the child count: a typo guard, far above any real core count.
 pub const MAX_CHILDREN: usize = 1024;

@@ -36,6 +36,7 @@ pub mod http;
 mod lifeline;
 mod log;
 mod master;
+mod shared;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

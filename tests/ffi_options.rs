@@ -40,6 +40,7 @@ fn documented_defaults_are_the_real_ones() {
         ("grace_period_ms", ms(p.grace_period)),
         ("startup_timeout_ms", ms(p.startup_timeout)),
         ("handle_signals", p.handle_signals.to_string()),
+        ("child_timeout_ms", ms(p.child_timeout)),
         ("max_request_line", h.max_request_line.to_string()),
         ("max_head_size", h.max_head_size.to_string()),
         ("max_headers", h.max_headers.to_string()),

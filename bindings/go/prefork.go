@@ -166,6 +166,11 @@ type Prefork struct {
 	// included). Default: 10s.
 	StartupTimeout time.Duration
 
+	// ChildTimeout is the hung-child watchdog: a ready child whose event loop has not turned
+	// for this long (a handler blocking it) gets SIGABRT (a goroutine dump), then SIGKILL a
+	// second later, and is replaced; at least 100ms when set. Default: 0 (off).
+	ChildTimeout time.Duration
+
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
 	// concurrently on that many threads and must be safe for concurrent use. At most 4096.
@@ -534,6 +539,9 @@ func (p *Prefork) configure(c *C.prefork) error {
 	})
 	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_startup_timeout_ms(c, ms)
+	})
+	duration("ChildTimeout", p.ChildTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_child_timeout_ms(c, ms)
 	})
 	count("HandlerThreads", p.HandlerThreads, math.MaxUint32, func(n uint64) C.enum_prefork_result {
 		return C.prefork_set_handler_threads(c, C.uint32_t(n))

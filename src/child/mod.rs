@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::prctl::set_pdeathsig;
@@ -21,6 +22,7 @@ use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
 use crate::http::{self, Handler, ServeControl};
 use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
+use crate::shared::{Beat, Region};
 
 pub(crate) fn run(
     config: &Config,
@@ -47,6 +49,7 @@ pub(crate) fn run(
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     crate::set_local_addr(listener.local_addr().ok());
+    let beat = adopt_shared_memory(log);
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
     let _ = set_pdeathsig(Signal::SIGTERM);
@@ -81,6 +84,7 @@ pub(crate) fn run(
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
+        beat: beat.as_ref(),
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
     // A stop the master did not announce may be PDEATHSIG running ahead of the lifeline's EOF
@@ -148,6 +152,17 @@ fn check_inherited(
         ));
     }
     Ok(())
+}
+
+/// Maps the memory the master shares (see `crate::shared`), from the hello it queued on the
+/// lifeline; None without one (the child then serves without heartbeat and counters).
+fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
+    let hello = lifeline::take_hello(LIFELINE_FD)?;
+    let region = Region::adopt(hello.region)
+        .inspect_err(|e| log.log(Level::Warn, &format!("cannot map the shared memory: {e}")))
+        .ok()?;
+    let period = (hello.period_ms > 0).then(|| Duration::from_millis(hello.period_ms.into()));
+    Beat::new(region, hello.cell as usize, period)
 }
 
 fn send_ready() -> Result<(), Error> {

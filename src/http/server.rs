@@ -28,6 +28,7 @@ use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
+use crate::shared::Beat;
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -119,6 +120,7 @@ struct Server<'a> {
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
+    beat: Option<&'a Beat>,
     log: &'a dyn Logger,
 }
 
@@ -195,6 +197,7 @@ pub(crate) fn run(
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
+        beat: ctl.beat,
         log,
     };
     let result = server.run(&mut ctl);
@@ -232,6 +235,9 @@ impl Server<'_> {
                 return Err(Error::io(ErrorKind::Io, "waiting for events", e));
             }
             self.now = Instant::now();
+            if let Some(beat) = self.beat {
+                beat.turn(self.now, self.live);
+            }
             if self.now >= self.date_due {
                 self.refresh_date();
             }
@@ -307,6 +313,10 @@ impl Server<'_> {
         }
         if let Some(t) = self.drain_deadline {
             consider(t);
+        }
+        // The master's watchdog takes a loop that does not turn for long for a hung one.
+        if let Some(period) = self.beat.and_then(|b| b.period) {
+            consider(self.now + period);
         }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
         // early into a turn that finds nothing due. Measured from the turn's start rather

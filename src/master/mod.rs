@@ -19,6 +19,7 @@ mod recovery;
 mod reload;
 mod scale;
 mod spawn;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -36,8 +37,10 @@ use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
+use crate::shared::{CELLS, Clock, Region};
 use recovery::{Lived, Recovery};
 use spawn::Child;
+use watchdog::Watch;
 
 /// Poll period when the kernel has no pidfd_open and exits are found by waitpid sweeps.
 const SWEEP_PERIOD: Duration = Duration::from_millis(20);
@@ -64,6 +67,14 @@ pub(crate) fn run(
         None
     };
     control::set_master_running(true);
+    let shared = Region::create()
+        .inspect_err(|e| {
+            log.log(
+                Level::Warn,
+                &format!("no memory shared with the children ({e}): no watchdog, no counters"),
+            )
+        })
+        .ok();
     log.log(
         Level::Info,
         &format!(
@@ -91,6 +102,11 @@ pub(crate) fn run(
         next_generation: 2,
         reload_queued: false,
         scale_to: None,
+        shared,
+        // Popped from the end: cell 0 first.
+        free_cells: (0..CELLS).rev().collect(),
+        clock: Clock::new(),
+        watch: Watch::new(),
         stop_now_seen: false,
         outcome: Ok(()),
     };
@@ -174,6 +190,12 @@ struct Master<'a> {
     reload_queued: bool,
     /// The child count asked for and not reached yet.
     scale_to: Option<usize>,
+    /// The memory shared with the children, and its cells no child holds.
+    shared: Option<Region>,
+    free_cells: Vec<usize>,
+    /// The children's heartbeat clock, as the master reads it.
+    clock: Clock,
+    watch: Watch,
     /// A second SIGINT's byte was read from the wake pipe before the stop began.
     stop_now_seen: bool,
     /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
@@ -202,12 +224,31 @@ impl Master<'_> {
             ));
         };
         let listener = listener.as_raw_fd();
-        let child = spawn::spawn(
+        let cell = self.shared.as_ref().and(self.free_cells.pop());
+        let hello = match (&self.shared, cell) {
+            (Some(region), Some(cell)) => {
+                region.cell(cell).expect("a free cell exists").clear();
+                region.fd().map(|fd| spawn::Hello {
+                    region: fd,
+                    cell,
+                    period_ms: watchdog::period(self.cfg).as_millis() as u32,
+                })
+            }
+            _ => None,
+        };
+        let spawned = spawn::spawn(
             listener,
             slot,
             generation,
+            hello,
             self.hooks.command_producer.as_deref_mut(),
-        )?;
+        );
+        if let Some(cell) = cell
+            && spawned.as_ref().map_or(true, |c| c.cell.is_none())
+        {
+            self.free_cells.push(cell);
+        }
+        let child = spawned?;
         self.log.log(
             Level::Info,
             &format!(
@@ -273,6 +314,7 @@ impl Master<'_> {
             return Ok(());
         }
         self.kill_overdue_retirees(now);
+        self.watch_heartbeats(now);
         self.respawn_due(now)?;
         self.check_startup_deadlines(now)?;
         self.announce_ready()?;
@@ -344,7 +386,7 @@ impl Master<'_> {
         retiring.map(Place::Retiring)
     }
 
-    /// Removes the child at `place`; returns it with its slot.
+    /// Removes the child at `place`, which was reaped; returns it with its slot.
     fn take(&mut self, place: Place) -> (Child, usize) {
         let taken = match place {
             Place::Serving(slot) => self.slots[slot].child.take().map(|c| (c, slot)),
@@ -354,7 +396,12 @@ impl Master<'_> {
                 Some((r.child, r.slot))
             }
         };
-        taken.expect("a located child is there")
+        let (child, slot) = taken.expect("a located child is there");
+        // Only a reaped child gives its cell back: until then it may still write to it.
+        if let Some(cell) = child.cell {
+            self.free_cells.push(cell);
+        }
+        (child, slot)
     }
 
     /// Polls the inputs of the current state until one fires or the next timer is due;
@@ -583,7 +630,8 @@ impl Master<'_> {
             .iter()
             .filter(|r| !r.killed)
             .map(|r| r.deadline);
-        respawns.chain(startups).chain(graces).min()
+        let watch = self.watchdog_deadline();
+        respawns.chain(startups).chain(graces).chain(watch).min()
     }
 
     /// Tells a child to stop gracefully while the master goes on; it drains within the grace

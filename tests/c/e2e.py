@@ -340,7 +340,7 @@ def demo_reload(prog):
 def demo_flags(prog):
     bad = [["--children", "x"], ["--bogus"], ["--network", "udp"], ["--addr"],
            ["--children", "5000"], ["--header-timeout-ms", "0"], ["--grace-ms", "-5"],
-           ["--recover-threshold", "many"]]
+           ["--recover-threshold", "many"], ["--child-timeout-ms", "50"]]
     for args in bad:
         r = subprocess.run([prog, *args], capture_output=True, text=True, timeout=20)
         check(r.returncode == 2, f"{args}: exit {r.returncode}, expected 2; stderr {r.stderr!r}")

@@ -22,6 +22,12 @@ macro_rules! ensure {
 
 pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The watchdog's SIGABRT must not leave core files behind; the limit is inherited.
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
 }
 
 pub struct Master {

@@ -72,6 +72,8 @@ fn main() {
         ttin_and_ttou_add_and_remove_children,
         ttin_and_ttou_add_and_remove_children_reuseport,
         set_children_live_from_a_hook,
+        watchdog_kills_a_child_stuck_on_its_event_loop,
+        watchdog_spares_idle_children_and_a_suspended_master,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -1382,5 +1384,80 @@ fn set_children_live_from_a_hook() -> Outcome {
     m.ready()?;
     m.expect("scale-call true", 5 * SEC)?;
     wait_children(&m, 3, 5 * SEC)?;
+    stop_cleanly(&mut m)
+}
+
+/// A handler that blocks the event loop for a minute: with child_timeout 1 s the child is
+/// aborted within the timeout plus a second of the block's start, and replaced.
+fn watchdog_kills_a_child_stuck_on_its_event_loop() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_CHILD_TIMEOUT_MS", "1000")]);
+    let (ready, port) = m.ready()?;
+    let stuck = ready[0];
+    let client = std::thread::spawn(move || get(port, "/sleep?ms=60000"));
+    m.expect(&format!("sleeping {stuck}"), 5 * SEC)?;
+    let blocked = Instant::now();
+    m.expect(&format!("exit {stuck} signal 6"), 5 * SEC)?;
+    let reaction = blocked.elapsed();
+    measure(
+        "event loop blocked to the SIGABRT's exit (child_timeout 1 s)",
+        reaction,
+    );
+    ensure!(
+        reaction >= Duration::from_millis(900) && reaction < 2 * SEC,
+        "killed {reaction:?} after the loop blocked, child_timeout 1 s"
+    );
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new: i32 = recover
+        .strip_prefix(&format!("{stuck} "))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("recover line {recover:?}"))?;
+    let served: i32 = get(port, "/pid")
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    ensure!(
+        served == new,
+        "served by {served}, the replacement is {new}"
+    );
+    ensure!(
+        client.join().map_err(|_| "client panicked")?.is_err(),
+        "the stuck request was answered"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// Idle children beat on their own; a master stopped with its children for longer than the
+/// timeout, and resumed before them, gives them a full timeout instead of killing them.
+fn watchdog_spares_idle_children_and_a_suspended_master() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_CHILD_TIMEOUT_MS", "400")]);
+    let (ready, port) = m.ready()?;
+    ensure!(
+        m.expect("exit ", 1200 * Duration::from_millis(1)).is_err(),
+        "an idle child was killed; {}",
+        m.context()
+    );
+    let everyone: Vec<i32> = ready.iter().copied().chain([m.pid()]).collect();
+    for &pid in &everyone {
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    std::thread::sleep(SEC);
+    m.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(150));
+    for &pid in &ready {
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    ensure!(
+        m.expect("exit ", SEC).is_err(),
+        "a child was killed after the master's suspension; {}",
+        m.context()
+    );
+    ensure!(
+        m.context().contains("the master did not run for"),
+        "the absence was not noticed; {}",
+        m.context()
+    );
+    for _ in 0..4 {
+        get(port, "/").map_err(|e| e.to_string())?;
+    }
     stop_cleanly(&mut m)
 }

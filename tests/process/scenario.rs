@@ -137,6 +137,9 @@ pub fn run() -> i32 {
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = num("PF_CHILD_TIMEOUT_MS") {
+        cfg.process.child_timeout = Duration::from_millis(ms);
+    }
     if let Some(n) = num("PF_HANDLER_THREADS") {
         cfg.http.handler_threads = n as usize;
     }

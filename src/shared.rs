@@ -1,0 +1,216 @@
+//! The memory the master shares with its children: one cache-line cell per child, where the
+//! child's event loop publishes a heartbeat and its counters and the master reads them (the
+//! hung-child watchdog, the stats).
+//!
+//! A memfd, not an anonymous shared mapping: children are re-executed, and a mapping does not
+//! survive exec, while a descriptor does. The master creates it before the first spawn and
+//! hands it to each child over the lifeline (SCM_RIGHTS, in a hello message written before the
+//! child exists, so it is waiting when the child starts), with the number of the child's cell.
+//! The lifeline rather than a third fixed descriptor: a custom command producer's contract
+//! stays "fd 3 and fd 4", and a host's descriptors can never collide with it. The child maps
+//! the file and closes the descriptor, so a grandchild cannot inherit it.
+//!
+//! Every field is an atomic written by one side and read by the other with relaxed ordering:
+//! each is a value on its own (no field is read as a consequence of another), and the master
+//! only needs to see a fresh enough value.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Cells in the region: room for the most slots (`MAX_CHILDREN`), a successor for each during
+/// a reload, and retiring children, with a margin. 256 KiB of address space per process, of
+/// which each child touches one page.
+pub(crate) const CELLS: usize = 4096;
+
+/// One child's cell, alone on its cache line so that children never share a line.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub(crate) struct Cell {
+    /// `Clock::ms` of the child's last event-loop turn; 0 before the first.
+    pub beat_ms: AtomicU64,
+    /// Requests this child has answered.
+    pub requests: AtomicU64,
+    /// Connections it has open.
+    pub connections: AtomicU64,
+}
+
+impl Cell {
+    pub(crate) fn clear(&self) {
+        for field in [&self.beat_ms, &self.requests, &self.connections] {
+            field.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The mapped cells.
+pub(crate) struct Region {
+    cells: NonNull<Cell>,
+    /// Kept by the master to hand to each child; a child closes it once mapped.
+    fd: Option<OwnedFd>,
+}
+
+// SAFETY: the cells are atomics, shared between threads (and processes) by design; the pointer
+// is valid for the region's life.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+const BYTES: usize = CELLS * size_of::<Cell>();
+
+impl Region {
+    /// Master: a fresh zeroed region.
+    pub(crate) fn create() -> io::Result<Region> {
+        // SAFETY: a NUL-terminated name and flags; a descriptor it returns is ours alone.
+        let fd = unsafe { libc::memfd_create(c"prefork-shared".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on a descriptor we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), BYTES as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cells = map(fd.as_fd())?;
+        Ok(Region {
+            cells,
+            fd: Some(fd),
+        })
+    }
+
+    /// Child: maps the region the master sent, then closes the descriptor.
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Region> {
+        let cells = map(fd.as_fd())?;
+        Ok(Region { cells, fd: None })
+    }
+
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    pub(crate) fn cell(&self, index: usize) -> Option<&Cell> {
+        // SAFETY: within the mapping, which lives as long as self; Cell is all atomics, for
+        // which any bit pattern (zero from ftruncate included) is valid.
+        (index < CELLS).then(|| unsafe { &*self.cells.as_ptr().add(index) })
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of BYTES bytes; no reference into it outlives self.
+        unsafe { libc::munmap(self.cells.as_ptr().cast(), BYTES) };
+    }
+}
+
+fn map(fd: BorrowedFd<'_>) -> io::Result<NonNull<Cell>> {
+    // SAFETY: a shared read-write mapping of BYTES bytes of a file at least that long.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))
+}
+
+/// Milliseconds of CLOCK_MONOTONIC, the clock `Instant` reads, as a number both processes
+/// agree on: read once, then derived from the `Instant`s the loops read anyway, so a
+/// heartbeat costs no clock read of its own.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    base: Instant,
+    base_ms: u64,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        let base = Instant::now();
+        Clock {
+            base,
+            base_ms: clock_ms(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    pub(crate) fn ms(&self, t: Instant) -> u64 {
+        let since = t.saturating_duration_since(self.base).as_millis() as u64;
+        // At least 1: 0 in a cell means "no heartbeat yet".
+        (self.base_ms + since).max(1)
+    }
+}
+
+/// A clock's milliseconds (CLOCK_BOOTTIME also counts a system suspend, CLOCK_MONOTONIC not).
+pub(crate) fn clock_ms(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out pointer; both clocks exist on every Linux this runs on.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A child's end: its cell and how often the master wants a heartbeat.
+pub(crate) struct Beat {
+    region: Region,
+    cell: usize,
+    /// Longest time between two heartbeats; `None` when the watchdog is off (the counters are
+    /// still published, at the loop's own pace).
+    pub period: Option<Duration>,
+    clock: Clock,
+}
+
+impl Beat {
+    pub(crate) fn new(region: Region, cell: usize, period: Option<Duration>) -> Option<Beat> {
+        region.cell(cell)?;
+        Some(Beat {
+            region,
+            cell,
+            period,
+            clock: Clock::new(),
+        })
+    }
+
+    /// The event loop's turn at `now`: the heartbeat and the open connections.
+    #[inline]
+    pub(crate) fn turn(&self, now: Instant, connections: usize) {
+        let cell = self.cell();
+        cell.beat_ms.store(self.clock.ms(now), Ordering::Relaxed);
+        cell.connections
+            .store(connections as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn cell(&self) -> &Cell {
+        self.region.cell(self.cell).expect("checked in new")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_mapping_sees_the_master_cells() {
+        let master = Region::create().unwrap();
+        let dup = master.fd().unwrap().try_clone_to_owned().unwrap();
+        let child = Region::adopt(dup).unwrap();
+        let beat = Beat::new(child, 7, None).unwrap();
+        beat.turn(Instant::now(), 3);
+        let cell = master.cell(7).unwrap();
+        assert_eq!(cell.connections.load(Ordering::Relaxed), 3);
+        let ms = cell.beat_ms.load(Ordering::Relaxed);
+        let now = clock_ms(libc::CLOCK_MONOTONIC);
+        assert!(ms <= now && now - ms < 1000, "beat {ms}, now {now}");
+        assert!(master.cell(CELLS).is_none());
+        assert_eq!(size_of::<Cell>(), 64);
+    }
+}
