@@ -4,7 +4,7 @@
  *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
- *     [--child-timeout-ms N]
+ *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
  * --allow-crash); and OPTIONS *.
@@ -36,7 +36,8 @@ static const char USAGE[] =
     "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
-    "                   [--child-timeout-ms N]\n"
+    "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
+    "                   [--max-child-age-ms N]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
     "                    /crash (only with --allow-crash); and OPTIONS *\n";
@@ -274,6 +275,12 @@ int main(int argc, char **argv) {
                 ok = set(prefork_set_idle_timeout_ms(server, n));
             } else if (strcmp(flag, "--child-timeout-ms") == 0) {
                 ok = set(prefork_set_child_timeout_ms(server, n));
+            } else if (strcmp(flag, "--max-requests") == 0) {
+                ok = set(prefork_set_max_requests(server, n));
+            } else if (strcmp(flag, "--max-requests-jitter") == 0) {
+                ok = set(prefork_set_max_requests_jitter(server, n));
+            } else if (strcmp(flag, "--max-child-age-ms") == 0) {
+                ok = set(prefork_set_max_child_age_ms(server, n));
             } else {
                 prefork_free(server);
                 return usage("unknown flag: ", flag);

@@ -556,6 +556,27 @@ enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t m
 enum prefork_result prefork_set_child_timeout_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * Recycling: a child that has received this many requests is replaced by a new one, which
+ * starts first and takes over once it reports "listening", when the old one stops gracefully;
+ * only one slot recycles at a time, so capacity never drops (a leak in the handler is
+ * bounded). Counted by each child's event loop through the memory it shares with the master.
+ * 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests(struct prefork *p, uint64_t requests);
+
+/**
+ * Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+ * it starts, so that children started together do not recycle together. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests_jitter(struct prefork *p, uint64_t jitter);
+
+/**
+ * Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+ * replacement ready first, one slot at a time). 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_child_age_ms(struct prefork *p, uint64_t ms);
+
+/**
  * true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
  * second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
  * handlers afterwards. false: the host keeps its signal handling and calls

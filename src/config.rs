@@ -76,6 +76,15 @@ pub struct ProcessConfig {
     /// be had, then SIGKILL after `ABORT_GRACE`) and replaces it. Zero (default) is off;
     /// otherwise at least `MIN_CHILD_TIMEOUT`.
     pub child_timeout: Duration,
+    /// Recycling: a child that has received this many requests is replaced (its replacement
+    /// ready first, one slot at a time), as gunicorn's `max_requests`. Zero (default) is off.
+    pub max_requests: u64,
+    /// Each child's limit is `max_requests` plus a random amount up to this, so children
+    /// started together do not all recycle together. Default 0.
+    pub max_requests_jitter: u64,
+    /// Recycling: a child that has been ready for this long is replaced, as `max_requests`.
+    /// Zero (default) is off.
+    pub max_child_age: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -95,6 +104,9 @@ impl Default for ProcessConfig {
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
             child_timeout: Duration::ZERO,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_child_age: Duration::ZERO,
         }
     }
 }
@@ -134,6 +146,7 @@ impl ProcessConfig {
             duration(name, value)?;
         }
         duration("child_timeout", self.child_timeout)?;
+        duration("max_child_age", self.max_child_age)?;
         if !self.child_timeout.is_zero() && self.child_timeout < MIN_CHILD_TIMEOUT {
             return Err(Error::invalid(format!(
                 "child_timeout = {:?} must be 0 (off) or at least {MIN_CHILD_TIMEOUT:?}",

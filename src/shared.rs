@@ -179,13 +179,15 @@ impl Beat {
         })
     }
 
-    /// The event loop's turn at `now`: the heartbeat and the open connections.
+    /// The event loop's turn at `now`: the heartbeat, the open connections and the requests
+    /// received so far.
     #[inline]
-    pub(crate) fn turn(&self, now: Instant, connections: usize) {
+    pub(crate) fn turn(&self, now: Instant, connections: usize, requests: u64) {
         let cell = self.cell();
         cell.beat_ms.store(self.clock.ms(now), Ordering::Relaxed);
         cell.connections
             .store(connections as u64, Ordering::Relaxed);
+        cell.requests.store(requests, Ordering::Relaxed);
     }
 
     #[inline]
@@ -204,9 +206,10 @@ mod tests {
         let dup = master.fd().unwrap().try_clone_to_owned().unwrap();
         let child = Region::adopt(dup).unwrap();
         let beat = Beat::new(child, 7, None).unwrap();
-        beat.turn(Instant::now(), 3);
+        beat.turn(Instant::now(), 3, 11);
         let cell = master.cell(7).unwrap();
         assert_eq!(cell.connections.load(Ordering::Relaxed), 3);
+        assert_eq!(cell.requests.load(Ordering::Relaxed), 11);
         let ms = cell.beat_ms.load(Ordering::Relaxed);
         let now = clock_ms(libc::CLOCK_MONOTONIC);
         assert!(ms <= now && now - ms < 1000, "beat {ms}, now {now}");

@@ -171,6 +171,19 @@ type Prefork struct {
 	// second later, and is replaced; at least 100ms when set. Default: 0 (off).
 	ChildTimeout time.Duration
 
+	// MaxRequests recycles a child that has received this many requests: a replacement
+	// starts, and once it listens the old child stops gracefully, one child at a time.
+	// Default: 0 (off).
+	MaxRequests int
+
+	// MaxRequestsJitter adds a random 0 to MaxRequestsJitter to each child's MaxRequests, so
+	// children started together do not recycle together. Default: 0.
+	MaxRequestsJitter int
+
+	// MaxChildAge recycles a child that has been ready for this long, as MaxRequests.
+	// Default: 0 (off).
+	MaxChildAge time.Duration
+
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
 	// concurrently on that many threads and must be safe for concurrent use. At most 4096.
@@ -539,6 +552,15 @@ func (p *Prefork) configure(c *C.prefork) error {
 	})
 	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_startup_timeout_ms(c, ms)
+	})
+	count("MaxRequests", p.MaxRequests, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_requests(c, C.uint64_t(n))
+	})
+	count("MaxRequestsJitter", p.MaxRequestsJitter, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_requests_jitter(c, C.uint64_t(n))
+	})
+	duration("MaxChildAge", p.MaxChildAge, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_max_child_age_ms(c, ms)
 	})
 	duration("ChildTimeout", p.ChildTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_child_timeout_ms(c, ms)

@@ -121,6 +121,8 @@ struct Server<'a> {
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
     beat: Option<&'a Beat>,
+    /// Requests received so far, published with each turn's heartbeat.
+    requests: u64,
     log: &'a dyn Logger,
 }
 
@@ -198,6 +200,7 @@ pub(crate) fn run(
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
         beat: ctl.beat,
+        requests: 0,
         log,
     };
     let result = server.run(&mut ctl);
@@ -236,7 +239,7 @@ impl Server<'_> {
             }
             self.now = Instant::now();
             if let Some(beat) = self.beat {
-                beat.turn(self.now, self.live);
+                beat.turn(self.now, self.live, self.requests);
             }
             if self.now >= self.date_due {
                 self.refresh_date();
@@ -446,6 +449,7 @@ impl Server<'_> {
         let fd = conn.sock.as_raw_fd();
         let mut budget = self.cfg.max_bytes_per_turn;
         let mut body_progress = false;
+        let seq_before = conn.session.seq();
         let outcome = loop {
             let mut progress = conn.session.process(&mut ctx);
             if conn.session.out_pending() > 0 && conn.writable {
@@ -509,6 +513,8 @@ impl Server<'_> {
                 break Drive::Again;
             }
         };
+        // Counted per drive, not per request: the stats and recycling cost one add here.
+        self.requests += conn.session.seq() - seq_before;
         match outcome {
             Drive::Close => return self.close(idx),
             Drive::Finish => return self.finish(idx),

@@ -16,6 +16,7 @@
 mod bind;
 mod hook;
 mod recovery;
+mod recycle;
 mod reload;
 mod scale;
 mod spawn;
@@ -107,6 +108,9 @@ pub(crate) fn run(
         free_cells: (0..CELLS).rev().collect(),
         clock: Clock::new(),
         watch: Watch::new(),
+        recycling: None,
+        recycle_retry: None,
+        recycle_backoff: recycle::FIRST_RETRY,
         stop_now_seen: false,
         outcome: Ok(()),
     };
@@ -196,6 +200,11 @@ struct Master<'a> {
     /// The children's heartbeat clock, as the master reads it.
     clock: Clock,
     watch: Watch,
+    /// The slot whose child is being recycled: its successor starts in `Slot::next`.
+    recycling: Option<usize>,
+    /// After a failed recycle, when the next may start, and the delay after another failure.
+    recycle_retry: Option<Instant>,
+    recycle_backoff: Duration,
     /// A second SIGINT's byte was read from the wake pipe before the stop began.
     stop_now_seen: bool,
     /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
@@ -248,7 +257,8 @@ impl Master<'_> {
         {
             self.free_cells.push(cell);
         }
-        let child = spawned?;
+        let mut child = spawned?;
+        child.request_limit = recycle::request_limit(self.cfg);
         self.log.log(
             Level::Info,
             &format!(
@@ -306,7 +316,7 @@ impl Master<'_> {
 
     /// Running or reloading: a stop request (raised before the loop or by the wake pipe),
     /// then the retiring children's deadlines, the due respawns, the startup deadlines, the
-    /// ready announcement, the reload's progress and the scaling requests.
+    /// ready announcement, the reload's progress, the scaling requests and recycling.
     fn run_timers(&mut self, now: Instant) -> Result<(), Error> {
         if control::stop_requested() {
             let forced = self.stop_now_seen || control::drain_wake() == Some(WAKE_STOP_NOW);
@@ -319,7 +329,8 @@ impl Master<'_> {
         self.check_startup_deadlines(now)?;
         self.announce_ready()?;
         self.advance_reload(now)?;
-        self.apply_scaling()
+        self.apply_scaling()?;
+        self.advance_recycling(now)
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {
@@ -631,7 +642,13 @@ impl Master<'_> {
             .filter(|r| !r.killed)
             .map(|r| r.deadline);
         let watch = self.watchdog_deadline();
-        respawns.chain(startups).chain(graces).chain(watch).min()
+        let recycle = self.recycle_deadline();
+        respawns
+            .chain(startups)
+            .chain(graces)
+            .chain(watch)
+            .chain(recycle)
+            .min()
     }
 
     /// Tells a child to stop gracefully while the master goes on; it drains within the grace
@@ -674,6 +691,7 @@ impl Master<'_> {
         for slot in &mut self.slots {
             slot.respawn = None;
         }
+        self.recycling = None;
         if let State::Reloading { generation, .. } = self.state {
             self.log.log(
                 Level::Info,

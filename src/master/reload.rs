@@ -33,7 +33,12 @@ impl Master<'_> {
     pub(super) fn advance_reload(&mut self, now: Instant) -> Result<(), Error> {
         match self.state {
             State::Running => {
-                if self.ready_announced && (self.reload_queued || control::take_reload()) {
+                // A recycle in progress ends first (it takes milliseconds): one successor
+                // per slot at a time.
+                if self.ready_announced
+                    && self.recycling.is_none()
+                    && (self.reload_queued || control::take_reload())
+                {
                     self.reload_queued = false;
                     self.begin_reload(now)?;
                 }
@@ -104,14 +109,18 @@ impl Master<'_> {
         })
     }
 
-    /// A successor exited: while reloading, before its generation took over, so the reload
-    /// fails.
+    /// A successor exited before it took over: while reloading, the reload fails; while
+    /// recycling, the recycle.
     pub(super) fn successor_exited(
         &mut self,
         child: &Child,
         slot: usize,
         exit: ChildExit,
     ) -> Result<(), Error> {
+        if self.recycling == Some(slot) {
+            self.recycle_failed(slot, &format!("it {}", super::describe(exit)));
+            return Ok(());
+        }
         let State::Reloading { generation, .. } = self.state else {
             return Ok(());
         };

@@ -37,6 +37,8 @@ pub(crate) struct Child {
     pub cell: Option<usize>,
     /// When the watchdog sent it SIGABRT, and whether SIGKILL followed.
     pub aborted: Option<(Instant, bool)>,
+    /// Requests after which it is recycled (`max_requests` plus its jitter).
+    pub request_limit: Option<u64>,
 }
 
 impl Child {
@@ -108,6 +110,7 @@ pub(crate) fn spawn(
         generation,
         cell,
         aborted: None,
+        request_limit: None,
     })
 }
 

@@ -74,6 +74,8 @@ fn main() {
         set_children_live_from_a_hook,
         watchdog_kills_a_child_stuck_on_its_event_loop,
         watchdog_spares_idle_children_and_a_suspended_master,
+        max_requests_recycles_under_load_without_a_failure,
+        max_child_age_recycles_one_slot_at_a_time,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -1459,5 +1461,105 @@ fn watchdog_spares_idle_children_and_a_suspended_master() -> Outcome {
     for _ in 0..4 {
         get(port, "/").map_err(|e| e.to_string())?;
     }
+    stop_cleanly(&mut m)
+}
+
+/// Samples the master's live children every few ms until `stop`; returns the fewest seen.
+fn fewest_children(master: i32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut fewest = usize::MAX;
+        while !stop.load(Ordering::Relaxed) {
+            fewest = fewest.min(children_of(master).len());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        fewest
+    })
+}
+
+/// max_requests 300 (+ up to 100 jitter) under a steady client: children are recycled, each
+/// replacement ready before the old one stops, and not one request fails.
+fn max_requests_recycles_under_load_without_a_failure() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_MAX_REQUESTS", "300"),
+        ("PF_MAX_REQUESTS_JITTER", "100"),
+        ("PF_LOGGER", "1"),
+    ]);
+    let (first, port) = m.ready()?;
+    let sampling = Arc::new(AtomicBool::new(false));
+    let fewest = fewest_children(m.pid(), sampling.clone());
+    let client = SteadyClient::start(port);
+    std::thread::sleep(2 * SEC);
+    let got = client.finish()?;
+    sampling.store(true, Ordering::Relaxed);
+    let fewest = fewest.join().map_err(|_| "sampler panicked")?;
+    let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let served: std::collections::HashSet<i32> =
+        got.iter().filter_map(|(_, r)| r.clone().ok()).collect();
+    m.drain(Duration::from_millis(300));
+    let recycled = m
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("log info recycled slot"))
+        .count();
+    println!(
+        "    measure: {} requests, {recycled} recycles, {} children served, {} failed, \
+         fewest live children {fewest}",
+        got.len(),
+        served.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    ensure!(
+        recycled >= 1 && recycled as u64 <= got.len() as u64 / 300 + 1,
+        "{recycled} recycles for {} requests at 300 to 400 each; {}",
+        got.len(),
+        m.context()
+    );
+    ensure!(fewest >= 2, "only {fewest} children at some point");
+    ensure!(
+        first.iter().all(|&p| !alive(p)) || recycled < 2,
+        "the first children {first:?} are still there after {recycled} recycles"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// max_child_age 400 ms: every child is recycled in turn, one slot at a time.
+fn max_child_age_recycles_one_slot_at_a_time() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_MAX_CHILD_AGE_MS", "400"),
+        ("PF_LOGGER", "1"),
+    ]);
+    let (first, port) = m.ready()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    get(port, "/").map_err(|e| e.to_string())?;
+    m.drain(Duration::from_millis(100));
+    let steps: Vec<&str> = m
+        .seen
+        .iter()
+        .filter_map(|l| {
+            if l.starts_with("log info recycling child") {
+                Some("start")
+            } else if l.starts_with("log info recycled slot") {
+                Some("done")
+            } else {
+                None
+            }
+        })
+        .collect();
+    ensure!(
+        steps.len() >= 4,
+        "{} recycle steps in 1.5 s at 400 ms; {}",
+        steps.len(),
+        m.context()
+    );
+    ensure!(
+        steps
+            .chunks(2)
+            .all(|pair| pair[0] == "start" && pair.get(1).is_none_or(|s| *s == "done")),
+        "recycles overlapped: {steps:?}"
+    );
+    all_gone(&first, 2 * SEC)?;
     stop_cleanly(&mut m)
 }

@@ -137,6 +137,15 @@ pub fn run() -> i32 {
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
     }
+    if let Some(n) = num("PF_MAX_REQUESTS") {
+        cfg.process.max_requests = n;
+    }
+    if let Some(n) = num("PF_MAX_REQUESTS_JITTER") {
+        cfg.process.max_requests_jitter = n;
+    }
+    if let Some(ms) = num("PF_MAX_CHILD_AGE_MS") {
+        cfg.process.max_child_age = Duration::from_millis(ms);
+    }
     if let Some(ms) = num("PF_CHILD_TIMEOUT_MS") {
         cfg.process.child_timeout = Duration::from_millis(ms);
     }
