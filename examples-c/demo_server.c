@@ -6,8 +6,10 @@
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *
- * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
- * --allow-crash); and OPTIONS *.
+ * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /stats  /crash
+ * (with --allow-crash); and OPTIONS *. /stats answers prefork_stats_json: the master's figures
+ * (every child's pid, slot, generation, requests, connections...), which the child reads from
+ * the memory the master shares with it, so any child gives the same answer.
  * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout;
  * after a reload (SIGHUP) "reloaded generation=<n> children=<pid>,..." or, when the new
  * generation failed and the old one serves on, "reload failed generation=<n>: <reason>".
@@ -39,7 +41,7 @@ static const char USAGE[] =
     "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
     "                   [--max-child-age-ms N]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
-    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
+    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N /stats\n"
     "                    /crash (only with --allow-crash); and OPTIONS *\n";
 
 struct app {
@@ -145,6 +147,16 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
         }
         sleep_ms(ms);
         reply_text(resp, 200, "slept");
+    } else if (str_is(path, "/stats")) {
+        size_t cap = 1 << 16;
+        char *json = malloc(cap);
+        if (json == NULL || prefork_stats_json(json, cap) != PREFORK_OK) {
+            reply_text(resp, 503, "no stats\n");
+        } else {
+            static const char type[] = "application/json";
+            prefork_response_reply(resp, 200, type, sizeof type - 1, json, strlen(json));
+        }
+        free(json);
     } else if (str_is(path, "/crash") && app->allow_crash) {
         abort();
     } else {

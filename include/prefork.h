@@ -52,6 +52,26 @@
 /** prefork_set_hooks_sized with this header's sizeof(prefork_hooks). */
 #define prefork_set_hooks(p, hooks) prefork_set_hooks_sized((p), (hooks), sizeof(prefork_hooks))
 
+/** prefork_stats_sized with this header's sizeof(prefork_child_stats) and
+ * sizeof(prefork_master_stats). */
+#define prefork_stats(children, cap, master, count) prefork_stats_sized((children), sizeof(prefork_child_stats), (cap), (master), sizeof(prefork_master_stats), (count))
+
+/**
+ * `prefork_child_stats.state`: started, not yet reported "listening".
+ */
+#define PREFORK_CHILD_STARTING 1
+
+/**
+ * `prefork_child_stats.state`: serving its slot (or, during a reload or a recycle, ready to
+ * take it over).
+ */
+#define PREFORK_CHILD_SERVING 2
+
+/**
+ * `prefork_child_stats.state`: told to stop, draining.
+ */
+#define PREFORK_CHILD_RETIRING 3
+
 /**
  * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
  * (the longest IPv6 form with scope and port, plus the NUL).
@@ -291,6 +311,80 @@ typedef struct prefork_hooks {
      */
     void (*on_reload_failed)(void *user_data, uint64_t generation, const char *reason);
 } prefork_hooks;
+
+/**
+ * One child, as `prefork_stats` reports it. Extensible as the callback structs, in the other
+ * direction: members are only ever added at the end, and the library writes as many bytes of
+ * each element as the caller's `sizeof` (which the `prefork_stats` macro passes) holds.
+ */
+typedef struct prefork_child_stats {
+    int32_t pid;
+    /**
+     * One of PREFORK_CHILD_STARTING, PREFORK_CHILD_SERVING, PREFORK_CHILD_RETIRING.
+     */
+    uint32_t state;
+    /**
+     * Its slot, 0-based; during a reload or a recycle two children share one.
+     */
+    uint64_t slot;
+    /**
+     * 1 for the first children, one more for each reload.
+     */
+    uint64_t generation;
+    /**
+     * When it was started, in milliseconds since the Unix epoch.
+     */
+    uint64_t started_unix_ms;
+    /**
+     * Requests it has received (counted by its event loop, published at every turn).
+     */
+    uint64_t requests;
+    /**
+     * Connections it has open.
+     */
+    uint64_t connections;
+    /**
+     * Replacements of crashed children its slot had before this child was started.
+     */
+    uint64_t slot_restarts;
+} prefork_child_stats;
+
+/**
+ * The master's totals, as `prefork_stats` reports them. Extensible as `prefork_child_stats`.
+ */
+typedef struct prefork_master_stats {
+    int32_t pid;
+    uint32_t _reserved;
+    /**
+     * The child count it serves with (slots).
+     */
+    uint64_t children;
+    /**
+     * The generation serving (1 until the first reload).
+     */
+    uint64_t generation;
+    uint64_t started_unix_ms;
+    /**
+     * Children started since the start, and children reaped.
+     */
+    uint64_t spawned;
+    uint64_t exited;
+    /**
+     * Requests received by every child since the start, reaped ones included.
+     */
+    uint64_t requests;
+    /**
+     * Connections open in the children now.
+     */
+    uint64_t connections;
+    uint64_t reloads;
+    uint64_t reload_failures;
+    uint64_t recycles;
+    /**
+     * Children killed by the hung-child watchdog.
+     */
+    uint64_t watchdog_kills;
+} prefork_master_stats;
 
 /**
  * A borrowed view of bytes: `len` bytes at `ptr`, NOT NUL-terminated (use `%.*s` or
@@ -684,6 +778,44 @@ enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t byt
 enum prefork_result prefork_set_hooks_sized(struct prefork *p,
                                             const struct prefork_hooks *hooks,
                                             size_t hooks_size);
+
+/**
+ * The figures of the server this process runs, from the memory the master shares with its
+ * children, so that the master and each child read the same: `*master` gets the master's
+ * totals (NULL to skip them) and `children[0..cap]` one element per child (the serving ones,
+ * those starting, and those draining after a reload, a scale-down or a recycle), ordered by
+ * slot; `*count` (NULL to skip) gets the number of children, which may exceed `cap` (then
+ * only the first `cap` are written: call again with more room). `child_size` and
+ * `master_size` are the caller's `sizeof` of each struct: C and C++ call this through the
+ * `prefork_stats` macro, whose arguments are (children, cap, master, count) and which passes
+ * the sizes; the library writes no more than that many bytes per element.
+ *
+ * Callable from any thread of the master or of a child while `prefork_listen_and_serve` runs
+ * (from `handle`, from a hook): it takes a lock, so not from a signal handler. Each number is
+ * read atomically and is at most one event-loop turn old; the set is no atomic snapshot.
+ * Errors: PREFORK_ERR_STATE when nothing is served (or the shared memory could not be had),
+ * PREFORK_ERR_NULL for a NULL `children` with `cap` above 0, PREFORK_ERR_INVALID_ARGUMENT
+ * for a size smaller than the structs of 0.3 or not a multiple of 8.
+ */
+enum prefork_result prefork_stats_sized(struct prefork_child_stats *children,
+                                        size_t child_size,
+                                        size_t cap,
+                                        struct prefork_master_stats *master,
+                                        size_t master_size,
+                                        size_t *count);
+
+/**
+ * The same figures as `prefork_stats`, as NUL-terminated JSON in `buf` (`cap` bytes):
+ * `{"master":{"pid":..,"children":..,"generation":..,"started_unix_ms":..,"spawned":..,
+ * "exited":..,"requests":..,"connections":..,"reloads":..,"reload_failures":..,
+ * "recycles":..,"watchdog_kills":..},"children":[{"pid":..,"slot":..,"generation":..,
+ * "state":"serving","started_unix_ms":..,"requests":..,"connections":..,
+ * "slot_restarts":..},...]}` (members may be added, never removed). About 200 bytes per
+ * child; 64 KiB holds 300. Written only when it fits; PREFORK_ERR_INVALID_ARGUMENT when it
+ * does not (`prefork_last_error` says how many bytes it needs), PREFORK_ERR_STATE when
+ * nothing is served, PREFORK_ERR_NULL for a NULL `buf`. Threads as `prefork_stats`.
+ */
+enum prefork_result prefork_stats_json(char *buf, size_t cap);
 
 /**
  * Sends the library's log lines to `log` instead of stderr (the default logger writes

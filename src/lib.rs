@@ -37,6 +37,7 @@ mod lifeline;
 mod log;
 mod master;
 mod shared;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,7 @@ pub use hooks::{
 };
 pub use http::{Handler, Header, Request, Response};
 pub use log::{Level, Logger, StderrLogger};
+pub use stats::{ChildState, ChildStats, MasterStats, Stats, stats};
 
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).
 pub fn is_child() -> bool {
@@ -130,6 +132,7 @@ impl Prefork {
         };
         control::reset();
         set_local_addr(None);
+        shared::publish(None);
         result
     }
 }

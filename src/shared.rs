@@ -12,12 +12,16 @@
 //!
 //! Every field is an atomic written by one side and read by the other with relaxed ordering:
 //! each is a value on its own (no field is read as a consequence of another), and the master
-//! only needs to see a fresh enough value.
+//! only needs to see a fresh enough value. The master also writes what it knows of each child
+//! into its cell (pid, slot, generation, start, state) and its own totals into a block ahead
+//! of the cells, so that the stats (`crate::stats`) read the same figures in the master and in
+//! any child, without a lock and at no cost to the children's loops.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Cells in the region: room for the most slots (`MAX_CHILDREN`), a successor for each during
@@ -29,25 +33,91 @@ pub(crate) const CELLS: usize = 4096;
 #[repr(C, align(64))]
 #[derive(Default)]
 pub(crate) struct Cell {
-    /// `Clock::ms` of the child's last event-loop turn; 0 before the first.
+    /// Written by the child: `Clock::ms` of its last event-loop turn; 0 before the first.
     pub beat_ms: AtomicU64,
-    /// Requests this child has answered.
+    /// Written by the child: requests it has received.
     pub requests: AtomicU64,
-    /// Connections it has open.
+    /// Written by the child: connections it has open.
     pub connections: AtomicU64,
+    /// Written by the master: the child's `STATE_*`, 0 while the cell is free.
+    pub state: AtomicU32,
+    pub pid: AtomicI32,
+    pub slot: AtomicU64,
+    pub generation: AtomicU64,
+    /// Wall clock of its spawn, milliseconds since the Unix epoch.
+    pub started_unix_ms: AtomicU64,
+    /// Replacements of crashed children its slot had before it.
+    pub slot_restarts: AtomicU64,
 }
+
+pub(crate) const STATE_STARTING: u32 = 1;
+pub(crate) const STATE_SERVING: u32 = 2;
+pub(crate) const STATE_RETIRING: u32 = 3;
 
 impl Cell {
     pub(crate) fn clear(&self) {
-        for field in [&self.beat_ms, &self.requests, &self.connections] {
+        self.state.store(0, Ordering::Relaxed);
+        self.pid.store(0, Ordering::Relaxed);
+        for field in [
+            &self.beat_ms,
+            &self.requests,
+            &self.connections,
+            &self.slot,
+            &self.generation,
+            &self.started_unix_ms,
+            &self.slot_restarts,
+        ] {
             field.store(0, Ordering::Relaxed);
         }
     }
 }
 
+/// The master's totals, ahead of the cells; written by the master only.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub(crate) struct MasterBlock {
+    pub pid: AtomicI32,
+    pub children: AtomicU64,
+    pub generation: AtomicU64,
+    pub started_unix_ms: AtomicU64,
+    pub spawned: AtomicU64,
+    pub exited: AtomicU64,
+    /// Requests of children already reaped (the live ones are in their cells).
+    pub retired_requests: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    pub recycles: AtomicU64,
+    pub watchdog_kills: AtomicU64,
+    /// One more than the highest cell ever handed out: readers look no further.
+    pub cells_used: AtomicU64,
+}
+
+/// Adds one to a master counter.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The region this process serves with, for the stats calls of any thread.
+static PUBLISHED: Mutex<Option<Arc<Region>>> = Mutex::new(None);
+
+pub(crate) fn publish(region: Option<Arc<Region>>) {
+    *PUBLISHED.lock().unwrap_or_else(|e| e.into_inner()) = region;
+}
+
+pub(crate) fn published() -> Option<Arc<Region>> {
+    PUBLISHED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The mapped cells.
 pub(crate) struct Region {
-    cells: NonNull<Cell>,
+    base: NonNull<u8>,
     /// Kept by the master to hand to each child; a child closes it once mapped.
     fd: Option<OwnedFd>,
 }
@@ -57,7 +127,8 @@ pub(crate) struct Region {
 unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
-const BYTES: usize = CELLS * size_of::<Cell>();
+const HEAD: usize = size_of::<MasterBlock>();
+const BYTES: usize = HEAD + CELLS * size_of::<Cell>();
 
 impl Region {
     /// Master: a fresh zeroed region.
@@ -73,17 +144,14 @@ impl Region {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), BYTES as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let cells = map(fd.as_fd())?;
-        Ok(Region {
-            cells,
-            fd: Some(fd),
-        })
+        let base = map(fd.as_fd())?;
+        Ok(Region { base, fd: Some(fd) })
     }
 
     /// Child: maps the region the master sent, then closes the descriptor.
     pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Region> {
-        let cells = map(fd.as_fd())?;
-        Ok(Region { cells, fd: None })
+        let base = map(fd.as_fd())?;
+        Ok(Region { base, fd: None })
     }
 
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
@@ -91,20 +159,26 @@ impl Region {
     }
 
     pub(crate) fn cell(&self, index: usize) -> Option<&Cell> {
-        // SAFETY: within the mapping, which lives as long as self; Cell is all atomics, for
-        // which any bit pattern (zero from ftruncate included) is valid.
-        (index < CELLS).then(|| unsafe { &*self.cells.as_ptr().add(index) })
+        // SAFETY: within the mapping (page-aligned, so the cells after the 64-aligned head
+        // are aligned), which lives as long as self; Cell is all atomics, for which any bit
+        // pattern (zero from ftruncate included) is valid.
+        (index < CELLS).then(|| unsafe { &*self.base.as_ptr().add(HEAD).cast::<Cell>().add(index) })
+    }
+
+    pub(crate) fn master(&self) -> &MasterBlock {
+        // SAFETY: as `cell`: the head of the mapping, all atomics.
+        unsafe { &*self.base.as_ptr().cast::<MasterBlock>() }
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, of BYTES bytes; no reference into it outlives self.
-        unsafe { libc::munmap(self.cells.as_ptr().cast(), BYTES) };
+        unsafe { libc::munmap(self.base.as_ptr().cast(), BYTES) };
     }
 }
 
-fn map(fd: BorrowedFd<'_>) -> io::Result<NonNull<Cell>> {
+fn map(fd: BorrowedFd<'_>) -> io::Result<NonNull<u8>> {
     // SAFETY: a shared read-write mapping of BYTES bytes of a file at least that long.
     let ptr = unsafe {
         libc::mmap(
@@ -160,7 +234,7 @@ pub(crate) fn clock_ms(clock: libc::clockid_t) -> u64 {
 
 /// A child's end: its cell and how often the master wants a heartbeat.
 pub(crate) struct Beat {
-    region: Region,
+    region: Arc<Region>,
     cell: usize,
     /// Longest time between two heartbeats; `None` when the watchdog is off (the counters are
     /// still published, at the loop's own pace).
@@ -169,7 +243,7 @@ pub(crate) struct Beat {
 }
 
 impl Beat {
-    pub(crate) fn new(region: Region, cell: usize, period: Option<Duration>) -> Option<Beat> {
+    pub(crate) fn new(region: Arc<Region>, cell: usize, period: Option<Duration>) -> Option<Beat> {
         region.cell(cell)?;
         Some(Beat {
             region,
@@ -205,7 +279,7 @@ mod tests {
         let master = Region::create().unwrap();
         let dup = master.fd().unwrap().try_clone_to_owned().unwrap();
         let child = Region::adopt(dup).unwrap();
-        let beat = Beat::new(child, 7, None).unwrap();
+        let beat = Beat::new(Arc::new(child), 7, None).unwrap();
         beat.turn(Instant::now(), 3, 11);
         let cell = master.cell(7).unwrap();
         assert_eq!(cell.connections.load(Ordering::Relaxed), 3);

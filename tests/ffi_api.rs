@@ -376,3 +376,51 @@ fn the_c_side_reads_the_os_error_number() {
     .join()
     .unwrap();
 }
+
+/// Outside a server the stats are a state error, and sizes that are no struct's are refused
+/// before anything is read; the control calls say that no master took them.
+#[test]
+fn stats_and_control_calls_outside_a_server() {
+    use prefork_result::*;
+    let child = std::mem::size_of::<prefork_child_stats>();
+    let master = std::mem::size_of::<prefork_master_stats>();
+    let mut count = 7usize;
+    unsafe {
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_STATE);
+        assert_eq!(count, 7, "written on failure");
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child - 8,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            1,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_NULL);
+        let mut buf = [0 as std::ffi::c_char; 64];
+        assert_eq!(
+            prefork_stats_json(buf.as_mut_ptr(), buf.len()),
+            PREFORK_ERR_STATE
+        );
+        assert!(!prefork_reload());
+        assert!(!prefork_set_children_live(3));
+        assert!(!prefork_scale_children(1));
+    }
+}

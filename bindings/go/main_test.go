@@ -169,6 +169,13 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("hello")
 	case "/pid":
 		resp.WriteString(strconv.Itoa(os.Getpid()))
+	case "/stats":
+		if s, err := prefork.StatsJSON(); err != nil {
+			resp.SetStatus(503)
+			resp.WriteString(err.Error())
+		} else {
+			resp.WriteString(s)
+		}
 	case "/echo":
 		fmt.Fprintf(resp, "method=%s\npath=%s\nquery=%s\ntarget=%s\nx-test=%s\nx-missing=%t\nheaders=%d\nproto=1.%d\nbody=%s\n",
 			req.Method(), req.Path(), req.Query(), req.Target(), req.Header("x-TEST"),

@@ -287,6 +287,26 @@ func (p *Prefork) ScaleChildren(delta int) bool {
 	return bool(C.prefork_scale_children(C.int32_t(delta)))
 }
 
+// StatsJSON returns the server's figures as JSON (prefork_stats_json): the master's totals
+// and, per child, its pid, slot, generation, state, start, requests, open connections and its
+// slot's restarts. It works in the master and in any child while ListenAndServe runs (the
+// children read the master's figures from memory it shares with them), from any goroutine.
+func StatsJSON() (string, error) {
+	// The error message is thread-local: read it on the thread that failed.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for size := 1 << 16; ; size *= 4 {
+		buf := make([]C.char, size)
+		r := C.prefork_stats_json(&buf[0], C.size_t(size))
+		if r == C.PREFORK_OK {
+			return C.GoString(&buf[0]), nil
+		}
+		if r != C.PREFORK_ERR_INVALID_ARGUMENT || size > 1<<26 {
+			return "", lastError("StatsJSON", r)
+		}
+	}
+}
+
 // Version is the loaded library's version, "MAJOR.MINOR.PATCH".
 func Version() string {
 	return C.GoString(C.prefork_version())

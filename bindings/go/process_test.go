@@ -218,6 +218,11 @@ func TestSIGHUPReloadsANewGeneration(t *testing.T) {
 	if code != 200 || (body != sub[1] && body != sub[2]) {
 		t.Fatalf("GET /pid = %d %q after the reload, want one of %v", code, body, sub[1:])
 	}
+	code, body = get(t, m.url("/stats"))
+	if code != 200 || !strings.Contains(body, `"generation":2,`) ||
+		!strings.Contains(body, fmt.Sprintf(`{"pid":%s,`, sub[1])) {
+		t.Fatalf("GET /stats = %d %q after the reload to %v", code, body, sub[1:])
+	}
 	m.stop()
 }
 

@@ -162,6 +162,9 @@ fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
         .inspect_err(|e| log.log(Level::Warn, &format!("cannot map the shared memory: {e}")))
         .ok()?;
     let period = (hello.period_ms > 0).then(|| Duration::from_millis(hello.period_ms.into()));
+    let region = std::sync::Arc::new(region);
+    // The master's figures are in it too: the stats calls read them in a child as well.
+    crate::shared::publish(Some(region.clone()));
     Beat::new(region, hello.cell as usize, period)
 }
 

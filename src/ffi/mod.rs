@@ -34,6 +34,8 @@ mod options;
 
 mod hooks;
 
+mod stats;
+
 mod log;
 
 mod handler;
@@ -57,4 +59,5 @@ pub use log::*;
 pub use options::*;
 pub use request::*;
 pub use response::*;
+pub use stats::*;
 pub use version::*;

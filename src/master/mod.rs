@@ -24,6 +24,8 @@ mod watchdog;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -38,7 +40,7 @@ use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use crate::shared::{CELLS, Clock, Region};
+use crate::shared::{self, CELLS, Cell, Clock, MasterBlock, Region};
 use recovery::{Lived, Recovery};
 use spawn::Child;
 use watchdog::Watch;
@@ -75,7 +77,17 @@ pub(crate) fn run(
                 &format!("no memory shared with the children ({e}): no watchdog, no counters"),
             )
         })
-        .ok();
+        .ok()
+        .map(Arc::new);
+    if let Some(region) = &shared {
+        let m = region.master();
+        m.pid.store(std::process::id() as i32, Ordering::Relaxed);
+        m.children.store(count as u64, Ordering::Relaxed);
+        m.generation.store(1, Ordering::Relaxed);
+        m.started_unix_ms
+            .store(shared::unix_ms(), Ordering::Relaxed);
+        shared::publish(Some(region.clone()));
+    }
     log.log(
         Level::Info,
         &format!(
@@ -106,6 +118,7 @@ pub(crate) fn run(
         shared,
         // Popped from the end: cell 0 first.
         free_cells: (0..CELLS).rev().collect(),
+        slot_restarts: vec![0; count],
         clock: Clock::new(),
         watch: Watch::new(),
         recycling: None,
@@ -114,7 +127,10 @@ pub(crate) fn run(
         stop_now_seen: false,
         outcome: Ok(()),
     };
-    master.run()
+    let result = master.run();
+    // The figures end with the master.
+    shared::publish(None);
+    result
 }
 
 #[derive(Default)]
@@ -195,8 +211,10 @@ struct Master<'a> {
     /// The child count asked for and not reached yet.
     scale_to: Option<usize>,
     /// The memory shared with the children, and its cells no child holds.
-    shared: Option<Region>,
+    shared: Option<Arc<Region>>,
     free_cells: Vec<usize>,
+    /// Replacements of crashed children per slot, for the stats.
+    slot_restarts: Vec<u64>,
     /// The children's heartbeat clock, as the master reads it.
     clock: Clock,
     watch: Watch,
@@ -259,6 +277,21 @@ impl Master<'_> {
         }
         let mut child = spawned?;
         child.request_limit = recycle::request_limit(self.cfg);
+        let restarts = self.slot_restarts.get(slot).copied().unwrap_or(0);
+        if let (Some(region), Some(i)) = (&self.shared, child.cell) {
+            let used = &region.master().cells_used;
+            used.fetch_max(i as u64 + 1, Ordering::Relaxed);
+        }
+        if let Some(cell) = self.cell_of(&child) {
+            cell.pid.store(child.pid, Ordering::Relaxed);
+            cell.slot.store(slot as u64, Ordering::Relaxed);
+            cell.generation.store(generation, Ordering::Relaxed);
+            cell.started_unix_ms
+                .store(shared::unix_ms(), Ordering::Relaxed);
+            cell.slot_restarts.store(restarts, Ordering::Relaxed);
+            cell.state.store(shared::STATE_STARTING, Ordering::Relaxed);
+        }
+        self.count(|m| &m.spawned);
         self.log.log(
             Level::Info,
             &format!(
@@ -267,6 +300,18 @@ impl Master<'_> {
             ),
         );
         Ok(child)
+    }
+
+    /// The shared-memory cell of `child`, if it has one.
+    fn cell_of(&self, child: &Child) -> Option<&Cell> {
+        self.shared.as_ref()?.cell(child.cell?)
+    }
+
+    /// Adds one to a master total of the stats.
+    fn count(&self, counter: impl FnOnce(&MasterBlock) -> &std::sync::atomic::AtomicU64) {
+        if let Some(region) = &self.shared {
+            shared::bump(counter(region.master()));
+        }
     }
 
     fn spawned(&mut self, pid: Pid) -> Result<(), Error> {
@@ -408,6 +453,13 @@ impl Master<'_> {
             }
         };
         let (child, slot) = taken.expect("a located child is there");
+        if let Some(cell) = self.cell_of(&child) {
+            let master = self.shared.as_ref().expect("a cell has a region").master();
+            let served = cell.requests.load(Ordering::Relaxed);
+            master.retired_requests.fetch_add(served, Ordering::Relaxed);
+            shared::bump(&master.exited);
+            cell.clear();
+        }
         // Only a reaped child gives its cell back: until then it may still write to it.
         if let Some(cell) = child.cell {
             self.free_cells.push(cell);
@@ -477,6 +529,11 @@ impl Master<'_> {
             && buf[..n].contains(&lifeline::READY_BYTE)
         {
             child.ready_at = Some(Instant::now());
+            if let (Some(region), Some(cell)) = (&self.shared, child.cell)
+                && let Some(cell) = region.cell(cell)
+            {
+                cell.state.store(shared::STATE_SERVING, Ordering::Relaxed);
+            }
             let ms = child.started.elapsed().as_secs_f64() * 1000.0;
             self.log.log(
                 Level::Debug,
@@ -553,6 +610,9 @@ impl Master<'_> {
                 continue;
             }
             self.slots[slot].respawn = None;
+            if let Some(n) = self.slot_restarts.get_mut(slot) {
+                *n += 1;
+            }
             let child = self.spawn_child(slot, self.generation)?;
             let new = child.pid;
             self.slots[slot].child = Some(child);
@@ -655,6 +715,9 @@ impl Master<'_> {
     /// period. Its listener stays open in the master and in the other children, so the
     /// connections in its accept queue that it does not take are taken by them, never reset.
     fn retire(&mut self, child: Child, slot: usize) {
+        if let Some(cell) = self.cell_of(&child) {
+            cell.state.store(shared::STATE_RETIRING, Ordering::Relaxed);
+        }
         if let Some(fd) = &child.lifeline {
             // Tells the child that this SIGTERM is the master's (see child::lifeline).
             lifeline::announce_stop(fd.as_raw_fd());

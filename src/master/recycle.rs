@@ -134,6 +134,7 @@ impl Master<'_> {
         self.recycling = None;
         self.recycle_retry = None;
         self.recycle_backoff = FIRST_RETRY;
+        self.count(|m| &m.recycles);
         if let Some(old) = old {
             self.log.log(
                 Level::Info,

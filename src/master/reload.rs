@@ -26,6 +26,8 @@ use crate::control;
 use crate::error::Error;
 use crate::hooks::{ChildExit, Pid};
 use crate::log::Level;
+use crate::shared;
+use std::sync::atomic::Ordering;
 
 impl Master<'_> {
     /// Starts a requested reload, or moves the running one on: its startup deadlines and its
@@ -147,6 +149,11 @@ impl Master<'_> {
         }
         let previous = std::mem::replace(&mut self.generation, generation);
         self.state = State::Running;
+        if let Some(region) = &self.shared {
+            let m = region.master();
+            m.generation.store(generation, Ordering::Relaxed);
+            shared::bump(&m.reloads);
+        }
         let pids = self.serving_pids();
         self.log.log(
             Level::Info,
@@ -170,6 +177,7 @@ impl Master<'_> {
             }
         }
         self.state = State::Running;
+        self.count(|m| &m.reload_failures);
         self.log.log(
             Level::Error,
             &format!(

@@ -17,6 +17,7 @@ use crate::config::MAX_CHILDREN;
 use crate::control;
 use crate::error::Error;
 use crate::log::Level;
+use std::sync::atomic::Ordering;
 
 impl Master<'_> {
     /// Takes the pending scaling requests and moves the count towards the target, if the
@@ -40,6 +41,10 @@ impl Master<'_> {
         }
         while self.slots.len() > target && self.last_slot_ready() {
             self.remove_slot();
+        }
+        if let Some(region) = &self.shared {
+            let children = &region.master().children;
+            children.store(self.slots.len() as u64, Ordering::Relaxed);
         }
         if self.slots.len() == target {
             self.scale_to = None;
@@ -86,6 +91,8 @@ impl Master<'_> {
             }
         }
         self.slots.push(Slot::default());
+        self.slot_restarts.resize(slot, 0);
+        self.slot_restarts.push(0);
         self.recovery.new_slot(slot);
         match self.spawn_child(slot, self.generation) {
             Ok(child) => {
@@ -110,6 +117,7 @@ impl Master<'_> {
     fn remove_slot(&mut self) {
         let slot = self.slots.len() - 1;
         let removed = self.slots.pop().expect("at least two slots");
+        self.slot_restarts.truncate(slot);
         if self.cfg.reuseport {
             // Before the SIGTERM: the child's descriptor must be the socket's last.
             self.listeners.truncate(slot);

@@ -101,6 +101,7 @@ impl Master<'_> {
                 ),
             );
             signal_all(&[pid], Signal::SIGABRT);
+            self.count(|m| &m.watchdog_kills);
         }
         if !stubborn.is_empty() {
             self.log.log(

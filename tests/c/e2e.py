@@ -10,6 +10,7 @@ master failed to reap is re-parented here and detected. Every wait is bounded.
 
 import ctypes
 import http.client
+import json
 import os
 import queue
 import re
@@ -332,6 +333,15 @@ def demo_reload(prog):
         wait_until(lambda: not any(alive(p) for p in kids), 15, "the old generation to exit")
         served = {int(request(port, "/pid")[2]) for _ in range(20)}
         check(served <= set(fresh), f"served by {served} after the reload to {fresh}")
+        status, _, body = request(port, "/stats")
+        stats = json.loads(body)
+        print(f"  /stats {body}")
+        check(status == 200 and stats["master"]["pid"] == srv.proc.pid, f"/stats {body}")
+        check(stats["master"]["generation"] == 2 and stats["master"]["reloads"] == 1,
+              f"/stats after one reload: {stats['master']}")
+        serving = sorted(c["pid"] for c in stats["children"] if c["state"] == "serving")
+        check(serving == sorted(fresh), f"/stats serving {serving}, reloaded to {fresh}")
+        check(stats["master"]["requests"] >= 20, f"/stats counted {stats['master']['requests']}")
         srv.stop()
     finally:
         srv.kill()

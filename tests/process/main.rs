@@ -76,6 +76,7 @@ fn main() {
         watchdog_spares_idle_children_and_a_suspended_master,
         max_requests_recycles_under_load_without_a_failure,
         max_child_age_recycles_one_slot_at_a_time,
+        stats_show_every_child_and_the_totals,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -1561,5 +1562,84 @@ fn max_child_age_recycles_one_slot_at_a_time() -> Outcome {
         "recycles overlapped: {steps:?}"
     );
     all_gone(&first, 2 * SEC)?;
+    stop_cleanly(&mut m)
+}
+
+/// The JSON object of `"pid":PID` in a stats text, up to its closing brace.
+fn child_entry(stats: &str, pid: i32) -> Option<&str> {
+    let at = stats.find(&format!("{{\"pid\":{pid},"))?;
+    let end = stats[at..].find('}')?;
+    Some(&stats[at..at + end + 1])
+}
+
+/// A number field of a stats object.
+fn field(obj: &str, name: &str) -> Option<u64> {
+    let at = obj.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let digits: String = obj[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// /stats from a child: the master's figures (pids, slots, generation, requests, restarts),
+/// read from the shared memory, before and after a crash and a reload.
+fn stats_show_every_child_and_the_totals() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, port) = m.ready()?;
+    for _ in 0..10 {
+        get(port, "/").map_err(|e| e.to_string())?;
+    }
+    // The counts are published at each loop turn: the next request's turn shows this one.
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = get(port, "/stats").map_err(|e| e.to_string())?;
+    println!("    stats: {stats}");
+    let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+    ensure!(
+        field(master, "pid") == Some(m.pid() as u64) && field(master, "children") == Some(2),
+        "master part {master}"
+    );
+    ensure!(
+        field(master, "requests").is_some_and(|n| n >= 10),
+        "requests {master}"
+    );
+    for (slot, pid) in ready.iter().enumerate() {
+        let entry = child_entry(&stats, *pid).ok_or_else(|| format!("{pid} missing: {stats}"))?;
+        ensure!(
+            entry.contains("\"state\":\"serving\"")
+                && field(entry, "slot") == Some(slot as u64)
+                && field(entry, "generation") == Some(1),
+            "entry {entry}"
+        );
+    }
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new: i32 = recover
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or("bad recover line")?;
+    m.saw(&format!("init {new}"), 5 * SEC)?;
+    m.signal(libc::SIGHUP);
+    let (_, reloaded) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    all_gone(&[ready[1], new], 6 * SEC)?;
+    let stats = get(port, "/stats").map_err(|e| e.to_string())?;
+    let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+    ensure!(
+        field(master, "generation") == Some(2)
+            && field(master, "reloads") == Some(1)
+            && field(master, "exited") == Some(3)
+            && field(master, "spawned") == Some(5),
+        "after a crash and a reload: {master}"
+    );
+    let entry = child_entry(&stats, reloaded[0]).ok_or_else(|| stats.clone())?;
+    ensure!(
+        field(entry, "slot_restarts") == Some(1) && field(entry, "generation") == Some(2),
+        "slot 0's child after one restart: {entry}"
+    );
+    ensure!(
+        !stats.contains(&format!("\"pid\":{},", ready[1])),
+        "a reaped child is still listed: {stats}"
+    );
     stop_cleanly(&mut m)
 }

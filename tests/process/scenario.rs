@@ -85,6 +85,10 @@ impl Handler for TestHandler {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
             "/exit" => std::process::exit(3),
+            "/stats" => match prefork::stats() {
+                Some(s) => resp.write(s.to_json().as_bytes()),
+                None => resp.write(b"none"),
+            },
             "/sleep" => {
                 let ms: u64 = req
                     .query()
