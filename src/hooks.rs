@@ -89,6 +89,10 @@ impl SpawnRequest {
         }
         cmd.args(self.args.iter().skip(1));
         cmd.env(CHILD_ENV, "1");
+        // Only the master speaks for the service to systemd.
+        for var in crate::notify::ENV {
+            cmd.env_remove(var);
+        }
         let placements = [
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),

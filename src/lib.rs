@@ -36,6 +36,7 @@ pub mod http;
 mod lifeline;
 mod log;
 mod master;
+mod notify;
 mod shared;
 mod stats;
 

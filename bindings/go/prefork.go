@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -644,7 +645,11 @@ func ChildCommand(files []*os.File) (*exec.Cmd, error) {
 	}
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
-		if len(kv) < len(ChildEnv)+1 || kv[:len(ChildEnv)+1] != ChildEnv+"=" {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		// The marker is set below; only the master speaks to systemd.
+		case ChildEnv, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+		default:
 			env = append(env, kv)
 		}
 	}

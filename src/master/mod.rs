@@ -20,6 +20,7 @@ mod recycle;
 mod reload;
 mod scale;
 mod spawn;
+mod systemd;
 mod watchdog;
 
 use std::net::SocketAddr;
@@ -99,6 +100,10 @@ pub(crate) fn run(
             }
         ),
     );
+    let notify = crate::notify::Notifier::from_env()
+        .inspect_err(|e| log.log(Level::Warn, &format!("not notifying systemd: {e}")))
+        .ok()
+        .flatten();
     let mut master = Master {
         cfg,
         hooks,
@@ -121,6 +126,8 @@ pub(crate) fn run(
         slot_restarts: vec![0; count],
         clock: Clock::new(),
         watch: Watch::new(),
+        notify,
+        notify_watchdog_due: None,
         recycling: None,
         recycle_retry: None,
         recycle_backoff: recycle::FIRST_RETRY,
@@ -218,6 +225,10 @@ struct Master<'a> {
     /// The children's heartbeat clock, as the master reads it.
     clock: Clock,
     watch: Watch,
+    /// The service manager to tell about readiness, reloads and the stop (`NOTIFY_SOCKET`),
+    /// and when its next watchdog ping is due.
+    notify: Option<crate::notify::Notifier>,
+    notify_watchdog_due: Option<Instant>,
     /// The slot whose child is being recycled: its successor starts in `Slot::next`.
     recycling: Option<usize>,
     /// After a failed recycle, when the next may start, and the delay after another failure.
@@ -375,7 +386,9 @@ impl Master<'_> {
         self.announce_ready()?;
         self.advance_reload(now)?;
         self.apply_scaling()?;
-        self.advance_recycling(now)
+        self.advance_recycling(now)?;
+        self.ping_systemd(now);
+        Ok(())
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {
@@ -656,6 +669,7 @@ impl Master<'_> {
             return Ok(());
         }
         self.ready_announced = true;
+        self.tell_systemd("READY=1");
         let pids = self.serving_pids();
         self.log
             .log(Level::Info, &format!("master ready: children {pids:?}"));
@@ -703,7 +717,9 @@ impl Master<'_> {
             .map(|r| r.deadline);
         let watch = self.watchdog_deadline();
         let recycle = self.recycle_deadline();
+        let systemd = self.notify_watchdog_due;
         respawns
+            .chain(systemd)
             .chain(startups)
             .chain(graces)
             .chain(watch)
@@ -766,6 +782,7 @@ impl Master<'_> {
         // children's descriptors are the last, and each child takes its queue before closing
         // (http::server's close_listener), after which connecting is refused.
         self.listeners.clear();
+        self.tell_systemd("STOPPING=1");
         let live = self.live_pids();
         if !live.is_empty() {
             self.log.log(

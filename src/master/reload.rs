@@ -91,6 +91,11 @@ impl Master<'_> {
             generation,
             since: now,
         };
+        let reloading = format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::notify::monotonic_usec()
+        );
+        self.tell_systemd(&reloading);
         for slot in 0..self.slots.len() {
             let child = match self.spawn_child(slot, generation) {
                 Ok(child) => child,
@@ -155,6 +160,7 @@ impl Master<'_> {
             shared::bump(&m.reloads);
         }
         let pids = self.serving_pids();
+        self.tell_systemd("READY=1");
         self.log.log(
             Level::Info,
             &format!(
@@ -178,6 +184,8 @@ impl Master<'_> {
         }
         self.state = State::Running;
         self.count(|m| &m.reload_failures);
+        // Serving as before: the manager's reload is over, if not as it hoped.
+        self.tell_systemd("READY=1");
         self.log.log(
             Level::Error,
             &format!(

@@ -46,6 +46,9 @@ impl Master<'_> {
             let children = &region.master().children;
             children.store(self.slots.len() as u64, Ordering::Relaxed);
         }
+        if self.scale_to == Some(self.slots.len()) {
+            self.tell_systemd("");
+        }
         if self.slots.len() == target {
             self.scale_to = None;
         }

@@ -77,6 +77,7 @@ fn main() {
         max_requests_recycles_under_load_without_a_failure,
         max_child_age_recycles_one_slot_at_a_time,
         stats_show_every_child_and_the_totals,
+        systemd_hears_ready_reloading_watchdog_and_stopping,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -1642,4 +1643,96 @@ fn stats_show_every_child_and_the_totals() -> Outcome {
         "a reaped child is still listed: {stats}"
     );
     stop_cleanly(&mut m)
+}
+
+/// A service manager's notification socket: every datagram received within `within`.
+fn notifications(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => return got,
+        }
+    }
+}
+
+/// sd_notify against a socket this test listens on: READY=1 with a STATUS, WATCHDOG=1 every
+/// half WATCHDOG_USEC but none while a slot has no ready child, RELOADING=1 with
+/// MONOTONIC_USEC then READY=1 around a reload, STOPPING=1; the children never see the
+/// variables.
+fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("pf-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let mut m = Master::start(&[
+            ("PF_CHILDREN", "2"),
+            ("PF_INTERVAL_MS", "1000"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ]);
+        let (ready, _) = m.ready()?;
+        let first = notifications(&sock, Duration::from_millis(700));
+        ensure!(
+            first
+                .first()
+                .is_some_and(|n| n.starts_with("READY=1\nSTATUS=serving with 2 children")),
+            "first notifications {first:?}"
+        );
+        let pings = first.iter().filter(|n| n.starts_with("WATCHDOG=1")).count();
+        ensure!(
+            (3..=6).contains(&pings),
+            "{pings} pings in 0.7 s at 150 ms: {first:?}"
+        );
+        for pid in &ready {
+            ensure!(
+                !environ(*pid)
+                    .iter()
+                    .any(|kv| kv.starts_with("NOTIFY_SOCKET=") || kv.starts_with("WATCHDOG_USEC=")),
+                "child {pid} has the notify variables"
+            );
+        }
+        unsafe { libc::kill(ready[0], libc::SIGKILL) };
+        m.expect(&format!("exit {}", ready[0]), 5 * SEC)?;
+        notifications(&sock, Duration::from_millis(20));
+        let gap = notifications(&sock, Duration::from_millis(600));
+        ensure!(
+            !gap.iter().any(|n| n.starts_with("WATCHDOG=1")),
+            "pinged while a slot had no child: {gap:?}"
+        );
+        m.expect("recover ", 5 * SEC)?;
+        notifications(&sock, Duration::from_millis(300));
+        m.signal(libc::SIGHUP);
+        m.expect("reloaded ", 10 * SEC)?;
+        let around = notifications(&sock, Duration::from_millis(300));
+        let reloading = around
+            .iter()
+            .position(|n| n.starts_with("RELOADING=1\nMONOTONIC_USEC="))
+            .ok_or_else(|| format!("no RELOADING=1: {around:?}"))?;
+        ensure!(
+            around[reloading + 1..]
+                .iter()
+                .any(|n| n.starts_with("READY=1\nSTATUS=serving with 2 children, generation 2")),
+            "no READY=1 after RELOADING=1: {around:?}"
+        );
+        m.signal(libc::SIGTERM);
+        m.wait_exit(10 * SEC)?;
+        let last = notifications(&sock, Duration::from_millis(200));
+        ensure!(
+            last.iter().any(|n| n.starts_with("STOPPING=1")),
+            "no STOPPING=1: {last:?}"
+        );
+        all_gone(&m.all_children(), 2 * SEC).map(|_| ())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
