@@ -6,15 +6,21 @@
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *     [--user NAME] [--group NAME] [--cpu-affinity]
  *     [--proxy-protocol] [--proxy-allow CIDR]...
+ *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *
- * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
- * --allow-crash); and OPTIONS *. /peer answers the client's address as the handler sees it,
- * "ip:port" ("[ip6]:port" for IPv6): with --proxy-protocol, the one the balancer's PROXY
- * protocol header names.
+ * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /stats  /peer
+ * /crash (with --allow-crash); and OPTIONS *. /stats answers prefork_stats_json: the master's
+ * figures
+ * (every child's pid, slot, generation, requests, connections...), which the child reads from
+ * the memory the master shares with it, so any child gives the same answer.
+ * /peer answers the client's address as the handler sees it, "ip:port" ("[ip6]:port" for
+ * IPv6): with --proxy-protocol, the one the balancer's PROXY protocol header names.
  *
  * --proxy-protocol makes every connection (on every --addr) start with a PROXY protocol
  * header, accepted from the --proxy-allow networks (repeatable; default loopback).
- * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
+ * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout;
+ * after a reload (SIGHUP) "reloaded generation=<n> children=<pid>,..." or, when the new
+ * generation failed and the old one serves on, "reload failed generation=<n>: <reason>".
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
  * The master re-executes this program once per child, with the same arguments: the children
@@ -42,8 +48,10 @@ static const char USAGE[] =
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
     "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
     "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
+    "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
+    "                   [--max-child-age-ms N]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
-    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
+    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N /stats\n"
     "                    /crash (only with --allow-crash); and OPTIONS *\n"
     "                    /peer (the client's address, ip:port)\n";
 
@@ -161,6 +169,16 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
             return;
         }
         reply_text(resp, 200, addr);
+    } else if (str_is(path, "/stats")) {
+        size_t cap = 1 << 16;
+        char *json = malloc(cap);
+        if (json == NULL || prefork_stats_json(json, cap) != PREFORK_OK) {
+            reply_text(resp, 503, "no stats\n");
+        } else {
+            static const char type[] = "application/json";
+            prefork_response_reply(resp, 200, type, sizeof type - 1, json, strlen(json));
+        }
+        free(json);
     } else if (str_is(path, "/crash") && app->allow_crash) {
         abort();
     } else {
@@ -175,6 +193,25 @@ static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
     for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
     printf("\n");
     return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void print_pids(const int32_t *pids, size_t count) {
+    for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
+    printf("\n");
+}
+
+/* Master only: a reload's new generation serves; the old one drains. */
+static int on_reload(void *user_data, uint64_t generation, const int32_t *pids, size_t count) {
+    (void)user_data;
+    printf("reloaded generation=%" PRIu64 " children=", generation);
+    print_pids(pids, count);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void on_reload_failed(void *user_data, uint64_t generation, const char *reason) {
+    (void)user_data;
+    printf("reload failed generation=%" PRIu64 ": %s\n", generation, reason);
+    fflush(stdout);
 }
 
 static bool parse_u64(const char *text, uint64_t *out) {
@@ -211,7 +248,11 @@ int main(int argc, char **argv) {
     static struct app app;
     const char *addr = "127.0.0.1:8080";
     prefork_handler handler = {.user_data = &app, .handle = handle};
-    prefork_hooks hooks = {.on_master_ready = on_master_ready};
+    prefork_hooks hooks = {
+        .on_master_ready = on_master_ready,
+        .on_reload = on_reload,
+        .on_reload_failed = on_reload_failed,
+    };
     prefork *server = NULL;
 
     if (prefork_new(&handler, &server) != PREFORK_OK) {
@@ -285,6 +326,14 @@ int main(int argc, char **argv) {
                 ok = set(prefork_set_header_timeout_ms(server, n));
             } else if (strcmp(flag, "--idle-timeout-ms") == 0) {
                 ok = set(prefork_set_idle_timeout_ms(server, n));
+            } else if (strcmp(flag, "--child-timeout-ms") == 0) {
+                ok = set(prefork_set_child_timeout_ms(server, n));
+            } else if (strcmp(flag, "--max-requests") == 0) {
+                ok = set(prefork_set_max_requests(server, n));
+            } else if (strcmp(flag, "--max-requests-jitter") == 0) {
+                ok = set(prefork_set_max_requests_jitter(server, n));
+            } else if (strcmp(flag, "--max-child-age-ms") == 0) {
+                ok = set(prefork_set_max_child_age_ms(server, n));
             } else {
                 prefork_free(server);
                 return usage("unknown flag: ", flag);

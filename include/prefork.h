@@ -58,6 +58,27 @@
 /** prefork_set_serve_sized with this header's sizeof(prefork_serve) (serve mode, since 0.2). */
 #define prefork_set_serve(p, serve) prefork_set_serve_sized((p), (serve), sizeof(prefork_serve))
 
+
+/** prefork_stats_sized with this header's sizeof(prefork_child_stats) and
+ * sizeof(prefork_master_stats). */
+#define prefork_stats(children, cap, master, count) prefork_stats_sized((children), sizeof(prefork_child_stats), (cap), (master), sizeof(prefork_master_stats), (count))
+
+/**
+ * `prefork_child_stats.state`: started, not yet reported "listening".
+ */
+#define PREFORK_CHILD_STARTING 1
+
+/**
+ * `prefork_child_stats.state`: serving its slot (or, during a reload or a recycle, ready to
+ * take it over).
+ */
+#define PREFORK_CHILD_SERVING 2
+
+/**
+ * `prefork_child_stats.state`: told to stop, draining.
+ */
+#define PREFORK_CHILD_RETIRING 3
+
 /**
  * `prefork_serve.ready`: the child reports ready just before `serve` is called (the default).
  */
@@ -332,7 +353,96 @@ typedef struct prefork_hooks {
      * `prefork_set_hooks` failed.
      */
     void (*user_data_free)(void *user_data);
+    /**
+     * Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+     * generation `generation` (the first children are generation 1, each reload takes the
+     * next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
+     * only during the call. The children they replace were told to stop gracefully and are
+     * still draining. Return 0 to go on.
+     */
+    int (*on_reload)(void *user_data, uint64_t generation, const int32_t *pids, size_t count);
+    /**
+     * Master (since 0.3): the reload to `generation` failed, because one of its children
+     * exited or missed the startup timeout before all were ready, or could not be started;
+     * `reason` (NUL-terminated, valid only during the call) says which and how. Its children
+     * were told to stop; the previous generation, never stopped, keeps serving.
+     */
+    void (*on_reload_failed)(void *user_data, uint64_t generation, const char *reason);
 } prefork_hooks;
+
+/**
+ * One child, as `prefork_stats` reports it. Extensible as the callback structs, in the other
+ * direction: members are only ever added at the end, and the library writes as many bytes of
+ * each element as the caller's `sizeof` (which the `prefork_stats` macro passes) holds.
+ */
+typedef struct prefork_child_stats {
+    int32_t pid;
+    /**
+     * One of PREFORK_CHILD_STARTING, PREFORK_CHILD_SERVING, PREFORK_CHILD_RETIRING.
+     */
+    uint32_t state;
+    /**
+     * Its slot, 0-based; during a reload or a recycle two children share one.
+     */
+    uint64_t slot;
+    /**
+     * 1 for the first children, one more for each reload.
+     */
+    uint64_t generation;
+    /**
+     * When it was started, in milliseconds since the Unix epoch.
+     */
+    uint64_t started_unix_ms;
+    /**
+     * Requests it has received (counted by its event loop, published at every turn).
+     */
+    uint64_t requests;
+    /**
+     * Connections it has open.
+     */
+    uint64_t connections;
+    /**
+     * Replacements of crashed children its slot had before this child was started.
+     */
+    uint64_t slot_restarts;
+} prefork_child_stats;
+
+/**
+ * The master's totals, as `prefork_stats` reports them. Extensible as `prefork_child_stats`.
+ */
+typedef struct prefork_master_stats {
+    int32_t pid;
+    uint32_t _reserved;
+    /**
+     * The child count it serves with (slots).
+     */
+    uint64_t children;
+    /**
+     * The generation serving (1 until the first reload).
+     */
+    uint64_t generation;
+    uint64_t started_unix_ms;
+    /**
+     * Children started since the start, and children reaped.
+     */
+    uint64_t spawned;
+    uint64_t exited;
+    /**
+     * Requests received by every child since the start, reaped ones included.
+     */
+    uint64_t requests;
+    /**
+     * Connections open in the children now.
+     */
+    uint64_t connections;
+    uint64_t reloads;
+    uint64_t reload_failures;
+    uint64_t recycles;
+    /**
+     * Children killed by the hung-child watchdog.
+     */
+    uint64_t watchdog_kills;
+} prefork_master_stats;
 
 /**
  * Serve mode: each child runs the program's own server (a libuv or libevent loop, a custom
@@ -535,6 +645,48 @@ enum prefork_result prefork_local_addr(char *buf, size_t cap);
 bool prefork_shutdown(void);
 
 /**
+ * Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+ * new generation of children (a re-execution of the program, so each reads its configuration
+ * and certificates again), waits until every one of them reported "listening", then stops the
+ * previous generation gracefully; `on_reload` reports it. If a child of the new generation
+ * exits or misses the startup timeout before that, the new generation is stopped, the
+ * previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+ * runs is queued (any number of them make one more reload) and starts when the running one
+ * ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+ *
+ * Returns true when the request was passed to a running master, false when this process runs
+ * none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+ * dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+ * write(2) to a non-blocking pipe, as `prefork_shutdown`.
+ */
+bool prefork_reload(void);
+
+/**
+ * Asks the master running in this process to serve with `children` child processes from now
+ * on (1 to 1024), as `prefork_set_children` would at the start: it adds children (each ready
+ * as a first child is: its slot counts once it reports "listening"), or removes the
+ * highest-numbered slots, whose children stop gracefully, finishing their requests within the
+ * grace period. In reuseport mode an added slot gets its own new socket on the same port,
+ * and a removed slot's socket is closed by its child once it took the connections waiting in
+ * it, so none is reset. A later request replaces one not yet applied. A request made while a
+ * reload runs waits until it ends; one made before the master is ready waits for that.
+ *
+ * Returns true when the request was passed to a running master; false (request dropped) when
+ * this process runs none, or `children` is 0 or above 1024. Safe from any thread and from a
+ * signal handler (async-signal-safe): atomics and one write(2), as `prefork_shutdown`.
+ */
+bool prefork_set_children_live(uint32_t children);
+
+/**
+ * Asks the master running in this process for `delta` children more, or fewer when it is
+ * negative, counted from the number it serves with or was last asked for (SIGTTIN is +1,
+ * SIGTTOU -1); it keeps at least 1 and at most 1024. Children come and go as with
+ * `prefork_set_children_live`. Returns false (request dropped) when this process runs no
+ * master. Safe from any thread and from a signal handler (async-signal-safe).
+ */
+bool prefork_scale_children(int32_t delta);
+
+/**
  * Number of child processes. 0 = one per CPU the process may run on
  * (sched_getaffinity and cgroup quotas respected). At most 1024. Default: 0.
  */
@@ -614,6 +766,40 @@ enum prefork_result prefork_set_grace_period_ms(struct prefork *p, uint64_t ms);
  * milliseconds; above zero. Default: 10000.
  */
 enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+ * for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+ * backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+ * Children report each turn through memory shared with the master, waking at least four
+ * times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+ * gives every child a full timeout again from its resumption rather than killing them.
+ * Handlers running on handler threads do not hold the loop; only the loop is watched, and
+ * serve-mode children, whose loop is the application's own, are not watched.
+ * 0 = off; otherwise at least 100. Default: 0.
+ */
+enum prefork_result prefork_set_child_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * Recycling: a child that has received this many requests is replaced by a new one, which
+ * starts first and takes over once it reports "listening", when the old one stops gracefully;
+ * only one slot recycles at a time, so capacity never drops (a leak in the handler is
+ * bounded). Counted by each child's event loop through the memory it shares with the master.
+ * 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests(struct prefork *p, uint64_t requests);
+
+/**
+ * Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+ * it starts, so that children started together do not recycle together. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests_jitter(struct prefork *p, uint64_t jitter);
+
+/**
+ * Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+ * replacement ready first, one slot at a time). 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_child_age_ms(struct prefork *p, uint64_t ms);
 
 /**
  * true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
@@ -783,6 +969,44 @@ enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms)
 enum prefork_result prefork_set_hooks_sized(struct prefork *p,
                                             const struct prefork_hooks *hooks,
                                             size_t hooks_size);
+
+/**
+ * The figures of the server this process runs, from the memory the master shares with its
+ * children, so that the master and each child read the same: `*master` gets the master's
+ * totals (NULL to skip them) and `children[0..cap]` one element per child (the serving ones,
+ * those starting, and those draining after a reload, a scale-down or a recycle), ordered by
+ * slot; `*count` (NULL to skip) gets the number of children, which may exceed `cap` (then
+ * only the first `cap` are written: call again with more room). `child_size` and
+ * `master_size` are the caller's `sizeof` of each struct: C and C++ call this through the
+ * `prefork_stats` macro, whose arguments are (children, cap, master, count) and which passes
+ * the sizes; the library writes no more than that many bytes per element.
+ *
+ * Callable from any thread of the master or of a child while `prefork_listen_and_serve` runs
+ * (from `handle`, from a hook): it takes a lock, so not from a signal handler. Each number is
+ * read atomically and is at most one event-loop turn old; the set is no atomic snapshot.
+ * Errors: PREFORK_ERR_STATE when nothing is served (or the shared memory could not be had),
+ * PREFORK_ERR_NULL for a NULL `children` with `cap` above 0, PREFORK_ERR_INVALID_ARGUMENT
+ * for a size smaller than the structs of 0.3 or not a multiple of 8.
+ */
+enum prefork_result prefork_stats_sized(struct prefork_child_stats *children,
+                                        size_t child_size,
+                                        size_t cap,
+                                        struct prefork_master_stats *master,
+                                        size_t master_size,
+                                        size_t *count);
+
+/**
+ * The same figures as `prefork_stats`, as NUL-terminated JSON in `buf` (`cap` bytes):
+ * `{"master":{"pid":..,"children":..,"generation":..,"started_unix_ms":..,"spawned":..,
+ * "exited":..,"requests":..,"connections":..,"reloads":..,"reload_failures":..,
+ * "recycles":..,"watchdog_kills":..},"children":[{"pid":..,"slot":..,"generation":..,
+ * "state":"serving","started_unix_ms":..,"requests":..,"connections":..,
+ * "slot_restarts":..},...]}` (members may be added, never removed). About 200 bytes per
+ * child; 64 KiB holds 300. Written only when it fits; PREFORK_ERR_INVALID_ARGUMENT when it
+ * does not (`prefork_last_error` says how many bytes it needs), PREFORK_ERR_STATE when
+ * nothing is served, PREFORK_ERR_NULL for a NULL `buf`. Threads as `prefork_stats`.
+ */
+enum prefork_result prefork_stats_json(char *buf, size_t cap);
 
 /**
  * Sends the library's log lines to `log` instead of stderr (the default logger writes

@@ -54,6 +54,14 @@ pub struct Hooks {
     pub on_master_death: Option<Box<dyn FnMut() + Send>>,
     /// Starts a child instead of the default re-exec; returns its pid.
     pub command_producer: Option<Box<dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send>>,
+    /// After a reload completed: every child of generation `generation` (the first is 1)
+    /// reported listening, in slot order, and the previous generation was told to stop
+    /// gracefully. An error aborts.
+    pub on_reload: Option<Box<dyn FnMut(u64, &[Pid]) -> HookResult + Send>>,
+    /// A reload failed (a child of the new generation exited or timed out before the whole
+    /// generation was ready, or could not be started): `generation` is the one given up, the
+    /// text says why. The previous generation keeps serving.
+    pub on_reload_failed: Option<Box<dyn FnMut(u64, &str) + Send>>,
 }
 
 /// What the command producer is asked to start.
@@ -87,6 +95,10 @@ impl SpawnRequest {
         }
         cmd.args(self.args.iter().skip(1));
         cmd.env(CHILD_ENV, "1");
+        // Only the master speaks for the service to systemd.
+        for var in crate::notify::ENV {
+            cmd.env_remove(var);
+        }
         let placements = [
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),

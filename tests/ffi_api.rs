@@ -50,6 +50,8 @@ fn no_hooks(
         on_master_death: None,
         command_producer: None,
         user_data_free,
+        on_reload: None,
+        on_reload_failed: None,
     }
 }
 
@@ -286,7 +288,14 @@ fn structs_are_read_by_the_size_the_caller_passes() {
         let hooks = no_hooks(ptr::null_mut(), None);
         let hooks_size = std::mem::size_of::<prefork_hooks>();
         assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size), PREFORK_OK);
-        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 8);
+        // The 0.1 struct (eight members) and the 0.2 one are older sizes, still taken; an
+        // odd size is no struct's.
+        assert_eq!(prefork_set_hooks_sized(p, &hooks, 8 * 8), PREFORK_OK);
+        assert_eq!(
+            prefork_set_hooks_sized(p, &hooks, hooks_size - 8),
+            PREFORK_OK
+        );
+        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 4);
         assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
         assert!(
             last_error().contains("is not the size of a prefork_hooks"),
@@ -472,4 +481,51 @@ fn child_ready_outside_a_serve_callback_is_a_state_error() {
         "{}",
         last_error()
     );
+}
+/// Outside a server the stats are a state error, and sizes that are no struct's are refused
+/// before anything is read; the control calls say that no master took them.
+#[test]
+fn stats_and_control_calls_outside_a_server() {
+    use prefork_result::*;
+    let child = std::mem::size_of::<prefork_child_stats>();
+    let master = std::mem::size_of::<prefork_master_stats>();
+    let mut count = 7usize;
+    unsafe {
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_STATE);
+        assert_eq!(count, 7, "written on failure");
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child - 8,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            1,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_NULL);
+        let mut buf = [0 as std::ffi::c_char; 64];
+        assert_eq!(
+            prefork_stats_json(buf.as_mut_ptr(), buf.len()),
+            PREFORK_ERR_STATE
+        );
+        assert!(!prefork_reload());
+        assert!(!prefork_set_children_live(3));
+        assert!(!prefork_scale_children(1));
+    }
 }

@@ -19,6 +19,8 @@ enum {
 	GOPREFORK_ON_CHILD_EXIT = 1 << 5,
 	GOPREFORK_ON_MASTER_DEATH = 1 << 6,
 	GOPREFORK_COMMAND_PRODUCER = 1 << 7,
+	GOPREFORK_ON_RELOAD = 1 << 8,
+	GOPREFORK_ON_RELOAD_FAILED = 1 << 9,
 };
 
 // prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the

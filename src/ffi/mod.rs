@@ -34,6 +34,8 @@ mod options;
 
 mod hooks;
 
+mod stats;
+
 mod log;
 
 mod serve;
@@ -60,4 +62,5 @@ pub use options::*;
 pub use request::*;
 pub use response::*;
 pub use serve::*;
+pub use stats::*;
 pub use version::*;

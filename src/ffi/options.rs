@@ -173,6 +173,50 @@ pub unsafe extern "C" fn prefork_set_startup_timeout_ms(
     ffi_boundary!({ unsafe { set(p, |c| c.process.startup_timeout = Duration::from_millis(ms)) } })
 }
 
+/// The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+/// for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+/// backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+/// Children report each turn through memory shared with the master, waking at least four
+/// times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+/// gives every child a full timeout again from its resumption rather than killing them.
+/// Handlers running on handler threads do not hold the loop; only the loop is watched, and
+/// serve-mode children, whose loop is the application's own, are not watched.
+/// 0 = off; otherwise at least 100. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_child_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.child_timeout = Duration::from_millis(ms)) } })
+}
+
+/// Recycling: a child that has received this many requests is replaced by a new one, which
+/// starts first and takes over once it reports "listening", when the old one stops gracefully;
+/// only one slot recycles at a time, so capacity never drops (a leak in the handler is
+/// bounded). Counted by each child's event loop through the memory it shares with the master.
+/// 0 = off. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_requests(
+    p: *mut prefork,
+    requests: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_requests = requests) } })
+}
+
+/// Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+/// it starts, so that children started together do not recycle together. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_requests_jitter(
+    p: *mut prefork,
+    jitter: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_requests_jitter = jitter) } })
+}
+
+/// Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+/// replacement ready first, one slot at a time). 0 = off. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_child_age_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_child_age = Duration::from_millis(ms)) } })
+}
+
 /// true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
 /// second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
 /// handlers afterwards. false: the host keeps its signal handling and calls
@@ -474,6 +518,10 @@ mod tests {
             assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
             assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
             assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
+            assert_eq!(prefork_set_child_timeout_ms(p, 17_000), PREFORK_OK);
+            assert_eq!(prefork_set_max_requests(p, 18), PREFORK_OK);
+            assert_eq!(prefork_set_max_requests_jitter(p, 19), PREFORK_OK);
+            assert_eq!(prefork_set_max_child_age_ms(p, 20), PREFORK_OK);
             assert_eq!(prefork_set_max_request_line(p, 101), PREFORK_OK);
             assert_eq!(prefork_set_max_head_size(p, 102), PREFORK_OK);
             assert_eq!(prefork_set_max_headers(p, 103), PREFORK_OK);
@@ -510,6 +558,9 @@ mod tests {
         assert_eq!(pc.grace_period, ms(14));
         assert_eq!(pc.startup_timeout, ms(15));
         assert!(!pc.handle_signals);
+        assert_eq!(pc.child_timeout, ms(17_000));
+        assert_eq!((pc.max_requests, pc.max_requests_jitter), (18, 19));
+        assert_eq!(pc.max_child_age, ms(20));
         let h = &c.http;
         assert_eq!(
             (h.max_request_line, h.max_head_size, h.max_headers),
@@ -548,6 +599,10 @@ mod tests {
                 prefork_result::PREFORK_OK
             );
             assert_ne!(prefork_set_backlog(p, -3), prefork_result::PREFORK_OK);
+            assert_ne!(
+                prefork_set_child_timeout_ms(p, 99),
+                prefork_result::PREFORK_OK
+            );
             assert_ne!(
                 prefork_set_write_timeout_ms(p, 0),
                 prefork_result::PREFORK_OK

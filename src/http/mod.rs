@@ -52,6 +52,8 @@ pub(crate) struct ServeControl<'a> {
     pub on_master_death: Option<&'a mut (dyn FnMut() + Send)>,
     /// Longest drain before the remaining connections are dropped.
     pub grace_period: Duration,
+    /// Where each loop turn is published for the master (heartbeat, open connections).
+    pub beat: Option<&'a crate::shared::Beat>,
 }
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a

@@ -29,6 +29,7 @@ use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
+use crate::shared::Beat;
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -123,6 +124,9 @@ struct Server<'a> {
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
+    beat: Option<&'a Beat>,
+    /// Requests received so far, published with each turn's heartbeat.
+    requests: u64,
     log: &'a dyn Logger,
     /// Connections refused by the PROXY protocol step so far (the first is logged as a
     /// warning, the others at debug level: a misconfigured balancer must not flood the log).
@@ -207,6 +211,8 @@ pub(crate) fn run(
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
+        beat: ctl.beat,
+        requests: 0,
         log,
         proxy_refused: 0,
     };
@@ -245,6 +251,9 @@ impl Server<'_> {
                 return Err(Error::io(ErrorKind::Io, "waiting for events", e));
             }
             self.now = Instant::now();
+            if let Some(beat) = self.beat {
+                beat.turn(self.now, self.live, self.requests);
+            }
             if self.now >= self.date_due {
                 self.refresh_date();
             }
@@ -320,6 +329,10 @@ impl Server<'_> {
         }
         if let Some(t) = self.drain_deadline {
             consider(t);
+        }
+        // The master's watchdog takes a loop that does not turn for long for a hung one.
+        if let Some(period) = self.beat.and_then(|b| b.period) {
+            consider(self.now + period);
         }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
         // early into a turn that finds nothing due. Measured from the turn's start rather
@@ -456,6 +469,7 @@ impl Server<'_> {
         let fd = conn.sock.as_raw_fd();
         let mut budget = self.cfg.max_bytes_per_turn;
         let mut body_progress = false;
+        let seq_before = conn.session.seq();
         let outcome = loop {
             let mut progress = conn.session.process(&mut ctx);
             if conn.session.out_pending() > 0 && conn.writable {
@@ -519,6 +533,8 @@ impl Server<'_> {
                 break Drive::Again;
             }
         };
+        // Counted per drive, not per request: the stats and recycling cost one add here.
+        self.requests += conn.session.seq() - seq_before;
         match outcome {
             Drive::Close => return self.close(idx),
             Drive::Finish => return self.finish(idx),

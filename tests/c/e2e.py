@@ -10,6 +10,7 @@ master failed to reap is re-parented here and detected. Every wait is bounded.
 
 import ctypes
 import http.client
+import json
 import os
 import queue
 import re
@@ -323,10 +324,39 @@ def demo_reuseport(prog):
         srv.kill()
 
 
+def demo_reload(prog):
+    """SIGHUP: a new generation replaces every child, the old one exits 0, and the port keeps
+    answering throughout."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGHUP)
+        m = srv.expect(r"^reloaded generation=(\d+) children=(\d+(?:,\d+)*)$")
+        fresh = [int(p) for p in m.group(2).split(",")]
+        check(m.group(1) == "2", f"reloaded to generation {m.group(1)}, expected 2")
+        check(len(fresh) == 2 and not set(fresh) & set(kids), f"{kids} reloaded to {fresh}")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old generation to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the reload to {fresh}")
+        status, _, body = request(port, "/stats")
+        stats = json.loads(body)
+        print(f"  /stats {body}")
+        check(status == 200 and stats["master"]["pid"] == srv.proc.pid, f"/stats {body}")
+        check(stats["master"]["generation"] == 2 and stats["master"]["reloads"] == 1,
+              f"/stats after one reload: {stats['master']}")
+        serving = sorted(c["pid"] for c in stats["children"] if c["state"] == "serving")
+        check(serving == sorted(fresh), f"/stats serving {serving}, reloaded to {fresh}")
+        check(stats["master"]["requests"] >= 20, f"/stats counted {stats['master']['requests']}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+
 def demo_flags(prog):
     bad = [["--children", "x"], ["--bogus"], ["--network", "udp"], ["--addr"],
            ["--children", "5000"], ["--header-timeout-ms", "0"], ["--grace-ms", "-5"],
-           ["--recover-threshold", "many"]]
+           ["--recover-threshold", "many"], ["--child-timeout-ms", "50"]]
     for args in bad:
         r = subprocess.run([prog, *args], capture_output=True, text=True, timeout=20)
         check(r.returncode == 2, f"{args}: exit {r.returncode}, expected 2; stderr {r.stderr!r}")
@@ -1026,6 +1056,7 @@ def api(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
+                                      demo_reload,
                                       demo_flags, demo_bind_error, demo_user, demo_limits, hello,
                                       hooks, hooks_master_death, server, api, abi_v0_1,
                                       serve_echo, serve_echo_master_death, demo_proxy,

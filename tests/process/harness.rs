@@ -39,6 +39,12 @@ pub fn with_env<T>(env: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
 
 pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The watchdog's SIGABRT must not leave core files behind; the limit is inherited.
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
 }
 
 pub struct Master {
@@ -131,6 +137,21 @@ impl Master {
                         self.context()
                     ));
                 }
+            }
+        }
+    }
+
+    /// Waits for the line `line`, which may have been read already.
+    pub fn saw(&mut self, line: &str, within: Duration) -> Result<(), String> {
+        if self.seen.iter().any(|l| l == line) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.expect(line, left)?;
+            if self.seen.last().is_some_and(|l| l == line) {
+                return Ok(());
             }
         }
     }
