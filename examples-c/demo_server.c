@@ -10,9 +10,8 @@
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /stats  /peer
  * /crash (with --allow-crash); and OPTIONS *. /stats answers prefork_stats_json: the master's
- * figures
- * (every child's pid, slot, generation, requests, connections...), which the child reads from
- * the memory the master shares with it, so any child gives the same answer.
+ * figures (every child's pid, slot, generation, requests, connections...), which the child
+ * reads from the memory the master shares with it, so any child gives the same answer.
  * /peer answers the client's address as the handler sees it, "ip:port" ("[ip6]:port" for
  * IPv6): with --proxy-protocol, the one the balancer's PROXY protocol header names.
  *
