@@ -41,7 +41,7 @@ use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use crate::shared::{self, CELLS, Cell, Clock, MasterBlock, Region};
+use crate::shared::{self, CELLS, Cell, MasterBlock, Region};
 use recovery::{Lived, Recovery};
 use spawn::Child;
 use watchdog::Watch;
@@ -124,7 +124,6 @@ pub(crate) fn run(
         // Popped from the end: cell 0 first.
         free_cells: (0..CELLS).rev().collect(),
         slot_restarts: vec![0; count],
-        clock: Clock::new(),
         watch: Watch::new(),
         notify,
         notify_watchdog_due: None,
@@ -222,8 +221,6 @@ struct Master<'a> {
     free_cells: Vec<usize>,
     /// Replacements of crashed children per slot, for the stats.
     slot_restarts: Vec<u64>,
-    /// The children's heartbeat clock, as the master reads it.
-    clock: Clock,
     watch: Watch,
     /// The service manager to tell about readiness, reloads and the stop (`NOTIFY_SOCKET`),
     /// and when its next watchdog ping is due.

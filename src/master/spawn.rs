@@ -37,6 +37,8 @@ pub(crate) struct Child {
     pub cell: Option<usize>,
     /// When the watchdog sent it SIGABRT, and whether SIGKILL followed.
     pub aborted: Option<(Instant, bool)>,
+    /// The heartbeat the watchdog last saw (the loop's turn count) and when it saw it move.
+    pub beat_seen: (u64, Option<Instant>),
     /// Requests after which it is recycled (`max_requests` plus its jitter).
     pub request_limit: Option<u64>,
 }
@@ -110,6 +112,7 @@ pub(crate) fn spawn(
         generation,
         cell,
         aborted: None,
+        beat_seen: (0, None),
         request_limit: None,
     })
 }
