@@ -174,7 +174,7 @@ fn lifeline_pair() -> Result<(OwnedFd, OwnedFd), Error> {
 }
 
 /// nix 0.32 has no pidfd_open, so the raw system call.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; a
     // descriptor it returns is fresh, so the OwnedFd is its only owner (pidfds are
     // close-on-exec by definition).
