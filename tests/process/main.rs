@@ -1051,8 +1051,10 @@ fn reloaded(rest: &str) -> Result<(u64, Vec<i32>), String> {
 /// When a request started, and the pid that served it or the error.
 type Served = (Instant, Result<i32, String>);
 
-/// A client on fresh connections, one request after another, until told to stop: what each
-/// got.
+/// A client on fresh connections, one request every millisecond or so, until told to stop:
+/// what each got. Paced, because every connection leaves a TIME_WAIT entry in
+/// /proc/net/tcp for a minute, and later stages (the Zig e2e reads that table) must not find
+/// tens of thousands of them.
 struct SteadyClient {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<Served>>,
@@ -1070,6 +1072,7 @@ impl SteadyClient {
                     .map_err(|e| e.to_string())
                     .and_then(|b| b.parse::<i32>().map_err(|e| format!("{e}: {b:?}")));
                 got.push((at, pid));
+                std::thread::sleep(Duration::from_millis(1));
             }
             got
         });

@@ -346,7 +346,9 @@ fn listeningPort(io: Io, gpa: std.mem.Allocator, pid: i32) !u16 {
     defer file.close(io);
     var read_buf: [4096]u8 = undefined;
     var reader = file.readerStreaming(io, &read_buf);
-    const table = try reader.interface.allocRemaining(gpa, .limited(4 << 20));
+    // Every TIME_WAIT connection of the machine is a row: a test run before this one may
+    // have left tens of thousands.
+    const table = try reader.interface.allocRemaining(gpa, .limited(256 << 20));
     defer gpa.free(table);
     var rows = std.mem.splitScalar(u8, table, '\n');
     _ = rows.next(); // the column names
