@@ -36,6 +36,7 @@ static SIGINT_COUNT: AtomicU32 = AtomicU32::new(0);
 /// True while a master runs in this process: control requests are only taken then.
 static MASTER_RUNNING: AtomicBool = AtomicBool::new(false);
 static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
+static UPGRADE_REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Children to add (SIGTTIN) or remove (SIGTTOU) since the master last looked.
 static SCALE_DELTA: AtomicI64 = AtomicI64::new(0);
 /// A child count asked for with `set_children_live`; 0 = none pending.
@@ -109,6 +110,22 @@ pub fn set_children_live(children: usize) -> bool {
     poke(WAKE_CONTROL)
 }
 
+/// Requests a binary upgrade of the master running in this process: it starts the program
+/// from disk as a new master with its listening sockets, and stops its own children once the
+/// new master is ready. Async-signal-safe. False when no master runs in this process.
+pub fn upgrade() -> bool {
+    if !MASTER_RUNNING.load(Ordering::Acquire) {
+        return false;
+    }
+    UPGRADE_REQUESTED.store(true, Ordering::Release);
+    poke(WAKE_CONTROL)
+}
+
+/// Master: takes a pending upgrade request.
+pub(crate) fn take_upgrade() -> bool {
+    UPGRADE_REQUESTED.swap(false, Ordering::AcqRel)
+}
+
 /// Master: takes a pending reload request.
 pub(crate) fn take_reload() -> bool {
     RELOAD_REQUESTED.swap(false, Ordering::AcqRel)
@@ -164,6 +181,7 @@ pub(crate) fn reset() {
     STOP_REQUESTED.store(false, Ordering::Release);
     SIGINT_COUNT.store(0, Ordering::Release);
     RELOAD_REQUESTED.store(false, Ordering::Release);
+    UPGRADE_REQUESTED.store(false, Ordering::Release);
     SCALE_DELTA.store(0, Ordering::Release);
     SCALE_TARGET.store(0, Ordering::Release);
 }
@@ -174,6 +192,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
     match sig {
         libc::SIGHUP => {
             reload();
+        }
+        libc::SIGUSR2 => {
+            upgrade();
         }
         libc::SIGTTIN => {
             scale_children(1);
@@ -197,10 +218,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
     /// SIGTERM and SIGINT stop gracefully; a second SIGINT stops at once. SIGHUP reloads,
+    /// SIGUSR2 upgrades the binary,
     /// SIGTTIN and SIGTTOU add and remove a child.
     Master,
-    /// SIGTERM drains; SIGINT and SIGHUP are ignored, because a terminal's Ctrl-C or hangup
-    /// reaches the whole process group and the master, not each child, decides what follows.
+    /// SIGTERM drains; SIGINT, SIGHUP and SIGUSR2 are ignored, because a terminal's Ctrl-C or
+    /// hangup (or a signal sent to the group) reaches the whole process group and the master,
+    /// not each child, decides what follows.
     Child,
 }
 
@@ -225,6 +248,7 @@ impl SignalGuard {
         };
         guard.set(libc::SIGINT, int_action)?;
         guard.set(libc::SIGHUP, int_action)?;
+        guard.set(libc::SIGUSR2, int_action)?;
         if role == Role::Master {
             guard.set(libc::SIGTTIN, on_signal)?;
             guard.set(libc::SIGTTOU, on_signal)?;

@@ -20,6 +20,11 @@ pub type HookResult = Result<(), HookError>;
 
 /// Environment variable that marks a child; its value is `1`.
 pub const CHILD_ENV: &str = "PREFORK_CHILD";
+/// The variables with which an old master hands its sockets to a new one (binary upgrade):
+/// the descriptor of the pipe on which the new master reports ready, and the listeners'.
+pub(crate) const UPGRADE_READY_ENV: &str = "PREFORK_UPGRADE_READY_FD";
+pub(crate) const UPGRADE_FDS_ENV: &str = "PREFORK_UPGRADE_FDS";
+pub(crate) const UPGRADE_ENV: [&str; 2] = [UPGRADE_READY_ENV, UPGRADE_FDS_ENV];
 /// The descriptor at which a child finds its listener.
 pub const LISTENER_FD: RawFd = 3;
 /// The descriptor at which a child finds its end of the lifeline socket.
@@ -95,8 +100,9 @@ impl SpawnRequest {
         }
         cmd.args(self.args.iter().skip(1));
         cmd.env(CHILD_ENV, "1");
-        // Only the master speaks for the service to systemd.
-        for var in crate::notify::ENV {
+        // Only the master speaks for the service to systemd, and only a new master adopts
+        // an old one's sockets.
+        for var in crate::notify::ENV.into_iter().chain(UPGRADE_ENV) {
             cmd.env_remove(var);
         }
         let placements = [
@@ -128,7 +134,7 @@ impl SpawnRequest {
 /// Marks every descriptor above `last` close-on-exec: a C host's descriptors opened without it
 /// must not reach the children. Marking rather than closing keeps the pipe through which std
 /// reports a failed exec. Runs between fork and exec, so only system calls, no allocation.
-fn cloexec_fds_above(last: RawFd) {
+pub(crate) fn cloexec_fds_above(last: RawFd) {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     let first = (last + 1) as libc::c_uint;
     // SAFETY: close_range takes plain integers and only sets descriptor flags; nix 0.32 has

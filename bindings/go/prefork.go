@@ -322,6 +322,15 @@ func (p *Prefork) Reload() bool {
 	return bool(C.prefork_reload())
 }
 
+// Upgrade asks the master running in this process for a zero-downtime binary upgrade, as
+// SIGUSR2 does: the program is started again from disk as a new master with the listening
+// sockets; once its children listen, the old master stops its own and its ListenAndServe
+// returns nil. If the new master fails first, the old one serves on. It reports whether a
+// master was running to take the request; any goroutine may call it.
+func (p *Prefork) Upgrade() bool {
+	return bool(C.prefork_upgrade())
+}
+
 // SetChildrenLive asks the master running in this process to serve with n children from now
 // on (1 to 1024): added children start as the first ones did, removed ones (the highest
 // slots) stop gracefully. It reports whether a master was running to take the request; any
@@ -388,7 +397,8 @@ func LocalAddr() string {
 // instead and exits when it returns (see ServeFunc).
 //
 // While it runs, SIGTERM and SIGINT (and in the master SIGHUP, which reloads, and SIGTTIN
-// and SIGTTOU, which add and remove a child) reach the
+// and SIGTTOU, which add and remove a child, and SIGUSR2, which upgrades the binary) reach
+// the
 // binding through os/signal (the library's own signal handlers stay off, so the Go runtime
 // keeps its signal handling); a child ignores SIGINT and SIGHUP, because a terminal's Ctrl-C
 // or hangup reaches the whole process group and the master decides what follows. The relay stops when ListenAndServe returns.
@@ -739,7 +749,8 @@ func ChildCommand(files []*os.File) (*exec.Cmd, error) {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
 		// The marker is set below; only the master speaks to systemd.
-		case ChildEnv, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+		case ChildEnv, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+			"PREFORK_UPGRADE_FDS", "PREFORK_UPGRADE_READY_FD":
 		default:
 			env = append(env, kv)
 		}

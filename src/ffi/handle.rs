@@ -319,3 +319,23 @@ pub unsafe extern "C" fn prefork_set_children_live(children: u32) -> bool {
 pub unsafe extern "C" fn prefork_scale_children(delta: i32) -> bool {
     ffi_boundary!(signal_safe, { crate::scale_children(i64::from(delta)) })
 }
+
+/// Asks the master running in this process for a zero-downtime binary upgrade, as SIGUSR2
+/// does: it starts the program again from the path it was started from (so a binary replaced
+/// there is what runs) as a new master, passing it the listening sockets (descriptors 4 and up,
+/// named in PREFORK_UPGRADE_FDS, with a pipe at 3 named in PREFORK_UPGRADE_READY_FD); the new
+/// master adopts them instead of binding, starts its children and, once every one of them
+/// reported "listening", says so on the pipe (and sends MAINPID= to systemd when
+/// NOTIFY_SOCKET is set). The old master then stops its children gracefully and its
+/// `prefork_listen_and_serve` returns PREFORK_OK; the sockets never close, so no connection is
+/// refused or reset. If the new master exits, or is not ready within twice the startup
+/// timeout, it is killed and the old master serves on (logged). The new master is the old
+/// one's child until the old one exits. Requests during a reload, a recycle or another upgrade
+/// wait until it ends.
+///
+/// Returns false (request dropped) when this process runs no master. Safe from any thread and
+/// from a signal handler (async-signal-safe), as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_upgrade() -> bool {
+    ffi_boundary!(signal_safe, { crate::upgrade() })
+}

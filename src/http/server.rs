@@ -125,7 +125,10 @@ struct Server<'a> {
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
     beat: Option<&'a Beat>,
-    /// Requests received so far, published with each turn's heartbeat.
+    /// The watchdog's heartbeat period, when it is on.
+    beat_period: Option<Duration>,
+    /// Turns of the loop and requests received so far, published at every turn.
+    turns: u64,
     requests: u64,
     log: &'a dyn Logger,
     /// Connections refused by the PROXY protocol step so far (the first is logged as a
@@ -212,6 +215,8 @@ pub(crate) fn run(
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
         beat: ctl.beat,
+        beat_period: ctl.beat.and_then(|b| b.period),
+        turns: 0,
         requests: 0,
         log,
         proxy_refused: 0,
@@ -251,9 +256,6 @@ impl Server<'_> {
                 return Err(Error::io(ErrorKind::Io, "waiting for events", e));
             }
             self.now = Instant::now();
-            if let Some(beat) = self.beat {
-                beat.turn(self.now, self.live, self.requests);
-            }
             if self.now >= self.date_due {
                 self.refresh_date();
             }
@@ -301,6 +303,11 @@ impl Server<'_> {
                 self.next_tick = self.now + self.tick;
                 self.sweep();
             }
+            // After the turn's work, so the counts include it before the loop sleeps.
+            if let Some(beat) = self.beat {
+                self.turns += 1;
+                beat.turn(self.turns, self.live, self.requests);
+            }
         }
     }
 
@@ -331,7 +338,7 @@ impl Server<'_> {
             consider(t);
         }
         // The master's watchdog takes a loop that does not turn for long for a hung one.
-        if let Some(period) = self.beat.and_then(|b| b.period) {
+        if let Some(period) = self.beat_period {
             consider(self.now + period);
         }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair

@@ -21,6 +21,7 @@ mod reload;
 mod scale;
 mod spawn;
 mod systemd;
+mod upgrade;
 mod watchdog;
 
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use crate::shared::{self, CELLS, Cell, Clock, MasterBlock, Region};
+use crate::shared::{self, CELLS, Cell, MasterBlock, Region};
 use recovery::{Lived, Recovery};
 use spawn::Child;
 use watchdog::Watch;
@@ -60,9 +61,24 @@ pub(crate) fn run(
     let count = cfg.effective_children();
     // Before anything is bound: a user that does not exist is the caller's error, at once.
     let confinement = Confinement::resolve(cfg)?;
-    let sockaddr = bind::resolve(addr, cfg.network)?;
-    let (listeners, sockaddr) =
-        bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+    let (listeners, sockaddr, ready_pipe) = match upgrade::inherited()? {
+        Some(old) => {
+            let (listeners, sockaddr) = bind::adopt(
+                old.listeners,
+                cfg.network,
+                cfg.backlog,
+                cfg.reuseport,
+                count,
+            )?;
+            (listeners, sockaddr, old.ready)
+        }
+        None => {
+            let sockaddr = bind::resolve(addr, cfg.network)?;
+            let (listeners, sockaddr) =
+                bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+            (listeners, sockaddr, None)
+        }
+    };
     crate::set_local_addr(Some(sockaddr));
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
     let _signals = if cfg.handle_signals {
@@ -131,10 +147,14 @@ pub(crate) fn run(
         // Popped from the end: cell 0 first.
         free_cells: (0..CELLS).rev().collect(),
         slot_restarts: vec![0; count],
-        clock: Clock::new(),
         watch: Watch::new(),
         notify,
         notify_watchdog_due: None,
+        program: upgrade::program_path(),
+        upgrade: None,
+        upgrade_reaped: false,
+        handed_over: false,
+        ready_pipe,
         recycling: None,
         recycle_retry: None,
         recycle_backoff: recycle::FIRST_RETRY,
@@ -192,6 +212,9 @@ enum Event {
     Lifeline(Pid),
     /// The waitpid sweep's period ended (children without a pidfd).
     Sweep,
+    /// The new master of an upgrade: its ready pipe, its pidfd.
+    UpgradeReady,
+    UpgradeExit,
 }
 
 /// Where a child is kept.
@@ -230,13 +253,19 @@ struct Master<'a> {
     free_cells: Vec<usize>,
     /// Replacements of crashed children per slot, for the stats.
     slot_restarts: Vec<u64>,
-    /// The children's heartbeat clock, as the master reads it.
-    clock: Clock,
     watch: Watch,
     /// The service manager to tell about readiness, reloads and the stop (`NOTIFY_SOCKET`),
     /// and when its next watchdog ping is due.
     notify: Option<crate::notify::Notifier>,
     notify_watchdog_due: Option<Instant>,
+    /// The program to start for a binary upgrade, the new master while it starts, whether
+    /// that one was reaped already, and whether one took over (this master then stops).
+    program: Option<std::path::PathBuf>,
+    upgrade: Option<upgrade::Upgrade>,
+    upgrade_reaped: bool,
+    handed_over: bool,
+    /// A new master's: where it tells the old one that it is ready.
+    ready_pipe: Option<OwnedFd>,
     /// The slot whose child is being recycled: its successor starts in `Slot::next`.
     recycling: Option<usize>,
     /// After a failed recycle, when the next may start, and the delay after another failure.
@@ -396,6 +425,7 @@ impl Master<'_> {
         self.advance_reload(now)?;
         self.apply_scaling()?;
         self.advance_recycling(now)?;
+        self.advance_upgrade(now);
         self.ping_systemd(now);
         Ok(())
     }
@@ -414,6 +444,11 @@ impl Master<'_> {
             Event::Exit(pid) => self.reap(pid, false),
             Event::Lifeline(pid) => {
                 self.read_lifeline(pid);
+                Ok(())
+            }
+            Event::UpgradeReady => self.upgrade_ready_event(),
+            Event::UpgradeExit => {
+                self.upgrade_exit_event();
                 Ok(())
             }
             Event::Sweep => {
@@ -515,6 +550,14 @@ impl Master<'_> {
             if let Some(fd) = &child.lifeline {
                 fds.push(pollfd(fd.as_fd()));
                 watched.push(Event::Lifeline(child.pid));
+            }
+        }
+        if let Some(u) = &self.upgrade {
+            fds.push(pollfd(u.ready.as_fd()));
+            watched.push(Event::UpgradeReady);
+            if let Some(fd) = &u.pidfd {
+                fds.push(pollfd(fd.as_fd()));
+                watched.push(Event::UpgradeExit);
             }
         }
         let mut timeout = self
@@ -678,7 +721,13 @@ impl Master<'_> {
             return Ok(());
         }
         self.ready_announced = true;
-        self.tell_systemd("READY=1");
+        if self.ready_pipe.is_some() {
+            // A new master: systemd learns whom to follow now.
+            self.tell_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            self.report_upgraded();
+        } else {
+            self.tell_systemd("READY=1");
+        }
         let pids = self.serving_pids();
         self.log
             .log(Level::Info, &format!("master ready: children {pids:?}"));
@@ -727,8 +776,10 @@ impl Master<'_> {
         let watch = self.watchdog_deadline();
         let recycle = self.recycle_deadline();
         let systemd = self.notify_watchdog_due;
+        let upgrade = self.upgrade.as_ref().map(|u| u.deadline);
         respawns
             .chain(systemd)
+            .chain(upgrade)
             .chain(startups)
             .chain(graces)
             .chain(watch)
@@ -791,7 +842,13 @@ impl Master<'_> {
         // children's descriptors are the last, and each child takes its queue before closing
         // (http::server's close_listener), after which connecting is refused.
         self.listeners.clear();
-        self.tell_systemd("STOPPING=1");
+        if self.upgrade.is_some() {
+            self.fail_upgrade_for_stop();
+        }
+        if !self.handed_over {
+            // After an upgrade the service goes on, in the new master.
+            self.tell_systemd("STOPPING=1");
+        }
         let live = self.live_pids();
         if !live.is_empty() {
             self.log.log(
@@ -871,6 +928,11 @@ impl Drop for Master<'_> {
     fn drop(&mut self) {
         for pid in self.live_pids() {
             spawn::kill_and_reap(pid);
+        }
+        if let Some(u) = self.upgrade.take()
+            && !self.upgrade_reaped
+        {
+            spawn::kill_and_reap(u.pid);
         }
     }
 }

@@ -65,7 +65,10 @@ impl Master<'_> {
     }
 
     fn start_recycle(&mut self, now: Instant) -> Result<(), Error> {
-        if self.scale_to.is_some() || self.recycle_retry.is_some_and(|t| now < t) {
+        if self.scale_to.is_some()
+            || self.upgrade.is_some()
+            || self.recycle_retry.is_some_and(|t| now < t)
+        {
             return Ok(());
         }
         let Some((slot, old, why)) = self.due_for_recycling(now) else {

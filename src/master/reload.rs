@@ -39,6 +39,7 @@ impl Master<'_> {
                 // per slot at a time.
                 if self.ready_announced
                     && self.recycling.is_none()
+                    && self.upgrade.is_none()
                     && (self.reload_queued || control::take_reload())
                 {
                     self.reload_queued = false;

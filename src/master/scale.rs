@@ -23,7 +23,11 @@ impl Master<'_> {
     /// Takes the pending scaling requests and moves the count towards the target, if the
     /// master can now.
     pub(super) fn apply_scaling(&mut self) -> Result<(), Error> {
-        if self.state != State::Running || !self.ready_announced || self.recycling.is_some() {
+        if self.state != State::Running
+            || !self.ready_announced
+            || self.recycling.is_some()
+            || self.upgrade.is_some()
+        {
             return Ok(());
         }
         let current = self.scale_to.unwrap_or(self.slots.len());

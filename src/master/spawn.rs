@@ -38,6 +38,8 @@ pub(crate) struct Child {
     pub cell: Option<usize>,
     /// When the watchdog sent it SIGABRT, and whether SIGKILL followed.
     pub aborted: Option<(Instant, bool)>,
+    /// The heartbeat the watchdog last saw (the loop's turn count) and when it saw it move.
+    pub beat_seen: (u64, Option<Instant>),
     /// Requests after which it is recycled (`max_requests` plus its jitter).
     pub request_limit: Option<u64>,
 }
@@ -113,6 +115,7 @@ pub(crate) fn spawn(
         generation,
         cell,
         aborted: None,
+        beat_seen: (0, None),
         request_limit: None,
     })
 }
@@ -174,7 +177,7 @@ fn lifeline_pair() -> Result<(OwnedFd, OwnedFd), Error> {
 }
 
 /// nix 0.32 has no pidfd_open, so the raw system call.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; a
     // descriptor it returns is fresh, so the OwnedFd is its only owner (pidfds are
     // close-on-exec by definition).

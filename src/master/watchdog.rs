@@ -1,7 +1,8 @@
-//! The hung-child watchdog (`child_timeout`): each ready child's event loop writes the time of
-//! its every turn to its cell in the shared memory (`crate::shared`), and wakes at least every
-//! `period` when idle; a child whose last turn is older than the timeout is hung (a handler
-//! blocking the loop, a deadlock). It gets SIGABRT, which leaves a core dump or, in a Go host,
+//! The hung-child watchdog (`child_timeout`): each ready child's event loop counts its turns in
+//! its cell of the shared memory (`crate::shared`), and wakes at least every `period` when
+//! idle. The master looks every `period` and notes, by its own clock, when it last saw the
+//! count move: a child whose count has not moved for the timeout is hung (a handler blocking
+//! the loop, a deadlock). It gets SIGABRT, which leaves a core dump or, in a Go host,
 //! a goroutine dump, then SIGKILL after `ABORT_GRACE` if it is still there; its exit is then
 //! handled as any crash (replaced by the recover policy).
 //!
@@ -20,6 +21,7 @@ use super::{Master, signal_all};
 use crate::config::ProcessConfig;
 use crate::log::Level;
 use crate::shared::clock_ms;
+use std::sync::atomic::Ordering;
 
 /// Between SIGABRT and SIGKILL: enough for a core dump of a small process.
 pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(1);
@@ -33,17 +35,17 @@ pub(crate) fn period(cfg: &ProcessConfig) -> Duration {
 pub(super) struct Watch {
     last: Instant,
     last_boot_ms: u64,
-    /// When the master came back from its last absence (`Clock::ms`); heartbeats are judged
-    /// from no earlier than this.
-    resumed_ms: u64,
+    /// When the master came back from its last absence: silences are counted from no earlier.
+    resumed: Instant,
 }
 
 impl Watch {
     pub(super) fn new() -> Watch {
+        let now = Instant::now();
         Watch {
-            last: Instant::now(),
+            last: now,
             last_boot_ms: clock_ms(libc::CLOCK_BOOTTIME),
-            resumed_ms: 0,
+            resumed: now,
         }
     }
 }
@@ -57,10 +59,7 @@ impl Master<'_> {
             return;
         }
         self.notice_absence(now, timeout);
-        let now_ms = self.clock.ms(now);
-        let limit = timeout.as_millis() as u64;
-        let clock = self.clock;
-        let resumed_ms = self.watch.resumed_ms;
+        let resumed = self.watch.resumed;
         let region = self.shared.as_ref().expect("checked above");
         let mut hung = Vec::new();
         let mut stubborn = Vec::new();
@@ -72,30 +71,33 @@ impl Master<'_> {
             let (Some(ready), Some(cell)) = (child.ready_at, child.cell) else {
                 continue;
             };
-            match &mut child.aborted {
-                Some((at, killed)) => {
-                    if !*killed && now >= *at + ABORT_GRACE {
-                        *killed = true;
-                        stubborn.push(child.pid);
-                    }
+            if let Some((at, killed)) = &mut child.aborted {
+                if !*killed && now >= *at + ABORT_GRACE {
+                    *killed = true;
+                    stubborn.push(child.pid);
                 }
-                None => {
-                    let beat = region
-                        .cell(cell)
-                        .map_or(0, |c| c.beat_ms.load(std::sync::atomic::Ordering::Relaxed));
-                    // A child that never beat runs no engine loop that could (serve mode: the
-                    // application's own server), so it is not watched; the engine beats on its
-                    // first turn, right after it reports ready.
-                    if beat == 0 {
-                        continue;
-                    }
-                    let since = beat.max(clock.ms(ready)).max(resumed_ms);
-                    let silent = now_ms.saturating_sub(since);
-                    if silent > limit {
-                        child.aborted = Some((now, false));
-                        hung.push((child.pid, silent));
-                    }
-                }
+                continue;
+            }
+            let turns = region
+                .cell(cell)
+                .map_or(0, |c| c.turns.load(Ordering::Relaxed));
+            // A child that never turned runs no engine loop that could (serve mode: the
+            // application's own server), so it is not watched; the engine turns right after it
+            // reports ready.
+            if turns == 0 {
+                continue;
+            }
+            if turns != child.beat_seen.0 || child.beat_seen.1.is_none() {
+                child.beat_seen = (turns, Some(now));
+            }
+            let since = [child.beat_seen.1.unwrap_or(now), ready, resumed]
+                .into_iter()
+                .max()
+                .unwrap_or(now);
+            let silent = now.saturating_duration_since(since);
+            if silent > timeout {
+                child.aborted = Some((now, false));
+                hung.push((child.pid, silent.as_millis()));
             }
         }
         for (pid, silent) in hung {
@@ -129,7 +131,7 @@ impl Master<'_> {
         self.watch.last = now;
         self.watch.last_boot_ms = boot_ms;
         if away > timeout / 2 {
-            self.watch.resumed_ms = self.clock.ms(now);
+            self.watch.resumed = now;
             self.log.log(
                 Level::Warn,
                 &format!(

@@ -353,6 +353,40 @@ def demo_reload(prog):
         srv.kill()
 
 
+def demo_upgrade(prog):
+    """SIGUSR2: a new master prints its own ready line, the old one exits 0 once the new
+    children listen, and the port answers throughout; then the new master stops cleanly."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    new = None
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGUSR2)
+        m = srv.expect(rf"^ready pid=(?!{srv.proc.pid}\b)(\d+) children=(\d+(?:,\d+)*)$")
+        new = int(m.group(1))
+        fresh = [int(p) for p in m.group(2).split(",")]
+        try:
+            code = srv.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fail("the old master did not exit after the upgrade")
+        check(code == 0, f"old master exit status {code}, expected 0")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old children to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the upgrade to {fresh}")
+        check(ppid_of(new) == os.getpid(), "the new master was not handed to the subreaper")
+        os.kill(new, signal.SIGTERM)
+        wait_until(lambda: not alive(new), 20, "the new master to stop")
+        _, status = os.waitpid(new, 0)  # this subreaper's child now, a zombie until then
+        check(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0,
+              f"new master wait status {status:#x}, expected exit 0")
+        new = None
+        assert_nothing_left(fresh)
+    finally:
+        if new is not None and alive(new):
+            os.kill(new, signal.SIGKILL)
+        srv.kill()
+
+
 def demo_flags(prog):
     bad = [["--children", "x"], ["--bogus"], ["--network", "udp"], ["--addr"],
            ["--children", "5000"], ["--header-timeout-ms", "0"], ["--grace-ms", "-5"],
@@ -1056,7 +1090,7 @@ def api(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
-                                      demo_reload,
+                                      demo_reload, demo_upgrade,
                                       demo_flags, demo_bind_error, demo_user, demo_limits, hello,
                                       hooks, hooks_master_death, server, api, abi_v0_1,
                                       serve_echo, serve_echo_master_death, demo_proxy,

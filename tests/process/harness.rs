@@ -188,10 +188,20 @@ impl Master {
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus, String> {
+        self.wait_exit_then(within, Duration::from_secs(2))
+    }
+
+    /// As `wait_exit`, reading the lines left for at most `drain` (a process that outlives
+    /// the master, such as the new master of an upgrade, keeps stdout open).
+    pub fn wait_exit_then(
+        &mut self,
+        within: Duration,
+        drain: Duration,
+    ) -> Result<ExitStatus, String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.proc.try_wait().map_err(|e| e.to_string())? {
-                self.drain(Duration::from_secs(2));
+                self.drain(drain);
                 return Ok(status);
             }
             if Instant::now() > deadline {

@@ -90,6 +90,9 @@ fn main() {
         max_child_age_recycles_one_slot_at_a_time,
         stats_show_every_child_and_the_totals,
         systemd_hears_ready_reloading_watchdog_and_stopping,
+        upgrade_under_steady_load_fails_no_request,
+        upgrade_under_steady_load_fails_no_request_reuseport,
+        upgrade_whose_new_master_fails_keeps_the_old_serving,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -173,8 +176,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| !matches!(*e, "port" | "bound" | "child-ready"))
-        .filter(|e| !matches!(*e, "port" | "init" | "bound"))
+        .filter(|e| !matches!(*e, "port" | "init" | "master" | "bound" | "child-ready"))
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],
@@ -1421,8 +1423,10 @@ fn reloaded(rest: &str) -> Result<(u64, Vec<i32>), String> {
 /// When a request started, and the pid that served it or the error.
 type Served = (Instant, Result<i32, String>);
 
-/// A client on fresh connections, one request after another, until told to stop: what each
-/// got.
+/// A client on fresh connections, one request every millisecond or so, until told to stop:
+/// what each got. Paced, because every connection leaves a TIME_WAIT entry in
+/// /proc/net/tcp for a minute, and later stages (the Zig e2e reads that table) must not find
+/// tens of thousands of them.
 struct SteadyClient {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<Served>>,
@@ -1440,6 +1444,7 @@ impl SteadyClient {
                     .map_err(|e| e.to_string())
                     .and_then(|b| b.parse::<i32>().map_err(|e| format!("{e}: {b:?}")));
                 got.push((at, pid));
+                std::thread::sleep(Duration::from_millis(1));
             }
             got
         });
@@ -2107,5 +2112,133 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
         all_gone(&m.all_children(), 2 * SEC).map(|_| ())
     })();
     let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn upgrade_under_steady_load_fails_no_request() -> Outcome {
+    upgrade_under_load(false)
+}
+
+fn upgrade_under_steady_load_fails_no_request_reuseport() -> Outcome {
+    upgrade_under_load(true)
+}
+
+/// SIGUSR2 under a steady client: a new master from the binary on disk adopts the sockets and
+/// starts its children; the old master stops its own and exits 0; no request fails.
+fn upgrade_under_load(reuseport: bool) -> Outcome {
+    let mut env = vec![("PF_CHILDREN", "2")];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (old_kids, port) = m.ready()?;
+    let old = m.pid();
+    let client = SteadyClient::start(port);
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    m.signal(libc::SIGUSR2);
+    let new: i32 = m
+        .expect("master ", 10 * SEC)?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let result = (|| {
+        let took = asked.elapsed();
+        let new_kids: Vec<i32> = m
+            .expect("ready ", 5 * SEC)?
+            .split(',')
+            .map(|p| p.parse().expect("pid"))
+            .collect();
+        ensure!(new != old, "the new master is the old one");
+        let status = m.wait_exit_then(10 * SEC, Duration::ZERO)?;
+        let handed = asked.elapsed();
+        m.drain(Duration::from_millis(100));
+        ensure!(
+            status.code() == Some(0) && m.seen.iter().any(|l| l == "result ok"),
+            "old master exit {status:?}; {}",
+            m.context()
+        );
+        all_gone(&old_kids, 2 * SEC)?;
+        let old_gone = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        let got = client.finish()?;
+        measure("SIGUSR2 to the new master ready (2 children)", took);
+        measure("SIGUSR2 to the old master's exit", handed);
+        let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        println!(
+            "    measure: {} requests during the upgrade, {} failed",
+            got.len(),
+            failed.len()
+        );
+        ensure!(failed.is_empty(), "failed requests: {failed:?}");
+        let late: Vec<i32> = got
+            .iter()
+            .filter(|(at, _)| *at > old_gone)
+            .filter_map(|(_, r)| r.clone().ok())
+            .collect();
+        ensure!(
+            !late.is_empty() && late.iter().all(|p| new_kids.contains(p)),
+            "after the old master left, served by {late:?}; new children {new_kids:?}"
+        );
+        ensure!(
+            std::fs::read_to_string(format!("/proc/{new}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == format!("PPid:\t{}", std::process::id())),
+            "the new master was not handed to the subreaper"
+        );
+        unsafe { libc::kill(new, libc::SIGTERM) };
+        let mut everyone = new_kids.clone();
+        everyone.push(new);
+        all_gone(&everyone, 10 * SEC).map(|_| ())
+    })();
+    if alive(new) {
+        unsafe { libc::kill(new, libc::SIGKILL) };
+        let _ = all_gone(&[new], 2 * SEC);
+    }
+    result
+}
+
+/// A new binary that cannot start: the old master says so and serves on.
+fn upgrade_whose_new_master_fails_keeps_the_old_serving() -> Outcome {
+    let file = std::env::temp_dir().join(format!("pf-upgrade-{}", std::process::id()));
+    std::fs::write(&file, "").map_err(|e| e.to_string())?;
+    let path = file.display().to_string();
+    let result = (|| {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_MASTER_FILE", &path)]);
+        let (kids, port) = m.ready()?;
+        std::fs::write(&path, "fail").map_err(|e| e.to_string())?;
+        let asked = Instant::now();
+        m.signal(libc::SIGUSR2);
+        let broken: i32 = m
+            .expect("broken-master ", 5 * SEC)?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        all_gone(&[broken], 5 * SEC)?;
+        let deadline = Instant::now() + 5 * SEC;
+        while !m.context().contains("upgrade failed") {
+            ensure!(
+                Instant::now() < deadline,
+                "no failure logged; {}",
+                m.context()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        measure("SIGUSR2 to the failed upgrade's report", asked.elapsed());
+        for _ in 0..6 {
+            let pid: i32 = get(port, "/pid")
+                .map_err(|e| format!("after the failed upgrade: {e}"))?
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            ensure!(kids.contains(&pid), "served by {pid}, not the old {kids:?}");
+        }
+        ensure!(
+            !m.seen.iter().any(|l| l.starts_with("result ")),
+            "the old master stopped; {}",
+            m.context()
+        );
+        std::fs::write(&path, "").map_err(|e| e.to_string())?;
+        stop_cleanly(&mut m)
+    })();
+    let _ = std::fs::remove_file(&file);
     result
 }

@@ -208,6 +208,15 @@ pub fn run() -> i32 {
         let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
         emit(format!("leaked {fd}"));
     }
+    if !prefork::is_child()
+        && var("PF_MASTER_FILE")
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .is_some_and(|c| c.trim() == "fail")
+    {
+        // A broken new binary, as an upgrade may start.
+        emit(format!("broken-master {}", std::process::id()));
+        return 7;
+    }
     let mut server = Prefork::new(TestHandler);
     match var("PF_SERVE").as_deref() {
         Some("start") => server.set_serve(Ready::OnStart, serve_http),
@@ -279,6 +288,7 @@ pub fn run() -> i32 {
     }));
     hooks.on_master_ready = Some(Box::new(|pids| {
         let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        emit(format!("master {}", std::process::id()));
         emit(format!(
             "bound {}",
             prefork::local_addr().expect("bound while serving")
