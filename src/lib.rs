@@ -46,7 +46,7 @@ pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
-pub use http::{Handler, Header, Request, Response};
+pub use http::{Deferred, Handler, Header, Hijacked, Request, Response};
 pub use log::{Level, Logger, StderrLogger};
 
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).

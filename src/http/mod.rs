@@ -5,12 +5,15 @@
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads.
+//! searches they share; `workers` runs handlers on threads; `deferred` brings responses
+//! completed on other threads back to the loop and `hijack` hands connections to a new owner.
 
 mod bytes;
 mod chunked;
 mod date;
+mod deferred;
 mod encode;
+mod hijack;
 mod parse;
 mod request;
 mod response;
@@ -27,6 +30,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use deferred::Deferred;
+pub use hijack::Hijacked;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
 pub(crate) use status::Status;

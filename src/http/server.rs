@@ -1,6 +1,6 @@
 //! The child's event loop: one edge-triggered mio poll on the serving thread, the listener,
-//! every connection's socket, the stop pipe, the lifeline to the master and (with handler
-//! threads) the waker.
+//! every connection's socket, the stop pipe, the lifeline to the master and the waker, which
+//! handler threads, deferred responses and closed taken-over connections ring.
 //!
 //! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
 //! session answer every complete request, write all of it with one `send`, repeat until the
@@ -21,6 +21,8 @@ use nix::sys::socket::MsgFlags;
 
 use super::ServeControl;
 use super::date::DateCache;
+use super::deferred::Completion;
+use super::hijack;
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::workers::{Job, WorkerPool};
@@ -49,6 +51,10 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
+/// Deferred responses still awaited are answered 503 this long (at most a tenth of the grace
+/// period) before the drain's deadline, so the answer is out before the master's SIGKILL,
+/// which comes at about the same deadline.
+const GIVE_UP_MARGIN: Duration = Duration::from_millis(100);
 
 struct Conn {
     sock: TcpStream,
@@ -103,6 +109,7 @@ struct Server<'a> {
     handler: &'a Arc<dyn Handler>,
     pool: Option<WorkerPool>,
     done: Vec<Job>,
+    completed: Vec<Completion>,
     scratch: Scratch,
     date: DateCache,
     /// When the cached Date's second ends: the wall clock is read only then.
@@ -111,6 +118,8 @@ struct Server<'a> {
     tick: Duration,
     next_tick: Instant,
     drain_deadline: Option<Instant>,
+    /// When draining: when deferred responses still awaited get their 503.
+    give_up_at: Option<Instant>,
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
@@ -144,14 +153,22 @@ pub(crate) fn run(
             .register(&mut SourceFd(&fd), LIFELINE, Interest::READABLE)
             .map_err(|e| io_err("registering the lifeline", e))?;
     }
+    let waker =
+        Arc::new(mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?);
     let pool = if cfg.handler_threads > 0 {
-        let waker = mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?;
-        let pool = WorkerPool::start(cfg.handler_threads, handler, waker, cfg.max_headers)
-            .map_err(|e| io_err("starting the handler threads", e))?;
+        let pool = WorkerPool::start(
+            cfg.handler_threads,
+            handler,
+            Arc::clone(&waker),
+            cfg.max_headers,
+        )
+        .map_err(|e| io_err("starting the handler threads", e))?;
         Some(pool)
     } else {
         None
     };
+    let scratch = Scratch::new(cfg.max_headers);
+    scratch.mailbox.connect(waker);
 
     let shortest = [
         cfg.header_timeout,
@@ -180,13 +197,15 @@ pub(crate) fn run(
         handler,
         pool,
         done: Vec::new(),
-        scratch: Scratch::new(cfg.max_headers),
+        completed: Vec::new(),
+        scratch,
         date: DateCache::new(),
         date_due: now,
         now,
         tick: (shortest / 8).clamp(MIN_TICK, MAX_TICK),
         next_tick: now,
         drain_deadline: None,
+        give_up_at: None,
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
@@ -194,6 +213,7 @@ pub(crate) fn run(
     };
     let result = server.run(&mut ctl);
     server.close_all();
+    server.scratch.mailbox.close();
     if let Some(mut pool) = server.pool.take() {
         let stuck = pool.shutdown();
         if stuck > 0 {
@@ -219,6 +239,9 @@ impl Server<'_> {
                 && (self.live == 0 || self.now >= deadline)
             {
                 return Ok(());
+            }
+            if self.give_up_at.is_some_and(|t| self.now >= t) {
+                self.give_up_deferred();
             }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -258,6 +281,7 @@ impl Server<'_> {
                 }
             }
             self.collect_done();
+            self.collect_deferred();
             self.accept();
             if !self.again.is_empty() {
                 let mut batch =
@@ -303,6 +327,9 @@ impl Server<'_> {
         if let Some(t) = self.drain_deadline {
             consider(t);
         }
+        if let Some(t) = self.give_up_at {
+            consider(t);
+        }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
         // early into a turn that finds nothing due. Measured from the turn's start rather
         // than a fresh clock read: the deadlines here are sweeps and pauses, which may run a
@@ -310,9 +337,15 @@ impl Server<'_> {
         wake_at.map(|t| t.saturating_duration_since(self.now))
     }
 
+    /// Connections that count toward `max_connections`: those served, and those handed over
+    /// and not closed yet.
+    fn open(&self) -> usize {
+        self.live + self.scratch.mailbox.taken()
+    }
+
     fn can_accept(&self) -> bool {
         self.listener.is_some()
-            && self.live < self.cfg.max_connections
+            && self.open() < self.cfg.max_connections
             && self.accept_resume.is_none_or(|t| self.now >= t)
     }
 
@@ -322,7 +355,7 @@ impl Server<'_> {
         }
         self.accept_resume = None;
         for _ in 0..ACCEPT_BATCH {
-            if self.live >= self.cfg.max_connections {
+            if self.open() >= self.cfg.max_connections {
                 // Resumed by the first close: `listener_ready` stays set.
                 return;
             }
@@ -423,6 +456,8 @@ impl Server<'_> {
             scratch: &mut self.scratch,
             draining,
             conn: (idx, conn.generation),
+            // Every connection is a plain TcpStream.
+            plain_socket: true,
             log: self.log,
         };
         let fd = conn.sock.as_raw_fd();
@@ -500,7 +535,13 @@ impl Server<'_> {
                     self.again.push(idx);
                 }
             }
-            Drive::Wait => {}
+            Drive::Wait => {
+                // A client that closed its side while its response is deferred has left (as
+                // nginx takes it): no need to hold the connection until the completion.
+                if conn.peer_hup && conn.session.is_deferred() {
+                    return self.close(idx);
+                }
+            }
         }
         conn.session.park(&mut self.scratch);
         let timer = conn.session.timer(&self.limits);
@@ -522,6 +563,9 @@ impl Server<'_> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if conn.session.handing_over() {
+            return self.hand_over(idx);
+        }
         if conn.session.peer_closed() {
             return self.close(idx);
         }
@@ -546,9 +590,53 @@ impl Server<'_> {
         }
     }
 
+    /// The connection's response is out and a handler takes the connection: it leaves the
+    /// table without being closed.
+    fn hand_over(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].take() else {
+            return;
+        };
+        self.free.push(idx);
+        self.live -= 1;
+        let Conn {
+            sock, mut session, ..
+        } = conn;
+        if let Some((on_conn, leftover)) = session.take_handover() {
+            let mailbox = &self.scratch.mailbox;
+            hijack::hand_over(
+                sock,
+                on_conn,
+                leftover,
+                self.poll.registry(),
+                mailbox,
+                self.log,
+            );
+        }
+    }
+
     fn close_all(&mut self) {
         for idx in 0..self.conns.len() {
+            // Past the grace period (or with none): a deferred response still awaited gets
+            // its 503 if the socket takes it at once.
+            if let Some(conn) = self.conns[idx].as_mut()
+                && conn.session.give_up_deferred(self.date.get())
+            {
+                let _ = send(conn.sock.as_raw_fd(), conn.session.output());
+            }
             self.close(idx);
+        }
+    }
+
+    /// The drain's grace period is nearly over: deferred responses still awaited are answered
+    /// 503 now, and their connections close once it is written.
+    fn give_up_deferred(&mut self) {
+        self.give_up_at = None;
+        for idx in 0..self.conns.len() {
+            if let Some(conn) = self.conns[idx].as_mut()
+                && conn.session.give_up_deferred(self.date.get())
+            {
+                self.drive(idx);
+            }
         }
     }
 
@@ -614,6 +702,7 @@ impl Server<'_> {
                     scratch: &mut self.scratch,
                     draining,
                     conn: job.conn,
+                    plain_socket: true,
                     log: self.log,
                 };
                 conn.session.complete(&mut job, &mut ctx);
@@ -628,11 +717,53 @@ impl Server<'_> {
         self.done = jobs;
     }
 
+    /// Sends the deferred responses completed since the last turn. One whose connection is
+    /// gone, or no longer waits for it, is dropped.
+    fn collect_deferred(&mut self) {
+        if !self.scratch.mailbox.has_mail() {
+            return;
+        }
+        let mut completed = std::mem::take(&mut self.completed);
+        self.scratch.mailbox.take(&mut completed);
+        let draining = self.drain_deadline.is_some();
+        for done in completed.drain(..) {
+            let (idx, generation) = done.conn;
+            let Some(Some(conn)) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if conn.generation != generation || !conn.session.awaits(done.seq) {
+                continue;
+            }
+            let mut ctx = Ctx {
+                limits: &self.limits,
+                date: self.date.get(),
+                exec: match &self.pool {
+                    Some(pool) => Exec::Pool(pool),
+                    None => Exec::Inline(&**self.handler),
+                },
+                scratch: &mut self.scratch,
+                draining,
+                conn: done.conn,
+                plain_socket: true,
+                log: self.log,
+            };
+            conn.session.complete_deferred(done, &mut ctx);
+            if !conn.queued {
+                conn.queued = true;
+                self.again.push(idx);
+            }
+        }
+        self.completed = completed;
+    }
+
     /// Stops accepting and lets the connections finish (`now`: with no grace at all).
     fn start_drain(&mut self, now: bool) {
         let grace = if now { Duration::ZERO } else { self.grace };
         let deadline = self.now + grace;
-        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+        let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
+        self.drain_deadline = Some(deadline);
+        let margin = GIVE_UP_MARGIN.min(grace / 10);
+        self.give_up_at = Some(deadline.checked_sub(margin).unwrap_or(deadline));
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
             // Dropping it closes this child's descriptor; the other children keep serving.

@@ -14,12 +14,16 @@
 use std::mem;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use super::chunked::{ChunkLimits, ChunkedDecoder, Decoded};
 use super::date::DATE_LEN;
+use super::deferred::{Completion, Mailbox};
 use super::encode::{self, Reply, Streaming};
+use super::hijack::HijackFn;
 use super::parse::{self, BodyKind, ReqInfo};
 use super::request::{Handler, HeadIndex, Header, Request};
+use super::response::{Takeover, power};
 use super::scan::{HeadScan, Scan, ScanLimits};
 use super::workers::{ConnId, Job, WorkerPool};
 use super::{Response, Status, recycle};
@@ -98,6 +102,8 @@ pub(crate) struct Scratch {
     /// Head indexes of parked sessions, boxed as sessions hold them: the boxes are reused.
     #[allow(clippy::vec_box)]
     spare_index: Vec<Box<HeadIndex>>,
+    /// Where deferred responses come back to this loop.
+    pub(crate) mailbox: Arc<Mailbox>,
 }
 
 impl Scratch {
@@ -112,6 +118,7 @@ impl Scratch {
             spare_out: Vec::with_capacity(SPARE_BUFFERS),
             spare_body: Vec::with_capacity(SPARE_BUFFERS),
             spare_index: Vec::with_capacity(SPARE_BUFFERS),
+            mailbox: Mailbox::new(),
         }
     }
 }
@@ -142,6 +149,8 @@ pub(crate) struct Ctx<'a> {
     /// A graceful stop is under way: the last buffered request gets `Connection: close`.
     pub draining: bool,
     pub conn: ConnId,
+    /// The connection's transport is a plain socket: only then may a handler take it over.
+    pub plain_socket: bool,
     pub log: &'a dyn Logger,
 }
 
@@ -157,6 +166,11 @@ enum Phase {
     Streaming,
     /// No more requests on this connection: close once the output is sent.
     Done,
+    /// The connection goes to a new owner (`Response::hijack`) once the output is sent. Next
+    /// to `Done`, which `finished` tests with it.
+    Handover,
+    /// Waiting for a deferred response (`Response::defer`) to be completed.
+    Deferred,
 }
 
 /// Which read deadline applies now.
@@ -245,6 +259,9 @@ pub(crate) struct Session {
     stalled: bool,
     /// Requests whose head was complete: tells the timers a new request began.
     seq: u64,
+    /// Who takes the connection once the current response is out (boxed again: a pointer in
+    /// every session rather than two).
+    handover: Option<Box<HijackFn>>,
 }
 
 /// Where a complete request's body is.
@@ -254,6 +271,16 @@ enum Body {
     Input(usize),
     /// In `Session::body`, de-chunked; its encoding took the `len` input bytes after the head.
     Dechunked(usize),
+}
+
+/// What `Session::take_over` found the handler did.
+enum Taken {
+    /// Deferred: the session waits for the completion.
+    Waiting,
+    /// Deferred and completed already (abandoned, if the flag says so).
+    Completed(Response, bool),
+    /// The connection goes to a new owner after this response.
+    Connection,
 }
 
 /// What a request's turn in `Session::request` led to.
@@ -287,6 +314,7 @@ impl Session {
             peer_eof: false,
             stalled: false,
             seq: 0,
+            handover: None,
         }
     }
 
@@ -376,10 +404,46 @@ impl Session {
             && self.out_pending() <= lim.max_output
     }
 
-    /// No response will be produced any more: close once the output is sent.
+    /// No response will be produced any more: close (or hand the connection over, see
+    /// `handing_over`) once the output is sent.
     pub(crate) fn finished(&self) -> bool {
-        self.phase == Phase::Done
+        matches!(self.phase, Phase::Done | Phase::Handover)
             || (self.peer_eof && !self.stalled && matches!(self.phase, Phase::Head | Phase::Body))
+    }
+
+    /// The connection goes to a new owner once the output is sent (`take_handover`).
+    pub(crate) fn handing_over(&self) -> bool {
+        self.phase == Phase::Handover
+    }
+
+    /// Who takes the connection over, and the bytes read past its last request.
+    pub(crate) fn take_handover(&mut self) -> Option<(HijackFn, Vec<u8>)> {
+        let on_conn = *self.handover.take()?;
+        let leftover = self.inp.data().to_vec();
+        self.inp.consume(leftover.len());
+        self.phase = Phase::Done;
+        Some((on_conn, leftover))
+    }
+
+    /// Waiting for a deferred response.
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.phase == Phase::Deferred
+    }
+
+    /// Waiting for the deferred response to request `seq`: a completion for anything else is
+    /// stale (the request was answered otherwise).
+    pub(crate) fn awaits(&self, seq: u64) -> bool {
+        self.phase == Phase::Deferred && self.seq == seq
+    }
+
+    /// The drain's grace period is over: a deferred response still awaited is answered 503.
+    /// Returns whether one was.
+    pub(crate) fn give_up_deferred(&mut self, date: &[u8; DATE_LEN]) -> bool {
+        if self.phase != Phase::Deferred {
+            return false;
+        }
+        self.fail_with(Status::SERVICE_UNAVAILABLE, date);
+        true
     }
 
     /// Between requests with nothing buffered either way: safe to close at once.
@@ -398,7 +462,11 @@ impl Session {
             Phase::Head if self.inp.len() == 0 && !self.scan.started() => Timer::Idle,
             Phase::Head => Timer::Head,
             Phase::Body => Timer::Body,
-            Phase::InFlight | Phase::Streaming | Phase::Done => Timer::Off,
+            Phase::InFlight
+            | Phase::Streaming
+            | Phase::Done
+            | Phase::Deferred
+            | Phase::Handover => Timer::Off,
         }
     }
 
@@ -447,7 +515,7 @@ impl Session {
             }
             self.stalled = false;
             let stepped = match self.phase {
-                Phase::Done | Phase::InFlight => false,
+                Phase::Done | Phase::InFlight | Phase::Deferred | Phase::Handover => false,
                 Phase::Streaming => self.pump(ctx),
                 Phase::Head => self.on_head(ctx),
                 Phase::Body => self.on_body(ctx),
@@ -468,6 +536,12 @@ impl Session {
         debug_assert_eq!(self.phase, Phase::InFlight);
         let panic = job.panic.take();
         self.reply(ctx, Some(&mut job.resp), panic);
+    }
+
+    /// The deferred response this session awaits (`awaits`) was completed.
+    pub(crate) fn complete_deferred(&mut self, done: Completion, ctx: &mut Ctx<'_>) {
+        debug_assert!(self.awaits(done.seq));
+        self.reply_completed(ctx, done.resp, done.abandoned);
     }
 
     fn on_head(&mut self, ctx: &mut Ctx<'_>) -> bool {
@@ -550,7 +624,15 @@ impl Session {
                 let body = &self.inp.buf[start + n..start + n + ready.unwrap_or(0)];
                 let req = Request::from_parsed(&parsed, &headers, body, self.peer);
                 match ready {
-                    Some(len) => run(&ctx.exec, scratch, ctx.conn, &req, head, Body::Input(len)),
+                    Some(len) => run(
+                        &ctx.exec,
+                        scratch,
+                        ctx.conn,
+                        ctx.plain_socket,
+                        &req,
+                        head,
+                        Body::Input(len),
+                    ),
                     None => {
                         let spare = &mut scratch.spare_index;
                         let index = self
@@ -583,7 +665,15 @@ impl Session {
             Body::Dechunked(_) => &self.body[..],
         };
         let req = Request::from_index(index, &headers, bytes, self.peer);
-        let next = run(&ctx.exec, scratch, ctx.conn, &req, head, body);
+        let next = run(
+            &ctx.exec,
+            scratch,
+            ctx.conn,
+            ctx.plain_socket,
+            &req,
+            head,
+            body,
+        );
         scratch.headers = recycle(headers);
         next
     }
@@ -664,15 +754,25 @@ impl Session {
             self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
             return;
         }
-        let info = self.info;
-        // While draining, the last request already buffered gets `Connection: close`.
-        let last_in_drain =
-            ctx.draining && memchr::memmem::find(self.inp.data(), b"\r\n\r\n").is_none();
-        let reply = Reply {
-            minor: info.minor,
-            is_head: info.is_head,
-            close: !info.keep_alive || info.close_after || last_in_drain,
-        };
+        if resp.takeover.is_some() {
+            match self.take_over(resp, &scratch.mailbox, ctx.conn) {
+                Taken::Waiting => return,
+                Taken::Completed(done, abandoned) => {
+                    return self.reply_completed(ctx, done, abandoned);
+                }
+                Taken::Connection => {
+                    let (date, log) = (ctx.date, ctx.log);
+                    return self.reply_before_handover(
+                        resp,
+                        &mut scratch.spare_out,
+                        date,
+                        log,
+                        ctx.draining,
+                    );
+                }
+            }
+        }
+        let reply = self.shape(ctx.draining);
         take_spare(&mut self.out, &mut scratch.spare_out);
         let encoded = encode::encode(&mut self.out, resp, reply, ctx.date, ctx.log);
         resp.reset();
@@ -689,6 +789,92 @@ impl Session {
                     Phase::Head
                 }
             }
+        }
+    }
+
+    /// How the current request shapes its response.
+    #[inline(always)]
+    fn shape(&self, draining: bool) -> Reply {
+        let info = self.info;
+        // While draining, the last request already buffered gets `Connection: close`.
+        let last_in_drain =
+            draining && memchr::memmem::find(self.inp.data(), b"\r\n\r\n").is_none();
+        Reply {
+            minor: info.minor,
+            is_head: info.is_head,
+            close: !info.keep_alive || info.close_after || last_in_drain,
+        }
+    }
+
+    /// The handler deferred its response or takes the connection after it. Out of line: rare.
+    #[inline(never)]
+    fn take_over(&mut self, resp: &mut Response, mailbox: &Arc<Mailbox>, conn: ConnId) -> Taken {
+        match resp.takeover.take() {
+            Some(Takeover::Deferred(binding)) => {
+                resp.reset();
+                match binding.bind(mailbox, conn, self.seq) {
+                    Some((done, abandoned)) => Taken::Completed(done, abandoned),
+                    None => {
+                        self.phase = Phase::Deferred;
+                        Taken::Waiting
+                    }
+                }
+            }
+            Some(Takeover::Hijack(on_conn)) => {
+                self.handover = Some(Box::new(on_conn));
+                Taken::Connection
+            }
+            None => Taken::Connection,
+        }
+    }
+
+    /// Answers with a completed deferred response (or, for an abandoned one, a 500).
+    #[cold]
+    fn reply_completed(&mut self, ctx: &mut Ctx<'_>, mut resp: Response, abandoned: bool) {
+        if abandoned {
+            ctx.log.log(
+                Level::Warn,
+                "a deferred response was dropped without being completed; answered 500 and \
+                 closed the connection",
+            );
+            self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
+            return;
+        }
+        self.reply(ctx, Some(&mut resp), None);
+    }
+
+    /// Encodes the response after which the connection is handed over (`handover`, if set).
+    #[cold]
+    fn reply_before_handover(
+        &mut self,
+        resp: &mut Response,
+        spare_out: &mut Vec<Vec<u8>>,
+        date: &[u8; DATE_LEN],
+        log: &dyn Logger,
+        draining: bool,
+    ) {
+        let reply = self.shape(draining);
+        take_spare(&mut self.out, spare_out);
+        let encoded = if resp.status == 101 {
+            encode::encode_switching(&mut self.out, resp, date, log)
+        } else {
+            encode::encode(&mut self.out, resp, reply, date, log)
+        };
+        resp.reset();
+        let then = if self.handover.is_some() {
+            Phase::Handover
+        } else if encoded.close {
+            Phase::Done
+        } else {
+            Phase::Head
+        };
+        match encoded.stream {
+            Some(stream) => {
+                self.stream = Some(stream);
+                self.close_after_stream = then == Phase::Done;
+                self.phase = Phase::Streaming;
+            }
+            None => self.phase = then,
         }
     }
 
@@ -717,7 +903,9 @@ impl Session {
                     self.out.extend_from_slice(encode::LAST_CHUNK);
                 }
                 self.stream = None;
-                self.phase = if self.close_after_stream {
+                self.phase = if self.handover.is_some() {
+                    Phase::Handover
+                } else if self.close_after_stream {
                     Phase::Done
                 } else {
                     Phase::Head
@@ -794,13 +982,16 @@ fn run(
     exec: &Exec<'_>,
     scratch: &mut Scratch,
     conn: ConnId,
+    plain_socket: bool,
     req: &Request<'_>,
     head: &[u8],
     body: Body,
 ) -> Next {
+    let powers = power::DEFER | power::ENGINE | if plain_socket { power::PLAIN } else { 0 };
     match exec {
         Exec::Inline(handler) => {
             let resp = &mut scratch.resp;
+            resp.powers = powers;
             let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(req, resp)));
             Next::Inline(body, outcome.err().map(|p| panic_message(&*p)))
         }
@@ -814,6 +1005,7 @@ fn run(
             job.index.record(req, head);
             job.peer = req.peer_addr();
             job.resp.reset();
+            job.resp.powers = powers;
             job.panic = None;
             pool.submit(job);
             Next::Queued(body)
@@ -908,6 +1100,7 @@ mod tests {
                 scratch: &mut self.scratch,
                 draining: false,
                 conn: (0, 0),
+                plain_socket: true,
                 log: &Quiet,
             };
             f(s, &mut ctx);
@@ -972,7 +1165,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         let handler: std::sync::Arc<dyn Handler> = std::sync::Arc::new(Describe);
-        let mut pool = WorkerPool::start(1, &handler, waker, 100).unwrap();
+        let mut pool = WorkerPool::start(1, &handler, std::sync::Arc::new(waker), 100).unwrap();
         // Whole, then cut inside each body: handed off at once, and after waiting for a body.
         let first = memchr::memmem::find(WITH_BODIES, b"PUT").unwrap();
         for cut in [WITH_BODIES.len(), first - 2, WITH_BODIES.len() - 3] {

@@ -4,7 +4,9 @@
 //! bytes too); every socket read is bounded by `support::IO_TIMEOUT`.
 
 mod conformance;
+mod deferred;
 mod drain;
+mod hijack;
 mod limits;
 mod malformed;
 mod smuggling;
