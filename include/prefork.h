@@ -580,6 +580,29 @@ enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes
 enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
 
 /**
+ * Slowest request body accepted, in bytes per second: a body must bring at least this rate
+ * times the rate window (`prefork_set_min_rate_window_ms`) in every such window, or the
+ * reply is 408 and the connection closes. It stops a slow-body attack, which holds a
+ * connection by sending a byte per body timeout. 0 = no minimum. Default: 64.
+ */
+enum prefork_result prefork_set_min_body_rate(struct prefork *p, uint64_t bytes_per_second);
+
+/**
+ * Slowest response write accepted, in bytes per second over the rate window, while output
+ * waits for the client to read it; a slower client is disconnected with a reset (so that the
+ * kernel stops feeding it what the socket still holds). It stops a slow-read attack, which
+ * holds a connection and its output by reading a byte per write timeout. 0 = no minimum.
+ * Default: 64.
+ */
+enum prefork_result prefork_set_min_write_rate(struct prefork *p, uint64_t bytes_per_second);
+
+/**
+ * The window over which the minimum body and write rates are measured, in milliseconds; above
+ * zero. Default: 10000.
+ */
+enum prefork_result prefork_set_min_rate_window_ms(struct prefork *p, uint64_t ms);
+
+/**
  * Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
  * members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
  * macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size

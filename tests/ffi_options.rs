@@ -52,6 +52,9 @@ fn documented_defaults_are_the_real_ones() {
         ("max_chunk_ext_size", h.max_chunk_ext_size.to_string()),
         ("max_trailer_size", h.max_trailer_size.to_string()),
         ("max_bytes_per_turn", h.max_bytes_per_turn.to_string()),
+        ("min_body_rate", h.min_body_rate.to_string()),
+        ("min_write_rate", h.min_write_rate.to_string()),
+        ("min_rate_window_ms", ms(h.min_rate_window)),
     ]
     .into_iter()
     .map(|(k, v)| (format!("prefork_set_{k}"), v))

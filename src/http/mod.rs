@@ -6,7 +6,8 @@
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
 //! searches they share; `workers` runs handlers on threads; `deferred` brings responses
-//! completed on other threads back to the loop and `hijack` hands connections to a new owner.
+//! completed on other threads back to the loop, `hijack` hands connections to a new owner and
+//! `rate` holds the minimum transfer rates.
 
 mod bytes;
 mod chunked;
@@ -15,6 +16,7 @@ mod deferred;
 mod encode;
 mod hijack;
 mod parse;
+mod rate;
 mod request;
 mod response;
 mod scan;

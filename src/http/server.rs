@@ -23,6 +23,7 @@ use super::ServeControl;
 use super::date::DateCache;
 use super::deferred::Completion;
 use super::hijack;
+use super::rate::{self, Rates, Slow};
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::workers::{Job, WorkerPool};
@@ -76,6 +77,7 @@ struct Conn {
     /// Lingering close under way: drop the connection at this instant at the latest.
     linger_until: Option<Instant>,
     linger_left: usize,
+    rates: Option<Box<Rates>>,
 }
 
 /// How a drive of one connection ended.
@@ -177,6 +179,7 @@ pub(crate) fn run(
         cfg.write_timeout,
     ]
     .into_iter()
+    .chain(rate::RateLimits::new(cfg).window())
     .min()
     .unwrap_or(MAX_TICK);
     let now = Instant::now();
@@ -429,6 +432,7 @@ impl Server<'_> {
             write_since: None,
             linger_until: None,
             linger_left: 0,
+            rates: None,
         });
         self.live += 1;
         self.drive(idx);
@@ -659,6 +663,27 @@ impl Server<'_> {
             {
                 self.close(idx);
                 continue;
+            }
+            let body =
+                (conn.timer == Timer::Body).then(|| (conn.session.seq(), conn.session.bytes_in()));
+            let write = conn.write_since.map(|_| conn.session.bytes_out());
+            match rate::check(&mut conn.rates, &self.limits.rates, self.now, body, write) {
+                Some(Slow::Write) => {
+                    // With a reset, not a FIN: the kernel would go on feeding the slow reader
+                    // whatever the socket buffers hold, a slot of kernel memory per attacker.
+                    let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
+                    self.close(idx);
+                    continue;
+                }
+                Some(Slow::Body) => {
+                    if conn.session.on_timeout(&self.limits, self.date.get()) {
+                        self.close(idx);
+                    } else {
+                        self.drive(idx);
+                    }
+                    continue;
+                }
+                None => {}
             }
             let limit = match conn.timer {
                 Timer::Off => continue,

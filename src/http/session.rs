@@ -22,6 +22,7 @@ use super::deferred::{Completion, Mailbox};
 use super::encode::{self, Reply, Streaming};
 use super::hijack::HijackFn;
 use super::parse::{self, BodyKind, ReqInfo};
+use super::rate::RateLimits;
 use super::request::{Handler, HeadIndex, Header, Request};
 use super::response::{Takeover, power};
 use super::scan::{HeadScan, Scan, ScanLimits};
@@ -51,6 +52,7 @@ pub(crate) struct Limits {
     pub chunk: ChunkLimits,
     pub max_body: u64,
     pub max_output: usize,
+    pub rates: RateLimits,
 }
 
 impl Limits {
@@ -70,6 +72,7 @@ impl Limits {
             },
             max_body,
             max_output: cfg.max_output_buffer,
+            rates: RateLimits::new(cfg),
         }
     }
 }
@@ -262,6 +265,9 @@ pub(crate) struct Session {
     /// Who takes the connection once the current response is out (boxed again: a pointer in
     /// every session rather than two).
     handover: Option<Box<HijackFn>>,
+    /// Bytes received and sent so far, for the minimum transfer rates.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// Where a complete request's body is.
@@ -315,6 +321,8 @@ impl Session {
             stalled: false,
             seq: 0,
             handover: None,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -361,6 +369,7 @@ impl Session {
 
     pub(crate) fn filled(&mut self, n: usize) {
         self.inp.end += n;
+        self.bytes_in += n as u64;
         debug_assert!(self.inp.end <= self.inp.buf.len());
     }
 
@@ -383,6 +392,7 @@ impl Session {
 
     pub(crate) fn sent(&mut self, n: usize) {
         self.out_pos += n;
+        self.bytes_out += n as u64;
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -444,6 +454,14 @@ impl Session {
         }
         self.fail_with(Status::SERVICE_UNAVAILABLE, date);
         true
+    }
+
+    pub(crate) fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    pub(crate) fn bytes_out(&self) -> u64 {
+        self.bytes_out
     }
 
     /// Between requests with nothing buffered either way: safe to close at once.
