@@ -52,12 +52,14 @@ struct timer {
     prefork_deferred *deferred;
 };
 
-/* The timer thread of /defer: pending responses in a binary heap, soonest first. */
+/* The timer thread of /defer: pending responses in a binary heap, soonest first. It starts
+ * with the first /defer: a child with a second thread pays for it on every system call
+ * (glibc's cancellation points), which a child that never defers should not. */
 struct timers {
     pthread_mutex_t lock;
     pthread_cond_t wake; /* on CLOCK_MONOTONIC, like the due times */
     pthread_t thread;
-    bool running, stop;
+    bool ready, running, stop;
     struct timer *heap;
     size_t len, cap;
 };
@@ -203,7 +205,7 @@ static void *timer_main(void *arg) {
     return NULL;
 }
 
-static bool timers_start(struct timers *t) {
+static bool timers_init(struct timers *t) {
     pthread_condattr_t attr;
     if (pthread_condattr_init(&attr) != 0) return false;
     bool ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
@@ -214,35 +216,37 @@ static bool timers_start(struct timers *t) {
         pthread_cond_destroy(&t->wake);
         return false;
     }
-    t->running = pthread_create(&t->thread, NULL, timer_main, t) == 0;
-    if (!t->running) {
-        pthread_mutex_destroy(&t->lock);
-        pthread_cond_destroy(&t->wake);
-    }
-    return t->running;
+    t->ready = true;
+    return true;
 }
 
 /* After the child drained: the responses still pending go nowhere, but their handles are ours
  * to free. */
 static void timers_stop(struct timers *t) {
-    if (!t->running) return;
+    if (!t->ready) return;
     pthread_mutex_lock(&t->lock);
     t->stop = true;
     pthread_cond_signal(&t->wake);
     pthread_mutex_unlock(&t->lock);
-    pthread_join(t->thread, NULL);
+    if (t->running) pthread_join(t->thread, NULL);
     while (t->len > 0) prefork_deferred_free(heap_pop(t).deferred);
     free(t->heap);
     pthread_cond_destroy(&t->wake);
     pthread_mutex_destroy(&t->lock);
-    t->running = false;
+    t->ready = t->running = false;
 }
 
 /* Takes `resp` over and has the timer thread answer it in `ms` ms. */
 static void defer_reply(struct app *app, prefork_response *resp, long ms) {
     prefork_deferred *d;
-    if (!app->timers.running) {
-        reply_text(resp, 503, "the timer thread is not running\n");
+    pthread_mutex_lock(&app->timers.lock);
+    if (!app->timers.running)
+        app->timers.running = pthread_create(&app->timers.thread, NULL, timer_main,
+                                             &app->timers) == 0;
+    bool running = app->timers.running;
+    pthread_mutex_unlock(&app->timers.lock);
+    if (!running) {
+        reply_text(resp, 503, "cannot start the timer thread\n");
         return;
     }
     if (prefork_response_defer(resp, &d) != PREFORK_OK) {
@@ -380,7 +384,7 @@ static int init_child(void *user_data) {
     struct app *app = user_data;
     if (pthread_mutex_init(&app->echoes.lock, NULL) != 0) return 1;
     if (pthread_cond_init(&app->echoes.gone, NULL) != 0) return 1;
-    return timers_start(&app->timers) ? 0 : 1;
+    return timers_init(&app->timers) ? 0 : 1;
 }
 
 static void exit_child(void *user_data) {

@@ -70,16 +70,10 @@ func (r *Response) ended(op string) error {
 	return &Error{Op: op, Code: CodeState, Message: "the response was used after it was sent (its handler returned, or Complete or Hijack ran)"}
 }
 
-// pin keeps the goroutine of a deferred Response on its OS thread for a call and the
-// prefork_last_error that may follow it, which is per thread; a handler's goroutine is there
-// already (cgo keeps a callback on its C thread). It returns what ends that.
-func (r *Response) pin() func() {
-	if r.d == nil {
-		return func() {}
-	}
-	runtime.LockOSThread()
-	return runtime.UnlockOSThread
-}
+// A call on a deferred Response locks its goroutine to its OS thread (runtime.LockOSThread)
+// for the call and the prefork_last_error that may follow it, which is per thread; a
+// handler's goroutine is there already (cgo keeps a callback on its C thread), so the lock is
+// taken only for a deferred Response: `if r.d != nil { runtime.LockOSThread(); defer ... }`.
 
 // SetStatus sets the status code, 200 until set. It fails with ErrInvalidArgument, leaving
 // the status unchanged, outside 200..599 (interim 1xx responses are the library's), except
@@ -98,7 +92,10 @@ func (r *Response) SetStatus(code int) error {
 	if r.d != nil {
 		r.d.switching = false
 	}
-	defer r.pin()()
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	return lastError("SetStatus", C.prefork_response_set_status(r.c, C.int(code)))
 }
 
@@ -109,7 +106,10 @@ func (r *Response) AddHeader(name, value string) error {
 	if err := r.ended("AddHeader"); err != nil {
 		return err
 	}
-	defer r.pin()()
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	return lastError("AddHeader", C.prefork_response_add_header(r.c,
 		stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
 }
@@ -137,7 +137,10 @@ func (r *Response) write(op string, b []byte) error {
 	if err := r.unstage(op); err != nil {
 		return err
 	}
-	defer r.pin()()
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	return lastError(op, C.goprefork_write(r.c, bytesPtr(b), C.size_t(len(b))))
 }
 
@@ -159,7 +162,10 @@ func (r *Response) setBody(op string, b []byte) error {
 		r.x.stage_len = 0
 		return r.write(op, b)
 	}
-	defer r.pin()()
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	return lastError(op, C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
 }
 
@@ -212,11 +218,11 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 	}
 	liveHandles.Add(1)
 	h := cgo.NewHandle(&bodyStream{body, r.srv})
-	unpin := r.pin()
-	rc := C.goprefork_set_body_stream(r.c, C.uintptr_t(h))
-	err := lastError("SetBodyStream", rc)
-	unpin()
-	if err != nil {
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	if err := lastError("SetBodyStream", C.goprefork_set_body_stream(r.c, C.uintptr_t(h))); err != nil {
 		deleteHandle(h)
 		return err
 	}

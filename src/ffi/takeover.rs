@@ -116,8 +116,9 @@ type OnConnFn = unsafe extern "C" fn(*mut c_void, *mut prefork_conn);
 /// For a protocol upgrade, call `prefork_response_set_status(resp, 101)` after this call (101
 /// is accepted only then), and add an `Upgrade` field naming the protocol, only for an
 /// HTTP/1.1 request that asked for it in its own `Upgrade` field; the library sends
-/// `Connection: Upgrade` with it. Any other response is sent as usual, then the connection is
-/// handed over. Works on the response `handle` was given and on a deferred one's.
+/// `Connection: Upgrade` with it. Any other response is sent with `Connection: close` (the
+/// HTTP exchange ends with it), then the connection is handed over. Works on the response
+/// `handle` was given and on a deferred one's.
 ///
 /// The connection counts toward max_connections until `prefork_conn_close`, which is how the
 /// library learns it closed. The child's drain does not wait for it: it ends when the child

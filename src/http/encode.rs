@@ -132,17 +132,13 @@ pub(crate) fn encode_switching(
     resp: &mut Response,
     date: &[u8; DATE_LEN],
     log: &dyn Logger,
-) -> Encoded {
+) {
     drop_body(101, resp.stream.take(), &resp.body, log);
     out.reserve(HEAD_OVERHEAD + resp.headers.len());
     write_status_and_date(out, 101, date);
     out.extend_from_slice(b"Connection: Upgrade\r\n");
     out.extend_from_slice(&resp.headers);
     out.extend_from_slice(b"\r\n");
-    Encoded {
-        close: false,
-        stream: None,
-    }
 }
 
 /// An engine-made error response; the connection always closes after it.

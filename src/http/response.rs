@@ -281,7 +281,8 @@ impl Response {
     /// For a protocol upgrade, set the status to 101 after this call, and add an `Upgrade`
     /// field naming the protocol (only to an HTTP/1.1 request that asked for it in its own
     /// `Upgrade` field); the engine sends `Connection: Upgrade` with it. Any other response
-    /// is sent as usual, then the connection is handed over.
+    /// is sent with `Connection: close` (the HTTP exchange ends with it), then the connection
+    /// is handed over.
     ///
     /// The connection counts toward `max_connections` until the [`Hijacked`] is dropped (or
     /// [`Hijacked::into_parts`] ends the count). The child's drain does not wait for it: it
@@ -316,14 +317,13 @@ impl Response {
         Ok(())
     }
 
-    /// Makes the response ready for the next request, keeping its buffers.
+    /// Makes the response ready for the next request, keeping its buffers. Its takeover is
+    /// gone already: the engine took it (or use `abandon`).
     pub(crate) fn reset(&mut self) {
+        debug_assert!(self.takeover.is_none());
         self.status = 200;
         self.close = false;
         self.stream = None;
-        if self.takeover.is_some() {
-            self.drop_takeover();
-        }
         for buf in [&mut self.headers, &mut self.body] {
             buf.clear();
             if buf.capacity() > KEEP_CAPACITY {
@@ -332,12 +332,14 @@ impl Response {
         }
     }
 
-    /// Out of line: only a response whose takeover never happened (a panic, a connection gone)
-    /// still has one here, and its drop may run a C finalizer.
-    #[cold]
-    #[inline(never)]
-    fn drop_takeover(&mut self) {
-        self.takeover = None;
+    /// `reset` for a response whose takeover may not have happened (its handler panicked, its
+    /// connection went away): what the handler took over is dropped, which may run a C
+    /// finalizer.
+    pub(crate) fn abandon(&mut self) {
+        if self.takeover.is_some() {
+            self.takeover = None;
+        }
+        self.reset();
     }
 }
 
@@ -419,7 +421,7 @@ mod tests {
         assert_eq!(kind(r.hijack(drop)), ErrorKind::InvalidState);
         r.set_status(101).unwrap();
         assert_eq!(kind(r.set_status(102)), ErrorKind::InvalidArgument);
-        r.reset();
+        r.abandon();
         assert!(r.takeover.is_none());
     }
 

@@ -238,13 +238,13 @@ impl Server<'_> {
             self.start_drain(false);
         }
         loop {
-            if let Some(deadline) = self.drain_deadline
-                && (self.live == 0 || self.now >= deadline)
-            {
-                return Ok(());
-            }
-            if self.give_up_at.is_some_and(|t| self.now >= t) {
-                self.give_up_deferred();
+            if let Some(deadline) = self.drain_deadline {
+                if self.live == 0 || self.now >= deadline {
+                    return Ok(());
+                }
+                if self.give_up_at.is_some_and(|t| self.now >= t) {
+                    self.give_up_deferred();
+                }
             }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -271,20 +271,25 @@ impl Server<'_> {
                             self.on_master_death(ctl);
                         }
                     }
-                    WAKER => {}
+                    // Deferred completions ring the waker (the sweep looks too, in case a wake
+                    // failed); finished handler threads are collected every turn.
+                    WAKER => self.collect_deferred(),
                     Token(t) => {
                         let idx = t - FIRST_CONN;
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
-                            c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                            c.peer_hup |= ev.is_read_closed() || ev.is_error();
+                            let hup = ev.is_read_closed() || ev.is_error();
+                            c.readable |= ev.is_readable() || hup;
+                            c.peer_hup |= hup;
                             c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(idx);
+                            if hup {
+                                self.drop_if_left(idx);
+                            }
                         }
                     }
                 }
             }
             self.collect_done();
-            self.collect_deferred();
             self.accept();
             if !self.again.is_empty() {
                 let mut batch =
@@ -299,6 +304,7 @@ impl Server<'_> {
             }
             if self.now >= self.next_tick {
                 self.next_tick = self.now + self.tick;
+                self.collect_deferred();
                 self.sweep();
             }
         }
@@ -329,9 +335,9 @@ impl Server<'_> {
         }
         if let Some(t) = self.drain_deadline {
             consider(t);
-        }
-        if let Some(t) = self.give_up_at {
-            consider(t);
+            if let Some(g) = self.give_up_at {
+                consider(g);
+            }
         }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
         // early into a turn that finds nothing due. Measured from the turn's start rather
@@ -539,13 +545,7 @@ impl Server<'_> {
                     self.again.push(idx);
                 }
             }
-            Drive::Wait => {
-                // A client that closed its side while its response is deferred has left (as
-                // nginx takes it): no need to hold the connection until the completion.
-                if conn.peer_hup && conn.session.is_deferred() {
-                    return self.close(idx);
-                }
-            }
+            Drive::Wait => {}
         }
         conn.session.park(&mut self.scratch);
         let timer = conn.session.timer(&self.limits);
@@ -559,6 +559,17 @@ impl Server<'_> {
             conn.write_since = None;
         } else if conn.write_since.is_none() {
             conn.write_since = Some(self.now);
+        }
+    }
+
+    /// The peer closed its side: if its response is deferred, it has left (as nginx takes it),
+    /// and there is no need to hold the connection until the completion.
+    #[cold]
+    fn drop_if_left(&mut self, idx: usize) {
+        if let Some(Some(conn)) = self.conns.get(idx)
+            && conn.session.is_deferred()
+        {
+            self.close(idx);
         }
     }
 
@@ -736,7 +747,8 @@ impl Server<'_> {
                     self.again.push(idx);
                 }
             }
-            job.resp.reset();
+            // Its connection may be gone, with what the handler took over still on it.
+            job.resp.abandon();
             self.scratch.free_jobs.push(job);
         }
         self.done = jobs;
@@ -855,10 +867,13 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 
 /// `send` with MSG_NOSIGNAL: the host may leave SIGPIPE at its default (C programs do), and a
 /// peer's reset must not kill the child.
+// Always inlined, as `recv`: a second caller (or a larger `drive`) made LLVM call them.
+#[inline(always)]
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     nix::sys::socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
 }
 
+#[inline(always)]
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     nix::sys::socket::recv(fd, buf, MsgFlags::empty()).map_err(io::Error::from)
 }

@@ -167,11 +167,9 @@ enum Phase {
     InFlight,
     /// Pulling a streamed response body.
     Streaming,
-    /// No more requests on this connection: close once the output is sent.
+    /// No more requests on this connection: close once the output is sent (or, with
+    /// `Session::handover` set, hand it to its new owner).
     Done,
-    /// The connection goes to a new owner (`Response::hijack`) once the output is sent. Next
-    /// to `Done`, which `finished` tests with it.
-    Handover,
     /// Waiting for a deferred response (`Response::defer`) to be completed.
     Deferred,
 }
@@ -417,13 +415,16 @@ impl Session {
     /// No response will be produced any more: close (or hand the connection over, see
     /// `handing_over`) once the output is sent.
     pub(crate) fn finished(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Handover)
+        self.phase == Phase::Done
             || (self.peer_eof && !self.stalled && matches!(self.phase, Phase::Head | Phase::Body))
     }
 
-    /// The connection goes to a new owner once the output is sent (`take_handover`).
+    /// Once finished and the output sent, the connection goes to a new owner
+    /// (`take_handover`) rather than being closed. A hand-over is the end of a connection to
+    /// the engine, a `Done` like any other: telling them apart there keeps the test off the
+    /// path of every request.
     pub(crate) fn handing_over(&self) -> bool {
-        self.phase == Phase::Handover
+        self.phase == Phase::Done && self.handover.is_some()
     }
 
     /// Who takes the connection over, and the bytes read past its last request.
@@ -480,11 +481,7 @@ impl Session {
             Phase::Head if self.inp.len() == 0 && !self.scan.started() => Timer::Idle,
             Phase::Head => Timer::Head,
             Phase::Body => Timer::Body,
-            Phase::InFlight
-            | Phase::Streaming
-            | Phase::Done
-            | Phase::Deferred
-            | Phase::Handover => Timer::Off,
+            Phase::InFlight | Phase::Streaming | Phase::Done | Phase::Deferred => Timer::Off,
         }
     }
 
@@ -533,7 +530,7 @@ impl Session {
             }
             self.stalled = false;
             let stepped = match self.phase {
-                Phase::Done | Phase::InFlight | Phase::Deferred | Phase::Handover => false,
+                Phase::Done | Phase::InFlight | Phase::Deferred => false,
                 Phase::Streaming => self.pump(ctx),
                 Phase::Head => self.on_head(ctx),
                 Phase::Body => self.on_body(ctx),
@@ -553,7 +550,7 @@ impl Session {
     pub(crate) fn complete(&mut self, job: &mut Job, ctx: &mut Ctx<'_>) {
         debug_assert_eq!(self.phase, Phase::InFlight);
         let panic = job.panic.take();
-        self.reply(ctx, Some(&mut job.resp), panic);
+        self.answer(ctx, Some(&mut job.resp), panic);
     }
 
     /// The deferred response this session awaits (`awaits`) was completed.
@@ -612,7 +609,7 @@ impl Session {
             Next::Wait => return self.await_body(ctx),
             Next::Inline(body, panic) => {
                 self.take_request(body);
-                self.reply(ctx, None, panic);
+                self.answer(ctx, None, panic);
             }
             Next::Queued(body) => {
                 self.take_request(body);
@@ -757,6 +754,8 @@ impl Session {
     /// Encodes the handler's response to the current request: a handler thread's (`job`), or
     /// else the one an inline handler filled in `ctx.scratch`. Borrowed in place, not moved
     /// out and back, which cost a default `Response` built and dropped per request.
+    ///
+    /// The handler did not take the response over: `answer` handles that first.
     fn reply(&mut self, ctx: &mut Ctx<'_>, job: Option<&mut Response>, panic: Option<String>) {
         let scratch = &mut *ctx.scratch;
         let resp = match job {
@@ -768,27 +767,9 @@ impl Session {
                 Level::Error,
                 &format!("request handler panicked: {msg}; answered 500 and closed the connection"),
             );
-            resp.reset();
+            resp.abandon();
             self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
             return;
-        }
-        if resp.takeover.is_some() {
-            match self.take_over(resp, &scratch.mailbox, ctx.conn) {
-                Taken::Waiting => return,
-                Taken::Completed(done, abandoned) => {
-                    return self.reply_completed(ctx, done, abandoned);
-                }
-                Taken::Connection => {
-                    let (date, log) = (ctx.date, ctx.log);
-                    return self.reply_before_handover(
-                        resp,
-                        &mut scratch.spare_out,
-                        date,
-                        log,
-                        ctx.draining,
-                    );
-                }
-            }
         }
         let reply = self.shape(ctx.draining);
         take_spare(&mut self.out, &mut scratch.spare_out);
@@ -824,8 +805,58 @@ impl Session {
         }
     }
 
-    /// The handler deferred its response or takes the connection after it. Out of line: rare.
+    /// `reply`, unless the handler deferred the response or takes the connection after it. The
+    /// test is here rather than in `reply`, whose frame grew with it (11 instructions per GET).
+    #[inline(always)]
+    fn answer(&mut self, ctx: &mut Ctx<'_>, job: Option<&mut Response>, panic: Option<String>) {
+        let taken = match &job {
+            Some(resp) => resp.takeover.is_some(),
+            None => ctx.scratch.resp.takeover.is_some(),
+        };
+        if taken {
+            return self.answer_taken_over(ctx, job, panic);
+        }
+        self.reply(ctx, job, panic);
+    }
+
+    /// The handler deferred its response, or takes the connection after it.
     #[inline(never)]
+    fn answer_taken_over(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut job: Option<&mut Response>,
+        panic: Option<String>,
+    ) {
+        if panic.is_some() {
+            // A 500: what the handler took over goes with the response.
+            return self.reply(ctx, job, panic);
+        }
+        let taken = {
+            let scratch = &mut *ctx.scratch;
+            let resp = match job.as_deref_mut() {
+                Some(resp) => resp,
+                None => &mut scratch.resp,
+            };
+            let taken = self.take_over(resp, &scratch.mailbox, ctx.conn);
+            if matches!(taken, Taken::Connection) && resp.status == 101 {
+                let (date, log) = (ctx.date, ctx.log);
+                return self.reply_switching(resp, &mut scratch.spare_out, date, log);
+            }
+            taken
+        };
+        match taken {
+            Taken::Waiting => {}
+            Taken::Completed(done, abandoned) => self.reply_completed(ctx, done, abandoned),
+            Taken::Connection => {
+                // The HTTP exchange ends with this response, which says so: the connection is
+                // the new owner's after it (`handing_over`).
+                self.info.keep_alive = false;
+                self.reply(ctx, job, None);
+            }
+        }
+    }
+
+    /// Takes what the handler did off the response.
     fn take_over(&mut self, resp: &mut Response, mailbox: &Arc<Mailbox>, conn: ConnId) -> Taken {
         match resp.takeover.take() {
             Some(Takeover::Deferred(binding)) => {
@@ -858,42 +889,22 @@ impl Session {
             self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
             return;
         }
-        self.reply(ctx, Some(&mut resp), None);
+        self.answer(ctx, Some(&mut resp), None);
     }
 
-    /// Encodes the response after which the connection is handed over (`handover`, if set).
+    /// Encodes a 101, after which the connection is handed over (`handing_over`).
     #[cold]
-    fn reply_before_handover(
+    fn reply_switching(
         &mut self,
         resp: &mut Response,
         spare_out: &mut Vec<Vec<u8>>,
         date: &[u8; DATE_LEN],
         log: &dyn Logger,
-        draining: bool,
     ) {
-        let reply = self.shape(draining);
         take_spare(&mut self.out, spare_out);
-        let encoded = if resp.status == 101 {
-            encode::encode_switching(&mut self.out, resp, date, log)
-        } else {
-            encode::encode(&mut self.out, resp, reply, date, log)
-        };
+        encode::encode_switching(&mut self.out, resp, date, log);
         resp.reset();
-        let then = if self.handover.is_some() {
-            Phase::Handover
-        } else if encoded.close {
-            Phase::Done
-        } else {
-            Phase::Head
-        };
-        match encoded.stream {
-            Some(stream) => {
-                self.stream = Some(stream);
-                self.close_after_stream = then == Phase::Done;
-                self.phase = Phase::Streaming;
-            }
-            None => self.phase = then,
-        }
+        self.phase = Phase::Done;
     }
 
     /// Pulls once from the body stream. Always makes progress.
@@ -921,9 +932,7 @@ impl Session {
                     self.out.extend_from_slice(encode::LAST_CHUNK);
                 }
                 self.stream = None;
-                self.phase = if self.handover.is_some() {
-                    Phase::Handover
-                } else if self.close_after_stream {
+                self.phase = if self.close_after_stream {
                     Phase::Done
                 } else {
                     Phase::Head
@@ -946,9 +955,11 @@ impl Session {
             Level::Warn,
             &format!("response body stream failed ({failure}); closing the connection"),
         );
-        // Without the last chunk the client knows the body is incomplete.
+        // Without the last chunk the client knows the body is incomplete; a connection that was
+        // to be taken over after it closes too.
         self.stream = None;
         self.phase = Phase::Done;
+        self.handover = None;
         true
     }
 
@@ -957,11 +968,15 @@ impl Session {
         true
     }
 
-    /// Queues an engine error response; nothing after it is parsed.
+    /// Queues an engine error response; nothing after it is parsed, and the connection closes
+    /// (it is no longer anyone's to take over).
     fn fail_with(&mut self, status: Status, date: &[u8; DATE_LEN]) {
         encode::encode_error(&mut self.out, status, date);
         self.stream = None;
         self.phase = Phase::Done;
+        if self.handover.is_some() {
+            self.handover = None;
+        }
     }
 }
 

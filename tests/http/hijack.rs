@@ -116,6 +116,10 @@ fn pipelined_responses_before_the_upgrade_are_written_first() {
         (rs[1].status, rs[1].body.as_slice()),
         (200, &b"then raw"[..])
     );
+    assert!(
+        rs[1].closes(),
+        "the HTTP exchange ends with the response before a hand-over"
+    );
     // The new owner wrote its bytes and dropped the connection; the request after /raw was
     // its to read, and the library never answered it.
     assert_eq!(c.rest(), b"raw!");
