@@ -802,7 +802,8 @@ enum prefork_result prefork_response_set_body_stream(struct prefork_response *re
  * so responses keep their order. Completing wakes the child's event loop, which sends the
  * response in its turn. A handle freed without being completed answers 500 and closes the
  * connection. A response still pending when the child drains is answered 503 at the end of
- * the grace period. A completion after the client left (or after the child stopped) is
+ * the grace period. A completion after the client left, or after the child stopped serving
+ * (the handle outlives the server: complete and free it even after `prefork_free`), is
  * accepted and dropped. A client that closes its side of the connection meanwhile counts as
  * gone: the connection is closed at once rather than held until the completion.
  *
@@ -822,10 +823,11 @@ enum prefork_result prefork_response_defer(struct prefork_response *resp,
 struct prefork_response *prefork_deferred_response(struct prefork_deferred *d);
 
 /**
- * Sends the deferred response: the child's event loop wakes and writes it in its turn (or
- * drops it, if the client left or the child stopped serving). The handle stays the caller's
- * to free. Returns PREFORK_ERR_NULL for a NULL `d`, PREFORK_ERR_STATE if it was completed
- * already.
+ * Sends the deferred response: the child's event loop wakes and writes it in its turn. If
+ * the client left, or the child stopped serving (even if `prefork_free` freed the server
+ * since), the response is dropped and PREFORK_OK returned all the same. The handle stays the
+ * caller's to free. Returns PREFORK_ERR_NULL for a NULL `d`, PREFORK_ERR_STATE if it was
+ * completed already.
  */
 enum prefork_result prefork_deferred_complete(struct prefork_deferred *d);
 

@@ -35,7 +35,8 @@ pub struct prefork_conn {
 /// so responses keep their order. Completing wakes the child's event loop, which sends the
 /// response in its turn. A handle freed without being completed answers 500 and closes the
 /// connection. A response still pending when the child drains is answered 503 at the end of
-/// the grace period. A completion after the client left (or after the child stopped) is
+/// the grace period. A completion after the client left, or after the child stopped serving
+/// (the handle outlives the server: complete and free it even after `prefork_free`), is
 /// accepted and dropped. A client that closes its side of the connection meanwhile counts as
 /// gone: the connection is closed at once rather than held until the completion.
 ///
@@ -76,10 +77,11 @@ pub unsafe extern "C" fn prefork_deferred_response(
     })
 }
 
-/// Sends the deferred response: the child's event loop wakes and writes it in its turn (or
-/// drops it, if the client left or the child stopped serving). The handle stays the caller's
-/// to free. Returns PREFORK_ERR_NULL for a NULL `d`, PREFORK_ERR_STATE if it was completed
-/// already.
+/// Sends the deferred response: the child's event loop wakes and writes it in its turn. If
+/// the client left, or the child stopped serving (even if `prefork_free` freed the server
+/// since), the response is dropped and PREFORK_OK returned all the same. The handle stays the
+/// caller's to free. Returns PREFORK_ERR_NULL for a NULL `d`, PREFORK_ERR_STATE if it was
+/// completed already.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_deferred_complete(d: *mut prefork_deferred) -> prefork_result {
     ffi_boundary!({

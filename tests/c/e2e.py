@@ -127,8 +127,16 @@ class Server:
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         """Signals the master, expects exit status 0, and proves nothing is left behind."""
+        self.finish(self.begin_stop(sig), sig, timeout)
+
+    def begin_stop(self, sig=signal.SIGTERM):
+        """Signals the master; returns its children, for `finish`."""
         kids = children_of(self.proc.pid)
         self.proc.send_signal(sig)
+        return kids
+
+    def finish(self, kids, sig=signal.SIGTERM, timeout=20):
+        """After `begin_stop`: expects exit status 0 and proves nothing is left behind."""
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -681,7 +689,23 @@ def server(prog):
         check(status == 500 and headers.get("Connection") == "close",
               f"a deferred response freed uncompleted gave {status} {headers}")
         srv.expect(r"^log warn: .*dropped without being completed", timeout=5)
-        srv.stop()
+
+        # Still deferred when the child drains: a 503 near the end of the 1 s grace period,
+        # ahead of the master's SIGKILL; the child completes it after prefork_free.
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        late.sendall(b"GET /defer-late HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        kids = srv.begin_stop()
+        head, _ = read_head(late)
+        took = time.monotonic() - t0
+        late.close()  # the child's lingering close ends with it, and the child with that
+        check(head.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in head,
+              f"a deferred response pending at the drain's end gave {head!r}")
+        check(0.5 < took < 1.0, f"the drain's 503 came after {took:.3f} s (grace 1 s)")
+        print(f"  the drain's 503 for a deferred response came after {took:.3f} s", flush=True)
+        srv.finish(kids)
+        srv.expect(r"^late completion: ok$", timeout=5)
     finally:
         srv.kill()
 

@@ -12,6 +12,9 @@
  *   GET /defer-misuse  a deferred response and the misuse rules of its handle: "misuse: ok"
  *                      in the body, and a "completed twice: refused" line on stdout
  *   GET /defer-free    a deferred response freed without being completed (a 500)
+ *   GET /defer-late    a deferred response kept until the child stopped serving and freed its
+ *                      handle: the drain answers 503, and the late completion prints
+ *                      "late completion: ok"
  *
  *   server_test HOST:PORT      prints "ready" once the master is ready
  *
@@ -143,6 +146,9 @@ static void deferred_misuse(prefork_response *resp) {
     fflush(stdout);
 }
 
+/* The response of /defer-late, completed only after prefork_free in main. */
+static prefork_deferred *late;
+
 static void handle(void *ud, const prefork_request *req, prefork_response *resp) {
     (void)ud;
     prefork_str path = prefork_request_path(req);
@@ -153,6 +159,10 @@ static void handle(void *ud, const prefork_request *req, prefork_response *resp)
     }
     if (path.len == 13 && memcmp(path.ptr, "/defer-misuse", 13) == 0) {
         deferred_misuse(resp);
+        return;
+    }
+    if (path.len == 11 && memcmp(path.ptr, "/defer-late", 11) == 0 && !late) {
+        if (prefork_response_defer(resp, &late) != PREFORK_OK) abort();
         return;
     }
     if (path.len == 11 && memcmp(path.ptr, "/defer-free", 11) == 0) {
@@ -216,6 +226,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (prefork_new(&handler, &p) != PREFORK_OK || prefork_set_children(p, 1) != PREFORK_OK ||
+        prefork_set_grace_period_ms(p, 1000) != PREFORK_OK ||
         prefork_set_hooks(p, &hooks) != PREFORK_OK ||
         prefork_set_logger(p, log_line, NULL, NULL) != PREFORK_OK) {
         fprintf(stderr, "server_test: %s\n", prefork_last_error());
@@ -227,5 +238,13 @@ int main(int argc, char **argv) {
     prefork_result r = prefork_listen_and_serve(p, argv[1]);
     if (r != PREFORK_OK) fprintf(stderr, "server_test: %s\n", prefork_last_error());
     prefork_free(p);
+    if (late) {
+        /* The child stopped serving and its server is freed: completing is accepted and goes
+         * nowhere. */
+        prefork_result done = prefork_deferred_complete(late);
+        prefork_deferred_free(late);
+        printf("late completion: %s\n", done == PREFORK_OK ? "ok" : "BROKEN");
+        fflush(stdout);
+    }
     return r == PREFORK_OK ? 0 : 1;
 }
