@@ -241,8 +241,8 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 // returns. Use a deferred Response from one goroutine at a time.
 //
 // The connection waits meanwhile: its later (pipelined) requests are answered after this
-// response. A Response still deferred when the child drains is answered 503 at the end of the
-// grace period; one completed after the client left is dropped. A client that closes its side
+// response. A Response still deferred when the child drains is answered 503 as the grace
+// period ends (at most 250 ms before); one completed after the client left is dropped. A client that closes its side
 // of the connection meanwhile counts as gone: the connection is closed at once. A deferred
 // Response the program lets go of without completing it holds its connection until then.
 //

@@ -34,8 +34,9 @@ pub struct prefork_conn {
 /// The connection waits: its later (pipelined) requests are answered after this response,
 /// so responses keep their order. Completing wakes the child's event loop, which sends the
 /// response in its turn. A handle freed without being completed answers 500 and closes the
-/// connection. A response still pending when the child drains is answered 503 at the end of
-/// the grace period. A completion after the client left, or after the child stopped serving
+/// connection. A response still pending when the child drains is answered 503 as the grace
+/// period ends (at most 250 ms before, so that the child may still exit by itself, running
+/// `exit_child`, before the master's SIGKILL). A completion after the client left, or after the child stopped serving
 /// (the handle outlives the server: complete and free it even after `prefork_free`), is
 /// accepted and dropped. A client that closes its side of the connection meanwhile counts as
 /// gone: the connection is closed at once rather than held until the completion.

@@ -249,7 +249,8 @@ impl Response {
     /// (pipelined) requests wait for it, so responses keep their order.
     ///
     /// A `Deferred` dropped without being completed answers 500 and closes the connection. One
-    /// still pending when the child drains is answered 503 at the end of the grace period. A
+    /// still pending when the child drains is answered 503 as the grace period ends (at most
+    /// 250 ms before, so that the child may still exit by itself). A
     /// completion after the client left (or after the child stopped) is dropped. A client that
     /// closes its side of the connection meanwhile counts as gone: the connection is closed at
     /// once rather than held until the completion.

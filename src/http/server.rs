@@ -52,10 +52,11 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
-/// Deferred responses still awaited are answered 503 this long (at most a tenth of the grace
-/// period) before the drain's deadline, so the answer is out before the master's SIGKILL,
-/// which comes at about the same deadline.
-const GIVE_UP_MARGIN: Duration = Duration::from_millis(100);
+/// Deferred responses still awaited are answered 503 this long (at most a quarter of the grace
+/// period) before the drain's deadline, which is also when the master's SIGKILL comes: so that
+/// the answers are out, and the child, which held on for them, can still finish (`exit_child`)
+/// and exit by itself.
+const GIVE_UP_MARGIN: Duration = Duration::from_millis(250);
 
 struct Conn {
     sock: TcpStream,
@@ -799,7 +800,7 @@ impl Server<'_> {
         let deadline = self.now + grace;
         let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
         self.drain_deadline = Some(deadline);
-        let margin = GIVE_UP_MARGIN.min(grace / 10);
+        let margin = GIVE_UP_MARGIN.min(grace / 4);
         self.give_up_at = Some(deadline.checked_sub(margin).unwrap_or(deadline));
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);

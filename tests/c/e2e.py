@@ -690,8 +690,8 @@ def server(prog):
               f"a deferred response freed uncompleted gave {status} {headers}")
         srv.expect(r"^log warn: .*dropped without being completed", timeout=5)
 
-        # Still deferred when the child drains: a 503 near the end of the 1 s grace period,
-        # ahead of the master's SIGKILL; the child completes it after prefork_free.
+        # Still deferred when the child drains: a 503 250 ms before the end of the 1 s grace
+        # period, ahead of the master's SIGKILL; the child completes it after prefork_free.
         late = socket.create_connection(("127.0.0.1", port), timeout=10)
         late.sendall(b"GET /defer-late HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.1)
