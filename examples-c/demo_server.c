@@ -4,15 +4,28 @@
  *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
+ *     [--user NAME] [--group NAME] [--cpu-affinity]
+ *     [--proxy-protocol] [--proxy-allow CIDR]...
+ *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /defer?ms=N  /status?code=N
- * /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and OPTIONS *.
+ * /stats  /peer  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and OPTIONS *.
  *
  * /defer?ms=N answers after N ms without holding the event loop: the handler defers the
  * response and a timer thread completes it, so many of them wait together. /upgrade switches
  * the connection to an echo protocol (101 Switching Protocols, then every byte sent comes
- * back until the client closes), served by a thread per connection.
- * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
+ * back until the client closes), served by a thread per connection. /stats answers
+ * prefork_stats_json: the master's figures (every child's pid, slot, generation, requests,
+ * connections...), which the child reads from the memory the master shares with it, so any
+ * child gives the same answer. /peer answers the client's address as the handler sees it,
+ * "ip:port" ("[ip6]:port" for IPv6): with --proxy-protocol, the one the balancer's PROXY
+ * protocol header names.
+ *
+ * --proxy-protocol makes every connection (on every --addr) start with a PROXY protocol
+ * header, accepted from the --proxy-allow networks (repeatable; default loopback).
+ * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout;
+ * after a reload (SIGHUP) "reloaded generation=<n> children=<pid>,..." or, when the new
+ * generation failed and the old one serves on, "reload failed generation=<n>: <reason>".
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
  * The master re-executes this program once per child, with the same arguments: the children
@@ -40,10 +53,18 @@ static const char USAGE[] =
     "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
+    "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
+    "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
+    "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
+    "                   [--max-child-age-ms N]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /defer?ms=N /status?code=N\n"
-    "                    /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
-    "                    and OPTIONS *\n";
+    "                    /stats /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
+    "                    and OPTIONS *\n"
+    "                    /peer (the client's address, ip:port)\n";
+
+/* The --proxy-allow networks so far, comma-separated, as prefork_set_proxy_allow takes them. */
+static char proxy_allow[4096];
 
 /* A deferred response and when the timer thread completes it. */
 struct timer {
@@ -458,6 +479,24 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
         defer_reply(app, resp, ms);
     } else if (str_is(path, "/upgrade")) {
         upgrade_reply(app, req, resp);
+    } else if (str_is(path, "/peer")) {
+        /* With --proxy-protocol, the client the balancer's header names, not the balancer. */
+        char addr[PREFORK_ADDR_STRLEN];
+        if (prefork_request_peer_addr(req, addr, sizeof addr) != PREFORK_OK) {
+            reply_text(resp, 500, "the peer address is unknown\n");
+            return;
+        }
+        reply_text(resp, 200, addr);
+    } else if (str_is(path, "/stats")) {
+        size_t cap = 1 << 16;
+        char *json = malloc(cap);
+        if (json == NULL || prefork_stats_json(json, cap) != PREFORK_OK) {
+            reply_text(resp, 503, "no stats\n");
+        } else {
+            static const char type[] = "application/json";
+            prefork_response_reply(resp, 200, type, sizeof type - 1, json, strlen(json));
+        }
+        free(json);
     } else if (str_is(path, "/crash") && app->allow_crash) {
         abort();
     } else {
@@ -472,6 +511,25 @@ static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
     for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
     printf("\n");
     return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void print_pids(const int32_t *pids, size_t count) {
+    for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
+    printf("\n");
+}
+
+/* Master only: a reload's new generation serves; the old one drains. */
+static int on_reload(void *user_data, uint64_t generation, const int32_t *pids, size_t count) {
+    (void)user_data;
+    printf("reloaded generation=%" PRIu64 " children=", generation);
+    print_pids(pids, count);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void on_reload_failed(void *user_data, uint64_t generation, const char *reason) {
+    (void)user_data;
+    printf("reload failed generation=%" PRIu64 ": %s\n", generation, reason);
+    fflush(stdout);
 }
 
 static bool parse_u64(const char *text, uint64_t *out) {
@@ -513,7 +571,11 @@ int main(int argc, char **argv) {
         .handle = handle,
         .exit_child = exit_child,
     };
-    prefork_hooks hooks = {.on_master_ready = on_master_ready};
+    prefork_hooks hooks = {
+        .on_master_ready = on_master_ready,
+        .on_reload = on_reload,
+        .on_reload_failed = on_reload_failed,
+    };
     prefork *server = NULL;
 
     if (prefork_new(&handler, &server) != PREFORK_OK) {
@@ -534,6 +596,10 @@ int main(int argc, char **argv) {
             ok = set(prefork_set_reuseport(server, true));
         } else if (strcmp(flag, "--allow-crash") == 0) {
             app.allow_crash = true;
+        } else if (strcmp(flag, "--cpu-affinity") == 0) {
+            ok = set(prefork_set_cpu_affinity(server, true));
+        } else if (strcmp(flag, "--proxy-protocol") == 0) {
+            ok = set(prefork_set_proxy_protocol(server, true));
         } else if (val == NULL) {
             prefork_free(server);
             return usage("unknown flag or missing value: ", flag);
@@ -542,12 +608,27 @@ int main(int argc, char **argv) {
             bool is_count = strcmp(flag, "--children") == 0 || strcmp(flag, "--handler-threads") == 0;
             if (strcmp(flag, "--addr") == 0) {
                 addr = val;
+            } else if (strcmp(flag, "--proxy-allow") == 0) {
+                /* Each one adds to the list; setting the list so far makes the library name a
+                 * bad network at once. */
+                size_t used = strlen(proxy_allow), len = strlen(val);
+                if (used + len + 2 > sizeof proxy_allow) {
+                    prefork_free(server);
+                    return usage("too many --proxy-allow networks at ", val);
+                }
+                if (used > 0) proxy_allow[used++] = ',';
+                memcpy(proxy_allow + used, val, len + 1);
+                ok = set(prefork_set_proxy_allow(server, proxy_allow));
             } else if (strcmp(flag, "--network") == 0) {
                 if (strcmp(val, "tcp4") && strcmp(val, "tcp6") && strcmp(val, "tcp")) {
                     prefork_free(server);
                     return usage("--network must be tcp4, tcp6 or tcp, not ", val);
                 }
                 ok = set(prefork_set_network(server, val));
+            } else if (strcmp(flag, "--user") == 0) {
+                ok = set(prefork_set_user(server, val));
+            } else if (strcmp(flag, "--group") == 0) {
+                ok = set(prefork_set_group(server, val));
             } else if (strcmp(flag, "--recover-threshold") == 0) {
                 if (!parse_i32(val, &s)) ok = false;
                 else ok = set(prefork_set_recover_threshold(server, s));
@@ -568,6 +649,14 @@ int main(int argc, char **argv) {
                 ok = set(prefork_set_header_timeout_ms(server, n));
             } else if (strcmp(flag, "--idle-timeout-ms") == 0) {
                 ok = set(prefork_set_idle_timeout_ms(server, n));
+            } else if (strcmp(flag, "--child-timeout-ms") == 0) {
+                ok = set(prefork_set_child_timeout_ms(server, n));
+            } else if (strcmp(flag, "--max-requests") == 0) {
+                ok = set(prefork_set_max_requests(server, n));
+            } else if (strcmp(flag, "--max-requests-jitter") == 0) {
+                ok = set(prefork_set_max_requests_jitter(server, n));
+            } else if (strcmp(flag, "--max-child-age-ms") == 0) {
+                ok = set(prefork_set_max_child_age_ms(server, n));
             } else {
                 prefork_free(server);
                 return usage("unknown flag: ", flag);

@@ -15,9 +15,12 @@
  *    user_data_free finalizer, called once when the library lets go of user_data.
  *  - Callback structs only grow, at their end: initialise them by member name with the rest
  *    zero, and pass them through the macros at the end of this header (prefork_new,
- *    prefork_set_hooks), which hand the library their size. A program built against an older
- *    header keeps working with a newer library of the same major version (the README's "ABI
- *    policy"). Check which library was loaded with prefork_version().
+ *    prefork_set_hooks, prefork_set_serve), which hand the library their size. A program
+ *    built against an older header keeps working with a newer library of the same major
+ *    version (the README's "ABI policy"). Check which library was loaded with
+ *    prefork_version().
+ *  - Serve mode (prefork_set_serve) runs the program's own server in the children, with the
+ *    same supervisor around it.
  *  - The program is both the master and every child: the master re-executes /proc/self/exe
  *    with the same argv for each child. Build the handle the same way in every process.
  */
@@ -51,6 +54,80 @@
 
 /** prefork_set_hooks_sized with this header's sizeof(prefork_hooks). */
 #define prefork_set_hooks(p, hooks) prefork_set_hooks_sized((p), (hooks), sizeof(prefork_hooks))
+
+/** prefork_set_serve_sized with this header's sizeof(prefork_serve) (serve mode, since 0.2). */
+#define prefork_set_serve(p, serve) prefork_set_serve_sized((p), (serve), sizeof(prefork_serve))
+
+
+/** prefork_stats_sized with this header's sizeof(prefork_child_stats) and
+ * sizeof(prefork_master_stats). */
+#define prefork_stats(children, cap, master, count) prefork_stats_sized((children), sizeof(prefork_child_stats), (cap), (master), sizeof(prefork_master_stats), (count))
+
+/**
+ * `prefork_child_stats.state`: started, not yet reported "listening".
+ */
+#define PREFORK_CHILD_STARTING 1
+
+/**
+ * `prefork_child_stats.state`: serving its slot (or, during a reload or a recycle, ready to
+ * take it over).
+ */
+#define PREFORK_CHILD_SERVING 2
+
+/**
+ * `prefork_child_stats.state`: told to stop, draining.
+ */
+#define PREFORK_CHILD_RETIRING 3
+
+/**
+ * `prefork_serve.ready`: the child reports ready just before `serve` is called (the default).
+ */
+#define PREFORK_SERVE_READY_ON_START 0
+
+/**
+ * `prefork_serve.ready`: the child reports ready when `serve` calls `prefork_child_ready()`.
+ */
+#define PREFORK_SERVE_READY_EXPLICIT 1
+
+/**
+ * The PREFORK_PP2_TYPE_* values are the TLV types of PROXY protocol version 2 that its
+ * specification registers, for `prefork_request_proxy_tlv` (0xE0 to 0xEF are for
+ * applications, such as a cloud balancer's own; 0xF0 to 0xF7 are experimental). This one is
+ * the application protocol (ALPN) the client negotiated with the balancer.
+ */
+#define PREFORK_PP2_TYPE_ALPN 1
+
+/**
+ * The host name the client asked for (TLS SNI), UTF-8.
+ */
+#define PREFORK_PP2_TYPE_AUTHORITY 2
+
+/**
+ * A CRC32C of the header: the library checked it (a connection whose header does not match
+ * was closed).
+ */
+#define PREFORK_PP2_TYPE_CRC32C 3
+
+/**
+ * Padding, to be ignored.
+ */
+#define PREFORK_PP2_TYPE_NOOP 4
+
+/**
+ * An opaque id of the connection from the balancer, at most 128 bytes.
+ */
+#define PREFORK_PP2_TYPE_UNIQUE_ID 5
+
+/**
+ * TLS details of the client's connection to the balancer: a client byte, a 32-bit verify
+ * result, then sub-TLVs (version 0x21, CN 0x22, cipher 0x23, signature 0x24, key 0x25).
+ */
+#define PREFORK_PP2_TYPE_SSL 32
+
+/**
+ * The network namespace's name.
+ */
+#define PREFORK_PP2_TYPE_NETNS 48
 
 /**
  * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
@@ -94,7 +171,9 @@ typedef enum prefork_result {
      */
     PREFORK_ERR_STARTUP_TIMEOUT = 6,
     /**
-     * Children exited more often than the recover threshold allows.
+     * Children exited in a crash loop (before they were ready, or within the recover min
+     * uptime of it; any exit with recover_every_exit) more often than the recover threshold
+     * allows.
      */
     PREFORK_ERR_OVER_RECOVERY = 7,
     /**
@@ -273,7 +352,8 @@ typedef struct prefork_hooks {
     /**
      * Child, at most once: its master is gone (the lifeline closed). Runs on the child's
      * event-loop thread; the child then drains its connections and
-     * `prefork_listen_and_serve` returns.
+     * `prefork_listen_and_serve` returns. In serve mode it runs on a library thread of the
+     * child, while `serve` runs, just before `stop_fd` becomes readable.
      */
     void (*on_master_death)(void *user_data);
     /**
@@ -294,7 +374,166 @@ typedef struct prefork_hooks {
      * `prefork_set_hooks` failed.
      */
     void (*user_data_free)(void *user_data);
+    /**
+     * Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+     * generation `generation` (the first children are generation 1, each reload takes the
+     * next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
+     * only during the call. The children they replace were told to stop gracefully and are
+     * still draining. Return 0 to go on.
+     */
+    int (*on_reload)(void *user_data, uint64_t generation, const int32_t *pids, size_t count);
+    /**
+     * Master (since 0.3): the reload to `generation` failed, because one of its children
+     * exited or missed the startup timeout before all were ready, or could not be started;
+     * `reason` (NUL-terminated, valid only during the call) says which and how. Its children
+     * were told to stop; the previous generation, never stopped, keeps serving.
+     */
+    void (*on_reload_failed)(void *user_data, uint64_t generation, const char *reason);
 } prefork_hooks;
+
+/**
+ * One child, as `prefork_stats` reports it. Extensible as the callback structs, in the other
+ * direction: members are only ever added at the end, and the library writes as many bytes of
+ * each element as the caller's `sizeof` (which the `prefork_stats` macro passes) holds.
+ */
+typedef struct prefork_child_stats {
+    int32_t pid;
+    /**
+     * One of PREFORK_CHILD_STARTING, PREFORK_CHILD_SERVING, PREFORK_CHILD_RETIRING.
+     */
+    uint32_t state;
+    /**
+     * Its slot, 0-based; during a reload or a recycle two children share one.
+     */
+    uint64_t slot;
+    /**
+     * 1 for the first children, one more for each reload.
+     */
+    uint64_t generation;
+    /**
+     * When it was started, in milliseconds since the Unix epoch.
+     */
+    uint64_t started_unix_ms;
+    /**
+     * Requests it has received (counted by its event loop, published at every turn).
+     */
+    uint64_t requests;
+    /**
+     * Connections it has open.
+     */
+    uint64_t connections;
+    /**
+     * Replacements of crashed children its slot had before this child was started.
+     */
+    uint64_t slot_restarts;
+} prefork_child_stats;
+
+/**
+ * The master's totals, as `prefork_stats` reports them. Extensible as `prefork_child_stats`.
+ */
+typedef struct prefork_master_stats {
+    int32_t pid;
+    uint32_t _reserved;
+    /**
+     * The child count it serves with (slots).
+     */
+    uint64_t children;
+    /**
+     * The generation serving (1 until the first reload).
+     */
+    uint64_t generation;
+    uint64_t started_unix_ms;
+    /**
+     * Children started since the start, and children reaped.
+     */
+    uint64_t spawned;
+    uint64_t exited;
+    /**
+     * Requests received by every child since the start, reaped ones included.
+     */
+    uint64_t requests;
+    /**
+     * Connections open in the children now.
+     */
+    uint64_t connections;
+    uint64_t reloads;
+    uint64_t reload_failures;
+    uint64_t recycles;
+    /**
+     * Children killed by the hung-child watchdog.
+     */
+    uint64_t watchdog_kills;
+} prefork_master_stats;
+
+/**
+ * Serve mode: each child runs the program's own server (a libuv or libevent loop, a custom
+ * protocol) instead of the library's HTTP engine, as Go's fasthttp prefork runs its
+ * `ServeFunc`. Set it with the `prefork_set_serve` macro before `prefork_listen_and_serve`.
+ *
+ * The master does not change: it binds, starts and supervises the children as always
+ * (readiness and the startup timeout, respawn, recover threshold and window, backoff, the
+ * grace period then SIGKILL, reuseport slots, every hook). In each child, the library adopts
+ * the listener and the lifeline, installs its signal handlers (with `handle_signals` on),
+ * runs the handler's `init_child`, then calls `serve` on the thread that called
+ * `prefork_listen_and_serve`. When `serve` returns, the child runs `exit_child` and exits
+ * the process with `serve`'s return value as its status: in a serve-mode child,
+ * `prefork_listen_and_serve` returns only when something failed before `serve` was called
+ * (an `init_child` failure, for example). `prefork_new` still takes a `prefork_handler`,
+ * whose `init_child` and `exit_child` run as said; its `handle` is never called, and the
+ * HTTP options (the limits, timeouts and `handler_threads`) do not apply.
+ *
+ * Extensible, as `prefork_handler`: members are only ever added at the end, one a program
+ * does not know of reads as 0 (unset). Initialise it by member name with the rest zero.
+ *
+ * The library copies this struct: it need not outlive the `prefork_set_serve` call.
+ */
+typedef struct prefork_serve {
+    /**
+     * Passed as the first argument of `serve` and `user_data_free`; the library never reads
+     * it.
+     */
+    void *user_data;
+    /**
+     * Required. The child's server, called once in each child.
+     *
+     * `listen_fd` is the listening TCP socket the master bound (blocking, close-on-exec).
+     * `serve` owns it: close it when the server stops accepting. Its file status flags
+     * (O_NONBLOCK) are those of the socket, which the master shares with every child (with
+     * reuseport, with the children of its slot): set them the same way in every child.
+     * Descriptor 4 is the library's lifeline to the master: leave it alone.
+     *
+     * `stop_fd` becomes readable (POLLIN, and POLLHUP) when the child must stop, and stays
+     * so: on the master's graceful stop (its SIGTERM; with `handle_signals` off, the host's
+     * own handler calls `prefork_shutdown`), on the master's death (after `on_master_death`
+     * ran, on a library thread), and on `prefork_shutdown()` in this child. Poll it beside
+     * the server's own descriptors; do not read, write or close it: it is the library's, and
+     * valid until `serve` returns. On the stop, finish the requests in flight and return
+     * within the grace period, after which the master kills the child with SIGKILL.
+     *
+     * The return value is the child's exit status, which the master's `on_child_exit` hook
+     * sees: 0 for a clean stop, 1 to 255 as they are, any other value (a negative one, or
+     * above 255) 1. Returning before the stop is a child's exit like a crash: the master
+     * replaces it, within the recover threshold and with the backoff of a child that dies
+     * soon after its start.
+     */
+    int (*serve)(void *user_data, int listen_fd, int stop_fd);
+    /**
+     * When the child tells the master it is ready (the master's `on_master_ready` waits for
+     * every child, and until then its startup timeout runs):
+     * PREFORK_SERVE_READY_ON_START (0): just before `serve` is called; the master's socket
+     * already queues connections, so a server that accepts as soon as it runs needs nothing
+     * more. PREFORK_SERVE_READY_EXPLICIT: when `serve` calls `prefork_child_ready()`, for a
+     * server that sets itself up first; a `serve` that returns without calling it is a child
+     * that failed to start. Any other value is refused.
+     */
+    int ready;
+    /**
+     * Optional finalizer: called once with `user_data` when this serve struct is replaced by
+     * another `prefork_set_serve` call or the handle is freed, never when `prefork_set_serve`
+     * failed. A serve-mode child exits without freeing the handle, so it does not run there.
+     */
+    void (*user_data_free)(void *user_data);
+} prefork_serve;
 
 /**
  * A borrowed view of bytes: `len` bytes at `ptr`, NOT NUL-terminated (use `%.*s` or
@@ -383,7 +622,9 @@ void prefork_free(struct prefork *p);
  * `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
  * (`prefork_is_child()`, the same program re-executed by the master): serves the listener
  * inherited from the master (`addr` is not used) until told to stop, drains, and returns
- * PREFORK_OK; the program should then free the handle and exit.
+ * PREFORK_OK; the program should then free the handle and exit. In serve mode
+ * (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
+ * it returns: the call returns in a child only on a failure before the callback started.
  *
  * Blocks the calling thread, on which the master's hooks and the child's event loop run.
  * Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (`addr` is not UTF-8, or an invalid
@@ -425,6 +666,48 @@ enum prefork_result prefork_local_addr(char *buf, size_t cap);
 bool prefork_shutdown(void);
 
 /**
+ * Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+ * new generation of children (a re-execution of the program, so each reads its configuration
+ * and certificates again), waits until every one of them reported "listening", then stops the
+ * previous generation gracefully; `on_reload` reports it. If a child of the new generation
+ * exits or misses the startup timeout before that, the new generation is stopped, the
+ * previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+ * runs is queued (any number of them make one more reload) and starts when the running one
+ * ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+ *
+ * Returns true when the request was passed to a running master, false when this process runs
+ * none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+ * dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+ * write(2) to a non-blocking pipe, as `prefork_shutdown`.
+ */
+bool prefork_reload(void);
+
+/**
+ * Asks the master running in this process to serve with `children` child processes from now
+ * on (1 to 1024), as `prefork_set_children` would at the start: it adds children (each ready
+ * as a first child is: its slot counts once it reports "listening"), or removes the
+ * highest-numbered slots, whose children stop gracefully, finishing their requests within the
+ * grace period. In reuseport mode an added slot gets its own new socket on the same port,
+ * and a removed slot's socket is closed by its child once it took the connections waiting in
+ * it, so none is reset. A later request replaces one not yet applied. A request made while a
+ * reload runs waits until it ends; one made before the master is ready waits for that.
+ *
+ * Returns true when the request was passed to a running master; false (request dropped) when
+ * this process runs none, or `children` is 0 or above 1024. Safe from any thread and from a
+ * signal handler (async-signal-safe): atomics and one write(2), as `prefork_shutdown`.
+ */
+bool prefork_set_children_live(uint32_t children);
+
+/**
+ * Asks the master running in this process for `delta` children more, or fewer when it is
+ * negative, counted from the number it serves with or was last asked for (SIGTTIN is +1,
+ * SIGTTOU -1); it keeps at least 1 and at most 1024. Children come and go as with
+ * `prefork_set_children_live`. Returns false (request dropped) when this process runs no
+ * master. Safe from any thread and from a signal handler (async-signal-safe).
+ */
+bool prefork_scale_children(int32_t delta);
+
+/**
  * Number of child processes. 0 = one per CPU the process may run on
  * (sched_getaffinity and cgroup quotas respected). At most 1024. Default: 0.
  */
@@ -449,8 +732,10 @@ enum prefork_result prefork_set_network(struct prefork *p, const char *network);
 enum prefork_result prefork_set_backlog(struct prefork *p, int32_t backlog);
 
 /**
- * Child exits tolerated within the recover window; one more makes the master stop the others
- * and `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first
+ * Crash-loop exits tolerated within the recover window: exits of children that never
+ * reported ready or exited within the recover min uptime of it (every exit with
+ * `prefork_set_recover_every_exit`). One more makes the master stop the others and
+ * `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first such
  * exit. A negative value restores the default, max(1, children / 2) (as fasthttp).
  * Default: -1.
  */
@@ -474,6 +759,24 @@ enum prefork_result prefork_set_recover_window_ms(struct prefork *p, uint64_t ms
 enum prefork_result prefork_set_recover_backoff_max_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * How long a child must have served, in milliseconds from its "listening" report, for its
+ * exit not to count against the recover threshold. A child that exits sooner, or before it
+ * is ready, is taken for a crash loop (broken code or configuration, which a replacement
+ * cannot cure) and counts; one that served longer (a request that hit a bug, an OOM kill) is
+ * always replaced and never makes the master give up. 0 counts only children that never
+ * became ready. Not used with `prefork_set_recover_every_exit(p, true)`. Default: 1000.
+ */
+enum prefork_result prefork_set_recover_min_uptime_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * true: every child exit counts against the recover threshold, however long the child
+ * served: fasthttp's rule (with `prefork_set_recover_window_ms(p, 0)`, over the master's
+ * whole life, exactly as fasthttp). false: only crash-loop exits count (see
+ * `prefork_set_recover_min_uptime_ms`). Default: false.
+ */
+enum prefork_result prefork_set_recover_every_exit(struct prefork *p, bool every_exit);
+
+/**
  * How long children get to finish their requests after SIGTERM before they are killed, in
  * milliseconds. Default: 5000.
  */
@@ -486,12 +789,74 @@ enum prefork_result prefork_set_grace_period_ms(struct prefork *p, uint64_t ms);
 enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+ * for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+ * backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+ * Children report each turn through memory shared with the master, waking at least four
+ * times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+ * gives every child a full timeout again from its resumption rather than killing them.
+ * Handlers running on handler threads do not hold the loop; only the loop is watched, and
+ * serve-mode children, whose loop is the application's own, are not watched.
+ * 0 = off; otherwise at least 100. Default: 0.
+ */
+enum prefork_result prefork_set_child_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * Recycling: a child that has received this many requests is replaced by a new one, which
+ * starts first and takes over once it reports "listening", when the old one stops gracefully;
+ * only one slot recycles at a time, so capacity never drops (a leak in the handler is
+ * bounded). Counted by each child's event loop through the memory it shares with the master.
+ * 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests(struct prefork *p, uint64_t requests);
+
+/**
+ * Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+ * it starts, so that children started together do not recycle together. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests_jitter(struct prefork *p, uint64_t jitter);
+
+/**
+ * Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+ * replacement ready first, one slot at a time). 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_child_age_ms(struct prefork *p, uint64_t ms);
+
+/**
  * true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
  * second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
  * handlers afterwards. false: the host keeps its signal handling and calls
  * `prefork_shutdown` itself. Default: true.
  */
 enum prefork_result prefork_set_handle_signals(struct prefork *p, bool handle_signals);
+
+/**
+ * The user every child runs as, by name (NUL-terminated), as nginx's `user` and gunicorn's
+ * `--user`: the master, which must then run as root, binds the listener and starts each
+ * child with this user's uid, its primary group (or `group`'s) and supplementary groups from
+ * the user database, set between fork and exec with `PR_SET_NO_NEW_PRIVS`, so no code of a
+ * child runs as root. The master stays root to bind, spawn and signal. An unknown name, or a
+ * master that is not root, fails `prefork_listen_and_serve` at once with
+ * PREFORK_ERR_INVALID_ARGUMENT, before any child starts. A `command_producer` must drop
+ * privileges itself (a child that finds itself under the wrong uid refuses to serve). NULL or
+ * "" unsets it: children run as the master's user. Default: "".
+ */
+enum prefork_result prefork_set_user(struct prefork *p, const char *user);
+
+/**
+ * The group every child runs as, by name (NUL-terminated), instead of the user's primary
+ * group; with no `user`, only the children's groups change (supplementary groups: just this
+ * one). Checked as `prefork_set_user` is. NULL or "" unsets it: the user's primary group, or
+ * the master's. Default: "".
+ */
+enum prefork_result prefork_set_group(struct prefork *p, const char *group);
+
+/**
+ * Pins child *i* to the *i*-th CPU of the set the master may run on (sched_getaffinity,
+ * wrapping around when there are more children than CPUs); a replacement inherits its
+ * slot's CPU. Default: false.
+ */
+enum prefork_result prefork_set_cpu_affinity(struct prefork *p, bool cpu_affinity);
 
 /**
  * Longest request line (method, target, version), in bytes, before the reply is 414 (501
@@ -603,6 +968,38 @@ enum prefork_result prefork_set_min_write_rate(struct prefork *p, uint64_t bytes
 enum prefork_result prefork_set_min_rate_window_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
+ * specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
+ * `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
+ * `prefork_request_peer_addr` is the client's address from the header and
+ * `prefork_request_proxy_tlv` reads its TLVs. The header is required, never guessed: a
+ * connection from a source outside `prefork_set_proxy_allow` is closed before anything is
+ * read, and one whose header is missing, malformed (the specification's rules, a CRC32C
+ * that does not match, a version 2 header over 4096 bytes of addresses and TLVs) or late
+ * (`prefork_set_proxy_timeout_ms`) is closed without a response. A TLS layer would come after
+ * the header. Turn it on only where every client is such a balancer. Default: false.
+ */
+enum prefork_result prefork_set_proxy_protocol(struct prefork *p, bool on);
+
+/**
+ * The networks PROXY protocol connections may come from (those of the balancers): a
+ * NUL-terminated, comma-separated list of CIDRs such as "10.0.0.0/8, 2001:db8::/32" (a bare
+ * address is that one host; "0.0.0.0/0,::/0" allows every source), which replaces the list.
+ * A network whose address has bits set past its prefix ("10.0.0.1/8") is refused as a likely
+ * typo; PREFORK_ERR_INVALID_ARGUMENT names the first bad entry, and an empty list is refused.
+ * An IPv4 client of a dual-stack listener matches the IPv4 networks. Used only with
+ * `prefork_set_proxy_protocol(p, true)`. Default: "127.0.0.0/8,::1/128".
+ */
+enum prefork_result prefork_set_proxy_allow(struct prefork *p, const char *cidrs);
+
+/**
+ * How long a new connection may take, from its accept, to send its whole PROXY protocol
+ * header before it is closed, in milliseconds; above zero. Used only with
+ * `prefork_set_proxy_protocol(p, true)`. Default: 5000.
+ */
+enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
  * Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
  * members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
  * macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size
@@ -616,6 +1013,44 @@ enum prefork_result prefork_set_min_rate_window_ms(struct prefork *p, uint64_t m
 enum prefork_result prefork_set_hooks_sized(struct prefork *p,
                                             const struct prefork_hooks *hooks,
                                             size_t hooks_size);
+
+/**
+ * The figures of the server this process runs, from the memory the master shares with its
+ * children, so that the master and each child read the same: `*master` gets the master's
+ * totals (NULL to skip them) and `children[0..cap]` one element per child (the serving ones,
+ * those starting, and those draining after a reload, a scale-down or a recycle), ordered by
+ * slot; `*count` (NULL to skip) gets the number of children, which may exceed `cap` (then
+ * only the first `cap` are written: call again with more room). `child_size` and
+ * `master_size` are the caller's `sizeof` of each struct: C and C++ call this through the
+ * `prefork_stats` macro, whose arguments are (children, cap, master, count) and which passes
+ * the sizes; the library writes no more than that many bytes per element.
+ *
+ * Callable from any thread of the master or of a child while `prefork_listen_and_serve` runs
+ * (from `handle`, from a hook): it takes a lock, so not from a signal handler. Each number is
+ * read atomically and is at most one event-loop turn old; the set is no atomic snapshot.
+ * Errors: PREFORK_ERR_STATE when nothing is served (or the shared memory could not be had),
+ * PREFORK_ERR_NULL for a NULL `children` with `cap` above 0, PREFORK_ERR_INVALID_ARGUMENT
+ * for a size smaller than the structs of 0.3 or not a multiple of 8.
+ */
+enum prefork_result prefork_stats_sized(struct prefork_child_stats *children,
+                                        size_t child_size,
+                                        size_t cap,
+                                        struct prefork_master_stats *master,
+                                        size_t master_size,
+                                        size_t *count);
+
+/**
+ * The same figures as `prefork_stats`, as NUL-terminated JSON in `buf` (`cap` bytes):
+ * `{"master":{"pid":..,"children":..,"generation":..,"started_unix_ms":..,"spawned":..,
+ * "exited":..,"requests":..,"connections":..,"reloads":..,"reload_failures":..,
+ * "recycles":..,"watchdog_kills":..},"children":[{"pid":..,"slot":..,"generation":..,
+ * "state":"serving","started_unix_ms":..,"requests":..,"connections":..,
+ * "slot_restarts":..},...]}` (members may be added, never removed). About 200 bytes per
+ * child; 64 KiB holds 300. Written only when it fits; PREFORK_ERR_INVALID_ARGUMENT when it
+ * does not (`prefork_last_error` says how many bytes it needs), PREFORK_ERR_STATE when
+ * nothing is served, PREFORK_ERR_NULL for a NULL `buf`. Threads as `prefork_stats`.
+ */
+enum prefork_result prefork_stats_json(char *buf, size_t cap);
 
 /**
  * Sends the library's log lines to `log` instead of stderr (the default logger writes
@@ -636,6 +1071,36 @@ enum prefork_result prefork_set_logger(struct prefork *p,
                                                    size_t len),
                                        void *user_data,
                                        void (*user_data_free)(void *user_data));
+
+/**
+ * Puts the handle `p` in serve mode with `*serve`, a struct of `serve_size` bytes (copied).
+ * C and C++ call it through the `prefork_set_serve` macro, which passes
+ * `sizeof(prefork_serve)`; Go, Zig and other FFIs call it with the size of their
+ * `prefork_serve`. An earlier serve struct is replaced and its `user_data_free`, if any,
+ * called. Call it in every process (the master ignores it, the children need it), from the
+ * thread that owns `p`, before `prefork_listen_and_serve`.
+ *
+ * Returns PREFORK_ERR_NULL for a NULL `p`, `serve` or `serve->serve`;
+ * PREFORK_ERR_INVALID_ARGUMENT when `serve_size` is no `prefork_serve` size, the struct sets
+ * a member this library does not know (a newer header than the library), or `ready` is no
+ * PREFORK_SERVE_READY_* value; PREFORK_ERR_STATE while the server is serving. On failure
+ * nothing is taken over (the caller still owns `serve->user_data`).
+ */
+enum prefork_result prefork_set_serve_sized(struct prefork *p,
+                                            const struct prefork_serve *serve,
+                                            size_t serve_size);
+
+/**
+ * Reports this serve-mode child ready to its master, for a `prefork_serve` whose `ready` is
+ * PREFORK_SERVE_READY_EXPLICIT: call it from `serve` (or from any thread of the child while
+ * `serve` runs) once the server can take connections. Reporting again, or with
+ * PREFORK_SERVE_READY_ON_START, does nothing and returns PREFORK_OK.
+ *
+ * Returns PREFORK_ERR_STATE when no `serve` callback is running in this process (in the
+ * master, in a child of the HTTP engine, after `serve` returned), and PREFORK_ERR_IO when
+ * the master is gone (the child is then about to be told to stop).
+ */
+enum prefork_result prefork_child_ready(void);
 
 /**
  * The method, e.g. "GET", case-sensitive as received. Valid until `handle` returns; empty
@@ -702,7 +1167,10 @@ bool prefork_request_header(const struct prefork_request *req,
 
 /**
  * Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
- * "203.0.113.7:51234" or "[2001:db8::1]:51234". Returns PREFORK_OK;
+ * "203.0.113.7:51234" or "[2001:db8::1]:51234". With `prefork_set_proxy_protocol` on, it is
+ * the client's address from the connection's PROXY protocol header; for a header that names
+ * none (a balancer's own connection: version 2 LOCAL, version 1 UNKNOWN, or an AF_UNSPEC or
+ * AF_UNIX address), the socket's peer, which is the balancer. Returns PREFORK_OK;
  * PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
  * PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
  * is written only on success. Call it during `handle`.
@@ -710,6 +1178,31 @@ bool prefork_request_header(const struct prefork_request *req,
 enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
                                               char *buf,
                                               size_t cap);
+
+/**
+ * Looks up the first TLV of type `type` (a `PREFORK_PP2_TYPE_*` value, or an application's
+ * 0xE0 to 0xEF) in the PROXY protocol version 2 header the request's connection began with
+ * (see `prefork_set_proxy_protocol`). On success writes its value to `*value` (which may be
+ * NULL to only test presence) and returns true; returns false, writing nothing, when the
+ * header has no such TLV, the connection had no version 2 header (the option is off, or the
+ * balancer sent version 1), or `req` is NULL. The view is valid until `handle` returns. To
+ * read every TLV of a repeated type, iterate with `prefork_request_proxy_tlv_at`.
+ */
+bool prefork_request_proxy_tlv(const struct prefork_request *req,
+                               uint8_t type,
+                               struct prefork_str *value);
+
+/**
+ * The TLV at `index` (from 0) of the connection's PROXY protocol version 2 header, in the
+ * order received. On success writes its type to `*type` and its value to `*value` (either may
+ * be NULL if not wanted) and returns true; returns false, writing nothing, when `index` is
+ * past the last TLV, the connection had no version 2 header, or `req` is NULL. The view is
+ * valid until `handle` returns.
+ */
+bool prefork_request_proxy_tlv_at(const struct prefork_request *req,
+                                  size_t index,
+                                  uint8_t *type,
+                                  struct prefork_str *value);
 
 /**
  * Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the

@@ -50,6 +50,8 @@ fn no_hooks(
         on_master_death: None,
         command_producer: None,
         user_data_free,
+        on_reload: None,
+        on_reload_failed: None,
     }
 }
 
@@ -334,7 +336,14 @@ fn structs_are_read_by_the_size_the_caller_passes() {
         let hooks = no_hooks(ptr::null_mut(), None);
         let hooks_size = std::mem::size_of::<prefork_hooks>();
         assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size), PREFORK_OK);
-        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 8);
+        // The 0.1 struct (eight members) and the 0.2 one are older sizes, still taken; an
+        // odd size is no struct's.
+        assert_eq!(prefork_set_hooks_sized(p, &hooks, 8 * 8), PREFORK_OK);
+        assert_eq!(
+            prefork_set_hooks_sized(p, &hooks, hooks_size - 8),
+            PREFORK_OK
+        );
+        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 4);
         assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
         assert!(
             last_error().contains("is not the size of a prefork_hooks"),
@@ -414,4 +423,157 @@ fn the_c_side_reads_the_os_error_number() {
     })
     .join()
     .unwrap();
+}
+
+unsafe extern "C" fn serve_nothing(_: *mut c_void, _: c_int, _: c_int) -> c_int {
+    0
+}
+
+fn serve_struct(frees: &AtomicUsize, ready: c_int) -> prefork_serve {
+    prefork_serve {
+        user_data: frees as *const AtomicUsize as *mut c_void,
+        serve: Some(serve_nothing),
+        ready,
+        user_data_free: Some(count),
+    }
+}
+
+#[test]
+fn the_serve_setter_checks_its_struct_and_owns_user_data_once() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let handler_frees = AtomicUsize::new(0);
+    let size = std::mem::size_of::<prefork_serve>();
+    assert_eq!(size, 4 * std::mem::size_of::<usize>(), "the 0.2 layout");
+    let mut p = ptr::null_mut();
+    unsafe {
+        assert_eq!(
+            prefork_new_sized(
+                &handler(&handler_frees),
+                std::mem::size_of::<prefork_handler>(),
+                &mut p
+            ),
+            PREFORK_OK
+        );
+        let ready = serve_struct(&frees, PREFORK_SERVE_READY_ON_START);
+        assert_eq!(
+            prefork_set_serve_sized(ptr::null_mut(), &ready, size),
+            PREFORK_ERR_NULL
+        );
+        assert!(
+            last_error().starts_with("prefork_set_serve: p is NULL"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            prefork_set_serve_sized(p, ptr::null(), size),
+            PREFORK_ERR_NULL
+        );
+        let mut no_callback = ready;
+        no_callback.serve = None;
+        assert_eq!(
+            prefork_set_serve_sized(p, &no_callback, size),
+            PREFORK_ERR_NULL
+        );
+        assert!(
+            last_error().contains("serve->serve is NULL"),
+            "{}",
+            last_error()
+        );
+        let bad_ready = serve_struct(&frees, 2);
+        assert_eq!(
+            prefork_set_serve_sized(p, &bad_ready, size),
+            PREFORK_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error().contains("serve->ready: 2 is neither"),
+            "{}",
+            last_error()
+        );
+        let r = prefork_set_serve_sized(p, &ready, size - 8);
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        assert!(
+            last_error().contains("the smallest, that of libprefork 0.2, is 32"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            0,
+            "a refused struct's user_data was freed"
+        );
+
+        // Taken over on success; released when replaced, and when the handle is freed.
+        assert_eq!(prefork_set_serve_sized(p, &ready, size), PREFORK_OK);
+        let explicit = serve_struct(&frees, PREFORK_SERVE_READY_EXPLICIT);
+        assert_eq!(prefork_set_serve_sized(p, &explicit, size), PREFORK_OK);
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            1,
+            "the replaced struct's user_data"
+        );
+        prefork_free(p);
+        assert_eq!(frees.load(Ordering::SeqCst), 2);
+        assert_eq!(handler_frees.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[test]
+fn child_ready_outside_a_serve_callback_is_a_state_error() {
+    assert_eq!(
+        unsafe { prefork_child_ready() },
+        prefork_result::PREFORK_ERR_STATE
+    );
+    assert!(
+        last_error().starts_with("prefork_child_ready: no serve function is running"),
+        "{}",
+        last_error()
+    );
+}
+/// Outside a server the stats are a state error, and sizes that are no struct's are refused
+/// before anything is read; the control calls say that no master took them.
+#[test]
+fn stats_and_control_calls_outside_a_server() {
+    use prefork_result::*;
+    let child = std::mem::size_of::<prefork_child_stats>();
+    let master = std::mem::size_of::<prefork_master_stats>();
+    let mut count = 7usize;
+    unsafe {
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_STATE);
+        assert_eq!(count, 7, "written on failure");
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child - 8,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            1,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_NULL);
+        let mut buf = [0 as std::ffi::c_char; 64];
+        assert_eq!(
+            prefork_stats_json(buf.as_mut_ptr(), buf.len()),
+            PREFORK_ERR_STATE
+        );
+        assert!(!prefork_reload());
+        assert!(!prefork_set_children_live(3));
+        assert!(!prefork_scale_children(1));
+    }
 }

@@ -149,6 +149,11 @@ func goPreforkExitChild(h C.uintptr_t) {
 	s.notify("ExitChild", s.p.ExitChild)
 }
 
+//export goPreforkServe
+func goPreforkServe(h C.uintptr_t, listenFD, stopFD C.int) C.int {
+	return C.int(serverOf(h).serveChild(int(listenFD), int(stopFD)))
+}
+
 //export goPreforkOnChildSpawn
 func goPreforkOnChildSpawn(h C.uintptr_t, pid C.int32_t) C.int {
 	s := serverOf(h)
@@ -163,6 +168,23 @@ func goPreforkOnMasterReady(h C.uintptr_t, cpids *C.int32_t, n C.size_t) C.int {
 		pids[i] = int(pid)
 	}
 	return s.hook("OnMasterReady", func() error { return s.p.OnMasterReady(pids) })
+}
+
+//export goPreforkOnReload
+func goPreforkOnReload(h C.uintptr_t, generation C.uint64_t, cpids *C.int32_t, n C.size_t) C.int {
+	s := serverOf(h)
+	pids := make([]int, int(n))
+	for i, pid := range unsafe.Slice((*int32)(unsafe.Pointer(cpids)), int(n)) {
+		pids[i] = int(pid)
+	}
+	return s.hook("OnReload", func() error { return s.p.OnReload(uint64(generation), pids) })
+}
+
+//export goPreforkOnReloadFailed
+func goPreforkOnReloadFailed(h C.uintptr_t, generation C.uint64_t, reason *C.char) {
+	s := serverOf(h)
+	why := C.GoString(reason)
+	s.notify("OnReloadFailed", func() { s.p.OnReloadFailed(uint64(generation), why) })
 }
 
 //export goPreforkOnChildRecover

@@ -38,6 +38,10 @@ const (
 	envProducer  = "GOTEST_PREFORK_PRODUCER"  // "1": children come from a CommandProducer
 	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
 	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
+	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
+	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
+	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
+	envProxy     = "GOTEST_PREFORK_PROXY"     // "1": ProxyProtocol
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -66,12 +70,18 @@ func say(format string, args ...any) {
 }
 
 func serve() int {
-	p := prefork.New(handle)
+	handler := handle
+	if os.Getenv(envChi) == "1" {
+		handler = prefork.HTTPHandler(chiRouter())
+	}
+	p := prefork.New(handler)
 	p.Children = envInt(envChildren, 2)
 	p.RecoverThreshold = envInt(envThreshold, prefork.DefaultRecoverThreshold)
 	p.HandlerThreads = envInt(envThreads, 0)
 	p.MaxBodySize = envInt(envMaxBody, 0)
 	p.Reuseport = os.Getenv(envReuseport) == "1"
+	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
+	p.ProxyProtocol = os.Getenv(envProxy) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
@@ -94,6 +104,17 @@ func serve() int {
 		}
 		return nil
 	}
+	p.OnReload = func(generation uint64, pids []int) error {
+		s := make([]string, len(pids))
+		for i, pid := range pids {
+			s[i] = strconv.Itoa(pid)
+		}
+		say("reloaded generation=%d children=%s", generation, strings.Join(s, ","))
+		return nil
+	}
+	p.OnReloadFailed = func(generation uint64, reason string) {
+		say("reload-failed generation=%d reason=%s", generation, reason)
+	}
 	p.InitChild = func() error {
 		// How the tests find a server bound to port 0.
 		_, port, err := net.SplitHostPort(prefork.LocalAddr())
@@ -114,6 +135,9 @@ func serve() int {
 			cmd.Env = append(cmd.Env, envProduced+"=1")
 			return cmd, cmd.Start()
 		}
+	}
+	if kind := os.Getenv(envServe); kind != "" {
+		p.ServeFunc = serveFuncs[kind]()
 	}
 	addr := os.Getenv(envAddr)
 	if addr == "" {
@@ -156,6 +180,13 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("hello")
 	case "/pid":
 		resp.WriteString(strconv.Itoa(os.Getpid()))
+	case "/stats":
+		if s, err := prefork.StatsJSON(); err != nil {
+			resp.SetStatus(503)
+			resp.WriteString(err.Error())
+		} else {
+			resp.WriteString(s)
+		}
 	case "/echo":
 		fmt.Fprintf(resp, "method=%s\npath=%s\nquery=%s\ntarget=%s\nx-test=%s\nx-missing=%t\nheaders=%d\nproto=1.%d\nbody=%s\n",
 			req.Method(), req.Path(), req.Query(), req.Target(), req.Header("x-TEST"),
@@ -214,6 +245,9 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/proxy":
+		tlv, ok := req.ProxyTLV(0xE0)
+		fmt.Fprintf(resp, "remote=%s tlv=%q found=%t", req.RemoteAddr(), tlv, ok)
 	case "/produced":
 		resp.WriteString(os.Getenv(envProduced))
 	case "/retain":

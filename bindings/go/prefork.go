@@ -7,10 +7,12 @@ import "C"
 import (
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,6 +58,27 @@ type Prefork struct {
 	// The "Default:" sentences and what configure does with a zero field are checked against
 	// include/prefork.h by tests/go_options.rs.
 
+	// ServeFunc, when set, runs the program's own server in each child instead of the
+	// library's HTTP engine, as fasthttp prefork's ServeFunc does: the child calls it, after
+	// InitChild, with the listener inherited from the master (a *net.TCPListener), and the
+	// master supervises the children as always (readiness, replacement within
+	// RecoverThreshold, the grace period, master-death detection, every hook). The child
+	// reports ready as ServeFunc is called (the listener queues connections already).
+	//
+	// ServeFunc must return when Stopping() is closed, once its requests in flight are done:
+	// Graceful does that for servers with a Shutdown method, such as net/http's and
+	// fasthttp's. At the stop the binding also closes ln, so that a server that ignores
+	// Stopping at least stops accepting and returns, dropping what it was serving. When
+	// ServeFunc returns, ExitChild runs and the child exits: with status 0 for nil (or, after
+	// the stop, an error that only says the listener was closed: net.ErrClosed,
+	// http.ErrServerClosed), 1 for another error, which is logged, and 2 for a panic. A
+	// ServeFunc that returns before the stop is a child that exited, which the master
+	// replaces. In a child, ListenAndServe does not return once ServeFunc was called.
+	//
+	// The handler given to New is not called (New(nil) will do), and the HTTP options
+	// (HandlerThreads, the Max* limits and the timeouts) do not apply.
+	ServeFunc func(ln net.Listener) error
+
 	// Logger receives the library's log lines at INFO and above. nil keeps the library's
 	// own logger, which writes "prefork[PID] LEVEL: message" lines to stderr.
 	Logger Logger
@@ -64,8 +87,9 @@ type Prefork struct {
 	// Default: "tcp4", as in fasthttp; New sets it, and empty means the default too.
 	Network string
 
-	// RecoverThreshold is how many child exits are tolerated within RecoverWindow; one more
-	// makes ListenAndServe stop the other children and return ErrOverRecovery.
+	// RecoverThreshold is how many crash-loop exits (see RecoverMinUptime; every exit with
+	// RecoverEveryExit) are tolerated within RecoverWindow; one more makes ListenAndServe stop
+	// the other children and return ErrOverRecovery.
 	// Default: -1 (DefaultRecoverThreshold, which New sets), meaning max(1, children/2), as
 	// does any negative value. Zero is not the default: 0 gives up at the first exit.
 	RecoverThreshold int
@@ -83,8 +107,9 @@ type Prefork struct {
 
 	// OnMasterDeath runs in a child, at most once, when its master is gone (detected at once
 	// through a pipe, not by polling). The child then drains its connections and
-	// ListenAndServe returns nil. Unlike fasthttp, nil does not disable the detection:
-	// children always follow their master.
+	// ListenAndServe returns nil (with a ServeFunc: Stopping is closed right after it).
+	// Unlike fasthttp, nil does not disable the detection: children always follow their
+	// master.
 	OnMasterDeath func()
 
 	// OnChildSpawn runs in the master after each child is started (first or replacement).
@@ -95,6 +120,17 @@ type Prefork struct {
 	// OnMasterReady runs in the master once, when every initial child reported that it
 	// listens, with their pids in slot order. An error stops the master as above.
 	OnMasterReady func(childPIDs []int) error
+
+	// OnReload runs in the master when a reload (SIGHUP or Reload) completed: every child of
+	// generation generation (the first children are generation 1) listens, with their pids
+	// in slot order, and the previous generation was told to stop gracefully. An error stops
+	// the master as above.
+	OnReload func(generation uint64, childPIDs []int) error
+
+	// OnReloadFailed runs in the master when the reload to generation failed (one of its
+	// children exited or missed the startup timeout before all were ready); reason says
+	// which. The previous generation keeps serving.
+	OnReloadFailed func(generation uint64, reason string)
 
 	// OnChildRecover runs in the master when an exited child was replaced (after
 	// OnChildSpawn for newPID). An error stops the master as above.
@@ -138,9 +174,54 @@ type Prefork struct {
 	// setter's 0); a negative value means no backoff.
 	RecoverBackoffMax time.Duration
 
+	// RecoverMinUptime is how long a child must have served, from its report that it
+	// listens, for its exit not to count against RecoverThreshold: a child that exits sooner,
+	// or before it is ready, is taken for a crash loop; one that served longer (a request that
+	// hit a bug) is always replaced. Default: 1s. Zero means the default (unlike the C
+	// setter's 0); a negative value counts only children that never became ready.
+	RecoverMinUptime time.Duration
+
+	// RecoverEveryExit counts every child exit against RecoverThreshold, however long the
+	// child served: fasthttp's rule (with a negative RecoverWindow, over the master's whole
+	// life, exactly as fasthttp). Default: false.
+	RecoverEveryExit bool
+
 	// StartupTimeout is how long a child may take to report that it listens (InitChild
 	// included). Default: 10s.
 	StartupTimeout time.Duration
+
+	// User is the user every child runs as (a name from the user database), with its groups,
+	// set before the child's program starts, as nginx's user directive does: the master must
+	// run as root, and keeps root only to bind, spawn and signal. An unknown name or a
+	// non-root master makes ListenAndServe fail before any child starts. A CommandProducer
+	// must start children with that identity itself. Default: "" (the master's user).
+	User string
+
+	// Group is the group every child runs as, instead of User's primary group. Default: ""
+	// (User's primary group, or the master's).
+	Group string
+
+	// CPUAffinity pins child i to the i-th CPU the master may run on (wrapping around); a
+	// replacement gets its slot's CPU. Default: false.
+	CPUAffinity bool
+
+	// ChildTimeout is the hung-child watchdog: a ready child whose event loop has not turned
+	// for this long (a handler blocking it) gets SIGABRT (a goroutine dump), then SIGKILL a
+	// second later, and is replaced; at least 100ms when set. Default: 0 (off).
+	ChildTimeout time.Duration
+
+	// MaxRequests recycles a child that has received this many requests: a replacement
+	// starts, and once it listens the old child stops gracefully, one child at a time.
+	// Default: 0 (off).
+	MaxRequests int
+
+	// MaxRequestsJitter adds a random 0 to MaxRequestsJitter to each child's MaxRequests, so
+	// children started together do not recycle together. Default: 0.
+	MaxRequestsJitter int
+
+	// MaxChildAge recycles a child that has been ready for this long, as MaxRequests.
+	// Default: 0 (off).
+	MaxChildAge time.Duration
 
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
@@ -202,6 +283,22 @@ type Prefork struct {
 	// Default: 10s.
 	MinRateWindow time.Duration
 
+	// ProxyProtocol makes every connection start with a PROXY protocol header, version 1 or 2,
+	// as a load balancer in front sends it (HAProxy's send-proxy-v2, nginx stream's
+	// proxy_protocol on): Request.RemoteAddr is then the client's address from the header and
+	// Request.ProxyTLV reads its TLVs. The header is required, never guessed: a connection from
+	// outside ProxyAllow, or without a valid header within ProxyTimeout, is closed without a
+	// response. Turn it on only where every client is such a balancer. Default: false.
+	ProxyProtocol bool
+	// ProxyAllow is the comma-separated list of networks (CIDRs such as "10.0.0.0/8,
+	// 2001:db8::/32"; "0.0.0.0/0,::/0" allows every source) that PROXY protocol connections
+	// may come from; others are closed before anything is read.
+	// Default: "127.0.0.0/8,::1/128"; empty means the default too.
+	ProxyAllow string
+	// ProxyTimeout is how long a new connection may take to send its whole PROXY protocol
+	// header. Default: 5s.
+	ProxyTimeout time.Duration
+
 	handler RequestHandler
 	serving atomic.Bool
 }
@@ -230,6 +327,57 @@ func (p *Prefork) Shutdown() {
 	C.prefork_shutdown()
 }
 
+// Reload asks the master running in this process for a graceful reload, as SIGHUP does: a
+// new generation of children (fresh executions of the program, which read their
+// configuration again) starts, and once every one of them listens the previous generation
+// stops gracefully (OnReload). If the new generation fails before that, the previous one
+// keeps serving (OnReloadFailed). A reload asked for while one runs is queued and follows it.
+// It reports whether a master was running in this process to take the request; any
+// goroutine may call it.
+func (p *Prefork) Reload() bool {
+	return bool(C.prefork_reload())
+}
+
+// SetChildrenLive asks the master running in this process to serve with n children from now
+// on (1 to 1024): added children start as the first ones did, removed ones (the highest
+// slots) stop gracefully. It reports whether a master was running to take the request; any
+// goroutine may call it. SIGTTIN and SIGTTOU to the master add and remove one child.
+func (p *Prefork) SetChildrenLive(n int) bool {
+	if n < 1 || n > math.MaxUint32 {
+		return false
+	}
+	return bool(C.prefork_set_children_live(C.uint32_t(n)))
+}
+
+// ScaleChildren asks the master running in this process for delta children more (fewer when
+// negative), as SIGTTIN (+1) and SIGTTOU (-1) do; it keeps at least one.
+func (p *Prefork) ScaleChildren(delta int) bool {
+	if delta < math.MinInt32 || delta > math.MaxInt32 {
+		return false
+	}
+	return bool(C.prefork_scale_children(C.int32_t(delta)))
+}
+
+// StatsJSON returns the server's figures as JSON (prefork_stats_json): the master's totals
+// and, per child, its pid, slot, generation, state, start, requests, open connections and its
+// slot's restarts. It works in the master and in any child while ListenAndServe runs (the
+// children read the master's figures from memory it shares with them), from any goroutine.
+func StatsJSON() (string, error) {
+	// The error message is thread-local: read it on the thread that failed.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for size := 1 << 16; ; size *= 4 {
+		buf := make([]C.char, size)
+		r := C.prefork_stats_json(&buf[0], C.size_t(size))
+		if r == C.PREFORK_OK {
+			return C.GoString(&buf[0]), nil
+		}
+		if r != C.PREFORK_ERR_INVALID_ARGUMENT || size > 1<<26 {
+			return "", lastError("StatsJSON", r)
+		}
+	}
+}
+
 // Version is the loaded library's version, "MAJOR.MINOR.PATCH".
 func Version() string {
 	return C.GoString(C.prefork_version())
@@ -252,19 +400,21 @@ func LocalAddr() string {
 // In the master it binds addr, starts the children, runs the hooks and supervises them until
 // SIGTERM, SIGINT or Shutdown, then stops them gracefully and returns nil. In a child it
 // serves the listener inherited from the master (addr is not used) until told to stop,
-// drains and returns nil; the program should then exit.
+// drains and returns nil; the program should then exit. With a ServeFunc, a child calls it
+// instead and exits when it returns (see ServeFunc).
 //
-// While it runs, SIGTERM and SIGINT reach the binding through os/signal (the library's own
-// signal handlers stay off, so the Go runtime keeps its signal handling); a child ignores
-// SIGINT, because a terminal's Ctrl-C reaches the whole process group and the master decides
-// how the group stops. The relay stops when ListenAndServe returns.
+// While it runs, SIGTERM and SIGINT (and in the master SIGHUP, which reloads, and SIGTTIN
+// and SIGTTOU, which add and remove a child) reach the
+// binding through os/signal (the library's own signal handlers stay off, so the Go runtime
+// keeps its signal handling); a child ignores SIGINT and SIGHUP, because a terminal's Ctrl-C
+// or hangup reaches the whole process group and the master decides what follows. The relay stops when ListenAndServe returns.
 //
 // Errors are *Error values that match a sentinel with errors.Is (ErrBind, ErrOverRecovery,
 // ErrHook...); a hook's own error is wrapped too.
 func (p *Prefork) ListenAndServe(addr string) error {
 	const op = "ListenAndServe"
-	if p.handler == nil {
-		return invalid(op, "the Prefork has no handler: create it with New")
+	if p.handler == nil && p.ServeFunc == nil {
+		return invalid(op, "the Prefork has neither a handler nor a ServeFunc: create it with New")
 	}
 	if !p.serving.CompareAndSwap(false, true) {
 		return &Error{Op: op, Code: CodeState, Message: "ListenAndServe is already running on this Prefork"}
@@ -293,7 +443,7 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	defer C.free(unsafe.Pointer(caddr))
 	child := IsChild()
 	stop := relaySignals(child)
-	if child {
+	if child && p.ServeFunc == nil {
 		defer keepSpareP()()
 	}
 	r := C.prefork_listen_and_serve(c, caddr)
@@ -362,7 +512,8 @@ func (s *server) create() (*C.prefork, error) {
 	return c, nil
 }
 
-// install sets the library options the binding owns, the hooks and the logger.
+// install sets the library options the binding owns, the hooks, the ServeFunc and the
+// logger.
 func (s *server) install(c *C.prefork) error {
 	if r := C.prefork_set_handle_signals(c, false); r != C.PREFORK_OK {
 		return lastError("set handle_signals", r)
@@ -379,6 +530,8 @@ func (s *server) install(c *C.prefork) error {
 		{p.OnChildExit != nil, C.GOPREFORK_ON_CHILD_EXIT},
 		{p.OnMasterDeath != nil, C.GOPREFORK_ON_MASTER_DEATH},
 		{p.CommandProducer != nil, C.GOPREFORK_COMMAND_PRODUCER},
+		{p.OnReload != nil, C.GOPREFORK_ON_RELOAD},
+		{p.OnReloadFailed != nil, C.GOPREFORK_ON_RELOAD_FAILED},
 	} {
 		if m.set {
 			members |= m.bit
@@ -389,6 +542,13 @@ func (s *server) install(c *C.prefork) error {
 		if r := C.goprefork_set_hooks(c, C.uintptr_t(h), members); r != C.PREFORK_OK {
 			deleteHandle(h)
 			return lastError("set hooks", r)
+		}
+	}
+	if p.ServeFunc != nil {
+		h := newHandle(s)
+		if r := C.goprefork_set_serve(c, C.uintptr_t(h)); r != C.PREFORK_OK {
+			deleteHandle(h)
+			return lastError("set ServeFunc", r)
 		}
 	}
 	if p.Logger != nil {
@@ -481,11 +641,44 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("RecoverBackoffMax", p.RecoverBackoffMax, func() C.enum_prefork_result {
 		return C.prefork_set_recover_backoff_max_ms(c, 0)
 	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_backoff_max_ms(c, ms) })
+	duration("RecoverMinUptime", p.RecoverMinUptime, func() C.enum_prefork_result {
+		return C.prefork_set_recover_min_uptime_ms(c, 0)
+	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_min_uptime_ms(c, ms) })
+	set("RecoverEveryExit", func() C.enum_prefork_result {
+		return C.prefork_set_recover_every_exit(c, C.bool(p.RecoverEveryExit))
+	})
 	duration("ShutdownGracePeriod", p.ShutdownGracePeriod, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_grace_period_ms(c, ms)
 	})
 	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_startup_timeout_ms(c, ms)
+	})
+	if p.User != "" {
+		set("User", func() C.enum_prefork_result {
+			cs := C.CString(p.User)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_user(c, cs)
+		})
+	}
+	if p.Group != "" {
+		set("Group", func() C.enum_prefork_result {
+			cs := C.CString(p.Group)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_group(c, cs)
+		})
+	}
+	set("CPUAffinity", func() C.enum_prefork_result { return C.prefork_set_cpu_affinity(c, C.bool(p.CPUAffinity)) })
+	count("MaxRequests", p.MaxRequests, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_requests(c, C.uint64_t(n))
+	})
+	count("MaxRequestsJitter", p.MaxRequestsJitter, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_requests_jitter(c, C.uint64_t(n))
+	})
+	duration("MaxChildAge", p.MaxChildAge, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_max_child_age_ms(c, ms)
+	})
+	duration("ChildTimeout", p.ChildTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_child_timeout_ms(c, ms)
 	})
 	count("HandlerThreads", p.HandlerThreads, math.MaxUint32, func(n uint64) C.enum_prefork_result {
 		return C.prefork_set_handler_threads(c, C.uint32_t(n))
@@ -550,6 +743,19 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("MinRateWindow", p.MinRateWindow, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_min_rate_window_ms(c, ms)
 	})
+	set("ProxyProtocol", func() C.enum_prefork_result {
+		return C.prefork_set_proxy_protocol(c, C.bool(p.ProxyProtocol))
+	})
+	if p.ProxyAllow != "" {
+		set("ProxyAllow", func() C.enum_prefork_result {
+			cs := C.CString(p.ProxyAllow)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_proxy_allow(c, cs)
+		})
+	}
+	duration("ProxyTimeout", p.ProxyTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_proxy_timeout_ms(c, ms)
+	})
 	return err
 }
 
@@ -563,7 +769,11 @@ func ChildCommand(files []*os.File) (*exec.Cmd, error) {
 	}
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
-		if len(kv) < len(ChildEnv)+1 || kv[:len(ChildEnv)+1] != ChildEnv+"=" {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		// The marker is set below; only the master speaks to systemd.
+		case ChildEnv, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID":
+		default:
 			env = append(env, kv)
 		}
 	}

@@ -54,8 +54,20 @@ static void on_master_death(void *user_data) {
 	goPreforkOnMasterDeath(HANDLE(user_data));
 }
 
+static int on_reload(void *user_data, uint64_t generation, const int32_t *pids, size_t count) {
+	return goPreforkOnReload(HANDLE(user_data), generation, (int32_t *)pids, count);
+}
+
+static void on_reload_failed(void *user_data, uint64_t generation, const char *reason) {
+	goPreforkOnReloadFailed(HANDLE(user_data), generation, (char *)reason);
+}
+
 static int32_t command_producer(void *user_data, int listener_fd, int lifeline_fd, size_t slot) {
 	return goPreforkCommandProducer(HANDLE(user_data), listener_fd, lifeline_fd, slot);
+}
+
+static int serve(void *user_data, int listen_fd, int stop_fd) {
+	return goPreforkServe(HANDLE(user_data), listen_fd, stop_fd);
 }
 
 static void log_line(void *user_data, prefork_log_level level, const char *msg, size_t len) {
@@ -107,8 +119,15 @@ enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t h, unsigned member
 		.on_master_death = (members & GOPREFORK_ON_MASTER_DEATH) ? on_master_death : NULL,
 		.command_producer = (members & GOPREFORK_COMMAND_PRODUCER) ? command_producer : NULL,
 		.user_data_free = release,
+		.on_reload = (members & GOPREFORK_ON_RELOAD) ? on_reload : NULL,
+		.on_reload_failed = (members & GOPREFORK_ON_RELOAD_FAILED) ? on_reload_failed : NULL,
 	};
 	return prefork_set_hooks(p, &hooks);
+}
+
+enum prefork_result goprefork_set_serve(prefork *p, uintptr_t h) {
+	prefork_serve s = {.user_data = (void *)h, .serve = serve, .user_data_free = release};
+	return prefork_set_serve(p, &s);
 }
 
 enum prefork_result goprefork_set_logger(prefork *p, uintptr_t h) {

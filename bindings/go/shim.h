@@ -19,6 +19,8 @@ enum {
 	GOPREFORK_ON_CHILD_EXIT = 1 << 5,
 	GOPREFORK_ON_MASTER_DEATH = 1 << 6,
 	GOPREFORK_COMMAND_PRODUCER = 1 << 7,
+	GOPREFORK_ON_RELOAD = 1 << 8,
+	GOPREFORK_ON_RELOAD_FAILED = 1 << 9,
 };
 
 // prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the
@@ -28,6 +30,10 @@ enum prefork_result goprefork_new(uintptr_t handle, unsigned members, prefork **
 // prefork_set_hooks with the Go hooks named in `members`; on success the library owns
 // `handle`, as above.
 enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t handle, unsigned members);
+
+// prefork_set_serve with the Go ServeFunc; on success the library owns `handle`, as above
+// (a serve-mode child exits without freeing the handle, and without deleting it).
+enum prefork_result goprefork_set_serve(prefork *p, uintptr_t handle);
 
 // prefork_set_logger with the Go logger; on success the library owns `handle`, as above.
 enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);

@@ -2,7 +2,7 @@
 # The Go binding (bindings/go): links the libprefork the Rust stage built, then go vet and go
 # test, whose tests run real preforking servers (the test binary re-executed as master and
 # children) on 127.0.0.1: requests, a handler panic, a killed child replaced, SIGTERM, no
-# process left.
+# process left; net/http and fasthttp servers as ServeFunc; a chi router through HTTPHandler.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -42,9 +42,11 @@ ln -sf libprefork.so "$lib/libprefork.so.0"
 cd bindings/go
 export CGO_ENABLED=1
 export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib ${CGO_LDFLAGS:-}"
-# No toolchain download. The module's one requirement, github.com/coder/websocket (imported by
-# its tests only, for the WebSocket echo over a hijacked connection), comes from the module
-# proxy into the module cache the first time; go.sum pins it.
+# No toolchain download. The package has no dependencies; its tests have some (fasthttp, to
+# run fasthttp.Server under ServeFunc, chi, a router for HTTPHandler, and coder/websocket, for
+# the WebSocket echo over a hijacked connection), which go test fetches from the module proxy
+# (GOPROXY, proxy.golang.org by default) into the module cache on a fresh machine and checks
+# against go.sum.
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 unformatted=$(gofmt -l .)

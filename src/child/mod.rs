@@ -1,12 +1,14 @@
 //! Child bootstrap: check and adopt the inherited descriptors, arm the master-death
 //! detection, install signal handlers, run the handler's per-child init, report "listening"
-//! to the master, serve, and run the per-child exit.
+//! to the master, serve (with the HTTP engine, or in serve mode with the application's own
+//! server), and run the per-child exit.
 
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::prctl::set_pdeathsig;
@@ -21,13 +23,30 @@ use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
 use crate::http::{self, Handler, ServeControl};
 use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
+use crate::shared::{Beat, Region};
 
-pub(crate) fn run(
-    config: &Config,
-    hooks: &mut Hooks,
-    handler: &Arc<dyn Handler>,
-    log: &dyn Logger,
-) -> Result<(), Error> {
+mod serve;
+
+pub use serve::{Ready, StopSignal, child_ready};
+pub(crate) use serve::{Serve, serve};
+
+/// What every child holds once it adopted the master's descriptors.
+struct Adopted {
+    listener: TcpListener,
+    /// The child's end of the lifeline, open for the life of the process.
+    lifeline: BorrowedFd<'static>,
+    /// The read end of the process's stop pipe.
+    wake: BorrowedFd<'static>,
+    /// The library's signal handlers, when it installs them; dropping it restores the host's.
+    _signals: Option<SignalGuard>,
+    /// The heartbeat and counters in the memory the master shares, when it shares some.
+    beat: Option<Beat>,
+}
+
+/// The bootstrap both modes share: check and take the inherited descriptors, arm the
+/// master-death backup, install the signal handlers, and run the handler's `init_child`.
+fn adopt(config: &Config, handler: &Arc<dyn Handler>, log: &dyn Logger) -> Result<Adopted, Error> {
+    crate::confine::check_child(&config.process)?;
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
         LIFELINE_FD,
@@ -40,21 +59,21 @@ pub(crate) fn run(
     let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
     // SAFETY: fd 4 was just checked to be a socket, and nothing in this process closes it: it
     // is the child's end of the lifeline for the life of the process.
-    let lifeline_fd = unsafe { BorrowedFd::borrow_raw(LIFELINE_FD) };
+    let lifeline = unsafe { BorrowedFd::borrow_raw(LIFELINE_FD) };
     // The descriptors arrived without close-on-exec; anything this child runs must not
     // inherit them (a grandchild holding the lifeline would hide the master's death).
-    for fd in [listener.as_fd(), lifeline_fd] {
+    for fd in [listener.as_fd(), lifeline] {
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     crate::set_local_addr(listener.local_addr().ok());
+    let beat = adopt_shared_memory(log);
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
     let _ = set_pdeathsig(Signal::SIGTERM);
     raise_fd_limit();
 
-    let wake_fd =
-        control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
-    let _signals = if config.process.handle_signals {
+    let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
+    let signals = if config.process.handle_signals {
         Some(
             SignalGuard::install(Role::Child)
                 .map_err(|e| Error::io(ErrorKind::Io, "install signal handlers", e))?,
@@ -66,6 +85,29 @@ pub(crate) fn run(
     user_code("init_child", || {
         handler.init_child().map_err(|e| e.to_string())
     })?;
+    Ok(Adopted {
+        listener,
+        lifeline,
+        wake,
+        _signals: signals,
+        beat,
+    })
+}
+
+/// Serves with the HTTP engine until told to stop, then runs `exit_child`.
+pub(crate) fn run(
+    config: &Config,
+    hooks: &mut Hooks,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+) -> Result<(), Error> {
+    let Adopted {
+        listener,
+        lifeline,
+        wake,
+        _signals,
+        beat,
+    } = adopt(config, handler, log)?;
     send_ready()?;
 
     let mut death_seen = false;
@@ -77,15 +119,28 @@ pub(crate) fn run(
         }
     };
     let ctl = ServeControl {
-        wake_fd: wake_fd.as_raw_fd(),
+        wake_fd: wake.as_raw_fd(),
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
+        beat: beat.as_ref(),
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
-    // A stop the master did not announce may be PDEATHSIG running ahead of the lifeline's EOF
-    // (see the lifeline module): the master-death hook is owed in that case too.
-    if !death_seen && lifeline::master_gone_after_stop(lifeline_fd, lifeline::PDEATH_SETTLE) {
+    finish(lifeline, !death_seen, hooks, handler, log);
+    served
+}
+
+/// The end both modes share, once serving is over. `unannounced_stop`: serving ended on a
+/// stop request with no master-death event, which may be PDEATHSIG running ahead of the
+/// lifeline's EOF (see the lifeline module); the master-death hook is owed in that case too.
+fn finish(
+    lifeline: BorrowedFd<'_>,
+    unannounced_stop: bool,
+    hooks: &mut Hooks,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+) {
+    if unannounced_stop && lifeline::master_gone_after_stop(lifeline, lifeline::PDEATH_SETTLE) {
         log.log(Level::Warn, "the master process is gone");
         if let Some(hook) = hooks.on_master_death.as_mut()
             && let Err(e) = user_code("on_master_death", || {
@@ -106,7 +161,6 @@ pub(crate) fn run(
     }) {
         log.log(Level::Error, e.message());
     }
-    served
 }
 
 /// Fails with a message that points at the cause when `fd` is not what a master passes.
@@ -150,7 +204,21 @@ fn check_inherited(
     Ok(())
 }
 
-fn send_ready() -> Result<(), Error> {
+/// Maps the memory the master shares (see `crate::shared`), from the hello it queued on the
+/// lifeline; None without one (the child then serves without heartbeat and counters).
+fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
+    let hello = lifeline::take_hello(LIFELINE_FD)?;
+    let region = Region::adopt(hello.region)
+        .inspect_err(|e| log.log(Level::Warn, &format!("cannot map the shared memory: {e}")))
+        .ok()?;
+    let period = (hello.period_ms > 0).then(|| Duration::from_millis(hello.period_ms.into()));
+    let region = std::sync::Arc::new(region);
+    // The master's figures are in it too: the stats calls read them in a child as well.
+    crate::shared::publish(Some(region.clone()));
+    Beat::new(region, hello.cell as usize, period)
+}
+
+pub(crate) fn send_ready() -> Result<(), Error> {
     // MSG_NOSIGNAL keeps a dead master from raising SIGPIPE. A one-byte send on a stream
     // socket either sends the byte or fails.
     send(LIFELINE_FD, &[READY_BYTE], MsgFlags::MSG_NOSIGNAL)
@@ -175,7 +243,7 @@ fn raise_fd_limit() {
 }
 
 /// Runs handler code that is not a request: an error or a panic becomes an `Error`.
-fn user_code(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Error> {
+pub(crate) fn user_code(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Error> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Error::new(

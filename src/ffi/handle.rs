@@ -29,6 +29,9 @@ pub(crate) struct Inner {
     pub(crate) server: Prefork,
     /// Keeps the hooks' user_data alive even when no hook member is set.
     pub(crate) hook_data: Option<Arc<UserData>>,
+    /// Keeps the serve struct's user_data with the handle: a serve-mode child consumes its
+    /// serve function, and the finalizer must run when the handle is freed, not there.
+    pub(crate) serve_data: Option<Arc<UserData>>,
 }
 
 /// Nobody is using the handle.
@@ -130,7 +133,7 @@ pub unsafe extern "C" fn prefork_new(
     handler: *const prefork_handler,
     out: *mut *mut prefork,
 ) -> prefork_result {
-    ffi_boundary!({ unsafe { new(handler, prefork_handler::SIZE_0_1, out) } })
+    ffi_boundary!({ unsafe { new(handler, prefork_handler::FIRST_SIZE, out) } })
 }
 
 /// # Safety
@@ -150,6 +153,7 @@ unsafe fn new(
         inner: UnsafeCell::new(Inner {
             server: Prefork::from_arc(Arc::new(handler)),
             hook_data: None,
+            serve_data: None,
         }),
     });
     // SAFETY: out is non-NULL and, by the caller's contract, writable.
@@ -199,7 +203,9 @@ pub unsafe extern "C" fn prefork_free(p: *mut prefork) {
 /// `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
 /// (`prefork_is_child()`, the same program re-executed by the master): serves the listener
 /// inherited from the master (`addr` is not used) until told to stop, drains, and returns
-/// PREFORK_OK; the program should then free the handle and exit.
+/// PREFORK_OK; the program should then free the handle and exit. In serve mode
+/// (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
+/// it returns: the call returns in a child only on a failure before the callback started.
 ///
 /// Blocks the calling thread, on which the master's hooks and the child's event loop run.
 /// Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (`addr` is not UTF-8, or an invalid
@@ -264,4 +270,52 @@ pub unsafe extern "C" fn prefork_local_addr(buf: *mut c_char, cap: usize) -> pre
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_shutdown() -> bool {
     ffi_boundary!(signal_safe, { crate::shutdown() })
+}
+
+/// Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+/// new generation of children (a re-execution of the program, so each reads its configuration
+/// and certificates again), waits until every one of them reported "listening", then stops the
+/// previous generation gracefully; `on_reload` reports it. If a child of the new generation
+/// exits or misses the startup timeout before that, the new generation is stopped, the
+/// previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+/// runs is queued (any number of them make one more reload) and starts when the running one
+/// ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+///
+/// Returns true when the request was passed to a running master, false when this process runs
+/// none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+/// dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+/// write(2) to a non-blocking pipe, as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_reload() -> bool {
+    ffi_boundary!(signal_safe, { crate::reload() })
+}
+
+/// Asks the master running in this process to serve with `children` child processes from now
+/// on (1 to 1024), as `prefork_set_children` would at the start: it adds children (each ready
+/// as a first child is: its slot counts once it reports "listening"), or removes the
+/// highest-numbered slots, whose children stop gracefully, finishing their requests within the
+/// grace period. In reuseport mode an added slot gets its own new socket on the same port,
+/// and a removed slot's socket is closed by its child once it took the connections waiting in
+/// it, so none is reset. A later request replaces one not yet applied. A request made while a
+/// reload runs waits until it ends; one made before the master is ready waits for that.
+///
+/// Returns true when the request was passed to a running master; false (request dropped) when
+/// this process runs none, or `children` is 0 or above 1024. Safe from any thread and from a
+/// signal handler (async-signal-safe): atomics and one write(2), as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_children_live(children: u32) -> bool {
+    ffi_boundary!(signal_safe, {
+        children as usize <= crate::config::MAX_CHILDREN
+            && crate::set_children_live(children as usize)
+    })
+}
+
+/// Asks the master running in this process for `delta` children more, or fewer when it is
+/// negative, counted from the number it serves with or was last asked for (SIGTTIN is +1,
+/// SIGTTOU -1); it keeps at least 1 and at most 1024. Children come and go as with
+/// `prefork_set_children_live`. Returns false (request dropped) when this process runs no
+/// master. Safe from any thread and from a signal handler (async-signal-safe).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_scale_children(delta: i32) -> bool {
+    ffi_boundary!(signal_safe, { crate::scale_children(i64::from(delta)) })
 }

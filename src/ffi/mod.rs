@@ -10,7 +10,7 @@
 //! default) and records misuse in the thread's last-error message.
 //!
 //! The modules depend on each other one way only. `handle` owns the C handle; `options`,
-//! `hooks` and `log` configure one through it; `handle` builds the handler of `handler`;
+//! `hooks`, `log` and `serve` configure one through it; `handle` builds the handler of `handler`;
 //! `request` and `response` are the handler's views, and `takeover` the handles for a response
 //! completed later or a connection taken over, built on `response`. Under them all lie the
 //! shared leaves: `error` (codes, last error), `convert` (arguments in, views and text out),
@@ -36,7 +36,11 @@ mod options;
 
 mod hooks;
 
+mod stats;
+
 mod log;
+
+mod serve;
 
 mod handler;
 
@@ -61,5 +65,7 @@ pub use log::*;
 pub use options::*;
 pub use request::*;
 pub use response::*;
+pub use serve::*;
+pub use stats::*;
 pub use takeover::*;
 pub use version::*;

@@ -7,7 +7,9 @@
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
 //! searches they share; `workers` runs handlers on threads; `deferred` brings responses
 //! completed on other threads back to the loop, `hijack` hands connections to a new owner and
-//! `rate` holds the minimum transfer rates.
+//! `rate` holds the minimum transfer rates. `proxy` parses the PROXY protocol header a load
+//! balancer may send first, which `preamble` reads off a new connection before the session
+//! sees a byte.
 
 mod bytes;
 mod chunked;
@@ -16,6 +18,8 @@ mod deferred;
 mod encode;
 mod hijack;
 mod parse;
+mod preamble;
+pub mod proxy;
 mod rate;
 mod request;
 mod response;
@@ -34,6 +38,7 @@ use std::time::Duration;
 
 pub use deferred::Deferred;
 pub use hijack::Hijacked;
+pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
 pub(crate) use status::Status;
@@ -54,13 +59,18 @@ pub(crate) struct ServeControl<'a> {
     pub on_master_death: Option<&'a mut (dyn FnMut() + Send)>,
     /// Longest drain before the remaining connections are dropped.
     pub grace_period: Duration,
+    /// Where each loop turn is published for the master (heartbeat, open connections).
+    pub beat: Option<&'a crate::shared::Beat>,
 }
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a
 /// stop is requested (`wake_fd`, or `crate::control::stop_requested()` already set) or the
-/// master dies (`lifeline_fd`), then drains: the listener is closed, idle connections are
-/// closed at once, requests already received are answered (the last one on each connection
-/// with `Connection: close`), and it returns when every connection is closed or when
+/// master dies (`lifeline_fd`), then drains: the connections waiting in the listener's accept
+/// queue are taken and the listener is closed (so that none is reset by the close, and new
+/// ones are refused once no process holds it), idle connections are closed at once (one that
+/// has sent nothing yet gets up to a second from its accept to send its first request),
+/// requests already received are answered (the last one on each connection with
+/// `Connection: close`), and it returns when every connection is closed or when
 /// `grace_period` has elapsed.
 pub(crate) fn serve(
     listener: TcpListener,

@@ -22,8 +22,9 @@ use super::deferred::{Completion, Mailbox};
 use super::encode::{self, Reply, Streaming};
 use super::hijack::HijackFn;
 use super::parse::{self, BodyKind, ReqInfo};
+use super::proxy::ProxyHeader;
 use super::rate::RateLimits;
-use super::request::{Handler, HeadIndex, Header, Request};
+use super::request::{Handler, HeadIndex, Header, Peer, Request};
 use super::response::{Takeover, power};
 use super::scan::{HeadScan, Scan, ScanLimits};
 use super::workers::{ConnId, Job, WorkerPool};
@@ -254,7 +255,7 @@ pub(crate) struct Session {
     chunked: ChunkedDecoder,
     stream: Option<Streaming>,
     close_after_stream: bool,
-    peer: Option<SocketAddr>,
+    peer: Peer,
     peer_eof: bool,
     /// `process` stopped because the output is over its cap, with input left to handle.
     stalled: bool,
@@ -314,7 +315,10 @@ impl Session {
             chunked: ChunkedDecoder::default(),
             stream: None,
             close_after_stream: false,
-            peer,
+            peer: Peer {
+                addr: peer,
+                proxy: None,
+            },
             peer_eof: false,
             stalled: false,
             seq: 0,
@@ -322,6 +326,15 @@ impl Session {
             bytes_in: 0,
             bytes_out: 0,
         }
+    }
+
+    /// Records the PROXY protocol header the connection began with, read before any input
+    /// reached the session: its client address, when it has one, replaces the socket's peer.
+    pub(crate) fn set_proxy(&mut self, header: ProxyHeader) {
+        if let Some(addr) = header.source_inet() {
+            self.peer.addr = Some(addr);
+        }
+        self.peer.proxy = Some(Arc::new(header));
     }
 
     /// Returns the empty buffers to `scratch`: between requests, an idle connection holds
@@ -637,7 +650,7 @@ impl Session {
                     value: h.value,
                 }));
                 let body = &self.inp.buf[start + n..start + n + ready.unwrap_or(0)];
-                let req = Request::from_parsed(&parsed, &headers, body, self.peer);
+                let req = Request::from_parsed(&parsed, &headers, body, &self.peer);
                 match ready {
                     Some(len) => run(
                         &ctx.exec,
@@ -679,7 +692,7 @@ impl Session {
             Body::Input(len) => &self.inp.buf[start + n..start + n + len],
             Body::Dechunked(_) => &self.body[..],
         };
-        let req = Request::from_index(index, &headers, bytes, self.peer);
+        let req = Request::from_index(index, &headers, bytes, &self.peer);
         let next = run(
             &ctx.exec,
             scratch,
@@ -1036,7 +1049,7 @@ fn run(
             job.buf.extend_from_slice(req.body());
             job.head_len = head.len();
             job.index.record(req, head);
-            job.peer = req.peer_addr();
+            job.peer.clone_from(req.peer);
             job.resp.reset();
             job.resp.powers = powers;
             job.panic = None;

@@ -91,6 +91,16 @@ pub(crate) fn listeners(
     Ok((out, target))
 }
 
+/// One more SO_REUSEPORT socket on `addr` (whose port is the one the others have), for a slot
+/// added while serving.
+pub(crate) fn reuseport_socket(
+    addr: SocketAddr,
+    network: Network,
+    backlog: i32,
+) -> Result<OwnedFd, Error> {
+    above_child_fds(OwnedFd::from(bind_one(addr, network, backlog, true)?))
+}
+
 fn bind_one(
     addr: SocketAddr,
     network: Network,

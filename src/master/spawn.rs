@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
@@ -14,8 +14,10 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid as NixPid;
 
+use crate::confine::ChildConfinement;
 use crate::error::{Error, ErrorKind, HookError};
 use crate::hooks::{CHILD_ENV, Pid, SpawnRequest};
+use crate::lifeline;
 use crate::master::bind::above_child_fds;
 
 /// A started child as the master tracks it.
@@ -27,25 +29,59 @@ pub(crate) struct Child {
     /// The master's end of the lifeline: the child writes its ready byte here, and the
     /// master's death closes it, which the child sees as EOF.
     pub lifeline: Option<OwnedFd>,
-    pub ready: bool,
+    /// When it reported "listening".
+    pub ready_at: Option<Instant>,
     pub started: Instant,
+    /// Its generation: 1 for the first children, one more for each reload.
+    pub generation: u64,
+    /// Its cell in the shared memory, if it has one.
+    pub cell: Option<usize>,
+    /// When the watchdog sent it SIGABRT, and whether SIGKILL followed.
+    pub aborted: Option<(Instant, bool)>,
+    /// Requests after which it is recycled (`max_requests` plus its jitter).
+    pub request_limit: Option<u64>,
+}
+
+impl Child {
+    pub fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
 }
 
 pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send;
 
-/// Starts the child of `slot` serving `listener`.
+/// What a child finds in its lifeline's hello: the shared memory, its cell there, and the
+/// heartbeat period in milliseconds (0: no watchdog).
+pub(crate) struct Hello<'a> {
+    pub region: BorrowedFd<'a>,
+    pub cell: usize,
+    pub period_ms: u32,
+}
+
+/// Starts the child of `slot` and `generation` serving `listener`.
 pub(crate) fn spawn(
     listener: RawFd,
     slot: usize,
+    generation: u64,
+    hello: Option<Hello<'_>>,
+    confinement: ChildConfinement,
     producer: Option<&mut Producer>,
 ) -> Result<Child, Error> {
     let (master_end, child_end) = lifeline_pair()?;
+    // Queued before the child exists, so it is there when the child looks. Without it the
+    // child runs without heartbeat and counters.
+    let cell = hello.and_then(|h| {
+        lifeline::send_hello(master_end.as_raw_fd(), h.region, h.cell as u32, h.period_ms)
+            .ok()
+            .map(|()| h.cell)
+    });
     let request = SpawnRequest {
         listener_fd: listener,
         lifeline_fd: child_end.as_raw_fd(),
         slot,
         program: PathBuf::from("/proc/self/exe"),
         args: std::env::args_os().collect::<Vec<OsString>>(),
+        confinement,
     };
     let pid = match producer {
         None => {
@@ -72,8 +108,12 @@ pub(crate) fn spawn(
         pid,
         pidfd: pidfd_open(pid),
         lifeline: Some(master_end),
-        ready: false,
+        ready_at: None,
         started: Instant::now(),
+        generation,
+        cell,
+        aborted: None,
+        request_limit: None,
     })
 }
 

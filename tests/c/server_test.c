@@ -87,7 +87,10 @@ static void inspect(const prefork_request *req, prefork_response *resp) {
                     prefork_response_reply(resp, 200, "", 0, NULL, 1) == PREFORK_ERR_NULL &&
                     prefork_request_peer_addr(req, tiny, sizeof tiny) ==
                         PREFORK_ERR_INVALID_ARGUMENT &&
-                    !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v);
+                    !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v) &&
+                    /* No PROXY protocol here: no TLVs, and nothing written. */
+                    !prefork_request_proxy_tlv(req, PREFORK_PP2_TYPE_AUTHORITY, &v) &&
+                    !prefork_request_proxy_tlv_at(req, 0, NULL, &v);
     prefork_response_set_body(resp, "replaced\n", 9); /* set_body replaces what was written */
     prefork_response_add_header(resp, "X-Inspected", 11, "yes", 3);
     /* Replaces the body too; e2e.py checks the status and Content-Type it sets. */

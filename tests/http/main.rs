@@ -9,6 +9,7 @@ mod drain;
 mod hijack;
 mod limits;
 mod malformed;
+mod proxy;
 mod rates;
 mod smuggling;
 mod support;
