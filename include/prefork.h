@@ -188,6 +188,11 @@ typedef enum prefork_result {
      * A bug: a panic inside the library was caught at the API boundary.
      */
     PREFORK_ERR_PANIC = 10,
+    /**
+     * The operation does not apply to this connection: `prefork_response_hijack` on a
+     * connection whose transport is not a plain socket.
+     */
+    PREFORK_ERR_UNSUPPORTED = 11,
 } prefork_result;
 
 /**
@@ -224,6 +229,21 @@ typedef enum prefork_log_level {
 typedef struct prefork prefork;
 
 /**
+ * A connection its handler took over with `prefork_response_hijack`: a connected TCP socket
+ * the library no longer watches, and the bytes it had already read past the request. Opaque.
+ * The callee of `on_conn` owns it and releases it with `prefork_conn_close`, exactly once,
+ * from any thread.
+ */
+typedef struct prefork_conn prefork_conn;
+
+/**
+ * A response its handler took over with `prefork_response_defer`, to complete later from any
+ * thread. Opaque. The caller owns it and frees it with `prefork_deferred_free`, exactly once,
+ * whether it was completed or not; any thread may do both, one thread at a time.
+ */
+typedef struct prefork_deferred prefork_deferred;
+
+/**
  * A request, borrowed for the duration of one `handle` callback. Opaque: read it with the
  * `prefork_request_*` functions, on the thread that runs the callback, and never keep the
  * pointer after the callback returns.
@@ -231,10 +251,11 @@ typedef struct prefork prefork;
 typedef struct prefork_request prefork_request;
 
 /**
- * The response to the request being handled, valid only during one `handle` callback.
- * Opaque: fill it with the `prefork_response_*` functions on the thread running the
- * callback. It starts as status 200 with no headers and an empty body; the engine adds
- * Content-Length, Date and Connection itself.
+ * The response to the request being handled, valid only during one `handle` callback (or,
+ * for a deferred response's, until its `prefork_deferred_free`). Opaque: fill it with the
+ * `prefork_response_*` functions on the thread running the callback (for a deferred
+ * response, on one thread at a time). It starts as status 200 with no headers and an empty
+ * body; the engine adds Content-Length, Date and Connection itself.
  */
 typedef struct prefork_response prefork_response;
 
@@ -943,6 +964,29 @@ enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes
 enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
 
 /**
+ * Slowest request body accepted, in bytes per second: a body must bring at least this rate
+ * times the rate window (`prefork_set_min_rate_window_ms`) in every such window, or the
+ * reply is 408 and the connection closes. It stops a slow-body attack, which holds a
+ * connection by sending a byte per body timeout. 0 = no minimum. Default: 64.
+ */
+enum prefork_result prefork_set_min_body_rate(struct prefork *p, uint64_t bytes_per_second);
+
+/**
+ * Slowest response write accepted, in bytes per second over the rate window, while output
+ * waits for the client to read it; a slower client is disconnected with a reset (so that the
+ * kernel stops feeding it what the socket still holds). It stops a slow-read attack, which
+ * holds a connection and its output by reading a byte per write timeout. 0 = no minimum.
+ * Default: 64.
+ */
+enum prefork_result prefork_set_min_write_rate(struct prefork *p, uint64_t bytes_per_second);
+
+/**
+ * The window over which the minimum body and write rates are measured, in milliseconds; above
+ * zero. Default: 10000.
+ */
+enum prefork_result prefork_set_min_rate_window_ms(struct prefork *p, uint64_t ms);
+
+/**
  * true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
  * specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
  * `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
@@ -1258,6 +1302,107 @@ enum prefork_result prefork_response_set_body_stream(struct prefork_response *re
                                                                        size_t cap),
                                                      void *user_data,
                                                      void (*user_data_free)(void *user_data));
+
+/**
+ * Takes the response over, so that `handle` may return at once and any thread complete the
+ * response later: stores in `*out` a new handle, owned by the caller. Fill its response
+ * (`prefork_deferred_response`) as `handle` would have, then send it with
+ * `prefork_deferred_complete`, and release the handle with `prefork_deferred_free`. What was
+ * set on `resp` so far moves into the handle; after this call, changes to `resp` are ignored.
+ *
+ * The connection waits: its later (pipelined) requests are answered after this response,
+ * so responses keep their order. Completing wakes the child's event loop, which sends the
+ * response in its turn. A handle freed without being completed answers 500 and closes the
+ * connection. A response still pending when the child drains is answered 503 as the grace
+ * period ends (at most 250 ms before, so that the child may still exit by itself, running
+ * `exit_child`, before the master's SIGKILL). A completion after the client left, or after the child stopped serving
+ * (the handle outlives the server: complete and free it even after `prefork_free`), is
+ * accepted and dropped. A client that closes its side of the connection meanwhile counts as
+ * gone: the connection is closed at once rather than held until the completion.
+ *
+ * Call it during `handle` (on any thread it runs on), on the `resp` it was given, at most
+ * once. The request's views die when `handle` returns: copy what the answer needs first.
+ * Returns PREFORK_ERR_NULL for a NULL argument and PREFORK_ERR_STATE for a response that is
+ * not the one `handle` was given, or was deferred already; `*out` is then untouched.
+ */
+enum prefork_result prefork_response_defer(struct prefork_response *resp,
+                                           struct prefork_deferred **out);
+
+/**
+ * The response of a deferred handle, to fill with the `prefork_response_*` functions (as in
+ * `handle`, including `prefork_response_hijack`). Valid until `prefork_deferred_free(d)`;
+ * once `d` was completed, changes to it are ignored. NULL if `d` is NULL.
+ */
+struct prefork_response *prefork_deferred_response(struct prefork_deferred *d);
+
+/**
+ * Sends the deferred response: the child's event loop wakes and writes it in its turn. If
+ * the client left, or the child stopped serving (even if `prefork_free` freed the server
+ * since), the response is dropped and PREFORK_OK returned all the same. The handle stays the
+ * caller's to free. Returns PREFORK_ERR_NULL for a NULL `d`, PREFORK_ERR_STATE if it was
+ * completed already.
+ */
+enum prefork_result prefork_deferred_complete(struct prefork_deferred *d);
+
+/**
+ * Releases a deferred handle; NULL is accepted. One that was not completed answers 500 and
+ * closes the connection. `d`, and the response `prefork_deferred_response` returned for it,
+ * must not be used afterwards.
+ */
+void prefork_deferred_free(struct prefork_deferred *d);
+
+/**
+ * Takes the connection after this response: once it is written (and every response before it
+ * on the connection), the child forgets the connection and calls `on_conn(user_data, conn)`
+ * on its event-loop thread. `conn` holds the socket (blocking, close-on-exec) and the bytes
+ * the client sent after this request that the child had already read (pipelined requests,
+ * or the new protocol's first bytes): read those first. `on_conn` should return promptly,
+ * handing the connection to a thread of its own; `conn` is its to close.
+ *
+ * For a protocol upgrade, call `prefork_response_set_status(resp, 101)` after this call (101
+ * is accepted only then), and add an `Upgrade` field naming the protocol, only for an
+ * HTTP/1.1 request that asked for it in its own `Upgrade` field; the library sends
+ * `Connection: Upgrade` with it. Any other response is sent with `Connection: close` (the
+ * HTTP exchange ends with it), then the connection is handed over. Works on the response
+ * `handle` was given and on a deferred one's.
+ *
+ * The connection counts toward max_connections until `prefork_conn_close`, which is how the
+ * library learns it closed. The child's drain does not wait for it: it ends when the child
+ * exits (after `exit_child`).
+ *
+ * `user_data_free` (optional) is called once with `user_data`, in the child, when `on_conn`
+ * has returned, or instead of `on_conn` when the connection closes before the response is
+ * written: on the event-loop thread, or for a deferred response that was dropped, on the
+ * thread that completed it. Returns PREFORK_ERR_NULL for a NULL `resp` or `on_conn`,
+ * PREFORK_ERR_STATE for a response already hijacked (or one the library does not send), and
+ * PREFORK_ERR_UNSUPPORTED when the connection's transport is not a plain socket; `user_data`
+ * is then not taken over.
+ */
+enum prefork_result prefork_response_hijack(struct prefork_response *resp,
+                                            void (*on_conn)(void *user_data,
+                                                            struct prefork_conn *conn),
+                                            void *user_data,
+                                            void (*user_data_free)(void *user_data));
+
+/**
+ * The socket of a taken-over connection, owned by `conn` (close it with
+ * `prefork_conn_close`, never with close(2)). -1 if `conn` is NULL.
+ */
+int prefork_conn_fd(const struct prefork_conn *conn);
+
+/**
+ * The bytes the client sent after the request that the child had already read: the start of
+ * what the new owner reads, before anything read from the socket. Valid until
+ * `prefork_conn_close(conn)`; empty if `conn` is NULL.
+ */
+struct prefork_str prefork_conn_leftover(const struct prefork_conn *conn);
+
+/**
+ * Closes the socket of a taken-over connection and releases `conn`; NULL is accepted. Its
+ * place under max_connections is free again. Callable from any thread, once per connection;
+ * `conn` must not be used afterwards.
+ */
+void prefork_conn_close(struct prefork_conn *conn);
 
 #ifdef __cplusplus
 }  // extern "C"

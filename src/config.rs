@@ -236,6 +236,18 @@ pub struct HttpConfig {
     /// Fairness: bytes read from plus written to one connection in one event-loop turn before
     /// the loop serves the others. Default 256 KiB.
     pub max_bytes_per_turn: usize,
+    /// Slowest request body accepted, in bytes per second: a body must bring at least this
+    /// rate times `min_rate_window` bytes in every such window, or it gets 408 (a slow-body
+    /// attack otherwise holds a connection by sending a byte per `body_timeout`). 0 = no
+    /// minimum. Default 64, far below any real link.
+    pub min_body_rate: u64,
+    /// Slowest response write accepted, in bytes per second over `min_rate_window`, while
+    /// output waits for the client; a client reading slower is disconnected with a reset (a
+    /// slow-read attack otherwise holds a connection and its output by reading a byte per
+    /// `write_timeout`). 0 = no minimum. Default 64.
+    pub min_write_rate: u64,
+    /// The window over which `min_body_rate` and `min_write_rate` are measured. Default 10 s.
+    pub min_rate_window: Duration,
     /// Every connection must start with a PROXY protocol header (version 1 or 2), which gives
     /// the client's address (`Request::peer_addr`) and TLVs (`Request::proxy_header`); one
     /// without a valid header is closed. Required when on, never guessed (the spec's §1).
@@ -266,6 +278,9 @@ impl Default for HttpConfig {
             max_chunk_ext_size: 16 * 1024,
             max_trailer_size: 16 * 1024,
             max_bytes_per_turn: 256 * 1024,
+            min_body_rate: 64,
+            min_write_rate: 64,
+            min_rate_window: Duration::from_secs(10),
             proxy_protocol: false,
             proxy_allow: Cidr::loopback(),
             proxy_timeout: Duration::from_secs(5),
@@ -296,6 +311,7 @@ impl HttpConfig {
             ("body_timeout", self.body_timeout),
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
+            ("min_rate_window", self.min_rate_window),
             ("proxy_timeout", self.proxy_timeout),
         ] {
             positive_duration(name, value)?;

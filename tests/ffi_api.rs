@@ -57,7 +57,7 @@ fn no_hooks(
 
 #[test]
 fn every_code_has_its_own_description() {
-    let all: Vec<String> = (0..=10)
+    let all: Vec<String> = (0..=11)
         .map(|c| text(unsafe { prefork_result_str(c) }))
         .collect();
     let mut unique = all.clone();
@@ -65,10 +65,11 @@ fn every_code_has_its_own_description() {
     unique.dedup();
     assert_eq!(unique.len(), all.len(), "{all:?}");
     assert!(!all.contains(&"unknown".to_string()));
-    for bad in [-1, 11, c_int::MAX, c_int::MIN] {
+    for bad in [-1, 12, c_int::MAX, c_int::MIN] {
         assert_eq!(text(unsafe { prefork_result_str(bad) }), "unknown");
     }
     assert_eq!(prefork_result::PREFORK_ERR_PANIC as c_int, 10);
+    assert_eq!(prefork_result::PREFORK_ERR_UNSUPPORTED as c_int, 11);
 }
 
 #[test]
@@ -139,6 +140,53 @@ fn null_arguments_are_errors_not_crashes() {
             PREFORK_ERR_NULL
         );
         assert_eq!(last_error(), "prefork_response_write: resp is NULL");
+    }
+}
+
+unsafe extern "C" fn never(_: *mut c_void, _: *mut prefork_conn) {
+    unreachable!("a refused hijack never calls on_conn");
+}
+
+#[test]
+fn deferring_and_hijacking_refuse_misuse() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let ud = &frees as *const AtomicUsize as *mut c_void;
+    // A response the program made itself, not one the engine handed to `handle`.
+    let mut own = ::prefork::Response::default();
+    let resp = (&mut own as *mut ::prefork::Response).cast::<prefork_response>();
+    let mut d: *mut prefork_deferred = ptr::null_mut();
+    unsafe {
+        assert_eq!(
+            prefork_response_defer(ptr::null_mut(), &mut d),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_response_defer(resp, ptr::null_mut()),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(prefork_response_defer(resp, &mut d), PREFORK_ERR_STATE);
+        assert!(d.is_null());
+        assert_eq!(
+            prefork_response_hijack(resp, None, ud, Some(count)),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_response_hijack(resp, Some(never), ud, Some(count)),
+            PREFORK_ERR_STATE
+        );
+        assert!(last_error().starts_with("prefork_response_hijack: "));
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            0,
+            "a refused hijack took user_data"
+        );
+        assert!(prefork_deferred_response(ptr::null_mut()).is_null());
+        assert_eq!(prefork_deferred_complete(ptr::null_mut()), PREFORK_ERR_NULL);
+        prefork_deferred_free(ptr::null_mut());
+        assert_eq!(prefork_conn_fd(ptr::null()), -1);
+        assert_eq!(prefork_conn_leftover(ptr::null()).len, 0);
+        prefork_conn_close(ptr::null_mut());
     }
 }
 

@@ -257,6 +257,10 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 	case "/retained":
 		_, err := retainedResp.Load().Write([]byte("late"))
 		fmt.Fprintf(resp, "method=%q state-err=%t", retainedReq.Load().Method(), errors.Is(err, prefork.ErrState))
+	case "/defer":
+		deferReply(req, resp)
+	case "/ws":
+		serveWebSocket(req, resp)
 	default:
 		resp.SetStatus(404)
 	}

@@ -267,6 +267,22 @@ type Prefork struct {
 	// Default: 30s.
 	WriteTimeout time.Duration
 
+	// MinBodyRate is the slowest request body accepted, in bytes per second: a body must
+	// bring at least MinBodyRate × MinRateWindow bytes in every such window, or the reply is
+	// 408 (a slow-body attack otherwise holds a connection with a byte per BodyTimeout).
+	// Default: 64. Zero means the default (unlike the C setter's 0); a negative value means
+	// no minimum.
+	MinBodyRate int
+	// MinWriteRate is the slowest response write accepted, in bytes per second over
+	// MinRateWindow, while output waits for the client to read it; a slower client is
+	// disconnected with a reset (a slow-read attack otherwise holds a connection with a byte
+	// per WriteTimeout). Default: 64. Zero means the default (unlike the C setter's 0); a negative
+	// value means no minimum.
+	MinWriteRate int
+	// MinRateWindow is the window over which MinBodyRate and MinWriteRate are measured.
+	// Default: 10s.
+	MinRateWindow time.Duration
+
 	// ProxyProtocol makes every connection start with a PROXY protocol header, version 1 or 2,
 	// as a load balancer in front sends it (HAProxy's send-proxy-v2, nginx stream's
 	// proxy_protocol on): Request.RemoteAddr is then the client's address from the header and
@@ -719,6 +735,23 @@ func (p *Prefork) configure(c *C.prefork) error {
 	})
 	duration("WriteTimeout", p.WriteTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_write_timeout_ms(c, ms)
+	})
+	if p.MinBodyRate < 0 {
+		set("MinBodyRate", func() C.enum_prefork_result { return C.prefork_set_min_body_rate(c, 0) })
+	} else {
+		count("MinBodyRate", p.MinBodyRate, math.MaxInt64, func(n uint64) C.enum_prefork_result {
+			return C.prefork_set_min_body_rate(c, C.uint64_t(n))
+		})
+	}
+	if p.MinWriteRate < 0 {
+		set("MinWriteRate", func() C.enum_prefork_result { return C.prefork_set_min_write_rate(c, 0) })
+	} else {
+		count("MinWriteRate", p.MinWriteRate, math.MaxInt64, func(n uint64) C.enum_prefork_result {
+			return C.prefork_set_min_write_rate(c, C.uint64_t(n))
+		})
+	}
+	duration("MinRateWindow", p.MinRateWindow, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_min_rate_window_ms(c, ms)
 	})
 	set("ProxyProtocol", func() C.enum_prefork_result {
 		return C.prefork_set_proxy_protocol(c, C.bool(p.ProxyProtocol))

@@ -82,6 +82,18 @@ static void stream_free(void *user_data) {
 	goPreforkStreamFree(HANDLE(user_data));
 }
 
+static void on_conn(void *user_data, prefork_conn *conn) {
+	goPreforkOnConn(HANDLE(user_data), conn);
+}
+
+static void hijack_free(void *user_data) {
+	goPreforkHijackFree(HANDLE(user_data));
+}
+
+enum prefork_result goprefork_hijack(prefork_response *resp, uintptr_t h) {
+	return prefork_response_hijack(resp, on_conn, (void *)h, hijack_free);
+}
+
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t h) {
 	return prefork_response_set_body_stream(resp, stream_read, (void *)h, stream_free);
 }

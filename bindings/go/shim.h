@@ -42,6 +42,11 @@ enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
 // the library owns `handle` (deleted by the stream's finalizer once the body is done).
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t handle);
 
+// prefork_response_hijack handing the connection to the Go side (goPreforkOnConn) once the
+// response is written; on success the library owns `handle` (deleted by the hook's finalizer,
+// after the hand-over or instead of it).
+enum prefork_result goprefork_hijack(prefork_response *resp, uintptr_t handle);
+
 // What the C callback hands the Go handler besides the request and response: the request
 // line's parts, read in C so that the accessors handlers call most cost Go no cgo call, and a
 // buffer on the callback's C stack where Go stages the body. The callback passes the staged

@@ -411,6 +411,41 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     ffi_boundary!({ unsafe { set(p, |c| c.http.max_bytes_per_turn = bytes) } })
 }
 
+/// Slowest request body accepted, in bytes per second: a body must bring at least this rate
+/// times the rate window (`prefork_set_min_rate_window_ms`) in every such window, or the
+/// reply is 408 and the connection closes. It stops a slow-body attack, which holds a
+/// connection by sending a byte per body timeout. 0 = no minimum. Default: 64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_body_rate(
+    p: *mut prefork,
+    bytes_per_second: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_body_rate = bytes_per_second) } })
+}
+
+/// Slowest response write accepted, in bytes per second over the rate window, while output
+/// waits for the client to read it; a slower client is disconnected with a reset (so that the
+/// kernel stops feeding it what the socket still holds). It stops a slow-read attack, which
+/// holds a connection and its output by reading a byte per write timeout. 0 = no minimum.
+/// Default: 64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_write_rate(
+    p: *mut prefork,
+    bytes_per_second: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_write_rate = bytes_per_second) } })
+}
+
+/// The window over which the minimum body and write rates are measured, in milliseconds; above
+/// zero. Default: 10000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_rate_window_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_rate_window = Duration::from_millis(ms)) } })
+}
+
 /// true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
 /// specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
 /// `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
@@ -536,6 +571,9 @@ mod tests {
             assert_eq!(prefork_set_max_chunk_ext_size(p, 107), PREFORK_OK);
             assert_eq!(prefork_set_max_trailer_size(p, 108), PREFORK_OK);
             assert_eq!(prefork_set_max_bytes_per_turn(p, 109), PREFORK_OK);
+            assert_eq!(prefork_set_min_body_rate(p, 110), PREFORK_OK);
+            assert_eq!(prefork_set_min_write_rate(p, 111), PREFORK_OK);
+            assert_eq!(prefork_set_min_rate_window_ms(p, 25), PREFORK_OK);
             assert_eq!(prefork_set_proxy_protocol(p, true), PREFORK_OK);
             assert_eq!(
                 prefork_set_proxy_allow(p, c"10.0.0.0/8, ::/0".as_ptr()),
@@ -572,6 +610,10 @@ mod tests {
         assert_eq!(
             (h.max_connections, h.handler_threads, h.max_output_buffer),
             (105, 6, 106)
+        );
+        assert_eq!(
+            (h.min_body_rate, h.min_write_rate, h.min_rate_window),
+            (110, 111, ms(25))
         );
 
         assert!(h.proxy_protocol);
@@ -613,6 +655,10 @@ mod tests {
             );
             assert_ne!(
                 prefork_set_max_output_buffer(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_min_rate_window_ms(p, 0),
                 prefork_result::PREFORK_OK
             );
             assert_ne!(

@@ -5,17 +5,22 @@
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads. `proxy` parses the PROXY protocol
-//! header a load balancer may send first, which `preamble` reads off a new connection before
-//! the session sees a byte.
+//! searches they share; `workers` runs handlers on threads; `deferred` brings responses
+//! completed on other threads back to the loop, `hijack` hands connections to a new owner and
+//! `rate` holds the minimum transfer rates. `proxy` parses the PROXY protocol header a load
+//! balancer may send first, which `preamble` reads off a new connection before the session
+//! sees a byte.
 
 mod bytes;
 mod chunked;
 mod date;
+mod deferred;
 mod encode;
+mod hijack;
 mod parse;
 mod preamble;
 pub mod proxy;
+mod rate;
 mod request;
 mod response;
 mod scan;
@@ -31,6 +36,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use deferred::Deferred;
+pub use hijack::Hijacked;
 pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;

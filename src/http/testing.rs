@@ -153,6 +153,7 @@ impl<'h> MemoryConnection<'h> {
             scratch: &mut self.scratch,
             draining: false,
             conn: (0, 0),
+            plain_socket: true,
             log: &self.log,
         };
         let progress = self.session.process(&mut ctx);
