@@ -1,6 +1,8 @@
 //! Every option of the library, with its default and its validation: the one place defaults
 //! live. The C ABI has one setter per field; the README's option table mirrors this file.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -71,6 +73,31 @@ pub struct ProcessConfig {
     /// Install SIGTERM/SIGINT handlers (master) and SIGTERM (child). Default true. When false
     /// the host must call `shutdown()` itself.
     pub handle_signals: bool,
+    /// The user every child runs as (a name from the user database), set between fork and
+    /// exec, so no code of a child runs with the master's identity; its group and
+    /// supplementary groups come from the user's entry unless `group` is set. Needs a root
+    /// master. Default `None`: children run as the master's user.
+    pub user: Option<String>,
+    /// The group every child runs as (a name from the group database), instead of the user's
+    /// primary group; alone, it changes only the children's groups. Default `None`.
+    pub group: Option<String>,
+    /// Pin child *i* to the *i*-th CPU of the master's allowed set (wrapping around); a
+    /// replacement gets its slot's CPU. Default false.
+    pub cpu_affinity: bool,
+    /// The hung-child watchdog: how long a ready child's event loop may go without a turn
+    /// before the master takes it for hung and kills it (SIGABRT, so a core or backtrace can
+    /// be had, then SIGKILL after `ABORT_GRACE`) and replaces it. Zero (default) is off;
+    /// otherwise at least `MIN_CHILD_TIMEOUT`.
+    pub child_timeout: Duration,
+    /// Recycling: a child that has received this many requests is replaced (its replacement
+    /// ready first, one slot at a time), as gunicorn's `max_requests`. Zero (default) is off.
+    pub max_requests: u64,
+    /// Each child's limit is `max_requests` plus a random amount up to this, so children
+    /// started together do not all recycle together. Default 0.
+    pub max_requests_jitter: u64,
+    /// Recycling: a child that has been ready for this long is replaced, as `max_requests`.
+    /// Zero (default) is off.
+    pub max_child_age: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -89,6 +116,13 @@ impl Default for ProcessConfig {
             grace_period: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
+            user: None,
+            group: None,
+            cpu_affinity: false,
+            child_timeout: Duration::ZERO,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_child_age: Duration::ZERO,
         }
     }
 }
@@ -127,13 +161,39 @@ impl ProcessConfig {
         ] {
             duration(name, value)?;
         }
-        positive_duration("startup_timeout", self.startup_timeout)
+        duration("child_timeout", self.child_timeout)?;
+        duration("max_child_age", self.max_child_age)?;
+        if !self.child_timeout.is_zero() && self.child_timeout < MIN_CHILD_TIMEOUT {
+            return Err(Error::invalid(format!(
+                "child_timeout = {:?} must be 0 (off) or at least {MIN_CHILD_TIMEOUT:?}",
+                self.child_timeout
+            )));
+        }
+        positive_duration("startup_timeout", self.startup_timeout)?;
+        for (name, value) in [("user", &self.user), ("group", &self.group)] {
+            account_name(name, value.as_deref())?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), Error> {
         self.check_fields()
     }
 }
+
+/// A user or group name: set means non-empty and free of NUL and whitespace (whether it
+/// exists is checked when serving starts, against the databases of the machine it runs on).
+fn account_name(option: &str, name: Option<&str>) -> Result<(), Error> {
+    match name {
+        Some(n) if n.is_empty() || n.contains(|c: char| c == '\0' || c.is_whitespace()) => Err(
+            Error::invalid(format!("{option} = {n:?} is not a valid name")),
+        ),
+        _ => Ok(()),
+    }
+}
+/// Shortest `child_timeout`: children beat four times per timeout, and a loop turn every 25 ms
+/// is about what an idle child can afford.
+pub const MIN_CHILD_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Upper bound on the child count: a typo guard, far above any real core count.
 pub const MAX_CHILDREN: usize = 1024;
@@ -176,6 +236,29 @@ pub struct HttpConfig {
     /// Fairness: bytes read from plus written to one connection in one event-loop turn before
     /// the loop serves the others. Default 256 KiB.
     pub max_bytes_per_turn: usize,
+    /// Slowest request body accepted, in bytes per second: a body must bring at least this
+    /// rate times `min_rate_window` bytes in every such window, or it gets 408 (a slow-body
+    /// attack otherwise holds a connection by sending a byte per `body_timeout`). 0 = no
+    /// minimum. Default 64, far below any real link.
+    pub min_body_rate: u64,
+    /// Slowest response write accepted, in bytes per second over `min_rate_window`, while
+    /// output waits for the client; a client reading slower is disconnected with a reset (a
+    /// slow-read attack otherwise holds a connection and its output by reading a byte per
+    /// `write_timeout`). 0 = no minimum. Default 64.
+    pub min_write_rate: u64,
+    /// The window over which `min_body_rate` and `min_write_rate` are measured. Default 10 s.
+    pub min_rate_window: Duration,
+    /// Every connection must start with a PROXY protocol header (version 1 or 2), which gives
+    /// the client's address (`Request::peer_addr`) and TLVs (`Request::proxy_header`); one
+    /// without a valid header is closed. Required when on, never guessed (the spec's §1).
+    /// Default false.
+    pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the networks a connection may come from (those of the balancers);
+    /// one from elsewhere is closed before anything is read. Default 127.0.0.0/8 and ::1/128.
+    pub proxy_allow: Vec<Cidr>,
+    /// With `proxy_protocol`: how long a new connection may take to send its whole header,
+    /// from its accept, before it is closed. Default 5 s.
+    pub proxy_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -195,6 +278,12 @@ impl Default for HttpConfig {
             max_chunk_ext_size: 16 * 1024,
             max_trailer_size: 16 * 1024,
             max_bytes_per_turn: 256 * 1024,
+            min_body_rate: 64,
+            min_write_rate: 64,
+            min_rate_window: Duration::from_secs(10),
+            proxy_protocol: false,
+            proxy_allow: Cidr::loopback(),
+            proxy_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -222,8 +311,15 @@ impl HttpConfig {
             ("body_timeout", self.body_timeout),
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
+            ("min_rate_window", self.min_rate_window),
+            ("proxy_timeout", self.proxy_timeout),
         ] {
             positive_duration(name, value)?;
+        }
+        if self.proxy_allow.is_empty() {
+            return Err(Error::invalid(
+                "proxy_allow must name at least one network (0.0.0.0/0,::/0 allows every source)",
+            ));
         }
         Ok(())
     }
@@ -242,6 +338,107 @@ impl HttpConfig {
 
 /// Upper bound on handler threads per child.
 pub const MAX_HANDLER_THREADS: usize = 4096;
+
+/// An IP network, `address/prefix-length`, such as `10.0.0.0/8` or `2001:db8::/32`; a bare
+/// address is the network of that one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses one network. The address must be the network's first (no bits set past the
+    /// prefix), so that a typo such as `10.1.2.3/8` is an error, not a wider allowlist.
+    pub fn parse(text: &str) -> Result<Cidr, Error> {
+        let bad = |why: &str| Error::invalid(format!("bad network {text:?}: {why}"));
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected an IPv4 or IPv6 address, then /prefix-length"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| bad(&format!("the prefix length must be at most {max}")))?,
+            Some(_) => return Err(bad("the prefix length must be a number")),
+        };
+        let cidr = Cidr { addr, prefix };
+        if cidr.network(addr) != bits(addr) {
+            return Err(bad(&format!(
+                "bits are set past the /{prefix} prefix (the network is {})",
+                Cidr {
+                    addr: from_bits(addr, cidr.network(addr)),
+                    prefix
+                }
+            )));
+        }
+        Ok(cidr)
+    }
+
+    /// Parses a comma-separated list (spaces around the commas allowed); the error names the
+    /// first bad entry.
+    pub fn parse_list(text: &str) -> Result<Vec<Cidr>, Error> {
+        text.split(',').map(|t| Cidr::parse(t.trim())).collect()
+    }
+
+    /// 127.0.0.0/8 and ::1/128: where a balancer on the same machine connects from.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![
+            Cidr {
+                addr: IpAddr::from([127, 0, 0, 0]),
+                prefix: 8,
+            },
+            Cidr {
+                addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                prefix: 128,
+            },
+        ]
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (how a dual-stack socket
+    /// shows an IPv4 peer) counts as the IPv4 address it maps.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && self.network(ip) == bits(self.addr)
+    }
+
+    /// `ip`'s bits with those past the prefix cleared (`ip` of this network's family).
+    fn network(&self, ip: IpAddr) -> u128 {
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let keep = u32::from(self.prefix);
+        if keep == 0 {
+            return 0;
+        }
+        bits(ip) & (u128::MAX << (width - keep)) & (u128::MAX >> (128 - width))
+    }
+}
+
+fn bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_bits(like: IpAddr, b: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::from((b as u32).to_be_bytes()),
+        IpAddr::V6(_) => IpAddr::from(b.to_be_bytes()),
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
 
 /// All options.
 #[derive(Clone, Debug, Default)]
@@ -326,6 +523,59 @@ mod tests {
                 .message()
                 .contains("above the limit of 1024")
         );
+    }
+
+    #[test]
+    fn networks_parse_strictly_and_match() {
+        let net = |t: &str| Cidr::parse(t).unwrap();
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        // A dual-stack socket's view of an IPv4 peer.
+        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        assert!(!net("::ffff:0:0/96").contains(ip("::ffff:127.0.0.1")));
+        let loopback = Cidr::loopback();
+        assert_eq!(
+            loopback.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["127.0.0.0/8", "::1/128"]
+        );
+        assert!(loopback.iter().any(|c| c.contains(ip("::1"))));
+        assert!(!loopback.iter().any(|c| c.contains(ip("::2"))));
+
+        for (bad, why) in [
+            ("10.0.0.1/8", "the network is 10.0.0.0/8"),
+            ("10.0.0.0/33", "at most 32"),
+            ("::/129", "at most 128"),
+            ("10.0.0.0/", "must be a number"),
+            ("10.0.0.0/+8", "must be a number"),
+            ("10.0.0.0/08x", "must be a number"),
+            ("10.0.0/8", "expected an IPv4"),
+            ("localhost", "expected an IPv4"),
+            ("", "expected an IPv4"),
+        ] {
+            let e = Cidr::parse(bad).unwrap_err();
+            assert!(
+                e.message().contains(why) && e.message().contains(&format!("{bad:?}")),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+        assert_eq!(
+            Cidr::parse_list("10.0.0.0/8, 192.168.0.0/16,::1")
+                .unwrap()
+                .len(),
+            3
+        );
+        let e = Cidr::parse_list("10.0.0.0/8,10.0.0.1/8").unwrap_err();
+        assert!(e.message().contains("\"10.0.0.1/8\""), "{}", e.message());
+        assert!(Cidr::parse_list("10.0.0.0/8,").is_err());
     }
 
     #[test]

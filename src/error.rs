@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Io,
     /// A panic was caught at an API boundary.
     Panic,
+    /// The operation does not apply to this connection (taking over a connection whose
+    /// transport is not a plain socket).
+    Unsupported,
 }
 
 /// Error returned by every fallible operation of the library.

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use nix::sys::resource::{Resource, getrlimit};
 
+use crate::confine::ChildConfinement;
 use crate::error::HookError;
 
 /// Process ids as the C ABI and the OS see them.
@@ -19,6 +20,11 @@ pub type HookResult = Result<(), HookError>;
 
 /// Environment variable that marks a child; its value is `1`.
 pub const CHILD_ENV: &str = "PREFORK_CHILD";
+/// The variables with which an old master hands its sockets to a new one (binary upgrade):
+/// the descriptor of the pipe on which the new master reports ready, and the listeners'.
+pub(crate) const UPGRADE_READY_ENV: &str = "PREFORK_UPGRADE_READY_FD";
+pub(crate) const UPGRADE_FDS_ENV: &str = "PREFORK_UPGRADE_FDS";
+pub(crate) const UPGRADE_ENV: [&str; 2] = [UPGRADE_READY_ENV, UPGRADE_FDS_ENV];
 /// The descriptor at which a child finds its listener.
 pub const LISTENER_FD: RawFd = 3;
 /// The descriptor at which a child finds its end of the lifeline socket.
@@ -53,6 +59,14 @@ pub struct Hooks {
     pub on_master_death: Option<Box<dyn FnMut() + Send>>,
     /// Starts a child instead of the default re-exec; returns its pid.
     pub command_producer: Option<Box<dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send>>,
+    /// After a reload completed: every child of generation `generation` (the first is 1)
+    /// reported listening, in slot order, and the previous generation was told to stop
+    /// gracefully. An error aborts.
+    pub on_reload: Option<Box<dyn FnMut(u64, &[Pid]) -> HookResult + Send>>,
+    /// A reload failed (a child of the new generation exited or timed out before the whole
+    /// generation was ready, or could not be started): `generation` is the one given up, the
+    /// text says why. The previous generation keeps serving.
+    pub on_reload_failed: Option<Box<dyn FnMut(u64, &str) + Send>>,
 }
 
 /// What the command producer is asked to start.
@@ -71,11 +85,14 @@ pub struct SpawnRequest {
     pub slot: usize,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
+    /// The user, groups and CPU the options give this slot's child.
+    pub(crate) confinement: ChildConfinement,
 }
 
 impl SpawnRequest {
     /// The default child command: the current executable with the master's argv, the marker
-    /// set (replacing any inherited value) and both descriptors in place.
+    /// set (replacing any inherited value), both descriptors in place, and the child's user,
+    /// groups and CPU (the `user`, `group` and `cpu_affinity` options) set before it runs.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         if let Some(arg0) = self.args.first() {
@@ -83,13 +100,20 @@ impl SpawnRequest {
         }
         cmd.args(self.args.iter().skip(1));
         cmd.env(CHILD_ENV, "1");
+        // Only the master speaks for the service to systemd, and only a new master adopts
+        // an old one's sockets.
+        for var in crate::notify::ENV.into_iter().chain(UPGRADE_ENV) {
+            cmd.env_remove(var);
+        }
         let placements = [
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),
         ];
+        let confinement = self.confinement.clone();
         // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range,
-        // getrlimit, fcntl) and allocates nothing. The sources are above LIFELINE_FD (the master
-        // dups them there), so placing one never clobbers the other. dup2 is raw libc: nix's
+        // getrlimit, fcntl, and ChildConfinement::apply's) and allocates nothing. The sources
+        // are above LIFELINE_FD (the master dups them there), so placing one never clobbers the
+        // other. dup2 is raw libc: nix's
         // dup2 wants the target as an OwnedFd, and its dup2_raw returns one that would close
         // the placed descriptor when dropped.
         unsafe {
@@ -100,7 +124,7 @@ impl SpawnRequest {
                     }
                 }
                 cloexec_fds_above(LIFELINE_FD);
-                Ok(())
+                confinement.apply()
             });
         }
         cmd
@@ -110,7 +134,7 @@ impl SpawnRequest {
 /// Marks every descriptor above `last` close-on-exec: a C host's descriptors opened without it
 /// must not reach the children. Marking rather than closing keeps the pipe through which std
 /// reports a failed exec. Runs between fork and exec, so only system calls, no allocation.
-fn cloexec_fds_above(last: RawFd) {
+pub(crate) fn cloexec_fds_above(last: RawFd) {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     let first = (last + 1) as libc::c_uint;
     // SAFETY: close_range takes plain integers and only sets descriptor flags; nix 0.32 has

@@ -51,6 +51,7 @@
 
 mod child;
 pub mod config;
+mod confine;
 mod control;
 mod error;
 pub mod ffi;
@@ -59,19 +60,23 @@ pub mod http;
 mod lifeline;
 mod log;
 mod master;
+mod notify;
+mod shared;
+mod stats;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 pub use child::{Ready, StopSignal, child_ready};
-pub use config::{Config, HttpConfig, Network, ProcessConfig};
-pub use control::shutdown;
+pub use config::{Cidr, Config, HttpConfig, Network, ProcessConfig};
+pub use control::{reload, scale_children, set_children_live, shutdown, upgrade};
 pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
-pub use http::{Handler, Header, Request, Response};
+pub use http::{Deferred, Handler, Header, Hijacked, ProxyHeader, Request, Response};
 pub use log::{Level, Logger, StderrLogger};
+pub use stats::{ChildState, ChildStats, MasterStats, Stats, stats};
 
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).
 pub fn is_child() -> bool {
@@ -211,6 +216,7 @@ impl Prefork {
         };
         control::reset();
         set_local_addr(None);
+        shared::publish(None);
         result
     }
 }

@@ -43,6 +43,7 @@ const (
 	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
 	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
 	envNetwork   = "GOTEST_PREFORK_NETWORK"   // Network
+	envProxy     = "GOTEST_PREFORK_PROXY"     // "1": ProxyProtocol
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -85,6 +86,7 @@ func serve() int {
 		p.Network = n
 	}
 	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
+	p.ProxyProtocol = os.Getenv(envProxy) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
@@ -106,6 +108,17 @@ func serve() int {
 			return errNotReady
 		}
 		return nil
+	}
+	p.OnReload = func(generation uint64, pids []int) error {
+		s := make([]string, len(pids))
+		for i, pid := range pids {
+			s[i] = strconv.Itoa(pid)
+		}
+		say("reloaded generation=%d children=%s", generation, strings.Join(s, ","))
+		return nil
+	}
+	p.OnReloadFailed = func(generation uint64, reason string) {
+		say("reload-failed generation=%d reason=%s", generation, reason)
 	}
 	p.InitChild = func() error {
 		// How the tests find a server bound to port 0.
@@ -172,6 +185,13 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("hello")
 	case "/pid":
 		resp.WriteString(strconv.Itoa(os.Getpid()))
+	case "/stats":
+		if s, err := prefork.StatsJSON(); err != nil {
+			resp.SetStatus(503)
+			resp.WriteString(err.Error())
+		} else {
+			resp.WriteString(s)
+		}
 	case "/echo":
 		fmt.Fprintf(resp, "method=%s\npath=%s\nquery=%s\ntarget=%s\nx-test=%s\nx-missing=%t\nheaders=%d\nproto=1.%d\nbody=%s\n",
 			req.Method(), req.Path(), req.Query(), req.Target(), req.Header("x-TEST"),
@@ -230,6 +250,9 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/proxy":
+		tlv, ok := req.ProxyTLV(0xE0)
+		fmt.Fprintf(resp, "remote=%s tlv=%q found=%t", req.RemoteAddr(), tlv, ok)
 	case "/produced":
 		resp.WriteString(os.Getenv(envProduced))
 	case "/retain":
@@ -265,7 +288,7 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("const")
 	case "/remote":
 		resp.WriteString(req.RemoteAddr())
-	case "/stats":
+	case "/counters":
 		// The child's allocations and Go-to-C calls so far: "MALLOCS CGOCALLS".
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
@@ -302,6 +325,14 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 			}
 		}
 		resp.WriteString(strings.Join(wrong, "\n"))
+	case "/defer":
+		deferReply(req, resp)
+	case "/ws":
+		serveWebSocket(req, resp)
+	case "/deferstaged":
+		deferStaged(req, resp)
+	case "/upgradestaged":
+		upgradeStaged(req, resp)
 	default:
 		resp.SetStatus(404)
 	}

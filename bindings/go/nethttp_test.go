@@ -58,7 +58,7 @@ func chiRouter() http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "Hello, World!")
 	})
-	r.Get("/stats", func(w http.ResponseWriter, r *http.Request) {
+	r.Get("/counters", func(w http.ResponseWriter, r *http.Request) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		fmt.Fprintf(w, "%d %d", ms.Mallocs, runtime.NumCgoCall())

@@ -6,15 +6,19 @@ import "C"
 import (
 	"encoding/binary"
 	"io"
+	"net"
+	"runtime"
 	"runtime/cgo"
 	"strings"
 	"unsafe"
 )
 
 // Response is the response to the request being handled, valid only while the
-// RequestHandler runs. It starts as status 200 with no headers and an empty body; the library
+// RequestHandler runs, unless the handler defers it (Defer): then a goroutine keeps it and
+// completes it later. It starts as status 200 with no headers and an empty body; the library
 // adds Content-Length, Date and Connection. Every method copies its arguments. After the
-// handler returns, the methods fail with ErrState.
+// handler returns (for a deferred Response, after Complete or Hijack), the methods fail with
+// ErrState.
 type Response struct {
 	c *C.prefork_response
 	// n is the number of fields of srv.replay this response staged, or -1 when it does not
@@ -25,9 +29,22 @@ type Response struct {
 	// apply), so that a handler crosses into C not once. A field that does not fit, or that
 	// the library might refuse, goes to the library at once, after the staged ones; a body
 	// that does not fit (or a body stream) sets x.direct, and from then on every body call
-	// goes to the library, after what was staged.
+	// goes to the library, after what was staged. Defer hands all that was staged to the
+	// library first (goprefork_flush) and lets go of x: nil from then on, every call on the
+	// deferred Response goes to the library at once.
 	x   *C.goprefork_exchange
 	srv *server // for the log lines of a body stream
+	// Set by Defer: the response is the deferred handle's, and outlives the handler.
+	d *deferred
+}
+
+// deferred is a deferred Response's C handle. It is set once by Defer, in the handler, and
+// never replaced, so that the handler's return path may read it while the goroutine that
+// keeps the Response uses it.
+type deferred struct {
+	c *C.prefork_deferred // nil once completed
+	// SetStatus(101) waits for Hijack, which the library requires first.
+	switching bool
 }
 
 // bodyStream is what a body stream's cgo.Handle holds.
@@ -58,20 +75,36 @@ func (r *Response) ended(op string) error {
 	if r.c != nil {
 		return nil
 	}
-	return &Error{Op: op, Code: CodeState, Message: "the response was used after its handler returned"}
+	return &Error{Op: op, Code: CodeState, Message: "the response was used after it was sent (its handler returned, or Complete or Hijack ran)"}
 }
 
+// A call on a deferred Response locks its goroutine to its OS thread (runtime.LockOSThread)
+// for the call and the prefork_last_error that may follow it, which is per thread; a
+// handler's goroutine is there already (cgo keeps a callback on its C thread), so the lock is
+// taken only for a deferred Response: `if r.d != nil { runtime.LockOSThread(); defer ... }`.
+
 // SetStatus sets the status code, 200 until set. It fails with ErrInvalidArgument, leaving
-// the status unchanged, outside 200..599 (interim 1xx responses are the library's).
+// the status unchanged, outside 200..599 (interim 1xx responses are the library's), except
+// for 101 (Switching Protocols) on a deferred Response, which Hijack then sends.
 func (r *Response) SetStatus(code int) error {
 	if err := r.ended("SetStatus"); err != nil {
 		return err
 	}
-	if code < 200 || code > 599 {
-		return invalid("SetStatus", "status %d is outside 200..599", code)
+	if code == 101 && r.d != nil {
+		r.d.switching = true
+		return nil
 	}
-	r.x.status = C.int(code) // the library's range too: applying it cannot fail
-	return nil
+	if code < 200 || code > 599 {
+		return invalid("SetStatus", "status %d is outside 200..599 (101 is for a deferred Response that Hijack sends)", code)
+	}
+	if r.d == nil {
+		r.x.status = C.int(code) // the library's range too: applying it cannot fail
+		return nil
+	}
+	r.d.switching = false
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return lastError("SetStatus", C.prefork_response_set_status(r.c, C.int(code)))
 }
 
 // AddHeader adds a header field. The name must be an HTTP token and the value hold no control
@@ -80,7 +113,14 @@ func (r *Response) SetStatus(code int) error {
 func (r *Response) AddHeader(name, value string) error {
 	x := r.x
 	if x == nil {
-		return r.ended("AddHeader")
+		// Ended, or deferred: a deferred Response stages nothing.
+		if err := r.ended("AddHeader"); err != nil {
+			return err
+		}
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		return lastError("AddHeader", C.prefork_response_add_header(r.c,
+			stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
 	}
 	rp := r.srv.replay
 	if r.n >= 0 && r.n < len(rp.fields) {
@@ -112,9 +152,19 @@ func (r *Response) addHeaderDirect(name, value string) error {
 	if r.x.fields_len > 0 {
 		C.goprefork_flush_fields(r.c, r.x) // the fields keep their order
 	}
-	r.n = -1 // the buffer is no longer what replay says
+	r.forgetReplay()
 	return lastError("AddHeader", C.prefork_response_add_header(r.c,
 		stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
+}
+
+// forgetReplay stops this response's use of replay once the staged fields went to the
+// library: the fields it stages from then on overwrite the buffer from its start, which
+// replay no longer describes, so the next request stages its fields afresh.
+func (r *Response) forgetReplay() {
+	if r.n >= 0 {
+		r.srv.replay.fields = r.srv.replay.fields[:0]
+		r.n = -1
+	}
 }
 
 // replay describes the fields staged in buf, a buffer of C memory that a server whose handler
@@ -222,27 +272,46 @@ func (r *Response) Write(p []byte) (int, error) {
 // on) to the library, after what was staged.
 func (r *Response) write(op string, b []byte) error {
 	x := r.x
-	if x.direct == 0 && len(b) <= int(x.stage_cap-x.stage_len) {
+	if x != nil && x.direct == 0 && len(b) <= int(x.stage_cap-x.stage_len) {
 		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
 		x.stage_len += C.size_t(copy(stage[x.stage_len:], b))
 		return nil
 	}
-	x.direct = 1
-	if n := x.stage_len; n > 0 {
-		x.stage_len = 0
-		if err := lastError(op, C.goprefork_write(r.c, x.stage, n)); err != nil {
-			return err
-		}
+	if err := r.unstage(op); err != nil {
+		return err
+	}
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return lastError(op, C.goprefork_write(r.c, bytesPtr(b), C.size_t(len(b))))
 }
 
+// unstage hands the staged body to the library, after which every body call goes there. The
+// staged status and fields stay staged: the library puts the head before any body byte.
+func (r *Response) unstage(op string) error {
+	x := r.x
+	if x == nil {
+		return nil // deferred: nothing is staged
+	}
+	x.direct = 1
+	if n := x.stage_len; n > 0 {
+		x.stage_len = 0
+		return lastError(op, C.goprefork_write(r.c, x.stage, n))
+	}
+	return nil
+}
+
 // setBody replaces the body with b.
 func (r *Response) setBody(op string, b []byte) error {
-	r.x.stage_len = 0
-	if r.x.direct == 0 {
+	if x := r.x; x != nil && x.direct == 0 {
 		// Nothing reached the library yet: the staged bytes were the whole body.
+		x.stage_len = 0
 		return r.write(op, b)
+	}
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return lastError(op, C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
 }
@@ -296,11 +365,132 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 	}
 	liveHandles.Add(1)
 	h := cgo.NewHandle(&bodyStream{body, r.srv})
-	if rc := C.goprefork_set_body_stream(r.c, C.uintptr_t(h)); rc != C.PREFORK_OK {
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	if err := lastError("SetBodyStream", C.goprefork_set_body_stream(r.c, C.uintptr_t(h))); err != nil {
 		deleteHandle(h)
-		return lastError("SetBodyStream", rc)
+		return err
 	}
 	// The stream replaced the buffered body; later body calls are the library's to ignore.
-	r.x.stage_len, r.x.direct = 0, 1
+	if r.x != nil {
+		r.x.stage_len, r.x.direct = 0, 1
+	}
 	return nil
+}
+
+// Defer keeps the Response past the handler's return: the handler may return at once, and a
+// goroutine that keeps resp fills it in and sends it with Complete (or Hijack) whenever it is
+// ready, as a handler waiting on a database or another service would. The Request is not
+// kept: copy what the answer needs (the *String and *Copy methods) before the handler
+// returns. Use a deferred Response from one goroutine at a time.
+//
+// The connection waits meanwhile: its later (pipelined) requests are answered after this
+// response. A Response still deferred when the child drains is answered 503 as the grace
+// period ends (at most 250 ms before); one completed after the client left is dropped. A client that closes its side
+// of the connection meanwhile counts as gone: the connection is closed at once. A deferred
+// Response the program lets go of without completing it holds its connection until then.
+//
+// Call it in the handler, once: otherwise it fails with ErrState.
+func (r *Response) Defer() error {
+	if err := r.ended("Defer"); err != nil {
+		return err
+	}
+	if r.d != nil {
+		return &Error{Op: "Defer", Code: CodeState, Message: "the response is deferred already"}
+	}
+	// What the handler staged (the status, the fields, then the body) reaches the library
+	// first, and moves into the deferred response with the rest: later calls go to the
+	// library at once, after it, and the callback has nothing left to apply.
+	if err := lastError("Defer", C.goprefork_flush(r.c, r.x)); err != nil {
+		return err
+	}
+	r.forgetReplay()
+	var d *C.prefork_deferred
+	if rc := C.prefork_response_defer(r.c, &d); rc != C.PREFORK_OK {
+		return lastError("Defer", rc)
+	}
+	r.c = C.prefork_deferred_response(d)
+	r.x = nil
+	r.d = &deferred{c: d}
+	return nil
+}
+
+// Complete sends a deferred Response: the child's event loop writes it in its turn (or drops
+// it, if the client left or the child stopped serving). Afterwards the Response's methods
+// fail with ErrState, and so does a second Complete. It fails with ErrState on a Response
+// that was not deferred, and with ErrInvalidArgument after SetStatus(101) (use Hijack).
+func (r *Response) Complete() error {
+	const op = "Complete"
+	d := r.d
+	switch {
+	case d == nil:
+		return &Error{Op: op, Code: CodeState, Message: "Complete is for a deferred Response: call Defer in the handler first"}
+	case d.c == nil:
+		return &Error{Op: op, Code: CodeState, Message: "the deferred response was completed already"}
+	case d.switching:
+		return invalid(op, "status 101 switches protocols: send it with Hijack")
+	}
+	return r.complete(op)
+}
+
+func (r *Response) complete(op string) error {
+	d := r.d
+	runtime.LockOSThread()
+	err := lastError(op, C.prefork_deferred_complete(d.c))
+	runtime.UnlockOSThread()
+	C.prefork_deferred_free(d.c)
+	d.c, r.c = nil, nil
+	return err
+}
+
+// Hijack sends a deferred Response and takes its connection over: it waits until the response
+// (and every response before it on the connection) is written, then returns the connection,
+// which the library no longer serves. For a protocol upgrade, SetStatus(101) and add an
+// Upgrade field naming the protocol first; the library sends Connection: Upgrade with it.
+//
+// Reads from the returned net.Conn give first the bytes the client sent after the request
+// that the library had already read (pipelined requests, or the new protocol's first bytes),
+// then what the socket brings. The connection counts toward MaxConnections until it is
+// closed: close it when done.
+//
+// Hijack waits for the handler to have returned, so call it from the goroutine that keeps the
+// deferred Response, never from the handler itself. It fails with ErrState on a Response that
+// was not deferred or was completed, and with ErrUnsupported when the connection's transport
+// is not a plain socket, leaving the Response deferred, to answer otherwise; with ErrIO when
+// the connection closed before the response was written.
+func (r *Response) Hijack() (net.Conn, error) {
+	const op = "Hijack"
+	d := r.d
+	switch {
+	case d == nil:
+		return nil, &Error{Op: op, Code: CodeState, Message: "Hijack is for a deferred Response: call Defer in the handler, then Hijack from another goroutine"}
+	case d.c == nil:
+		return nil, &Error{Op: op, Code: CodeState, Message: "the deferred response was completed already"}
+	}
+	w := &hijackWait{conns: make(chan hijackResult, 1), srv: r.srv}
+	liveHandles.Add(1)
+	h := cgo.NewHandle(w)
+	runtime.LockOSThread()
+	err := lastError(op, C.goprefork_hijack(r.c, C.uintptr_t(h)))
+	if err == nil && d.switching {
+		// Accepted now that the connection is taken over; it cannot fail then.
+		C.prefork_response_set_status(r.c, 101)
+	}
+	runtime.UnlockOSThread()
+	if err != nil {
+		// The library took nothing over, and the Response is still deferred: the caller may
+		// answer it otherwise.
+		deleteHandle(h)
+		return nil, err
+	}
+	if err := r.complete(op); err != nil {
+		return nil, err
+	}
+	got, ok := <-w.conns
+	if !ok {
+		return nil, &Error{Op: op, Code: CodeIO, Message: "the connection closed before the response was written"}
+	}
+	return got.conn, got.err
 }

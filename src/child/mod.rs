@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::prctl::set_pdeathsig;
@@ -22,6 +23,7 @@ use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
 use crate::http::{self, Handler, ServeControl};
 use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
+use crate::shared::{Beat, Region};
 
 mod serve;
 
@@ -37,11 +39,14 @@ struct Adopted {
     wake: BorrowedFd<'static>,
     /// The library's signal handlers, when it installs them; dropping it restores the host's.
     _signals: Option<SignalGuard>,
+    /// The heartbeat and counters in the memory the master shares, when it shares some.
+    beat: Option<Beat>,
 }
 
 /// The bootstrap both modes share: check and take the inherited descriptors, arm the
 /// master-death backup, install the signal handlers, and run the handler's `init_child`.
-fn adopt(config: &Config, handler: &Arc<dyn Handler>) -> Result<Adopted, Error> {
+fn adopt(config: &Config, handler: &Arc<dyn Handler>, log: &dyn Logger) -> Result<Adopted, Error> {
+    crate::confine::check_child(&config.process)?;
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
         LIFELINE_FD,
@@ -61,6 +66,7 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>) -> Result<Adopted, Error> 
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     crate::set_local_addr(listener.local_addr().ok());
+    let beat = adopt_shared_memory(log);
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
     let _ = set_pdeathsig(Signal::SIGTERM);
@@ -84,6 +90,7 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>) -> Result<Adopted, Error> 
         lifeline,
         wake,
         _signals: signals,
+        beat,
     })
 }
 
@@ -99,7 +106,8 @@ pub(crate) fn run(
         lifeline,
         wake,
         _signals,
-    } = adopt(config, handler)?;
+        beat,
+    } = adopt(config, handler, log)?;
     send_ready()?;
 
     let mut death_seen = false;
@@ -115,6 +123,7 @@ pub(crate) fn run(
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
+        beat: beat.as_ref(),
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
     finish(lifeline, !death_seen, hooks, handler, log);
@@ -193,6 +202,20 @@ fn check_inherited(
         ));
     }
     Ok(())
+}
+
+/// Maps the memory the master shares (see `crate::shared`), from the hello it queued on the
+/// lifeline; None without one (the child then serves without heartbeat and counters).
+fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
+    let hello = lifeline::take_hello(LIFELINE_FD)?;
+    let region = Region::adopt(hello.region)
+        .inspect_err(|e| log.log(Level::Warn, &format!("cannot map the shared memory: {e}")))
+        .ok()?;
+    let period = (hello.period_ms > 0).then(|| Duration::from_millis(hello.period_ms.into()));
+    let region = std::sync::Arc::new(region);
+    // The master's figures are in it too: the stats calls read them in a child as well.
+    crate::shared::publish(Some(region.clone()));
+    Beat::new(region, hello.cell as usize, period)
 }
 
 pub(crate) fn send_ready() -> Result<(), Error> {

@@ -36,6 +36,9 @@ pub enum prefork_result {
     PREFORK_ERR_IO = 9,
     /// A bug: a panic inside the library was caught at the API boundary.
     PREFORK_ERR_PANIC = 10,
+    /// The operation does not apply to this connection: `prefork_response_hijack` on a
+    /// connection whose transport is not a plain socket.
+    PREFORK_ERR_UNSUPPORTED = 11,
 }
 
 impl From<ErrorKind> for prefork_result {
@@ -51,6 +54,7 @@ impl From<ErrorKind> for prefork_result {
             ErrorKind::Hook => PREFORK_ERR_HOOK,
             ErrorKind::Io => PREFORK_ERR_IO,
             ErrorKind::Panic => PREFORK_ERR_PANIC,
+            ErrorKind::Unsupported => PREFORK_ERR_UNSUPPORTED,
         }
     }
 }
@@ -58,7 +62,7 @@ impl From<ErrorKind> for prefork_result {
 impl prefork_result {
     fn describe(code: c_int) -> &'static std::ffi::CStr {
         use prefork_result::*;
-        const ALL: [prefork_result; 11] = [
+        const ALL: [prefork_result; 12] = [
             PREFORK_OK,
             PREFORK_ERR_NULL,
             PREFORK_ERR_INVALID_ARGUMENT,
@@ -70,6 +74,7 @@ impl prefork_result {
             PREFORK_ERR_HOOK,
             PREFORK_ERR_IO,
             PREFORK_ERR_PANIC,
+            PREFORK_ERR_UNSUPPORTED,
         ];
         let Some(known) = ALL.into_iter().find(|&r| r as c_int == code) else {
             return c"unknown";
@@ -86,6 +91,7 @@ impl prefork_result {
             PREFORK_ERR_HOOK => c"a hook failed",
             PREFORK_ERR_IO => c"operating-system error",
             PREFORK_ERR_PANIC => c"internal error (caught panic)",
+            PREFORK_ERR_UNSUPPORTED => c"not supported on this connection",
         }
     }
 }

@@ -11,9 +11,11 @@
 //!
 //! The modules depend on each other one way only. `handle` owns the C handle; `options`,
 //! `hooks`, `log` and `serve` configure one through it; `handle` builds the handler of `handler`;
-//! `request` and `response` are the handler's views. Under them all lie the shared leaves:
-//! `error` (codes, last error), `convert` (arguments in, views and text out), `extensible`
-//! (the ABI's growth rule) and `user_data` (a caller's pointer and its finalizer).
+//! `request` and `response` are the handler's views, and `takeover` the handles for a response
+//! completed later or a connection taken over, built on `response`. Under them all lie the
+//! shared leaves: `error` (codes, last error), `convert` (arguments in, views and text out),
+//! `extensible` (the ABI's growth rule) and `user_data` (a caller's pointer and its
+//! finalizer).
 
 // C names on purpose: they are what the header shows.
 #![allow(non_camel_case_types)]
@@ -34,6 +36,8 @@ mod options;
 
 mod hooks;
 
+mod stats;
+
 mod log;
 
 mod serve;
@@ -43,6 +47,8 @@ mod handler;
 mod request;
 
 mod response;
+
+mod takeover;
 
 mod convert;
 
@@ -60,4 +66,6 @@ pub use options::*;
 pub use request::*;
 pub use response::*;
 pub use serve::*;
+pub use stats::*;
+pub use takeover::*;
 pub use version::*;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::convert::str_arg;
 use super::error::{FfiError, prefork_result};
 use super::handle::{Inner, configure, prefork};
-use crate::{Config, Network};
+use crate::{Cidr, Config, Network};
 
 /// Applies one option change through `configure` (which checks it and rolls it back if refused).
 ///
@@ -173,6 +173,50 @@ pub unsafe extern "C" fn prefork_set_startup_timeout_ms(
     ffi_boundary!({ unsafe { set(p, |c| c.process.startup_timeout = Duration::from_millis(ms)) } })
 }
 
+/// The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+/// for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+/// backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+/// Children report each turn through memory shared with the master, waking at least four
+/// times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+/// gives every child a full timeout again from its resumption rather than killing them.
+/// Handlers running on handler threads do not hold the loop; only the loop is watched, and
+/// serve-mode children, whose loop is the application's own, are not watched.
+/// 0 = off; otherwise at least 100. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_child_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.child_timeout = Duration::from_millis(ms)) } })
+}
+
+/// Recycling: a child that has received this many requests is replaced by a new one, which
+/// starts first and takes over once it reports "listening", when the old one stops gracefully;
+/// only one slot recycles at a time, so capacity never drops (a leak in the handler is
+/// bounded). Counted by each child's event loop through the memory it shares with the master.
+/// 0 = off. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_requests(
+    p: *mut prefork,
+    requests: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_requests = requests) } })
+}
+
+/// Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+/// it starts, so that children started together do not recycle together. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_requests_jitter(
+    p: *mut prefork,
+    jitter: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_requests_jitter = jitter) } })
+}
+
+/// Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+/// replacement ready first, one slot at a time). 0 = off. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_child_age_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_child_age = Duration::from_millis(ms)) } })
+}
+
 /// true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
 /// second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
 /// handlers afterwards. false: the host keeps its signal handling and calls
@@ -183,6 +227,61 @@ pub unsafe extern "C" fn prefork_set_handle_signals(
     handle_signals: bool,
 ) -> prefork_result {
     ffi_boundary!({ unsafe { set(p, |c| c.process.handle_signals = handle_signals) } })
+}
+
+/// An account name as an option: NULL or "" unsets it.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn account_arg(name: *const c_char, arg: &str) -> Result<Option<String>, FfiError> {
+    if name.is_null() {
+        return Ok(None);
+    }
+    let name = unsafe { str_arg(name, arg) }?;
+    Ok((!name.is_empty()).then(|| name.to_string()))
+}
+
+/// The user every child runs as, by name (NUL-terminated), as nginx's `user` and gunicorn's
+/// `--user`: the master, which must then run as root, binds the listener and starts each
+/// child with this user's uid, its primary group (or `group`'s) and supplementary groups from
+/// the user database, set between fork and exec with `PR_SET_NO_NEW_PRIVS`, so no code of a
+/// child runs as root. The master stays root to bind, spawn and signal. An unknown name, or a
+/// master that is not root, fails `prefork_listen_and_serve` at once with
+/// PREFORK_ERR_INVALID_ARGUMENT, before any child starts. A `command_producer` must drop
+/// privileges itself (a child that finds itself under the wrong uid refuses to serve). NULL or
+/// "" unsets it: children run as the master's user. Default: "".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_user(p: *mut prefork, user: *const c_char) -> prefork_result {
+    ffi_boundary!({
+        let user = unsafe { account_arg(user, "user") }?;
+        unsafe { set(p, |c| c.process.user = user) }
+    })
+}
+
+/// The group every child runs as, by name (NUL-terminated), instead of the user's primary
+/// group; with no `user`, only the children's groups change (supplementary groups: just this
+/// one). Checked as `prefork_set_user` is. NULL or "" unsets it: the user's primary group, or
+/// the master's. Default: "".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_group(
+    p: *mut prefork,
+    group: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let group = unsafe { account_arg(group, "group") }?;
+        unsafe { set(p, |c| c.process.group = group) }
+    })
+}
+
+/// Pins child *i* to the *i*-th CPU of the set the master may run on (sched_getaffinity,
+/// wrapping around when there are more children than CPUs); a replacement inherits its
+/// slot's CPU. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_cpu_affinity(
+    p: *mut prefork,
+    cpu_affinity: bool,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.cpu_affinity = cpu_affinity) } })
 }
 
 /// Longest request line (method, target, version), in bytes, before the reply is 414 (501
@@ -312,6 +411,82 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     ffi_boundary!({ unsafe { set(p, |c| c.http.max_bytes_per_turn = bytes) } })
 }
 
+/// Slowest request body accepted, in bytes per second: a body must bring at least this rate
+/// times the rate window (`prefork_set_min_rate_window_ms`) in every such window, or the
+/// reply is 408 and the connection closes. It stops a slow-body attack, which holds a
+/// connection by sending a byte per body timeout. 0 = no minimum. Default: 64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_body_rate(
+    p: *mut prefork,
+    bytes_per_second: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_body_rate = bytes_per_second) } })
+}
+
+/// Slowest response write accepted, in bytes per second over the rate window, while output
+/// waits for the client to read it; a slower client is disconnected with a reset (so that the
+/// kernel stops feeding it what the socket still holds). It stops a slow-read attack, which
+/// holds a connection and its output by reading a byte per write timeout. 0 = no minimum.
+/// Default: 64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_write_rate(
+    p: *mut prefork,
+    bytes_per_second: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_write_rate = bytes_per_second) } })
+}
+
+/// The window over which the minimum body and write rates are measured, in milliseconds; above
+/// zero. Default: 10000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_rate_window_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_rate_window = Duration::from_millis(ms)) } })
+}
+
+/// true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
+/// specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
+/// `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
+/// `prefork_request_peer_addr` is the client's address from the header and
+/// `prefork_request_proxy_tlv` reads its TLVs. The header is required, never guessed: a
+/// connection from a source outside `prefork_set_proxy_allow` is closed before anything is
+/// read, and one whose header is missing, malformed (the specification's rules, a CRC32C
+/// that does not match, a version 2 header over 4096 bytes of addresses and TLVs) or late
+/// (`prefork_set_proxy_timeout_ms`) is closed without a response. A TLS layer would come after
+/// the header. Turn it on only where every client is such a balancer. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_protocol(p: *mut prefork, on: bool) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.proxy_protocol = on) } })
+}
+
+/// The networks PROXY protocol connections may come from (those of the balancers): a
+/// NUL-terminated, comma-separated list of CIDRs such as "10.0.0.0/8, 2001:db8::/32" (a bare
+/// address is that one host; "0.0.0.0/0,::/0" allows every source), which replaces the list.
+/// A network whose address has bits set past its prefix ("10.0.0.1/8") is refused as a likely
+/// typo; PREFORK_ERR_INVALID_ARGUMENT names the first bad entry, and an empty list is refused.
+/// An IPv4 client of a dual-stack listener matches the IPv4 networks. Used only with
+/// `prefork_set_proxy_protocol(p, true)`. Default: "127.0.0.0/8,::1/128".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_allow(
+    p: *mut prefork,
+    cidrs: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let list = Cidr::parse_list(unsafe { str_arg(cidrs, "cidrs") }?)?;
+        unsafe { set(p, |c| c.http.proxy_allow = list) }
+    })
+}
+
+/// How long a new connection may take, from its accept, to send its whole PROXY protocol
+/// header before it is closed, in milliseconds; above zero. Used only with
+/// `prefork_set_proxy_protocol(p, true)`. Default: 5000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.proxy_timeout = Duration::from_millis(ms)) } })
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::c_void;
@@ -378,6 +553,10 @@ mod tests {
             assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
             assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
             assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
+            assert_eq!(prefork_set_child_timeout_ms(p, 17_000), PREFORK_OK);
+            assert_eq!(prefork_set_max_requests(p, 18), PREFORK_OK);
+            assert_eq!(prefork_set_max_requests_jitter(p, 19), PREFORK_OK);
+            assert_eq!(prefork_set_max_child_age_ms(p, 20), PREFORK_OK);
             assert_eq!(prefork_set_max_request_line(p, 101), PREFORK_OK);
             assert_eq!(prefork_set_max_head_size(p, 102), PREFORK_OK);
             assert_eq!(prefork_set_max_headers(p, 103), PREFORK_OK);
@@ -392,6 +571,15 @@ mod tests {
             assert_eq!(prefork_set_max_chunk_ext_size(p, 107), PREFORK_OK);
             assert_eq!(prefork_set_max_trailer_size(p, 108), PREFORK_OK);
             assert_eq!(prefork_set_max_bytes_per_turn(p, 109), PREFORK_OK);
+            assert_eq!(prefork_set_min_body_rate(p, 110), PREFORK_OK);
+            assert_eq!(prefork_set_min_write_rate(p, 111), PREFORK_OK);
+            assert_eq!(prefork_set_min_rate_window_ms(p, 25), PREFORK_OK);
+            assert_eq!(prefork_set_proxy_protocol(p, true), PREFORK_OK);
+            assert_eq!(
+                prefork_set_proxy_allow(p, c"10.0.0.0/8, ::/0".as_ptr()),
+                PREFORK_OK
+            );
+            assert_eq!(prefork_set_proxy_timeout_ms(p, 25), PREFORK_OK);
         }
         let c = config(p);
         let pc = &c.process;
@@ -408,6 +596,9 @@ mod tests {
         assert_eq!(pc.grace_period, ms(14));
         assert_eq!(pc.startup_timeout, ms(15));
         assert!(!pc.handle_signals);
+        assert_eq!(pc.child_timeout, ms(17_000));
+        assert_eq!((pc.max_requests, pc.max_requests_jitter), (18, 19));
+        assert_eq!(pc.max_child_age, ms(20));
         let h = &c.http;
         assert_eq!(
             (h.max_request_line, h.max_head_size, h.max_headers),
@@ -420,6 +611,15 @@ mod tests {
             (h.max_connections, h.handler_threads, h.max_output_buffer),
             (105, 6, 106)
         );
+        assert_eq!(
+            (h.min_body_rate, h.min_write_rate, h.min_rate_window),
+            (110, 111, ms(25))
+        );
+
+        assert!(h.proxy_protocol);
+        assert_eq!(h.proxy_timeout, ms(25));
+        let allow: Vec<String> = h.proxy_allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "::/0"]);
 
         unsafe { prefork_set_recover_threshold(p, -1) };
         assert_eq!(config(p).process.recover_threshold, None);
@@ -442,6 +642,10 @@ mod tests {
             );
             assert_ne!(prefork_set_backlog(p, -3), prefork_result::PREFORK_OK);
             assert_ne!(
+                prefork_set_child_timeout_ms(p, 99),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
                 prefork_set_write_timeout_ms(p, 0),
                 prefork_result::PREFORK_OK
             );
@@ -453,6 +657,22 @@ mod tests {
                 prefork_set_max_output_buffer(p, 0),
                 prefork_result::PREFORK_OK
             );
+            assert_ne!(
+                prefork_set_min_rate_window_ms(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_proxy_timeout_ms(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            for bad in [c"", c"10.0.0.0/8,", c"10.0.0.1/8", c"10.0.0.0/8,bogus"] {
+                assert_eq!(
+                    prefork_set_proxy_allow(p, bad.as_ptr()),
+                    prefork_result::PREFORK_ERR_INVALID_ARGUMENT
+                );
+            }
+            let msg = std::ffi::CStr::from_ptr(crate::ffi::prefork_last_error());
+            assert!(msg.to_str().unwrap().contains("\"bogus\""), "{msg:?}");
         }
         assert_eq!(format!("{:?}", config(p)), before);
         unsafe { prefork_free(p) };

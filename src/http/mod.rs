@@ -5,13 +5,22 @@
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads.
+//! searches they share; `workers` runs handlers on threads; `deferred` brings responses
+//! completed on other threads back to the loop, `hijack` hands connections to a new owner and
+//! `rate` holds the minimum transfer rates. `proxy` parses the PROXY protocol header a load
+//! balancer may send first, which `preamble` reads off a new connection before the session
+//! sees a byte.
 
 mod bytes;
 mod chunked;
 mod date;
+mod deferred;
 mod encode;
+mod hijack;
 mod parse;
+mod preamble;
+pub mod proxy;
+mod rate;
 mod request;
 mod response;
 mod scan;
@@ -27,6 +36,9 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use deferred::Deferred;
+pub use hijack::Hijacked;
+pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
 pub(crate) use status::Status;
@@ -47,6 +59,8 @@ pub(crate) struct ServeControl<'a> {
     pub on_master_death: Option<&'a mut (dyn FnMut() + Send)>,
     /// Longest drain before the remaining connections are dropped.
     pub grace_period: Duration,
+    /// Where each loop turn is published for the master (heartbeat, open connections).
+    pub beat: Option<&'a crate::shared::Beat>,
 }
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a

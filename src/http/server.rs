@@ -1,6 +1,6 @@
 //! The child's event loop: one edge-triggered mio poll on the serving thread, the listener,
-//! every connection's socket, the stop pipe, the lifeline to the master and (with handler
-//! threads) the waker.
+//! every connection's socket, the stop pipe, the lifeline to the master and the waker, which
+//! handler threads, deferred responses and closed taken-over connections ring.
 //!
 //! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
 //! session answer every complete request, write all of it with one `send`, repeat until the
@@ -21,6 +21,10 @@ use nix::sys::socket::MsgFlags;
 
 use super::ServeControl;
 use super::date::DateCache;
+use super::deferred::Completion;
+use super::hijack;
+use super::preamble::{self, Step};
+use super::rate::{self, Rates, Slow};
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::workers::{Job, WorkerPool};
@@ -28,6 +32,7 @@ use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
+use crate::shared::Beat;
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -54,6 +59,11 @@ const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
+/// Deferred responses still awaited are answered 503 this long (at most a quarter of the grace
+/// period) before the drain's deadline, which is also when the master's SIGKILL comes: so that
+/// the answers are out, and the child, which held on for them, can still finish (`exit_child`)
+/// and exit by itself.
+const GIVE_UP_MARGIN: Duration = Duration::from_millis(250);
 
 struct Conn {
     sock: TcpStream,
@@ -65,6 +75,9 @@ struct Conn {
     writable: bool,
     /// The last event reported the peer's FIN: a short read has not seen the EOF yet.
     peer_hup: bool,
+    /// Still waiting for its PROXY protocol header (since its accept, `timer_since`): no byte
+    /// has gone to the session yet.
+    proxy_pending: bool,
     /// Listed in `Server::again` for the next turn.
     queued: bool,
     timer: Timer,
@@ -75,6 +88,7 @@ struct Conn {
     /// Lingering close under way: drop the connection at this instant at the latest.
     linger_until: Option<Instant>,
     linger_left: usize,
+    rates: Option<Box<Rates>>,
 }
 
 /// How a drive of one connection ended.
@@ -108,6 +122,7 @@ struct Server<'a> {
     handler: &'a Arc<dyn Handler>,
     pool: Option<WorkerPool>,
     done: Vec<Job>,
+    completed: Vec<Completion>,
     scratch: Scratch,
     date: DateCache,
     /// When the cached Date's second ends: the wall clock is read only then.
@@ -116,10 +131,21 @@ struct Server<'a> {
     tick: Duration,
     next_tick: Instant,
     drain_deadline: Option<Instant>,
+    /// When draining: when deferred responses still awaited get their 503.
+    give_up_at: Option<Instant>,
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
+    beat: Option<&'a Beat>,
+    /// The watchdog's heartbeat period, when it is on.
+    beat_period: Option<Duration>,
+    /// Turns of the loop and requests received so far, published at every turn.
+    turns: u64,
+    requests: u64,
     log: &'a dyn Logger,
+    /// Connections refused by the PROXY protocol step so far (the first is logged as a
+    /// warning, the others at debug level: a misconfigured balancer must not flood the log).
+    proxy_refused: u64,
 }
 
 /// Serves `listener` until a stop is requested or the master dies, then drains. See
@@ -149,22 +175,36 @@ pub(crate) fn run(
             .register(&mut SourceFd(&fd), LIFELINE, Interest::READABLE)
             .map_err(|e| io_err("registering the lifeline", e))?;
     }
+    let waker =
+        Arc::new(mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?);
     let pool = if cfg.handler_threads > 0 {
-        let waker = mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?;
-        let pool = WorkerPool::start(cfg.handler_threads, handler, waker, cfg.max_headers)
-            .map_err(|e| io_err("starting the handler threads", e))?;
+        let pool = WorkerPool::start(
+            cfg.handler_threads,
+            handler,
+            Arc::clone(&waker),
+            cfg.max_headers,
+        )
+        .map_err(|e| io_err("starting the handler threads", e))?;
         Some(pool)
     } else {
         None
     };
+    let scratch = Scratch::new(cfg.max_headers);
+    scratch.mailbox.connect(waker);
 
     let shortest = [
         cfg.header_timeout,
         cfg.body_timeout,
         cfg.idle_timeout,
         cfg.write_timeout,
+        if cfg.proxy_protocol {
+            cfg.proxy_timeout
+        } else {
+            MAX_TICK
+        },
     ]
     .into_iter()
+    .chain(rate::RateLimits::new(cfg).window())
     .min()
     .unwrap_or(MAX_TICK);
     let now = Instant::now();
@@ -185,20 +225,28 @@ pub(crate) fn run(
         handler,
         pool,
         done: Vec::new(),
-        scratch: Scratch::new(cfg.max_headers),
+        completed: Vec::new(),
+        scratch,
         date: DateCache::new(),
         date_due: now,
         now,
         tick: (shortest / 8).clamp(MIN_TICK, MAX_TICK),
         next_tick: now,
         drain_deadline: None,
+        give_up_at: None,
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
+        beat: ctl.beat,
+        beat_period: ctl.beat.and_then(|b| b.period),
+        turns: 0,
+        requests: 0,
         log,
+        proxy_refused: 0,
     };
     let result = server.run(&mut ctl);
     server.close_all();
+    server.scratch.mailbox.close();
     if let Some(mut pool) = server.pool.take() {
         let stuck = pool.shutdown();
         if stuck > 0 {
@@ -220,10 +268,13 @@ impl Server<'_> {
             self.start_drain(false);
         }
         loop {
-            if let Some(deadline) = self.drain_deadline
-                && (self.live == 0 || self.now >= deadline)
-            {
-                return Ok(());
+            if let Some(deadline) = self.drain_deadline {
+                if self.live == 0 || self.now >= deadline {
+                    return Ok(());
+                }
+                if self.give_up_at.is_some_and(|t| self.now >= t) {
+                    self.give_up_deferred();
+                }
             }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -250,14 +301,20 @@ impl Server<'_> {
                             self.on_master_death(ctl);
                         }
                     }
-                    WAKER => {}
+                    // Deferred completions ring the waker (the sweep looks too, in case a wake
+                    // failed); finished handler threads are collected every turn.
+                    WAKER => self.collect_deferred(),
                     Token(t) => {
                         let idx = t - FIRST_CONN;
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
-                            c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                            c.peer_hup |= ev.is_read_closed() || ev.is_error();
+                            let hup = ev.is_read_closed() || ev.is_error();
+                            c.readable |= ev.is_readable() || hup;
+                            c.peer_hup |= hup;
                             c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(idx);
+                            if hup {
+                                self.drop_if_left(idx);
+                            }
                         }
                     }
                 }
@@ -277,7 +334,13 @@ impl Server<'_> {
             }
             if self.now >= self.next_tick {
                 self.next_tick = self.now + self.tick;
+                self.collect_deferred();
                 self.sweep();
+            }
+            // After the turn's work, so the counts include it before the loop sleeps.
+            if let Some(beat) = self.beat {
+                self.turns += 1;
+                beat.turn(self.turns, self.live, self.requests);
             }
         }
     }
@@ -307,6 +370,13 @@ impl Server<'_> {
         }
         if let Some(t) = self.drain_deadline {
             consider(t);
+            if let Some(g) = self.give_up_at {
+                consider(g);
+            }
+        }
+        // The master's watchdog takes a loop that does not turn for long for a hung one.
+        if let Some(period) = self.beat_period {
+            consider(self.now + period);
         }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
         // early into a turn that finds nothing due. Measured from the turn's start rather
@@ -315,9 +385,15 @@ impl Server<'_> {
         wake_at.map(|t| t.saturating_duration_since(self.now))
     }
 
+    /// Connections that count toward `max_connections`: those served, and those handed over
+    /// and not closed yet.
+    fn open(&self) -> usize {
+        self.live + self.scratch.mailbox.taken()
+    }
+
     fn can_accept(&self) -> bool {
         self.listener.is_some()
-            && self.live < self.cfg.max_connections
+            && self.open() < self.cfg.max_connections
             && self.accept_resume.is_none_or(|t| self.now >= t)
     }
 
@@ -330,7 +406,7 @@ impl Server<'_> {
             if self.stop_pending() {
                 return;
             }
-            if self.live >= self.cfg.max_connections {
+            if self.open() >= self.cfg.max_connections {
                 // Resumed by the first close: `listener_ready` stays set.
                 return;
             }
@@ -369,6 +445,9 @@ impl Server<'_> {
     }
 
     fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        if self.cfg.proxy_protocol && !self.proxy_allowed(peer) {
+            return;
+        }
         // Responses are written whole, once per batch: Nagle would only delay them.
         let _ = sock.set_nodelay(true);
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -397,6 +476,7 @@ impl Server<'_> {
             readable: true,
             writable: true,
             peer_hup: false,
+            proxy_pending: self.cfg.proxy_protocol,
             queued: false,
             timer: Timer::Idle,
             timer_seq: 0,
@@ -404,6 +484,7 @@ impl Server<'_> {
             write_since: None,
             linger_until: None,
             linger_left: 0,
+            rates: None,
         });
         self.live += 1;
         self.drive(idx);
@@ -414,6 +495,9 @@ impl Server<'_> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if conn.proxy_pending {
+            return self.drive_proxy_header(idx);
+        }
         if conn.linger_until.is_some() {
             if linger(conn) {
                 self.close(idx);
@@ -431,11 +515,14 @@ impl Server<'_> {
             scratch: &mut self.scratch,
             draining,
             conn: (idx, conn.generation),
+            // Every connection is a plain TcpStream.
+            plain_socket: true,
             log: self.log,
         };
         let fd = conn.sock.as_raw_fd();
         let mut budget = self.cfg.max_bytes_per_turn;
         let mut body_progress = false;
+        let seq_before = conn.session.seq();
         let outcome = loop {
             let mut progress = conn.session.process(&mut ctx);
             if conn.session.out_pending() > 0 && conn.writable {
@@ -499,6 +586,8 @@ impl Server<'_> {
                 break Drive::Again;
             }
         };
+        // Counted per drive, not per request: the stats and recycling cost one add here.
+        self.requests += conn.session.seq() - seq_before;
         match outcome {
             Drive::Close => return self.close(idx),
             Drive::Finish => return self.finish(idx),
@@ -525,11 +614,25 @@ impl Server<'_> {
         }
     }
 
+    /// The peer closed its side: if its response is deferred, it has left (as nginx takes it),
+    /// and there is no need to hold the connection until the completion.
+    #[cold]
+    fn drop_if_left(&mut self, idx: usize) {
+        if let Some(Some(conn)) = self.conns.get(idx)
+            && conn.session.is_deferred()
+        {
+            self.close(idx);
+        }
+    }
+
     /// The last response is out: close, lingering unless the peer already closed its side.
     fn finish(&mut self, idx: usize) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if conn.session.handing_over() {
+            return self.hand_over(idx);
+        }
         if conn.session.peer_closed() {
             return self.close(idx);
         }
@@ -554,9 +657,53 @@ impl Server<'_> {
         }
     }
 
+    /// The connection's response is out and a handler takes the connection: it leaves the
+    /// table without being closed.
+    fn hand_over(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].take() else {
+            return;
+        };
+        self.free.push(idx);
+        self.live -= 1;
+        let Conn {
+            sock, mut session, ..
+        } = conn;
+        if let Some((on_conn, leftover)) = session.take_handover() {
+            let mailbox = &self.scratch.mailbox;
+            hijack::hand_over(
+                sock,
+                on_conn,
+                leftover,
+                self.poll.registry(),
+                mailbox,
+                self.log,
+            );
+        }
+    }
+
     fn close_all(&mut self) {
         for idx in 0..self.conns.len() {
+            // Past the grace period (or with none): a deferred response still awaited gets
+            // its 503 if the socket takes it at once.
+            if let Some(conn) = self.conns[idx].as_mut()
+                && conn.session.give_up_deferred(self.date.get())
+            {
+                let _ = send(conn.sock.as_raw_fd(), conn.session.output());
+            }
             self.close(idx);
+        }
+    }
+
+    /// The drain's grace period is nearly over: deferred responses still awaited are answered
+    /// 503 now, and their connections close once it is written.
+    fn give_up_deferred(&mut self) {
+        self.give_up_at = None;
+        for idx in 0..self.conns.len() {
+            if let Some(conn) = self.conns[idx].as_mut()
+                && conn.session.give_up_deferred(self.date.get())
+            {
+                self.drive(idx);
+            }
         }
     }
 
@@ -578,12 +725,40 @@ impl Server<'_> {
                 self.close(idx);
                 continue;
             }
+            if conn.proxy_pending {
+                // The timer has not moved since the accept: nothing reached the session.
+                if self.now - conn.timer_since >= cfg.proxy_timeout {
+                    self.refuse_proxy(idx, "no whole PROXY protocol header before the deadline");
+                }
+                continue;
+            }
             if conn
                 .write_since
                 .is_some_and(|t| self.now - t >= cfg.write_timeout)
             {
                 self.close(idx);
                 continue;
+            }
+            let body =
+                (conn.timer == Timer::Body).then(|| (conn.session.seq(), conn.session.bytes_in()));
+            let write = conn.write_since.map(|_| conn.session.bytes_out());
+            match rate::check(&mut conn.rates, &self.limits.rates, self.now, body, write) {
+                Some(Slow::Write) => {
+                    // With a reset, not a FIN: the kernel would go on feeding the slow reader
+                    // whatever the socket buffers hold, a slot of kernel memory per attacker.
+                    let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
+                    self.close(idx);
+                    continue;
+                }
+                Some(Slow::Body) => {
+                    if conn.session.on_timeout(&self.limits, self.date.get()) {
+                        self.close(idx);
+                    } else {
+                        self.drive(idx);
+                    }
+                    continue;
+                }
+                None => {}
             }
             let limit = match conn.timer {
                 Timer::Off => continue,
@@ -627,6 +802,7 @@ impl Server<'_> {
                     scratch: &mut self.scratch,
                     draining,
                     conn: job.conn,
+                    plain_socket: true,
                     log: self.log,
                 };
                 conn.session.complete(&mut job, &mut ctx);
@@ -635,17 +811,60 @@ impl Server<'_> {
                     self.again.push(idx);
                 }
             }
-            job.resp.reset();
+            // Its connection may be gone, with what the handler took over still on it.
+            job.resp.abandon();
             self.scratch.free_jobs.push(job);
         }
         self.done = jobs;
+    }
+
+    /// Sends the deferred responses completed since the last turn. One whose connection is
+    /// gone, or no longer waits for it, is dropped.
+    fn collect_deferred(&mut self) {
+        if !self.scratch.mailbox.has_mail() {
+            return;
+        }
+        let mut completed = std::mem::take(&mut self.completed);
+        self.scratch.mailbox.take(&mut completed);
+        let draining = self.drain_deadline.is_some();
+        for done in completed.drain(..) {
+            let (idx, generation) = done.conn;
+            let Some(Some(conn)) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if conn.generation != generation || !conn.session.awaits(done.seq) {
+                continue;
+            }
+            let mut ctx = Ctx {
+                limits: &self.limits,
+                date: self.date.get(),
+                exec: match &self.pool {
+                    Some(pool) => Exec::Pool(pool),
+                    None => Exec::Inline(&**self.handler),
+                },
+                scratch: &mut self.scratch,
+                draining,
+                conn: done.conn,
+                plain_socket: true,
+                log: self.log,
+            };
+            conn.session.complete_deferred(done, &mut ctx);
+            if !conn.queued {
+                conn.queued = true;
+                self.again.push(idx);
+            }
+        }
+        self.completed = completed;
     }
 
     /// Stops accepting and lets the connections finish (`now`: with no grace at all).
     fn start_drain(&mut self, now: bool) {
         let grace = if now { Duration::ZERO } else { self.grace };
         let deadline = self.now + grace;
-        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+        let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
+        self.drain_deadline = Some(deadline);
+        let margin = GIVE_UP_MARGIN.min(grace / 4);
+        self.give_up_at = Some(deadline.checked_sub(margin).unwrap_or(deadline));
         let queued = match self.listener.take() {
             Some(listener) => self.close_listener(listener, !grace.is_zero()),
             None => Vec::new(),
@@ -746,6 +965,91 @@ impl Server<'_> {
     }
 }
 
+/// The PROXY protocol step (`cfg.proxy_protocol`): the first thing a connection does.
+impl Server<'_> {
+    /// A connection from a source the allowlist does not name is closed before anything is
+    /// read: only trusted balancers may speak for a client (the spec's §5).
+    fn proxy_allowed(&mut self, peer: SocketAddr) -> bool {
+        if self
+            .cfg
+            .proxy_allow
+            .iter()
+            .any(|net| net.contains(peer.ip()))
+        {
+            return true;
+        }
+        self.log_refusal(peer, "its source is not in proxy_allow");
+        false
+    }
+
+    /// `drive` for a connection still waiting for its header: out of line, so that serving
+    /// connections pay one test of a flag for it.
+    #[cold]
+    #[inline(never)]
+    fn drive_proxy_header(&mut self, idx: usize) {
+        if self.proxy_header(idx) {
+            self.drive(idx);
+        }
+    }
+
+    /// Reads the header of connection `idx` as far as its socket allows; true when it is
+    /// done and the session may run.
+    fn proxy_header(&mut self, idx: usize) -> bool {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if !conn.readable {
+            return false;
+        }
+        match preamble::read_proxy_header(conn.sock.as_raw_fd(), conn.peer_hup) {
+            Step::Wait => {
+                conn.readable = false;
+                false
+            }
+            Step::Done(header) => {
+                conn.session.set_proxy(header);
+                conn.proxy_pending = false;
+                // Only the header was read: bytes after it may be waiting, with no new edge
+                // to announce them.
+                conn.readable = true;
+                true
+            }
+            Step::Fail(why) => {
+                self.refuse_proxy(idx, why);
+                false
+            }
+        }
+    }
+
+    fn refuse_proxy(&mut self, idx: usize, why: &str) {
+        if let Some(conn) = self.conns[idx].as_ref() {
+            let peer = conn.sock.peer_addr().ok();
+            match peer {
+                Some(p) => self.log_refusal(p, why),
+                None => self.log_refusal_text("an unknown peer", why),
+            }
+        }
+        self.close(idx);
+    }
+
+    fn log_refusal(&mut self, peer: SocketAddr, why: &str) {
+        self.log_refusal_text(&peer.to_string(), why);
+    }
+
+    fn log_refusal_text(&mut self, peer: &str, why: &str) {
+        self.proxy_refused += 1;
+        let (level, more) = if self.proxy_refused == 1 {
+            (Level::Warn, " (further refusals are logged at debug level)")
+        } else {
+            (Level::Debug, "")
+        };
+        self.log.log(
+            level,
+            &format!("closed a connection from {peer}: {why}{more}"),
+        );
+    }
+}
+
 /// While draining: a connection that has sent nothing since its accept, not long ago, is kept
 /// for its first request (see `FIRST_REQUEST_IN_DRAIN`). Its timer has been `Idle` since the
 /// accept, so `timer_since` is the accept's instant.
@@ -784,10 +1088,13 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 
 /// `send` with MSG_NOSIGNAL: the host may leave SIGPIPE at its default (C programs do), and a
 /// peer's reset must not kill the child.
+// Always inlined, as `recv`: a second caller (or a larger `drive`) made LLVM call them.
+#[inline(always)]
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     nix::sys::socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
 }
 
+#[inline(always)]
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     nix::sys::socket::recv(fd, buf, MsgFlags::empty()).map_err(io::Error::from)
 }

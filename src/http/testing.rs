@@ -38,6 +38,7 @@ pub fn serve_for_tests(
         lifeline_fd,
         on_master_death,
         grace_period,
+        beat: None,
     };
     super::serve(listener, handler, cfg, ctl, log)
 }
@@ -152,6 +153,7 @@ impl<'h> MemoryConnection<'h> {
             scratch: &mut self.scratch,
             draining: false,
             conn: (0, 0),
+            plain_socket: true,
             log: &self.log,
         };
         let progress = self.session.process(&mut ctx);

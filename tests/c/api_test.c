@@ -59,9 +59,9 @@ static void test_results_and_version(void) {
     CHECK(strcmp(prefork_version(), PREFORK_VERSION) == 0);
     CHECK(strcmp(prefork_result_str(PREFORK_OK), "ok") == 0);
     CHECK(strcmp(prefork_result_str(PREFORK_ERR_STATE), "not allowed in the current state") == 0);
-    CHECK(strcmp(prefork_result_str(11), "unknown") == 0);
+    CHECK(strcmp(prefork_result_str(12), "unknown") == 0);
     CHECK(strcmp(prefork_result_str(-1), "unknown") == 0);
-    for (int r = PREFORK_OK; r <= PREFORK_ERR_PANIC; r++) CHECK(strcmp(prefork_result_str(r), "unknown") != 0);
+    for (int r = PREFORK_OK; r <= PREFORK_ERR_UNSUPPORTED; r++) CHECK(strcmp(prefork_result_str(r), "unknown") != 0);
     CHECK(strcmp(prefork_last_error(), "") == 0); /* nothing failed yet on this thread */
 }
 
@@ -144,6 +144,11 @@ static void test_null_and_ranges(void) {
     CHECK(prefork_set_network(p, "tcp") == PREFORK_OK);
     CHECK(prefork_set_recover_threshold(p, -1) == PREFORK_OK);
     CHECK(prefork_set_max_body_size(p, 0) == PREFORK_OK);
+    CHECK_ERR(prefork_set_proxy_allow(p, "10.0.0.0/8,10.0.0.1/8"), PREFORK_ERR_INVALID_ARGUMENT,
+              "\"10.0.0.1/8\"");
+    CHECK_ERR(prefork_set_proxy_allow(p, NULL), PREFORK_ERR_NULL, "cidrs is NULL");
+    CHECK_ERR(prefork_set_proxy_timeout_ms(p, 0), PREFORK_ERR_INVALID_ARGUMENT, "above zero");
+    CHECK(prefork_set_proxy_allow(p, "10.0.0.0/8, ::1") == PREFORK_OK);
 
     /* Rules tying options together wait for listen, so options may be set in any order. */
     CHECK(prefork_set_max_request_line(p, 65536) == PREFORK_OK);
@@ -157,6 +162,9 @@ static void test_null_and_ranges(void) {
     CHECK(prefork_request_header_count(NULL) == 0);
     CHECK(!prefork_request_header_at(NULL, 0, &s, &s));
     CHECK(!prefork_request_header(NULL, "Host", 4, &s));
+    uint8_t type = 0;
+    CHECK(!prefork_request_proxy_tlv(NULL, PREFORK_PP2_TYPE_AUTHORITY, &s));
+    CHECK(!prefork_request_proxy_tlv_at(NULL, 0, &type, &s) && type == 0);
     char buf[PREFORK_ADDR_STRLEN];
     CHECK(prefork_request_peer_addr(NULL, buf, sizeof buf) == PREFORK_ERR_NULL);
     uint8_t ip[PREFORK_IP_BYTES];

@@ -10,18 +10,27 @@ master failed to reap is re-parented here and detected. Every wait is bounded.
 
 import ctypes
 import http.client
+import json
 import os
 import queue
 import re
+import resource
+import selectors
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
 READY = re.compile(r"^ready pid=(\d+) children=(\d+(?:,\d+)*)$")
+# A scenario's exit status when a tool it needs is missing and cannot be installed (ctest's
+# SKIP_RETURN_CODE for it).
+SKIP = 77
 
 
 def fail(message):
@@ -82,9 +91,9 @@ def wait_until(cond, timeout, what):
 class Server:
     """A master process with its stdout read line by line on a thread."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, stderr=None):
         self.argv = argv
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines = queue.Queue()
         self.seen = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -125,8 +134,16 @@ class Server:
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         """Signals the master, expects exit status 0, and proves nothing is left behind."""
+        self.finish(self.begin_stop(sig), sig, timeout)
+
+    def begin_stop(self, sig=signal.SIGTERM):
+        """Signals the master; returns its children, for `finish`."""
         kids = children_of(self.proc.pid)
         self.proc.send_signal(sig)
+        return kids
+
+    def finish(self, kids, sig=signal.SIGTERM, timeout=20):
+        """After `begin_stop`: expects exit status 0 and proves nothing is left behind."""
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -265,6 +282,157 @@ def conformance_routes(port):
     check(status == 400, f"/status without a code gave {status}")
 
 
+def read_head(sock, have=b""):
+    """Reads until the end of a response head; returns the head and the bytes after it."""
+    while b"\r\n\r\n" not in have:
+        chunk = sock.recv(65536)
+        check(chunk, f"closed before a whole response head: {have!r}")
+        have += chunk
+    head, _, rest = have.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n", rest
+
+
+def take(sock, n, have=b""):
+    """The first `n` bytes (of `have`, then of the socket) and the bytes after them."""
+    while len(have) < n:
+        chunk = sock.recv(65536)
+        check(chunk, f"closed after {have!r}, expected {n} bytes")
+        have += chunk
+    return have[:n], have[n:]
+
+
+def read_exactly(sock, n, have=b""):
+    data, extra = take(sock, n, have)
+    check(not extra, f"more than the {n} bytes expected: {extra!r}")
+    return data
+
+
+def concurrent_gets(port, path, count, timeout=20):
+    """Opens `count` connections, sends GET `path` on each at once, reads every response
+    (Connection: close ends each); returns the bodies and the seconds from the first request
+    sent to the last response read."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=timeout) for _ in range(count)]
+    sel = selectors.DefaultSelector()
+    got = {}
+    try:
+        t0 = time.monotonic()
+        for s in socks:
+            s.sendall(request)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+            got[s] = b""
+        open_ = count
+        deadline = t0 + timeout
+        while open_:
+            check(time.monotonic() < deadline, f"{open_} of {count} {path} still unanswered")
+            for key, _ in sel.select(timeout=1):
+                chunk = key.fileobj.recv(65536)
+                if chunk:
+                    got[key.fileobj] += chunk
+                else:
+                    sel.unregister(key.fileobj)
+                    open_ -= 1
+        took = time.monotonic() - t0
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+    return [got[s] for s in socks], took
+
+
+def demo_defer(prog):
+    """/defer?ms=N: the handler defers, a timer thread completes. 1,000 at once on one child
+    without handler threads wait together, not one after the other (which would take 100 s)."""
+    # A thousand client sockets here and as many in the child, which inherits the limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1"])
+    try:
+        srv.ready()
+        t0 = time.monotonic()
+        status, _, body = request(port, "/defer?ms=200")
+        took = time.monotonic() - t0
+        check((status, body) == (200, b"deferred 200 ms"), f"/defer?ms=200 gave {status} {body!r}")
+        check(0.2 <= took < 5, f"/defer?ms=200 took {took:.3f} s")
+        status, _, _ = request(port, "/defer?ms=x")
+        check(status == 400, f"/defer?ms=x gave {status}")
+
+        # Pipelined: the request after a deferred one is answered after it.
+        raw = raw_exchange(port, b"GET /defer?ms=150 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        line, _, rest = split_head(raw)
+        check(line == "HTTP/1.1 200 OK" and rest.startswith(b"deferred 150 ms"),
+              f"pipelined /defer gave {raw!r}")
+        line, _, rest = split_head(rest[len(b"deferred 150 ms"):])
+        check(line == "HTTP/1.1 200 OK" and rest == b"Hello, World!", f"then {raw!r}")
+
+        for attempt in range(3):
+            bodies, took = concurrent_gets(port, "/defer?ms=100", 1000)
+            bad = [b for b in bodies if not b.endswith(b"\r\n\r\ndeferred 100 ms")]
+            check(not bad, f"{len(bad)} of 1000 /defer?ms=100 failed, e.g. {bad[:1]!r}")
+            print(f"  1000 concurrent /defer?ms=100 on one child: {took:.3f} s", flush=True)
+            if took < 1.0:
+                break
+        check(took < 1.0, f"1000 concurrent /defer?ms=100 took {took:.3f} s, expected under 1 s")
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+UPGRADE = b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+
+
+def demo_upgrade_echo(prog):
+    """/upgrade with Upgrade: echo: a 101, then the child echoes every byte until the client
+    closes; the bytes sent with the request, and the responses pipelined before it, first."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--grace-ms", "3000"])
+    try:
+        srv.ready()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(UPGRADE + b"hello")
+            head, rest = read_head(s)
+            line, fields, _ = split_head(head)
+            check(line == "HTTP/1.1 101 Switching Protocols", f"/upgrade gave {head!r}")
+            check(fields.get("upgrade") == ["echo"] and fields.get("connection") == ["Upgrade"],
+                  f"/upgrade fields {fields}")
+            check("content-length" not in fields, f"a 101 with framing: {fields}")
+            check(read_exactly(s, 5, rest) == b"hello", "the bytes after the request came back")
+            for message in (b"world", bytes(range(256)) * 64):
+                s.sendall(message)
+                check(read_exactly(s, len(message)) == message, "an echo differs")
+            s.shutdown(socket.SHUT_WR)
+            check(s.recv(1) == b"", "the echo ends with the client's close")
+
+        # A request answered before the upgrade on the same connection, in one segment.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + UPGRADE + b"first")
+            head, rest = read_head(s)
+            check(head.startswith(b"HTTP/1.1 200 OK"), f"the request before /upgrade: {head!r}")
+            body, rest = take(s, len(b"Hello, World!"), rest)
+            check(body == b"Hello, World!", f"the body before /upgrade: {body!r}")
+            head, rest = read_head(s, rest)
+            check(head.startswith(b"HTTP/1.1 101 "), f"then {head!r}")
+            check(read_exactly(s, 5, rest) == b"first", "the leftover came back first")
+
+        status, headers, _ = request(port, "/upgrade")
+        check(status == 426 and headers.get("Upgrade") == "echo", f"plain /upgrade gave {status}")
+        check(request(port, "/")[0] == 200, "the child still serves")
+
+        # An echo connection still open when the child stops: ended by exit_child, which the
+        # child waits for before it exits 0.
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held.sendall(UPGRADE)
+        read_head(held)
+        srv.stop()
+        check(held.recv(1) == b"", "the held echo connection was ended")
+        held.close()
+    finally:
+        srv.kill()
+
+
 def demo_sigint(prog):
     port = free_port()
     srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--grace-ms", "2000"])
@@ -317,10 +485,73 @@ def demo_reuseport(prog):
         srv.kill()
 
 
+def demo_reload(prog):
+    """SIGHUP: a new generation replaces every child, the old one exits 0, and the port keeps
+    answering throughout."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGHUP)
+        m = srv.expect(r"^reloaded generation=(\d+) children=(\d+(?:,\d+)*)$")
+        fresh = [int(p) for p in m.group(2).split(",")]
+        check(m.group(1) == "2", f"reloaded to generation {m.group(1)}, expected 2")
+        check(len(fresh) == 2 and not set(fresh) & set(kids), f"{kids} reloaded to {fresh}")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old generation to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the reload to {fresh}")
+        status, _, body = request(port, "/stats")
+        stats = json.loads(body)
+        print(f"  /stats {body}")
+        check(status == 200 and stats["master"]["pid"] == srv.proc.pid, f"/stats {body}")
+        check(stats["master"]["generation"] == 2 and stats["master"]["reloads"] == 1,
+              f"/stats after one reload: {stats['master']}")
+        serving = sorted(c["pid"] for c in stats["children"] if c["state"] == "serving")
+        check(serving == sorted(fresh), f"/stats serving {serving}, reloaded to {fresh}")
+        check(stats["master"]["requests"] >= 20, f"/stats counted {stats['master']['requests']}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+def demo_binary_upgrade(prog):
+    """SIGUSR2: a new master prints its own ready line, the old one exits 0 once the new
+    children listen, and the port answers throughout; then the new master stops cleanly."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    new = None
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGUSR2)
+        m = srv.expect(rf"^ready pid=(?!{srv.proc.pid}\b)(\d+) children=(\d+(?:,\d+)*)$")
+        new = int(m.group(1))
+        fresh = [int(p) for p in m.group(2).split(",")]
+        try:
+            code = srv.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fail("the old master did not exit after the upgrade")
+        check(code == 0, f"old master exit status {code}, expected 0")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old children to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the upgrade to {fresh}")
+        check(ppid_of(new) == os.getpid(), "the new master was not handed to the subreaper")
+        os.kill(new, signal.SIGTERM)
+        wait_until(lambda: not alive(new), 20, "the new master to stop")
+        _, status = os.waitpid(new, 0)  # this subreaper's child now, a zombie until then
+        check(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0,
+              f"new master wait status {status:#x}, expected exit 0")
+        new = None
+        assert_nothing_left(fresh)
+    finally:
+        if new is not None and alive(new):
+            os.kill(new, signal.SIGKILL)
+        srv.kill()
+
+
 def demo_flags(prog):
     bad = [["--children", "x"], ["--bogus"], ["--network", "udp"], ["--addr"],
            ["--children", "5000"], ["--header-timeout-ms", "0"], ["--grace-ms", "-5"],
-           ["--recover-threshold", "many"]]
+           ["--recover-threshold", "many"], ["--child-timeout-ms", "50"]]
     for args in bad:
         r = subprocess.run([prog, *args], capture_output=True, text=True, timeout=20)
         check(r.returncode == 2, f"{args}: exit {r.returncode}, expected 2; stderr {r.stderr!r}")
@@ -342,6 +573,52 @@ def demo_bind_error(prog):
     check(str(port) in r.stderr, f"the error does not name the address: {r.stderr!r}")
     check("ready" not in r.stdout, f"printed ready on a used port: {r.stdout!r}")
     assert_nothing_left()
+
+
+def proc_status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].split()
+    return []
+
+
+def demo_user(prog):
+    """--user nobody as root: every child, a replacement too, runs as nobody with only its
+    groups and no way back, the master stays root and still stops them; an unknown user is an
+    error before any child starts. Skipped when not root (CI runs as root)."""
+    if os.geteuid() != 0:
+        print("SKIP demo_user: needs root", flush=True)
+        return
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    r = subprocess.run([prog, "--addr", "127.0.0.1:0", "--user", "no-such-user-prefork"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "no such user" in r.stderr, f"unknown user: {r}")
+    check("ready" not in r.stdout, f"printed ready with an unknown user: {r.stdout!r}")
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--user", "nobody",
+                  "--allow-crash", "--cpu-affinity"])
+    try:
+        kids = srv.ready()
+        check(proc_status(srv.proc.pid, "Uid")[0] == "0", "the master is not root")
+
+        def dropped(pid):
+            check(proc_status(pid, "Uid") == [str(nobody.pw_uid)] * 4, f"child {pid} uid")
+            check(proc_status(pid, "Gid") == [str(nobody.pw_gid)] * 4, f"child {pid} gid")
+            check(proc_status(pid, "NoNewPrivs") == ["1"], f"child {pid} may regain privileges")
+
+        for pid in kids:
+            dropped(pid)
+        status, _, _ = request(port, "/")
+        check(status == 200, f"GET / as nobody gave {status}")
+        os.kill(kids[0], signal.SIGKILL)
+        wait_until(lambda: set(children_of(srv.proc.pid)) - set(kids), 10, "a replacement")
+        for pid in set(children_of(srv.proc.pid)) - set(kids):
+            dropped(pid)
+        srv.stop()
+    finally:
+        srv.kill()
 
 
 def demo_limits(prog):
@@ -429,22 +706,27 @@ def hooks_master_death(prog):
         srv.proc.wait(timeout=10)
         for pid in kids:
             srv.expect(rf"^on_master_death child={pid}$", timeout=10)
-        # The orphans were re-parented to this subreaper: reap them and check they exited 0.
-        for pid in kids:
-            deadline = time.monotonic() + 15
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    check(os.waitstatus_to_exitcode(status) == 0,
-                          f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
-                    break
-                check(time.monotonic() < deadline, f"orphan {pid} still running")
-                time.sleep(0.02)
-        assert_nothing_left(kids)
+        reap_orphans(kids)
     finally:
         for pid in children_of(os.getpid()):
             os.kill(pid, signal.SIGKILL)
         srv.kill()
+
+
+def reap_orphans(kids):
+    """Children whose master died are re-parented to this subreaper: reap each, check that it
+    exited 0 within 15 s, and that nothing else is left."""
+    for pid in kids:
+        deadline = time.monotonic() + 15
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                check(os.waitstatus_to_exitcode(status) == 0,
+                      f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
+                break
+            check(time.monotonic() < deadline, f"orphan {pid} still running")
+            time.sleep(0.02)
+    assert_nothing_left(kids)
 
 
 def raw_exchange(port, data, timeout=10):
@@ -520,7 +802,31 @@ def server(prog):
         dropped = [l for l in srv.seen if l.startswith("log warn: ") and "set a body" in l]
         check(len(dropped) == 1 and "204 response" in dropped[0],
               f"expected one log line for the dropped bodies, got {dropped}")
-        srv.stop()
+
+        status, _, body = request(port, "/defer-misuse")
+        check((status, body) == (200, b"misuse: ok"), f"/defer-misuse gave {status} {body!r}")
+        srv.expect(r"^completed twice: refused$", timeout=5)
+        status, headers, _ = request(port, "/defer-free")
+        check(status == 500 and headers.get("Connection") == "close",
+              f"a deferred response freed uncompleted gave {status} {headers}")
+        srv.expect(r"^log warn: .*dropped without being completed", timeout=5)
+
+        # Still deferred when the child drains: a 503 250 ms before the end of the 1 s grace
+        # period, ahead of the master's SIGKILL; the child completes it after prefork_free.
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        late.sendall(b"GET /defer-late HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        kids = srv.begin_stop()
+        head, _ = read_head(late)
+        took = time.monotonic() - t0
+        late.close()  # the child's lingering close ends with it, and the child with that
+        check(head.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in head,
+              f"a deferred response pending at the drain's end gave {head!r}")
+        check(0.5 < took < 1.0, f"the drain's 503 came after {took:.3f} s (grace 1 s)")
+        print(f"  the drain's 503 for a deferred response came after {took:.3f} s", flush=True)
+        srv.finish(kids)
+        srv.expect(r"^late completion: ok$", timeout=5)
     finally:
         srv.kill()
 
@@ -628,21 +934,338 @@ def serve_echo_master_death(prog):
         check(held.rest() == b"bye\n", "the client of a child whose master died was not told bye")
         for pid in kids:
             srv.expect(rf"^exit_child pid={pid}$", timeout=10)
-        for pid in kids:
-            deadline = time.monotonic() + 15
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    check(os.waitstatus_to_exitcode(status) == 0,
-                          f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
-                    break
-                check(time.monotonic() < deadline, f"orphan {pid} still running")
-                time.sleep(0.02)
-        assert_nothing_left(kids)
+        reap_orphans(kids)
     finally:
         for pid in children_of(os.getpid()):
             os.kill(pid, signal.SIGKILL)
         srv.kill()
+
+# ---- PROXY protocol (issue 20, item 4) --------------------------------------------------------
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v2_header(src, sport, dst, dport, tlvs=b""):
+    """A PROXY protocol version 2 header, PROXY command, TCP over IPv4 or IPv6."""
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    addrs = socket.inet_pton(fam, src) + socket.inet_pton(fam, dst) + struct.pack("!HH", sport, dport)
+    block = addrs + tlvs
+    return V2_SIGNATURE + bytes([0x21, 0x21 if fam == socket.AF_INET6 else 0x11]) + \
+        struct.pack("!H", len(block)) + block
+
+
+def peer_via(port, preface, source=None):
+    """GET /peer after `preface` (a PROXY header, or nothing) on a fresh connection, from
+    `source` if given; returns the raw reply (b"" when the server closed without one)."""
+    with socket.socket() as s:
+        s.settimeout(10)
+        if source:
+            s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(preface + b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def body_of(raw):
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    check(sep and head.startswith(b"HTTP/1.1 200 "), f"expected a 200, got {raw!r}")
+    return body.decode()
+
+
+def demo_proxy(prog):
+    """--proxy-protocol and --proxy-allow over raw sockets, and /peer without them."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1"])
+    try:
+        srv.ready()
+        # Without the option /peer is the socket's peer, and a PROXY line is not guessed.
+        out = peer_via(port, b"", source="127.0.0.2")
+        check(re.fullmatch(r"127\.0\.0\.2:\d+", body_of(out)), f"/peer gave {out!r}")
+        out = peer_via(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 80\r\n")
+        check(out.startswith(b"HTTP/1.1 400 "), f"a PROXY line without the option gave {out!r}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--proxy-protocol"])
+    try:
+        srv.ready()
+        out = peer_via(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n")
+        check(body_of(out) == "203.0.113.7:51234", f"v1 TCP4 /peer gave {out!r}")
+        out = peer_via(port, b"PROXY TCP6 2001:db8::7 ::1 65535 80\r\n")
+        check(body_of(out) == "[2001:db8::7]:65535", f"v1 TCP6 /peer gave {out!r}")
+        out = peer_via(port, v2_header("198.51.100.20", 40000, "127.0.0.1", port))
+        check(body_of(out) == "198.51.100.20:40000", f"v2 /peer gave {out!r}")
+        # LOCAL (a balancer's health check): the socket's peer stands.
+        local = V2_SIGNATURE + b"\x20\x00\x00\x00"
+        out = peer_via(port, local, source="127.0.0.3")
+        check(re.fullmatch(r"127\.0\.0\.3:\d+", body_of(out)), f"LOCAL /peer gave {out!r}")
+        # No header, or a broken one: closed without a reply; the other routes still work.
+        check(peer_via(port, b"") == b"", "a connection without a header was answered")
+        check(peer_via(port, b"PROXY TCP4 1.2.3.4\r\n") == b"", "a bad v1 header was answered")
+        check(peer_via(port, V2_SIGNATURE + b"\x21\x41\x00\x0c") == b"",
+              "a v2 header of an unknown family was answered")
+        raw = raw_exchange(port, b"PROXY UNKNOWN\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        check(raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"Hello, World!"), f"/ gave {raw!r}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+    # An allowlist without loopback: our connections are closed before they are read.
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--proxy-protocol",
+                  "--proxy-allow", "10.0.0.0/8", "--proxy-allow", "2001:db8::/32"])
+    try:
+        srv.ready()
+        out = peer_via(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n")
+        check(out == b"", f"a source outside --proxy-allow was answered: {out!r}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+    for bad, named in [(["--proxy-allow", "10.0.0.1/8"], '"10.0.0.1/8"'),
+                       (["--proxy-allow", "10.0.0.0/8", "--proxy-allow", "nope"], '"nope"')]:
+        r = subprocess.run([prog, *bad], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 2 and named in r.stderr and "usage: demo_server" in r.stderr,
+              f"{bad}: exit {r.returncode}, stderr {r.stderr!r}")
+    assert_nothing_left()
+
+
+def ensure_installed(command, packages):
+    """The path of `command`, installing the Debian `packages` with apt-get when it is missing
+    and this runs as root; None (after saying why) when it cannot be had."""
+    found = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"SKIP: {command} is not installed, and installing {' '.join(packages)} needs "
+              "apt-get as root", flush=True)
+        return None
+    print(f"installing {' '.join(packages)} with apt-get", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "-q", "-y"]
+    for step in [apt + ["update"], apt + ["install", "--no-install-recommends", *packages]]:
+        r = subprocess.run(step, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=400)
+        if r.returncode != 0:
+            print(f"SKIP: `{' '.join(step)}` failed ({r.returncode}): {r.stderr[-2000:]}", flush=True)
+            return None
+    return shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+
+
+class Balancer:
+    """A balancer process (HAProxy, nginx) in the foreground, stopped by its PID."""
+
+    def __init__(self, argv, log):
+        self.log = log
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def wait_port(self, port):
+        def up():
+            if self.proc.poll() is not None:
+                fail(f"{self.proc.args[0]} exited with {self.proc.returncode}: {self.logged()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, 20, f"{self.proc.args[0]} to listen on {port}")
+
+    def logged(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()[-3000:]
+
+    def stop(self, sig):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def through_balancer(front, sources):
+    """/peer through the balancer on `front`, from each source address, twice on one
+    keep-alive connection: each must be the client's own address and port."""
+    for source in sources:
+        with socket.socket() as s:
+            s.settimeout(10)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", front))
+            me = "%s:%d" % s.getsockname()
+            for last in (False, True):
+                close = b"Connection: close\r\n" if last else b""
+                s.sendall(b"GET /peer HTTP/1.1\r\nHost: x\r\n" + close + b"\r\n")
+                raw = read_response(s)
+                print(f"  /peer through the balancer from {me}: {body_of(raw)}", flush=True)
+                check(body_of(raw) == me, f"/peer gave {raw!r}, the client is {me}")
+
+
+def read_response(s):
+    """One response with a Content-Length from socket `s` (whose timeout bounds each read)."""
+    raw = b""
+    while True:
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if sep:
+            m = re.search(rb"(?im)^content-length: *(\d+)\r?$", head)
+            check(m, f"a response without Content-Length: {raw!r}")
+            if len(rest) >= int(m.group(1)):
+                return raw
+        try:
+            chunk = s.recv(65536)
+        except OSError as e:
+            fail(f"{e} after {raw!r}")
+        check(chunk, f"closed inside a response: {raw!r}")
+        raw += chunk
+
+
+def proxied_demo(prog, port, tmp):
+    """demo_server with --proxy-protocol behind a balancer, its stderr kept to check."""
+    err = open(os.path.join(tmp, "demo.stderr"), "w+")
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--proxy-protocol"],
+                 stderr=err)
+    srv.ready()
+    return srv, err
+
+
+def no_refusals(err):
+    err.flush()
+    err.seek(0)
+    text = err.read()
+    check("closed a connection" not in text, f"demo_server refused connections: {text}")
+
+
+def demo_haproxy(prog):
+    """A real HAProxy in front (send-proxy-v2 with a CRC32C, and health checks with the
+    header): /peer shows each client's real address and port."""
+    haproxy = ensure_installed("haproxy", ["haproxy"])
+    if haproxy is None:
+        sys.exit(SKIP)
+    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=20).stdout
+    print(f"  {version.splitlines()[0] if version else haproxy}", flush=True)
+    back, front = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = os.path.join(tmp, "admin.sock")
+        cfg = os.path.join(tmp, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 200
+    stats socket {stats} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 20s
+    timeout server 20s
+frontend fe
+    bind 127.0.0.1:{front}
+    default_backend be
+backend be
+    server demo 127.0.0.1:{back} send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 200ms rise 2 fall 1
+""")
+        r = subprocess.run([haproxy, "-c", "-f", cfg], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
+        srv, err = proxied_demo(prog, back, tmp)
+        lb = None
+        try:
+            lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
+            lb.wait_port(front)
+
+            def server_state():
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(5)
+                    s.connect(stats)
+                    s.sendall(b"show servers state be\n")
+                    out = b""
+                    while chunk := s.recv(65536):
+                        out += chunk
+                return out.decode()
+
+            def up():
+                # Field 6 of a server line is srv_op_state: 2 = running (its checks pass).
+                rows = [l.split() for l in server_state().splitlines() if " demo " in l]
+                return bool(rows) and rows[0][5] == "2"
+
+            # The checks send the header too (a LOCAL one): the server must take them.
+            wait_until(up, 20, "HAProxy's health checks to mark the demo server up")
+            print("  HAProxy's checks (header included) mark the server up", flush=True)
+            through_balancer(front, ["127.0.0.2", "127.0.0.3"])
+            time.sleep(0.5)  # a few more checks
+            check(up(), f"the server went down: {server_state()}")
+            no_refusals(err)
+            lb.stop(signal.SIGTERM)
+            srv.stop()
+        finally:
+            if lb:
+                lb.stop(signal.SIGTERM)
+            srv.kill()
+        assert_nothing_left()
+
+
+def demo_nginx(prog):
+    """nginx's stream module in front with `proxy_protocol on` (version 1)."""
+    nginx = ensure_installed("nginx", ["nginx", "libnginx-mod-stream"])
+    if nginx is None:
+        sys.exit(SKIP)
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=20).stderr
+    module = "/usr/lib/nginx/modules/ngx_stream_module.so"
+    if "--with-stream=dynamic" in built:
+        if not os.path.exists(module):
+            print(f"SKIP: nginx's stream module ({module}, package libnginx-mod-stream) is "
+                  "missing", flush=True)
+            sys.exit(SKIP)
+        load = f"load_module {module};"
+    elif "--with-stream" in built:
+        load = ""
+    else:
+        print("SKIP: this nginx has no stream module", flush=True)
+        sys.exit(SKIP)
+    print(f"  {built.splitlines()[0]}", flush=True)
+    back, front = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "nginx.conf")
+        with open(cfg, "w") as f:
+            f.write(f"""{load}
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 64; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{front};
+        proxy_pass 127.0.0.1:{back};
+        proxy_protocol on;
+    }}
+}}
+""")
+        # -e: the log nginx writes before it reads the configuration (not /var/log/nginx).
+        base = [nginx, "-e", os.path.join(tmp, "startup.log"), "-p", tmp, "-c", cfg]
+        r = subprocess.run(base + ["-t"], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 0, f"nginx -t: {r.stdout}{r.stderr}")
+        srv, err = proxied_demo(prog, back, tmp)
+        lb = None
+        try:
+            lb = Balancer(base, open(os.path.join(tmp, "nginx.out"), "w"))
+            lb.wait_port(front)
+            through_balancer(front, ["127.0.0.2", "127.0.0.3"])
+            no_refusals(err)
+            lb.stop(signal.SIGQUIT)
+            srv.stop()
+        finally:
+            if lb:
+                lb.stop(signal.SIGQUIT)
+            srv.kill()
+        assert_nothing_left()
 
 
 def api(prog):
@@ -652,16 +1275,30 @@ def api(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
-                                      demo_flags, demo_bind_error, demo_limits, hello, hooks,
+                                      demo_reload, demo_binary_upgrade,
+                                      demo_flags, demo_bind_error, demo_user, demo_limits,
+                                      demo_defer, demo_upgrade_echo, hello, hooks,
                                       hooks_master_death, server, api, abi_v0_1, serve_echo,
-                                      serve_echo_master_death]}
+                                      serve_echo_master_death, demo_proxy, demo_haproxy,
+                                      demo_nginx]}
+
+
+# Tools a scenario needs: installed first, before this process becomes a subreaper (so that no
+# process a package's installation leaves running is taken for one of ours), or it is skipped.
+NEEDS = {
+    "demo_haproxy": [("haproxy", ["haproxy"])],
+    "demo_nginx": [("nginx", ["nginx", "libnginx-mod-stream"])],
+}
 
 
 def main():
     if len(sys.argv) < 3 or sys.argv[1] not in SCENARIOS:
         sys.exit(f"usage: e2e.py {{{'|'.join(SCENARIOS)}}} PROGRAM")
-    become_subreaper()
     name, prog = sys.argv[1], sys.argv[2]
+    for command, packages in NEEDS.get(name, []):
+        if ensure_installed(command, packages) is None:
+            sys.exit(SKIP)
+    become_subreaper()
     try:
         SCENARIOS[name](prog)
     except AssertionError as e:
