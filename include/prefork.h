@@ -109,6 +109,12 @@ typedef enum prefork_result {
      * A bug: a panic inside the library was caught at the API boundary.
      */
     PREFORK_ERR_PANIC = 10,
+    /**
+     * A TLS certificate or key is unusable: unreadable, not PEM, no certificate, no key, an
+     * encrypted key, or a key that does not match its certificate (the message names the
+     * file and the reason). Returned by the TLS entry points before any child starts.
+     */
+    PREFORK_ERR_TLS = 11,
 } prefork_result;
 
 /**

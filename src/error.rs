@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Io,
     /// A panic was caught at an API boundary.
     Panic,
+    /// A TLS certificate or key is unusable (unreadable, missing, encrypted, not matching), or
+    /// a child could not set up TLS.
+    Tls,
 }
 
 /// Error returned by every fallible operation of the library.

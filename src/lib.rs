@@ -36,8 +36,10 @@ pub mod http;
 mod lifeline;
 mod log;
 mod master;
+mod tls;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use config::{Config, HttpConfig, Network, ProcessConfig};
@@ -73,6 +75,8 @@ pub struct Prefork {
     hooks: Hooks,
     handler: Arc<dyn Handler>,
     logger: Arc<dyn Logger>,
+    /// Certificates for the TLS entry points, the default first.
+    tls: Vec<tls::CertSource>,
     served: bool,
 }
 
@@ -87,6 +91,7 @@ impl Prefork {
             hooks: Hooks::default(),
             handler,
             logger: Arc::new(StderrLogger),
+            tls: Vec::new(),
             served: false,
         }
     }
@@ -114,6 +119,75 @@ impl Prefork {
     ///
     /// A `Prefork` serves once; a second call is an `InvalidState` error.
     pub fn listen_and_serve(&mut self, addr: &str) -> Result<(), Error> {
+        self.serve(addr, false)
+    }
+
+    /// As [`listen_and_serve`](Self::listen_and_serve), over TLS (1.3 and 1.2, ALPN
+    /// `http/1.1`) with the certificate chain in the PEM file `cert_file` (end entity first)
+    /// and its private key in `key_file` (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA; unencrypted).
+    /// Note the order: certificate, then key (fasthttp's Go `ListenAndServeTLS` takes the key
+    /// first; the Go binding keeps that order).
+    ///
+    /// This certificate is the default; those of [`add_tls_cert`](Self::add_tls_cert) are
+    /// chosen by the client's server name (SNI). The master reads and checks every file
+    /// before it binds: an unreadable file, no certificate, no key, an encrypted key or a key
+    /// that does not match is an [`ErrorKind::Tls`] error naming the file, and no child starts;
+    /// an expired certificate is logged as a warning. Children get the certificates, keys and
+    /// session-ticket secret from the master over their lifeline and never open the files
+    /// (in a child, the paths are not used).
+    pub fn listen_and_serve_tls(
+        &mut self,
+        addr: &str,
+        cert_file: impl AsRef<Path>,
+        key_file: impl AsRef<Path>,
+    ) -> Result<(), Error> {
+        self.tls.insert(
+            0,
+            tls::CertSource::Files {
+                cert: cert_file.as_ref().to_path_buf(),
+                key: key_file.as_ref().to_path_buf(),
+            },
+        );
+        self.serve(addr, true)
+    }
+
+    /// As [`listen_and_serve_tls`](Self::listen_and_serve_tls) with the PEM text of the chain
+    /// and of the key in memory (fasthttp's `ListenAndServeTLSEmbed`).
+    pub fn listen_and_serve_tls_pem(
+        &mut self,
+        addr: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<(), Error> {
+        self.tls.insert(
+            0,
+            tls::CertSource::Pem {
+                cert: cert_pem.to_vec(),
+                key: key_pem.to_vec(),
+            },
+        );
+        self.serve(addr, true)
+    }
+
+    /// Adds a certificate chain and key (PEM files) that the TLS entry points serve to clients
+    /// asking for one of its DNS names (subjectAltName; `*.example.com` matches one label), as
+    /// fasthttp's `AppendCert`. Checked when serving starts; unused by `listen_and_serve`.
+    pub fn add_tls_cert(&mut self, cert_file: impl AsRef<Path>, key_file: impl AsRef<Path>) {
+        self.tls.push(tls::CertSource::Files {
+            cert: cert_file.as_ref().to_path_buf(),
+            key: key_file.as_ref().to_path_buf(),
+        });
+    }
+
+    /// [`add_tls_cert`](Self::add_tls_cert) with the PEM text in memory (`AppendCertEmbed`).
+    pub fn add_tls_cert_pem(&mut self, cert_pem: &[u8], key_pem: &[u8]) {
+        self.tls.push(tls::CertSource::Pem {
+            cert: cert_pem.to_vec(),
+            key: key_pem.to_vec(),
+        });
+    }
+
+    fn serve(&mut self, addr: &str, tls: bool) -> Result<(), Error> {
         if self.served {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -123,9 +197,25 @@ impl Prefork {
         self.config.validate()?;
         self.served = true;
         let result = if is_child() {
-            child::run(&self.config, &mut self.hooks, &self.handler, &*self.logger)
+            child::run(
+                &self.config,
+                &mut self.hooks,
+                &self.handler,
+                &*self.logger,
+                tls,
+            )
         } else {
-            master::run(addr, &self.config, &mut self.hooks, &*self.logger)
+            let material = match tls {
+                true => Some(tls::prepare(&self.tls, &*self.logger)?),
+                false => None,
+            };
+            master::run(
+                addr,
+                &self.config,
+                &mut self.hooks,
+                &*self.logger,
+                material.as_deref(),
+            )
         };
         control::reset();
         set_local_addr(None);

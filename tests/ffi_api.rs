@@ -55,7 +55,7 @@ fn no_hooks(
 
 #[test]
 fn every_code_has_its_own_description() {
-    let all: Vec<String> = (0..=10)
+    let all: Vec<String> = (0..=11)
         .map(|c| text(unsafe { prefork_result_str(c) }))
         .collect();
     let mut unique = all.clone();
@@ -63,10 +63,11 @@ fn every_code_has_its_own_description() {
     unique.dedup();
     assert_eq!(unique.len(), all.len(), "{all:?}");
     assert!(!all.contains(&"unknown".to_string()));
-    for bad in [-1, 11, c_int::MAX, c_int::MIN] {
+    for bad in [-1, 12, c_int::MAX, c_int::MIN] {
         assert_eq!(text(unsafe { prefork_result_str(bad) }), "unknown");
     }
     assert_eq!(prefork_result::PREFORK_ERR_PANIC as c_int, 10);
+    assert_eq!(prefork_result::PREFORK_ERR_TLS as c_int, 11);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::prctl::set_pdeathsig;
@@ -27,6 +28,7 @@ pub(crate) fn run(
     hooks: &mut Hooks,
     handler: &Arc<dyn Handler>,
     log: &dyn Logger,
+    tls: bool,
 ) -> Result<(), Error> {
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
@@ -63,6 +65,14 @@ pub(crate) fn run(
         None
     };
 
+    // First on the lifeline, ahead of any stop byte: the master writes it right after the spawn.
+    let tls = match tls {
+        true => Some(crate::tls::receive(
+            LIFELINE_FD,
+            Instant::now() + config.process.startup_timeout,
+        )?),
+        false => None,
+    };
     user_code("init_child", || {
         handler.init_child().map_err(|e| e.to_string())
     })?;
@@ -81,6 +91,7 @@ pub(crate) fn run(
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
+        tls,
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
     // A stop the master did not announce may be PDEATHSIG running ahead of the lifeline's EOF

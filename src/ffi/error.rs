@@ -34,6 +34,10 @@ pub enum prefork_result {
     PREFORK_ERR_IO = 9,
     /// A bug: a panic inside the library was caught at the API boundary.
     PREFORK_ERR_PANIC = 10,
+    /// A TLS certificate or key is unusable: unreadable, not PEM, no certificate, no key, an
+    /// encrypted key, or a key that does not match its certificate (the message names the
+    /// file and the reason). Returned by the TLS entry points before any child starts.
+    PREFORK_ERR_TLS = 11,
 }
 
 impl From<ErrorKind> for prefork_result {
@@ -49,6 +53,7 @@ impl From<ErrorKind> for prefork_result {
             ErrorKind::Hook => PREFORK_ERR_HOOK,
             ErrorKind::Io => PREFORK_ERR_IO,
             ErrorKind::Panic => PREFORK_ERR_PANIC,
+            ErrorKind::Tls => PREFORK_ERR_TLS,
         }
     }
 }
@@ -56,7 +61,7 @@ impl From<ErrorKind> for prefork_result {
 impl prefork_result {
     fn describe(code: c_int) -> &'static std::ffi::CStr {
         use prefork_result::*;
-        const ALL: [prefork_result; 11] = [
+        const ALL: [prefork_result; 12] = [
             PREFORK_OK,
             PREFORK_ERR_NULL,
             PREFORK_ERR_INVALID_ARGUMENT,
@@ -68,6 +73,7 @@ impl prefork_result {
             PREFORK_ERR_HOOK,
             PREFORK_ERR_IO,
             PREFORK_ERR_PANIC,
+            PREFORK_ERR_TLS,
         ];
         let Some(known) = ALL.into_iter().find(|&r| r as c_int == code) else {
             return c"unknown";
@@ -84,6 +90,7 @@ impl prefork_result {
             PREFORK_ERR_HOOK => c"a hook failed",
             PREFORK_ERR_IO => c"operating-system error",
             PREFORK_ERR_PANIC => c"internal error (caught panic)",
+            PREFORK_ERR_TLS => c"unusable TLS certificate or key",
         }
     }
 }

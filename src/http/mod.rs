@@ -4,7 +4,8 @@
 //! Layout: `server` (the mio loop, accept, timeouts, drain) drives one `session` per
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
-//! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
+//! decoder), `encode` (responses), `date` and `status`; `transport` carries each connection's
+//! bytes between its socket and its session (plain, or TLS); `bytes` holds the short-span byte
 //! searches they share; `workers` runs handlers on threads.
 
 mod bytes;
@@ -20,6 +21,7 @@ mod session;
 mod status;
 #[doc(hidden)]
 pub mod testing;
+mod transport;
 mod workers;
 
 use std::net::TcpListener;
@@ -47,6 +49,8 @@ pub(crate) struct ServeControl<'a> {
     pub on_master_death: Option<&'a mut (dyn FnMut() + Send)>,
     /// Longest drain before the remaining connections are dropped.
     pub grace_period: Duration,
+    /// Serve TLS with this configuration (`crate::tls`); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a

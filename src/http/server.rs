@@ -4,7 +4,8 @@
 //!
 //! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
 //! session answer every complete request, write all of it with one `send`, repeat until the
-//! socket would block. Timeouts are checked by a sweep every `tick` over all connections, using
+//! socket would block. The connection's transport (`super::transport`: plain, or TLS) does the
+//! reads and writes; the session never knows which it has. Timeouts are checked by a sweep every `tick` over all connections, using
 //! the loop's cached clock: no timer syscall per request.
 
 use std::io;
@@ -17,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::socket::MsgFlags;
 
 use super::ServeControl;
 use super::date::DateCache;
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
+use super::transport::{self, Filled, Io, Sock};
 use super::workers::{Job, WorkerPool};
 use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
@@ -51,15 +52,11 @@ const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
 
 struct Conn {
-    sock: TcpStream,
+    stream: TcpStream,
+    sock: Sock,
+    io: Io,
     session: Session,
     generation: u64,
-    /// The socket may have input (no WouldBlock or short read since the last edge).
-    readable: bool,
-    /// The socket may take output.
-    writable: bool,
-    /// The last event reported the peer's FIN: a short read has not seen the EOF yet.
-    peer_hup: bool,
     /// Listed in `Server::again` for the next turn.
     queued: bool,
     timer: Timer,
@@ -114,6 +111,9 @@ struct Server<'a> {
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Ciphertext of one TLS read (TLS connections only; empty otherwise).
+    tls_in: Vec<u8>,
     log: &'a dyn Logger,
 }
 
@@ -190,6 +190,11 @@ pub(crate) fn run(
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
+        tls_in: match ctl.tls {
+            Some(_) => vec![0; transport::TLS_READ],
+            None => Vec::new(),
+        },
+        tls: ctl.tls.take(),
         log,
     };
     let result = server.run(&mut ctl);
@@ -249,9 +254,10 @@ impl Server<'_> {
                     Token(t) => {
                         let idx = t - FIRST_CONN;
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
-                            c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                            c.peer_hup |= ev.is_read_closed() || ev.is_error();
-                            c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                            let s = &mut c.sock;
+                            s.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            s.peer_hup |= ev.is_read_closed() || ev.is_error();
+                            s.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(idx);
                         }
                     }
@@ -380,15 +386,29 @@ impl Server<'_> {
             self.free.push(idx);
             return;
         }
+        let io = match &self.tls {
+            None => Io::Plain,
+            Some(config) => match Io::tls(config, self.limits.max_output) {
+                Some(io) => io,
+                None => {
+                    self.free.push(idx);
+                    return;
+                }
+            },
+        };
         self.next_generation += 1;
         self.conns[idx] = Some(Conn {
-            sock,
+            sock: Sock {
+                fd: sock.as_raw_fd(),
+                // Requests often arrive with the connection: try reading at once.
+                readable: true,
+                writable: true,
+                peer_hup: false,
+            },
+            stream: sock,
+            io,
             session: Session::new(Some(peer)),
             generation: self.next_generation,
-            // Requests often arrive with the connection: try reading at once.
-            readable: true,
-            writable: true,
-            peer_hup: false,
             queued: false,
             timer: Timer::Idle,
             timer_seq: 0,
@@ -401,7 +421,9 @@ impl Server<'_> {
         self.drive(idx);
     }
 
-    /// Moves one connection as far as its socket, its budget and its requests allow.
+    /// Moves one connection as far as its socket, its budget and its requests allow: answer
+    /// what is buffered, flush, fill, until nothing moves or the budget is spent; then the
+    /// timers.
     fn drive(&mut self, idx: usize) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
@@ -425,62 +447,47 @@ impl Server<'_> {
             conn: (idx, conn.generation),
             log: self.log,
         };
-        let fd = conn.sock.as_raw_fd();
         let mut budget = self.cfg.max_bytes_per_turn;
         let mut body_progress = false;
+        let mut wrote = false;
         let outcome = loop {
             let mut progress = conn.session.process(&mut ctx);
-            if conn.session.out_pending() > 0 && conn.writable {
-                let out = conn.session.output();
-                match send(fd, out) {
-                    Ok(n) => {
-                        if n < out.len() {
-                            conn.writable = false;
-                        }
-                        conn.session.sent(n);
-                        conn.write_since = Some(self.now);
-                        budget = budget.saturating_sub(n);
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(_) => break Drive::Close,
+            match conn
+                .io
+                .flush(&mut conn.sock, &mut conn.session, &mut budget)
+            {
+                Ok(flushed) => {
+                    progress |= flushed;
+                    wrote |= flushed;
                 }
+                Err(_) => break Drive::Close,
             }
-            if conn.session.out_pending() == 0 {
-                if conn.session.finished() {
+            if !conn.output_pending() {
+                if conn.session.finished() || conn.io.refused() {
                     break Drive::Finish;
                 }
                 if draining && conn.session.is_idle() {
                     break Drive::Close;
                 }
             }
-            if conn.session.wants_input(&self.limits) && conn.readable {
+            if conn.session.wants_input(&self.limits) && conn.io.can_fill(&conn.sock) {
                 if budget == 0 {
                     break Drive::Again;
                 }
-                let buf = conn.session.read_buf(ctx.scratch);
-                let room = buf.len();
-                match recv(fd, buf) {
-                    Ok(0) => {
-                        conn.session.on_eof();
-                        conn.readable = false;
-                        progress = true;
-                    }
-                    Ok(n) => {
-                        conn.session.filled(n);
-                        // Edge-triggered: a short read drained the socket, and new data will
-                        // raise a new edge, so the next read would only say WouldBlock. Not so
-                        // for a FIN that came with the data: only the next read reports it.
-                        if n < room && !conn.peer_hup {
-                            conn.readable = false;
-                        }
-                        budget = budget.saturating_sub(n);
+                let filled = conn.io.fill(
+                    &mut conn.sock,
+                    &mut conn.session,
+                    ctx.scratch,
+                    &mut self.tls_in,
+                    &mut budget,
+                );
+                match filled {
+                    Ok(Filled::Nothing) => {}
+                    Ok(Filled::Data) => {
                         body_progress = true;
                         progress = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Ok(Filled::Other) => progress = true,
                     Err(_) => break Drive::Close,
                 }
             }
@@ -503,18 +510,7 @@ impl Server<'_> {
             Drive::Wait => {}
         }
         conn.session.park(&mut self.scratch);
-        let timer = conn.session.timer(&self.limits);
-        let seq = conn.session.seq();
-        if timer != conn.timer || seq != conn.timer_seq || (timer == Timer::Body && body_progress) {
-            conn.timer = timer;
-            conn.timer_seq = seq;
-            conn.timer_since = self.now;
-        }
-        if conn.session.out_pending() == 0 {
-            conn.write_since = None;
-        } else if conn.write_since.is_none() {
-            conn.write_since = Some(self.now);
-        }
+        conn.update_timers(&self.limits, self.now, body_progress, wrote);
     }
 
     /// The last response is out: close, lingering unless the peer already closed its side.
@@ -522,15 +518,16 @@ impl Server<'_> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        conn.io.close_notify(&mut conn.sock);
         if conn.session.peer_closed() {
             return self.close(idx);
         }
-        if conn.sock.shutdown(Shutdown::Write).is_err() {
+        if conn.stream.shutdown(Shutdown::Write).is_err() {
             return self.close(idx);
         }
         conn.linger_until = Some(self.now + LINGER);
         conn.linger_left = LINGER_BYTES;
-        conn.readable = true;
+        conn.sock.readable = true;
         if linger(conn) {
             self.close(idx);
         }
@@ -670,12 +667,36 @@ impl Server<'_> {
     }
 }
 
+impl Conn {
+    /// Output not yet on the wire: the session's, or below it in the transport.
+    #[inline]
+    fn output_pending(&self) -> bool {
+        self.session.out_pending() > 0 || self.io.holds_output()
+    }
+
+    /// Restarts the read deadline when a new one applies, and the write deadline on progress.
+    fn update_timers(&mut self, limits: &Limits, now: Instant, body_progress: bool, wrote: bool) {
+        let timer = self.session.timer(limits);
+        let seq = self.session.seq();
+        if timer != self.timer || seq != self.timer_seq || (timer == Timer::Body && body_progress) {
+            self.timer = timer;
+            self.timer_seq = seq;
+            self.timer_since = now;
+        }
+        if !self.output_pending() {
+            self.write_since = None;
+        } else if wrote || self.write_since.is_none() {
+            self.write_since = Some(now);
+        }
+    }
+}
+
 /// Discards input of a closing connection; true when it can be dropped.
 fn linger(conn: &mut Conn) -> bool {
     let mut buf = [0u8; 4096];
-    let fd = conn.sock.as_raw_fd();
+    let fd = conn.sock.fd;
     loop {
-        match recv(fd, &mut buf) {
+        match transport::recv(fd, &mut buf) {
             Ok(0) => return true,
             Ok(n) => {
                 conn.linger_left = conn.linger_left.saturating_sub(n);
@@ -695,14 +716,4 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM | libc::ETIMEDOUT)
     )
-}
-
-/// `send` with MSG_NOSIGNAL: the host may leave SIGPIPE at its default (C programs do), and a
-/// peer's reset must not kill the child.
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    nix::sys::socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    nix::sys::socket::recv(fd, buf, MsgFlags::empty()).map_err(io::Error::from)
 }

@@ -38,6 +38,7 @@ pub fn serve_for_tests(
         lifeline_fd,
         on_master_death,
         grace_period,
+        tls: None,
     };
     super::serve(listener, handler, cfg, ctl, log)
 }

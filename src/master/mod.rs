@@ -33,6 +33,7 @@ pub(crate) fn run(
     config: &Config,
     hooks: &mut Hooks,
     log: &dyn Logger,
+    tls: Option<&[u8]>,
 ) -> Result<(), Error> {
     let cfg = &config.process;
     let count = cfg.effective_children();
@@ -67,6 +68,7 @@ pub(crate) fn run(
         wake,
         slots: (0..count).map(|_| Slot::default()).collect(),
         listeners,
+        tls,
         recovery: Recovery::new(cfg),
         ready_announced: false,
         stopping: false,
@@ -97,6 +99,8 @@ struct Master<'a> {
     wake: BorrowedFd<'static>,
     slots: Vec<Slot>,
     listeners: Vec<OwnedFd>,
+    /// The TLS material each child gets on its lifeline (`crate::tls`).
+    tls: Option<&'a [u8]>,
     recovery: Recovery,
     ready_announced: bool,
     /// Set once stopping: exits are then final, not crashes to recover from.
@@ -124,7 +128,11 @@ impl Master<'_> {
         let pid = child.pid;
         self.log
             .log(Level::Info, &format!("started child {pid} (slot {slot})"));
+        let lifeline = child.lifeline.as_ref().map(|fd| fd.as_raw_fd());
         self.slots[slot].child = Some(child);
+        if let (Some(msg), Some(fd)) = (self.tls, lifeline) {
+            crate::tls::send(fd, msg, Instant::now() + self.cfg.startup_timeout)?;
+        }
         Ok(pid)
     }
 
