@@ -368,3 +368,75 @@ fn the_c_side_reads_the_os_error_number() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn the_tls_entry_points_check_their_arguments_and_files_before_serving() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let new = || {
+        let mut p = ptr::null_mut();
+        assert_eq!(unsafe { prefork_new(&handler(&frees), &mut p) }, PREFORK_OK);
+        p
+    };
+    // A thread of its own: the last error and errno checks must see this test's calls only.
+    std::thread::scope(|scope| {
+        scope.spawn(|| unsafe { tls_argument_checks(&new) });
+    });
+    assert_eq!(frees.load(Ordering::SeqCst), 2);
+}
+
+unsafe fn tls_argument_checks(new: &dyn Fn() -> *mut ffi::prefork) {
+    use prefork_result::*;
+    let addr = c"127.0.0.1:0".as_ptr();
+    let file = c"/nonexistent/cert.pem".as_ptr();
+    let pem = b"-----BEGIN CERTIFICATE-----\n".as_ptr().cast::<c_void>();
+    unsafe {
+        let p = new();
+        assert_eq!(
+            prefork_listen_and_serve_tls(ptr::null_mut(), addr, file, file),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_listen_and_serve_tls(p, addr, ptr::null(), file),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            last_error(),
+            "prefork_listen_and_serve_tls: cert_file is NULL"
+        );
+        assert_eq!(
+            prefork_listen_and_serve_tls_embed(p, addr, pem, 5, ptr::null(), 0),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(prefork_add_tls_cert(p, file, ptr::null()), PREFORK_ERR_NULL);
+        assert_eq!(
+            prefork_add_tls_cert_embed(ptr::null_mut(), pem, 5, pem, 5),
+            PREFORK_ERR_NULL
+        );
+        // A missing file: PREFORK_ERR_TLS naming it, with the OS's reason.
+        assert_eq!(
+            prefork_listen_and_serve_tls(p, addr, file, file),
+            PREFORK_ERR_TLS
+        );
+        assert!(
+            last_error().contains("/nonexistent/cert.pem"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(prefork_last_os_error(), libc::ENOENT);
+        prefork_free(p);
+
+        // PEM text without a certificate, and a bad certificate added for SNI.
+        let p = new();
+        assert_eq!(
+            prefork_listen_and_serve_tls_embed(p, addr, pem, 5, pem, 5),
+            PREFORK_ERR_TLS
+        );
+        assert!(
+            last_error().contains("in-memory TLS certificate #1"),
+            "{}",
+            last_error()
+        );
+        prefork_free(p);
+    }
+}

@@ -25,6 +25,7 @@ const (
 	CodeHook            Code = C.PREFORK_ERR_HOOK
 	CodeIO              Code = C.PREFORK_ERR_IO
 	CodePanic           Code = C.PREFORK_ERR_PANIC
+	CodeTLS             Code = C.PREFORK_ERR_TLS
 )
 
 // String is the library's description of the code (prefork_result_str).
@@ -45,6 +46,7 @@ var (
 	ErrHook            = errors.New("prefork: a hook failed")
 	ErrIO              = errors.New("prefork: operating-system failure")
 	ErrPanic           = errors.New("prefork: panic inside libprefork")
+	ErrTLS             = errors.New("prefork: unusable TLS certificate or key")
 )
 
 var sentinels = map[Code]error{
@@ -58,6 +60,7 @@ var sentinels = map[Code]error{
 	CodeHook:            ErrHook,
 	CodeIO:              ErrIO,
 	CodePanic:           ErrPanic,
+	CodeTLS:             ErrTLS,
 }
 
 // Error is a failure reported by libprefork (or found by the binding before calling it).

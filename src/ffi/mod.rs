@@ -9,9 +9,10 @@
 //! [`ffi_boundary!`], which turns a caught panic into `PREFORK_ERR_PANIC` (or the documented
 //! default) and records misuse in the thread's last-error message.
 //!
-//! The modules depend on each other one way only. `handle` owns the C handle; `options`,
-//! `hooks` and `log` configure one through it; `handle` builds the handler of `handler`;
-//! `request` and `response` are the handler's views. Under them all lie the shared leaves:
+//! The modules depend on each other one way only. `handle` owns the C handle; `tls` serves
+//! it over TLS and adds its certificates; `options`, `hooks` and `log` configure one through
+//! it; `handle` builds the handler of `handler`; `request` and `response` are the handler's
+//! views. Under them all lie the shared leaves:
 //! `error` (codes, last error), `convert` (arguments in, views and text out), `extensible`
 //! (the ABI's growth rule) and `user_data` (a caller's pointer and its finalizer).
 
@@ -29,6 +30,8 @@ mod version;
 mod error;
 
 mod handle;
+
+mod tls;
 
 mod options;
 
@@ -57,4 +60,5 @@ pub use log::*;
 pub use options::*;
 pub use request::*;
 pub use response::*;
+pub use tls::*;
 pub use version::*;
