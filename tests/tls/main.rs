@@ -57,6 +57,9 @@ fn main() {
         the_server_name_picks_the_certificate,
         a_replacement_child_needs_no_key_file,
         sessions_resume_across_children,
+        bad_tls_input_gets_a_clean_close_and_frees_everything,
+        openssl_s_client_resumes_across_children,
+        curl_with_cacert,
     ];
     let dir = std::env::temp_dir().join(format!("prefork-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -391,5 +394,331 @@ fn sessions_resume_across_children(env: &Env) -> Outcome {
         pids.len()
     );
     ensure!(resumed == total, "{resumed}/{total} resumed");
+    stop(m)
+}
+
+/// Reads until EOF (or a reset); returns what came and when the stream ended.
+fn read_to_close(
+    sock: &mut std::net::TcpStream,
+    within: Duration,
+) -> Result<(Vec<u8>, Duration), String> {
+    use std::io::Read;
+    let start = Instant::now();
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return Ok((got, start.elapsed())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok((got, start.elapsed()));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "not closed within {within:?} ({e}); got {} bytes",
+                    got.len()
+                ));
+            }
+        }
+    }
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Waits until the child holds `want` descriptors again: every bad connection is gone.
+fn fds_back_to(pid: i32, want: usize) -> Outcome {
+    let deadline = Instant::now() + 3 * SEC;
+    loop {
+        let now = fd_count(pid);
+        if now == want {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "child {pid} holds {now} descriptors, {want} before"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TLS 1.3 ClientHello of `len`-ish bytes (an unknown extension pads it), in records of at
+/// most 16 KiB: what a client with a large post-quantum key share or many tickets sends.
+fn client_hello(padding: usize) -> Vec<u8> {
+    let mut ext = Vec::new();
+    let mut put_ext = |kind: u16, data: &[u8]| {
+        ext.extend_from_slice(&kind.to_be_bytes());
+        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        ext.extend_from_slice(data);
+    };
+    put_ext(0x002b, &[2, 3, 4]); // supported_versions: TLS 1.3
+    put_ext(0x000a, &[0, 2, 0, 0x1d]); // supported_groups: x25519
+    put_ext(0x000d, &[0, 2, 4, 3]); // signature_algorithms: ecdsa_secp256r1_sha256
+    let mut share = vec![0, 0x24, 0, 0x1d, 0, 0x20];
+    share.extend((1..=32u8).map(|b| b.wrapping_mul(37)));
+    put_ext(0x0033, &share); // key_share
+    put_ext(0x7777, &vec![0u8; padding]); // unknown: ignored by the server
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut msg = vec![1];
+    msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    msg.extend_from_slice(&body);
+    let mut records = Vec::new();
+    for chunk in msg.chunks(16 * 1024) {
+        records.extend_from_slice(&[22, 3, 1]);
+        records.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        records.extend_from_slice(chunk);
+    }
+    records
+}
+
+fn bad_tls_input_gets_a_clean_close_and_frees_everything(env: &Env) -> Outcome {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpStream};
+    let (cert, key) = env.files("bad-input", &["localhost"]);
+    let (m, port) = start(
+        &cert,
+        &key,
+        &[("PF_CHILDREN", "1"), ("PF_HEADER_MS", "500")],
+    )?;
+    let cfg = client::tls13(&env.pki.ca_pem);
+    let pid: i32 = client::get(&cfg, port, "localhost", "/pid")?
+        .body
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let baseline = fd_count(pid);
+    let connect = || TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let report = |what: &str, got: &[u8], took: Duration| {
+        println!(
+            "    measure: {what}: closed after {:.0} ms, {} bytes back{}",
+            took.as_secs_f64() * 1000.0,
+            got.len(),
+            match got.first() {
+                Some(21) => " (a TLS alert)",
+                Some(22) => " (a TLS handshake record)",
+                Some(b'H') => " (clear-text HTTP)",
+                _ => "",
+            }
+        )
+    };
+
+    // Plain HTTP: a clear-text 400, then the close.
+    let mut s = connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (got, took) = read_to_close(&mut s, 3 * SEC)?;
+    let text = String::from_utf8_lossy(&got);
+    ensure!(
+        text.starts_with("HTTP/1.1 400 ") && text.contains("https://"),
+        "plain HTTP got {text:?}"
+    );
+    report("plain HTTP", &got, took);
+
+    // A handshake that never starts, and one that stalls half way: the header timeout.
+    for (what, send) in [
+        ("silent client", &[][..]),
+        ("stalled ClientHello", &client_hello(0)[..40]),
+    ] {
+        let mut s = connect();
+        s.write_all(send).unwrap();
+        let (got, took) = read_to_close(&mut s, 3 * SEC)?;
+        ensure!(
+            took >= Duration::from_millis(400) && took < 2 * SEC,
+            "{what}: closed after {took:?}, the header timeout is 500 ms"
+        );
+        report(what, &got, took);
+    }
+
+    // Garbage: records of nonsense, and bytes that are no record at all.
+    for (what, send) in [
+        ("garbage handshake record", {
+            let mut r = vec![22, 3, 1, 0, 16];
+            r.extend_from_slice(&[0xee; 16]);
+            r
+        }),
+        (
+            "garbage bytes",
+            vec![0x00, 0xff, 0x13, 0x37, 0x42, 0x00, 0x01, 0x02],
+        ),
+        ("oversized record", vec![23, 3, 3, 0xff, 0xff, 0, 0, 0]),
+    ] {
+        let mut s = connect();
+        s.write_all(&send).unwrap();
+        let (got, took) = read_to_close(&mut s, 2 * SEC)?;
+        ensure!(took < SEC, "{what}: closed only after {took:?}");
+        ensure!(
+            got.is_empty() || got[0] == 21,
+            "{what}: got {got:?}, not an alert"
+        );
+        report(what, &got, took);
+    }
+
+    // A ClientHello over 16 KiB, in two records: the server answers it.
+    let mut s = connect();
+    s.write_all(&client_hello(20_000)).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let (got, took) = read_to_close(&mut s, 2 * SEC)?;
+    ensure!(
+        got.first() == Some(&22),
+        "a 20 KiB ClientHello got {:?}",
+        &got[..got.len().min(8)]
+    );
+    report("20 KiB ClientHello", &got, took);
+
+    // A truncated record after a complete handshake, then EOF.
+    {
+        let sock = connect();
+        let conn =
+            rustls::ClientConnection::new(cfg.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| format!("handshake: {e}"))?;
+        }
+        tls.sock.write_all(&[23, 3, 3, 0, 100]).unwrap();
+        tls.sock.write_all(&[0xab; 50]).unwrap();
+        tls.sock.shutdown(Shutdown::Write).unwrap();
+        let (got, took) = read_to_close(&mut tls.sock, 2 * SEC)?;
+        ensure!(took < SEC, "truncated record: closed only after {took:?}");
+        report("truncated record then EOF", &got, took);
+    }
+
+    // A client that leaves without close_notify, in the middle of a keep-alive connection.
+    {
+        let sock = connect();
+        let conn =
+            rustls::ClientConnection::new(cfg.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut tls, &mut buf).map_err(|e| format!("read: {e}"))?;
+        ensure!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "keep-alive reply {:?}",
+            &buf[..n]
+        );
+        tls.sock.shutdown(Shutdown::Both).unwrap();
+    }
+
+    fds_back_to(pid, baseline)?;
+    let r = client::get(&cfg, port, "localhost", "/pid")?;
+    ensure!(r.body == pid.to_string(), "the child changed: {r:?}");
+    stop(m)
+}
+
+/// `None` (with a note) when `tool` is not installed: the stage script installs it in CI.
+fn tool(name: &str) -> Option<&str> {
+    let found = std::process::Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || std::process::Command::new(name)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("    skipped: {name} is not installed (apt-get install {name})");
+    }
+    found.then_some(name)
+}
+
+/// One `openssl s_client` exchange: GET /pid, reading until the server closes.
+fn s_client(
+    port: u16,
+    ca: &Path,
+    sess_in: Option<&Path>,
+    sess_out: &Path,
+) -> Result<String, String> {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "localhost", "-CAfile", path(ca), "-ign_eof"])
+        .args(["-sess_out", path(sess_out)]);
+    if let Some(s) = sess_in {
+        cmd.args(["-sess_in", path(s)]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("openssl: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /pid HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn openssl_s_client_resumes_across_children(env: &Env) -> Outcome {
+    if tool("openssl").is_none() {
+        return Ok(());
+    }
+    let (cert, key) = env.files("openssl", &["localhost"]);
+    let ca = env.dir.join("ca.pem");
+    std::fs::write(&ca, &env.pki.ca_pem).unwrap();
+    let (m, port) = start(&cert, &key, &[("PF_CHILDREN", "4"), ("PF_REUSEPORT", "1")])?;
+    let sess = env.dir.join("openssl.sess");
+    let first = s_client(port, &ca, None, &sess)?;
+    ensure!(
+        first.contains("New, TLSv1.3") && first.contains("Verify return code: 0 (ok)"),
+        "first handshake: {first}"
+    );
+    let (mut resumed, total) = (0, 50);
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..total {
+        let out = s_client(port, &ca, Some(&sess), &sess)?;
+        if out.contains("Reused, TLSv1.3") {
+            resumed += 1;
+        }
+        if let Some(pid) = out.rsplit("\r\n\r\n").next().and_then(|b| b.lines().next()) {
+            pids.insert(pid.trim().to_string());
+        }
+    }
+    println!(
+        "    measure: openssl s_client -sess_in/-sess_out: {resumed}/{total} resumed, served by {} children",
+        pids.len()
+    );
+    ensure!(resumed == total, "{resumed}/{total} resumed");
+    ensure!(pids.len() >= 3, "served by {pids:?}");
+    stop(m)
+}
+
+fn curl_with_cacert(env: &Env) -> Outcome {
+    if tool("curl").is_none() {
+        return Ok(());
+    }
+    let (cert, key) = env.files("curl", &["localhost"]);
+    let ca = env.dir.join("curl-ca.pem");
+    std::fs::write(&ca, &env.pki.ca_pem).unwrap();
+    let (m, port) = start(&cert, &key, &[("PF_CHILDREN", "1")])?;
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", path(&ca)])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_code} %{http_version} %{ssl_verify_result}"])
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text == "hello over tls\n200 1.1 0",
+        "curl: {text:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stop(m)
 }
