@@ -23,7 +23,7 @@ use super::ServeControl;
 use super::date::DateCache;
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
-use super::transport::{self, Filled, Io, Sock};
+use super::transport::{self, Filled, Io, Plain, Sock, Transport};
 use super::workers::{Job, WorkerPool};
 use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
@@ -79,6 +79,62 @@ enum Drive {
     Finish,
     /// Drop the connection now (error, reset, idle while draining).
     Close,
+}
+
+/// The steps of one drive of a connection, with transport `$io`: answer what is buffered,
+/// flush, fill, until nothing moves or the budget is spent; evaluates to the outcome and sets
+/// `$body_progress` (body bytes arrived) and `$wrote` (output went out). A macro, expanded
+/// once per transport: the plain path pays no dispatch, and its state stays in the caller's
+/// locals (a generic function returning it cost 45 instructions per request at depth 1).
+macro_rules! turn {
+    ($io:expr, $sock:expr, $session:expr, $ctx:expr, $tls_in:expr, $budget:ident,
+     $draining:expr, $body_progress:ident, $wrote:ident) => {
+        loop {
+            let mut progress = $session.process(&mut $ctx);
+            match $io.flush(&mut $sock, &mut $session, &mut $budget) {
+                Ok(false) => {}
+                Ok(true) => {
+                    progress = true;
+                    $wrote = true;
+                }
+                Err(_) => break Drive::Close,
+            }
+            if $session.out_pending() == 0 && !$io.holds_output() {
+                if $session.finished() || $io.refused() {
+                    break Drive::Finish;
+                }
+                if $draining && $session.is_idle() {
+                    break Drive::Close;
+                }
+            }
+            if $session.wants_input($ctx.limits) && $io.can_fill(&$sock) {
+                if $budget == 0 {
+                    break Drive::Again;
+                }
+                match $io.fill(
+                    &mut $sock,
+                    &mut $session,
+                    $ctx.scratch,
+                    $tls_in,
+                    &mut $budget,
+                ) {
+                    Ok(Filled::Nothing) => {}
+                    Ok(Filled::Data) => {
+                        $body_progress = true;
+                        progress = true;
+                    }
+                    Ok(Filled::Other) => progress = true,
+                    Err(_) => break Drive::Close,
+                }
+            }
+            if !progress {
+                break Drive::Wait;
+            }
+            if $budget == 0 {
+                break Drive::Again;
+            }
+        }
+    };
 }
 
 struct Server<'a> {
@@ -421,9 +477,8 @@ impl Server<'_> {
         self.drive(idx);
     }
 
-    /// Moves one connection as far as its socket, its budget and its requests allow: answer
-    /// what is buffered, flush, fill, until nothing moves or the budget is spent; then the
-    /// timers.
+    /// Moves one connection as far as its socket, its budget and its requests allow (`turn`),
+    /// then sets its timers.
     fn drive(&mut self, idx: usize) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
@@ -448,55 +503,33 @@ impl Server<'_> {
             log: self.log,
         };
         let mut budget = self.cfg.max_bytes_per_turn;
+        let tls_in = &mut self.tls_in[..];
         let mut body_progress = false;
         let mut wrote = false;
-        let outcome = loop {
-            let mut progress = conn.session.process(&mut ctx);
-            match conn
-                .io
-                .flush(&mut conn.sock, &mut conn.session, &mut budget)
-            {
-                Ok(flushed) => {
-                    progress |= flushed;
-                    wrote |= flushed;
-                }
-                Err(_) => break Drive::Close,
-            }
-            if !conn.output_pending() {
-                if conn.session.finished() || conn.io.refused() {
-                    break Drive::Finish;
-                }
-                if draining && conn.session.is_idle() {
-                    break Drive::Close;
-                }
-            }
-            if conn.session.wants_input(&self.limits) && conn.io.can_fill(&conn.sock) {
-                if budget == 0 {
-                    break Drive::Again;
-                }
-                let filled = conn.io.fill(
-                    &mut conn.sock,
-                    &mut conn.session,
-                    ctx.scratch,
-                    &mut self.tls_in,
-                    &mut budget,
-                );
-                match filled {
-                    Ok(Filled::Nothing) => {}
-                    Ok(Filled::Data) => {
-                        body_progress = true;
-                        progress = true;
-                    }
-                    Ok(Filled::Other) => progress = true,
-                    Err(_) => break Drive::Close,
-                }
-            }
-            if !progress {
-                break Drive::Wait;
-            }
-            if budget == 0 {
-                break Drive::Again;
-            }
+        // The transport is chosen here, once: each turn is compiled for one.
+        let outcome = match &mut conn.io {
+            Io::Plain => turn!(
+                Plain,
+                conn.sock,
+                conn.session,
+                ctx,
+                tls_in,
+                budget,
+                draining,
+                body_progress,
+                wrote
+            ),
+            Io::Tls(tls) => turn!(
+                **tls,
+                conn.sock,
+                conn.session,
+                ctx,
+                tls_in,
+                budget,
+                draining,
+                body_progress,
+                wrote
+            ),
         };
         match outcome {
             Drive::Close => return self.close(idx),
@@ -675,6 +708,7 @@ impl Conn {
     }
 
     /// Restarts the read deadline when a new one applies, and the write deadline on progress.
+    #[inline(always)]
     fn update_timers(&mut self, limits: &Limits, now: Instant, body_progress: bool, wrote: bool) {
         let timer = self.session.timer(limits);
         let seq = self.session.seq();

@@ -50,6 +50,7 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: &[(&str, Test)] = suite![
         serves_tls13_and_tls12_with_alpn_and_close_notify,
+        handler_threads_and_pipelining_over_tls,
         every_key_type_and_format_serves,
         embedded_pem_serves,
         bad_certificates_and_keys_fail_before_any_child_starts,
@@ -136,6 +137,33 @@ fn serves_tls13_and_tls12_with_alpn_and_close_notify(env: &Env) -> Outcome {
         let big = client::get(&cfg, port, "localhost", "/big")?;
         ensure!(big.body.len() == 200_000, "big body {}", big.body.len());
     }
+    stop(m)
+}
+
+/// Handler threads answer on their own schedule: the answer still goes out encrypted, and
+/// pipelined requests on one TLS connection come back in order.
+fn handler_threads_and_pipelining_over_tls(env: &Env) -> Outcome {
+    use std::io::{Read, Write};
+    let (cert, key) = env.files("threads", &["localhost"]);
+    let (m, port) = start(&cert, &key, &[("PF_CHILDREN", "1"), ("PF_THREADS", "2")])?;
+    let cfg = client::tls13(&env.pki.ca_pem);
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(5 * SEC)).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let batch = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(15)
+        + "GET /pid HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    tls.write_all(batch.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    ensure!(
+        text.matches("HTTP/1.1 200 OK").count() == 16
+            && text.matches("hello over tls").count() == 15,
+        "pipelined replies: {text}"
+    );
+    drop(tls);
     stop(m)
 }
 

@@ -52,6 +52,9 @@ pub fn run() -> i32 {
         cfg.process.children = n.parse().unwrap();
     }
     cfg.process.reuseport = var("PF_REUSEPORT").is_some();
+    if let Some(n) = var("PF_THREADS") {
+        cfg.http.handler_threads = n.parse().unwrap();
+    }
     if let Some(ms) = var("PF_HEADER_MS") {
         cfg.http.header_timeout = Duration::from_millis(ms.parse().unwrap());
     }
