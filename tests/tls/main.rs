@@ -136,6 +136,13 @@ fn serves_tls13_and_tls12_with_alpn_and_close_notify(env: &Env) -> Outcome {
         // A body larger than a record and than the socket buffer: records in several writes.
         let big = client::get(&cfg, port, "localhost", "/big")?;
         ensure!(big.body.len() == 200_000, "big body {}", big.body.len());
+        // Both versions resume with the tickets (there is no per-child session cache).
+        ensure!(
+            big.kind == Some(rustls::HandshakeKind::Resumed),
+            "{:?} did not resume: {:?}",
+            version.version,
+            big.kind
+        );
     }
     stop(m)
 }
