@@ -119,7 +119,7 @@ impl Prefork {
     ///
     /// A `Prefork` serves once; a second call is an `InvalidState` error.
     pub fn listen_and_serve(&mut self, addr: &str) -> Result<(), Error> {
-        self.serve(addr, false)
+        self.serve(addr, None)
     }
 
     /// As [`listen_and_serve`](Self::listen_and_serve), over TLS (1.3 and 1.2, ALPN
@@ -141,14 +141,11 @@ impl Prefork {
         cert_file: impl AsRef<Path>,
         key_file: impl AsRef<Path>,
     ) -> Result<(), Error> {
-        self.tls.insert(
-            0,
-            tls::CertSource::Files {
-                cert: cert_file.as_ref().to_path_buf(),
-                key: key_file.as_ref().to_path_buf(),
-            },
-        );
-        self.serve(addr, true)
+        let default = tls::CertSource::Files {
+            cert: cert_file.as_ref().to_path_buf(),
+            key: key_file.as_ref().to_path_buf(),
+        };
+        self.serve(addr, Some(default))
     }
 
     /// As [`listen_and_serve_tls`](Self::listen_and_serve_tls) with the PEM text of the chain
@@ -159,14 +156,11 @@ impl Prefork {
         cert_pem: &[u8],
         key_pem: &[u8],
     ) -> Result<(), Error> {
-        self.tls.insert(
-            0,
-            tls::CertSource::Pem {
-                cert: cert_pem.to_vec(),
-                key: key_pem.to_vec(),
-            },
-        );
-        self.serve(addr, true)
+        let default = tls::CertSource::Pem {
+            cert: cert_pem.to_vec(),
+            key: key_pem.to_vec(),
+        };
+        self.serve(addr, Some(default))
     }
 
     /// Adds a certificate chain and key (PEM files) that the TLS entry points serve to clients
@@ -187,7 +181,8 @@ impl Prefork {
         });
     }
 
-    fn serve(&mut self, addr: &str, tls: bool) -> Result<(), Error> {
+    /// Serves plain HTTP, or TLS with `default` as the default certificate.
+    fn serve(&mut self, addr: &str, default: Option<tls::CertSource>) -> Result<(), Error> {
         if self.served {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -196,6 +191,10 @@ impl Prefork {
         }
         self.config.validate()?;
         self.served = true;
+        let tls = default.is_some();
+        if let Some(default) = default {
+            self.tls.insert(0, default);
+        }
         let result = if is_child() {
             child::run(
                 &self.config,
@@ -204,18 +203,18 @@ impl Prefork {
                 &*self.logger,
                 tls,
             )
+        } else if tls {
+            tls::prepare(&self.tls, &*self.logger).and_then(|material| {
+                master::run(
+                    addr,
+                    &self.config,
+                    &mut self.hooks,
+                    &*self.logger,
+                    Some(&material),
+                )
+            })
         } else {
-            let material = match tls {
-                true => Some(tls::prepare(&self.tls, &*self.logger)?),
-                false => None,
-            };
-            master::run(
-                addr,
-                &self.config,
-                &mut self.hooks,
-                &*self.logger,
-                material.as_deref(),
-            )
+            master::run(addr, &self.config, &mut self.hooks, &*self.logger, None)
         };
         control::reset();
         set_local_addr(None);

@@ -42,9 +42,26 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The message for the children, keys included: overwritten when dropped.
+pub(crate) struct Sealed(Vec<u8>);
+
+impl std::ops::Deref for Sealed {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        wire::zero(&mut self.0);
+    }
+}
+
 /// Master side: checks every certificate (the first is the default) and makes the ticket
 /// secret; returns the message for the children.
-pub(crate) fn prepare(sources: &[CertSource], log: &dyn Logger) -> Result<Vec<u8>, Error> {
+pub(crate) fn prepare(sources: &[CertSource], log: &dyn Logger) -> Result<Sealed, Error> {
     let provider = provider();
     let now = SystemTime::now();
     let identities = sources
@@ -62,7 +79,7 @@ pub(crate) fn prepare(sources: &[CertSource], log: &dyn Logger) -> Result<Vec<u8
     let material = Material { secret, identities };
     let msg = wire::encode(&material);
     wire::zero(&mut secret);
-    Ok(msg)
+    Ok(Sealed(msg))
 }
 
 /// Master side: hands `msg` from `prepare` to a child just started.
