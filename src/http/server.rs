@@ -23,7 +23,7 @@ use super::ServeControl;
 use super::date::DateCache;
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
-use super::transport::{self, Filled, Io, Plain, Sock, Transport};
+use super::transport::{self, Drive, Io, Plain, Sock, Transport, turn};
 use super::workers::{Job, WorkerPool};
 use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
@@ -67,74 +67,6 @@ struct Conn {
     /// Lingering close under way: drop the connection at this instant at the latest.
     linger_until: Option<Instant>,
     linger_left: usize,
-}
-
-/// How a drive of one connection ended.
-enum Drive {
-    /// Waiting for the socket or a handler thread.
-    Wait,
-    /// Budget spent with work left: continue next turn.
-    Again,
-    /// Everything is sent and no response will follow: close gracefully.
-    Finish,
-    /// Drop the connection now (error, reset, idle while draining).
-    Close,
-}
-
-/// The steps of one drive of a connection, with transport `$io`: answer what is buffered,
-/// flush, fill, until nothing moves or the budget is spent; evaluates to the outcome and sets
-/// `$body_progress` (body bytes arrived) and `$wrote` (output went out). A macro, expanded
-/// once per transport: the plain path pays no dispatch, and its state stays in the caller's
-/// locals (a generic function returning it cost 45 instructions per request at depth 1).
-macro_rules! turn {
-    ($io:expr, $sock:expr, $session:expr, $ctx:expr, $tls_in:expr, $budget:ident,
-     $draining:expr, $body_progress:ident, $wrote:ident) => {
-        loop {
-            let mut progress = $session.process(&mut $ctx);
-            match $io.flush(&mut $sock, &mut $session, &mut $budget) {
-                Ok(false) => {}
-                Ok(true) => {
-                    progress = true;
-                    $wrote = true;
-                }
-                Err(_) => break Drive::Close,
-            }
-            if $session.out_pending() == 0 && !$io.holds_output() {
-                if $session.finished() || $io.refused() {
-                    break Drive::Finish;
-                }
-                if $draining && $session.is_idle() {
-                    break Drive::Close;
-                }
-            }
-            if $session.wants_input($ctx.limits) && $io.can_fill(&$sock) {
-                if $budget == 0 {
-                    break Drive::Again;
-                }
-                match $io.fill(
-                    &mut $sock,
-                    &mut $session,
-                    $ctx.scratch,
-                    $tls_in,
-                    &mut $budget,
-                ) {
-                    Ok(Filled::Nothing) => {}
-                    Ok(Filled::Data) => {
-                        $body_progress = true;
-                        progress = true;
-                    }
-                    Ok(Filled::Other) => progress = true,
-                    Err(_) => break Drive::Close,
-                }
-            }
-            if !progress {
-                break Drive::Wait;
-            }
-            if $budget == 0 {
-                break Drive::Again;
-            }
-        }
-    };
 }
 
 struct Server<'a> {

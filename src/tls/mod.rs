@@ -106,6 +106,23 @@ pub(crate) fn receive(lifeline: RawFd, deadline: Instant) -> Result<Arc<ServerCo
     config
 }
 
+/// The config a child builds, straight from PEM text, for tests and fuzzing in one process.
+pub(crate) fn config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    log: &dyn Logger,
+) -> Result<Arc<ServerConfig>, Error> {
+    let source = CertSource::Pem {
+        cert: cert_pem.to_vec(),
+        key: key_pem.to_vec(),
+    };
+    let identity = load::load(&source, 1, &provider(), log, SystemTime::now())?;
+    server_config(&Material {
+        secret: [0x5a; ticket::SECRET_LEN],
+        identities: vec![identity],
+    })
+}
+
 fn server_config(m: &Material) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
     let tls_err = |e: rustls::Error| Error::new(ErrorKind::Tls, format!("TLS setup: {e}"));
