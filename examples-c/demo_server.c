@@ -4,14 +4,23 @@
  *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
+ *     [--user NAME] [--group NAME] [--cpu-affinity]
+ *     [--proxy-protocol] [--proxy-allow CIDR]...
  *     [--tls-cert FILE --tls-key FILE]... [--tls-embed]
  *
  * With --tls-cert and --tls-key it serves HTTPS on --addr. Repeat the pair for more
  * certificates, chosen by the client's server name (SNI); the first pair is the default.
  * --tls-embed reads the files in the master and hands their text to the in-memory entry
- * point instead of the file names.
+ * point instead of the file names. With --proxy-protocol too, each connection's PROXY
+ * protocol header comes first, then the TLS handshake.
  *
- * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /crash (with --allow-crash).
+ * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
+ * --allow-crash); and OPTIONS *. /peer answers the client's address as the handler sees it,
+ * "ip:port" ("[ip6]:port" for IPv6): with --proxy-protocol, the one the balancer's PROXY
+ * protocol header names.
+ *
+ * --proxy-protocol makes every connection (on every --addr) start with a PROXY protocol
+ * header, accepted from the --proxy-allow networks (repeatable; default loopback).
  * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
@@ -39,11 +48,18 @@ static const char USAGE[] =
     "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
+    "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
+    "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
     "                   [--tls-cert FILE --tls-key FILE]... [--tls-embed]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "  --tls-cert/--tls-key serve HTTPS (repeat the pair for SNI; the first is the default);\n"
     "  --tls-embed passes the files' text instead of their names\n"
-    "routes, any method: / /echo /headers /pid /sleep?ms=N /crash (only with --allow-crash)\n";
+    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
+    "                    /crash (only with --allow-crash); and OPTIONS *\n"
+    "                    /peer (the client's address, ip:port)\n";
+
+/* The --proxy-allow networks so far, comma-separated, as prefork_set_proxy_allow takes them. */
+static char proxy_allow[4096];
 
 struct app {
     bool allow_crash;
@@ -64,21 +80,23 @@ static void reply_text(prefork_response *resp, int status, const char *text) {
     reply(resp, status, text, strlen(text));
 }
 
-/* Parses the decimal value of "ms" in a query such as "a=1&ms=250"; false if absent/bad. */
-static bool query_ms(prefork_str query, long *ms) {
-    size_t i = 0;
+/* Parses the decimal value of `key` ("ms") in a query such as "a=1&ms=250", at most `max`;
+ * false if absent or bad. */
+static bool query_number(prefork_str query, const char *key, long max, long *out) {
+    size_t key_len = strlen(key), i = 0;
     while (i < query.len) {
         size_t end = i;
         while (end < query.len && query.ptr[end] != '&') end++;
-        if (end - i > 3 && memcmp(query.ptr + i, "ms=", 3) == 0) {
+        if (end - i > key_len + 1 && memcmp(query.ptr + i, key, key_len) == 0 &&
+            query.ptr[i + key_len] == '=') {
             long value = 0;
-            for (size_t j = i + 3; j < end; j++) {
+            for (size_t j = i + key_len + 1; j < end; j++) {
                 char c = query.ptr[j];
-                if (c < '0' || c > '9' || value > MAX_SLEEP_MS) return false;
+                if (c < '0' || c > '9' || value > max) return false;
                 value = value * 10 + (c - '0');
             }
-            if (value > MAX_SLEEP_MS) return false;
-            *ms = value;
+            if (value > max) return false;
+            *out = value;
             return true;
         }
         i = end + 1;
@@ -98,6 +116,28 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
 
     if (str_is(path, "/")) {
         reply_text(resp, 200, "Hello, World!");
+    } else if (str_is(path, "*")) {
+        /* OPTIONS * (the library lets "*" through with OPTIONS only) asks about the server as
+         * a whole (RFC 9110 §9.3.7): every route takes any of these methods. No body, so the
+         * library sends the Content-Length: 0 that §9.3.7 asks for. */
+        static const char allow[] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+        prefork_response_add_header(resp, "Allow", 5, allow, sizeof allow - 1);
+    } else if (str_is(path, "/status")) {
+        /* An empty response with the status asked for, to probe how the library frames each
+         * one (a 204 or 304 gets neither Content-Length nor a body). The library refuses the
+         * 1xx statuses, which are its own: those are a 400 too. */
+        long code;
+        if (!query_number(prefork_request_query(req), "code", 599, &code) || code < 100) {
+            reply_text(resp, 400, "expected /status?code=N with N from 100 to 599\n");
+            return;
+        }
+        if (prefork_response_set_status(resp, (int)code) != PREFORK_OK) {
+            char text[256];
+            int n = snprintf(text, sizeof text, "status %ld refused: %s\n", code,
+                             prefork_last_error());
+            size_t len = n < 0 ? 0 : (size_t)n < sizeof text ? (size_t)n : sizeof text - 1;
+            reply(resp, 400, text, len);
+        }
     } else if (str_is(path, "/echo")) {
         prefork_str body = prefork_request_body(req);
         reply(resp, 200, body.ptr, body.len);
@@ -118,12 +158,20 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
         reply(resp, 200, text, (size_t)n);
     } else if (str_is(path, "/sleep")) {
         long ms;
-        if (!query_ms(prefork_request_query(req), &ms)) {
+        if (!query_number(prefork_request_query(req), "ms", MAX_SLEEP_MS, &ms)) {
             reply_text(resp, 400, "expected /sleep?ms=N with N at most 600000\n");
             return;
         }
         sleep_ms(ms);
         reply_text(resp, 200, "slept");
+    } else if (str_is(path, "/peer")) {
+        /* With --proxy-protocol, the client the balancer's header names, not the balancer. */
+        char addr[PREFORK_ADDR_STRLEN];
+        if (prefork_request_peer_addr(req, addr, sizeof addr) != PREFORK_OK) {
+            reply_text(resp, 500, "the peer address is unknown\n");
+            return;
+        }
+        reply_text(resp, 200, addr);
     } else if (str_is(path, "/crash") && app->allow_crash) {
         abort();
     } else {
@@ -265,6 +313,10 @@ int main(int argc, char **argv) {
             app.allow_crash = true;
         } else if (strcmp(flag, "--tls-embed") == 0) {
             tls.embed = true;
+        } else if (strcmp(flag, "--cpu-affinity") == 0) {
+            ok = set(prefork_set_cpu_affinity(server, true));
+        } else if (strcmp(flag, "--proxy-protocol") == 0) {
+            ok = set(prefork_set_proxy_protocol(server, true));
         } else if (val == NULL) {
             prefork_free(server);
             return usage("unknown flag or missing value: ", flag);
@@ -281,12 +333,27 @@ int main(int argc, char **argv) {
                     return usage("too many certificates (at most 16): ", val);
                 }
                 (cert ? tls.cert : tls.key)[(*count)++] = val;
+            } else if (strcmp(flag, "--proxy-allow") == 0) {
+                /* Each one adds to the list; setting the list so far makes the library name a
+                 * bad network at once. */
+                size_t used = strlen(proxy_allow), len = strlen(val);
+                if (used + len + 2 > sizeof proxy_allow) {
+                    prefork_free(server);
+                    return usage("too many --proxy-allow networks at ", val);
+                }
+                if (used > 0) proxy_allow[used++] = ',';
+                memcpy(proxy_allow + used, val, len + 1);
+                ok = set(prefork_set_proxy_allow(server, proxy_allow));
             } else if (strcmp(flag, "--network") == 0) {
                 if (strcmp(val, "tcp4") && strcmp(val, "tcp6") && strcmp(val, "tcp")) {
                     prefork_free(server);
                     return usage("--network must be tcp4, tcp6 or tcp, not ", val);
                 }
                 ok = set(prefork_set_network(server, val));
+            } else if (strcmp(flag, "--user") == 0) {
+                ok = set(prefork_set_user(server, val));
+            } else if (strcmp(flag, "--group") == 0) {
+                ok = set(prefork_set_group(server, val));
             } else if (strcmp(flag, "--recover-threshold") == 0) {
                 if (!parse_i32(val, &s)) ok = false;
                 else ok = set(prefork_set_recover_threshold(server, s));

@@ -15,9 +15,12 @@
  *    user_data_free finalizer, called once when the library lets go of user_data.
  *  - Callback structs only grow, at their end: initialise them by member name with the rest
  *    zero, and pass them through the macros at the end of this header (prefork_new,
- *    prefork_set_hooks), which hand the library their size. A program built against an older
- *    header keeps working with a newer library of the same major version (the README's "ABI
- *    policy"). Check which library was loaded with prefork_version().
+ *    prefork_set_hooks, prefork_set_serve), which hand the library their size. A program
+ *    built against an older header keeps working with a newer library of the same major
+ *    version (the README's "ABI policy"). Check which library was loaded with
+ *    prefork_version().
+ *  - Serve mode (prefork_set_serve) runs the program's own server in the children, with the
+ *    same supervisor around it.
  *  - The program is both the master and every child: the master re-executes /proc/self/exe
  *    with the same argv for each child. Build the handle the same way in every process.
  */
@@ -51,6 +54,59 @@
 
 /** prefork_set_hooks_sized with this header's sizeof(prefork_hooks). */
 #define prefork_set_hooks(p, hooks) prefork_set_hooks_sized((p), (hooks), sizeof(prefork_hooks))
+
+/** prefork_set_serve_sized with this header's sizeof(prefork_serve) (serve mode, since 0.2). */
+#define prefork_set_serve(p, serve) prefork_set_serve_sized((p), (serve), sizeof(prefork_serve))
+
+/**
+ * `prefork_serve.ready`: the child reports ready just before `serve` is called (the default).
+ */
+#define PREFORK_SERVE_READY_ON_START 0
+
+/**
+ * `prefork_serve.ready`: the child reports ready when `serve` calls `prefork_child_ready()`.
+ */
+#define PREFORK_SERVE_READY_EXPLICIT 1
+
+/**
+ * The PREFORK_PP2_TYPE_* values are the TLV types of PROXY protocol version 2 that its
+ * specification registers, for `prefork_request_proxy_tlv` (0xE0 to 0xEF are for
+ * applications, such as a cloud balancer's own; 0xF0 to 0xF7 are experimental). This one is
+ * the application protocol (ALPN) the client negotiated with the balancer.
+ */
+#define PREFORK_PP2_TYPE_ALPN 1
+
+/**
+ * The host name the client asked for (TLS SNI), UTF-8.
+ */
+#define PREFORK_PP2_TYPE_AUTHORITY 2
+
+/**
+ * A CRC32C of the header: the library checked it (a connection whose header does not match
+ * was closed).
+ */
+#define PREFORK_PP2_TYPE_CRC32C 3
+
+/**
+ * Padding, to be ignored.
+ */
+#define PREFORK_PP2_TYPE_NOOP 4
+
+/**
+ * An opaque id of the connection from the balancer, at most 128 bytes.
+ */
+#define PREFORK_PP2_TYPE_UNIQUE_ID 5
+
+/**
+ * TLS details of the client's connection to the balancer: a client byte, a 32-bit verify
+ * result, then sub-TLVs (version 0x21, CN 0x22, cipher 0x23, signature 0x24, key 0x25).
+ */
+#define PREFORK_PP2_TYPE_SSL 32
+
+/**
+ * The network namespace's name.
+ */
+#define PREFORK_PP2_TYPE_NETNS 48
 
 /**
  * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
@@ -94,7 +150,9 @@ typedef enum prefork_result {
      */
     PREFORK_ERR_STARTUP_TIMEOUT = 6,
     /**
-     * Children exited more often than the recover threshold allows.
+     * Children exited in a crash loop (before they were ready, or within the recover min
+     * uptime of it; any exit with recover_every_exit) more often than the recover threshold
+     * allows.
      */
     PREFORK_ERR_OVER_RECOVERY = 7,
     /**
@@ -258,7 +316,8 @@ typedef struct prefork_hooks {
     /**
      * Child, at most once: its master is gone (the lifeline closed). Runs on the child's
      * event-loop thread; the child then drains its connections and
-     * `prefork_listen_and_serve` returns.
+     * `prefork_listen_and_serve` returns. In serve mode it runs on a library thread of the
+     * child, while `serve` runs, just before `stop_fd` becomes readable.
      */
     void (*on_master_death)(void *user_data);
     /**
@@ -282,6 +341,78 @@ typedef struct prefork_hooks {
      */
     void (*user_data_free)(void *user_data);
 } prefork_hooks;
+
+/**
+ * Serve mode: each child runs the program's own server (a libuv or libevent loop, a custom
+ * protocol) instead of the library's HTTP engine, as Go's fasthttp prefork runs its
+ * `ServeFunc`. Set it with the `prefork_set_serve` macro before `prefork_listen_and_serve`.
+ *
+ * The master does not change: it binds, starts and supervises the children as always
+ * (readiness and the startup timeout, respawn, recover threshold and window, backoff, the
+ * grace period then SIGKILL, reuseport slots, every hook). In each child, the library adopts
+ * the listener and the lifeline, installs its signal handlers (with `handle_signals` on),
+ * runs the handler's `init_child`, then calls `serve` on the thread that called
+ * `prefork_listen_and_serve`. When `serve` returns, the child runs `exit_child` and exits
+ * the process with `serve`'s return value as its status: in a serve-mode child,
+ * `prefork_listen_and_serve` returns only when something failed before `serve` was called
+ * (an `init_child` failure, for example). `prefork_new` still takes a `prefork_handler`,
+ * whose `init_child` and `exit_child` run as said; its `handle` is never called, and the
+ * HTTP options (the limits, timeouts and `handler_threads`) do not apply. Nor does TLS: the
+ * TLS entry points (`prefork_listen_and_serve_tls`, `_embed`) return PREFORK_ERR_STATE on a
+ * handle with a serve function.
+ *
+ * Extensible, as `prefork_handler`: members are only ever added at the end, one a program
+ * does not know of reads as 0 (unset). Initialise it by member name with the rest zero.
+ *
+ * The library copies this struct: it need not outlive the `prefork_set_serve` call.
+ */
+typedef struct prefork_serve {
+    /**
+     * Passed as the first argument of `serve` and `user_data_free`; the library never reads
+     * it.
+     */
+    void *user_data;
+    /**
+     * Required. The child's server, called once in each child.
+     *
+     * `listen_fd` is the listening TCP socket the master bound (blocking, close-on-exec).
+     * `serve` owns it: close it when the server stops accepting. Its file status flags
+     * (O_NONBLOCK) are those of the socket, which the master shares with every child (with
+     * reuseport, with the children of its slot): set them the same way in every child.
+     * Descriptor 4 is the library's lifeline to the master: leave it alone.
+     *
+     * `stop_fd` becomes readable (POLLIN, and POLLHUP) when the child must stop, and stays
+     * so: on the master's graceful stop (its SIGTERM; with `handle_signals` off, the host's
+     * own handler calls `prefork_shutdown`), on the master's death (after `on_master_death`
+     * ran, on a library thread), and on `prefork_shutdown()` in this child. Poll it beside
+     * the server's own descriptors; do not read, write or close it: it is the library's, and
+     * valid until `serve` returns. On the stop, finish the requests in flight and return
+     * within the grace period, after which the master kills the child with SIGKILL.
+     *
+     * The return value is the child's exit status, which the master's `on_child_exit` hook
+     * sees: 0 for a clean stop, 1 to 255 as they are, any other value (a negative one, or
+     * above 255) 1. Returning before the stop is a child's exit like a crash: the master
+     * replaces it, within the recover threshold and with the backoff of a child that dies
+     * soon after its start.
+     */
+    int (*serve)(void *user_data, int listen_fd, int stop_fd);
+    /**
+     * When the child tells the master it is ready (the master's `on_master_ready` waits for
+     * every child, and until then its startup timeout runs):
+     * PREFORK_SERVE_READY_ON_START (0): just before `serve` is called; the master's socket
+     * already queues connections, so a server that accepts as soon as it runs needs nothing
+     * more. PREFORK_SERVE_READY_EXPLICIT: when `serve` calls `prefork_child_ready()`, for a
+     * server that sets itself up first; a `serve` that returns without calling it is a child
+     * that failed to start. Any other value is refused.
+     */
+    int ready;
+    /**
+     * Optional finalizer: called once with `user_data` when this serve struct is replaced by
+     * another `prefork_set_serve` call or the handle is freed, never when `prefork_set_serve`
+     * failed. A serve-mode child exits without freeing the handle, so it does not run there.
+     */
+    void (*user_data_free)(void *user_data);
+} prefork_serve;
 
 /**
  * A borrowed view of bytes: `len` bytes at `ptr`, NOT NUL-terminated (use `%.*s` or
@@ -370,7 +501,9 @@ void prefork_free(struct prefork *p);
  * `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
  * (`prefork_is_child()`, the same program re-executed by the master): serves the listener
  * inherited from the master (`addr` is not used) until told to stop, drains, and returns
- * PREFORK_OK; the program should then free the handle and exit.
+ * PREFORK_OK; the program should then free the handle and exit. In serve mode
+ * (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
+ * it returns: the call returns in a child only on a failure before the callback started.
  *
  * Blocks the calling thread, on which the master's hooks and the child's event loop run.
  * Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (`addr` is not UTF-8, or an invalid
@@ -441,8 +574,11 @@ bool prefork_shutdown(void);
  * connection is closed. A TLS handshake must finish, with the first request head, within
  * the header timeout.
  *
- * Errors: those of `prefork_listen_and_serve`, PREFORK_ERR_NULL for a NULL path, and
- * PREFORK_ERR_TLS.
+ * Serve mode has no TLS: on a handle with a serve function (`prefork_set_serve`) this
+ * returns PREFORK_ERR_STATE and starts nothing.
+ *
+ * Errors: those of `prefork_listen_and_serve`, PREFORK_ERR_NULL for a NULL path,
+ * PREFORK_ERR_STATE in serve mode, and PREFORK_ERR_TLS.
  */
 enum prefork_result prefork_listen_and_serve_tls(struct prefork *p,
                                                  const char *addr,
@@ -514,8 +650,10 @@ enum prefork_result prefork_set_network(struct prefork *p, const char *network);
 enum prefork_result prefork_set_backlog(struct prefork *p, int32_t backlog);
 
 /**
- * Child exits tolerated within the recover window; one more makes the master stop the others
- * and `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first
+ * Crash-loop exits tolerated within the recover window: exits of children that never
+ * reported ready or exited within the recover min uptime of it (every exit with
+ * `prefork_set_recover_every_exit`). One more makes the master stop the others and
+ * `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first such
  * exit. A negative value restores the default, max(1, children / 2) (as fasthttp).
  * Default: -1.
  */
@@ -539,6 +677,24 @@ enum prefork_result prefork_set_recover_window_ms(struct prefork *p, uint64_t ms
 enum prefork_result prefork_set_recover_backoff_max_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * How long a child must have served, in milliseconds from its "listening" report, for its
+ * exit not to count against the recover threshold. A child that exits sooner, or before it
+ * is ready, is taken for a crash loop (broken code or configuration, which a replacement
+ * cannot cure) and counts; one that served longer (a request that hit a bug, an OOM kill) is
+ * always replaced and never makes the master give up. 0 counts only children that never
+ * became ready. Not used with `prefork_set_recover_every_exit(p, true)`. Default: 1000.
+ */
+enum prefork_result prefork_set_recover_min_uptime_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * true: every child exit counts against the recover threshold, however long the child
+ * served: fasthttp's rule (with `prefork_set_recover_window_ms(p, 0)`, over the master's
+ * whole life, exactly as fasthttp). false: only crash-loop exits count (see
+ * `prefork_set_recover_min_uptime_ms`). Default: false.
+ */
+enum prefork_result prefork_set_recover_every_exit(struct prefork *p, bool every_exit);
+
+/**
  * How long children get to finish their requests after SIGTERM before they are killed, in
  * milliseconds. Default: 5000.
  */
@@ -559,8 +715,37 @@ enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t m
 enum prefork_result prefork_set_handle_signals(struct prefork *p, bool handle_signals);
 
 /**
- * Longest request line (method, target, version), in bytes, before the reply is 414; above
- * zero, and at most max_head_size (checked when serving starts). Default: 8192.
+ * The user every child runs as, by name (NUL-terminated), as nginx's `user` and gunicorn's
+ * `--user`: the master, which must then run as root, binds the listener and starts each
+ * child with this user's uid, its primary group (or `group`'s) and supplementary groups from
+ * the user database, set between fork and exec with `PR_SET_NO_NEW_PRIVS`, so no code of a
+ * child runs as root. The master stays root to bind, spawn and signal. An unknown name, or a
+ * master that is not root, fails `prefork_listen_and_serve` at once with
+ * PREFORK_ERR_INVALID_ARGUMENT, before any child starts. A `command_producer` must drop
+ * privileges itself (a child that finds itself under the wrong uid refuses to serve). NULL or
+ * "" unsets it: children run as the master's user. Default: "".
+ */
+enum prefork_result prefork_set_user(struct prefork *p, const char *user);
+
+/**
+ * The group every child runs as, by name (NUL-terminated), instead of the user's primary
+ * group; with no `user`, only the children's groups change (supplementary groups: just this
+ * one). Checked as `prefork_set_user` is. NULL or "" unsets it: the user's primary group, or
+ * the master's. Default: "".
+ */
+enum prefork_result prefork_set_group(struct prefork *p, const char *group);
+
+/**
+ * Pins child *i* to the *i*-th CPU of the set the master may run on (sched_getaffinity,
+ * wrapping around when there are more children than CPUs); a replacement inherits its
+ * slot's CPU. Default: false.
+ */
+enum prefork_result prefork_set_cpu_affinity(struct prefork *p, bool cpu_affinity);
+
+/**
+ * Longest request line (method, target, version), in bytes, before the reply is 414 (501
+ * when the method alone is too long: over 32 bytes or over this cap); above zero, and at most
+ * max_head_size (checked when serving starts). Default: 8192.
  */
 enum prefork_result prefork_set_max_request_line(struct prefork *p, size_t bytes);
 
@@ -644,6 +829,38 @@ enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes
 enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
 
 /**
+ * true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
+ * specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
+ * `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
+ * `prefork_request_peer_addr` is the client's address from the header and
+ * `prefork_request_proxy_tlv` reads its TLVs. The header is required, never guessed: a
+ * connection from a source outside `prefork_set_proxy_allow` is closed before anything is
+ * read, and one whose header is missing, malformed (the specification's rules, a CRC32C
+ * that does not match, a version 2 header over 4096 bytes of addresses and TLVs) or late
+ * (`prefork_set_proxy_timeout_ms`) is closed without a response. A TLS layer would come after
+ * the header. Turn it on only where every client is such a balancer. Default: false.
+ */
+enum prefork_result prefork_set_proxy_protocol(struct prefork *p, bool on);
+
+/**
+ * The networks PROXY protocol connections may come from (those of the balancers): a
+ * NUL-terminated, comma-separated list of CIDRs such as "10.0.0.0/8, 2001:db8::/32" (a bare
+ * address is that one host; "0.0.0.0/0,::/0" allows every source), which replaces the list.
+ * A network whose address has bits set past its prefix ("10.0.0.1/8") is refused as a likely
+ * typo; PREFORK_ERR_INVALID_ARGUMENT names the first bad entry, and an empty list is refused.
+ * An IPv4 client of a dual-stack listener matches the IPv4 networks. Used only with
+ * `prefork_set_proxy_protocol(p, true)`. Default: "127.0.0.0/8,::1/128".
+ */
+enum prefork_result prefork_set_proxy_allow(struct prefork *p, const char *cidrs);
+
+/**
+ * How long a new connection may take, from its accept, to send its whole PROXY protocol
+ * header before it is closed, in milliseconds; above zero. Used only with
+ * `prefork_set_proxy_protocol(p, true)`. Default: 5000.
+ */
+enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
  * Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
  * members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
  * macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size
@@ -677,6 +894,36 @@ enum prefork_result prefork_set_logger(struct prefork *p,
                                                    size_t len),
                                        void *user_data,
                                        void (*user_data_free)(void *user_data));
+
+/**
+ * Puts the handle `p` in serve mode with `*serve`, a struct of `serve_size` bytes (copied).
+ * C and C++ call it through the `prefork_set_serve` macro, which passes
+ * `sizeof(prefork_serve)`; Go, Zig and other FFIs call it with the size of their
+ * `prefork_serve`. An earlier serve struct is replaced and its `user_data_free`, if any,
+ * called. Call it in every process (the master ignores it, the children need it), from the
+ * thread that owns `p`, before `prefork_listen_and_serve`.
+ *
+ * Returns PREFORK_ERR_NULL for a NULL `p`, `serve` or `serve->serve`;
+ * PREFORK_ERR_INVALID_ARGUMENT when `serve_size` is no `prefork_serve` size, the struct sets
+ * a member this library does not know (a newer header than the library), or `ready` is no
+ * PREFORK_SERVE_READY_* value; PREFORK_ERR_STATE while the server is serving. On failure
+ * nothing is taken over (the caller still owns `serve->user_data`).
+ */
+enum prefork_result prefork_set_serve_sized(struct prefork *p,
+                                            const struct prefork_serve *serve,
+                                            size_t serve_size);
+
+/**
+ * Reports this serve-mode child ready to its master, for a `prefork_serve` whose `ready` is
+ * PREFORK_SERVE_READY_EXPLICIT: call it from `serve` (or from any thread of the child while
+ * `serve` runs) once the server can take connections. Reporting again, or with
+ * PREFORK_SERVE_READY_ON_START, does nothing and returns PREFORK_OK.
+ *
+ * Returns PREFORK_ERR_STATE when no `serve` callback is running in this process (in the
+ * master, in a child of the HTTP engine, after `serve` returned), and PREFORK_ERR_IO when
+ * the master is gone (the child is then about to be told to stop).
+ */
+enum prefork_result prefork_child_ready(void);
 
 /**
  * The method, e.g. "GET", case-sensitive as received. Valid until `handle` returns; empty
@@ -743,7 +990,10 @@ bool prefork_request_header(const struct prefork_request *req,
 
 /**
  * Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
- * "203.0.113.7:51234" or "[2001:db8::1]:51234". Returns PREFORK_OK;
+ * "203.0.113.7:51234" or "[2001:db8::1]:51234". With `prefork_set_proxy_protocol` on, it is
+ * the client's address from the connection's PROXY protocol header; for a header that names
+ * none (a balancer's own connection: version 2 LOCAL, version 1 UNKNOWN, or an AF_UNSPEC or
+ * AF_UNIX address), the socket's peer, which is the balancer. Returns PREFORK_OK;
  * PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
  * PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
  * is written only on success. Call it during `handle`.
@@ -753,8 +1003,35 @@ enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
                                               size_t cap);
 
 /**
+ * Looks up the first TLV of type `type` (a `PREFORK_PP2_TYPE_*` value, or an application's
+ * 0xE0 to 0xEF) in the PROXY protocol version 2 header the request's connection began with
+ * (see `prefork_set_proxy_protocol`). On success writes its value to `*value` (which may be
+ * NULL to only test presence) and returns true; returns false, writing nothing, when the
+ * header has no such TLV, the connection had no version 2 header (the option is off, or the
+ * balancer sent version 1), or `req` is NULL. The view is valid until `handle` returns. To
+ * read every TLV of a repeated type, iterate with `prefork_request_proxy_tlv_at`.
+ */
+bool prefork_request_proxy_tlv(const struct prefork_request *req,
+                               uint8_t type,
+                               struct prefork_str *value);
+
+/**
+ * The TLV at `index` (from 0) of the connection's PROXY protocol version 2 header, in the
+ * order received. On success writes its type to `*type` and its value to `*value` (either may
+ * be NULL if not wanted) and returns true; returns false, writing nothing, when `index` is
+ * past the last TLV, the connection had no version 2 header, or `req` is NULL. The view is
+ * valid until `handle` returns.
+ */
+bool prefork_request_proxy_tlv_at(const struct prefork_request *req,
+                                  size_t index,
+                                  uint8_t *type,
+                                  struct prefork_str *value);
+
+/**
  * Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the
- * status unchanged, outside 200..599 (1xx responses are the engine's).
+ * status unchanged, outside 200..599 (1xx responses are the engine's). A 204 or 304 response
+ * is sent without Content-Length, Transfer-Encoding or body (RFC 9110 §6.4.1): a body written
+ * or streamed for it is dropped, and the child logs that once.
  */
 enum prefork_result prefork_response_set_status(struct prefork_response *resp, int status);
 

@@ -1,6 +1,8 @@
 //! Every option of the library, with its default and its validation: the one place defaults
 //! live. The C ABI has one setter per field; the README's option table mirrors this file.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -42,8 +44,9 @@ pub struct ProcessConfig {
     pub network: Network,
     /// listen(2) backlog. Default 1024 (the kernel caps it at net.core.somaxconn).
     pub backlog: i32,
-    /// Child exits tolerated inside `recover_window` before the master gives up with an
-    /// over-recovery error. `None` (default) = max(1, children / 2), as in fasthttp.
+    /// Crash-loop exits (see `recover_min_uptime`; every exit with `recover_every_exit`)
+    /// tolerated inside `recover_window` before the master gives up with an over-recovery
+    /// error. `None` (default) = max(1, children / 2), as in fasthttp.
     pub recover_threshold: Option<usize>,
     /// Delay before respawning an exited child. Default 0.
     pub recover_interval: Duration,
@@ -51,8 +54,18 @@ pub struct ProcessConfig {
     /// over the master's whole lifetime (the fasthttp behaviour).
     pub recover_window: Duration,
     /// Cap of the exponential backoff applied to back-to-back quick crashes (a child that
-    /// dies within `startup_timeout` of its spawn). Default 10 s.
+    /// dies before it is ready or within a second of its spawn). Default 10 s.
     pub recover_backoff_max: Duration,
+    /// How long a child must have served, from its "listening" report, for its exit not to
+    /// count against `recover_threshold`: an exit before ready or sooner than this is a crash
+    /// loop's, one after it is a crash a replacement cures (a request that hits a bug), and is
+    /// always replaced. Default 1 s (pm2's `min_uptime`, supervisord's `startsecs`); zero
+    /// counts only children that never became ready.
+    pub recover_min_uptime: Duration,
+    /// Count every child exit against `recover_threshold`, however long the child served:
+    /// fasthttp's rule (with a zero `recover_window`, over the master's whole life, exactly
+    /// as fasthttp). Default false.
+    pub recover_every_exit: bool,
     /// How long children get to finish after SIGTERM before SIGKILL. Default 5 s.
     pub grace_period: Duration,
     /// How long a child may take to report "listening". Default 10 s.
@@ -60,6 +73,17 @@ pub struct ProcessConfig {
     /// Install SIGTERM/SIGINT handlers (master) and SIGTERM (child). Default true. When false
     /// the host must call `shutdown()` itself.
     pub handle_signals: bool,
+    /// The user every child runs as (a name from the user database), set between fork and
+    /// exec, so no code of a child runs with the master's identity; its group and
+    /// supplementary groups come from the user's entry unless `group` is set. Needs a root
+    /// master. Default `None`: children run as the master's user.
+    pub user: Option<String>,
+    /// The group every child runs as (a name from the group database), instead of the user's
+    /// primary group; alone, it changes only the children's groups. Default `None`.
+    pub group: Option<String>,
+    /// Pin child *i* to the *i*-th CPU of the master's allowed set (wrapping around); a
+    /// replacement gets its slot's CPU. Default false.
+    pub cpu_affinity: bool,
 }
 
 impl Default for ProcessConfig {
@@ -73,9 +97,14 @@ impl Default for ProcessConfig {
             recover_interval: Duration::ZERO,
             recover_window: Duration::from_secs(60),
             recover_backoff_max: Duration::from_secs(10),
+            recover_min_uptime: Duration::from_secs(1),
+            recover_every_exit: false,
             grace_period: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
+            user: None,
+            group: None,
+            cpu_affinity: false,
         }
     }
 }
@@ -109,15 +138,31 @@ impl ProcessConfig {
             ("recover_interval", self.recover_interval),
             ("recover_window", self.recover_window),
             ("recover_backoff_max", self.recover_backoff_max),
+            ("recover_min_uptime", self.recover_min_uptime),
             ("grace_period", self.grace_period),
         ] {
             duration(name, value)?;
         }
-        positive_duration("startup_timeout", self.startup_timeout)
+        positive_duration("startup_timeout", self.startup_timeout)?;
+        for (name, value) in [("user", &self.user), ("group", &self.group)] {
+            account_name(name, value.as_deref())?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), Error> {
         self.check_fields()
+    }
+}
+
+/// A user or group name: set means non-empty and free of NUL and whitespace (whether it
+/// exists is checked when serving starts, against the databases of the machine it runs on).
+fn account_name(option: &str, name: Option<&str>) -> Result<(), Error> {
+    match name {
+        Some(n) if n.is_empty() || n.contains(|c: char| c == '\0' || c.is_whitespace()) => Err(
+            Error::invalid(format!("{option} = {n:?} is not a valid name")),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -127,7 +172,8 @@ pub const MAX_CHILDREN: usize = 1024;
 /// Options of the HTTP/1.1 engine each child runs.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// Longest request line (method, target, version) before 414. Default 8 KiB.
+    /// Longest request line (method, target, version) before 414 (501 when the method alone
+    /// is too long: over 32 bytes or over this cap). Default 8 KiB.
     pub max_request_line: usize,
     /// Largest request head (request line and headers) before 431. Default 16 KiB.
     pub max_head_size: usize,
@@ -161,6 +207,17 @@ pub struct HttpConfig {
     /// Fairness: bytes read from plus written to one connection in one event-loop turn before
     /// the loop serves the others. Default 256 KiB.
     pub max_bytes_per_turn: usize,
+    /// Every connection must start with a PROXY protocol header (version 1 or 2), which gives
+    /// the client's address (`Request::peer_addr`) and TLVs (`Request::proxy_header`); one
+    /// without a valid header is closed. Required when on, never guessed (the spec's §1).
+    /// Default false.
+    pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the networks a connection may come from (those of the balancers);
+    /// one from elsewhere is closed before anything is read. Default 127.0.0.0/8 and ::1/128.
+    pub proxy_allow: Vec<Cidr>,
+    /// With `proxy_protocol`: how long a new connection may take to send its whole header,
+    /// from its accept, before it is closed. Default 5 s.
+    pub proxy_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -180,6 +237,9 @@ impl Default for HttpConfig {
             max_chunk_ext_size: 16 * 1024,
             max_trailer_size: 16 * 1024,
             max_bytes_per_turn: 256 * 1024,
+            proxy_protocol: false,
+            proxy_allow: Cidr::loopback(),
+            proxy_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -207,8 +267,14 @@ impl HttpConfig {
             ("body_timeout", self.body_timeout),
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
+            ("proxy_timeout", self.proxy_timeout),
         ] {
             positive_duration(name, value)?;
+        }
+        if self.proxy_allow.is_empty() {
+            return Err(Error::invalid(
+                "proxy_allow must name at least one network (0.0.0.0/0,::/0 allows every source)",
+            ));
         }
         Ok(())
     }
@@ -227,6 +293,107 @@ impl HttpConfig {
 
 /// Upper bound on handler threads per child.
 pub const MAX_HANDLER_THREADS: usize = 4096;
+
+/// An IP network, `address/prefix-length`, such as `10.0.0.0/8` or `2001:db8::/32`; a bare
+/// address is the network of that one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses one network. The address must be the network's first (no bits set past the
+    /// prefix), so that a typo such as `10.1.2.3/8` is an error, not a wider allowlist.
+    pub fn parse(text: &str) -> Result<Cidr, Error> {
+        let bad = |why: &str| Error::invalid(format!("bad network {text:?}: {why}"));
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected an IPv4 or IPv6 address, then /prefix-length"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| bad(&format!("the prefix length must be at most {max}")))?,
+            Some(_) => return Err(bad("the prefix length must be a number")),
+        };
+        let cidr = Cidr { addr, prefix };
+        if cidr.network(addr) != bits(addr) {
+            return Err(bad(&format!(
+                "bits are set past the /{prefix} prefix (the network is {})",
+                Cidr {
+                    addr: from_bits(addr, cidr.network(addr)),
+                    prefix
+                }
+            )));
+        }
+        Ok(cidr)
+    }
+
+    /// Parses a comma-separated list (spaces around the commas allowed); the error names the
+    /// first bad entry.
+    pub fn parse_list(text: &str) -> Result<Vec<Cidr>, Error> {
+        text.split(',').map(|t| Cidr::parse(t.trim())).collect()
+    }
+
+    /// 127.0.0.0/8 and ::1/128: where a balancer on the same machine connects from.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![
+            Cidr {
+                addr: IpAddr::from([127, 0, 0, 0]),
+                prefix: 8,
+            },
+            Cidr {
+                addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                prefix: 128,
+            },
+        ]
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (how a dual-stack socket
+    /// shows an IPv4 peer) counts as the IPv4 address it maps.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && self.network(ip) == bits(self.addr)
+    }
+
+    /// `ip`'s bits with those past the prefix cleared (`ip` of this network's family).
+    fn network(&self, ip: IpAddr) -> u128 {
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let keep = u32::from(self.prefix);
+        if keep == 0 {
+            return 0;
+        }
+        bits(ip) & (u128::MAX << (width - keep)) & (u128::MAX >> (128 - width))
+    }
+}
+
+fn bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_bits(like: IpAddr, b: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::from((b as u32).to_be_bytes()),
+        IpAddr::V6(_) => IpAddr::from(b.to_be_bytes()),
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
 
 /// All options.
 #[derive(Clone, Debug, Default)]
@@ -311,6 +478,59 @@ mod tests {
                 .message()
                 .contains("above the limit of 1024")
         );
+    }
+
+    #[test]
+    fn networks_parse_strictly_and_match() {
+        let net = |t: &str| Cidr::parse(t).unwrap();
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        // A dual-stack socket's view of an IPv4 peer.
+        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        assert!(!net("::ffff:0:0/96").contains(ip("::ffff:127.0.0.1")));
+        let loopback = Cidr::loopback();
+        assert_eq!(
+            loopback.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["127.0.0.0/8", "::1/128"]
+        );
+        assert!(loopback.iter().any(|c| c.contains(ip("::1"))));
+        assert!(!loopback.iter().any(|c| c.contains(ip("::2"))));
+
+        for (bad, why) in [
+            ("10.0.0.1/8", "the network is 10.0.0.0/8"),
+            ("10.0.0.0/33", "at most 32"),
+            ("::/129", "at most 128"),
+            ("10.0.0.0/", "must be a number"),
+            ("10.0.0.0/+8", "must be a number"),
+            ("10.0.0.0/08x", "must be a number"),
+            ("10.0.0/8", "expected an IPv4"),
+            ("localhost", "expected an IPv4"),
+            ("", "expected an IPv4"),
+        ] {
+            let e = Cidr::parse(bad).unwrap_err();
+            assert!(
+                e.message().contains(why) && e.message().contains(&format!("{bad:?}")),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+        assert_eq!(
+            Cidr::parse_list("10.0.0.0/8, 192.168.0.0/16,::1")
+                .unwrap()
+                .len(),
+            3
+        );
+        let e = Cidr::parse_list("10.0.0.0/8,10.0.0.1/8").unwrap_err();
+        assert!(e.message().contains("\"10.0.0.1/8\""), "{}", e.message());
+        assert!(Cidr::parse_list("10.0.0.0/8,").is_err());
     }
 
     #[test]

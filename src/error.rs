@@ -18,7 +18,9 @@ pub enum ErrorKind {
     Spawn,
     /// A child did not report "listening" within the startup timeout.
     StartupTimeout,
-    /// Children exited more often than the recover threshold allows.
+    /// Children exited in a crash loop (before they were ready, or within the recover min
+    /// uptime of it; any exit with recover_every_exit) more often than the recover threshold
+    /// allows.
     OverRecovery,
     /// A user hook returned an error or panicked.
     Hook,

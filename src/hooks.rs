@@ -8,6 +8,7 @@ use std::process::Command;
 
 use nix::sys::resource::{Resource, getrlimit};
 
+use crate::confine::ChildConfinement;
 use crate::error::HookError;
 
 /// Process ids as the C ABI and the OS see them.
@@ -34,7 +35,8 @@ pub enum ChildExit {
 }
 
 /// Hooks of the master (and, for `on_master_death`, of each child). All run on the thread that
-/// called `listen_and_serve`; a hook that panics counts as a hook error.
+/// called `listen_and_serve` (except `on_master_death` in serve mode, which runs on a library
+/// thread while the serve function runs); a hook that panics counts as a hook error.
 #[derive(Default)]
 #[allow(clippy::type_complexity)]
 pub struct Hooks {
@@ -47,7 +49,8 @@ pub struct Hooks {
     pub on_child_recover: Option<Box<dyn FnMut(Pid, Pid) -> HookResult + Send>>,
     /// After a child exited and was reaped, before any replacement.
     pub on_child_exit: Option<Box<dyn FnMut(Pid, ChildExit) + Send>>,
-    /// In a child, once, when its master is gone; the child then drains and exits.
+    /// In a child, once, when its master is gone; the child then drains and exits (in serve
+    /// mode: the stop signal is set right after it).
     pub on_master_death: Option<Box<dyn FnMut() + Send>>,
     /// Starts a child instead of the default re-exec; returns its pid.
     pub command_producer: Option<Box<dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send>>,
@@ -71,11 +74,14 @@ pub struct SpawnRequest {
     pub slot: usize,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
+    /// The user, groups and CPU the options give this slot's child.
+    pub(crate) confinement: ChildConfinement,
 }
 
 impl SpawnRequest {
     /// The default child command: the current executable with the master's argv, the marker
-    /// set (replacing any inherited value) and both descriptors in place.
+    /// set (replacing any inherited value), both descriptors in place, and the child's user,
+    /// groups and CPU (the `user`, `group` and `cpu_affinity` options) set before it runs.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         if let Some(arg0) = self.args.first() {
@@ -87,9 +93,11 @@ impl SpawnRequest {
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),
         ];
+        let confinement = self.confinement.clone();
         // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range,
-        // getrlimit, fcntl) and allocates nothing. The sources are above LIFELINE_FD (the master
-        // dups them there), so placing one never clobbers the other. dup2 is raw libc: nix's
+        // getrlimit, fcntl, and ChildConfinement::apply's) and allocates nothing. The sources
+        // are above LIFELINE_FD (the master dups them there), so placing one never clobbers the
+        // other. dup2 is raw libc: nix's
         // dup2 wants the target as an OwnedFd, and its dup2_raw returns one that would close
         // the placed descriptor when dropped.
         unsafe {
@@ -100,7 +108,7 @@ impl SpawnRequest {
                     }
                 }
                 cloexec_fds_above(LIFELINE_FD);
-                Ok(())
+                confinement.apply()
             });
         }
         cmd

@@ -24,10 +24,34 @@
 //! }
 //! ```
 //!
+//! Serve mode runs the application's own server in the children instead of the HTTP engine,
+//! with the same supervisor around it (fasthttp prefork's `ServeFunc`):
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use std::os::fd::AsRawFd;
+//!
+//! fn main() -> Result<(), prefork::Error> {
+//!     let mut server = prefork::Prefork::with_serve(prefork::Ready::OnStart, |listener, stop| {
+//!         listener.set_nonblocking(true).unwrap();
+//!         while !stop.is_set() {
+//!             // A real server polls the listener and stop.as_raw_fd() together.
+//!             match listener.accept() {
+//!                 Ok((mut conn, _)) => drop(conn.write_all(b"hello\n")),
+//!                 Err(_) => drop(stop.wait_timeout(std::time::Duration::from_millis(10))),
+//!             }
+//!         }
+//!         0
+//!     });
+//!     server.listen_and_serve("127.0.0.1:7000")
+//! }
+//! ```
+//!
 //! The C ABI (`include/prefork.h`) is a thin layer over this API.
 
 mod child;
 pub mod config;
+mod confine;
 mod control;
 mod error;
 pub mod ffi;
@@ -38,17 +62,18 @@ mod log;
 mod master;
 mod tls;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-pub use config::{Config, HttpConfig, Network, ProcessConfig};
+pub use child::{Ready, StopSignal, child_ready};
+pub use config::{Cidr, Config, HttpConfig, Network, ProcessConfig};
 pub use control::shutdown;
 pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
-pub use http::{Handler, Header, Request, Response};
+pub use http::{Handler, Header, ProxyHeader, Request, Response};
 pub use log::{Level, Logger, StderrLogger};
 
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).
@@ -77,7 +102,18 @@ pub struct Prefork {
     logger: Arc<dyn Logger>,
     /// Certificates for the TLS entry points, the default first.
     tls: Vec<tls::CertSource>,
+    serve: Option<child::Serve>,
     served: bool,
+}
+
+/// The handler of a server that only serves in serve mode: the engine never runs, so it is
+/// never called.
+struct NoHandler;
+
+impl Handler for NoHandler {
+    fn handle(&self, _: &Request<'_>, resp: &mut Response) {
+        let _ = resp.set_status(500);
+    }
 }
 
 impl Prefork {
@@ -92,8 +128,45 @@ impl Prefork {
             handler,
             logger: Arc::new(StderrLogger),
             tls: Vec::new(),
+            serve: None,
             served: false,
         }
+    }
+
+    /// A server in serve mode (see [`Prefork::set_serve`]) with no `init_child` or
+    /// `exit_child`.
+    pub fn with_serve(
+        ready: Ready,
+        serve: impl FnOnce(TcpListener, &StopSignal) -> i32 + Send + 'static,
+    ) -> Prefork {
+        let mut server = Prefork::new(NoHandler);
+        server.set_serve(ready, serve);
+        server
+    }
+
+    /// Serve mode: each child calls `serve` instead of the HTTP engine, with the listener
+    /// inherited from the master (its to own) and its [`StopSignal`], after the handler's
+    /// `init_child`. The child reports ready as `ready` says. `serve` must return soon after
+    /// the stop signal is set (the master's grace period runs from its SIGTERM, then it kills
+    /// the child); a return before it counts as the child's exit, which the master replaces
+    /// like a crash. When `serve` returns, the child runs the handler's `exit_child` and exits
+    /// the process with `serve`'s value as its status (0 to 255; anything else is 1; a panic
+    /// is 101), which the master's `on_child_exit` hook sees: in a serve-mode child,
+    /// `listen_and_serve` only returns on a failure before `serve` was called.
+    ///
+    /// The master's side does not change: binding, readiness, respawn, the recover policy,
+    /// graceful stop, master-death detection and every hook work as with the engine. The HTTP
+    /// options (`config().http`) do not apply, nor does TLS: the TLS entry points refuse a
+    /// server in serve mode. Replaces an earlier `set_serve`.
+    pub fn set_serve(
+        &mut self,
+        ready: Ready,
+        serve: impl FnOnce(TcpListener, &StopSignal) -> i32 + Send + 'static,
+    ) {
+        self.serve = Some(child::Serve {
+            ready,
+            run: Box::new(serve),
+        });
     }
 
     pub fn config(&self) -> &Config {
@@ -115,11 +188,12 @@ impl Prefork {
     /// In the master: binds `addr` (`host:port`; an empty host means all interfaces), starts
     /// the children and supervises them until SIGTERM/SIGINT or [`shutdown`], then stops them
     /// gracefully and returns `Ok(())`. In a child: serves the inherited listener until told to
-    /// stop, drains, and returns `Ok(())`.
+    /// stop, drains, and returns `Ok(())`; in serve mode it calls the serve function instead
+    /// and exits the process when that returns (see [`Prefork::set_serve`]).
     ///
     /// A `Prefork` serves once; a second call is an `InvalidState` error.
     pub fn listen_and_serve(&mut self, addr: &str) -> Result<(), Error> {
-        self.serve(addr, None)
+        self.start(addr, None)
     }
 
     /// As [`listen_and_serve`](Self::listen_and_serve), over TLS (1.3 and 1.2, ALPN
@@ -135,6 +209,9 @@ impl Prefork {
     /// an expired certificate is logged as a warning. Children get the certificates, keys and
     /// session-ticket secret from the master over their lifeline and never open the files
     /// (in a child, the paths are not used).
+    ///
+    /// Serve mode ([`set_serve`](Self::set_serve)) has no TLS: on a server in serve mode this
+    /// is an [`ErrorKind::InvalidState`] error and nothing starts.
     pub fn listen_and_serve_tls(
         &mut self,
         addr: &str,
@@ -145,7 +222,7 @@ impl Prefork {
             cert: cert_file.as_ref().to_path_buf(),
             key: key_file.as_ref().to_path_buf(),
         };
-        self.serve(addr, Some(default))
+        self.start(addr, Some(default))
     }
 
     /// As [`listen_and_serve_tls`](Self::listen_and_serve_tls) with the PEM text of the chain
@@ -160,7 +237,7 @@ impl Prefork {
             cert: cert_pem.to_vec(),
             key: key_pem.to_vec(),
         };
-        self.serve(addr, Some(default))
+        self.start(addr, Some(default))
     }
 
     /// Adds a certificate chain and key (PEM files) that the TLS entry points serve to clients
@@ -182,11 +259,20 @@ impl Prefork {
     }
 
     /// Serves plain HTTP, or TLS with `default` as the default certificate.
-    fn serve(&mut self, addr: &str, default: Option<tls::CertSource>) -> Result<(), Error> {
+    fn start(&mut self, addr: &str, default: Option<tls::CertSource>) -> Result<(), Error> {
         if self.served {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 "listen_and_serve was already called on this server; create a new one",
+            ));
+        }
+        if default.is_some() && self.serve.is_some() {
+            // TLS lives in the HTTP engine; a serve-mode child runs the application's own
+            // server on the raw listener, which the engine's TLS cannot wrap.
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "serve mode does not support TLS: call listen_and_serve, or terminate TLS in \
+                 the serve function",
             ));
         }
         self.config.validate()?;
@@ -196,13 +282,23 @@ impl Prefork {
             self.tls.insert(0, default);
         }
         let result = if is_child() {
-            child::run(
-                &self.config,
-                &mut self.hooks,
-                &self.handler,
-                &*self.logger,
-                tls,
-            )
+            match self.serve.take() {
+                Some(serve) => child::serve(
+                    &self.config,
+                    &mut self.hooks,
+                    &self.handler,
+                    serve,
+                    &*self.logger,
+                )
+                .map(|never| match never {}),
+                None => child::run(
+                    &self.config,
+                    &mut self.hooks,
+                    &self.handler,
+                    &*self.logger,
+                    tls,
+                ),
+            }
         } else if tls {
             tls::prepare(&self.tls, &*self.logger).and_then(|material| {
                 master::run(

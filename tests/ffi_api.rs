@@ -440,3 +440,152 @@ unsafe fn tls_argument_checks(new: &dyn Fn() -> *mut ffi::prefork) {
         prefork_free(p);
     }
 }
+
+unsafe extern "C" fn serve_nothing(_: *mut c_void, _: c_int, _: c_int) -> c_int {
+    0
+}
+
+fn serve_struct(frees: &AtomicUsize, ready: c_int) -> prefork_serve {
+    prefork_serve {
+        user_data: frees as *const AtomicUsize as *mut c_void,
+        serve: Some(serve_nothing),
+        ready,
+        user_data_free: Some(count),
+    }
+}
+
+#[test]
+fn the_serve_setter_checks_its_struct_and_owns_user_data_once() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let handler_frees = AtomicUsize::new(0);
+    let size = std::mem::size_of::<prefork_serve>();
+    assert_eq!(size, 4 * std::mem::size_of::<usize>(), "the 0.2 layout");
+    let mut p = ptr::null_mut();
+    unsafe {
+        assert_eq!(
+            prefork_new_sized(
+                &handler(&handler_frees),
+                std::mem::size_of::<prefork_handler>(),
+                &mut p
+            ),
+            PREFORK_OK
+        );
+        let ready = serve_struct(&frees, PREFORK_SERVE_READY_ON_START);
+        assert_eq!(
+            prefork_set_serve_sized(ptr::null_mut(), &ready, size),
+            PREFORK_ERR_NULL
+        );
+        assert!(
+            last_error().starts_with("prefork_set_serve: p is NULL"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            prefork_set_serve_sized(p, ptr::null(), size),
+            PREFORK_ERR_NULL
+        );
+        let mut no_callback = ready;
+        no_callback.serve = None;
+        assert_eq!(
+            prefork_set_serve_sized(p, &no_callback, size),
+            PREFORK_ERR_NULL
+        );
+        assert!(
+            last_error().contains("serve->serve is NULL"),
+            "{}",
+            last_error()
+        );
+        let bad_ready = serve_struct(&frees, 2);
+        assert_eq!(
+            prefork_set_serve_sized(p, &bad_ready, size),
+            PREFORK_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error().contains("serve->ready: 2 is neither"),
+            "{}",
+            last_error()
+        );
+        let r = prefork_set_serve_sized(p, &ready, size - 8);
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        assert!(
+            last_error().contains("the smallest, that of libprefork 0.2, is 32"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            0,
+            "a refused struct's user_data was freed"
+        );
+
+        // Taken over on success; released when replaced, and when the handle is freed.
+        assert_eq!(prefork_set_serve_sized(p, &ready, size), PREFORK_OK);
+        let explicit = serve_struct(&frees, PREFORK_SERVE_READY_EXPLICIT);
+        assert_eq!(prefork_set_serve_sized(p, &explicit, size), PREFORK_OK);
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            1,
+            "the replaced struct's user_data"
+        );
+        prefork_free(p);
+        assert_eq!(frees.load(Ordering::SeqCst), 2);
+        assert_eq!(handler_frees.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[test]
+fn child_ready_outside_a_serve_callback_is_a_state_error() {
+    assert_eq!(
+        unsafe { prefork_child_ready() },
+        prefork_result::PREFORK_ERR_STATE
+    );
+    assert!(
+        last_error().starts_with("prefork_child_ready: no serve function is running"),
+        "{}",
+        last_error()
+    );
+}
+
+#[test]
+fn the_tls_entry_points_refuse_serve_mode() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let handler_frees = AtomicUsize::new(0);
+    let size = std::mem::size_of::<prefork_serve>();
+    // A thread of its own: the last error must be this test's.
+    std::thread::scope(|scope| {
+        scope.spawn(|| unsafe {
+            let addr = c"127.0.0.1:0".as_ptr();
+            let file = c"/nonexistent/cert.pem".as_ptr();
+            let pem = b"-----BEGIN CERTIFICATE-----\n".as_ptr().cast::<c_void>();
+            let mut p = ptr::null_mut();
+            assert_eq!(prefork_new(&handler(&handler_frees), &mut p), PREFORK_OK);
+            let ready = serve_struct(&frees, PREFORK_SERVE_READY_ON_START);
+            assert_eq!(prefork_set_serve_sized(p, &ready, size), PREFORK_OK);
+            // Refused before the files are read: the state, not the missing file, is the error.
+            assert_eq!(
+                prefork_listen_and_serve_tls(p, addr, file, file),
+                PREFORK_ERR_STATE
+            );
+            assert!(
+                last_error().contains("serve mode does not support TLS"),
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                prefork_listen_and_serve_tls_embed(p, addr, pem, 5, pem, 5),
+                PREFORK_ERR_STATE
+            );
+            // A refused call did not use the handle up: plain serving is still possible
+            // (not run here), and a second TLS call gives the same answer.
+            assert_eq!(
+                prefork_listen_and_serve_tls(p, addr, file, file),
+                PREFORK_ERR_STATE
+            );
+            prefork_free(p);
+        });
+    });
+    assert_eq!(frees.load(Ordering::SeqCst), 1);
+    assert_eq!(handler_frees.load(Ordering::SeqCst), 1);
+}

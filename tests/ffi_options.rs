@@ -10,6 +10,11 @@ use prefork::{Config, Network};
 mod common;
 use common::{header_defaults as documented_defaults, read};
 
+/// An optional name as the header writes it: unset is "".
+fn quoted(name: Option<&str>) -> String {
+    format!("\"{}\"", name.unwrap_or_default())
+}
+
 fn ms(d: Duration) -> String {
     d.as_millis().to_string()
 }
@@ -23,6 +28,8 @@ fn documented_defaults_are_the_real_ones() {
         Network::Tcp6 => "\"tcp6\"",
         Network::Tcp => "\"tcp\"",
     };
+    let allow: Vec<String> = h.proxy_allow.iter().map(ToString::to_string).collect();
+    let allow = allow.join(",");
     let threshold = p
         .recover_threshold
         .map_or("-1".to_string(), |n| n.to_string());
@@ -35,9 +42,14 @@ fn documented_defaults_are_the_real_ones() {
         ("recover_interval_ms", ms(p.recover_interval)),
         ("recover_window_ms", ms(p.recover_window)),
         ("recover_backoff_max_ms", ms(p.recover_backoff_max)),
+        ("recover_min_uptime_ms", ms(p.recover_min_uptime)),
+        ("recover_every_exit", p.recover_every_exit.to_string()),
         ("grace_period_ms", ms(p.grace_period)),
         ("startup_timeout_ms", ms(p.startup_timeout)),
         ("handle_signals", p.handle_signals.to_string()),
+        ("user", quoted(p.user.as_deref())),
+        ("group", quoted(p.group.as_deref())),
+        ("cpu_affinity", p.cpu_affinity.to_string()),
         ("max_request_line", h.max_request_line.to_string()),
         ("max_head_size", h.max_head_size.to_string()),
         ("max_headers", h.max_headers.to_string()),
@@ -52,6 +64,9 @@ fn documented_defaults_are_the_real_ones() {
         ("max_chunk_ext_size", h.max_chunk_ext_size.to_string()),
         ("max_trailer_size", h.max_trailer_size.to_string()),
         ("max_bytes_per_turn", h.max_bytes_per_turn.to_string()),
+        ("proxy_protocol", h.proxy_protocol.to_string()),
+        ("proxy_allow", format!("\"{allow}\"")),
+        ("proxy_timeout_ms", ms(h.proxy_timeout)),
     ]
     .into_iter()
     .map(|(k, v)| (format!("prefork_set_{k}"), v))

@@ -144,6 +144,11 @@ func goPreforkExitChild(h C.uintptr_t) {
 	s.notify("ExitChild", s.p.ExitChild)
 }
 
+//export goPreforkServe
+func goPreforkServe(h C.uintptr_t, listenFD, stopFD C.int) C.int {
+	return C.int(serverOf(h).serveChild(int(listenFD), int(stopFD)))
+}
+
 //export goPreforkOnChildSpawn
 func goPreforkOnChildSpawn(h C.uintptr_t, pid C.int32_t) C.int {
 	s := serverOf(h)

@@ -14,5 +14,9 @@
 //		log.Fatal(err)
 //	}
 //
+// With ServeFunc set, each child runs the program's own server (net/http, fasthttp) on the
+// inherited listener instead of the library's engine, under the same supervisor; Stopping
+// and Graceful give it the stop signal and a graceful shutdown.
+//
 // The package links libprefork (see link_shared.go and README.md for the build commands).
 package prefork

@@ -38,6 +38,10 @@ const (
 	envProducer  = "GOTEST_PREFORK_PRODUCER"  // "1": children come from a CommandProducer
 	envProduced  = "GOTEST_PREFORK_PRODUCED"  // set by that producer in the children
 	envMaxBody   = "GOTEST_PREFORK_MAXBODY"   // MaxBodySize
+	envEveryExit = "GOTEST_PREFORK_EVERYEXIT" // "1": RecoverEveryExit
+	envServe     = "GOTEST_PREFORK_SERVE"     // a ServeFunc instead of the engine: see serveFuncs
+	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
+	envProxy     = "GOTEST_PREFORK_PROXY"     // "1": ProxyProtocol
 	envTLSCert   = "GOTEST_PREFORK_TLS_CERT"  // serve TLS with this certificate file...
 	envTLSKey    = "GOTEST_PREFORK_TLS_KEY"   // ...and this key file
 	envTLSEmbed  = "GOTEST_PREFORK_TLS_EMBED" // "1": read them and use ListenAndServeTLSEmbed
@@ -70,12 +74,18 @@ func say(format string, args ...any) {
 }
 
 func serve() int {
-	p := prefork.New(handle)
+	handler := handle
+	if os.Getenv(envChi) == "1" {
+		handler = prefork.HTTPHandler(chiRouter())
+	}
+	p := prefork.New(handler)
 	p.Children = envInt(envChildren, 2)
 	p.RecoverThreshold = envInt(envThreshold, prefork.DefaultRecoverThreshold)
 	p.HandlerThreads = envInt(envThreads, 0)
 	p.MaxBodySize = envInt(envMaxBody, 0)
 	p.Reuseport = os.Getenv(envReuseport) == "1"
+	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
+	p.ProxyProtocol = os.Getenv(envProxy) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
@@ -118,6 +128,9 @@ func serve() int {
 			cmd.Env = append(cmd.Env, envProduced+"=1")
 			return cmd, cmd.Start()
 		}
+	}
+	if kind := os.Getenv(envServe); kind != "" {
+		p.ServeFunc = serveFuncs[kind]()
 	}
 	addr := os.Getenv(envAddr)
 	if addr == "" {
@@ -241,6 +254,9 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/proxy":
+		tlv, ok := req.ProxyTLV(0xE0)
+		fmt.Fprintf(resp, "remote=%s tlv=%q found=%t", req.RemoteAddr(), tlv, ok)
 	case "/produced":
 		resp.WriteString(os.Getenv(envProduced))
 	case "/retain":

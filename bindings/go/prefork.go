@@ -7,6 +7,7 @@ import "C"
 import (
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -56,6 +57,27 @@ type Prefork struct {
 	// The "Default:" sentences and what configure does with a zero field are checked against
 	// include/prefork.h by tests/go_options.rs.
 
+	// ServeFunc, when set, runs the program's own server in each child instead of the
+	// library's HTTP engine, as fasthttp prefork's ServeFunc does: the child calls it, after
+	// InitChild, with the listener inherited from the master (a *net.TCPListener), and the
+	// master supervises the children as always (readiness, replacement within
+	// RecoverThreshold, the grace period, master-death detection, every hook). The child
+	// reports ready as ServeFunc is called (the listener queues connections already).
+	//
+	// ServeFunc must return when Stopping() is closed, once its requests in flight are done:
+	// Graceful does that for servers with a Shutdown method, such as net/http's and
+	// fasthttp's. At the stop the binding also closes ln, so that a server that ignores
+	// Stopping at least stops accepting and returns, dropping what it was serving. When
+	// ServeFunc returns, ExitChild runs and the child exits: with status 0 for nil (or, after
+	// the stop, an error that only says the listener was closed: net.ErrClosed,
+	// http.ErrServerClosed), 1 for another error, which is logged, and 2 for a panic. A
+	// ServeFunc that returns before the stop is a child that exited, which the master
+	// replaces. In a child, ListenAndServe does not return once ServeFunc was called.
+	//
+	// The handler given to New is not called (New(nil) will do), and the HTTP options
+	// (HandlerThreads, the Max* limits and the timeouts) do not apply.
+	ServeFunc func(ln net.Listener) error
+
 	// Logger receives the library's log lines at INFO and above. nil keeps the library's
 	// own logger, which writes "prefork[PID] LEVEL: message" lines to stderr.
 	Logger Logger
@@ -64,8 +86,9 @@ type Prefork struct {
 	// Default: "tcp4", as in fasthttp; New sets it, and empty means the default too.
 	Network string
 
-	// RecoverThreshold is how many child exits are tolerated within RecoverWindow; one more
-	// makes ListenAndServe stop the other children and return ErrOverRecovery.
+	// RecoverThreshold is how many crash-loop exits (see RecoverMinUptime; every exit with
+	// RecoverEveryExit) are tolerated within RecoverWindow; one more makes ListenAndServe stop
+	// the other children and return ErrOverRecovery.
 	// Default: -1 (DefaultRecoverThreshold, which New sets), meaning max(1, children/2), as
 	// does any negative value. Zero is not the default: 0 gives up at the first exit.
 	RecoverThreshold int
@@ -83,8 +106,9 @@ type Prefork struct {
 
 	// OnMasterDeath runs in a child, at most once, when its master is gone (detected at once
 	// through a pipe, not by polling). The child then drains its connections and
-	// ListenAndServe returns nil. Unlike fasthttp, nil does not disable the detection:
-	// children always follow their master.
+	// ListenAndServe returns nil (with a ServeFunc: Stopping is closed right after it).
+	// Unlike fasthttp, nil does not disable the detection: children always follow their
+	// master.
 	OnMasterDeath func()
 
 	// OnChildSpawn runs in the master after each child is started (first or replacement).
@@ -138,9 +162,36 @@ type Prefork struct {
 	// setter's 0); a negative value means no backoff.
 	RecoverBackoffMax time.Duration
 
+	// RecoverMinUptime is how long a child must have served, from its report that it
+	// listens, for its exit not to count against RecoverThreshold: a child that exits sooner,
+	// or before it is ready, is taken for a crash loop; one that served longer (a request that
+	// hit a bug) is always replaced. Default: 1s. Zero means the default (unlike the C
+	// setter's 0); a negative value counts only children that never became ready.
+	RecoverMinUptime time.Duration
+
+	// RecoverEveryExit counts every child exit against RecoverThreshold, however long the
+	// child served: fasthttp's rule (with a negative RecoverWindow, over the master's whole
+	// life, exactly as fasthttp). Default: false.
+	RecoverEveryExit bool
+
 	// StartupTimeout is how long a child may take to report that it listens (InitChild
 	// included). Default: 10s.
 	StartupTimeout time.Duration
+
+	// User is the user every child runs as (a name from the user database), with its groups,
+	// set before the child's program starts, as nginx's user directive does: the master must
+	// run as root, and keeps root only to bind, spawn and signal. An unknown name or a
+	// non-root master makes ListenAndServe fail before any child starts. A CommandProducer
+	// must start children with that identity itself. Default: "" (the master's user).
+	User string
+
+	// Group is the group every child runs as, instead of User's primary group. Default: ""
+	// (User's primary group, or the master's).
+	Group string
+
+	// CPUAffinity pins child i to the i-th CPU the master may run on (wrapping around); a
+	// replacement gets its slot's CPU. Default: false.
+	CPUAffinity bool
 
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
@@ -148,8 +199,9 @@ type Prefork struct {
 	// Default: 0.
 	HandlerThreads int
 
-	// MaxRequestLine is the longest request line before the reply is 414; at most
-	// MaxHeadSize. Default: 8 KiB.
+	// MaxRequestLine is the longest request line before the reply is 414 (501 when the
+	// method alone is too long: over 32 bytes or over this cap); at most MaxHeadSize.
+	// Default: 8 KiB.
 	MaxRequestLine int
 	// MaxHeadSize is the largest request head before the reply is 431. Default: 16 KiB.
 	MaxHeadSize int
@@ -184,6 +236,22 @@ type Prefork struct {
 	// WriteTimeout is the longest time a pending response may make no write progress.
 	// Default: 30s.
 	WriteTimeout time.Duration
+
+	// ProxyProtocol makes every connection start with a PROXY protocol header, version 1 or 2,
+	// as a load balancer in front sends it (HAProxy's send-proxy-v2, nginx stream's
+	// proxy_protocol on): Request.RemoteAddr is then the client's address from the header and
+	// Request.ProxyTLV reads its TLVs. The header is required, never guessed: a connection from
+	// outside ProxyAllow, or without a valid header within ProxyTimeout, is closed without a
+	// response. Turn it on only where every client is such a balancer. Default: false.
+	ProxyProtocol bool
+	// ProxyAllow is the comma-separated list of networks (CIDRs such as "10.0.0.0/8,
+	// 2001:db8::/32"; "0.0.0.0/0,::/0" allows every source) that PROXY protocol connections
+	// may come from; others are closed before anything is read.
+	// Default: "127.0.0.0/8,::1/128"; empty means the default too.
+	ProxyAllow string
+	// ProxyTimeout is how long a new connection may take to send its whole PROXY protocol
+	// header. Default: 5s.
+	ProxyTimeout time.Duration
 
 	handler  RequestHandler
 	serving  atomic.Bool
@@ -236,7 +304,8 @@ func LocalAddr() string {
 // In the master it binds addr, starts the children, runs the hooks and supervises them until
 // SIGTERM, SIGINT or Shutdown, then stops them gracefully and returns nil. In a child it
 // serves the listener inherited from the master (addr is not used) until told to stop,
-// drains and returns nil; the program should then exit.
+// drains and returns nil; the program should then exit. With a ServeFunc, a child calls it
+// instead and exits when it returns (see ServeFunc).
 //
 // While it runs, SIGTERM and SIGINT reach the binding through os/signal (the library's own
 // signal handlers stay off, so the Go runtime keeps its signal handling); a child ignores
@@ -270,6 +339,9 @@ func (p *Prefork) ListenAndServe(addr string) error {
 // Certificates added with AppendCert come first, as in fasthttp: the first of all is the
 // default, the others are chosen by the server name the client asks for. certKey and
 // certFile may both be "" when AppendCert added at least one.
+//
+// Serve mode has no TLS: with a ServeFunc, the TLS entry points return an error matching
+// ErrState and start nothing (terminate TLS in the ServeFunc's own server instead).
 func (p *Prefork) ListenAndServeTLS(addr, certKey, certFile string) error {
 	return p.serveTLS("ListenAndServeTLS", addr, tlsCert{certFile: certFile, keyFile: certKey})
 }
@@ -360,8 +432,8 @@ func cBytes(b []byte) unsafe.Pointer {
 
 // serve runs one of the library's entry points with the Prefork's options, hooks and logger.
 func (p *Prefork) serve(op, addr string, run func(c *C.prefork, caddr *C.char) C.enum_prefork_result) error {
-	if p.handler == nil {
-		return invalid(op, "the Prefork has no handler: create it with New")
+	if p.handler == nil && p.ServeFunc == nil {
+		return invalid(op, "the Prefork has neither a handler nor a ServeFunc: create it with New")
 	}
 	if !p.serving.CompareAndSwap(false, true) {
 		return &Error{Op: op, Code: CodeState, Message: "ListenAndServe is already running on this Prefork"}
@@ -390,7 +462,7 @@ func (p *Prefork) serve(op, addr string, run func(c *C.prefork, caddr *C.char) C
 	defer C.free(unsafe.Pointer(caddr))
 	child := IsChild()
 	stop := relaySignals(child)
-	if child {
+	if child && p.ServeFunc == nil {
 		defer keepSpareP()()
 	}
 	r := run(c, caddr)
@@ -459,7 +531,8 @@ func (s *server) create() (*C.prefork, error) {
 	return c, nil
 }
 
-// install sets the library options the binding owns, the hooks and the logger.
+// install sets the library options the binding owns, the hooks, the ServeFunc and the
+// logger.
 func (s *server) install(c *C.prefork) error {
 	if r := C.prefork_set_handle_signals(c, false); r != C.PREFORK_OK {
 		return lastError("set handle_signals", r)
@@ -486,6 +559,13 @@ func (s *server) install(c *C.prefork) error {
 		if r := C.goprefork_set_hooks(c, C.uintptr_t(h), members); r != C.PREFORK_OK {
 			deleteHandle(h)
 			return lastError("set hooks", r)
+		}
+	}
+	if p.ServeFunc != nil {
+		h := newHandle(s)
+		if r := C.goprefork_set_serve(c, C.uintptr_t(h)); r != C.PREFORK_OK {
+			deleteHandle(h)
+			return lastError("set ServeFunc", r)
 		}
 	}
 	if p.Logger != nil {
@@ -578,12 +658,33 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("RecoverBackoffMax", p.RecoverBackoffMax, func() C.enum_prefork_result {
 		return C.prefork_set_recover_backoff_max_ms(c, 0)
 	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_backoff_max_ms(c, ms) })
+	duration("RecoverMinUptime", p.RecoverMinUptime, func() C.enum_prefork_result {
+		return C.prefork_set_recover_min_uptime_ms(c, 0)
+	}, func(ms C.uint64_t) C.enum_prefork_result { return C.prefork_set_recover_min_uptime_ms(c, ms) })
+	set("RecoverEveryExit", func() C.enum_prefork_result {
+		return C.prefork_set_recover_every_exit(c, C.bool(p.RecoverEveryExit))
+	})
 	duration("ShutdownGracePeriod", p.ShutdownGracePeriod, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_grace_period_ms(c, ms)
 	})
 	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_startup_timeout_ms(c, ms)
 	})
+	if p.User != "" {
+		set("User", func() C.enum_prefork_result {
+			cs := C.CString(p.User)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_user(c, cs)
+		})
+	}
+	if p.Group != "" {
+		set("Group", func() C.enum_prefork_result {
+			cs := C.CString(p.Group)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_group(c, cs)
+		})
+	}
+	set("CPUAffinity", func() C.enum_prefork_result { return C.prefork_set_cpu_affinity(c, C.bool(p.CPUAffinity)) })
 	count("HandlerThreads", p.HandlerThreads, math.MaxUint32, func(n uint64) C.enum_prefork_result {
 		return C.prefork_set_handler_threads(c, C.uint32_t(n))
 	})
@@ -629,6 +730,19 @@ func (p *Prefork) configure(c *C.prefork) error {
 	})
 	duration("WriteTimeout", p.WriteTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_write_timeout_ms(c, ms)
+	})
+	set("ProxyProtocol", func() C.enum_prefork_result {
+		return C.prefork_set_proxy_protocol(c, C.bool(p.ProxyProtocol))
+	})
+	if p.ProxyAllow != "" {
+		set("ProxyAllow", func() C.enum_prefork_result {
+			cs := C.CString(p.ProxyAllow)
+			defer C.free(unsafe.Pointer(cs))
+			return C.prefork_set_proxy_allow(c, cs)
+		})
+	}
+	duration("ProxyTimeout", p.ProxyTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_proxy_timeout_ms(c, ms)
 	})
 	return err
 }

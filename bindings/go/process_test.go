@@ -3,6 +3,7 @@ package prefork_test
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"slices"
@@ -201,7 +202,9 @@ func TestKilledChildIsReplaced(t *testing.T) {
 }
 
 func TestOverRecoveryStopsTheMaster(t *testing.T) {
-	m := startMaster(t, envChildren+"=2", envThreshold+"=0")
+	// With the default rule the kill counts only within RecoverMinUptime of the child's start,
+	// a race with this test's pace; the every-exit rule counts it whenever it comes.
+	m := startMaster(t, envChildren+"=2", envThreshold+"=0", envEveryExit+"=1")
 	if err := syscall.Kill(m.children[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -347,6 +350,57 @@ func TestOptionsReachTheChildren(t *testing.T) {
 		}
 	}
 	m.stop()
+}
+
+func TestProxyProtocolGivesTheClientAndTLVs(t *testing.T) {
+	m := startMaster(t, envChildren+"=1", envProxy+"=1")
+	// A PROXY protocol version 2 header (TCP over IPv4 from 198.51.100.20:40000) with one TLV
+	// of type 0xE0, then a request.
+	header := []byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x13")
+	header = append(header, 198, 51, 100, 20, 192, 0, 2, 1, 0x9c, 0x40, 0x01, 0xbb)
+	header = append(header, 0xE0, 0x00, 0x04, 'v', 'p', 'c', 'e')
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", m.port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	req := "GET /proxy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+	if _, err := conn.Write(append(header, req...)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `remote=198.51.100.20:40000 tlv="vpce" found=true`
+	if !strings.HasSuffix(string(got), want) {
+		t.Fatalf("got %q, want a body %q", got, want)
+	}
+	// Without a header the connection is closed unanswered.
+	status, _ := rawStatus(t, m.port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if status != "" {
+		t.Fatalf("a connection without a PROXY header got %q", status)
+	}
+	m.stop()
+}
+
+// rawStatus sends raw bytes and returns the status line received, "" if the server closed the
+// connection without one.
+func rawStatus(t *testing.T, port int, raw string) (string, error) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(raw)); err != nil {
+		return "", err
+	}
+	got, err := io.ReadAll(conn)
+	line, _, _ := strings.Cut(string(got), "\r\n")
+	return line, err
 }
 
 // BenchmarkKeepAliveRequest measures a GET through a Go handler in a child on one kept-alive

@@ -117,11 +117,25 @@ func (r *Request) Headers() http.Header {
 }
 
 // RemoteAddr is the client's address, "203.0.113.7:51234" or "[2001:db8::1]:51234"; "" when
-// it is unknown.
+// it is unknown. With Prefork.ProxyProtocol, the client's address from the connection's PROXY
+// protocol header (the balancer's own address for a header that names no client, such as a
+// health check's).
 func (r *Request) RemoteAddr() string {
 	var buf [C.PREFORK_ADDR_STRLEN]C.char
 	if C.prefork_request_peer_addr(r.c, &buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
 		return ""
 	}
 	return C.GoString(&buf[0])
+}
+
+// ProxyTLV is the value of the first TLV of type typ (0x02 authority, 0x05 unique id, 0xE0 to
+// 0xEF an application's) in the connection's PROXY protocol version 2 header, and whether
+// there is one: false without Prefork.ProxyProtocol or with a version 1 header. The value is
+// a view, valid only in the handler.
+func (r *Request) ProxyTLV(typ byte) ([]byte, bool) {
+	var value C.prefork_str
+	if !C.prefork_request_proxy_tlv(r.c, C.uint8_t(typ), &value) {
+		return nil, false
+	}
+	return view(value), true
 }

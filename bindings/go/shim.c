@@ -58,6 +58,10 @@ static int32_t command_producer(void *user_data, int listener_fd, int lifeline_f
 	return goPreforkCommandProducer(HANDLE(user_data), listener_fd, lifeline_fd, slot);
 }
 
+static int serve(void *user_data, int listen_fd, int stop_fd) {
+	return goPreforkServe(HANDLE(user_data), listen_fd, stop_fd);
+}
+
 static void log_line(void *user_data, prefork_log_level level, const char *msg, size_t len) {
 	goPreforkLog(HANDLE(user_data), (int)level, (char *)msg, len);
 }
@@ -97,6 +101,11 @@ enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t h, unsigned member
 		.user_data_free = release,
 	};
 	return prefork_set_hooks(p, &hooks);
+}
+
+enum prefork_result goprefork_set_serve(prefork *p, uintptr_t h) {
+	prefork_serve s = {.user_data = (void *)h, .serve = serve, .user_data_free = release};
+	return prefork_set_serve(p, &s);
 }
 
 enum prefork_result goprefork_set_logger(prefork *p, uintptr_t h) {

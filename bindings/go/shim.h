@@ -29,6 +29,10 @@ enum prefork_result goprefork_new(uintptr_t handle, unsigned members, prefork **
 // `handle`, as above.
 enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t handle, unsigned members);
 
+// prefork_set_serve with the Go ServeFunc; on success the library owns `handle`, as above
+// (a serve-mode child exits without freeing the handle, and without deleting it).
+enum prefork_result goprefork_set_serve(prefork *p, uintptr_t handle);
+
 // prefork_set_logger with the Go logger; on success the library owns `handle`, as above.
 enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
 

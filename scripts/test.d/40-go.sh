@@ -2,7 +2,7 @@
 # The Go binding (bindings/go): links the libprefork the Rust stage built, then go vet and go
 # test, whose tests run real preforking servers (the test binary re-executed as master and
 # children) on 127.0.0.1: requests, a handler panic, a killed child replaced, SIGTERM, no
-# process left.
+# process left; net/http and fasthttp servers as ServeFunc; a chi router through HTTPHandler.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -42,7 +42,10 @@ ln -sf libprefork.so "$lib/libprefork.so.0"
 cd bindings/go
 export CGO_ENABLED=1
 export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib ${CGO_LDFLAGS:-}"
-# No toolchain download; the module has no dependencies, so nothing else is fetched.
+# No toolchain download. The package has no dependencies; its tests have some (fasthttp, to
+# run fasthttp.Server under ServeFunc, and chi, a router for HTTPHandler), which go test
+# fetches from the module proxy (GOPROXY, proxy.golang.org by default) on a fresh machine
+# and checks against go.sum.
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 unformatted=$(gofmt -l .)

@@ -1,6 +1,7 @@
 //! Child bootstrap: check and adopt the inherited descriptors, arm the master-death
 //! detection, install signal handlers, run the handler's per-child init, report "listening"
-//! to the master, serve, and run the per-child exit.
+//! to the master, serve (with the HTTP engine, or in serve mode with the application's own
+//! server), and run the per-child exit.
 
 use std::io;
 use std::net::TcpListener;
@@ -23,13 +24,29 @@ use crate::http::{self, Handler, ServeControl};
 use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
 
-pub(crate) fn run(
-    config: &Config,
-    hooks: &mut Hooks,
-    handler: &Arc<dyn Handler>,
-    log: &dyn Logger,
-    tls: bool,
-) -> Result<(), Error> {
+mod serve;
+
+pub use serve::{Ready, StopSignal, child_ready};
+pub(crate) use serve::{Serve, serve};
+
+/// What every child holds once it adopted the master's descriptors.
+struct Adopted {
+    listener: TcpListener,
+    /// The child's end of the lifeline, open for the life of the process.
+    lifeline: BorrowedFd<'static>,
+    /// The read end of the process's stop pipe.
+    wake: BorrowedFd<'static>,
+    /// The library's signal handlers, when it installs them; dropping it restores the host's.
+    _signals: Option<SignalGuard>,
+    /// The TLS configuration the master sent, when the engine serves TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The bootstrap both modes share: check and take the inherited descriptors, arm the
+/// master-death backup, install the signal handlers, receive the TLS material when `tls` (the
+/// engine's TLS entry points; serve mode has no TLS), and run the handler's `init_child`.
+fn adopt(config: &Config, handler: &Arc<dyn Handler>, tls: bool) -> Result<Adopted, Error> {
+    crate::confine::check_child(&config.process)?;
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
         LIFELINE_FD,
@@ -42,10 +59,10 @@ pub(crate) fn run(
     let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
     // SAFETY: fd 4 was just checked to be a socket, and nothing in this process closes it: it
     // is the child's end of the lifeline for the life of the process.
-    let lifeline_fd = unsafe { BorrowedFd::borrow_raw(LIFELINE_FD) };
+    let lifeline = unsafe { BorrowedFd::borrow_raw(LIFELINE_FD) };
     // The descriptors arrived without close-on-exec; anything this child runs must not
     // inherit them (a grandchild holding the lifeline would hide the master's death).
-    for fd in [listener.as_fd(), lifeline_fd] {
+    for fd in [listener.as_fd(), lifeline] {
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     crate::set_local_addr(listener.local_addr().ok());
@@ -54,9 +71,8 @@ pub(crate) fn run(
     let _ = set_pdeathsig(Signal::SIGTERM);
     raise_fd_limit();
 
-    let wake_fd =
-        control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
-    let _signals = if config.process.handle_signals {
+    let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
+    let signals = if config.process.handle_signals {
         Some(
             SignalGuard::install(Role::Child)
                 .map_err(|e| Error::io(ErrorKind::Io, "install signal handlers", e))?,
@@ -76,6 +92,31 @@ pub(crate) fn run(
     user_code("init_child", || {
         handler.init_child().map_err(|e| e.to_string())
     })?;
+    Ok(Adopted {
+        listener,
+        lifeline,
+        wake,
+        _signals: signals,
+        tls,
+    })
+}
+
+/// Serves with the HTTP engine (over TLS when `tls`) until told to stop, then runs
+/// `exit_child`.
+pub(crate) fn run(
+    config: &Config,
+    hooks: &mut Hooks,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+    tls: bool,
+) -> Result<(), Error> {
+    let Adopted {
+        listener,
+        lifeline,
+        wake,
+        _signals,
+        tls,
+    } = adopt(config, handler, tls)?;
     send_ready()?;
 
     let mut death_seen = false;
@@ -87,16 +128,28 @@ pub(crate) fn run(
         }
     };
     let ctl = ServeControl {
-        wake_fd: wake_fd.as_raw_fd(),
+        wake_fd: wake.as_raw_fd(),
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
         tls,
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
-    // A stop the master did not announce may be PDEATHSIG running ahead of the lifeline's EOF
-    // (see the lifeline module): the master-death hook is owed in that case too.
-    if !death_seen && lifeline::master_gone_after_stop(lifeline_fd, lifeline::PDEATH_SETTLE) {
+    finish(lifeline, !death_seen, hooks, handler, log);
+    served
+}
+
+/// The end both modes share, once serving is over. `unannounced_stop`: serving ended on a
+/// stop request with no master-death event, which may be PDEATHSIG running ahead of the
+/// lifeline's EOF (see the lifeline module); the master-death hook is owed in that case too.
+fn finish(
+    lifeline: BorrowedFd<'_>,
+    unannounced_stop: bool,
+    hooks: &mut Hooks,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+) {
+    if unannounced_stop && lifeline::master_gone_after_stop(lifeline, lifeline::PDEATH_SETTLE) {
         log.log(Level::Warn, "the master process is gone");
         if let Some(hook) = hooks.on_master_death.as_mut()
             && let Err(e) = user_code("on_master_death", || {
@@ -117,7 +170,6 @@ pub(crate) fn run(
     }) {
         log.log(Level::Error, e.message());
     }
-    served
 }
 
 /// Fails with a message that points at the cause when `fd` is not what a master passes.
@@ -161,7 +213,7 @@ fn check_inherited(
     Ok(())
 }
 
-fn send_ready() -> Result<(), Error> {
+pub(crate) fn send_ready() -> Result<(), Error> {
     // MSG_NOSIGNAL keeps a dead master from raising SIGPIPE. A one-byte send on a stream
     // socket either sends the byte or fails.
     send(LIFELINE_FD, &[READY_BYTE], MsgFlags::MSG_NOSIGNAL)
@@ -186,7 +238,7 @@ fn raise_fd_limit() {
 }
 
 /// Runs handler code that is not a request: an error or a panic becomes an `Error`.
-fn user_code(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Error> {
+pub(crate) fn user_code(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Error> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Error::new(

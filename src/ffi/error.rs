@@ -26,7 +26,9 @@ pub enum prefork_result {
     PREFORK_ERR_SPAWN = 5,
     /// A child did not report "listening" within the startup timeout.
     PREFORK_ERR_STARTUP_TIMEOUT = 6,
-    /// Children exited more often than the recover threshold allows.
+    /// Children exited in a crash loop (before they were ready, or within the recover min
+    /// uptime of it; any exit with recover_every_exit) more often than the recover threshold
+    /// allows.
     PREFORK_ERR_OVER_RECOVERY = 7,
     /// A hook returned nonzero (the message names the hook and the value it returned).
     PREFORK_ERR_HOOK = 8,

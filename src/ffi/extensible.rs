@@ -29,9 +29,11 @@ use super::error::FfiError;
 pub(crate) unsafe trait Extensible: Copy {
     /// The struct's C name, for error messages.
     const NAME: &'static str;
-    /// Its size in 0.1, the first release: the smallest a caller can pass, and what the 0.1
-    /// entry points (which take no size) read.
-    const SIZE_0_1: usize;
+    /// The first release that had the struct, for error messages ("0.1").
+    const SINCE: &'static str;
+    /// Its size in that release: the smallest a caller can pass. For the 0.1 structs it is also
+    /// what the 0.1 entry points (which take no size) read.
+    const FIRST_SIZE: usize;
 }
 
 /// Copies the caller's `size`-byte struct at `ptr` into this library's layout.
@@ -46,12 +48,13 @@ pub(crate) unsafe fn read<T: Extensible>(
     if ptr.is_null() {
         return Err(FfiError::null(arg));
     }
-    if size < T::SIZE_0_1 || !size.is_multiple_of(align_of::<T>()) || size > isize::MAX as usize {
+    if size < T::FIRST_SIZE || !size.is_multiple_of(align_of::<T>()) || size > isize::MAX as usize {
         return Err(FfiError::invalid(format!(
             "{arg}_size: {size} is not the size of a {name} (pass sizeof({name}); the smallest, \
-             that of libprefork 0.1, is {min})",
+             that of libprefork {since}, is {min})",
             name = T::NAME,
-            min = T::SIZE_0_1,
+            since = T::SINCE,
+            min = T::FIRST_SIZE,
         )));
     }
     let known = size_of::<T>();
@@ -95,7 +98,8 @@ mod tests {
     // SAFETY: integers only.
     unsafe impl Extensible for Grown {
         const NAME: &'static str = "grown";
-        const SIZE_0_1: usize = size_of::<[usize; 2]>();
+        const SINCE: &'static str = "0.1";
+        const FIRST_SIZE: usize = size_of::<[usize; 2]>();
     }
 
     #[repr(C)]

@@ -29,6 +29,9 @@ pub(crate) struct Inner {
     pub(crate) server: Prefork,
     /// Keeps the hooks' user_data alive even when no hook member is set.
     pub(crate) hook_data: Option<Arc<UserData>>,
+    /// Keeps the serve struct's user_data with the handle: a serve-mode child consumes its
+    /// serve function, and the finalizer must run when the handle is freed, not there.
+    pub(crate) serve_data: Option<Arc<UserData>>,
 }
 
 /// Nobody is using the handle.
@@ -130,7 +133,7 @@ pub unsafe extern "C" fn prefork_new(
     handler: *const prefork_handler,
     out: *mut *mut prefork,
 ) -> prefork_result {
-    ffi_boundary!({ unsafe { new(handler, prefork_handler::SIZE_0_1, out) } })
+    ffi_boundary!({ unsafe { new(handler, prefork_handler::FIRST_SIZE, out) } })
 }
 
 /// # Safety
@@ -150,6 +153,7 @@ unsafe fn new(
         inner: UnsafeCell::new(Inner {
             server: Prefork::from_arc(Arc::new(handler)),
             hook_data: None,
+            serve_data: None,
         }),
     });
     // SAFETY: out is non-NULL and, by the caller's contract, writable.
@@ -199,7 +203,9 @@ pub unsafe extern "C" fn prefork_free(p: *mut prefork) {
 /// `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
 /// (`prefork_is_child()`, the same program re-executed by the master): serves the listener
 /// inherited from the master (`addr` is not used) until told to stop, drains, and returns
-/// PREFORK_OK; the program should then free the handle and exit.
+/// PREFORK_OK; the program should then free the handle and exit. In serve mode
+/// (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
+/// it returns: the call returns in a child only on a failure before the callback started.
 ///
 /// Blocks the calling thread, on which the master's hooks and the child's event loop run.
 /// Errors: PREFORK_ERR_NULL, PREFORK_ERR_INVALID_ARGUMENT (`addr` is not UTF-8, or an invalid

@@ -57,8 +57,9 @@ pub struct prefork_handler {
 // SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
 unsafe impl Extensible for prefork_handler {
     const NAME: &'static str = "prefork_handler";
+    const SINCE: &'static str = "0.1";
     // user_data, init_child, handle, exit_child, user_data_free.
-    const SIZE_0_1: usize = size_of::<[usize; 5]>();
+    const FIRST_SIZE: usize = size_of::<[usize; 5]>();
 }
 
 type HandleFn = unsafe extern "C" fn(*mut c_void, *const prefork_request, *mut prefork_response);

@@ -47,7 +47,8 @@ pub struct prefork_hooks {
         Option<unsafe extern "C" fn(user_data: *mut c_void, pid: i32, exit_code: i32, signal: i32)>,
     /// Child, at most once: its master is gone (the lifeline closed). Runs on the child's
     /// event-loop thread; the child then drains its connections and
-    /// `prefork_listen_and_serve` returns.
+    /// `prefork_listen_and_serve` returns. In serve mode it runs on a library thread of the
+    /// child, while `serve` runs, just before `stop_fd` becomes readable.
     pub on_master_death: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
     /// Master: starts a child instead of the default re-exec of the current program, and
     /// returns its pid, or -1 when it could not (the master then fails with
@@ -77,8 +78,9 @@ pub struct prefork_hooks {
 // SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
 unsafe impl Extensible for prefork_hooks {
     const NAME: &'static str = "prefork_hooks";
+    const SINCE: &'static str = "0.1";
     // user_data, six hooks, user_data_free.
-    const SIZE_0_1: usize = size_of::<[usize; 8]>();
+    const FIRST_SIZE: usize = size_of::<[usize; 8]>();
 }
 
 fn verdict(hook: &str, code: c_int) -> HookResult {
@@ -167,7 +169,7 @@ pub unsafe extern "C" fn prefork_set_hooks(
     p: *mut prefork,
     hooks: *const prefork_hooks,
 ) -> prefork_result {
-    ffi_boundary!({ unsafe { set_hooks(p, hooks, prefork_hooks::SIZE_0_1) } })
+    ffi_boundary!({ unsafe { set_hooks(p, hooks, prefork_hooks::FIRST_SIZE) } })
 }
 
 /// # Safety

@@ -10,9 +10,9 @@
 //! default) and records misuse in the thread's last-error message.
 //!
 //! The modules depend on each other one way only. `handle` owns the C handle; `tls` serves
-//! it over TLS and adds its certificates; `options`, `hooks` and `log` configure one through
-//! it; `handle` builds the handler of `handler`; `request` and `response` are the handler's
-//! views. Under them all lie the shared leaves:
+//! it over TLS and adds its certificates; `options`, `hooks`, `log` and `serve` configure one
+//! through it; `handle` builds the handler of `handler`; `request` and `response` are the
+//! handler's views. Under them all lie the shared leaves:
 //! `error` (codes, last error), `convert` (arguments in, views and text out), `extensible`
 //! (the ABI's growth rule) and `user_data` (a caller's pointer and its finalizer).
 
@@ -39,6 +39,8 @@ mod hooks;
 
 mod log;
 
+mod serve;
+
 mod handler;
 
 mod request;
@@ -60,5 +62,6 @@ pub use log::*;
 pub use options::*;
 pub use request::*;
 pub use response::*;
+pub use serve::*;
 pub use tls::*;
 pub use version::*;

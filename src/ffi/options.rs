@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::convert::str_arg;
 use super::error::{FfiError, prefork_result};
 use super::handle::{Inner, configure, prefork};
-use crate::{Config, Network};
+use crate::{Cidr, Config, Network};
 
 /// Applies one option change through `configure` (which checks it and rolls it back if refused).
 ///
@@ -66,8 +66,10 @@ pub unsafe extern "C" fn prefork_set_backlog(p: *mut prefork, backlog: i32) -> p
     ffi_boundary!({ unsafe { set(p, |c| c.process.backlog = backlog) } })
 }
 
-/// Child exits tolerated within the recover window; one more makes the master stop the others
-/// and `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first
+/// Crash-loop exits tolerated within the recover window: exits of children that never
+/// reported ready or exited within the recover min uptime of it (every exit with
+/// `prefork_set_recover_every_exit`). One more makes the master stop the others and
+/// `prefork_listen_and_serve` return PREFORK_ERR_OVER_RECOVERY. 0 = give up at the first such
 /// exit. A negative value restores the default, max(1, children / 2) (as fasthttp).
 /// Default: -1.
 #[unsafe(no_mangle)]
@@ -122,6 +124,38 @@ pub unsafe extern "C" fn prefork_set_recover_backoff_max_ms(
     })
 }
 
+/// How long a child must have served, in milliseconds from its "listening" report, for its
+/// exit not to count against the recover threshold. A child that exits sooner, or before it
+/// is ready, is taken for a crash loop (broken code or configuration, which a replacement
+/// cannot cure) and counts; one that served longer (a request that hit a bug, an OOM kill) is
+/// always replaced and never makes the master give up. 0 counts only children that never
+/// became ready. Not used with `prefork_set_recover_every_exit(p, true)`. Default: 1000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_min_uptime_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({
+        unsafe {
+            set(p, |c| {
+                c.process.recover_min_uptime = Duration::from_millis(ms)
+            })
+        }
+    })
+}
+
+/// true: every child exit counts against the recover threshold, however long the child
+/// served: fasthttp's rule (with `prefork_set_recover_window_ms(p, 0)`, over the master's
+/// whole life, exactly as fasthttp). false: only crash-loop exits count (see
+/// `prefork_set_recover_min_uptime_ms`). Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_recover_every_exit(
+    p: *mut prefork,
+    every_exit: bool,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.recover_every_exit = every_exit) } })
+}
+
 /// How long children get to finish their requests after SIGTERM before they are killed, in
 /// milliseconds. Default: 5000.
 #[unsafe(no_mangle)]
@@ -151,8 +185,64 @@ pub unsafe extern "C" fn prefork_set_handle_signals(
     ffi_boundary!({ unsafe { set(p, |c| c.process.handle_signals = handle_signals) } })
 }
 
-/// Longest request line (method, target, version), in bytes, before the reply is 414; above
-/// zero, and at most max_head_size (checked when serving starts). Default: 8192.
+/// An account name as an option: NULL or "" unsets it.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn account_arg(name: *const c_char, arg: &str) -> Result<Option<String>, FfiError> {
+    if name.is_null() {
+        return Ok(None);
+    }
+    let name = unsafe { str_arg(name, arg) }?;
+    Ok((!name.is_empty()).then(|| name.to_string()))
+}
+
+/// The user every child runs as, by name (NUL-terminated), as nginx's `user` and gunicorn's
+/// `--user`: the master, which must then run as root, binds the listener and starts each
+/// child with this user's uid, its primary group (or `group`'s) and supplementary groups from
+/// the user database, set between fork and exec with `PR_SET_NO_NEW_PRIVS`, so no code of a
+/// child runs as root. The master stays root to bind, spawn and signal. An unknown name, or a
+/// master that is not root, fails `prefork_listen_and_serve` at once with
+/// PREFORK_ERR_INVALID_ARGUMENT, before any child starts. A `command_producer` must drop
+/// privileges itself (a child that finds itself under the wrong uid refuses to serve). NULL or
+/// "" unsets it: children run as the master's user. Default: "".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_user(p: *mut prefork, user: *const c_char) -> prefork_result {
+    ffi_boundary!({
+        let user = unsafe { account_arg(user, "user") }?;
+        unsafe { set(p, |c| c.process.user = user) }
+    })
+}
+
+/// The group every child runs as, by name (NUL-terminated), instead of the user's primary
+/// group; with no `user`, only the children's groups change (supplementary groups: just this
+/// one). Checked as `prefork_set_user` is. NULL or "" unsets it: the user's primary group, or
+/// the master's. Default: "".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_group(
+    p: *mut prefork,
+    group: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let group = unsafe { account_arg(group, "group") }?;
+        unsafe { set(p, |c| c.process.group = group) }
+    })
+}
+
+/// Pins child *i* to the *i*-th CPU of the set the master may run on (sched_getaffinity,
+/// wrapping around when there are more children than CPUs); a replacement inherits its
+/// slot's CPU. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_cpu_affinity(
+    p: *mut prefork,
+    cpu_affinity: bool,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.cpu_affinity = cpu_affinity) } })
+}
+
+/// Longest request line (method, target, version), in bytes, before the reply is 414 (501
+/// when the method alone is too long: over 32 bytes or over this cap); above zero, and at most
+/// max_head_size (checked when serving starts). Default: 8192.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_max_request_line(
     p: *mut prefork,
@@ -277,6 +367,47 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     ffi_boundary!({ unsafe { set(p, |c| c.http.max_bytes_per_turn = bytes) } })
 }
 
+/// true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
+/// specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
+/// `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
+/// `prefork_request_peer_addr` is the client's address from the header and
+/// `prefork_request_proxy_tlv` reads its TLVs. The header is required, never guessed: a
+/// connection from a source outside `prefork_set_proxy_allow` is closed before anything is
+/// read, and one whose header is missing, malformed (the specification's rules, a CRC32C
+/// that does not match, a version 2 header over 4096 bytes of addresses and TLVs) or late
+/// (`prefork_set_proxy_timeout_ms`) is closed without a response. A TLS layer would come after
+/// the header. Turn it on only where every client is such a balancer. Default: false.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_protocol(p: *mut prefork, on: bool) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.proxy_protocol = on) } })
+}
+
+/// The networks PROXY protocol connections may come from (those of the balancers): a
+/// NUL-terminated, comma-separated list of CIDRs such as "10.0.0.0/8, 2001:db8::/32" (a bare
+/// address is that one host; "0.0.0.0/0,::/0" allows every source), which replaces the list.
+/// A network whose address has bits set past its prefix ("10.0.0.1/8") is refused as a likely
+/// typo; PREFORK_ERR_INVALID_ARGUMENT names the first bad entry, and an empty list is refused.
+/// An IPv4 client of a dual-stack listener matches the IPv4 networks. Used only with
+/// `prefork_set_proxy_protocol(p, true)`. Default: "127.0.0.0/8,::1/128".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_allow(
+    p: *mut prefork,
+    cidrs: *const c_char,
+) -> prefork_result {
+    ffi_boundary!({
+        let list = Cidr::parse_list(unsafe { str_arg(cidrs, "cidrs") }?)?;
+        unsafe { set(p, |c| c.http.proxy_allow = list) }
+    })
+}
+
+/// How long a new connection may take, from its accept, to send its whole PROXY protocol
+/// header before it is closed, in milliseconds; above zero. Used only with
+/// `prefork_set_proxy_protocol(p, true)`. Default: 5000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_proxy_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.proxy_timeout = Duration::from_millis(ms)) } })
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::c_void;
@@ -338,6 +469,8 @@ mod tests {
             assert_eq!(prefork_set_recover_interval_ms(p, 11), PREFORK_OK);
             assert_eq!(prefork_set_recover_window_ms(p, 12), PREFORK_OK);
             assert_eq!(prefork_set_recover_backoff_max_ms(p, 13), PREFORK_OK);
+            assert_eq!(prefork_set_recover_min_uptime_ms(p, 16), PREFORK_OK);
+            assert_eq!(prefork_set_recover_every_exit(p, true), PREFORK_OK);
             assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
             assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
             assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
@@ -355,6 +488,12 @@ mod tests {
             assert_eq!(prefork_set_max_chunk_ext_size(p, 107), PREFORK_OK);
             assert_eq!(prefork_set_max_trailer_size(p, 108), PREFORK_OK);
             assert_eq!(prefork_set_max_bytes_per_turn(p, 109), PREFORK_OK);
+            assert_eq!(prefork_set_proxy_protocol(p, true), PREFORK_OK);
+            assert_eq!(
+                prefork_set_proxy_allow(p, c"10.0.0.0/8, ::/0".as_ptr()),
+                PREFORK_OK
+            );
+            assert_eq!(prefork_set_proxy_timeout_ms(p, 25), PREFORK_OK);
         }
         let c = config(p);
         let pc = &c.process;
@@ -366,6 +505,8 @@ mod tests {
         assert_eq!(pc.recover_interval, ms(11));
         assert_eq!(pc.recover_window, ms(12));
         assert_eq!(pc.recover_backoff_max, ms(13));
+        assert_eq!(pc.recover_min_uptime, ms(16));
+        assert!(pc.recover_every_exit);
         assert_eq!(pc.grace_period, ms(14));
         assert_eq!(pc.startup_timeout, ms(15));
         assert!(!pc.handle_signals);
@@ -381,6 +522,11 @@ mod tests {
             (h.max_connections, h.handler_threads, h.max_output_buffer),
             (105, 6, 106)
         );
+
+        assert!(h.proxy_protocol);
+        assert_eq!(h.proxy_timeout, ms(25));
+        let allow: Vec<String> = h.proxy_allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "::/0"]);
 
         unsafe { prefork_set_recover_threshold(p, -1) };
         assert_eq!(config(p).process.recover_threshold, None);
@@ -414,6 +560,18 @@ mod tests {
                 prefork_set_max_output_buffer(p, 0),
                 prefork_result::PREFORK_OK
             );
+            assert_ne!(
+                prefork_set_proxy_timeout_ms(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            for bad in [c"", c"10.0.0.0/8,", c"10.0.0.1/8", c"10.0.0.0/8,bogus"] {
+                assert_eq!(
+                    prefork_set_proxy_allow(p, bad.as_ptr()),
+                    prefork_result::PREFORK_ERR_INVALID_ARGUMENT
+                );
+            }
+            let msg = std::ffi::CStr::from_ptr(crate::ffi::prefork_last_error());
+            assert!(msg.to_str().unwrap().contains("\"bogus\""), "{msg:?}");
         }
         assert_eq!(format!("{:?}", config(p)), before);
         unsafe { prefork_free(p) };

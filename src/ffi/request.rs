@@ -145,7 +145,10 @@ pub unsafe extern "C" fn prefork_request_header(
 }
 
 /// Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
-/// "203.0.113.7:51234" or "[2001:db8::1]:51234". Returns PREFORK_OK;
+/// "203.0.113.7:51234" or "[2001:db8::1]:51234". With `prefork_set_proxy_protocol` on, it is
+/// the client's address from the connection's PROXY protocol header; for a header that names
+/// none (a balancer's own connection: version 2 LOCAL, version 1 UNKNOWN, or an AF_UNSPEC or
+/// AF_UNIX address), the socket's peer, which is the balancer. Returns PREFORK_OK;
 /// PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
 /// PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
 /// is written only on success. Call it during `handle`.
@@ -168,5 +171,81 @@ pub unsafe extern "C" fn prefork_request_peer_addr(
         };
         unsafe { write_addr(peer, buf, cap) }?;
         Ok(prefork_result::PREFORK_OK)
+    })
+}
+
+/// The PREFORK_PP2_TYPE_* values are the TLV types of PROXY protocol version 2 that its
+/// specification registers, for `prefork_request_proxy_tlv` (0xE0 to 0xEF are for
+/// applications, such as a cloud balancer's own; 0xF0 to 0xF7 are experimental). This one is
+/// the application protocol (ALPN) the client negotiated with the balancer.
+pub const PREFORK_PP2_TYPE_ALPN: u8 = 0x01;
+/// The host name the client asked for (TLS SNI), UTF-8.
+pub const PREFORK_PP2_TYPE_AUTHORITY: u8 = 0x02;
+/// A CRC32C of the header: the library checked it (a connection whose header does not match
+/// was closed).
+pub const PREFORK_PP2_TYPE_CRC32C: u8 = 0x03;
+/// Padding, to be ignored.
+pub const PREFORK_PP2_TYPE_NOOP: u8 = 0x04;
+/// An opaque id of the connection from the balancer, at most 128 bytes.
+pub const PREFORK_PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+/// TLS details of the client's connection to the balancer: a client byte, a 32-bit verify
+/// result, then sub-TLVs (version 0x21, CN 0x22, cipher 0x23, signature 0x24, key 0x25).
+pub const PREFORK_PP2_TYPE_SSL: u8 = 0x20;
+/// The network namespace's name.
+pub const PREFORK_PP2_TYPE_NETNS: u8 = 0x30;
+
+/// Looks up the first TLV of type `type` (a `PREFORK_PP2_TYPE_*` value, or an application's
+/// 0xE0 to 0xEF) in the PROXY protocol version 2 header the request's connection began with
+/// (see `prefork_set_proxy_protocol`). On success writes its value to `*value` (which may be
+/// NULL to only test presence) and returns true; returns false, writing nothing, when the
+/// header has no such TLV, the connection had no version 2 header (the option is off, or the
+/// balancer sent version 1), or `req` is NULL. The view is valid until `handle` returns. To
+/// read every TLV of a repeated type, iterate with `prefork_request_proxy_tlv_at`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_proxy_tlv(
+    req: *const prefork_request,
+    r#type: u8,
+    value: *mut prefork_str,
+) -> bool {
+    ffi_boundary!({
+        let req = unsafe { request(req) }?;
+        let Some(found) = req.proxy_header().and_then(|h| h.tlv(r#type)) else {
+            return Ok(false);
+        };
+        // SAFETY: a non-NULL output points to a writable prefork_str (the caller's contract).
+        if let Some(out) = unsafe { value.as_mut() } {
+            *out = prefork_str::from_bytes(found);
+        }
+        Ok(true)
+    })
+}
+
+/// The TLV at `index` (from 0) of the connection's PROXY protocol version 2 header, in the
+/// order received. On success writes its type to `*type` and its value to `*value` (either may
+/// be NULL if not wanted) and returns true; returns false, writing nothing, when `index` is
+/// past the last TLV, the connection had no version 2 header, or `req` is NULL. The view is
+/// valid until `handle` returns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_proxy_tlv_at(
+    req: *const prefork_request,
+    index: usize,
+    r#type: *mut u8,
+    value: *mut prefork_str,
+) -> bool {
+    ffi_boundary!({
+        let req = unsafe { request(req) }?;
+        let Some(tlv) = req.proxy_header().and_then(|h| h.tlvs().nth(index)) else {
+            return Ok(false);
+        };
+        // SAFETY: non-NULL outputs point to writable storage (the caller's contract).
+        unsafe {
+            if let Some(out) = r#type.as_mut() {
+                *out = tlv.kind;
+            }
+            if let Some(out) = value.as_mut() {
+                *out = prefork_str::from_bytes(tlv.value);
+            }
+        }
+        Ok(true)
     })
 }

@@ -28,7 +28,9 @@ unsafe fn response<'a>(resp: *mut prefork_response) -> Result<&'a mut Response, 
 }
 
 /// Sets the status code (200 until set). Returns PREFORK_ERR_INVALID_ARGUMENT, leaving the
-/// status unchanged, outside 200..599 (1xx responses are the engine's).
+/// status unchanged, outside 200..599 (1xx responses are the engine's). A 204 or 304 response
+/// is sent without Content-Length, Transfer-Encoding or body (RFC 9110 §6.4.1): a body written
+/// or streamed for it is dropped, and the child logs that once.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_response_set_status(
     resp: *mut prefork_response,

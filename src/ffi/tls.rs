@@ -35,8 +35,11 @@ use super::handle::{configure, prefork, serve};
 /// connection is closed. A TLS handshake must finish, with the first request head, within
 /// the header timeout.
 ///
-/// Errors: those of `prefork_listen_and_serve`, PREFORK_ERR_NULL for a NULL path, and
-/// PREFORK_ERR_TLS.
+/// Serve mode has no TLS: on a handle with a serve function (`prefork_set_serve`) this
+/// returns PREFORK_ERR_STATE and starts nothing.
+///
+/// Errors: those of `prefork_listen_and_serve`, PREFORK_ERR_NULL for a NULL path,
+/// PREFORK_ERR_STATE in serve mode, and PREFORK_ERR_TLS.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_listen_and_serve_tls(
     p: *mut prefork,

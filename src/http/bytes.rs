@@ -94,6 +94,27 @@ pub(crate) fn has_control(value: &[u8]) -> bool {
     words.remainder().iter().any(bad)
 }
 
+/// Whether `value` holds a byte >= 0x80 or `needle` (ASCII, not NUL): a word at a time from 8
+/// bytes on, the last word overlapping the one before it; shorter values byte by byte, which
+/// costs less than assembling a word.
+#[inline(always)]
+pub(crate) fn has_high_or(value: &[u8], needle: u8) -> bool {
+    debug_assert!(needle.is_ascii() && needle != 0);
+    let hit = |w: u64| (w & HIGHS) | any_equal(w, needle) != 0;
+    let n = value.len();
+    if n < 8 {
+        return value.iter().any(|&b| b >= 0x80 || b == needle);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if hit(word(&value[at..at + 8])) {
+            return true;
+        }
+        at += 8;
+    }
+    hit(word(&value[n - 8..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +180,26 @@ mod tests {
         assert!(!has_control("caf\u{e9} \u{1F600}".as_bytes()));
         assert!(has_control(b"text/plain; charset=utf-8\r\n"));
         assert!(!has_control(b""));
+    }
+
+    #[test]
+    fn has_high_or_agrees_with_a_plain_check() {
+        let plain = |v: &[u8]| v.iter().any(|&b| b >= 0x80 || b == b'#');
+        for b in 0..=255u8 {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(
+                        has_high_or(&v, b'#'),
+                        plain(&v),
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!has_high_or(b"", b'#'));
+        assert!(!has_high_or(b"/?fields=name,email&id=12345", b'#'));
+        assert!(has_high_or(b"/?fields=name,email&id=12345#top", b'#'));
     }
 }

@@ -1,12 +1,19 @@
 //! Response encoding: small copies into the connection's output buffer, no formatting
 //! machinery. Every response carries a Date (RFC 9110 §6.6.1) and either Content-Length,
-//! `Transfer-Encoding: chunked` or (HTTP/1.0 streams only) `Connection: close`.
+//! `Transfer-Encoding: chunked` or (HTTP/1.0 streams only) `Connection: close`, except the
+//! 1xx, 204 and 304 responses, which have none of them and no body.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::date::DATE_LEN;
 use super::status::write_status_line;
 use super::{Response, Status};
+use crate::log::{Level, Logger};
+
+/// Set once this process has logged a body dropped from a 1xx, 204 or 304 response: a handler
+/// that does it does so on every request, and one line says all there is to say.
+static DROPPED_BODY_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// How the request shapes its response.
 #[derive(Clone, Copy, Debug)]
@@ -42,13 +49,19 @@ pub(crate) fn encode(
     resp: &mut Response,
     reply: Reply,
     date: &[u8; DATE_LEN],
+    log: &dyn Logger,
 ) -> Encoded {
     let status = resp.status;
-    let bodiless_status = status == 204 || status == 304;
+    // RFC 9110 §6.4.1 and RFC 9112 §6.3: a 1xx, 204 or 304 response ends with its head, and
+    // RFC 9110 §8.6 and RFC 9112 §6.1 forbid Content-Length and Transfer-Encoding in 1xx and
+    // 204 (the 304's Content-Length is optional: never sending it is simplest). Handlers
+    // cannot set 1xx statuses today (`Response::set_status`); the rule covers them anyway.
+    // (Behind the test for 200, the status of nearly every response: one comparison then.)
+    let bodiless_status = status != 200 && (status < 200 || status == 204 || status == 304);
     let mut close = reply.close || resp.close;
     let mut stream = resp.stream.take();
     if bodiless_status {
-        stream = None;
+        stream = drop_body(status, stream, &resp.body, log);
     }
     let chunked = stream.is_some() && reply.minor == 1;
     if stream.is_some() && !chunked && !reply.is_head {
@@ -83,6 +96,31 @@ pub(crate) fn encode(
         close,
         stream: stream.map(|source| Streaming { source, chunked }),
     }
+}
+
+/// Drops the body of a response that cannot have one (`stream` unread, the buffered body left
+/// unsent) and logs, once per process, that a handler gave it one. Out of line: it holds the
+/// stream's drop and the log's formatting, which the 200s of the hot path never need.
+#[cold]
+#[inline(never)]
+fn drop_body(
+    status: u16,
+    stream: Option<Box<dyn Read + Send>>,
+    body: &[u8],
+    log: &dyn Logger,
+) -> Option<Box<dyn Read + Send>> {
+    if (stream.is_some() || !body.is_empty()) && !DROPPED_BODY_LOGGED.swap(true, Ordering::Relaxed)
+    {
+        log.log(
+            Level::Warn,
+            &format!(
+                "a request handler set a body on a {status} response; a 1xx, 204 or 304 \
+                 response has no body (RFC 9110 §6.4.1), so it was dropped (logged once per \
+                 process)"
+            ),
+        );
+    }
+    None
 }
 
 /// An engine-made error response; the connection always closes after it.
@@ -150,6 +188,7 @@ fn write_hex(out: &mut Vec<u8>, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::testing::Quiet;
 
     const DATE: &[u8; DATE_LEN] = b"Thu, 01 Jan 1970 00:00:00 GMT";
 
@@ -164,6 +203,7 @@ mod tests {
                 close,
             },
             DATE,
+            &Quiet,
         );
         (String::from_utf8(out).unwrap(), e)
     }
@@ -201,6 +241,55 @@ mod tests {
         r.set_status(204).unwrap();
         let (s, _) = run(&mut r, 1, false, false);
         assert!(!s.contains("Content-Length") && !s.ends_with("hi"), "{s}");
+    }
+
+    #[test]
+    fn bodiless_statuses_drop_the_body_and_its_framing() {
+        for status in [204, 304] {
+            for minor in [0, 1] {
+                for is_head in [false, true] {
+                    let mut r = Response::default();
+                    r.set_status(status).unwrap();
+                    r.write(b"dropped");
+                    let (s, e) = run(&mut r, minor, is_head, false);
+                    let ka = if minor == 0 {
+                        "Connection: keep-alive\r\n"
+                    } else {
+                        ""
+                    };
+                    let line = if status == 204 {
+                        "204 No Content"
+                    } else {
+                        "304 Not Modified"
+                    };
+                    assert_eq!(
+                        s,
+                        format!(
+                            "HTTP/1.1 {line}\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n{ka}\r\n"
+                        ),
+                        "{status} HTTP/1.{minor} head={is_head}"
+                    );
+                    assert!(!e.close && e.stream.is_none());
+                    // A stream is dropped unread; HTTP/1.0 does not close for it.
+                    r.set_status(status).unwrap();
+                    r.set_body_stream(std::io::repeat(b'x'));
+                    let (s2, e) = run(&mut r, minor, is_head, false);
+                    assert_eq!(s2, s);
+                    assert!(!e.close && e.stream.is_none());
+                }
+            }
+        }
+        // 1xx: `Response::set_status` refuses them, the encoder would still send no framing.
+        let mut r = Response {
+            status: 103,
+            ..Response::default()
+        };
+        r.write(b"x");
+        let (s, _) = run(&mut r, 1, false, false);
+        assert_eq!(
+            s,
+            "HTTP/1.1 103 \r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n"
+        );
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `transport` carries each connection's
 //! bytes between its socket and its session (plain, or TLS); `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads.
+//! searches they share; `workers` runs handlers on threads. `proxy` parses the PROXY protocol
+//! header a load balancer may send first, which `preamble` reads off a new connection before
+//! the session sees a byte (and before a TLS handshake).
 
 mod bytes;
 mod chunked;
 mod date;
 mod encode;
 mod parse;
+mod preamble;
+pub mod proxy;
 mod request;
 mod response;
 mod scan;
@@ -29,6 +33,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
 pub(crate) use status::Status;
@@ -55,9 +60,12 @@ pub(crate) struct ServeControl<'a> {
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a
 /// stop is requested (`wake_fd`, or `crate::control::stop_requested()` already set) or the
-/// master dies (`lifeline_fd`), then drains: the listener is closed, idle connections are
-/// closed at once, requests already received are answered (the last one on each connection
-/// with `Connection: close`), and it returns when every connection is closed or when
+/// master dies (`lifeline_fd`), then drains: the connections waiting in the listener's accept
+/// queue are taken and the listener is closed (so that none is reset by the close, and new
+/// ones are refused once no process holds it), idle connections are closed at once (one that
+/// has sent nothing yet gets up to a second from its accept to send its first request),
+/// requests already received are answered (the last one on each connection with
+/// `Connection: close`), and it returns when every connection is closed or when
 /// `grace_period` has elapsed.
 pub(crate) fn serve(
     listener: TcpListener,

@@ -1,13 +1,22 @@
 //! Parsing a complete request head: httparse for the syntax, then the checks httparse leaves to
-//! the server (RFC 9112): the version (505 vs 400), the request-target's bytes and form, Host,
-//! and the message framing (RFC 9112 §6: Content-Length and Transfer-Encoding).
+//! the server (RFC 9112): the version (505 vs 400), the method's length (501), the
+//! request-target's bytes and form, Host, and the message framing (RFC 9112 §6: Content-Length
+//! and Transfer-Encoding).
 //!
 //! The scanner (`scan.rs`) has already found the head's end, rejected bare LFs and enforced the
 //! size caps, so everything here sees one complete head.
 
 use std::mem::MaybeUninit;
 
-use super::Status;
+use super::{Status, bytes};
+
+/// The longest method the engine lets through to the handler. RFC 9110 §9.1 answers a method
+/// the server does not implement with 501, and no server implements one this long: the
+/// longest in the HTTP Method Registry (RFC 9110 §16.1.1), `UPDATEREDIRECTREF`, has 17
+/// bytes. A longer method gets 501 and the connection is closed, also when it makes the
+/// request line break its cap (`scan.rs`): a 414 would ask the client to shorten a URI that is
+/// not the problem.
+pub(crate) const MAX_METHOD_LEN: usize = 32;
 
 /// How the request body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,22 +144,30 @@ pub(crate) fn analyze(req: &httparse::Request<'_, '_>) -> Result<ReqInfo, Status
     let target = req.path.ok_or(BAD)?;
     let minor = req.version.ok_or(BAD)?;
 
-    // httparse lets bytes >= 0x80 through; RFC 3986 has no place for them.
-    if !target.as_bytes().is_ascii() {
+    if method.len() > MAX_METHOD_LEN {
+        return Err(Status::NOT_IMPLEMENTED);
+    }
+    // httparse lets bytes >= 0x80 through, and `#`: RFC 3986 has no place for the first, and
+    // a fragment is never part of a request-target (RFC 9112 §3.2, RFC 9110 §7.1).
+    if bytes::has_high_or(target.as_bytes(), b'#') {
         return Err(BAD);
     }
     if method == "CONNECT" {
         // Tunnels change the connection's framing after the response; not supported.
         return Err(Status::NOT_IMPLEMENTED);
     }
-    match target.as_bytes() {
-        [b'/', ..] => {}
-        b"*" if method == "OPTIONS" => {}
-        t if is_absolute_form(t) => {}
+    // Whether the Host field supplies the target URI's authority (RFC 9112 §3.3): it does for
+    // origin-form and asterisk-form; an absolute-form target carries its own, and a server
+    // ignores Host then (RFC 9112 §3.2.2).
+    let authority_from_host = match target.as_bytes() {
+        [b'/', ..] => true,
+        b"*" if method == "OPTIONS" => true,
+        t if is_absolute_form(t) => false,
         _ => return Err(BAD),
-    }
+    };
 
     let mut hosts = 0usize;
+    let mut empty_host = false;
     let mut content_length: Option<u64> = None;
     let mut te = TeState::default();
     let mut close = false;
@@ -164,6 +181,8 @@ pub(crate) fn analyze(req: &httparse::Request<'_, '_>) -> Result<ReqInfo, Status
                 if !h.value.iter().all(|&b| is_host_byte(b)) {
                     return Err(BAD);
                 }
+                // An empty host, with or without a port.
+                empty_host = matches!(h.value, [] | [b':', ..]);
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
@@ -190,8 +209,11 @@ pub(crate) fn analyze(req: &httparse::Request<'_, '_>) -> Result<ReqInfo, Status
         }
     }
 
-    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, never more than one.
-    if hosts > 1 || (minor == 1 && hosts == 0) {
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, never more than one. An empty one would
+    // make the target URI an `http` URI with an empty host, which RFC 9110 §4.2.1 says to
+    // reject as invalid (so a Host field sent empty is a 400, in HTTP/1.0 too; HTTP/1.0
+    // without Host stays valid: the server's own name is the authority, RFC 9112 §3.3).
+    if hosts > 1 || (minor == 1 && hosts == 0) || (empty_host && authority_from_host) {
         return Err(BAD);
     }
 
@@ -264,18 +286,37 @@ impl TeState {
     }
 }
 
-/// `scheme "://" ...` with an RFC 3986 scheme.
+/// `scheme "://" ...` with an RFC 3986 scheme, and for `http` and `https` a host that is not
+/// empty: RFC 9110 §4.2.1 (and §4.2.2) says to reject such a URI as invalid.
 fn is_absolute_form(t: &[u8]) -> bool {
     let Some(colon) = t.iter().position(|&b| b == b':') else {
         return false;
     };
     let scheme = &t[..colon];
-    !scheme.is_empty()
+    let well_formed = !scheme.is_empty()
         && scheme[0].is_ascii_alphabetic()
         && scheme
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-        && t[colon..].starts_with(b"://")
+        && t[colon..].starts_with(b"://");
+    if !well_formed {
+        return false;
+    }
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return true;
+    }
+    // RFC 3986 §3.2: the authority ends at the path or the query; the host follows any
+    // userinfo and ends at a port.
+    let rest = &t[colon + 3..];
+    let authority = &rest[..rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len())];
+    let host = match memchr::memrchr(b'@', authority) {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
+    !matches!(host, [] | [b':', ..])
 }
 
 /// Bytes allowed in a Host value: RFC 3986 reg-name, IP literals and a port.
@@ -443,8 +484,68 @@ mod tests {
         assert_eq!(status("GET / HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: \r\n\r\n"), 200);
+        // RFC 9110 §4.2.1: an empty host makes the target URI invalid, unless the target
+        // carries its own authority (RFC 9112 §3.2.2).
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: \r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: :80\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.0\r\nHost: \r\n\r\n"), 400);
+        assert_eq!(status("OPTIONS * HTTP/1.1\r\nHost: \r\n\r\n"), 400);
+        assert_eq!(status("GET http://a/b HTTP/1.1\r\nHost: \r\n\r\n"), 200);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a:\r\n\r\n"), 200);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn absolute_form_hosts() {
+        for bad in [
+            "http:///p",
+            "HTTP://?q",
+            "https://",
+            "http://:80/p",
+            "http://user@/p",
+            "http://user@:80/p",
+        ] {
+            let h = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(status(&h), 400, "{bad}");
+        }
+        for good in [
+            "http://a",
+            "https://a:443/p?q",
+            "http://user@a/p",
+            "http://[::1]:80/",
+            // RFC 9110 §4.2.1 speaks of http and https URIs only.
+            "urn:///x",
+        ] {
+            let h = format!("GET {good} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(status(&h), 200, "{good}");
+        }
+    }
+
+    #[test]
+    fn fragments() {
+        for bad in [
+            "/#",
+            "/p#f",
+            "/p?q#f",
+            "/?#",
+            "http://a/p#f",
+            "/a/path/longer/than/8#",
+        ] {
+            let h = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(status(&h), 400, "{bad}");
+        }
+        // `%23` is an escaped `#`, data of the path.
+        assert_eq!(status("GET /p%23f HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn method_length() {
+        let line = |m: &str| status(&format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert_eq!(line(&"M".repeat(MAX_METHOD_LEN)), 200);
+        assert_eq!(line(&"M".repeat(MAX_METHOD_LEN + 1)), 501);
+        assert_eq!(line("UPDATEREDIRECTREF"), 200);
+        // A malformed method is a 400 whatever its length.
+        assert_eq!(line(&format!("{}(", "M".repeat(MAX_METHOD_LEN))), 400);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The handler interface: the `Handler` trait and the borrowed `Request` it receives.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::Response;
+use super::proxy::ProxyHeader;
 use crate::error::HookError;
 
 /// The application's request handler. One value serves every child: each child process gets
@@ -43,7 +45,16 @@ pub struct Request<'a> {
     pub(crate) minor_version: u8,
     pub(crate) headers: &'a [Header<'a>],
     pub(crate) body: &'a [u8],
-    pub(crate) peer: Option<SocketAddr>,
+    /// Borrowed from the connection (a pointer is cheaper to hand over than the address).
+    pub(crate) peer: &'a Peer,
+}
+
+/// Who sends a connection's requests: the socket's peer, or the client its PROXY protocol
+/// header names; the header itself is kept for its TLVs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Peer {
+    pub addr: Option<SocketAddr>,
+    pub proxy: Option<Arc<ProxyHeader>>,
 }
 
 impl<'a> Request<'a> {
@@ -52,7 +63,7 @@ impl<'a> Request<'a> {
         parsed: &httparse::Request<'a, '_>,
         headers: &'a [Header<'a>],
         body: &'a [u8],
-        peer: Option<SocketAddr>,
+        peer: &'a Peer,
     ) -> Request<'a> {
         Request {
             method: parsed.method.unwrap_or(""),
@@ -69,7 +80,7 @@ impl<'a> Request<'a> {
         index: &'a HeadIndex,
         headers: &'a [Header<'a>],
         body: &'a [u8],
-        peer: Option<SocketAddr>,
+        peer: &'a Peer,
     ) -> Request<'a> {
         Request {
             method: &index.text[..index.method_end],
@@ -141,9 +152,19 @@ impl<'a> Request<'a> {
         self.body
     }
 
-    /// The client's address (`None` only when the socket could not report it).
+    /// The client's address (`None` only when the socket could not report it). With the
+    /// PROXY protocol on, the client's address from the connection's header; for a header
+    /// that carries none (LOCAL, `UNKNOWN`, AF_UNSPEC, AF_UNIX) the socket's peer, which is
+    /// the balancer.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer
+        self.peer.addr
+    }
+
+    /// The PROXY protocol header the connection started with (`None` unless the
+    /// `proxy_protocol` option is on): its addresses, and the TLVs a version 2 header carries
+    /// (`ProxyHeader::tlv`). Borrowed for the duration of `Handler::handle`.
+    pub fn proxy_header(&self) -> Option<&'a ProxyHeader> {
+        self.peer.proxy.as_deref()
     }
 }
 
@@ -270,6 +291,11 @@ fn split_query(t: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
 
+    static NO_PEER: Peer = Peer {
+        addr: None,
+        proxy: None,
+    };
+
     fn req(target: &str) -> Request<'_> {
         Request {
             method: "GET",
@@ -277,7 +303,7 @@ mod tests {
             minor_version: 1,
             headers: &[],
             body: &[],
-            peer: None,
+            peer: &NO_PEER,
         }
     }
 

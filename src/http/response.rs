@@ -10,7 +10,9 @@ use crate::error::{Error, ErrorKind};
 ///
 /// The body is either buffered (`write`/`set_body`, sent with `Content-Length`) or streamed
 /// (`set_body_stream`, for a length not known in advance: sent chunked to HTTP/1.1 clients and
-/// delimited by closing the connection for HTTP/1.0 clients).
+/// delimited by closing the connection for HTTP/1.0 clients). A 204 or 304 response has neither
+/// (RFC 9110 §6.4.1): the engine sends it without Content-Length, Transfer-Encoding or body,
+/// drops any body the handler set, and logs that once per child process.
 pub struct Response {
     pub(crate) status: u16,
     /// Pre-encoded `Name: value\r\n` lines.
@@ -181,7 +183,7 @@ impl Response {
     ///
     /// HTTP/1.1 clients get `Transfer-Encoding: chunked`; HTTP/1.0 clients get the bytes as they
     /// come and the connection is closed after them. For HEAD requests and 204/304 responses
-    /// the stream is dropped unread.
+    /// the stream is dropped unread (for 204/304, with a log line once per child process).
     pub fn set_body_stream(&mut self, stream: impl Read + Send + 'static) {
         self.body.clear();
         self.stream = Some(Box::new(stream));

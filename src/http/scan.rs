@@ -1,11 +1,12 @@
 //! Finds the end of a request head incrementally, across reads, and enforces what httparse does
-//! not: CRLF line endings only (a bare LF is a 400), the request-line cap (414), the head size
-//! cap and the field-line count cap (431).
+//! not: CRLF line endings only (a bare LF is a 400), the request-line cap (414, or 501 when the
+//! method is what breaks it), the head size cap and the field-line count cap (431).
 //!
 //! The verdict depends only on the bytes, never on how they were split into reads: every check
 //! that "the limit is already exceeded" is made at the same byte position whether the bytes
 //! came at once or one by one (the connection fuzz target checks this).
 
+use super::parse::{MAX_METHOD_LEN, is_tchar};
 use super::{Status, bytes};
 
 /// Caps applied while scanning.
@@ -99,7 +100,7 @@ impl HeadScan {
         }
         self.pos = data.len();
         match self.over_limit(data.len(), &caps) {
-            Some(status) => Scan::Error(status),
+            Some(status) => Scan::Error(self.in_method(data, status, &caps)),
             None => Scan::Incomplete,
         }
     }
@@ -118,7 +119,7 @@ impl HeadScan {
         if lf >= below
             && let Some(status) = self.over_limit(lf, caps)
         {
-            return Some(Scan::Error(status));
+            return Some(Scan::Error(self.in_method(data, status, caps)));
         }
         if lf == 0 || data[lf - 1] != b'\r' {
             return Some(Scan::Error(Status::BAD_REQUEST));
@@ -141,6 +142,22 @@ impl HeadScan {
             return Some(Scan::Error(Status::HEADER_FIELDS_TOO_LARGE));
         }
         None
+    }
+
+    /// The answer to a cap broken (`status`): 501 instead when the request line broke it inside
+    /// a method too long to implement (`parse::MAX_METHOD_LEN`, RFC 9110 §9.1): one longer
+    /// than that, or than the request-line cap. Only the bytes before the cap was broken are
+    /// looked at (at most `MAX_METHOD_LEN + 1` of the line, and no more than the line cap
+    /// plus one), so the verdict does not depend on how the bytes were split into reads.
+    #[cold]
+    #[inline(never)]
+    fn in_method(&self, data: &[u8], status: Status, caps: &Caps) -> Status {
+        let seen = (MAX_METHOD_LEN + 1).min(caps.line - 1).min(data.len());
+        if self.lines == 0 && data[..seen].iter().all(|&b| is_tchar(b)) {
+            Status::NOT_IMPLEMENTED
+        } else {
+            status
+        }
     }
 
     /// The cap already broken by `len` bytes with no head end among them, if any. When both
@@ -219,6 +236,63 @@ mod tests {
             assert_eq!(&whole(data), want, "{:?}", String::from_utf8_lossy(data));
             assert_eq!(&bytewise(data), want, "{:?}", String::from_utf8_lossy(data));
         }
+    }
+
+    #[test]
+    fn a_method_that_breaks_the_line_cap_is_501() {
+        let nine = Status::NOT_IMPLEMENTED;
+        // LIM's line cap is 20, below MAX_METHOD_LEN: a method longer than the cap is 501,
+        // one that fits is not, whatever comes after it.
+        let cases: Vec<(String, Scan)> = vec![
+            (
+                format!("{} / HTTP/1.1\r\n\r\n", "M".repeat(25)),
+                Scan::Error(nine),
+            ),
+            (
+                format!("{} / HTTP/1.1\r\n\r\n", "M".repeat(21)),
+                Scan::Error(nine),
+            ),
+            ("M".repeat(40), Scan::Error(nine)),
+            (
+                format!("{} / HTTP/1.1\r\n\r\n", "M".repeat(20)),
+                Scan::Error(Status::URI_TOO_LONG),
+            ),
+            (
+                // Not a method: the line's cap speaks.
+                format!("MM({} / HTTP/1.1\r\n\r\n", "M".repeat(22)),
+                Scan::Error(Status::URI_TOO_LONG),
+            ),
+        ];
+        for (data, want) in &cases {
+            assert_eq!(&whole(data.as_bytes()), want, "{data:?}");
+            assert_eq!(&bytewise(data.as_bytes()), want, "{data:?}");
+        }
+        // A line cap above MAX_METHOD_LEN: the method's own limit decides.
+        let lim = ScanLimits {
+            max_request_line: 64,
+            max_head_size: 200,
+            max_headers: 3,
+        };
+        let long_target = "a".repeat(80);
+        for (method_len, want) in [
+            (MAX_METHOD_LEN + 1, Status::NOT_IMPLEMENTED),
+            (MAX_METHOD_LEN, Status::URI_TOO_LONG),
+        ] {
+            let data = format!("{} /{long_target} HTTP/1.1\r\n\r\n", "M".repeat(method_len));
+            let mut s = HeadScan::default();
+            assert_eq!(s.scan(data.as_bytes(), &lim), Scan::Error(want), "{data:?}");
+            let mut s = HeadScan::default();
+            let got = (1..=data.len())
+                .map(|n| s.scan(&data.as_bytes()[..n], &lim))
+                .find(|v| *v != Scan::Incomplete);
+            assert_eq!(got, Some(Scan::Error(want)), "{data:?}");
+        }
+        // Within the caps, the method's length is left to `parse::analyze`.
+        let data = format!("{} / HTTP/1.1\r\n\r\n", "M".repeat(MAX_METHOD_LEN + 1));
+        assert!(matches!(
+            HeadScan::default().scan(data.as_bytes(), &lim),
+            Scan::Complete(_)
+        ));
     }
 
     #[test]

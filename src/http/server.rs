@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::ServeControl;
 use super::date::DateCache;
+use super::preamble::{self, Step};
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::transport::{self, Drive, Io, Plain, Sock, Transport, turn};
@@ -47,6 +48,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(2);
 /// Input discarded at most while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
+/// While draining, how long a connection that has sent nothing yet may take to send its first
+/// request, from its accept. Such a client connected to be answered (the drain itself takes the
+/// accept queue's connections); closing it unanswered is the reset a stop must not cause. One
+/// silent for longer, like a speculative preconnect, is closed as an idle connection is.
+const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
@@ -57,6 +63,9 @@ struct Conn {
     io: Io,
     session: Session,
     generation: u64,
+    /// Still waiting for its PROXY protocol header (since its accept, `timer_since`): no byte
+    /// has gone to the session, or to the transport (a TLS handshake follows the header), yet.
+    proxy_pending: bool,
     /// Listed in `Server::again` for the next turn.
     queued: bool,
     timer: Timer,
@@ -103,6 +112,9 @@ struct Server<'a> {
     /// Ciphertext of one TLS read (TLS connections only; empty otherwise).
     tls_in: Vec<u8>,
     log: &'a dyn Logger,
+    /// Connections refused by the PROXY protocol step so far (the first is logged as a
+    /// warning, the others at debug level: a misconfigured balancer must not flood the log).
+    proxy_refused: u64,
 }
 
 /// Serves `listener` until a stop is requested or the master dies, then drains. See
@@ -146,6 +158,11 @@ pub(crate) fn run(
         cfg.body_timeout,
         cfg.idle_timeout,
         cfg.write_timeout,
+        if cfg.proxy_protocol {
+            cfg.proxy_timeout
+        } else {
+            MAX_TICK
+        },
     ]
     .into_iter()
     .min()
@@ -184,6 +201,7 @@ pub(crate) fn run(
         },
         tls: ctl.tls.take(),
         log,
+        proxy_refused: 0,
     };
     let result = server.run(&mut ctl);
     server.close_all();
@@ -316,6 +334,9 @@ impl Server<'_> {
         }
         self.accept_resume = None;
         for _ in 0..ACCEPT_BATCH {
+            if self.stop_pending() {
+                return;
+            }
             if self.live >= self.cfg.max_connections {
                 // Resumed by the first close: `listener_ready` stays set.
                 return;
@@ -355,6 +376,9 @@ impl Server<'_> {
     }
 
     fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        if self.cfg.proxy_protocol && !self.proxy_allowed(peer) {
+            return;
+        }
         // Responses are written whole, once per batch: Nagle would only delay them.
         let _ = sock.set_nodelay(true);
         let idx = self.free.pop().unwrap_or_else(|| {
@@ -397,6 +421,7 @@ impl Server<'_> {
             io,
             session: Session::new(Some(peer)),
             generation: self.next_generation,
+            proxy_pending: self.cfg.proxy_protocol,
             queued: false,
             timer: Timer::Idle,
             timer_seq: 0,
@@ -415,6 +440,9 @@ impl Server<'_> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if conn.proxy_pending {
+            return self.drive_proxy_header(idx);
+        }
         if conn.linger_until.is_some() {
             if linger(conn) {
                 self.close(idx);
@@ -449,7 +477,8 @@ impl Server<'_> {
                 budget,
                 draining,
                 body_progress,
-                wrote
+                wrote,
+                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
             Io::Tls(tls) => turn!(
                 **tls,
@@ -460,7 +489,8 @@ impl Server<'_> {
                 budget,
                 draining,
                 body_progress,
-                wrote
+                wrote,
+                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
         };
         match outcome {
@@ -517,6 +547,7 @@ impl Server<'_> {
     /// Applies the deadlines: write stall → drop; idle → drop; slow head or body → 408.
     fn sweep(&mut self) {
         let cfg = self.cfg;
+        let draining = self.drain_deadline.is_some();
         for idx in 0..self.conns.len() {
             let Some(conn) = self.conns[idx].as_mut() else {
                 continue;
@@ -524,6 +555,22 @@ impl Server<'_> {
             if let Some(until) = conn.linger_until {
                 if self.now >= until {
                     self.close(idx);
+                }
+                continue;
+            }
+            // As in the turn: idle means nothing waits below the session either (TLS records).
+            if draining
+                && conn.session.is_idle()
+                && !conn.io.holds_output()
+                && !awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+            {
+                self.close(idx);
+                continue;
+            }
+            if conn.proxy_pending {
+                // The timer has not moved since the accept: nothing reached the session.
+                if self.now - conn.timer_since >= cfg.proxy_timeout {
+                    self.refuse_proxy(idx, "no whole PROXY protocol header before the deadline");
                 }
                 continue;
             }
@@ -595,15 +642,78 @@ impl Server<'_> {
         let grace = if now { Duration::ZERO } else { self.grace };
         let deadline = self.now + grace;
         self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-            // Dropping it closes this child's descriptor; the other children keep serving.
-        }
+        let queued = match self.listener.take() {
+            Some(listener) => self.close_listener(listener, !grace.is_zero()),
+            None => Vec::new(),
+        };
         for idx in 0..self.conns.len() {
             if self.conns[idx].is_some() {
                 self.drive(idx);
             }
         }
+        for (sock, peer) in queued {
+            self.add_conn(sock, peer);
+        }
+    }
+
+    /// Closes this process's descriptor of the listener, first taking (when `take_queue`)
+    /// every connection in its accept queue, which it returns to be served.
+    ///
+    /// The kernel resets the queued connections of a listener whose last descriptor closes,
+    /// and their clients, which saw the handshake complete, would have sent a request for
+    /// nothing. The master closes its copies when the stop begins, so the children's are the
+    /// last: each takes what is queued, then closes at once, with nothing in between, and from
+    /// the last close on the kernel refuses new connections. A connection that completes its
+    /// handshake in that gap of two system calls is the only one a stop can still reset.
+    fn close_listener(
+        &mut self,
+        mut listener: TcpListener,
+        take_queue: bool,
+    ) -> Vec<(TcpStream, SocketAddr)> {
+        // The listener's open file may outlive this descriptor (other children share it), and
+        // with it this epoll's registration: remove that first.
+        let _ = self.poll.registry().deregister(&mut listener);
+        let queued = if take_queue {
+            self.accept_all(&listener)
+        } else {
+            Vec::new()
+        };
+        drop(listener);
+        queued
+    }
+
+    /// Accepts until the queue is empty. Whatever max_connections says: the queue is bounded
+    /// by the backlog, and a connection left in it is reset when the listener closes.
+    fn accept_all(&self, listener: &TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+        let mut queued = Vec::new();
+        loop {
+            match listener.accept() {
+                Ok(conn) => queued.push(conn),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return queued,
+                Err(e) if is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    self.log.log(
+                        Level::Warn,
+                        &format!(
+                            "accept failed ({e}) while taking the accept queue at the stop; \
+                             connections left in it are reset"
+                        ),
+                    );
+                    return queued;
+                }
+            }
+        }
+    }
+
+    /// A stop was requested whose wake-up this loop has not read yet (it was inside a blocking
+    /// handler): starts the drain now, so no connection is taken as if still serving.
+    fn stop_pending(&mut self) -> bool {
+        if self.drain_deadline.is_some() || !crate::control::stop_requested() {
+            return false;
+        }
+        let now = self.read_wake() == Some(crate::control::WAKE_STOP_NOW);
+        self.start_drain(now);
+        true
     }
 
     /// Reads every pending byte of the stop pipe; returns the most urgent request seen.
@@ -655,6 +765,104 @@ impl Conn {
             self.write_since = Some(now);
         }
     }
+}
+
+/// The PROXY protocol step (`cfg.proxy_protocol`): the first thing a connection does.
+impl Server<'_> {
+    /// A connection from a source the allowlist does not name is closed before anything is
+    /// read: only trusted balancers may speak for a client (the spec's §5).
+    fn proxy_allowed(&mut self, peer: SocketAddr) -> bool {
+        if self
+            .cfg
+            .proxy_allow
+            .iter()
+            .any(|net| net.contains(peer.ip()))
+        {
+            return true;
+        }
+        self.log_refusal(peer, "its source is not in proxy_allow");
+        false
+    }
+
+    /// `drive` for a connection still waiting for its header: out of line, so that serving
+    /// connections pay one test of a flag for it.
+    #[cold]
+    #[inline(never)]
+    fn drive_proxy_header(&mut self, idx: usize) {
+        if self.proxy_header(idx) {
+            self.drive(idx);
+        }
+    }
+
+    /// Reads the header of connection `idx` as far as its socket allows; true when it is
+    /// done and the session may run.
+    fn proxy_header(&mut self, idx: usize) -> bool {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if !conn.sock.readable {
+            return false;
+        }
+        // On the raw socket, under any transport: the header precedes a TLS handshake.
+        match preamble::read_proxy_header(conn.sock.fd, conn.sock.peer_hup) {
+            Step::Wait => {
+                conn.sock.readable = false;
+                false
+            }
+            Step::Done(header) => {
+                conn.session.set_proxy(header);
+                conn.proxy_pending = false;
+                // Only the header was read: bytes after it (a request, a ClientHello) may be
+                // waiting, with no new edge to announce them.
+                conn.sock.readable = true;
+                true
+            }
+            Step::Fail(why) => {
+                self.refuse_proxy(idx, why);
+                false
+            }
+        }
+    }
+
+    fn refuse_proxy(&mut self, idx: usize, why: &str) {
+        if let Some(conn) = self.conns[idx].as_ref() {
+            let peer = conn.stream.peer_addr().ok();
+            match peer {
+                Some(p) => self.log_refusal(p, why),
+                None => self.log_refusal_text("an unknown peer", why),
+            }
+        }
+        self.close(idx);
+    }
+
+    fn log_refusal(&mut self, peer: SocketAddr, why: &str) {
+        self.log_refusal_text(&peer.to_string(), why);
+    }
+
+    fn log_refusal_text(&mut self, peer: &str, why: &str) {
+        self.proxy_refused += 1;
+        let (level, more) = if self.proxy_refused == 1 {
+            (Level::Warn, " (further refusals are logged at debug level)")
+        } else {
+            (Level::Debug, "")
+        };
+        self.log.log(
+            level,
+            &format!("closed a connection from {peer}: {why}{more}"),
+        );
+    }
+}
+
+/// While draining: a connection that has sent nothing since its accept, not long ago, is kept
+/// for its first request (see `FIRST_REQUEST_IN_DRAIN`). Its timer has been `Idle` since the
+/// accept, so `timer_since` is the accept's instant.
+/// Takes the connection's fields, not the connection: the turn calls it with the transport
+/// borrowed.
+#[inline]
+fn awaits_first_request(session: &Session, timer: Timer, since: Instant, now: Instant) -> bool {
+    session.seq() == 0
+        && timer == Timer::Idle
+        && now.saturating_duration_since(since) < FIRST_REQUEST_IN_DRAIN
 }
 
 /// Discards input of a closing connection; true when it can be dropped.

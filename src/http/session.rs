@@ -14,12 +14,14 @@
 use std::mem;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use super::chunked::{ChunkLimits, ChunkedDecoder, Decoded};
 use super::date::DATE_LEN;
 use super::encode::{self, Reply, Streaming};
 use super::parse::{self, BodyKind, ReqInfo};
-use super::request::{Handler, HeadIndex, Header, Request};
+use super::proxy::ProxyHeader;
+use super::request::{Handler, HeadIndex, Header, Peer, Request};
 use super::scan::{HeadScan, Scan, ScanLimits};
 use super::workers::{ConnId, Job, WorkerPool};
 use super::{Response, Status, recycle};
@@ -239,7 +241,7 @@ pub(crate) struct Session {
     chunked: ChunkedDecoder,
     stream: Option<Streaming>,
     close_after_stream: bool,
-    peer: Option<SocketAddr>,
+    peer: Peer,
     peer_eof: bool,
     /// `process` stopped because the output is over its cap, with input left to handle.
     stalled: bool,
@@ -283,11 +285,23 @@ impl Session {
             chunked: ChunkedDecoder::default(),
             stream: None,
             close_after_stream: false,
-            peer,
+            peer: Peer {
+                addr: peer,
+                proxy: None,
+            },
             peer_eof: false,
             stalled: false,
             seq: 0,
         }
+    }
+
+    /// Records the PROXY protocol header the connection began with, read before any input
+    /// reached the session: its client address, when it has one, replaces the socket's peer.
+    pub(crate) fn set_proxy(&mut self, header: ProxyHeader) {
+        if let Some(addr) = header.source_inet() {
+            self.peer.addr = Some(addr);
+        }
+        self.peer.proxy = Some(Arc::new(header));
     }
 
     /// Returns the empty buffers to `scratch`: between requests, an idle connection holds
@@ -548,7 +562,7 @@ impl Session {
                     value: h.value,
                 }));
                 let body = &self.inp.buf[start + n..start + n + ready.unwrap_or(0)];
-                let req = Request::from_parsed(&parsed, &headers, body, self.peer);
+                let req = Request::from_parsed(&parsed, &headers, body, &self.peer);
                 match ready {
                     Some(len) => run(&ctx.exec, scratch, ctx.conn, &req, head, Body::Input(len)),
                     None => {
@@ -582,7 +596,7 @@ impl Session {
             Body::Input(len) => &self.inp.buf[start + n..start + n + len],
             Body::Dechunked(_) => &self.body[..],
         };
-        let req = Request::from_index(index, &headers, bytes, self.peer);
+        let req = Request::from_index(index, &headers, bytes, &self.peer);
         let next = run(&ctx.exec, scratch, ctx.conn, &req, head, body);
         scratch.headers = recycle(headers);
         next
@@ -674,7 +688,7 @@ impl Session {
             close: !info.keep_alive || info.close_after || last_in_drain,
         };
         take_spare(&mut self.out, &mut scratch.spare_out);
-        let encoded = encode::encode(&mut self.out, resp, reply, ctx.date);
+        let encoded = encode::encode(&mut self.out, resp, reply, ctx.date, ctx.log);
         resp.reset();
         match encoded.stream {
             Some(stream) => {
@@ -812,7 +826,7 @@ fn run(
             job.buf.extend_from_slice(req.body());
             job.head_len = head.len();
             job.index.record(req, head);
-            job.peer = req.peer_addr();
+            job.peer.clone_from(req.peer);
             job.resp.reset();
             job.panic = None;
             pool.submit(job);

@@ -330,7 +330,8 @@ pub fn run_tls_connection(
             budget,
             draining,
             body_progress,
-            wrote
+            wrote,
+            false
         );
         // The event loop's timers use these; this run has no clock.
         let _ = (body_progress, wrote, &mut budget);

@@ -47,12 +47,14 @@ pub(crate) enum Drive {
 
 /// The steps of one drive of a connection, with transport `$io`: answer what is buffered,
 /// flush, fill, until nothing moves or the budget is spent; evaluates to the outcome and sets
-/// `$body_progress` (body bytes arrived) and `$wrote` (output went out). A macro, expanded
+/// `$body_progress` (body bytes arrived) and `$wrote` (output went out). `$keep_in_drain`,
+/// evaluated only while draining with the session idle, keeps a connection that still awaits
+/// its first request. A macro, expanded
 /// once per transport: the plain path pays no dispatch, and its state stays in the caller's
 /// locals (a generic function returning it cost 45 instructions per request at depth 1).
 macro_rules! turn {
     ($io:expr, $sock:expr, $session:expr, $ctx:expr, $tls_in:expr, $budget:ident,
-     $draining:expr, $body_progress:ident, $wrote:ident) => {
+     $draining:expr, $body_progress:ident, $wrote:ident, $keep_in_drain:expr) => {
         loop {
             let mut progress = $session.process(&mut $ctx);
             match $io.flush(&mut $sock, &mut $session, &mut $budget) {
@@ -67,7 +69,7 @@ macro_rules! turn {
                 if $session.finished() || $io.refused() {
                     break $crate::http::transport::Drive::Finish;
                 }
-                if $draining && $session.is_idle() {
+                if $draining && $session.is_idle() && !$keep_in_drain {
                     break $crate::http::transport::Drive::Close;
                 }
             }

@@ -5,13 +5,12 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::request::{Handler, HeadIndex, Header, Request};
+use super::request::{Handler, HeadIndex, Header, Peer, Request};
 use super::{Response, recycle};
 use crate::error::panic_message;
 
@@ -26,7 +25,7 @@ pub(crate) struct Job {
     pub head_len: usize,
     /// The head's parse, made on the event loop.
     pub index: HeadIndex,
-    pub peer: Option<SocketAddr>,
+    pub peer: Peer,
     pub resp: Response,
     /// The handler's panic message, if it panicked.
     pub panic: Option<String>,
@@ -39,7 +38,7 @@ impl Job {
             buf: Vec::new(),
             head_len: 0,
             index: HeadIndex::default(),
-            peer: None,
+            peer: Peer::default(),
             resp: Response::default(),
             panic: None,
         }
@@ -186,7 +185,7 @@ fn run_job(job: &mut Job, handler: &dyn Handler, headers_store: &mut Vec<Header<
     let (head, body) = job.buf.split_at(job.head_len);
     let mut headers: Vec<Header<'_>> = recycle(std::mem::take(headers_store));
     job.index.fields(head, &mut headers);
-    let req = Request::from_index(&job.index, &headers, body, job.peer);
+    let req = Request::from_index(&job.index, &headers, body, &job.peer);
     let resp = &mut job.resp;
     job.panic = catch_unwind(AssertUnwindSafe(|| handler.handle(&req, resp)))
         .err()

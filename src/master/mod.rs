@@ -1,6 +1,12 @@
 //! The master: bind, spawn, wait for readiness, supervise (respawn within the recover policy),
-//! and stop (SIGTERM, grace period, SIGKILL, reap). Single-threaded: one poll(2) loop over the
-//! stop pipe, each child's pidfd and, until it is ready, its lifeline.
+//! and stop (SIGTERM, grace period, SIGKILL, reap).
+//!
+//! One event loop, as nginx's master cycle: every input is an event of one poll(2) set (the
+//! stop pipe that the signal handlers and `shutdown()` write to, each child's pidfd, the
+//! lifeline of each child not yet ready) or a timer (a respawn, a startup deadline, the stop's
+//! deadline), and what it does depends on the state the master is in, `State::Running` or
+//! `State::Stopping`. A failure while running (the recover policy, a hook, a spawn) is a
+//! transition to a graceful stop that remembers the error. Single-threaded.
 
 mod bind;
 mod hook;
@@ -17,12 +23,13 @@ use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::Pid as NixPid;
 
 use crate::config::{Config, ProcessConfig};
+use crate::confine::Confinement;
 use crate::control::{self, Role, SignalGuard, WAKE_STOP_NOW};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use recovery::Recovery;
+use recovery::{Lived, Recovery};
 use spawn::Child;
 
 /// Poll period when the kernel has no pidfd_open and exits are found by waitpid sweeps.
@@ -37,6 +44,8 @@ pub(crate) fn run(
 ) -> Result<(), Error> {
     let cfg = &config.process;
     let count = cfg.effective_children();
+    // Before anything is bound: a user that does not exist is the caller's error, at once.
+    let confinement = Confinement::resolve(cfg)?;
     let sockaddr = bind::resolve(addr, cfg.network)?;
     let (listeners, sockaddr) =
         bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
@@ -61,6 +70,9 @@ pub(crate) fn run(
             }
         ),
     );
+    if let Some(confined) = confinement.describe() {
+        log.log(Level::Info, &confined);
+    }
     let mut master = Master {
         cfg,
         hooks,
@@ -68,15 +80,14 @@ pub(crate) fn run(
         wake,
         slots: (0..count).map(|_| Slot::default()).collect(),
         listeners,
+        confinement,
         tls,
         recovery: Recovery::new(cfg),
         ready_announced: false,
-        stopping: false,
+        state: State::Running,
+        outcome: Ok(()),
     };
-    let outcome = master.start().and_then(|()| master.supervise());
-    let stop_now = matches!(outcome, Ok(Stop::Now));
-    master.stop(stop_now);
-    outcome.map(|_| ())
+    master.run()
 }
 
 #[derive(Default)]
@@ -86,10 +97,27 @@ struct Slot {
     respawn: Option<(Instant, Pid)>,
 }
 
-/// How a stop was requested.
-enum Stop {
-    Graceful,
-    Now,
+/// What the master is doing; each event is handled according to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Keeping every slot's child running: an exit is a crash to recover from.
+    Running,
+    /// The children were told to stop, with SIGTERM or (`forced`) SIGKILL; an exit is final.
+    /// At `deadline` the ones left are killed.
+    Stopping { deadline: Instant, forced: bool },
+}
+
+/// One input of the loop.
+#[derive(Clone, Copy)]
+enum Event {
+    /// The stop pipe: a signal or `shutdown()`.
+    Wake,
+    /// A child's pidfd: it exited.
+    Exit(usize),
+    /// A child's lifeline before it is ready: its ready byte, or EOF.
+    Lifeline(usize),
+    /// The waitpid sweep's period ended (children without a pidfd).
+    Sweep,
 }
 
 struct Master<'a> {
@@ -99,12 +127,14 @@ struct Master<'a> {
     wake: BorrowedFd<'static>,
     slots: Vec<Slot>,
     listeners: Vec<OwnedFd>,
+    confinement: Confinement,
     /// The TLS material each child gets on its lifeline (`crate::tls`).
     tls: Option<&'a [u8]>,
     recovery: Recovery,
     ready_announced: bool,
-    /// Set once stopping: exits are then final, not crashes to recover from.
-    stopping: bool,
+    state: State,
+    /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
+    outcome: Result<(), Error>,
 }
 
 impl Master<'_> {
@@ -123,8 +153,19 @@ impl Master<'_> {
     }
 
     fn spawn_into(&mut self, slot: usize) -> Result<Pid, Error> {
-        let listener = self.listeners[slot % self.listeners.len()].as_raw_fd();
-        let child = spawn::spawn(listener, slot, self.hooks.command_producer.as_deref_mut())?;
+        let Some(listener) = self.listeners.get(slot % self.listeners.len().max(1)) else {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "no child is started once the stop closed the listeners",
+            ));
+        };
+        let listener = listener.as_raw_fd();
+        let child = spawn::spawn(
+            listener,
+            slot,
+            self.confinement.for_slot(slot),
+            self.hooks.command_producer.as_deref_mut(),
+        )?;
         let pid = child.pid;
         self.log
             .log(Level::Info, &format!("started child {pid} (slot {slot})"));
@@ -136,62 +177,136 @@ impl Master<'_> {
         Ok(pid)
     }
 
-    /// Runs until a stop is requested (Ok) or the recover policy, a hook or a spawn fails.
-    fn supervise(&mut self) -> Result<Stop, Error> {
-        let mut owners: Vec<(usize, Watch)> = Vec::new();
+    /// The master's cycle: starts the children, then handles timers and events until the stop
+    /// has reaped the last child.
+    fn run(&mut self) -> Result<(), Error> {
+        if let Err(e) = self.start() {
+            self.fail(e);
+        }
         loop {
-            if control::stop_requested() {
-                return Ok(match control::drain_wake() {
-                    Some(WAKE_STOP_NOW) => Stop::Now,
-                    _ => Stop::Graceful,
-                });
-            }
             let now = Instant::now();
-            self.respawn_due(now)?;
-            self.check_startup_deadlines(now)?;
-            self.announce_ready()?;
-
-            owners.clear();
-            // The descriptors are borrowed from the slots, so this list lives for one turn.
-            let mut fds = vec![pollfd(self.wake)];
-            let mut sweep = false;
-            for (i, slot) in self.slots.iter().enumerate() {
-                let Some(child) = &slot.child else { continue };
-                match &child.pidfd {
-                    Some(fd) => {
-                        fds.push(pollfd(fd.as_fd()));
-                        owners.push((i, Watch::Exit));
+            let before = self.state;
+            match self.state {
+                State::Running => {
+                    if let Err(e) = self.run_timers(now) {
+                        self.fail(e);
                     }
-                    None => sweep = true,
                 }
-                if let (false, Some(fd)) = (child.ready, &child.lifeline) {
-                    fds.push(pollfd(fd.as_fd()));
-                    owners.push((i, Watch::Lifeline));
-                }
-            }
-            let mut timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
-            if sweep {
-                timeout = Some(timeout.map_or(SWEEP_PERIOD, |t| t.min(SWEEP_PERIOD)));
-            }
-            poll(&mut fds, timeout);
-            let mut polled = fds[1..].iter();
-            owners.retain(|_| polled.next().is_some_and(fired));
-            drop(fds);
-
-            for &(slot, watch) in &owners {
-                match watch {
-                    Watch::Lifeline => self.read_lifeline(slot),
-                    Watch::Exit => self.reap(slot, false)?,
+                State::Stopping { deadline, .. } => {
+                    if self.live_pids().is_empty() {
+                        break;
+                    }
+                    if now >= deadline {
+                        self.kill_stubborn();
+                        break;
+                    }
                 }
             }
-            if sweep {
-                for slot in 0..self.slots.len() {
-                    self.reap(slot, false)?;
+            if self.state != before {
+                // A new state has its own timers and poll set.
+                continue;
+            }
+            for event in self.wait(now) {
+                if let Err(e) = self.handle(event) {
+                    self.fail(e);
                 }
             }
         }
+        std::mem::replace(&mut self.outcome, Ok(()))
+    }
+
+    /// Running: a stop request (raised before the loop or by the stop pipe), then the due
+    /// respawns, the startup deadlines and the ready announcement.
+    fn run_timers(&mut self, now: Instant) -> Result<(), Error> {
+        if control::stop_requested() {
+            let forced = control::drain_wake() == Some(WAKE_STOP_NOW);
+            self.begin_stop(forced);
+            return Ok(());
+        }
+        self.respawn_due(now)?;
+        self.check_startup_deadlines(now)?;
+        self.announce_ready()
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Error> {
+        match (event, self.state) {
+            // Running, the next turn reads the request (see `run_timers`).
+            (Event::Wake, State::Running) => Ok(()),
+            (Event::Wake, State::Stopping { .. }) => {
+                if control::drain_wake() == Some(WAKE_STOP_NOW) {
+                    self.force_stop();
+                }
+                Ok(())
+            }
+            (Event::Exit(slot), _) => self.reap(slot, false),
+            (Event::Lifeline(slot), _) => {
+                self.read_lifeline(slot);
+                Ok(())
+            }
+            (Event::Sweep, _) => {
+                for slot in 0..self.slots.len() {
+                    if let Err(e) = self.reap(slot, false) {
+                        self.fail(e);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A failure: while running, it becomes the outcome and the children are stopped
+    /// gracefully; while stopping, nothing must keep the stop from finishing, so it is logged.
+    fn fail(&mut self, e: Error) {
+        match self.state {
+            State::Running => {
+                self.outcome = Err(e);
+                self.begin_stop(false);
+            }
+            State::Stopping { .. } => self
+                .log
+                .log(Level::Error, &format!("while stopping: {}", e.message())),
+        }
+    }
+
+    /// Polls the inputs of the current state until one fires or the next timer is due;
+    /// returns what fired.
+    fn wait(&self, now: Instant) -> Vec<Event> {
+        let running = self.state == State::Running;
+        // The descriptors are borrowed from the slots, so this list lives for one turn.
+        let mut fds = vec![pollfd(self.wake)];
+        let mut watched = vec![Event::Wake];
+        let mut sweep = false;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(child) = &slot.child else { continue };
+            match &child.pidfd {
+                Some(fd) => {
+                    fds.push(pollfd(fd.as_fd()));
+                    watched.push(Event::Exit(i));
+                }
+                None => sweep = true,
+            }
+            if let (true, false, Some(fd)) = (running, child.ready(), &child.lifeline) {
+                fds.push(pollfd(fd.as_fd()));
+                watched.push(Event::Lifeline(i));
+            }
+        }
+        let mut timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
+        if sweep {
+            timeout = Some(timeout.map_or(SWEEP_PERIOD, |t| t.min(SWEEP_PERIOD)));
+        }
+        poll(&mut fds, timeout);
+        let mut events: Vec<Event> = watched
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, fd)| fired(fd))
+            .map(|(event, _)| event)
+            .collect();
+        if sweep {
+            events.push(Event::Sweep);
+        }
+        events
     }
 
     /// Takes the ready byte (or EOF) from a child's lifeline.
@@ -205,7 +320,7 @@ impl Master<'_> {
         if let Ok(n @ 1..) = n
             && buf[..n].contains(&lifeline::READY_BYTE)
         {
-            child.ready = true;
+            child.ready_at = Some(Instant::now());
             let ms = child.started.elapsed().as_secs_f64() * 1000.0;
             self.log.log(
                 Level::Debug,
@@ -228,16 +343,20 @@ impl Master<'_> {
             return Ok(());
         };
         let child = self.slots[slot].child.take().expect("child checked above");
-        let lived = child.started.elapsed();
+        let lived = Lived {
+            total: child.started.elapsed(),
+            ready: child.ready_at.map(|t| t.elapsed()),
+        };
         self.log.log(
-            if self.ready_announced && !self.stopping {
+            if self.ready_announced && self.state == State::Running {
                 Level::Warn
             } else {
                 Level::Info
             },
             &format!(
-                "child {pid} (slot {slot}) {} after {lived:.1?}",
-                describe(exit)
+                "child {pid} (slot {slot}) {} after {:.1?}",
+                describe(exit),
+                lived.total
             ),
         );
         hook::call("on_child_exit", || {
@@ -246,12 +365,12 @@ impl Master<'_> {
             }
             Ok(())
         })?;
-        if self.stopping {
+        if self.state != State::Running {
             return Ok(());
         }
         let delay = self
             .recovery
-            .on_exit(slot, lived, child.ready)
+            .on_exit(slot, lived)
             .inspect_err(|e| self.log.log(Level::Error, e.message()))?;
         self.slots[slot].respawn = Some((Instant::now() + delay, pid));
         Ok(())
@@ -287,7 +406,7 @@ impl Master<'_> {
 
     fn check_startup_deadlines(&self, now: Instant) -> Result<(), Error> {
         for child in self.slots.iter().filter_map(|s| s.child.as_ref()) {
-            if !child.ready && now.duration_since(child.started) >= self.cfg.startup_timeout {
+            if !child.ready() && now.duration_since(child.started) >= self.cfg.startup_timeout {
                 let msg = format!(
                     "child {} did not report listening within {:?} (startup timeout); a custom \
                      command producer must pass the lifeline at fd 4",
@@ -306,7 +425,7 @@ impl Master<'_> {
             || !self
                 .slots
                 .iter()
-                .all(|s| s.child.as_ref().is_some_and(|c| c.ready))
+                .all(|s| s.child.as_ref().is_some_and(|c| c.ready()))
         {
             return Ok(());
         }
@@ -328,6 +447,9 @@ impl Master<'_> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if let State::Stopping { deadline, .. } = self.state {
+            return Some(deadline);
+        }
         let respawns = self
             .slots
             .iter()
@@ -336,92 +458,92 @@ impl Master<'_> {
             .slots
             .iter()
             .filter_map(|s| s.child.as_ref())
-            .filter(|c| !c.ready)
+            .filter(|c| !c.ready())
             .map(|c| c.started + self.cfg.startup_timeout);
         respawns.chain(startups).min()
     }
 
-    /// Stops every child: SIGTERM and up to the grace period (SIGKILL at once when `now`, or
-    /// when a second SIGINT arrives meanwhile), then SIGKILL and reap the rest. Never fails:
-    /// it runs on every exit path, and nothing may outlive it.
-    fn stop(&mut self, mut now: bool) {
-        self.stopping = true;
+    /// Enters `Stopping`: no more respawns, the listeners closed, SIGTERM to every child
+    /// (SIGKILL when `forced`), and the deadline after which the rest are killed.
+    fn begin_stop(&mut self, forced: bool) {
         for slot in &mut self.slots {
             slot.respawn = None;
         }
+        // While the master holds a listener the kernel completes handshakes on it that no child
+        // will take, and resets them when the master finally closes it: closed first, the
+        // children's descriptors are the last, and each child takes its queue before closing
+        // (http::server's close_listener), after which connecting is refused.
+        self.listeners.clear();
         let live = self.live_pids();
-        if live.is_empty() {
-            return;
-        }
-        self.log.log(
-            Level::Info,
-            &format!(
-                "stopping {} children{}",
-                live.len(),
-                if now { " at once" } else { " gracefully" }
-            ),
-        );
-        if !now {
-            // Tells each child that this SIGTERM is the master's (see child::lifeline).
-            for fd in self
-                .slots
-                .iter()
-                .filter_map(|s| s.child.as_ref()?.lifeline.as_ref())
-            {
-                lifeline::announce_stop(fd.as_raw_fd());
-            }
-        }
-        signal_all(
-            &live,
-            if now {
-                Signal::SIGKILL
-            } else {
-                Signal::SIGTERM
-            },
-        );
-        let deadline = Instant::now()
-            + if now {
-                Duration::ZERO
-            } else {
-                self.cfg.grace_period
-            };
-        loop {
-            for slot in 0..self.slots.len() {
-                if let Err(e) = self.reap(slot, false) {
-                    self.log
-                        .log(Level::Error, &format!("while stopping: {}", e.message()));
-                }
-            }
-            let live = self.live_pids();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if live.is_empty() || left.is_zero() {
-                break;
-            }
-            let mut fds = vec![pollfd(self.wake)];
-            for child in self.slots.iter().filter_map(|s| s.child.as_ref()) {
-                if let Some(fd) = &child.pidfd {
-                    fds.push(pollfd(fd.as_fd()));
-                }
-            }
-            poll(&mut fds, Some(left.min(SWEEP_PERIOD)));
-            if fired(&fds[0]) && control::drain_wake() == Some(WAKE_STOP_NOW) && !now {
-                now = true;
-                signal_all(&live, Signal::SIGKILL);
-            }
-        }
-        let stubborn = self.live_pids();
-        if !stubborn.is_empty() {
+        if !live.is_empty() {
             self.log.log(
-                Level::Warn,
+                Level::Info,
                 &format!(
-                    "killing children {stubborn:?} after the {:?} grace period",
-                    self.cfg.grace_period
+                    "stopping {} children{}",
+                    live.len(),
+                    if forced { " at once" } else { " gracefully" }
                 ),
             );
-            signal_all(&stubborn, Signal::SIGKILL);
-            for slot in 0..self.slots.len() {
-                let _ = self.reap(slot, true);
+            if !forced {
+                // Tells each child that this SIGTERM is the master's (see child::lifeline).
+                for fd in self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.child.as_ref()?.lifeline.as_ref())
+                {
+                    lifeline::announce_stop(fd.as_raw_fd());
+                }
             }
+            signal_all(
+                &live,
+                if forced {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                },
+            );
+        }
+        let grace = if forced {
+            Duration::ZERO
+        } else {
+            self.cfg.grace_period
+        };
+        self.state = State::Stopping {
+            deadline: Instant::now() + grace,
+            forced,
+        };
+    }
+
+    /// A second SIGINT during a graceful stop: SIGKILL now, without waiting for the grace
+    /// period.
+    fn force_stop(&mut self) {
+        if let State::Stopping {
+            deadline,
+            forced: false,
+        } = self.state
+        {
+            self.state = State::Stopping {
+                deadline,
+                forced: true,
+            };
+            signal_all(&self.live_pids(), Signal::SIGKILL);
+        }
+    }
+
+    /// The stop's deadline passed: SIGKILL and a blocking reap for every child left, so that
+    /// nothing outlives the master.
+    fn kill_stubborn(&mut self) {
+        let stubborn = self.live_pids();
+        self.log.log(
+            Level::Warn,
+            &format!(
+                "killing children {stubborn:?} after the {:?} grace period",
+                self.cfg.grace_period
+            ),
+        );
+        signal_all(&stubborn, Signal::SIGKILL);
+        for slot in 0..self.slots.len() {
+            let _ = self.reap(slot, true);
         }
     }
 
@@ -441,12 +563,6 @@ impl Drop for Master<'_> {
             spawn::kill_and_reap(child.pid);
         }
     }
-}
-
-#[derive(Clone, Copy)]
-enum Watch {
-    Exit,
-    Lifeline,
 }
 
 fn pollfd(fd: BorrowedFd<'_>) -> PollFd<'_> {

@@ -14,6 +14,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid as NixPid;
 
+use crate::confine::ChildConfinement;
 use crate::error::{Error, ErrorKind, HookError};
 use crate::hooks::{CHILD_ENV, Pid, SpawnRequest};
 use crate::master::bind::above_child_fds;
@@ -27,8 +28,15 @@ pub(crate) struct Child {
     /// The master's end of the lifeline: the child writes its ready byte here, and the
     /// master's death closes it, which the child sees as EOF.
     pub lifeline: Option<OwnedFd>,
-    pub ready: bool,
+    /// When it reported "listening".
+    pub ready_at: Option<Instant>,
     pub started: Instant,
+}
+
+impl Child {
+    pub fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
 }
 
 pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send;
@@ -37,6 +45,7 @@ pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + 
 pub(crate) fn spawn(
     listener: RawFd,
     slot: usize,
+    confinement: ChildConfinement,
     producer: Option<&mut Producer>,
 ) -> Result<Child, Error> {
     let (master_end, child_end) = lifeline_pair()?;
@@ -46,6 +55,7 @@ pub(crate) fn spawn(
         slot,
         program: PathBuf::from("/proc/self/exe"),
         args: std::env::args_os().collect::<Vec<OsString>>(),
+        confinement,
     };
     let pid = match producer {
         None => {
@@ -72,7 +82,7 @@ pub(crate) fn spawn(
         pid,
         pidfd: pidfd_open(pid),
         lifeline: Some(master_end),
-        ready: false,
+        ready_at: None,
         started: Instant::now(),
     })
 }

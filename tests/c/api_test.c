@@ -144,6 +144,11 @@ static void test_null_and_ranges(void) {
     CHECK(prefork_set_network(p, "tcp") == PREFORK_OK);
     CHECK(prefork_set_recover_threshold(p, -1) == PREFORK_OK);
     CHECK(prefork_set_max_body_size(p, 0) == PREFORK_OK);
+    CHECK_ERR(prefork_set_proxy_allow(p, "10.0.0.0/8,10.0.0.1/8"), PREFORK_ERR_INVALID_ARGUMENT,
+              "\"10.0.0.1/8\"");
+    CHECK_ERR(prefork_set_proxy_allow(p, NULL), PREFORK_ERR_NULL, "cidrs is NULL");
+    CHECK_ERR(prefork_set_proxy_timeout_ms(p, 0), PREFORK_ERR_INVALID_ARGUMENT, "above zero");
+    CHECK(prefork_set_proxy_allow(p, "10.0.0.0/8, ::1") == PREFORK_OK);
 
     /* Rules tying options together wait for listen, so options may be set in any order. */
     CHECK(prefork_set_max_request_line(p, 65536) == PREFORK_OK);
@@ -157,6 +162,9 @@ static void test_null_and_ranges(void) {
     CHECK(prefork_request_header_count(NULL) == 0);
     CHECK(!prefork_request_header_at(NULL, 0, &s, &s));
     CHECK(!prefork_request_header(NULL, "Host", 4, &s));
+    uint8_t type = 0;
+    CHECK(!prefork_request_proxy_tlv(NULL, PREFORK_PP2_TYPE_AUTHORITY, &s));
+    CHECK(!prefork_request_proxy_tlv_at(NULL, 0, &type, &s) && type == 0);
     char buf[PREFORK_ADDR_STRLEN];
     CHECK(prefork_request_peer_addr(NULL, buf, sizeof buf) == PREFORK_ERR_NULL);
     CHECK(prefork_response_set_status(NULL, 200) == PREFORK_ERR_NULL);

@@ -13,15 +13,21 @@ import http.client
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
 READY = re.compile(r"^ready pid=(\d+) children=(\d+(?:,\d+)*)$")
+# A scenario's exit status when a tool it needs is missing and cannot be installed (ctest's
+# SKIP_RETURN_CODE for it).
+SKIP = 77
 
 
 def fail(message):
@@ -82,9 +88,9 @@ def wait_until(cond, timeout, what):
 class Server:
     """A master process with its stdout read line by line on a thread."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, stderr=None):
         self.argv = argv
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines = queue.Queue()
         self.seen = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -208,9 +214,61 @@ def demo_routes(prog):
         for path in ["/crash", "/nope", "/echo/more", "/pidx"]:
             status, _, _ = request(port, path, "DELETE")
             check(status == 404, f"{path} gave {status}, expected 404")
+
+        conformance_routes(port)
         srv.stop(signal.SIGTERM)
     finally:
         srv.kill()
+
+
+def split_head(raw):
+    """The status line and the fields of the response head at the start of `raw`, and the bytes
+    after the head."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    check(sep, f"no complete response head in {raw!r}")
+    lines = head.decode().split("\r\n")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return lines[0], fields, rest
+
+
+def conformance_routes(port):
+    """OPTIONS * and /status?code=N (issue 19): how the library frames each status."""
+    raw = raw_exchange(port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    line, fields, rest = split_head(raw)
+    check(line == "HTTP/1.1 200 OK", f"OPTIONS * gave {raw!r}")
+    check(fields.get("allow") == ["GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"],
+          f"OPTIONS * Allow: {fields.get('allow')}")
+    check(fields.get("content-length") == ["0"] and rest == b"", f"OPTIONS * gave {raw!r}")
+
+    # 204 and 304 end with their head: no Content-Length, no Transfer-Encoding, no body, so
+    # the pipelined request after each is answered right after the empty line (HEAD too).
+    pipelined = b"".join(
+        b"%s /status?code=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (method, code)
+        for code in (204, 304) for method in (b"GET", b"HEAD"))
+    raw = raw_exchange(port, pipelined + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    rest = raw
+    for code, reason in [(204, "No Content")] * 2 + [(304, "Not Modified")] * 2:
+        line, fields, rest = split_head(rest)
+        check(line == f"HTTP/1.1 {code} {reason}", f"/status?code={code} gave {line!r} in {raw!r}")
+        check("content-length" not in fields and "transfer-encoding" not in fields,
+              f"/status?code={code} framing {fields}")
+    line, fields, rest = split_head(rest)
+    check(line == "HTTP/1.1 200 OK" and rest == b"Hello, World!",
+          f"the request after the 204s and 304s gave {line!r} {rest!r}")
+
+    for code in (200, 202, 404, 503, 599):
+        status, headers, body = request(port, f"/status?code={code}", "POST", b"ignored")
+        check((status, body, headers.get("Content-Length")) == (code, b"", "0"),
+              f"/status?code={code} gave {status} {headers} {body!r}")
+    # 1xx statuses are the library's own, so it refuses them, and the demo says 400.
+    for bad in ["abc", "", "99", "600", "1000", "100", "101", "199", "2x0"]:
+        status, _, body = request(port, f"/status?code={bad}")
+        check(status == 400 and body, f"/status?code={bad} gave {status} {body!r}")
+    status, _, _ = request(port, "/status")
+    check(status == 400, f"/status without a code gave {status}")
 
 
 def demo_sigint(prog):
@@ -290,6 +348,52 @@ def demo_bind_error(prog):
     check(str(port) in r.stderr, f"the error does not name the address: {r.stderr!r}")
     check("ready" not in r.stdout, f"printed ready on a used port: {r.stdout!r}")
     assert_nothing_left()
+
+
+def proc_status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].split()
+    return []
+
+
+def demo_user(prog):
+    """--user nobody as root: every child, a replacement too, runs as nobody with only its
+    groups and no way back, the master stays root and still stops them; an unknown user is an
+    error before any child starts. Skipped when not root (CI runs as root)."""
+    if os.geteuid() != 0:
+        print("SKIP demo_user: needs root", flush=True)
+        return
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    r = subprocess.run([prog, "--addr", "127.0.0.1:0", "--user", "no-such-user-prefork"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "no such user" in r.stderr, f"unknown user: {r}")
+    check("ready" not in r.stdout, f"printed ready with an unknown user: {r.stdout!r}")
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--user", "nobody",
+                  "--allow-crash", "--cpu-affinity"])
+    try:
+        kids = srv.ready()
+        check(proc_status(srv.proc.pid, "Uid")[0] == "0", "the master is not root")
+
+        def dropped(pid):
+            check(proc_status(pid, "Uid") == [str(nobody.pw_uid)] * 4, f"child {pid} uid")
+            check(proc_status(pid, "Gid") == [str(nobody.pw_gid)] * 4, f"child {pid} gid")
+            check(proc_status(pid, "NoNewPrivs") == ["1"], f"child {pid} may regain privileges")
+
+        for pid in kids:
+            dropped(pid)
+        status, _, _ = request(port, "/")
+        check(status == 200, f"GET / as nobody gave {status}")
+        os.kill(kids[0], signal.SIGKILL)
+        wait_until(lambda: set(children_of(srv.proc.pid)) - set(kids), 10, "a replacement")
+        for pid in set(children_of(srv.proc.pid)) - set(kids):
+            dropped(pid)
+        srv.stop()
+    finally:
+        srv.kill()
 
 
 def demo_limits(prog):
@@ -377,22 +481,27 @@ def hooks_master_death(prog):
         srv.proc.wait(timeout=10)
         for pid in kids:
             srv.expect(rf"^on_master_death child={pid}$", timeout=10)
-        # The orphans were re-parented to this subreaper: reap them and check they exited 0.
-        for pid in kids:
-            deadline = time.monotonic() + 15
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    check(os.waitstatus_to_exitcode(status) == 0,
-                          f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
-                    break
-                check(time.monotonic() < deadline, f"orphan {pid} still running")
-                time.sleep(0.02)
-        assert_nothing_left(kids)
+        reap_orphans(kids)
     finally:
         for pid in children_of(os.getpid()):
             os.kill(pid, signal.SIGKILL)
         srv.kill()
+
+
+def reap_orphans(kids):
+    """Children whose master died are re-parented to this subreaper: reap each, check that it
+    exited 0 within 15 s, and that nothing else is left."""
+    for pid in kids:
+        deadline = time.monotonic() + 15
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                check(os.waitstatus_to_exitcode(status) == 0,
+                      f"orphan {pid} exit status {os.waitstatus_to_exitcode(status)}")
+                break
+            check(time.monotonic() < deadline, f"orphan {pid} still running")
+            time.sleep(0.02)
+    assert_nothing_left(kids)
 
 
 def raw_exchange(port, data, timeout=10):
@@ -447,9 +556,467 @@ def server(prog):
         check(b"piece 1\n" in raw and not raw.endswith(b"0\r\n\r\n"),
               f"a failed stream must end without the last chunk: {raw!r}")
         srv.expect(r"^freed fail$", timeout=5)
+
+        # prefork_response_set_status(204 or 304) + prefork_response_write: the body is dropped
+        # (the next response follows the empty line at once), and the child logs that once.
+        raw = raw_exchange(port, b"GET /drop?code=204 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET /drop?code=304 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET /drop?code=200 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = raw
+        for line_want in ["HTTP/1.1 204 No Content", "HTTP/1.1 304 Not Modified"]:
+            line, fields, rest = split_head(rest)
+            check(line == line_want and "content-length" not in fields
+                  and "transfer-encoding" not in fields, f"/drop gave {raw!r}")
+        line, fields, rest = split_head(rest)
+        check(line == "HTTP/1.1 200 OK" and fields.get("content-length") == ["7"]
+              and rest == b"dropped", f"/drop?code=200 gave {raw!r}")
+        # A stream after them: its "freed" line comes after any log line of the drops.
+        status, _, _ = request(port, "/stream?n=1")
+        check(status == 200, f"/stream?n=1 gave {status}")
+        srv.expect(r"^freed n=1$", timeout=5)
+        dropped = [l for l in srv.seen if l.startswith("log warn: ") and "set a body" in l]
+        check(len(dropped) == 1 and "204 response" in dropped[0],
+              f"expected one log line for the dropped bodies, got {dropped}")
         srv.stop()
     finally:
         srv.kill()
+
+
+class EchoClient:
+    """A connection to serve_echo: its greeting names the child that accepted it."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        m = re.fullmatch(r"hello from (\d+)", self.line())
+        check(m is not None, "no greeting")
+        self.pid = int(m.group(1))
+
+    def line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            check(chunk, f"connection closed after {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+    def echo(self, *pieces):
+        """Sends the pieces with pauses between them; returns the lines that came back."""
+        for piece in pieces:
+            self.sock.sendall(piece)
+            time.sleep(0.01)
+        return [self.line() for _ in range(b"".join(pieces).count(b"\n"))]
+
+    def rest(self):
+        """Everything until the server closes the connection."""
+        out = self.buf
+        while chunk := self.sock.recv(4096):
+            out += chunk
+        self.sock.close()
+        return out
+
+
+def echo_pids(port, connections, kids):
+    """Echoes through `connections` fresh connections; returns the set of children that
+    answered, each of which must be in `kids`."""
+    served = set()
+    for i in range(connections):
+        c = EchoClient(port)
+        check(c.pid in kids, f"greeted by {c.pid}, not one of {kids}")
+        got = c.echo(b"line %d\n" % i)
+        check(got == [f"line {i}"], f"echo through {c.pid} gave {got}")
+        c.sock.close()
+        served.add(c.pid)
+    return served
+
+
+def serve_echo(prog):
+    """Serve mode: the children run the example's own poll loop under the supervisor. Once with
+    one SO_REUSEPORT socket per child and explicit readiness (prefork_child_ready), once with
+    the shared listener and readiness when serve starts."""
+    for flags in (["--reuseport", "--explicit-ready"], []):
+        print(f"  serve_echo {' '.join(flags) or '(shared listener, ready on start)'}")
+        port = free_port()
+        srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "3", *flags])
+        try:
+            kids = srv.ready()
+            check(len(kids) == 3, f"expected 3 children, got {kids}")
+            for pid in kids:
+                srv.expect(rf"^serving pid={pid}$")
+
+            c = EchoClient(port)
+            got = c.echo(b"one\ntwo\n", b"thr", b"ee\n")
+            check(got == ["one", "two", "three"], f"echo of pieces gave {got}")
+            c.sock.close()
+            served = echo_pids(port, 40, kids)
+            if "--reuseport" in flags:
+                check(served == set(kids), f"40 connections reached {served}, children {kids}")
+
+            os.kill(kids[0], signal.SIGKILL)
+            srv.expect(rf"^child_exit pid={kids[0]} code=-1 signal=9$")
+            new = int(srv.expect(rf"^recover old={kids[0]} new=(\d+)$").group(1))
+            srv.expect(rf"^serving pid={new}$")
+            now = [new, *kids[1:]]
+            served = echo_pids(port, 40, now)
+            if "--reuseport" in flags:
+                check(new in served, f"the replacement {new} got none of 40 connections: the "
+                      f"slot's socket did not reach it ({served})")
+
+            held = EchoClient(port)
+            check(held.echo(b"still here\n") == ["still here"], "echo before the stop")
+            srv.stop()
+            check(held.rest() == b"bye\n", "the client was not told bye at the stop")
+            for pid in now:
+                srv.expect(rf"^stopping pid={pid}$", timeout=1)
+                srv.expect(rf"^exit_child pid={pid}$", timeout=1)
+                srv.expect(rf"^child_exit pid={pid} code=0 signal=0$", timeout=1)
+        finally:
+            srv.kill()
+
+
+def serve_echo_master_death(prog):
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    try:
+        kids = srv.ready()
+        held = EchoClient(port)
+        srv.proc.kill()  # SIGKILL: the children learn it from their lifeline, in serve mode too
+        srv.proc.wait(timeout=10)
+        check(held.rest() == b"bye\n", "the client of a child whose master died was not told bye")
+        for pid in kids:
+            srv.expect(rf"^exit_child pid={pid}$", timeout=10)
+        reap_orphans(kids)
+    finally:
+        for pid in children_of(os.getpid()):
+            os.kill(pid, signal.SIGKILL)
+        srv.kill()
+
+# ---- PROXY protocol (issue 20, item 4) --------------------------------------------------------
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v2_header(src, sport, dst, dport, tlvs=b""):
+    """A PROXY protocol version 2 header, PROXY command, TCP over IPv4 or IPv6."""
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    addrs = socket.inet_pton(fam, src) + socket.inet_pton(fam, dst) + struct.pack("!HH", sport, dport)
+    block = addrs + tlvs
+    return V2_SIGNATURE + bytes([0x21, 0x21 if fam == socket.AF_INET6 else 0x11]) + \
+        struct.pack("!H", len(block)) + block
+
+
+def peer_via(port, preface, source=None):
+    """GET /peer after `preface` (a PROXY header, or nothing) on a fresh connection, from
+    `source` if given; returns the raw reply (b"" when the server closed without one)."""
+    with socket.socket() as s:
+        s.settimeout(10)
+        if source:
+            s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(preface + b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def body_of(raw):
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    check(sep and head.startswith(b"HTTP/1.1 200 "), f"expected a 200, got {raw!r}")
+    return body.decode()
+
+
+def demo_proxy(prog):
+    """--proxy-protocol and --proxy-allow over raw sockets, and /peer without them."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1"])
+    try:
+        srv.ready()
+        # Without the option /peer is the socket's peer, and a PROXY line is not guessed.
+        out = peer_via(port, b"", source="127.0.0.2")
+        check(re.fullmatch(r"127\.0\.0\.2:\d+", body_of(out)), f"/peer gave {out!r}")
+        out = peer_via(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 80\r\n")
+        check(out.startswith(b"HTTP/1.1 400 "), f"a PROXY line without the option gave {out!r}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--proxy-protocol"])
+    try:
+        srv.ready()
+        out = peer_via(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n")
+        check(body_of(out) == "203.0.113.7:51234", f"v1 TCP4 /peer gave {out!r}")
+        out = peer_via(port, b"PROXY TCP6 2001:db8::7 ::1 65535 80\r\n")
+        check(body_of(out) == "[2001:db8::7]:65535", f"v1 TCP6 /peer gave {out!r}")
+        out = peer_via(port, v2_header("198.51.100.20", 40000, "127.0.0.1", port))
+        check(body_of(out) == "198.51.100.20:40000", f"v2 /peer gave {out!r}")
+        # LOCAL (a balancer's health check): the socket's peer stands.
+        local = V2_SIGNATURE + b"\x20\x00\x00\x00"
+        out = peer_via(port, local, source="127.0.0.3")
+        check(re.fullmatch(r"127\.0\.0\.3:\d+", body_of(out)), f"LOCAL /peer gave {out!r}")
+        # No header, or a broken one: closed without a reply; the other routes still work.
+        check(peer_via(port, b"") == b"", "a connection without a header was answered")
+        check(peer_via(port, b"PROXY TCP4 1.2.3.4\r\n") == b"", "a bad v1 header was answered")
+        check(peer_via(port, V2_SIGNATURE + b"\x21\x41\x00\x0c") == b"",
+              "a v2 header of an unknown family was answered")
+        raw = raw_exchange(port, b"PROXY UNKNOWN\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        check(raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"Hello, World!"), f"/ gave {raw!r}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+    # An allowlist without loopback: our connections are closed before they are read.
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--proxy-protocol",
+                  "--proxy-allow", "10.0.0.0/8", "--proxy-allow", "2001:db8::/32"])
+    try:
+        srv.ready()
+        out = peer_via(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n")
+        check(out == b"", f"a source outside --proxy-allow was answered: {out!r}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+    for bad, named in [(["--proxy-allow", "10.0.0.1/8"], '"10.0.0.1/8"'),
+                       (["--proxy-allow", "10.0.0.0/8", "--proxy-allow", "nope"], '"nope"')]:
+        r = subprocess.run([prog, *bad], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 2 and named in r.stderr and "usage: demo_server" in r.stderr,
+              f"{bad}: exit {r.returncode}, stderr {r.stderr!r}")
+    assert_nothing_left()
+
+
+def ensure_installed(command, packages):
+    """The path of `command`, installing the Debian `packages` with apt-get when it is missing
+    and this runs as root; None (after saying why) when it cannot be had."""
+    found = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"SKIP: {command} is not installed, and installing {' '.join(packages)} needs "
+              "apt-get as root", flush=True)
+        return None
+    print(f"installing {' '.join(packages)} with apt-get", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "-q", "-y"]
+    for step in [apt + ["update"], apt + ["install", "--no-install-recommends", *packages]]:
+        r = subprocess.run(step, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=400)
+        if r.returncode != 0:
+            print(f"SKIP: `{' '.join(step)}` failed ({r.returncode}): {r.stderr[-2000:]}", flush=True)
+            return None
+    return shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+
+
+class Balancer:
+    """A balancer process (HAProxy, nginx) in the foreground, stopped by its PID."""
+
+    def __init__(self, argv, log):
+        self.log = log
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def wait_port(self, port):
+        def up():
+            if self.proc.poll() is not None:
+                fail(f"{self.proc.args[0]} exited with {self.proc.returncode}: {self.logged()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, 20, f"{self.proc.args[0]} to listen on {port}")
+
+    def logged(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()[-3000:]
+
+    def stop(self, sig):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def through_balancer(front, sources):
+    """/peer through the balancer on `front`, from each source address, twice on one
+    keep-alive connection: each must be the client's own address and port."""
+    for source in sources:
+        with socket.socket() as s:
+            s.settimeout(10)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", front))
+            me = "%s:%d" % s.getsockname()
+            for last in (False, True):
+                close = b"Connection: close\r\n" if last else b""
+                s.sendall(b"GET /peer HTTP/1.1\r\nHost: x\r\n" + close + b"\r\n")
+                raw = read_response(s)
+                print(f"  /peer through the balancer from {me}: {body_of(raw)}", flush=True)
+                check(body_of(raw) == me, f"/peer gave {raw!r}, the client is {me}")
+
+
+def read_response(s):
+    """One response with a Content-Length from socket `s` (whose timeout bounds each read)."""
+    raw = b""
+    while True:
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if sep:
+            m = re.search(rb"(?im)^content-length: *(\d+)\r?$", head)
+            check(m, f"a response without Content-Length: {raw!r}")
+            if len(rest) >= int(m.group(1)):
+                return raw
+        try:
+            chunk = s.recv(65536)
+        except OSError as e:
+            fail(f"{e} after {raw!r}")
+        check(chunk, f"closed inside a response: {raw!r}")
+        raw += chunk
+
+
+def proxied_demo(prog, port, tmp):
+    """demo_server with --proxy-protocol behind a balancer, its stderr kept to check."""
+    err = open(os.path.join(tmp, "demo.stderr"), "w+")
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--proxy-protocol"],
+                 stderr=err)
+    srv.ready()
+    return srv, err
+
+
+def no_refusals(err):
+    err.flush()
+    err.seek(0)
+    text = err.read()
+    check("closed a connection" not in text, f"demo_server refused connections: {text}")
+
+
+def demo_haproxy(prog):
+    """A real HAProxy in front (send-proxy-v2 with a CRC32C, and health checks with the
+    header): /peer shows each client's real address and port."""
+    haproxy = ensure_installed("haproxy", ["haproxy"])
+    if haproxy is None:
+        sys.exit(SKIP)
+    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=20).stdout
+    print(f"  {version.splitlines()[0] if version else haproxy}", flush=True)
+    back, front = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = os.path.join(tmp, "admin.sock")
+        cfg = os.path.join(tmp, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 200
+    stats socket {stats} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 20s
+    timeout server 20s
+frontend fe
+    bind 127.0.0.1:{front}
+    default_backend be
+backend be
+    server demo 127.0.0.1:{back} send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 200ms rise 2 fall 1
+""")
+        r = subprocess.run([haproxy, "-c", "-f", cfg], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
+        srv, err = proxied_demo(prog, back, tmp)
+        lb = None
+        try:
+            lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
+            lb.wait_port(front)
+
+            def server_state():
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(5)
+                    s.connect(stats)
+                    s.sendall(b"show servers state be\n")
+                    out = b""
+                    while chunk := s.recv(65536):
+                        out += chunk
+                return out.decode()
+
+            def up():
+                # Field 6 of a server line is srv_op_state: 2 = running (its checks pass).
+                rows = [l.split() for l in server_state().splitlines() if " demo " in l]
+                return bool(rows) and rows[0][5] == "2"
+
+            # The checks send the header too (a LOCAL one): the server must take them.
+            wait_until(up, 20, "HAProxy's health checks to mark the demo server up")
+            print("  HAProxy's checks (header included) mark the server up", flush=True)
+            through_balancer(front, ["127.0.0.2", "127.0.0.3"])
+            time.sleep(0.5)  # a few more checks
+            check(up(), f"the server went down: {server_state()}")
+            no_refusals(err)
+            lb.stop(signal.SIGTERM)
+            srv.stop()
+        finally:
+            if lb:
+                lb.stop(signal.SIGTERM)
+            srv.kill()
+        assert_nothing_left()
+
+
+def demo_nginx(prog):
+    """nginx's stream module in front with `proxy_protocol on` (version 1)."""
+    nginx = ensure_installed("nginx", ["nginx", "libnginx-mod-stream"])
+    if nginx is None:
+        sys.exit(SKIP)
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=20).stderr
+    module = "/usr/lib/nginx/modules/ngx_stream_module.so"
+    if "--with-stream=dynamic" in built:
+        if not os.path.exists(module):
+            print(f"SKIP: nginx's stream module ({module}, package libnginx-mod-stream) is "
+                  "missing", flush=True)
+            sys.exit(SKIP)
+        load = f"load_module {module};"
+    elif "--with-stream" in built:
+        load = ""
+    else:
+        print("SKIP: this nginx has no stream module", flush=True)
+        sys.exit(SKIP)
+    print(f"  {built.splitlines()[0]}", flush=True)
+    back, front = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "nginx.conf")
+        with open(cfg, "w") as f:
+            f.write(f"""{load}
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 64; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{front};
+        proxy_pass 127.0.0.1:{back};
+        proxy_protocol on;
+    }}
+}}
+""")
+        # -e: the log nginx writes before it reads the configuration (not /var/log/nginx).
+        base = [nginx, "-e", os.path.join(tmp, "startup.log"), "-p", tmp, "-c", cfg]
+        r = subprocess.run(base + ["-t"], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 0, f"nginx -t: {r.stdout}{r.stderr}")
+        srv, err = proxied_demo(prog, back, tmp)
+        lb = None
+        try:
+            lb = Balancer(base, open(os.path.join(tmp, "nginx.out"), "w"))
+            lb.wait_port(front)
+            through_balancer(front, ["127.0.0.2", "127.0.0.3"])
+            no_refusals(err)
+            lb.stop(signal.SIGQUIT)
+            srv.stop()
+        finally:
+            if lb:
+                lb.stop(signal.SIGQUIT)
+            srv.kill()
+        assert_nothing_left()
 
 
 def api(prog):
@@ -567,15 +1134,28 @@ def demo_tls(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
-                                      demo_flags, demo_bind_error, demo_limits, demo_tls, hello,
-                                      hooks, hooks_master_death, server, api, abi_v0_1]}
+                                      demo_flags, demo_bind_error, demo_user, demo_limits, demo_tls,
+                                      hello, hooks, hooks_master_death, server, api, abi_v0_1,
+                                      serve_echo, serve_echo_master_death, demo_proxy,
+                                      demo_haproxy, demo_nginx]}
+
+
+# Tools a scenario needs: installed first, before this process becomes a subreaper (so that no
+# process a package's installation leaves running is taken for one of ours), or it is skipped.
+NEEDS = {
+    "demo_haproxy": [("haproxy", ["haproxy"])],
+    "demo_nginx": [("nginx", ["nginx", "libnginx-mod-stream"])],
+}
 
 
 def main():
     if len(sys.argv) < 3 or sys.argv[1] not in SCENARIOS:
         sys.exit(f"usage: e2e.py {{{'|'.join(SCENARIOS)}}} PROGRAM")
-    become_subreaper()
     name, prog = sys.argv[1], sys.argv[2]
+    for command, packages in NEEDS.get(name, []):
+        if ensure_installed(command, packages) is None:
+            sys.exit(SKIP)
+    become_subreaper()
     try:
         SCENARIOS[name](prog)
     except AssertionError as e:

@@ -7,8 +7,12 @@
  *   ANY /inspect?...   one "name: value" line per request accessor (see inspect())
  *   GET /stream?n=N    N pieces "piece <i>\n", streamed
  *   GET /fail          two pieces, then the read callback fails (-1)
+ *   GET /drop?code=N   status N (prefork_response_set_status) and a body written with
+ *                      prefork_response_write, which a 204 or 304 must drop
  *
  *   server_test HOST:PORT      prints "ready" once the master is ready
+ *
+ * The library's log lines go to stdout too, as "log <level>: <message>" (INFO and above).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -77,7 +81,10 @@ static void inspect(const prefork_request *req, prefork_response *resp) {
                     prefork_response_reply(resp, 200, "", 0, NULL, 1) == PREFORK_ERR_NULL &&
                     prefork_request_peer_addr(req, tiny, sizeof tiny) ==
                         PREFORK_ERR_INVALID_ARGUMENT &&
-                    !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v);
+                    !prefork_request_header_at(req, prefork_request_header_count(req), &name, &v) &&
+                    /* No PROXY protocol here: no TLVs, and nothing written. */
+                    !prefork_request_proxy_tlv(req, PREFORK_PP2_TYPE_AUTHORITY, &v) &&
+                    !prefork_request_proxy_tlv_at(req, 0, NULL, &v);
     prefork_response_set_body(resp, "replaced\n", 9); /* set_body replaces what was written */
     prefork_response_add_header(resp, "X-Inspected", 11, "yes", 3);
     /* Replaces the body too; e2e.py checks the status and Content-Type it sets. */
@@ -104,6 +111,13 @@ static void handle(void *ud, const prefork_request *req, prefork_response *resp)
         inspect(req, resp);
         return;
     }
+    if (path.len == 5 && memcmp(path.ptr, "/drop", 5) == 0 && query.len == 8 &&
+        memcmp(query.ptr, "code=", 5) == 0) {
+        char digits[4] = {query.ptr[5], query.ptr[6], query.ptr[7], 0};
+        if (prefork_response_set_status(resp, atoi(digits)) != PREFORK_OK) abort();
+        if (prefork_response_write(resp, "dropped", 7) != PREFORK_OK) abort();
+        return;
+    }
     struct stream *s = calloc(1, sizeof *s);
     if (!s) abort();
     s->fail_at = -1;
@@ -127,6 +141,14 @@ static void handle(void *ud, const prefork_request *req, prefork_response *resp)
     prefork_response_write(resp, "IGNORED", 7);
 }
 
+static void log_line(void *ud, prefork_log_level level, const char *msg, size_t len) {
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    (void)ud;
+    if (level < PREFORK_LOG_INFO || level > PREFORK_LOG_ERROR) return;
+    printf("log %s: %.*s\n", names[level], (int)len, msg);
+    fflush(stdout);
+}
+
 static int on_ready(void *ud, const int32_t *pids, size_t count) {
     (void)ud;
     (void)pids;
@@ -144,7 +166,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (prefork_new(&handler, &p) != PREFORK_OK || prefork_set_children(p, 1) != PREFORK_OK ||
-        prefork_set_hooks(p, &hooks) != PREFORK_OK) {
+        prefork_set_hooks(p, &hooks) != PREFORK_OK ||
+        prefork_set_logger(p, log_line, NULL, NULL) != PREFORK_OK) {
         fprintf(stderr, "server_test: %s\n", prefork_last_error());
         return 1;
     }

@@ -1,6 +1,7 @@
-//! Graceful drain (SIGTERM / `shutdown()` / master death): stop accepting, close idle
-//! connections at once, finish what was received with `Connection: close` on each connection's
-//! last response, return when done or when the grace period ends.
+//! Graceful drain (SIGTERM / `shutdown()` / master death): take the accept queue and close the
+//! listener, close idle connections at once (a new one gets a moment for its first request),
+//! finish what was received with `Connection: close` on each connection's last response,
+//! return when done or when the grace period ends.
 
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -150,4 +151,79 @@ fn stop_now_skips_the_grace_period() {
     let took = server.join(IO_TIMEOUT);
     assert!(took < Duration::from_millis(500), "{took:?}");
     assert!(c.response(false).is_none());
+}
+
+#[test]
+fn connections_in_the_accept_queue_at_the_stop_are_answered() {
+    // One connection at most: the others wait in the kernel's accept queue, which the drain
+    // takes before it closes the listener, instead of leaving them to be reset by the close.
+    let cfg = HttpConfig {
+        max_connections: 1,
+        ..threaded()
+    };
+    let server = Server::start_with(Arc::new(Echo), cfg, Opts::default());
+    let mut busy = server.connect();
+    busy.send(&get("/sleep?400"));
+    std::thread::sleep(Duration::from_millis(50));
+    let mut queued: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut c = server.connect();
+            c.send(&get(&format!("/queued{i}")));
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    let r = busy.response(false).unwrap();
+    assert_eq!((r.status, r.closes()), (200, true));
+    for c in &mut queued {
+        let r = c.response(false).expect("a queued connection is answered");
+        assert_eq!((r.status, r.closes()), (200, true));
+        c.expect_closed();
+    }
+    server.join(IO_TIMEOUT);
+    let late = TcpStream::connect(server.addr).map(drop);
+    assert_eq!(
+        late.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+}
+
+#[test]
+fn a_new_connection_may_send_its_first_request_during_the_drain() {
+    let server = Server::start(HttpConfig::default());
+    let mut c = server.connect();
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(&get("/late"));
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.closes()), (200, true));
+    c.expect_closed();
+    server.join(IO_TIMEOUT);
+}
+
+#[test]
+fn a_silent_new_connection_gets_a_second_then_is_closed() {
+    let server = Server::start(HttpConfig::default());
+    let mut c = server.connect();
+    std::thread::sleep(Duration::from_millis(50));
+    server.stop();
+    let took = server.join(IO_TIMEOUT);
+    assert!(c.response(false).is_none(), "closed with no response");
+    assert!(
+        took > Duration::from_millis(700) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_connection_silent_since_long_before_the_stop_closes_at_once() {
+    let server = Server::start(HttpConfig::default());
+    let mut c = server.connect();
+    std::thread::sleep(Duration::from_millis(1200));
+    server.stop();
+    let took = server.join(IO_TIMEOUT);
+    assert!(c.response(false).is_none(), "closed with no response");
+    assert!(took < Duration::from_millis(500), "{took:?}");
 }

@@ -39,8 +39,9 @@ impl Logger for MemLog {
 /// The handler most cases use. It answers by path:
 /// `/panic` panics; `/sleep?MS` sleeps; `/stream?N` streams N chunks of 1000 bytes
 /// (`/stream-fail?N` then fails);
-/// `/close` asks for `Connection: close`; `/status?CODE` sets the status; `/big?N` returns N
-/// bytes; anything else echoes the body. Every response describes the request in headers.
+/// `/close` asks for `Connection: close`; `/status?CODE` sets the status (and echoes the body);
+/// `/status-stream?CODE` sets it and streams one chunk; `/big?N` returns N bytes; anything else
+/// echoes the body. Every response describes the request in headers.
 pub struct Echo;
 
 impl Handler for Echo {
@@ -75,6 +76,14 @@ impl Handler for Echo {
                 resp.set_body_stream(Chunks {
                     left: n,
                     fail: true,
+                });
+                return;
+            }
+            "/status-stream" => {
+                resp.set_status(arg.parse().unwrap()).unwrap();
+                resp.set_body_stream(Chunks {
+                    left: 1,
+                    fail: false,
                 });
                 return;
             }
@@ -277,6 +286,8 @@ pub struct Client {
     pub s: TcpStream,
     buf: Vec<u8>,
     eof: bool,
+    /// Every byte received, in order.
+    received: Vec<u8>,
 }
 
 impl Client {
@@ -291,7 +302,29 @@ impl Client {
             s,
             buf: Vec::new(),
             eof: false,
+            received: Vec::new(),
         }
+    }
+
+    /// Every byte received so far, as text, with each Date value (checked for its shape)
+    /// replaced by `<date>`.
+    pub fn received(&self) -> String {
+        let text = String::from_utf8(self.received.clone()).expect("responses are UTF-8 here");
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("\r\nDate: ") {
+            let (head, tail) = rest.split_at(i + 8);
+            let date = tail.get(..29).unwrap_or(tail);
+            assert!(
+                date.len() == 29 && date.ends_with(" GMT") && date.as_bytes()[3] == b',',
+                "a bad Date {date:?}"
+            );
+            out.push_str(head);
+            out.push_str("<date>");
+            rest = &tail[29..];
+        }
+        out.push_str(rest);
+        out
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -319,6 +352,7 @@ impl Client {
             }
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
+                self.received.extend_from_slice(&chunk[..n]);
                 true
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
@@ -451,6 +485,44 @@ impl Client {
 /// Sends `request` on a fresh connection to a fresh server with `cfg`, reads responses until
 /// the connection closes or the probe is answered, and asserts the statuses and the close.
 pub fn check_with(cfg: HttpConfig, request: &[u8], statuses: &[u16], closed: bool) -> Vec<Resp> {
+    exchange(cfg, request, statuses, closed).0
+}
+
+pub fn check(request: &[u8], statuses: &[u16], closed: bool) -> Vec<Resp> {
+    check_with(cfg(), request, statuses, closed)
+}
+
+/// `check_with`, and the responses' exact bytes: everything received before the probe that
+/// tells whether the connection is open (`Client::received`: Dates read `<date>`) is `bytes`.
+pub fn check_bytes_with(
+    cfg: HttpConfig,
+    request: &[u8],
+    statuses: &[u16],
+    closed: bool,
+    bytes: &str,
+) -> Vec<Resp> {
+    let (responses, got) = exchange(cfg, request, statuses, closed);
+    assert_eq!(
+        got,
+        bytes,
+        "bytes for {:?}",
+        String::from_utf8_lossy(request)
+    );
+    responses
+}
+
+pub fn check_bytes(request: &[u8], statuses: &[u16], closed: bool, bytes: &str) -> Vec<Resp> {
+    check_bytes_with(cfg(), request, statuses, closed, bytes)
+}
+
+/// The responses to `request` (asserted as `check_with` says) and the bytes received before the
+/// probe.
+fn exchange(
+    cfg: HttpConfig,
+    request: &[u8],
+    statuses: &[u16],
+    closed: bool,
+) -> (Vec<Resp>, String) {
     let server = Server::start(cfg);
     let mut c = server.connect();
     c.send(request);
@@ -462,17 +534,20 @@ pub fn check_with(cfg: HttpConfig, request: &[u8], statuses: &[u16], closed: boo
         "statuses for {:?}",
         String::from_utf8_lossy(request)
     );
+    let bytes = c.received();
     assert_eq!(
         c.closed(),
         closed,
         "closed after {:?}",
         String::from_utf8_lossy(request)
     );
-    responses
+    (responses, bytes)
 }
 
-pub fn check(request: &[u8], statuses: &[u16], closed: bool) -> Vec<Resp> {
-    check_with(cfg(), request, statuses, closed)
+/// The bytes of an engine error response (the connection closes after it), for
+/// `check_bytes`: `status` is the code and its reason, `400 Bad Request`.
+pub fn engine_error(status: &str) -> String {
+    format!("HTTP/1.1 {status}\r\nDate: <date>\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 }
 
 /// Whether each request in a pipelined batch is a HEAD (so its response has no body).

@@ -20,6 +20,23 @@ macro_rules! ensure {
     };
 }
 
+/// Variables every master started from now on gets too, after its own: how the suite runs a
+/// test again in serve mode. Tests run one at a time, so a global is enough.
+static EXTRA_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `f` with `env` added to every master it starts.
+pub fn with_env<T>(env: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    let saved = std::mem::replace(
+        &mut *EXTRA_ENV.lock().unwrap(),
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    *EXTRA_ENV.lock().unwrap() = saved;
+    out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
@@ -46,6 +63,9 @@ impl Master {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for (k, v) in EXTRA_ENV.lock().unwrap().iter() {
             cmd.env(k, v);
         }
         adjust(&mut cmd);
@@ -239,6 +259,13 @@ pub fn get(port: u16, path: &str) -> std::io::Result<String> {
 }
 
 /// One HTTP request to `host` on a fresh connection; returns the body.
+/// The pid of the child that answers `GET /pid`.
+pub fn served_by(port: u16) -> Result<i32, String> {
+    let body = get(port, "/pid").map_err(|e| e.to_string())?;
+    body.parse()
+        .map_err(|e| format!("GET /pid gave {body:?}: {e}"))
+}
+
 pub fn get_from(host: &str, port: u16, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -283,4 +310,48 @@ pub fn environ(pid: i32) -> Vec<String> {
         .split(|&b| b == 0)
         .map(|kv| String::from_utf8_lossy(kv).into_owned())
         .collect()
+}
+
+/// What one fresh connection got from a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A whole 200 response, then the close it announced.
+    Answered,
+    /// The kernel refused the connection: no listener.
+    Refused,
+    /// Accepted, then reset or closed without a whole response.
+    Dropped(String),
+    /// No refusal, no response, no close within the bound.
+    Hung(String),
+}
+
+/// Connects, sends `GET /` and reads the response to its end, each step bounded by `within`.
+pub fn probe(port: u16, within: Duration) -> Probe {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let mut s = match TcpStream::connect_timeout(&addr, within) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
+        Err(e) if timed_out(&e) => return Probe::Hung(format!("connect: {e}")),
+        Err(e) => return Probe::Dropped(format!("connect: {e}")),
+    };
+    let _ = s.set_read_timeout(Some(within));
+    let _ = s.set_write_timeout(Some(within));
+    if let Err(e) = s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n") {
+        return Probe::Dropped(format!("send: {e}"));
+    }
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Err(e) if timed_out(&e) => Probe::Hung(format!("after {} bytes: {e}", raw.len())),
+        Err(e) => Probe::Dropped(format!("after {} bytes: {e}", raw.len())),
+        Ok(_) if raw.starts_with(b"HTTP/1.1 200 ") && raw.ends_with(b"\r\n\r\nok") => {
+            Probe::Answered
+        }
+        Ok(_) => Probe::Dropped(format!("closed after {:?}", String::from_utf8_lossy(&raw))),
+    }
 }

@@ -1,6 +1,7 @@
 //! Process-engine suite: hooks, readiness, respawn, recovery policy, graceful and forced
 //! shutdown, master death, descriptor hygiene, reuseport, hook failures and command-producer
-//! misuse. Every test runs real processes, is bounded in time and proves that none is left.
+//! misuse, with the HTTP engine and again in serve mode (the children run the scenario's own
+//! server). Every test runs real processes, is bounded in time and proves that none is left.
 //!
 //! Run one test: `cargo test --test process -- NAME_SUBSTRING`.
 
@@ -11,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::{Master, Outcome, alive, all_gone, environ, fd_target, fd_targets, get, get_from};
+use harness::{
+    Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
+    served_by,
+};
 
 type Test = fn() -> Outcome;
 
@@ -34,10 +38,18 @@ fn main() {
         hooks_fire_in_order_and_sigterm_stops_cleanly,
         killed_child_is_replaced_without_refused_connections,
         crash_loop_ends_in_over_recovery,
+        crashes_after_serving_never_stop_the_server,
+        children_dying_soon_after_ready_end_in_over_recovery,
+        min_uptime_sets_what_a_crash_loop_is,
+        fasthttp_rule_counts_every_exit,
         recover_interval_is_honoured,
         recover_interval_does_not_delay_shutdown,
         child_ignoring_sigterm_is_killed_after_grace,
         second_sigint_stops_at_once,
+        stop_answers_or_refuses_every_connection_shared_listener,
+        stop_answers_or_refuses_every_connection_reuseport,
+        stop_answers_or_refuses_every_connection_blocked_loop,
+        stop_answers_or_refuses_every_connection_blocked_loop_reuseport,
         master_kill9_takes_children_down,
         no_master_descriptor_reaches_a_child,
         reuseport_conflict_is_reported_at_once,
@@ -48,12 +60,22 @@ fn main() {
         startup_timeout_is_an_error,
         bad_addresses_are_clear_errors,
         default_child_count_follows_cpu_affinity,
+        children_run_as_the_configured_user,
+        unknown_user_or_group_is_an_error_before_any_child,
+        cpu_affinity_pins_each_slot,
         ipv6_listener_serves,
         master_as_pid1_serves_respawns_and_stops,
         dual_stack_listener_takes_both_families,
         children_run_the_master_death_hook,
         master_death_hook_runs_when_sigterm_comes_first,
         custom_logger_receives_process_events,
+        serve_mode_keeps_every_supervisor_feature,
+        serve_mode_with_explicit_ready_keeps_the_supervisor_features,
+        serve_mode_reports_ready_when_the_serve_function_starts_or_says_so,
+        serve_mode_ready_never_reported_is_a_startup_timeout,
+        serve_mode_return_value_is_the_exit_status,
+        serve_mode_crash_loop_ends_in_over_recovery,
+        serve_mode_stop_lets_the_request_in_flight_finish,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -137,7 +159,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| !matches!(*e, "port" | "bound"))
+        .filter(|e| !matches!(*e, "port" | "bound" | "child-ready"))
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],
@@ -149,10 +171,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         m.all_children()
     );
     for _ in 0..4 {
-        let pid: i32 = get(port, "/pid")
-            .map_err(|e| e.to_string())?
-            .parse()
-            .map_err(|e| format!("{e}"))?;
+        let pid: i32 = served_by(port)?;
         ensure!(
             ready.contains(&pid),
             "served by {pid}, not a child of {ready:?}"
@@ -251,6 +270,120 @@ fn crash_loop_ends_in_over_recovery() -> Outcome {
     Ok(())
 }
 
+/// Past the default `recover_min_uptime` (1 s), with a margin for a loaded machine.
+const SERVED_LONG_ENOUGH: Duration = Duration::from_millis(1300);
+
+/// A request that crashes the child serving it, once every child has served for longer than
+/// the min uptime; returns (crashed, replacement).
+fn crash_a_child_after_serving(m: &mut Master, port: u16) -> Result<(i32, i32), String> {
+    std::thread::sleep(SERVED_LONG_ENOUGH);
+    get(port, "/pid").map_err(|e| format!("before the crash: {e}"))?;
+    ensure!(get(port, "/exit").is_err(), "/exit was answered");
+    let exit = m.expect("exit ", 5 * SEC)?;
+    let crashed: i32 = exit
+        .strip_suffix(" code 3")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("exit line {exit:?}; {}", m.context()))?;
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new = recover
+        .strip_prefix(&format!("{crashed} "))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("recover line {recover:?} after {crashed} exited"))?;
+    Ok((crashed, new))
+}
+
+/// Issue 18, fault 2: with 2 children the default threshold is 1, and two requests that
+/// crashed their children within the window used to stop the master and the healthy child.
+fn crashes_after_serving_never_stop_the_server() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, port) = m.ready()?;
+    let (first, first_new) = crash_a_child_after_serving(&mut m, port)?;
+    let between = Instant::now();
+    let (second, second_new) = crash_a_child_after_serving(&mut m, port)?;
+    let apart = between.elapsed();
+    measure("between the two crashes (window 60 s, threshold 1)", apart);
+    ensure!(apart < 60 * SEC, "the crashes were {apart:?} apart");
+    ensure!(
+        ready.contains(&first) && first != second,
+        "crashed {first} then {second}, children were {ready:?}"
+    );
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    let served: i32 = get(port, "/pid")
+        .map_err(|e| format!("after two crashes: {e}"))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let live = [first_new, second_new, ready[0], ready[1]];
+    ensure!(
+        live.contains(&served) && served != first && served != second,
+        "served by {served} after {first} and {second} crashed"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// Children that die 300 ms after they report ready are a crash loop, and the master still
+/// gives up on one.
+fn children_dying_soon_after_ready_end_in_over_recovery() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_THRESHOLD", "3"),
+        ("PF_CHILD_EXIT_AFTER_MS", "300"),
+    ]);
+    m.expect("ready ", 10 * SEC)?;
+    expect_failure(
+        &mut m,
+        "OverRecovery",
+        "children exited before they were ready or within 1s of it (a crash loop) 4 times \
+         within 60s, above the recover threshold of 3",
+    )?;
+    let exits = m.pid_list("exit ").len();
+    ensure!(exits == 4, "{exits} exits for threshold 3; {}", m.context());
+    Ok(())
+}
+
+/// `recover_min_uptime` below the children's 300 ms of service: each exit is a served child's,
+/// replaced every time even with a threshold of 0.
+fn min_uptime_sets_what_a_crash_loop_is() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_THRESHOLD", "0"),
+        ("PF_MIN_UPTIME_MS", "100"),
+        ("PF_CHILD_EXIT_AFTER_MS", "300"),
+    ]);
+    m.ready()?;
+    for _ in 0..3 {
+        m.expect("recover ", 5 * SEC)?;
+    }
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    stop_cleanly(&mut m)
+}
+
+/// `recover_every_exit` with a zero window is fasthttp's rule: the two crashes that
+/// `crashes_after_serving_never_stop_the_server` survives stop the master.
+fn fasthttp_rule_counts_every_exit() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_EVERY_EXIT", "1"),
+        ("PF_WINDOW_MS", "0"),
+    ]);
+    let (_, port) = m.ready()?;
+    crash_a_child_after_serving(&mut m, port)?;
+    std::thread::sleep(SERVED_LONG_ENOUGH);
+    ensure!(get(port, "/exit").is_err(), "/exit was answered");
+    expect_failure(
+        &mut m,
+        "OverRecovery",
+        "children exited 2 times since the start, above the recover threshold of 1",
+    )
+}
+
 fn recover_interval_is_honoured() -> Outcome {
     let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_INTERVAL_MS", "300")]);
     let (ready, _) = m.ready()?;
@@ -338,6 +471,168 @@ fn second_sigint_stops_at_once() -> Outcome {
     );
     ensure!(status.code() == Some(0), "master exit {status:?}");
     all_gone(&ready, 2 * SEC).map(|_| ())
+}
+
+/// How often the stop tests connect.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// How long the request in flight at the stop takes.
+const SLOW_MS: u64 = 1500;
+
+/// Issue 18, fault 1, as reported: handler threads, so each child's loop sees the stop at once
+/// while a slow request runs on; new connections used to be accepted into the master's copy
+/// of the listener and reset when the drain ended.
+fn stop_answers_or_refuses_every_connection_shared_listener() -> Outcome {
+    stop_under_connects(false, "4")
+}
+
+fn stop_answers_or_refuses_every_connection_reuseport() -> Outcome {
+    stop_under_connects(true, "4")
+}
+
+/// The slow request blocks its child's event loop: that child learns of the stop only when
+/// the handler returns, and must then serve what queued meanwhile, not drop it.
+fn stop_answers_or_refuses_every_connection_blocked_loop() -> Outcome {
+    stop_under_connects(false, "0")
+}
+
+fn stop_answers_or_refuses_every_connection_blocked_loop_reuseport() -> Outcome {
+    stop_under_connects(true, "0")
+}
+
+/// One probe's outcome: when it started, what it got, how long it took.
+type Probed = (Instant, Probe, Duration);
+
+/// A graceful stop with a slow request in flight while a client connects every
+/// `PROBE_EVERY`, from before the SIGTERM to after the master's exit: each connection is
+/// answered in full or refused at once, never accepted and then dropped or left hanging.
+fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
+    let mut env = vec![
+        ("PF_CHILDREN", "2"),
+        ("PF_GRACE_MS", "8000"),
+        ("PF_HANDLER_THREADS", threads),
+    ];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (ready, port) = m.ready()?;
+    let slow = std::thread::spawn(move || {
+        let body = get(port, &format!("/sleep?ms={SLOW_MS}"));
+        (body, Instant::now())
+    });
+    m.expect("sleeping ", 5 * SEC)?;
+    let probing = Arc::new(AtomicBool::new(true));
+    let prober = {
+        let probing = probing.clone();
+        std::thread::spawn(move || {
+            let mut probes = Vec::new();
+            while probing.load(Ordering::Relaxed) {
+                probes.push(std::thread::spawn(move || {
+                    let at = Instant::now();
+                    let got = probe(port, 5 * SEC);
+                    (at, got, at.elapsed())
+                }));
+                std::thread::sleep(PROBE_EVERY);
+            }
+            probes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(15 * SEC)?;
+    let exited = Instant::now();
+    let stopped = exited - asked;
+    std::thread::sleep(Duration::from_millis(200));
+    probing.store(false, Ordering::Relaxed);
+    let probes: Vec<Probed> = prober
+        .join()
+        .map_err(|_| "prober panicked")?
+        .into_iter()
+        .map(|p| p.join().map_err(|_| "probe panicked".to_string()))
+        .collect::<Result<_, _>>()?;
+    let (slow_body, slow_done) = slow.join().map_err(|_| "slow request panicked")?;
+    all_gone(&ready, 2 * SEC)?;
+
+    ensure!(
+        status.code() == Some(0),
+        "master exit {status:?}; {}",
+        m.context()
+    );
+    ensure!(
+        slow_body.as_deref().ok() == Some("slept"),
+        "the request in flight at the stop got {slow_body:?}"
+    );
+    let failed: Vec<String> = probes
+        .iter()
+        .filter(|(_, got, _)| matches!(got, Probe::Dropped(_) | Probe::Hung(_)))
+        .map(|(at, got, took)| {
+            format!(
+                "{got:?} for a connect {:.0} ms after SIGTERM, after {took:?}",
+                signed_ms(*at, asked)
+            )
+        })
+        .collect();
+    let count = |f: &dyn Fn(&Probed) -> bool| probes.iter().filter(|p| f(p)).count();
+    let in_stop = |p: &Probed| p.0 >= asked && p.0 < exited;
+    let answered = count(&|p| p.1 == Probe::Answered);
+    let refused = count(&|p| p.1 == Probe::Refused);
+    let answered_in_stop = count(&|p| p.1 == Probe::Answered && in_stop(p));
+    let refused_in_stop = count(&|p| p.1 == Probe::Refused && in_stop(p));
+    let refused_in_flight = count(&|p| p.1 == Probe::Refused && p.0 > asked && p.0 < slow_done);
+    let slowest = |want: Probe| {
+        let d = probes.iter().filter(|p| p.1 == want).map(|p| p.2).max();
+        d.unwrap_or_default()
+    };
+    let (slowest_answer, slowest_refusal) = (slowest(Probe::Answered), slowest(Probe::Refused));
+    println!(
+        "    measure: {} connects, {} during the stop: {answered} answered ({answered_in_stop} \
+         during the stop), {refused} refused ({refused_in_stop} during the stop, \
+         {refused_in_flight} of them while the slow request ran on), {} dropped or hung; \
+         slowest answer {:.1} ms, slowest refusal {:.1} ms",
+        probes.len(),
+        count(&in_stop),
+        failed.len(),
+        slowest_answer.as_secs_f64() * 1000.0,
+        slowest_refusal.as_secs_f64() * 1000.0,
+    );
+    measure("SIGTERM to master exit", stopped);
+    ensure!(
+        failed.is_empty(),
+        "{} connections failed: {failed:#?}",
+        failed.len()
+    );
+    ensure!(
+        slowest_refusal < Duration::from_millis(500),
+        "a refusal took {slowest_refusal:?}: not at once"
+    );
+    ensure!(answered > 0, "no connection was answered before the stop");
+    if threads == "0" {
+        // What queued while the loop was blocked was served when it came back.
+        ensure!(
+            answered_in_stop > 0,
+            "no connection made during the stop was answered"
+        );
+    } else {
+        // The stop closed every listener at once, not when the drain ended.
+        ensure!(
+            refused_in_flight > 0,
+            "no connection was refused while the slow request ran on"
+        );
+    }
+    ensure!(
+        stopped < Duration::from_millis(SLOW_MS + 3000),
+        "the stop took {stopped:?}"
+    );
+    Ok(())
+}
+
+/// Milliseconds from `origin` to `t`, negative before it.
+fn signed_ms(t: Instant, origin: Instant) -> f64 {
+    match t.checked_duration_since(origin) {
+        Some(d) => d.as_secs_f64() * 1000.0,
+        None => -(origin - t).as_secs_f64() * 1000.0,
+    }
 }
 
 fn master_kill9_takes_children_down() -> Outcome {
@@ -722,6 +1017,179 @@ fn expect_death_hook_in(m: &mut Master, children: &[i32]) -> Outcome {
     Ok(())
 }
 
+/// Kills the first child with SIGKILL and returns its replacement's pid.
+fn replace_first(m: &mut Master, ready: &[i32]) -> Result<i32, String> {
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    let recover = m.expect("recover ", 5 * SEC)?;
+    recover
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("bad recover line {recover:?}"))
+}
+
+/// A field of /proc/PID/status, e.g. "Uid" -> "65534\t65534\t65534\t65534".
+fn status_field(pid: i32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// Whether `user` could execute this test binary: a child dropped to it re-executes it. Says
+/// the test is skipped when not (a checkout under a private home directory, say).
+fn runnable_by_others() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().expect("current exe");
+    let blocked = exe
+        .ancestors()
+        .find(|p| std::fs::metadata(p).map_or(true, |m| m.permissions().mode() & 0o001 == 0));
+    if let Some(p) = blocked {
+        println!(
+            "    skipped: {} is not executable by other users",
+            p.display()
+        );
+        return false;
+    }
+    true
+}
+
+/// With `user` and `group`, every child (replacements too) runs with that uid, gid and only
+/// the user's groups, cannot regain privileges, cannot read a root-only file, and the root
+/// master still stops them all. Skipped unless the suite runs as root (CI does).
+fn children_run_as_the_configured_user() -> Outcome {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("    skipped: dropping privileges needs the suite to run as root");
+        return Ok(());
+    }
+    if !runnable_by_others() {
+        return Ok(());
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .map_err(|e| e.to_string())?
+        .ok_or("this machine has no user nobody")?;
+    let (uid, gid) = (nobody.uid.to_string(), nobody.gid.to_string());
+    let secret = std::env::temp_dir().join(format!("prefork-root-only-{}", std::process::id()));
+    std::fs::write(&secret, b"root only").map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let outcome = (|| {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_USER", "nobody")]);
+        let (ready, port) = m.ready()?;
+        let check = |pid: i32| -> Outcome {
+            let ids = |f| status_field(pid, f).unwrap_or_default();
+            let want = |id: &str| format!("{id}\t{id}\t{id}\t{id}");
+            ensure!(
+                ids("Uid") == want(&uid),
+                "child {pid} Uid {:?}, want {uid}",
+                ids("Uid")
+            );
+            ensure!(
+                ids("Gid") == want(&gid),
+                "child {pid} Gid {:?}, want {gid}",
+                ids("Gid")
+            );
+            ensure!(
+                ids("Groups") == gid,
+                "child {pid} Groups {:?}, want {gid}",
+                ids("Groups")
+            );
+            ensure!(
+                ids("NoNewPrivs") == "1",
+                "child {pid} NoNewPrivs {:?}",
+                ids("NoNewPrivs")
+            );
+            Ok(())
+        };
+        for &pid in &ready {
+            check(pid)?;
+        }
+        ensure!(
+            status_field(m.pid(), "Uid").is_some_and(|u| u.starts_with("0\t")),
+            "the master is not root any more"
+        );
+        let read = get(port, &format!("/read?{}", secret.display())).map_err(|e| e.to_string())?;
+        ensure!(
+            read == format!("denied {}", libc::EACCES),
+            "a child read the root-only file: {read}"
+        );
+        // The replacement exec'd with its identity before on_child_recover runs.
+        check(replace_first(&mut m, &ready)?)?;
+        stop_cleanly(&mut m)
+    })();
+    let _ = std::fs::remove_file(&secret);
+    outcome
+}
+
+/// A user or group that does not exist fails listen_and_serve at once, naming it, and no
+/// child is started.
+fn unknown_user_or_group_is_an_error_before_any_child() -> Outcome {
+    for (var, name, needle) in [
+        (
+            "PF_USER",
+            "no-such-user-prefork",
+            "user = \"no-such-user-prefork\": no such user",
+        ),
+        (
+            "PF_GROUP",
+            "no-such-group-prefork",
+            "group = \"no-such-group-prefork\": no such group",
+        ),
+    ] {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), (var, name)]);
+        expect_failure(&mut m, "InvalidArgument", needle)?;
+        ensure!(
+            m.all_children().is_empty(),
+            "children started: {:?}",
+            m.all_children()
+        );
+    }
+    Ok(())
+}
+
+/// The CPUs in a list such as "0-3,6".
+fn cpu_list(text: &str) -> Vec<usize> {
+    text.split(',')
+        .filter(|r| !r.is_empty())
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+/// With cpu_affinity, child i runs on the i-th allowed CPU, wrapping around, and a
+/// replacement gets its slot's CPU.
+fn cpu_affinity_pins_each_slot() -> Outcome {
+    let allowed = cpu_list(
+        &status_field(std::process::id() as i32, "Cpus_allowed_list")
+            .ok_or("no Cpus_allowed_list")?,
+    );
+    let children = allowed.len() + 1;
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", &children.to_string()),
+        ("PF_CPU_AFFINITY", "1"),
+    ]);
+    let (ready, _) = m.ready()?;
+    let pinned = |pid: i32| status_field(pid, "Cpus_allowed_list").unwrap_or_default();
+    for (slot, &pid) in ready.iter().enumerate() {
+        let want = allowed[slot % allowed.len()].to_string();
+        ensure!(
+            pinned(pid) == want,
+            "slot {slot} (pid {pid}) on CPUs {:?}, want {want}",
+            pinned(pid)
+        );
+    }
+    let new = replace_first(&mut m, &ready)?;
+    ensure!(
+        pinned(new) == allowed[0].to_string(),
+        "slot 0's replacement on CPUs {:?}",
+        pinned(new)
+    );
+    stop_cleanly(&mut m)
+}
+
 /// Whether this machine has an IPv6 loopback; says the test is skipped when it has none.
 fn ipv6_loopback() -> bool {
     let there = std::net::TcpListener::bind("[::1]:0").is_ok();
@@ -729,4 +1197,194 @@ fn ipv6_loopback() -> bool {
         println!("    skipped: no IPv6 loopback here");
     }
     there
+}
+
+/// The engine tests whose subject is the supervisor, not HTTP: serve mode must pass them as
+/// they are, with the scenario's own server in the children.
+const SUPERVISOR_TESTS: &[(&str, Test)] = suite![
+    hooks_fire_in_order_and_sigterm_stops_cleanly,
+    killed_child_is_replaced_without_refused_connections,
+    crash_loop_ends_in_over_recovery,
+    recover_interval_is_honoured,
+    recover_interval_does_not_delay_shutdown,
+    child_ignoring_sigterm_is_killed_after_grace,
+    second_sigint_stops_at_once,
+    master_kill9_takes_children_down,
+    no_master_descriptor_reaches_a_child,
+    reuseport_replacement_gets_its_slot_socket,
+    hook_errors_and_panics_clean_up,
+    startup_timeout_is_an_error,
+    master_as_pid1_serves_respawns_and_stops,
+    children_run_the_master_death_hook,
+    master_death_hook_runs_when_sigterm_comes_first,
+    custom_logger_receives_process_events,
+];
+
+fn in_serve_mode(ready: &str, tests: &[(&str, Test)]) -> Outcome {
+    for (name, test) in tests {
+        harness::with_env(&[("PF_SERVE", ready)], test)
+            .map_err(|e| format!("{name} in serve mode (ready {ready}): {e}"))?;
+    }
+    Ok(())
+}
+
+fn serve_mode_keeps_every_supervisor_feature() -> Outcome {
+    in_serve_mode("start", SUPERVISOR_TESTS)
+}
+
+fn serve_mode_with_explicit_ready_keeps_the_supervisor_features() -> Outcome {
+    in_serve_mode(
+        "explicit",
+        suite![
+            hooks_fire_in_order_and_sigterm_stops_cleanly,
+            killed_child_is_replaced_without_refused_connections,
+            reuseport_replacement_gets_its_slot_socket,
+            children_run_the_master_death_hook,
+        ],
+    )
+}
+
+fn serve_mode_reports_ready_when_the_serve_function_starts_or_says_so() -> Outcome {
+    // The serve function sets itself up for this long before it accepts, and under
+    // Ready::Explicit before it calls child_ready.
+    const SETUP: Duration = Duration::from_millis(1500);
+    let setup_ms = SETUP.as_millis().to_string();
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_SERVE", "start"),
+        ("PF_SERVE_READY_MS", &setup_ms),
+    ]);
+    let (ready, port) = m.ready()?;
+    let took = m.started.elapsed();
+    measure("start to master-ready, ready on start, 1.5 s setup", took);
+    ensure!(
+        took < SETUP,
+        "ready on start came after {took:?}, not before the serve function's setup"
+    );
+    // The master's socket queues the connection meanwhile: it is answered after the setup.
+    let pid = get(port, "/pid").map_err(|e| e.to_string())?;
+    ensure!(
+        pid == ready[0].to_string(),
+        "served by {pid}, not {ready:?}"
+    );
+    stop_cleanly(&mut m)?;
+
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_SERVE", "explicit"),
+        ("PF_SERVE_READY_MS", &setup_ms),
+    ]);
+    let (ready, port) = m.ready()?;
+    let took = m.started.elapsed();
+    measure(
+        "start to master-ready, explicit ready after a 1.5 s setup",
+        took,
+    );
+    ensure!(
+        took >= SETUP,
+        "explicit ready came after {took:?}, before the serve function called child_ready"
+    );
+    let pid: i32 = served_by(port)?;
+    ensure!(ready.contains(&pid), "served by {pid}, not {ready:?}");
+    stop_cleanly(&mut m)?;
+    for pid in &ready {
+        ensure!(
+            m.seen.contains(&format!("child-ready {pid}")),
+            "child {pid} did not report through child_ready; {}",
+            m.context()
+        );
+    }
+    Ok(())
+}
+
+fn serve_mode_ready_never_reported_is_a_startup_timeout() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_SERVE", "explicit"),
+        ("PF_SERVE_NEVER_READY", "1"),
+        ("PF_STARTUP_MS", "300"),
+        ("PF_GRACE_MS", "2000"),
+    ]);
+    let started = Instant::now();
+    expect_failure(
+        &mut m,
+        "StartupTimeout",
+        "did not report listening within 300ms",
+    )?;
+    ensure!(started.elapsed() < 5 * SEC, "took {:?}", started.elapsed());
+    // The children were waiting on their stop signal: they stopped at the SIGTERM, cleanly.
+    for pid in m.all_children() {
+        ensure!(
+            m.seen.contains(&format!("exit {pid} code 0")),
+            "child {pid} did not stop cleanly; {}",
+            m.context()
+        );
+    }
+    Ok(())
+}
+
+fn serve_mode_return_value_is_the_exit_status() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_SERVE", "start")]);
+    let (ready, port) = m.ready()?;
+    let old = ready[0];
+    ensure!(get(port, "/exit").is_err(), "/exit answered");
+    m.expect(&format!("exit-child {old}"), 5 * SEC)?;
+    m.expect(&format!("exit {old} code 3"), 5 * SEC)?;
+    let recover = m.expect(&format!("recover {old} "), 5 * SEC)?;
+    let new: i32 = recover.parse().map_err(|e| format!("recover line: {e}"))?;
+    let pid = get(port, "/pid").map_err(|e| e.to_string())?;
+    ensure!(
+        pid == new.to_string(),
+        "served by {pid}, not the replacement {new}"
+    );
+    stop_cleanly(&mut m)?;
+    for line in [
+        format!("serve-stop {new}"),
+        format!("exit-child {new}"),
+        format!("exit {new} code 0"),
+    ] {
+        ensure!(m.seen.contains(&line), "no {line:?}; {}", m.context());
+    }
+    Ok(())
+}
+
+fn serve_mode_crash_loop_ends_in_over_recovery() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_THRESHOLD", "3"),
+        ("PF_SERVE", "start"),
+        ("PF_SERVE_RETURN", "7"),
+    ]);
+    expect_failure(&mut m, "OverRecovery", "above the recover threshold of 3")?;
+    let exits: Vec<&String> = m.seen.iter().filter(|l| l.starts_with("exit ")).collect();
+    ensure!(
+        exits.len() == 4,
+        "{} exits for threshold 3; {}",
+        exits.len(),
+        m.context()
+    );
+    ensure!(
+        exits.iter().all(|l| l.ends_with(" code 7")),
+        "a child did not exit with its serve function's 7: {exits:?}"
+    );
+    Ok(())
+}
+
+fn serve_mode_stop_lets_the_request_in_flight_finish() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_SERVE", "start")]);
+    let (ready, port) = m.ready()?;
+    let request = std::thread::spawn(move || get(port, "/sleep"));
+    m.expect(&format!("sleeping {}", ready[0]), 5 * SEC)?;
+    stop_cleanly(&mut m)?;
+    let body = request
+        .join()
+        .map_err(|_| "client panicked")?
+        .map_err(|e| format!("the request in flight failed: {e}"))?;
+    ensure!(body == "slept", "request in flight answered {body:?}");
+    ensure!(
+        m.seen.contains(&format!("exit {} code 0", ready[0])),
+        "child did not exit 0; {}",
+        m.context()
+    );
+    Ok(())
 }

@@ -2,11 +2,13 @@
 //! its children). Environment variables choose the configuration and the misbehaviour under
 //! test; hooks print one line per event on stdout for the orchestrator to read.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use prefork::{ChildExit, Handler, Prefork, Request, Response};
+use prefork::{ChildExit, Handler, Prefork, Ready, Request, Response, StopSignal};
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -49,6 +51,13 @@ impl Handler for TestHandler {
             Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
             _ => {}
         }
+        if let Some(ms) = num("PF_CHILD_EXIT_AFTER_MS") {
+            // Dies that long after init, so shortly after it reported ready.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                std::process::exit(4);
+            });
+        }
         // The listener is fd 3 by contract; its port tells the orchestrator where to connect.
         let listener = unsafe {
             std::mem::ManuallyDrop::new(
@@ -66,9 +75,112 @@ impl Handler for TestHandler {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
             "/exit" => std::process::exit(3),
+            "/sleep" => {
+                let ms: u64 = req
+                    .query()
+                    .strip_prefix("ms=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                emit(format!("sleeping {}", std::process::id()));
+                std::thread::sleep(Duration::from_millis(ms));
+                resp.write(b"slept");
+            }
+            // Whether this child may read the file named by the query.
+            "/read" => match std::fs::read(req.query()) {
+                Ok(_) => resp.write(b"read"),
+                Err(e) => {
+                    resp.write(format!("denied {}", e.raw_os_error().unwrap_or(0)).as_bytes())
+                }
+            },
             _ => resp.write(b"ok"),
         }
     }
+
+    fn exit_child(&self) {
+        if var("PF_SERVE").is_some() {
+            emit(format!("exit-child {}", std::process::id()));
+        }
+    }
+}
+
+/// The serve function of PF_SERVE ("start" or "explicit": when the child reports ready): a
+/// one-connection-at-a-time HTTP/1.1 server with its own poll loop over the listener and the
+/// stop signal, answering what TestHandler answers (`/exit` returns 3: the child's status),
+/// plus `/sleep` (300 ms, for requests in flight at a stop).
+fn serve_http(listener: TcpListener, stop: &StopSignal) -> i32 {
+    if let Some(ms) = num("PF_SERVE_READY_MS") {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    if var("PF_SERVE").as_deref() == Some("explicit") {
+        if var("PF_SERVE_NEVER_READY").is_some() {
+            stop.wait();
+            return 0;
+        }
+        prefork::child_ready().expect("report ready");
+        emit(format!("child-ready {}", std::process::id()));
+    }
+    if let Some(status) = num("PF_SERVE_RETURN") {
+        return status as i32;
+    }
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd structs.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if fds[1].revents != 0 {
+            emit(format!("serve-stop {}", std::process::id()));
+            return 0;
+        }
+        while let Ok((conn, _)) = listener.accept() {
+            if let Some(status) = answer(conn) {
+                return status;
+            }
+        }
+    }
+}
+
+/// Answers one request on `conn`; Some(status) when the serve function must return it.
+fn answer(mut conn: TcpStream) -> Option<i32> {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let body = match text.split(' ').nth(1).unwrap_or("") {
+        "/pid" => std::process::id().to_string(),
+        "/exit" => return Some(3),
+        "/sleep" => {
+            emit(format!("sleeping {}", std::process::id()));
+            std::thread::sleep(Duration::from_millis(300));
+            "slept".into()
+        }
+        _ => "ok".into(),
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    None
 }
 
 pub fn run() -> i32 {
@@ -81,6 +193,12 @@ pub fn run() -> i32 {
         emit(format!("leaked {fd}"));
     }
     let mut server = Prefork::new(TestHandler);
+    match var("PF_SERVE").as_deref() {
+        Some("start") => server.set_serve(Ready::OnStart, serve_http),
+        Some("explicit") => server.set_serve(Ready::Explicit, serve_http),
+        Some(other) => panic!("PF_SERVE={other}: start or explicit"),
+        None => {}
+    }
     let cfg = server.config_mut();
     if let Some(n) = num("PF_CHILDREN") {
         cfg.process.children = n as usize;
@@ -95,12 +213,25 @@ pub fn run() -> i32 {
     if let Some(ms) = num("PF_INTERVAL_MS") {
         cfg.process.recover_interval = Duration::from_millis(ms);
     }
+    if let Some(ms) = num("PF_WINDOW_MS") {
+        cfg.process.recover_window = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_MIN_UPTIME_MS") {
+        cfg.process.recover_min_uptime = Duration::from_millis(ms);
+    }
+    cfg.process.recover_every_exit = var("PF_EVERY_EXIT").is_some();
     if let Some(ms) = num("PF_GRACE_MS") {
         cfg.process.grace_period = Duration::from_millis(ms);
     }
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
     }
+    if let Some(n) = num("PF_HANDLER_THREADS") {
+        cfg.http.handler_threads = n as usize;
+    }
+    cfg.process.user = var("PF_USER");
+    cfg.process.group = var("PF_GROUP");
+    cfg.process.cpu_affinity = var("PF_CPU_AFFINITY").is_some();
     if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
         cfg.process.handle_signals = false;
     }

@@ -59,6 +59,8 @@ fn main() {
         a_replacement_child_needs_no_key_file,
         sessions_resume_across_children,
         bad_tls_input_gets_a_clean_close_and_frees_everything,
+        proxy_protocol_header_comes_before_the_handshake,
+        a_fresh_connection_gets_its_handshake_and_request_during_the_drain,
         openssl_s_client_resumes_across_children,
         curl_with_cacert,
     ];
@@ -512,6 +514,172 @@ fn client_hello(padding: usize) -> Vec<u8> {
         records.extend_from_slice(chunk);
     }
     records
+}
+
+/// A PROXY protocol version 2 header for a TCP over IPv4 connection from `src`.
+fn proxy_v2(src: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]); // version 2 PROXY, TCP over IPv4, 12 bytes
+    h.extend_from_slice(&src.ip().octets());
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&443u16.to_be_bytes());
+    h
+}
+
+/// `GET path` over TLS on `sock`, after `preamble` in clear; with `together`, the preamble
+/// and the ClientHello go out in one write, as a balancer that buffers may send them.
+fn get_after(
+    env: &Env,
+    mut sock: std::net::TcpStream,
+    preamble: &[u8],
+    together: bool,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let cfg = client::tls13(&env.pki.ca_pem);
+    let mut conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    sock.set_read_timeout(Some(5 * SEC)).unwrap();
+    let mut first = preamble.to_vec();
+    if together {
+        conn.write_tls(&mut first).unwrap();
+    }
+    sock.write_all(&first)
+        .map_err(|e| format!("preamble: {e}"))?;
+    if !together {
+        // Its own segment: the server reads the header, then waits for the handshake.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("handshake or write: {e}"))?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw)
+        .map_err(|e| format!("read (got {} bytes): {e}", raw.len()))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no head in {text:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    ensure!(
+        tls.conn.alpn_protocol() == Some(b"http/1.1"),
+        "alpn {:?}",
+        tls.conn.alpn_protocol()
+    );
+    Ok((status, body.to_string()))
+}
+
+/// With the PROXY protocol on, a TLS connection starts with the header in clear, read off the
+/// raw socket; the handshake follows it. The handler sees the header's client.
+fn proxy_protocol_header_comes_before_the_handshake(env: &Env) -> Outcome {
+    use std::io::Write;
+    use std::net::{SocketAddrV4, TcpStream};
+    let (cert, key) = env.files("proxy", &["localhost"]);
+    let (mut m, port) = start(
+        &cert,
+        &key,
+        &[
+            ("PF_CHILDREN", "1"),
+            ("PF_PROXY", "1"),
+            ("PF_PROXY_MS", "400"),
+        ],
+    )?;
+    let child = m.pid_list("spawn ")[0];
+    let connect = || TcpStream::connect(("127.0.0.1", port)).unwrap();
+
+    // Version 1, then the handshake in later segments.
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 443\r\n";
+    let (status, body) = get_after(env, connect(), v1, false, "/peer")?;
+    ensure!(
+        (status, body.as_str()) == (200, "203.0.113.7:51234"),
+        "v1: {status} {body:?}"
+    );
+    // What the child holds once it served (the first handshake opens what TLS needs).
+    std::thread::sleep(Duration::from_millis(50));
+    let fds = fd_count(child);
+    // Version 2 and the ClientHello in one write: only the header is taken before TLS.
+    let src: SocketAddrV4 = "198.51.100.9:40000".parse().unwrap();
+    let (status, body) = get_after(env, connect(), &proxy_v2(src), true, "/peer")?;
+    ensure!(
+        (status, body.as_str()) == (200, "198.51.100.9:40000"),
+        "v2: {status} {body:?}"
+    );
+    // Pipelined keep-alive requests after the header are served as usual.
+    let (status, body) = get_after(env, connect(), &proxy_v2(src), true, "/")?;
+    ensure!(
+        status == 200 && body == "hello over tls",
+        "v2 /: {status} {body:?}"
+    );
+
+    // A TLS client without the header: closed without a byte in reply.
+    let mut sock = connect();
+    sock.write_all(&client_hello(0)).unwrap();
+    let (got, _) = read_to_close(&mut sock, 3 * SEC)?;
+    ensure!(
+        got.is_empty(),
+        "a ClientHello for a header got {} bytes",
+        got.len()
+    );
+    // The header, then plain HTTP: the TLS transport runs after it and refuses in clear.
+    let mut sock = connect();
+    let mut plain = v1.to_vec();
+    plain.extend_from_slice(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    sock.write_all(&plain).unwrap();
+    let (got, _) = read_to_close(&mut sock, 3 * SEC)?;
+    let got = String::from_utf8_lossy(&got);
+    ensure!(
+        got.starts_with("HTTP/1.1 400 Bad Request") && got.contains("This port speaks HTTPS"),
+        "plain HTTP after the header: {got:?}"
+    );
+    // No header within proxy_timeout: closed, the handshake never started.
+    let mut sock = connect();
+    let (got, waited) = read_to_close(&mut sock, 5 * SEC)?;
+    ensure!(
+        got.is_empty() && waited >= Duration::from_millis(300),
+        "silent connection: {} bytes after {waited:?}",
+        got.len()
+    );
+    fds_back_to(child, fds)?;
+    m.drain(Duration::from_millis(200));
+    ensure!(
+        m.context().contains("closed a connection from 127.0.0.1"),
+        "no refusal logged: {}",
+        m.context()
+    );
+    stop(m)
+}
+
+/// A client that connected just before a graceful stop and sends nothing yet is kept for its
+/// first request (the drain's rule for a fresh connection) over TLS too: the handshake and the
+/// request that follow are served, then the child exits 0.
+fn a_fresh_connection_gets_its_handshake_and_request_during_the_drain(env: &Env) -> Outcome {
+    let (cert, key) = env.files("drain", &["localhost"]);
+    let (mut m, port) = start(&cert, &key, &[("PF_CHILDREN", "1")])?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Accepted by the child while it serves: the drain does not take it from the queue.
+    std::thread::sleep(Duration::from_millis(100));
+    m.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = get_after(env, sock, b"", true, "/")?;
+    ensure!(
+        status == 200 && body == "hello over tls",
+        "during the drain: {status} {body:?}"
+    );
+    let status = m.wait_exit(10 * SEC)?;
+    ensure!(
+        status.code() == Some(0),
+        "master exit {status:?}; {}",
+        m.context()
+    );
+    all_gone(&m.all_children(), 2 * SEC)?;
+    Ok(())
 }
 
 fn bad_tls_input_gets_a_clean_close_and_frees_everything(env: &Env) -> Outcome {

@@ -40,6 +40,10 @@ impl Handler for TestHandler {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
             "/big" => resp.write(&vec![b'x'; 200_000]),
+            "/peer" => {
+                let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                resp.write(peer.as_bytes())
+            }
             _ => resp.write(b"hello over tls"),
         }
     }
@@ -54,6 +58,10 @@ pub fn run() -> i32 {
     cfg.process.reuseport = var("PF_REUSEPORT").is_some();
     if let Some(n) = var("PF_THREADS") {
         cfg.http.handler_threads = n.parse().unwrap();
+    }
+    cfg.http.proxy_protocol = var("PF_PROXY").is_some();
+    if let Some(ms) = var("PF_PROXY_MS") {
+        cfg.http.proxy_timeout = Duration::from_millis(ms.parse().unwrap());
     }
     if let Some(ms) = var("PF_HEADER_MS") {
         cfg.http.header_timeout = Duration::from_millis(ms.parse().unwrap());

@@ -341,16 +341,23 @@ fn listeningPort(io: Io, gpa: std.mem.Allocator, pid: i32) !u16 {
             try inodes.append(gpa, std.fmt.parseInt(u64, link["socket:[".len .. link.len - 1], 10) catch continue);
         }
     }
-    // Streaming read: /proc files report size 0, which readFileAlloc takes at its word.
+    // Streaming read, a row at a time: /proc files report size 0, and the table holds every
+    // TCP socket of the namespace (tens of thousands in TIME_WAIT after a load test).
     const file = try Io.Dir.cwd().openFile(io, try std.fmt.bufPrint(&path_buf, "/proc/{d}/net/tcp", .{pid}), .{});
     defer file.close(io);
     var read_buf: [4096]u8 = undefined;
     var reader = file.readerStreaming(io, &read_buf);
-    const table = try reader.interface.allocRemaining(gpa, .limited(4 << 20));
-    defer gpa.free(table);
-    var rows = std.mem.splitScalar(u8, table, '\n');
-    _ = rows.next(); // the column names
-    while (rows.next()) |row| {
+    var first = true;
+    while (true) {
+        const line = reader.interface.takeDelimiterInclusive('\n') catch |err| switch (err) {
+            error.EndOfStream => break,
+            else => return err,
+        };
+        if (first) { // the column names
+            first = false;
+            continue;
+        }
+        const row = std.mem.trimEnd(u8, line, "\n");
         // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
         var cols = std.mem.tokenizeScalar(u8, row, ' ');
         var col: [10][]const u8 = undefined;
