@@ -6,6 +6,7 @@
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *     [--user NAME] [--group NAME] [--cpu-affinity]
  *     [--proxy-protocol] [--proxy-allow CIDR]...
+ *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *     [--tls-cert FILE --tls-key FILE]... [--tls-embed]
  *
  * With --tls-cert and --tls-key it serves HTTPS on --addr. Repeat the pair for more
@@ -14,14 +15,24 @@
  * point instead of the file names. With --proxy-protocol too, each connection's PROXY
  * protocol header comes first, then the TLS handshake.
  *
- * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /status?code=N  /crash (with
- * --allow-crash); and OPTIONS *. /peer answers the client's address as the handler sees it,
+ * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /defer?ms=N  /status?code=N
+ * /stats  /peer  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and OPTIONS *.
+ *
+ * /defer?ms=N answers after N ms without holding the event loop: the handler defers the
+ * response and a timer thread completes it, so many of them wait together. /upgrade switches
+ * the connection to an echo protocol (101 Switching Protocols, then every byte sent comes
+ * back until the client closes), served by a thread per connection. /stats answers
+ * prefork_stats_json: the master's figures (every child's pid, slot, generation, requests,
+ * connections...), which the child reads from the memory the master shares with it, so any
+ * child gives the same answer. /peer answers the client's address as the handler sees it,
  * "ip:port" ("[ip6]:port" for IPv6): with --proxy-protocol, the one the balancer's PROXY
  * protocol header names.
  *
  * --proxy-protocol makes every connection (on every --addr) start with a PROXY protocol
  * header, accepted from the --proxy-allow networks (repeatable; default loopback).
- * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout.
+ * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout;
+ * after a reload (SIGHUP) "reloaded generation=<n> children=<pid>,..." or, when the new
+ * generation failed and the old one serves on, "reload failed generation=<n>: <reason>".
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
  * The master re-executes this program once per child, with the same arguments: the children
@@ -31,10 +42,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,19 +63,59 @@ static const char USAGE[] =
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
     "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
     "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
+    "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
+    "                   [--max-child-age-ms N]\n"
     "                   [--tls-cert FILE --tls-key FILE]... [--tls-embed]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
     "  --tls-cert/--tls-key serve HTTPS (repeat the pair for SNI; the first is the default);\n"
     "  --tls-embed passes the files' text instead of their names\n"
-    "routes, any method: / /echo /headers /pid /sleep?ms=N /status?code=N\n"
-    "                    /crash (only with --allow-crash); and OPTIONS *\n"
+    "routes, any method: / /echo /headers /pid /sleep?ms=N /defer?ms=N /status?code=N\n"
+    "                    /stats /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
+    "                    and OPTIONS *\n"
     "                    /peer (the client's address, ip:port)\n";
 
 /* The --proxy-allow networks so far, comma-separated, as prefork_set_proxy_allow takes them. */
 static char proxy_allow[4096];
 
+/* A deferred response and when the timer thread completes it. */
+struct timer {
+    struct timespec due;
+    long ms;
+    prefork_deferred *deferred;
+};
+
+/* The timer thread of /defer: pending responses in a binary heap, soonest first. It starts
+ * with the first /defer: a child with a second thread pays for it on every system call
+ * (glibc's cancellation points), which a child that never defers should not. */
+struct timers {
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* on CLOCK_MONOTONIC, like the due times */
+    pthread_t thread;
+    bool ready, running, stop;
+    struct timer *heap;
+    size_t len, cap;
+};
+
+struct app;
+
+/* A connection switched to the echo protocol, served by a detached thread. */
+struct echo {
+    prefork_conn *conn;
+    struct app *app;
+    struct echo *next;
+};
+
+/* Every echo connection still open, so that exit_child can end them before the child exits. */
+struct echoes {
+    pthread_mutex_t lock;
+    pthread_cond_t gone;
+    struct echo *open;
+};
+
 struct app {
     bool allow_crash;
+    struct timers timers;
+    struct echoes echoes;
 };
 
 static bool str_is(prefork_str s, const char *lit) {
@@ -110,8 +163,272 @@ static void sleep_ms(long ms) {
     }
 }
 
+/* ---- /defer: a timer thread completes deferred responses ---------------------------------- */
+
+static bool earlier(struct timespec a, struct timespec b) {
+    return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+}
+
+static void heap_swap(struct timer *heap, size_t i, size_t j) {
+    struct timer t = heap[i];
+    heap[i] = heap[j];
+    heap[j] = t;
+}
+
+static bool heap_push(struct timers *t, struct timer item) {
+    if (t->len == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 64;
+        struct timer *grown = realloc(t->heap, cap * sizeof *grown);
+        if (!grown) return false;
+        t->heap = grown;
+        t->cap = cap;
+    }
+    size_t i = t->len++;
+    t->heap[i] = item;
+    while (i > 0 && earlier(t->heap[i].due, t->heap[(i - 1) / 2].due)) {
+        heap_swap(t->heap, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+    return true;
+}
+
+static struct timer heap_pop(struct timers *t) {
+    struct timer top = t->heap[0];
+    t->heap[0] = t->heap[--t->len];
+    for (size_t i = 0;;) {
+        size_t child = 2 * i + 1, soonest = i;
+        if (child < t->len && earlier(t->heap[child].due, t->heap[soonest].due)) soonest = child;
+        if (child + 1 < t->len && earlier(t->heap[child + 1].due, t->heap[soonest].due))
+            soonest = child + 1;
+        if (soonest == i) break;
+        heap_swap(t->heap, i, soonest);
+        i = soonest;
+    }
+    return top;
+}
+
+/* Fills, sends and releases a deferred response: any thread may, the timer's does. */
+static void complete_timer(struct timer item) {
+    char text[48];
+    int n = snprintf(text, sizeof text, "deferred %ld ms", item.ms);
+    reply(prefork_deferred_response(item.deferred), 200, text, (size_t)n);
+    prefork_deferred_complete(item.deferred);
+    prefork_deferred_free(item.deferred);
+}
+
+static void *timer_main(void *arg) {
+    struct timers *t = arg;
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (t->len == 0) {
+            pthread_cond_wait(&t->wake, &t->lock);
+        } else if (earlier(now, t->heap[0].due)) {
+            pthread_cond_timedwait(&t->wake, &t->lock, &t->heap[0].due);
+        } else {
+            struct timer due = heap_pop(t);
+            pthread_mutex_unlock(&t->lock);
+            complete_timer(due);
+            pthread_mutex_lock(&t->lock);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static bool timers_init(struct timers *t) {
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0) return false;
+    bool ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+              pthread_cond_init(&t->wake, &attr) == 0;
+    pthread_condattr_destroy(&attr);
+    if (!ok) return false;
+    if (pthread_mutex_init(&t->lock, NULL) != 0) {
+        pthread_cond_destroy(&t->wake);
+        return false;
+    }
+    t->ready = true;
+    return true;
+}
+
+/* After the child drained: the responses still pending go nowhere, but their handles are ours
+ * to free. */
+static void timers_stop(struct timers *t) {
+    if (!t->ready) return;
+    pthread_mutex_lock(&t->lock);
+    t->stop = true;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    if (t->running) pthread_join(t->thread, NULL);
+    while (t->len > 0) prefork_deferred_free(heap_pop(t).deferred);
+    free(t->heap);
+    pthread_cond_destroy(&t->wake);
+    pthread_mutex_destroy(&t->lock);
+    t->ready = t->running = false;
+}
+
+/* Takes `resp` over and has the timer thread answer it in `ms` ms. */
+static void defer_reply(struct app *app, prefork_response *resp, long ms) {
+    prefork_deferred *d;
+    pthread_mutex_lock(&app->timers.lock);
+    if (!app->timers.running)
+        app->timers.running = pthread_create(&app->timers.thread, NULL, timer_main,
+                                             &app->timers) == 0;
+    bool running = app->timers.running;
+    pthread_mutex_unlock(&app->timers.lock);
+    if (!running) {
+        reply_text(resp, 503, "cannot start the timer thread\n");
+        return;
+    }
+    if (prefork_response_defer(resp, &d) != PREFORK_OK) {
+        reply_text(resp, 500, "cannot defer the response\n");
+        return;
+    }
+    struct timer item = {.ms = ms, .deferred = d};
+    clock_gettime(CLOCK_MONOTONIC, &item.due);
+    item.due.tv_sec += ms / 1000;
+    item.due.tv_nsec += (ms % 1000) * 1000000L;
+    if (item.due.tv_nsec >= 1000000000L) {
+        item.due.tv_sec++;
+        item.due.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&app->timers.lock);
+    bool queued = heap_push(&app->timers, item);
+    if (queued && app->timers.heap[0].deferred == d) pthread_cond_signal(&app->timers.wake);
+    pthread_mutex_unlock(&app->timers.lock);
+    /* Freed uncompleted, a deferred response is a 500: the client is not left waiting. */
+    if (!queued) prefork_deferred_free(d);
+}
+
+/* ---- /upgrade: the echo protocol, a thread per connection ---------------------------------- */
+
+static bool send_all(int fd, const char *data, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        data += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+static void *echo_main(void *arg) {
+    struct echo *e = arg;
+    struct app *app = e->app;
+    int fd = prefork_conn_fd(e->conn);
+    /* What the library read past the request is the protocol's first bytes. */
+    prefork_str first = prefork_conn_leftover(e->conn);
+    bool open = send_all(fd, first.ptr, first.len);
+    char buf[4096];
+    while (open) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        open = n > 0 && send_all(fd, buf, (size_t)n);
+    }
+    /* Unlisted and closed under the lock: exit_child never shuts down a descriptor that
+     * closed meanwhile (and may already belong to something else). */
+    pthread_mutex_lock(&app->echoes.lock);
+    for (struct echo **p = &app->echoes.open; *p; p = &(*p)->next) {
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    }
+    prefork_conn_close(e->conn);
+    pthread_cond_broadcast(&app->echoes.gone);
+    pthread_mutex_unlock(&app->echoes.lock);
+    free(e);
+    return NULL;
+}
+
+/* The library hands the connection over once the 101 is written: on its event-loop thread,
+ * so the protocol goes to a thread of its own at once. */
+static void start_echo(void *user_data, prefork_conn *conn) {
+    struct app *app = user_data;
+    struct echo *e = malloc(sizeof *e);
+    pthread_t thread;
+    if (!e) {
+        prefork_conn_close(conn);
+        return;
+    }
+    e->conn = conn;
+    e->app = app;
+    pthread_mutex_lock(&app->echoes.lock);
+    e->next = app->echoes.open;
+    app->echoes.open = e;
+    bool started = pthread_create(&thread, NULL, echo_main, e) == 0;
+    if (started) {
+        pthread_detach(thread);
+    } else {
+        app->echoes.open = e->next;
+    }
+    pthread_mutex_unlock(&app->echoes.lock);
+    if (!started) {
+        prefork_conn_close(conn);
+        free(e);
+    }
+}
+
+/* After the child drained: the echo connections are not the library's to end, so they are
+ * ended here, and the child exits only when their threads have. */
+static void echoes_stop(struct echoes *echoes) {
+    pthread_mutex_lock(&echoes->lock);
+    for (struct echo *e = echoes->open; e; e = e->next) shutdown(prefork_conn_fd(e->conn), SHUT_RDWR);
+    while (echoes->open) pthread_cond_wait(&echoes->gone, &echoes->lock);
+    pthread_mutex_unlock(&echoes->lock);
+}
+
+static bool ascii_ieq(prefork_str s, const char *lit) {
+    size_t n = strlen(lit);
+    if (s.len != n) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s.ptr[i];
+        if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+        if (c != lit[i]) return false;
+    }
+    return true;
+}
+
+static void upgrade_reply(struct app *app, const prefork_request *req, prefork_response *resp) {
+    prefork_str upgrade;
+    if (prefork_request_minor_version(req) != 1 ||
+        !prefork_request_header(req, "Upgrade", 7, &upgrade) || !ascii_ieq(upgrade, "echo")) {
+        /* RFC 9110 §15.5.22: a 426 names the protocol to upgrade to. */
+        prefork_response_add_header(resp, "Upgrade", 7, "echo", 4);
+        reply_text(resp, 426, "/upgrade speaks the echo protocol: send Upgrade: echo\n");
+        return;
+    }
+    prefork_result r = prefork_response_hijack(resp, start_echo, app, NULL);
+    if (r != PREFORK_OK) {
+        reply_text(resp, r == PREFORK_ERR_UNSUPPORTED ? 501 : 500, prefork_last_error());
+        return;
+    }
+    prefork_response_set_status(resp, 101);
+    prefork_response_add_header(resp, "Upgrade", 7, "echo", 4);
+}
+
+/* ---- the handler --------------------------------------------------------------------------- */
+
+/* Children only, before they report ready: the threads are per process. */
+static int init_child(void *user_data) {
+    struct app *app = user_data;
+    if (pthread_mutex_init(&app->echoes.lock, NULL) != 0) return 1;
+    if (pthread_cond_init(&app->echoes.gone, NULL) != 0) return 1;
+    return timers_init(&app->timers) ? 0 : 1;
+}
+
+static void exit_child(void *user_data) {
+    struct app *app = user_data;
+    timers_stop(&app->timers);
+    echoes_stop(&app->echoes);
+    pthread_cond_destroy(&app->echoes.gone);
+    pthread_mutex_destroy(&app->echoes.lock);
+}
+
 static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
-    const struct app *app = user_data;
+    struct app *app = user_data;
     prefork_str path = prefork_request_path(req);
 
     if (str_is(path, "/")) {
@@ -164,6 +481,15 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
         }
         sleep_ms(ms);
         reply_text(resp, 200, "slept");
+    } else if (str_is(path, "/defer")) {
+        long ms;
+        if (!query_number(prefork_request_query(req), "ms", MAX_SLEEP_MS, &ms)) {
+            reply_text(resp, 400, "expected /defer?ms=N with N at most 600000\n");
+            return;
+        }
+        defer_reply(app, resp, ms);
+    } else if (str_is(path, "/upgrade")) {
+        upgrade_reply(app, req, resp);
     } else if (str_is(path, "/peer")) {
         /* With --proxy-protocol, the client the balancer's header names, not the balancer. */
         char addr[PREFORK_ADDR_STRLEN];
@@ -172,6 +498,16 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
             return;
         }
         reply_text(resp, 200, addr);
+    } else if (str_is(path, "/stats")) {
+        size_t cap = 1 << 16;
+        char *json = malloc(cap);
+        if (json == NULL || prefork_stats_json(json, cap) != PREFORK_OK) {
+            reply_text(resp, 503, "no stats\n");
+        } else {
+            static const char type[] = "application/json";
+            prefork_response_reply(resp, 200, type, sizeof type - 1, json, strlen(json));
+        }
+        free(json);
     } else if (str_is(path, "/crash") && app->allow_crash) {
         abort();
     } else {
@@ -186,6 +522,25 @@ static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
     for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
     printf("\n");
     return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void print_pids(const int32_t *pids, size_t count) {
+    for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
+    printf("\n");
+}
+
+/* Master only: a reload's new generation serves; the old one drains. */
+static int on_reload(void *user_data, uint64_t generation, const int32_t *pids, size_t count) {
+    (void)user_data;
+    printf("reloaded generation=%" PRIu64 " children=", generation);
+    print_pids(pids, count);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static void on_reload_failed(void *user_data, uint64_t generation, const char *reason) {
+    (void)user_data;
+    printf("reload failed generation=%" PRIu64 ": %s\n", generation, reason);
+    fflush(stdout);
 }
 
 static bool parse_u64(const char *text, uint64_t *out) {
@@ -289,8 +644,17 @@ int main(int argc, char **argv) {
     static struct app app;
     static struct tls_files tls;
     const char *addr = "127.0.0.1:8080";
-    prefork_handler handler = {.user_data = &app, .handle = handle};
-    prefork_hooks hooks = {.on_master_ready = on_master_ready};
+    prefork_handler handler = {
+        .user_data = &app,
+        .init_child = init_child,
+        .handle = handle,
+        .exit_child = exit_child,
+    };
+    prefork_hooks hooks = {
+        .on_master_ready = on_master_ready,
+        .on_reload = on_reload,
+        .on_reload_failed = on_reload_failed,
+    };
     prefork *server = NULL;
 
     if (prefork_new(&handler, &server) != PREFORK_OK) {
@@ -374,6 +738,14 @@ int main(int argc, char **argv) {
                 ok = set(prefork_set_header_timeout_ms(server, n));
             } else if (strcmp(flag, "--idle-timeout-ms") == 0) {
                 ok = set(prefork_set_idle_timeout_ms(server, n));
+            } else if (strcmp(flag, "--child-timeout-ms") == 0) {
+                ok = set(prefork_set_child_timeout_ms(server, n));
+            } else if (strcmp(flag, "--max-requests") == 0) {
+                ok = set(prefork_set_max_requests(server, n));
+            } else if (strcmp(flag, "--max-requests-jitter") == 0) {
+                ok = set(prefork_set_max_requests_jitter(server, n));
+            } else if (strcmp(flag, "--max-child-age-ms") == 0) {
+                ok = set(prefork_set_max_child_age_ms(server, n));
             } else {
                 prefork_free(server);
                 return usage("unknown flag: ", flag);

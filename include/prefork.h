@@ -58,6 +58,27 @@
 /** prefork_set_serve_sized with this header's sizeof(prefork_serve) (serve mode, since 0.2). */
 #define prefork_set_serve(p, serve) prefork_set_serve_sized((p), (serve), sizeof(prefork_serve))
 
+
+/** prefork_stats_sized with this header's sizeof(prefork_child_stats) and
+ * sizeof(prefork_master_stats). */
+#define prefork_stats(children, cap, master, count) prefork_stats_sized((children), sizeof(prefork_child_stats), (cap), (master), sizeof(prefork_master_stats), (count))
+
+/**
+ * `prefork_child_stats.state`: started, not yet reported "listening".
+ */
+#define PREFORK_CHILD_STARTING 1
+
+/**
+ * `prefork_child_stats.state`: serving its slot (or, during a reload or a recycle, ready to
+ * take it over).
+ */
+#define PREFORK_CHILD_SERVING 2
+
+/**
+ * `prefork_child_stats.state`: told to stop, draining.
+ */
+#define PREFORK_CHILD_RETIRING 3
+
 /**
  * `prefork_serve.ready`: the child reports ready just before `serve` is called (the default).
  */
@@ -168,11 +189,16 @@ typedef enum prefork_result {
      */
     PREFORK_ERR_PANIC = 10,
     /**
+     * The operation does not apply to this connection: `prefork_response_hijack` on a
+     * connection whose transport is not a plain socket.
+     */
+    PREFORK_ERR_UNSUPPORTED = 11,
+    /**
      * A TLS certificate or key is unusable: unreadable, not PEM, no certificate, no key, an
      * encrypted key, or a key that does not match its certificate (the message names the
      * file and the reason). Returned by the TLS entry points before any child starts.
      */
-    PREFORK_ERR_TLS = 11,
+    PREFORK_ERR_TLS = 12,
 } prefork_result;
 
 /**
@@ -209,6 +235,21 @@ typedef enum prefork_log_level {
 typedef struct prefork prefork;
 
 /**
+ * A connection its handler took over with `prefork_response_hijack`: a connected TCP socket
+ * the library no longer watches, and the bytes it had already read past the request. Opaque.
+ * The callee of `on_conn` owns it and releases it with `prefork_conn_close`, exactly once,
+ * from any thread.
+ */
+typedef struct prefork_conn prefork_conn;
+
+/**
+ * A response its handler took over with `prefork_response_defer`, to complete later from any
+ * thread. Opaque. The caller owns it and frees it with `prefork_deferred_free`, exactly once,
+ * whether it was completed or not; any thread may do both, one thread at a time.
+ */
+typedef struct prefork_deferred prefork_deferred;
+
+/**
  * A request, borrowed for the duration of one `handle` callback. Opaque: read it with the
  * `prefork_request_*` functions, on the thread that runs the callback, and never keep the
  * pointer after the callback returns.
@@ -216,10 +257,11 @@ typedef struct prefork prefork;
 typedef struct prefork_request prefork_request;
 
 /**
- * The response to the request being handled, valid only during one `handle` callback.
- * Opaque: fill it with the `prefork_response_*` functions on the thread running the
- * callback. It starts as status 200 with no headers and an empty body; the engine adds
- * Content-Length, Date and Connection itself.
+ * The response to the request being handled, valid only during one `handle` callback (or,
+ * for a deferred response's, until its `prefork_deferred_free`). Opaque: fill it with the
+ * `prefork_response_*` functions on the thread running the callback (for a deferred
+ * response, on one thread at a time). It starts as status 200 with no headers and an empty
+ * body; the engine adds Content-Length, Date and Connection itself.
  */
 typedef struct prefork_response prefork_response;
 
@@ -340,7 +382,96 @@ typedef struct prefork_hooks {
      * `prefork_set_hooks` failed.
      */
     void (*user_data_free)(void *user_data);
+    /**
+     * Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+     * generation `generation` (the first children are generation 1, each reload takes the
+     * next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
+     * only during the call. The children they replace were told to stop gracefully and are
+     * still draining. Return 0 to go on.
+     */
+    int (*on_reload)(void *user_data, uint64_t generation, const int32_t *pids, size_t count);
+    /**
+     * Master (since 0.3): the reload to `generation` failed, because one of its children
+     * exited or missed the startup timeout before all were ready, or could not be started;
+     * `reason` (NUL-terminated, valid only during the call) says which and how. Its children
+     * were told to stop; the previous generation, never stopped, keeps serving.
+     */
+    void (*on_reload_failed)(void *user_data, uint64_t generation, const char *reason);
 } prefork_hooks;
+
+/**
+ * One child, as `prefork_stats` reports it. Extensible as the callback structs, in the other
+ * direction: members are only ever added at the end, and the library writes as many bytes of
+ * each element as the caller's `sizeof` (which the `prefork_stats` macro passes) holds.
+ */
+typedef struct prefork_child_stats {
+    int32_t pid;
+    /**
+     * One of PREFORK_CHILD_STARTING, PREFORK_CHILD_SERVING, PREFORK_CHILD_RETIRING.
+     */
+    uint32_t state;
+    /**
+     * Its slot, 0-based; during a reload or a recycle two children share one.
+     */
+    uint64_t slot;
+    /**
+     * 1 for the first children, one more for each reload.
+     */
+    uint64_t generation;
+    /**
+     * When it was started, in milliseconds since the Unix epoch.
+     */
+    uint64_t started_unix_ms;
+    /**
+     * Requests it has received (counted by its event loop, published at every turn).
+     */
+    uint64_t requests;
+    /**
+     * Connections it has open.
+     */
+    uint64_t connections;
+    /**
+     * Replacements of crashed children its slot had before this child was started.
+     */
+    uint64_t slot_restarts;
+} prefork_child_stats;
+
+/**
+ * The master's totals, as `prefork_stats` reports them. Extensible as `prefork_child_stats`.
+ */
+typedef struct prefork_master_stats {
+    int32_t pid;
+    uint32_t _reserved;
+    /**
+     * The child count it serves with (slots).
+     */
+    uint64_t children;
+    /**
+     * The generation serving (1 until the first reload).
+     */
+    uint64_t generation;
+    uint64_t started_unix_ms;
+    /**
+     * Children started since the start, and children reaped.
+     */
+    uint64_t spawned;
+    uint64_t exited;
+    /**
+     * Requests received by every child since the start, reaped ones included.
+     */
+    uint64_t requests;
+    /**
+     * Connections open in the children now.
+     */
+    uint64_t connections;
+    uint64_t reloads;
+    uint64_t reload_failures;
+    uint64_t recycles;
+    /**
+     * Children killed by the hung-child watchdog.
+     */
+    uint64_t watchdog_kills;
+} prefork_master_stats;
 
 /**
  * Serve mode: each child runs the program's own server (a libuv or libevent loop, a custom
@@ -545,6 +676,67 @@ enum prefork_result prefork_local_addr(char *buf, size_t cap);
 bool prefork_shutdown(void);
 
 /**
+ * Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+ * new generation of children (a re-execution of the program, so each reads its configuration
+ * and certificates again), waits until every one of them reported "listening", then stops the
+ * previous generation gracefully; `on_reload` reports it. If a child of the new generation
+ * exits or misses the startup timeout before that, the new generation is stopped, the
+ * previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+ * runs is queued (any number of them make one more reload) and starts when the running one
+ * ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+ *
+ * Returns true when the request was passed to a running master, false when this process runs
+ * none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+ * dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+ * write(2) to a non-blocking pipe, as `prefork_shutdown`.
+ */
+bool prefork_reload(void);
+
+/**
+ * Asks the master running in this process to serve with `children` child processes from now
+ * on (1 to 1024), as `prefork_set_children` would at the start: it adds children (each ready
+ * as a first child is: its slot counts once it reports "listening"), or removes the
+ * highest-numbered slots, whose children stop gracefully, finishing their requests within the
+ * grace period. In reuseport mode an added slot gets its own new socket on the same port,
+ * and a removed slot's socket is closed by its child once it took the connections waiting in
+ * it, so none is reset. A later request replaces one not yet applied. A request made while a
+ * reload runs waits until it ends; one made before the master is ready waits for that.
+ *
+ * Returns true when the request was passed to a running master; false (request dropped) when
+ * this process runs none, or `children` is 0 or above 1024. Safe from any thread and from a
+ * signal handler (async-signal-safe): atomics and one write(2), as `prefork_shutdown`.
+ */
+bool prefork_set_children_live(uint32_t children);
+
+/**
+ * Asks the master running in this process for `delta` children more, or fewer when it is
+ * negative, counted from the number it serves with or was last asked for (SIGTTIN is +1,
+ * SIGTTOU -1); it keeps at least 1 and at most 1024. Children come and go as with
+ * `prefork_set_children_live`. Returns false (request dropped) when this process runs no
+ * master. Safe from any thread and from a signal handler (async-signal-safe).
+ */
+bool prefork_scale_children(int32_t delta);
+
+/**
+ * Asks the master running in this process for a zero-downtime binary upgrade, as SIGUSR2
+ * does: it starts the program again from the path it was started from (so a binary replaced
+ * there is what runs) as a new master, passing it the listening sockets (descriptors 4 and up,
+ * named in PREFORK_UPGRADE_FDS, with a pipe at 3 named in PREFORK_UPGRADE_READY_FD); the new
+ * master adopts them instead of binding, starts its children and, once every one of them
+ * reported "listening", says so on the pipe (and sends MAINPID= to systemd when
+ * NOTIFY_SOCKET is set). The old master then stops its children gracefully and its
+ * `prefork_listen_and_serve` returns PREFORK_OK; the sockets never close, so no connection is
+ * refused or reset. If the new master exits, or is not ready within twice the startup
+ * timeout, it is killed and the old master serves on (logged). The new master is the old
+ * one's child until the old one exits. Requests during a reload, a recycle or another upgrade
+ * wait until it ends.
+ *
+ * Returns false (request dropped) when this process runs no master. Safe from any thread and
+ * from a signal handler (async-signal-safe), as `prefork_shutdown`.
+ */
+bool prefork_upgrade(void);
+
+/**
  * As `prefork_listen_and_serve`, over TLS 1.3 and 1.2 (ALPN "http/1.1").
  *
  * **ORDER: the certificate file first, then the key file.** fasthttp's Go
@@ -707,6 +899,40 @@ enum prefork_result prefork_set_grace_period_ms(struct prefork *p, uint64_t ms);
 enum prefork_result prefork_set_startup_timeout_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+ * for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+ * backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+ * Children report each turn through memory shared with the master, waking at least four
+ * times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+ * gives every child a full timeout again from its resumption rather than killing them.
+ * Handlers running on handler threads do not hold the loop; only the loop is watched, and
+ * serve-mode children, whose loop is the application's own, are not watched.
+ * 0 = off; otherwise at least 100. Default: 0.
+ */
+enum prefork_result prefork_set_child_timeout_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * Recycling: a child that has received this many requests is replaced by a new one, which
+ * starts first and takes over once it reports "listening", when the old one stops gracefully;
+ * only one slot recycles at a time, so capacity never drops (a leak in the handler is
+ * bounded). Counted by each child's event loop through the memory it shares with the master.
+ * 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests(struct prefork *p, uint64_t requests);
+
+/**
+ * Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+ * it starts, so that children started together do not recycle together. Default: 0.
+ */
+enum prefork_result prefork_set_max_requests_jitter(struct prefork *p, uint64_t jitter);
+
+/**
+ * Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+ * replacement ready first, one slot at a time). 0 = off. Default: 0.
+ */
+enum prefork_result prefork_set_max_child_age_ms(struct prefork *p, uint64_t ms);
+
+/**
  * true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
  * second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
  * handlers afterwards. false: the host keeps its signal handling and calls
@@ -829,6 +1055,29 @@ enum prefork_result prefork_set_max_trailer_size(struct prefork *p, size_t bytes
 enum prefork_result prefork_set_max_bytes_per_turn(struct prefork *p, size_t bytes);
 
 /**
+ * Slowest request body accepted, in bytes per second: a body must bring at least this rate
+ * times the rate window (`prefork_set_min_rate_window_ms`) in every such window, or the
+ * reply is 408 and the connection closes. It stops a slow-body attack, which holds a
+ * connection by sending a byte per body timeout. 0 = no minimum. Default: 64.
+ */
+enum prefork_result prefork_set_min_body_rate(struct prefork *p, uint64_t bytes_per_second);
+
+/**
+ * Slowest response write accepted, in bytes per second over the rate window, while output
+ * waits for the client to read it; a slower client is disconnected with a reset (so that the
+ * kernel stops feeding it what the socket still holds). It stops a slow-read attack, which
+ * holds a connection and its output by reading a byte per write timeout. 0 = no minimum.
+ * Default: 64.
+ */
+enum prefork_result prefork_set_min_write_rate(struct prefork *p, uint64_t bytes_per_second);
+
+/**
+ * The window over which the minimum body and write rates are measured, in milliseconds; above
+ * zero. Default: 10000.
+ */
+enum prefork_result prefork_set_min_rate_window_ms(struct prefork *p, uint64_t ms);
+
+/**
  * true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
  * specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
  * `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
@@ -874,6 +1123,44 @@ enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms)
 enum prefork_result prefork_set_hooks_sized(struct prefork *p,
                                             const struct prefork_hooks *hooks,
                                             size_t hooks_size);
+
+/**
+ * The figures of the server this process runs, from the memory the master shares with its
+ * children, so that the master and each child read the same: `*master` gets the master's
+ * totals (NULL to skip them) and `children[0..cap]` one element per child (the serving ones,
+ * those starting, and those draining after a reload, a scale-down or a recycle), ordered by
+ * slot; `*count` (NULL to skip) gets the number of children, which may exceed `cap` (then
+ * only the first `cap` are written: call again with more room). `child_size` and
+ * `master_size` are the caller's `sizeof` of each struct: C and C++ call this through the
+ * `prefork_stats` macro, whose arguments are (children, cap, master, count) and which passes
+ * the sizes; the library writes no more than that many bytes per element.
+ *
+ * Callable from any thread of the master or of a child while `prefork_listen_and_serve` runs
+ * (from `handle`, from a hook): it takes a lock, so not from a signal handler. Each number is
+ * read atomically and is at most one event-loop turn old; the set is no atomic snapshot.
+ * Errors: PREFORK_ERR_STATE when nothing is served (or the shared memory could not be had),
+ * PREFORK_ERR_NULL for a NULL `children` with `cap` above 0, PREFORK_ERR_INVALID_ARGUMENT
+ * for a size smaller than the structs of 0.3 or not a multiple of 8.
+ */
+enum prefork_result prefork_stats_sized(struct prefork_child_stats *children,
+                                        size_t child_size,
+                                        size_t cap,
+                                        struct prefork_master_stats *master,
+                                        size_t master_size,
+                                        size_t *count);
+
+/**
+ * The same figures as `prefork_stats`, as NUL-terminated JSON in `buf` (`cap` bytes):
+ * `{"master":{"pid":..,"children":..,"generation":..,"started_unix_ms":..,"spawned":..,
+ * "exited":..,"requests":..,"connections":..,"reloads":..,"reload_failures":..,
+ * "recycles":..,"watchdog_kills":..},"children":[{"pid":..,"slot":..,"generation":..,
+ * "state":"serving","started_unix_ms":..,"requests":..,"connections":..,
+ * "slot_restarts":..},...]}` (members may be added, never removed). About 200 bytes per
+ * child; 64 KiB holds 300. Written only when it fits; PREFORK_ERR_INVALID_ARGUMENT when it
+ * does not (`prefork_last_error` says how many bytes it needs), PREFORK_ERR_STATE when
+ * nothing is served, PREFORK_ERR_NULL for a NULL `buf`. Threads as `prefork_stats`.
+ */
+enum prefork_result prefork_stats_json(char *buf, size_t cap);
 
 /**
  * Sends the library's log lines to `log` instead of stderr (the default logger writes
@@ -1106,6 +1393,107 @@ enum prefork_result prefork_response_set_body_stream(struct prefork_response *re
                                                                        size_t cap),
                                                      void *user_data,
                                                      void (*user_data_free)(void *user_data));
+
+/**
+ * Takes the response over, so that `handle` may return at once and any thread complete the
+ * response later: stores in `*out` a new handle, owned by the caller. Fill its response
+ * (`prefork_deferred_response`) as `handle` would have, then send it with
+ * `prefork_deferred_complete`, and release the handle with `prefork_deferred_free`. What was
+ * set on `resp` so far moves into the handle; after this call, changes to `resp` are ignored.
+ *
+ * The connection waits: its later (pipelined) requests are answered after this response,
+ * so responses keep their order. Completing wakes the child's event loop, which sends the
+ * response in its turn. A handle freed without being completed answers 500 and closes the
+ * connection. A response still pending when the child drains is answered 503 as the grace
+ * period ends (at most 250 ms before, so that the child may still exit by itself, running
+ * `exit_child`, before the master's SIGKILL). A completion after the client left, or after the child stopped serving
+ * (the handle outlives the server: complete and free it even after `prefork_free`), is
+ * accepted and dropped. A client that closes its side of the connection meanwhile counts as
+ * gone: the connection is closed at once rather than held until the completion.
+ *
+ * Call it during `handle` (on any thread it runs on), on the `resp` it was given, at most
+ * once. The request's views die when `handle` returns: copy what the answer needs first.
+ * Returns PREFORK_ERR_NULL for a NULL argument and PREFORK_ERR_STATE for a response that is
+ * not the one `handle` was given, or was deferred already; `*out` is then untouched.
+ */
+enum prefork_result prefork_response_defer(struct prefork_response *resp,
+                                           struct prefork_deferred **out);
+
+/**
+ * The response of a deferred handle, to fill with the `prefork_response_*` functions (as in
+ * `handle`, including `prefork_response_hijack`). Valid until `prefork_deferred_free(d)`;
+ * once `d` was completed, changes to it are ignored. NULL if `d` is NULL.
+ */
+struct prefork_response *prefork_deferred_response(struct prefork_deferred *d);
+
+/**
+ * Sends the deferred response: the child's event loop wakes and writes it in its turn. If
+ * the client left, or the child stopped serving (even if `prefork_free` freed the server
+ * since), the response is dropped and PREFORK_OK returned all the same. The handle stays the
+ * caller's to free. Returns PREFORK_ERR_NULL for a NULL `d`, PREFORK_ERR_STATE if it was
+ * completed already.
+ */
+enum prefork_result prefork_deferred_complete(struct prefork_deferred *d);
+
+/**
+ * Releases a deferred handle; NULL is accepted. One that was not completed answers 500 and
+ * closes the connection. `d`, and the response `prefork_deferred_response` returned for it,
+ * must not be used afterwards.
+ */
+void prefork_deferred_free(struct prefork_deferred *d);
+
+/**
+ * Takes the connection after this response: once it is written (and every response before it
+ * on the connection), the child forgets the connection and calls `on_conn(user_data, conn)`
+ * on its event-loop thread. `conn` holds the socket (blocking, close-on-exec) and the bytes
+ * the client sent after this request that the child had already read (pipelined requests,
+ * or the new protocol's first bytes): read those first. `on_conn` should return promptly,
+ * handing the connection to a thread of its own; `conn` is its to close.
+ *
+ * For a protocol upgrade, call `prefork_response_set_status(resp, 101)` after this call (101
+ * is accepted only then), and add an `Upgrade` field naming the protocol, only for an
+ * HTTP/1.1 request that asked for it in its own `Upgrade` field; the library sends
+ * `Connection: Upgrade` with it. Any other response is sent with `Connection: close` (the
+ * HTTP exchange ends with it), then the connection is handed over. Works on the response
+ * `handle` was given and on a deferred one's.
+ *
+ * The connection counts toward max_connections until `prefork_conn_close`, which is how the
+ * library learns it closed. The child's drain does not wait for it: it ends when the child
+ * exits (after `exit_child`).
+ *
+ * `user_data_free` (optional) is called once with `user_data`, in the child, when `on_conn`
+ * has returned, or instead of `on_conn` when the connection closes before the response is
+ * written: on the event-loop thread, or for a deferred response that was dropped, on the
+ * thread that completed it. Returns PREFORK_ERR_NULL for a NULL `resp` or `on_conn`,
+ * PREFORK_ERR_STATE for a response already hijacked (or one the library does not send), and
+ * PREFORK_ERR_UNSUPPORTED when the connection's transport is not a plain socket (a TLS
+ * connection); `user_data` is then not taken over.
+ */
+enum prefork_result prefork_response_hijack(struct prefork_response *resp,
+                                            void (*on_conn)(void *user_data,
+                                                            struct prefork_conn *conn),
+                                            void *user_data,
+                                            void (*user_data_free)(void *user_data));
+
+/**
+ * The socket of a taken-over connection, owned by `conn` (close it with
+ * `prefork_conn_close`, never with close(2)). -1 if `conn` is NULL.
+ */
+int prefork_conn_fd(const struct prefork_conn *conn);
+
+/**
+ * The bytes the client sent after the request that the child had already read: the start of
+ * what the new owner reads, before anything read from the socket. Valid until
+ * `prefork_conn_close(conn)`; empty if `conn` is NULL.
+ */
+struct prefork_str prefork_conn_leftover(const struct prefork_conn *conn);
+
+/**
+ * Closes the socket of a taken-over connection and releases `conn`; NULL is accepted. Its
+ * place under max_connections is free again. Callable from any thread, once per connection;
+ * `conn` must not be used afterwards.
+ */
+void prefork_conn_close(struct prefork_conn *conn);
 
 #ifdef __cplusplus
 }  // extern "C"

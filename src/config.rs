@@ -84,6 +84,20 @@ pub struct ProcessConfig {
     /// Pin child *i* to the *i*-th CPU of the master's allowed set (wrapping around); a
     /// replacement gets its slot's CPU. Default false.
     pub cpu_affinity: bool,
+    /// The hung-child watchdog: how long a ready child's event loop may go without a turn
+    /// before the master takes it for hung and kills it (SIGABRT, so a core or backtrace can
+    /// be had, then SIGKILL after `ABORT_GRACE`) and replaces it. Zero (default) is off;
+    /// otherwise at least `MIN_CHILD_TIMEOUT`.
+    pub child_timeout: Duration,
+    /// Recycling: a child that has received this many requests is replaced (its replacement
+    /// ready first, one slot at a time), as gunicorn's `max_requests`. Zero (default) is off.
+    pub max_requests: u64,
+    /// Each child's limit is `max_requests` plus a random amount up to this, so children
+    /// started together do not all recycle together. Default 0.
+    pub max_requests_jitter: u64,
+    /// Recycling: a child that has been ready for this long is replaced, as `max_requests`.
+    /// Zero (default) is off.
+    pub max_child_age: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -105,6 +119,10 @@ impl Default for ProcessConfig {
             user: None,
             group: None,
             cpu_affinity: false,
+            child_timeout: Duration::ZERO,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_child_age: Duration::ZERO,
         }
     }
 }
@@ -143,6 +161,14 @@ impl ProcessConfig {
         ] {
             duration(name, value)?;
         }
+        duration("child_timeout", self.child_timeout)?;
+        duration("max_child_age", self.max_child_age)?;
+        if !self.child_timeout.is_zero() && self.child_timeout < MIN_CHILD_TIMEOUT {
+            return Err(Error::invalid(format!(
+                "child_timeout = {:?} must be 0 (off) or at least {MIN_CHILD_TIMEOUT:?}",
+                self.child_timeout
+            )));
+        }
         positive_duration("startup_timeout", self.startup_timeout)?;
         for (name, value) in [("user", &self.user), ("group", &self.group)] {
             account_name(name, value.as_deref())?;
@@ -165,6 +191,9 @@ fn account_name(option: &str, name: Option<&str>) -> Result<(), Error> {
         _ => Ok(()),
     }
 }
+/// Shortest `child_timeout`: children beat four times per timeout, and a loop turn every 25 ms
+/// is about what an idle child can afford.
+pub const MIN_CHILD_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Upper bound on the child count: a typo guard, far above any real core count.
 pub const MAX_CHILDREN: usize = 1024;
@@ -207,6 +236,18 @@ pub struct HttpConfig {
     /// Fairness: bytes read from plus written to one connection in one event-loop turn before
     /// the loop serves the others. Default 256 KiB.
     pub max_bytes_per_turn: usize,
+    /// Slowest request body accepted, in bytes per second: a body must bring at least this
+    /// rate times `min_rate_window` bytes in every such window, or it gets 408 (a slow-body
+    /// attack otherwise holds a connection by sending a byte per `body_timeout`). 0 = no
+    /// minimum. Default 64, far below any real link.
+    pub min_body_rate: u64,
+    /// Slowest response write accepted, in bytes per second over `min_rate_window`, while
+    /// output waits for the client; a client reading slower is disconnected with a reset (a
+    /// slow-read attack otherwise holds a connection and its output by reading a byte per
+    /// `write_timeout`). 0 = no minimum. Default 64.
+    pub min_write_rate: u64,
+    /// The window over which `min_body_rate` and `min_write_rate` are measured. Default 10 s.
+    pub min_rate_window: Duration,
     /// Every connection must start with a PROXY protocol header (version 1 or 2), which gives
     /// the client's address (`Request::peer_addr`) and TLVs (`Request::proxy_header`); one
     /// without a valid header is closed. Required when on, never guessed (the spec's §1).
@@ -237,6 +278,9 @@ impl Default for HttpConfig {
             max_chunk_ext_size: 16 * 1024,
             max_trailer_size: 16 * 1024,
             max_bytes_per_turn: 256 * 1024,
+            min_body_rate: 64,
+            min_write_rate: 64,
+            min_rate_window: Duration::from_secs(10),
             proxy_protocol: false,
             proxy_allow: Cidr::loopback(),
             proxy_timeout: Duration::from_secs(5),
@@ -267,6 +311,7 @@ impl HttpConfig {
             ("body_timeout", self.body_timeout),
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
+            ("min_rate_window", self.min_rate_window),
             ("proxy_timeout", self.proxy_timeout),
         ] {
             positive_duration(name, value)?;

@@ -1,6 +1,9 @@
-//! Process-wide stop requests: the self-pipe that wakes the master's or the child's loop, the
-//! library's signal handlers, and `shutdown()`, which a host may call from any thread or from
-//! its own signal handler.
+//! Process-wide requests: the self-pipe that wakes the master's or the child's loop, the
+//! library's signal handlers, `shutdown()` and the master's control requests (`reload()`,
+//! `set_children_live()`, `scale_children()`), which a host may call from any thread or from its own signal handler.
+//!
+//! A request is an atomic (a flag or a count) plus one byte in the pipe to wake the loop, which
+//! reads the atomics: bytes may be lost to a full pipe or merged, atomics are not.
 //!
 //! The pipe is created once per process and never closed, so a `shutdown()` racing with the
 //! end of `listen_and_serve` can never write into a recycled descriptor. Both ends are
@@ -10,7 +13,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -19,6 +22,8 @@ use nix::fcntl::OFlag;
 pub(crate) const WAKE_STOP: u8 = b'T';
 /// A second SIGINT in the master: stop without a grace period.
 pub(crate) const WAKE_STOP_NOW: u8 = b'K';
+/// A control request of the master (reload, scale): read the atomics below.
+pub(crate) const WAKE_CONTROL: u8 = b'C';
 
 /// The pipe's (read, write) ends. A static is never dropped, which is what keeps the pipe open
 /// for the life of the process. `OnceLock::get` is one atomic load that never waits (it returns
@@ -28,6 +33,14 @@ static WAKE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// arrives while `listen_and_serve` is still setting up is not lost.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGINT_COUNT: AtomicU32 = AtomicU32::new(0);
+/// True while a master runs in this process: control requests are only taken then.
+static MASTER_RUNNING: AtomicBool = AtomicBool::new(false);
+static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
+static UPGRADE_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Children to add (SIGTTIN) or remove (SIGTTOU) since the master last looked.
+static SCALE_DELTA: AtomicI64 = AtomicI64::new(0);
+/// A child count asked for with `set_children_live`; 0 = none pending.
+static SCALE_TARGET: AtomicUsize = AtomicUsize::new(0);
 
 /// Returns the read end of the process's wake pipe, creating the pipe on first use.
 pub(crate) fn wake_fd() -> io::Result<BorrowedFd<'static>> {
@@ -50,12 +63,89 @@ pub fn shutdown() -> bool {
 
 fn wake(byte: u8) -> bool {
     STOP_REQUESTED.store(true, Ordering::Release);
+    poke(byte)
+}
+
+/// Writes one wake-up byte; false when no pipe exists yet.
+fn poke(byte: u8) -> bool {
     let Some((_, write)) = WAKE.get() else {
         return false;
     };
     // A full pipe already holds a wake-up; errno is saved by the signal handler.
     let _ = nix::unistd::write(write, &[byte]);
     true
+}
+
+/// Requests a graceful reload of the master running in this process: a new generation of
+/// children, then the old one's graceful stop. Async-signal-safe (atomics and write(2)).
+/// Returns false, and forgets the request, when no master runs in this process.
+pub fn reload() -> bool {
+    if !MASTER_RUNNING.load(Ordering::Acquire) {
+        return false;
+    }
+    RELOAD_REQUESTED.store(true, Ordering::Release);
+    poke(WAKE_CONTROL)
+}
+
+/// Asks the running master for `delta` children more (or fewer, when negative), counted from
+/// the count it has or was last asked for; it keeps at least one. Async-signal-safe. False
+/// when no master runs in this process.
+pub fn scale_children(delta: i64) -> bool {
+    if !MASTER_RUNNING.load(Ordering::Acquire) {
+        return false;
+    }
+    SCALE_DELTA.fetch_add(delta, Ordering::AcqRel);
+    poke(WAKE_CONTROL)
+}
+
+/// Asks the running master for `children` children (at least 1); a later request replaces one
+/// not yet applied, and `scale_children` requests after it count from it. Async-signal-safe.
+/// False when no master runs in this process or `children` is 0.
+pub fn set_children_live(children: usize) -> bool {
+    if children == 0 || !MASTER_RUNNING.load(Ordering::Acquire) {
+        return false;
+    }
+    SCALE_DELTA.store(0, Ordering::Release);
+    SCALE_TARGET.store(children, Ordering::Release);
+    poke(WAKE_CONTROL)
+}
+
+/// Requests a binary upgrade of the master running in this process: it starts the program
+/// from disk as a new master with its listening sockets, and stops its own children once the
+/// new master is ready. Async-signal-safe. False when no master runs in this process.
+pub fn upgrade() -> bool {
+    if !MASTER_RUNNING.load(Ordering::Acquire) {
+        return false;
+    }
+    UPGRADE_REQUESTED.store(true, Ordering::Release);
+    poke(WAKE_CONTROL)
+}
+
+/// Master: takes a pending upgrade request.
+pub(crate) fn take_upgrade() -> bool {
+    UPGRADE_REQUESTED.swap(false, Ordering::AcqRel)
+}
+
+/// Master: takes a pending reload request.
+pub(crate) fn take_reload() -> bool {
+    RELOAD_REQUESTED.swap(false, Ordering::AcqRel)
+}
+
+/// Master: takes pending scaling requests, applied to the current child count `current`;
+/// None when there are none.
+pub(crate) fn take_scale(current: usize) -> Option<i64> {
+    let target = SCALE_TARGET.swap(0, Ordering::AcqRel);
+    let delta = SCALE_DELTA.swap(0, Ordering::AcqRel);
+    if target == 0 && delta == 0 {
+        return None;
+    }
+    let base = if target == 0 { current } else { target };
+    Some(base as i64 + delta)
+}
+
+/// Marks the master as running (control requests are taken) or not.
+pub(crate) fn set_master_running(running: bool) {
+    MASTER_RUNNING.store(running, Ordering::Release);
 }
 
 pub(crate) fn stop_requested() -> bool {
@@ -86,30 +176,54 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) -> Option<u8> {
 
 /// Forgets stop requests once a serve has ended, so the next one starts clean.
 pub(crate) fn reset() {
+    set_master_running(false);
     drain_wake();
     STOP_REQUESTED.store(false, Ordering::Release);
     SIGINT_COUNT.store(0, Ordering::Release);
+    RELOAD_REQUESTED.store(false, Ordering::Release);
+    UPGRADE_REQUESTED.store(false, Ordering::Release);
+    SCALE_DELTA.store(0, Ordering::Release);
+    SCALE_TARGET.store(0, Ordering::Release);
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // errno is thread-local: restoring it keeps the interrupted code's value intact.
     let saved = Errno::last_raw();
-    let byte = if sig == libc::SIGINT && SIGINT_COUNT.fetch_add(1, Ordering::AcqRel) >= 1 {
-        WAKE_STOP_NOW
-    } else {
-        WAKE_STOP
-    };
-    wake(byte);
+    match sig {
+        libc::SIGHUP => {
+            reload();
+        }
+        libc::SIGUSR2 => {
+            upgrade();
+        }
+        libc::SIGTTIN => {
+            scale_children(1);
+        }
+        libc::SIGTTOU => {
+            scale_children(-1);
+        }
+        _ => {
+            let byte = if sig == libc::SIGINT && SIGINT_COUNT.fetch_add(1, Ordering::AcqRel) >= 1 {
+                WAKE_STOP_NOW
+            } else {
+                WAKE_STOP
+            };
+            wake(byte);
+        }
+    }
     Errno::set_raw(saved);
 }
 
 /// Which signals the library takes over.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// SIGTERM and SIGINT stop gracefully; a second SIGINT stops at once.
+    /// SIGTERM and SIGINT stop gracefully; a second SIGINT stops at once. SIGHUP reloads,
+    /// SIGUSR2 upgrades the binary,
+    /// SIGTTIN and SIGTTOU add and remove a child.
     Master,
-    /// SIGTERM drains; SIGINT is ignored, because a terminal's Ctrl-C reaches the whole
-    /// process group and the master, not each child, decides how the group stops.
+    /// SIGTERM drains; SIGINT, SIGHUP and SIGUSR2 are ignored, because a terminal's Ctrl-C or
+    /// hangup (or a signal sent to the group) reaches the whole process group and the master,
+    /// not each child, decides what follows.
     Child,
 }
 
@@ -133,6 +247,12 @@ impl SignalGuard {
             Role::Child => libc::SIG_IGN,
         };
         guard.set(libc::SIGINT, int_action)?;
+        guard.set(libc::SIGHUP, int_action)?;
+        guard.set(libc::SIGUSR2, int_action)?;
+        if role == Role::Master {
+            guard.set(libc::SIGTTIN, on_signal)?;
+            guard.set(libc::SIGTTOU, on_signal)?;
+        }
         Ok(guard)
     }
 

@@ -31,6 +31,9 @@ pub enum ErrorKind {
     /// A TLS certificate or key is unusable (unreadable, missing, encrypted, not matching), or
     /// a child could not set up TLS.
     Tls,
+    /// The operation does not apply to this connection (taking over a connection whose
+    /// transport is not a plain socket).
+    Unsupported,
 }
 
 /// Error returned by every fallible operation of the library.

@@ -20,6 +20,11 @@ pub type HookResult = Result<(), HookError>;
 
 /// Environment variable that marks a child; its value is `1`.
 pub const CHILD_ENV: &str = "PREFORK_CHILD";
+/// The variables with which an old master hands its sockets to a new one (binary upgrade):
+/// the descriptor of the pipe on which the new master reports ready, and the listeners'.
+pub(crate) const UPGRADE_READY_ENV: &str = "PREFORK_UPGRADE_READY_FD";
+pub(crate) const UPGRADE_FDS_ENV: &str = "PREFORK_UPGRADE_FDS";
+pub(crate) const UPGRADE_ENV: [&str; 2] = [UPGRADE_READY_ENV, UPGRADE_FDS_ENV];
 /// The descriptor at which a child finds its listener.
 pub const LISTENER_FD: RawFd = 3;
 /// The descriptor at which a child finds its end of the lifeline socket.
@@ -54,6 +59,14 @@ pub struct Hooks {
     pub on_master_death: Option<Box<dyn FnMut() + Send>>,
     /// Starts a child instead of the default re-exec; returns its pid.
     pub command_producer: Option<Box<dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send>>,
+    /// After a reload completed: every child of generation `generation` (the first is 1)
+    /// reported listening, in slot order, and the previous generation was told to stop
+    /// gracefully. An error aborts.
+    pub on_reload: Option<Box<dyn FnMut(u64, &[Pid]) -> HookResult + Send>>,
+    /// A reload failed (a child of the new generation exited or timed out before the whole
+    /// generation was ready, or could not be started): `generation` is the one given up, the
+    /// text says why. The previous generation keeps serving.
+    pub on_reload_failed: Option<Box<dyn FnMut(u64, &str) + Send>>,
 }
 
 /// What the command producer is asked to start.
@@ -89,6 +102,11 @@ impl SpawnRequest {
         }
         cmd.args(self.args.iter().skip(1));
         cmd.env(CHILD_ENV, "1");
+        // Only the master speaks for the service to systemd, and only a new master adopts
+        // an old one's sockets.
+        for var in crate::notify::ENV.into_iter().chain(UPGRADE_ENV) {
+            cmd.env_remove(var);
+        }
         let placements = [
             (self.listener_fd, LISTENER_FD),
             (self.lifeline_fd, LIFELINE_FD),
@@ -118,7 +136,7 @@ impl SpawnRequest {
 /// Marks every descriptor above `last` close-on-exec: a C host's descriptors opened without it
 /// must not reach the children. Marking rather than closing keeps the pipe through which std
 /// reports a failed exec. Runs between fork and exec, so only system calls, no allocation.
-fn cloexec_fds_above(last: RawFd) {
+pub(crate) fn cloexec_fds_above(last: RawFd) {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     let first = (last + 1) as libc::c_uint;
     // SAFETY: close_range takes plain integers and only sets descriptor flags; nix 0.32 has

@@ -60,6 +60,9 @@ pub mod http;
 mod lifeline;
 mod log;
 mod master;
+mod notify;
+mod shared;
+mod stats;
 mod tls;
 
 use std::net::{SocketAddr, TcpListener};
@@ -68,13 +71,14 @@ use std::sync::{Arc, Mutex};
 
 pub use child::{Ready, StopSignal, child_ready};
 pub use config::{Cidr, Config, HttpConfig, Network, ProcessConfig};
-pub use control::shutdown;
+pub use control::{reload, scale_children, set_children_live, shutdown, upgrade};
 pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
-pub use http::{Handler, Header, ProxyHeader, Request, Response};
+pub use http::{Deferred, Handler, Header, Hijacked, ProxyHeader, Request, Response};
 pub use log::{Level, Logger, StderrLogger};
+pub use stats::{ChildState, ChildStats, MasterStats, Stats, stats};
 
 /// True when this process was started by a prefork master (`PREFORK_CHILD=1`).
 pub fn is_child() -> bool {
@@ -314,6 +318,7 @@ impl Prefork {
         };
         control::reset();
         set_local_addr(None);
+        shared::publish(None);
         result
     }
 }

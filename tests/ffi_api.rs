@@ -50,12 +50,14 @@ fn no_hooks(
         on_master_death: None,
         command_producer: None,
         user_data_free,
+        on_reload: None,
+        on_reload_failed: None,
     }
 }
 
 #[test]
 fn every_code_has_its_own_description() {
-    let all: Vec<String> = (0..=11)
+    let all: Vec<String> = (0..=12)
         .map(|c| text(unsafe { prefork_result_str(c) }))
         .collect();
     let mut unique = all.clone();
@@ -63,11 +65,12 @@ fn every_code_has_its_own_description() {
     unique.dedup();
     assert_eq!(unique.len(), all.len(), "{all:?}");
     assert!(!all.contains(&"unknown".to_string()));
-    for bad in [-1, 12, c_int::MAX, c_int::MIN] {
+    for bad in [-1, 13, c_int::MAX, c_int::MIN] {
         assert_eq!(text(unsafe { prefork_result_str(bad) }), "unknown");
     }
     assert_eq!(prefork_result::PREFORK_ERR_PANIC as c_int, 10);
-    assert_eq!(prefork_result::PREFORK_ERR_TLS as c_int, 11);
+    assert_eq!(prefork_result::PREFORK_ERR_UNSUPPORTED as c_int, 11);
+    assert_eq!(prefork_result::PREFORK_ERR_TLS as c_int, 12);
 }
 
 #[test]
@@ -138,6 +141,53 @@ fn null_arguments_are_errors_not_crashes() {
             PREFORK_ERR_NULL
         );
         assert_eq!(last_error(), "prefork_response_write: resp is NULL");
+    }
+}
+
+unsafe extern "C" fn never(_: *mut c_void, _: *mut prefork_conn) {
+    unreachable!("a refused hijack never calls on_conn");
+}
+
+#[test]
+fn deferring_and_hijacking_refuse_misuse() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let ud = &frees as *const AtomicUsize as *mut c_void;
+    // A response the program made itself, not one the engine handed to `handle`.
+    let mut own = ::prefork::Response::default();
+    let resp = (&mut own as *mut ::prefork::Response).cast::<prefork_response>();
+    let mut d: *mut prefork_deferred = ptr::null_mut();
+    unsafe {
+        assert_eq!(
+            prefork_response_defer(ptr::null_mut(), &mut d),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_response_defer(resp, ptr::null_mut()),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(prefork_response_defer(resp, &mut d), PREFORK_ERR_STATE);
+        assert!(d.is_null());
+        assert_eq!(
+            prefork_response_hijack(resp, None, ud, Some(count)),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_response_hijack(resp, Some(never), ud, Some(count)),
+            PREFORK_ERR_STATE
+        );
+        assert!(last_error().starts_with("prefork_response_hijack: "));
+        assert_eq!(
+            frees.load(Ordering::SeqCst),
+            0,
+            "a refused hijack took user_data"
+        );
+        assert!(prefork_deferred_response(ptr::null_mut()).is_null());
+        assert_eq!(prefork_deferred_complete(ptr::null_mut()), PREFORK_ERR_NULL);
+        prefork_deferred_free(ptr::null_mut());
+        assert_eq!(prefork_conn_fd(ptr::null()), -1);
+        assert_eq!(prefork_conn_leftover(ptr::null()).len, 0);
+        prefork_conn_close(ptr::null_mut());
     }
 }
 
@@ -287,7 +337,14 @@ fn structs_are_read_by_the_size_the_caller_passes() {
         let hooks = no_hooks(ptr::null_mut(), None);
         let hooks_size = std::mem::size_of::<prefork_hooks>();
         assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size), PREFORK_OK);
-        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 8);
+        // The 0.1 struct (eight members) and the 0.2 one are older sizes, still taken; an
+        // odd size is no struct's.
+        assert_eq!(prefork_set_hooks_sized(p, &hooks, 8 * 8), PREFORK_OK);
+        assert_eq!(
+            prefork_set_hooks_sized(p, &hooks, hooks_size - 8),
+            PREFORK_OK
+        );
+        let r = prefork_set_hooks_sized(p, &hooks, hooks_size - 4);
         assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
         assert!(
             last_error().contains("is not the size of a prefork_hooks"),
@@ -588,4 +645,52 @@ fn the_tls_entry_points_refuse_serve_mode() {
     });
     assert_eq!(frees.load(Ordering::SeqCst), 1);
     assert_eq!(handler_frees.load(Ordering::SeqCst), 1);
+}
+
+/// Outside a server the stats are a state error, and sizes that are no struct's are refused
+/// before anything is read; the control calls say that no master took them.
+#[test]
+fn stats_and_control_calls_outside_a_server() {
+    use prefork_result::*;
+    let child = std::mem::size_of::<prefork_child_stats>();
+    let master = std::mem::size_of::<prefork_master_stats>();
+    let mut count = 7usize;
+    unsafe {
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_STATE);
+        assert_eq!(count, 7, "written on failure");
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child - 8,
+            0,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT);
+        let r = prefork_stats_sized(
+            ptr::null_mut(),
+            child,
+            1,
+            ptr::null_mut(),
+            master,
+            &mut count,
+        );
+        assert_eq!(r, PREFORK_ERR_NULL);
+        let mut buf = [0 as std::ffi::c_char; 64];
+        assert_eq!(
+            prefork_stats_json(buf.as_mut_ptr(), buf.len()),
+            PREFORK_ERR_STATE
+        );
+        assert!(!prefork_reload());
+        assert!(!prefork_set_children_live(3));
+        assert!(!prefork_scale_children(1));
+    }
 }

@@ -10,6 +10,7 @@ import "C"
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"runtime/cgo"
 	"runtime/debug"
@@ -89,8 +90,12 @@ func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_re
 			cx.stage_len = 0
 			internalError(cresp)
 		}
-		// Whatever the handler kept now reads as empty instead of freed memory.
-		x.req, x.resp.c, x.resp.x = Request{}, nil, nil
+		// Whatever the handler kept now reads as empty instead of freed memory. A deferred
+		// Response is its goroutine's now: Defer already let go of the exchange.
+		x.req = Request{}
+		if x.resp.d == nil {
+			x.resp.c, x.resp.x = nil, nil
+		}
 	}()
 	s.p.handler(&x.req, &x.resp)
 }
@@ -163,6 +168,23 @@ func goPreforkOnMasterReady(h C.uintptr_t, cpids *C.int32_t, n C.size_t) C.int {
 		pids[i] = int(pid)
 	}
 	return s.hook("OnMasterReady", func() error { return s.p.OnMasterReady(pids) })
+}
+
+//export goPreforkOnReload
+func goPreforkOnReload(h C.uintptr_t, generation C.uint64_t, cpids *C.int32_t, n C.size_t) C.int {
+	s := serverOf(h)
+	pids := make([]int, int(n))
+	for i, pid := range unsafe.Slice((*int32)(unsafe.Pointer(cpids)), int(n)) {
+		pids[i] = int(pid)
+	}
+	return s.hook("OnReload", func() error { return s.p.OnReload(uint64(generation), pids) })
+}
+
+//export goPreforkOnReloadFailed
+func goPreforkOnReloadFailed(h C.uintptr_t, generation C.uint64_t, reason *C.char) {
+	s := serverOf(h)
+	why := C.GoString(reason)
+	s.notify("OnReloadFailed", func() { s.p.OnReloadFailed(uint64(generation), why) })
 }
 
 //export goPreforkOnChildRecover
@@ -287,4 +309,38 @@ func (s *server) logf(level, format string, args ...any) {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "prefork[%d] %s: %s\n", os.Getpid(), level, msg)
+}
+
+// hijackWait is what a Hijack's cgo.Handle holds: where the library's hand-over lands.
+type hijackWait struct {
+	conns chan hijackResult // buffered: the event loop never waits for Hijack's goroutine
+	srv   *server
+}
+
+type hijackResult struct {
+	conn net.Conn
+	err  error
+}
+
+//export goPreforkOnConn
+func goPreforkOnConn(h C.uintptr_t, cconn *C.prefork_conn) {
+	w := cgo.Handle(h).Value().(*hijackWait)
+	defer func() {
+		if v := recover(); v != nil {
+			w.srv.logf("ERROR", "handing a connection to Hijack panicked: %v\n%s", v, debug.Stack())
+		}
+	}()
+	conn, err := newHijackedConn(cconn)
+	if err != nil {
+		C.prefork_conn_close(cconn)
+	}
+	w.conns <- hijackResult{conn, err}
+}
+
+//export goPreforkHijackFree
+func goPreforkHijackFree(h C.uintptr_t) {
+	handle := cgo.Handle(h)
+	// After goPreforkOnConn, or instead of it: Hijack then learns the connection is gone.
+	close(handle.Value().(*hijackWait).conns)
+	deleteHandle(handle)
 }

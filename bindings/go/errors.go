@@ -25,6 +25,7 @@ const (
 	CodeHook            Code = C.PREFORK_ERR_HOOK
 	CodeIO              Code = C.PREFORK_ERR_IO
 	CodePanic           Code = C.PREFORK_ERR_PANIC
+	CodeUnsupported     Code = C.PREFORK_ERR_UNSUPPORTED
 	CodeTLS             Code = C.PREFORK_ERR_TLS
 )
 
@@ -46,6 +47,7 @@ var (
 	ErrHook            = errors.New("prefork: a hook failed")
 	ErrIO              = errors.New("prefork: operating-system failure")
 	ErrPanic           = errors.New("prefork: panic inside libprefork")
+	ErrUnsupported     = errors.New("prefork: not supported on this connection")
 	ErrTLS             = errors.New("prefork: unusable TLS certificate or key")
 )
 
@@ -60,6 +62,7 @@ var sentinels = map[Code]error{
 	CodeHook:            ErrHook,
 	CodeIO:              ErrIO,
 	CodePanic:           ErrPanic,
+	CodeUnsupported:     ErrUnsupported,
 	CodeTLS:             ErrTLS,
 }
 

@@ -108,6 +108,17 @@ func serve() int {
 		}
 		return nil
 	}
+	p.OnReload = func(generation uint64, pids []int) error {
+		s := make([]string, len(pids))
+		for i, pid := range pids {
+			s[i] = strconv.Itoa(pid)
+		}
+		say("reloaded generation=%d children=%s", generation, strings.Join(s, ","))
+		return nil
+	}
+	p.OnReloadFailed = func(generation uint64, reason string) {
+		say("reload-failed generation=%d reason=%s", generation, reason)
+	}
 	p.InitChild = func() error {
 		// How the tests find a server bound to port 0.
 		_, port, err := net.SplitHostPort(prefork.LocalAddr())
@@ -196,6 +207,13 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("hello")
 	case "/pid":
 		resp.WriteString(strconv.Itoa(os.Getpid()))
+	case "/stats":
+		if s, err := prefork.StatsJSON(); err != nil {
+			resp.SetStatus(503)
+			resp.WriteString(err.Error())
+		} else {
+			resp.WriteString(s)
+		}
 	case "/echo":
 		fmt.Fprintf(resp, "method=%s\npath=%s\nquery=%s\ntarget=%s\nx-test=%s\nx-missing=%t\nheaders=%d\nproto=1.%d\nbody=%s\n",
 			req.Method(), req.Path(), req.Query(), req.Target(), req.Header("x-TEST"),
@@ -266,6 +284,10 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 	case "/retained":
 		_, err := retainedResp.Load().Write([]byte("late"))
 		fmt.Fprintf(resp, "method=%q state-err=%t", retainedReq.Load().Method(), errors.Is(err, prefork.ErrState))
+	case "/defer":
+		deferReply(req, resp)
+	case "/ws":
+		serveWebSocket(req, resp)
 	default:
 		resp.SetStatus(404)
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -120,6 +121,17 @@ type Prefork struct {
 	// listens, with their pids in slot order. An error stops the master as above.
 	OnMasterReady func(childPIDs []int) error
 
+	// OnReload runs in the master when a reload (SIGHUP or Reload) completed: every child of
+	// generation generation (the first children are generation 1) listens, with their pids
+	// in slot order, and the previous generation was told to stop gracefully. An error stops
+	// the master as above.
+	OnReload func(generation uint64, childPIDs []int) error
+
+	// OnReloadFailed runs in the master when the reload to generation failed (one of its
+	// children exited or missed the startup timeout before all were ready); reason says
+	// which. The previous generation keeps serving.
+	OnReloadFailed func(generation uint64, reason string)
+
 	// OnChildRecover runs in the master when an exited child was replaced (after
 	// OnChildSpawn for newPID). An error stops the master as above.
 	OnChildRecover func(oldPID, newPID int) error
@@ -193,6 +205,24 @@ type Prefork struct {
 	// replacement gets its slot's CPU. Default: false.
 	CPUAffinity bool
 
+	// ChildTimeout is the hung-child watchdog: a ready child whose event loop has not turned
+	// for this long (a handler blocking it) gets SIGABRT (a goroutine dump), then SIGKILL a
+	// second later, and is replaced; at least 100ms when set. Default: 0 (off).
+	ChildTimeout time.Duration
+
+	// MaxRequests recycles a child that has received this many requests: a replacement
+	// starts, and once it listens the old child stops gracefully, one child at a time.
+	// Default: 0 (off).
+	MaxRequests int
+
+	// MaxRequestsJitter adds a random 0 to MaxRequestsJitter to each child's MaxRequests, so
+	// children started together do not recycle together. Default: 0.
+	MaxRequestsJitter int
+
+	// MaxChildAge recycles a child that has been ready for this long, as MaxRequests.
+	// Default: 0 (off).
+	MaxChildAge time.Duration
+
 	// HandlerThreads is the number of threads per child that run the handler: 0 runs it on
 	// the child's event loop (best for handlers that never block); above 0 the handler runs
 	// concurrently on that many threads and must be safe for concurrent use. At most 4096.
@@ -236,6 +266,22 @@ type Prefork struct {
 	// WriteTimeout is the longest time a pending response may make no write progress.
 	// Default: 30s.
 	WriteTimeout time.Duration
+
+	// MinBodyRate is the slowest request body accepted, in bytes per second: a body must
+	// bring at least MinBodyRate × MinRateWindow bytes in every such window, or the reply is
+	// 408 (a slow-body attack otherwise holds a connection with a byte per BodyTimeout).
+	// Default: 64. Zero means the default (unlike the C setter's 0); a negative value means
+	// no minimum.
+	MinBodyRate int
+	// MinWriteRate is the slowest response write accepted, in bytes per second over
+	// MinRateWindow, while output waits for the client to read it; a slower client is
+	// disconnected with a reset (a slow-read attack otherwise holds a connection with a byte
+	// per WriteTimeout). Default: 64. Zero means the default (unlike the C setter's 0); a negative
+	// value means no minimum.
+	MinWriteRate int
+	// MinRateWindow is the window over which MinBodyRate and MinWriteRate are measured.
+	// Default: 10s.
+	MinRateWindow time.Duration
 
 	// ProxyProtocol makes every connection start with a PROXY protocol header, version 1 or 2,
 	// as a load balancer in front sends it (HAProxy's send-proxy-v2, nginx stream's
@@ -282,6 +328,66 @@ func (p *Prefork) Shutdown() {
 	C.prefork_shutdown()
 }
 
+// Reload asks the master running in this process for a graceful reload, as SIGHUP does: a
+// new generation of children (fresh executions of the program, which read their
+// configuration again) starts, and once every one of them listens the previous generation
+// stops gracefully (OnReload). If the new generation fails before that, the previous one
+// keeps serving (OnReloadFailed). A reload asked for while one runs is queued and follows it.
+// It reports whether a master was running in this process to take the request; any
+// goroutine may call it.
+func (p *Prefork) Reload() bool {
+	return bool(C.prefork_reload())
+}
+
+// Upgrade asks the master running in this process for a zero-downtime binary upgrade, as
+// SIGUSR2 does: the program is started again from disk as a new master with the listening
+// sockets; once its children listen, the old master stops its own and its ListenAndServe
+// returns nil. If the new master fails first, the old one serves on. It reports whether a
+// master was running to take the request; any goroutine may call it.
+func (p *Prefork) Upgrade() bool {
+	return bool(C.prefork_upgrade())
+}
+
+// SetChildrenLive asks the master running in this process to serve with n children from now
+// on (1 to 1024): added children start as the first ones did, removed ones (the highest
+// slots) stop gracefully. It reports whether a master was running to take the request; any
+// goroutine may call it. SIGTTIN and SIGTTOU to the master add and remove one child.
+func (p *Prefork) SetChildrenLive(n int) bool {
+	if n < 1 || n > math.MaxUint32 {
+		return false
+	}
+	return bool(C.prefork_set_children_live(C.uint32_t(n)))
+}
+
+// ScaleChildren asks the master running in this process for delta children more (fewer when
+// negative), as SIGTTIN (+1) and SIGTTOU (-1) do; it keeps at least one.
+func (p *Prefork) ScaleChildren(delta int) bool {
+	if delta < math.MinInt32 || delta > math.MaxInt32 {
+		return false
+	}
+	return bool(C.prefork_scale_children(C.int32_t(delta)))
+}
+
+// StatsJSON returns the server's figures as JSON (prefork_stats_json): the master's totals
+// and, per child, its pid, slot, generation, state, start, requests, open connections and its
+// slot's restarts. It works in the master and in any child while ListenAndServe runs (the
+// children read the master's figures from memory it shares with them), from any goroutine.
+func StatsJSON() (string, error) {
+	// The error message is thread-local: read it on the thread that failed.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for size := 1 << 16; ; size *= 4 {
+		buf := make([]C.char, size)
+		r := C.prefork_stats_json(&buf[0], C.size_t(size))
+		if r == C.PREFORK_OK {
+			return C.GoString(&buf[0]), nil
+		}
+		if r != C.PREFORK_ERR_INVALID_ARGUMENT || size > 1<<26 {
+			return "", lastError("StatsJSON", r)
+		}
+	}
+}
+
 // Version is the loaded library's version, "MAJOR.MINOR.PATCH".
 func Version() string {
 	return C.GoString(C.prefork_version())
@@ -307,10 +413,12 @@ func LocalAddr() string {
 // drains and returns nil; the program should then exit. With a ServeFunc, a child calls it
 // instead and exits when it returns (see ServeFunc).
 //
-// While it runs, SIGTERM and SIGINT reach the binding through os/signal (the library's own
-// signal handlers stay off, so the Go runtime keeps its signal handling); a child ignores
-// SIGINT, because a terminal's Ctrl-C reaches the whole process group and the master decides
-// how the group stops. The relay stops when ListenAndServe returns.
+// While it runs, SIGTERM and SIGINT (and in the master SIGHUP, which reloads, and SIGTTIN
+// and SIGTTOU, which add and remove a child, and SIGUSR2, which upgrades the binary) reach
+// the
+// binding through os/signal (the library's own signal handlers stay off, so the Go runtime
+// keeps its signal handling); a child ignores SIGINT and SIGHUP, because a terminal's Ctrl-C
+// or hangup reaches the whole process group and the master decides what follows. The relay stops when ListenAndServe returns.
 //
 // Errors are *Error values that match a sentinel with errors.Is (ErrBind, ErrOverRecovery,
 // ErrHook...); a hook's own error is wrapped too.
@@ -549,6 +657,8 @@ func (s *server) install(c *C.prefork) error {
 		{p.OnChildExit != nil, C.GOPREFORK_ON_CHILD_EXIT},
 		{p.OnMasterDeath != nil, C.GOPREFORK_ON_MASTER_DEATH},
 		{p.CommandProducer != nil, C.GOPREFORK_COMMAND_PRODUCER},
+		{p.OnReload != nil, C.GOPREFORK_ON_RELOAD},
+		{p.OnReloadFailed != nil, C.GOPREFORK_ON_RELOAD_FAILED},
 	} {
 		if m.set {
 			members |= m.bit
@@ -685,6 +795,18 @@ func (p *Prefork) configure(c *C.prefork) error {
 		})
 	}
 	set("CPUAffinity", func() C.enum_prefork_result { return C.prefork_set_cpu_affinity(c, C.bool(p.CPUAffinity)) })
+	count("MaxRequests", p.MaxRequests, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_requests(c, C.uint64_t(n))
+	})
+	count("MaxRequestsJitter", p.MaxRequestsJitter, maxSize, func(n uint64) C.enum_prefork_result {
+		return C.prefork_set_max_requests_jitter(c, C.uint64_t(n))
+	})
+	duration("MaxChildAge", p.MaxChildAge, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_max_child_age_ms(c, ms)
+	})
+	duration("ChildTimeout", p.ChildTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_child_timeout_ms(c, ms)
+	})
 	count("HandlerThreads", p.HandlerThreads, math.MaxUint32, func(n uint64) C.enum_prefork_result {
 		return C.prefork_set_handler_threads(c, C.uint32_t(n))
 	})
@@ -731,6 +853,23 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("WriteTimeout", p.WriteTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_write_timeout_ms(c, ms)
 	})
+	if p.MinBodyRate < 0 {
+		set("MinBodyRate", func() C.enum_prefork_result { return C.prefork_set_min_body_rate(c, 0) })
+	} else {
+		count("MinBodyRate", p.MinBodyRate, math.MaxInt64, func(n uint64) C.enum_prefork_result {
+			return C.prefork_set_min_body_rate(c, C.uint64_t(n))
+		})
+	}
+	if p.MinWriteRate < 0 {
+		set("MinWriteRate", func() C.enum_prefork_result { return C.prefork_set_min_write_rate(c, 0) })
+	} else {
+		count("MinWriteRate", p.MinWriteRate, math.MaxInt64, func(n uint64) C.enum_prefork_result {
+			return C.prefork_set_min_write_rate(c, C.uint64_t(n))
+		})
+	}
+	duration("MinRateWindow", p.MinRateWindow, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_min_rate_window_ms(c, ms)
+	})
 	set("ProxyProtocol", func() C.enum_prefork_result {
 		return C.prefork_set_proxy_protocol(c, C.bool(p.ProxyProtocol))
 	})
@@ -757,7 +896,12 @@ func ChildCommand(files []*os.File) (*exec.Cmd, error) {
 	}
 	env := make([]string, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
-		if len(kv) < len(ChildEnv)+1 || kv[:len(ChildEnv)+1] != ChildEnv+"=" {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		// The marker is set below; only the master speaks to systemd.
+		case ChildEnv, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+			"PREFORK_UPGRADE_FDS", "PREFORK_UPGRADE_READY_FD":
+		default:
 			env = append(env, kv)
 		}
 	}

@@ -201,6 +201,60 @@ func TestKilledChildIsReplaced(t *testing.T) {
 	m.stop()
 }
 
+func TestSIGHUPReloadsANewGeneration(t *testing.T) {
+	m := startMaster(t, envChildren+"=2")
+	old := m.children
+	m.signal(syscall.SIGHUP)
+	sub := m.waitLine(regexp.MustCompile(`^reloaded generation=2 children=(\d+),(\d+)$`))
+	for _, s := range sub[1:] {
+		pid, _ := strconv.Atoi(s)
+		if slices.Contains(old, pid) {
+			t.Fatalf("reloaded children %v include an old one of %v", sub[1:], old)
+		}
+	}
+	for _, pid := range old {
+		m.waitLine(regexp.MustCompile(fmt.Sprintf(`^exit pid=%d code=0 signal=0$`, pid)))
+	}
+	code, body := get(t, m.url("/pid"))
+	if code != 200 || (body != sub[1] && body != sub[2]) {
+		t.Fatalf("GET /pid = %d %q after the reload, want one of %v", code, body, sub[1:])
+	}
+	code, body = get(t, m.url("/stats"))
+	if code != 200 || !strings.Contains(body, `"generation":2,`) ||
+		!strings.Contains(body, fmt.Sprintf(`{"pid":%s,`, sub[1])) {
+		t.Fatalf("GET /stats = %d %q after the reload to %v", code, body, sub[1:])
+	}
+	m.stop()
+}
+
+func TestSIGTTINAndSIGTTOUScale(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	m.signal(syscall.SIGTTIN)
+	spawn := regexp.MustCompile(`^spawn pid=(\d+)$`)
+	added := 0
+	m.waitUntil("a second child's spawn line", func() bool {
+		for from := 0; ; {
+			sub, next := m.find(spawn, from)
+			if sub == nil {
+				return false
+			}
+			if pid, _ := strconv.Atoi(sub[1]); pid != m.children[0] {
+				added = pid
+				return true
+			}
+			from = next
+		}
+	})
+	m.portOf(added) // it listens
+	m.signal(syscall.SIGTTOU)
+	m.waitLine(regexp.MustCompile(fmt.Sprintf(`^exit pid=%d code=0 signal=0$`, added)))
+	code, body := get(t, m.url("/pid"))
+	if code != 200 || body != strconv.Itoa(m.children[0]) {
+		t.Fatalf("GET /pid = %d %q, want the remaining child %d", code, body, m.children[0])
+	}
+	m.stop()
+}
+
 func TestOverRecoveryStopsTheMaster(t *testing.T) {
 	// With the default rule the kill counts only within RecoverMinUptime of the child's start,
 	// a race with this test's pace; the every-exit rule counts it whenever it comes.

@@ -5,22 +5,38 @@ import "C"
 
 import (
 	"io"
+	"net"
+	"runtime"
 	"runtime/cgo"
 	"unsafe"
 )
 
 // Response is the response to the request being handled, valid only while the
-// RequestHandler runs. It starts as status 200 with no headers and an empty body; the library
+// RequestHandler runs, unless the handler defers it (Defer): then a goroutine keeps it and
+// completes it later. It starts as status 200 with no headers and an empty body; the library
 // adds Content-Length, Date and Connection. Every method copies its arguments. After the
-// handler returns, the methods fail with ErrState.
+// handler returns (for a deferred Response, after Complete or Hijack), the methods fail with
+// ErrState.
 type Response struct {
 	c *C.prefork_response
 	// The C callback's staging buffer: the body goes there while it fits, and the callback
 	// hands it to the library after the handler. Once it does not fit (or after
-	// SetBodyStream), direct is set and every body call goes to the library, in order.
+	// SetBodyStream, or Defer), direct is set and every body call goes to the library, in
+	// order.
 	x      *C.goprefork_exchange
 	direct bool
 	srv    *server // for the log lines of a body stream
+	// Set by Defer: the response is the deferred handle's, and outlives the handler.
+	d *deferred
+}
+
+// deferred is a deferred Response's C handle. It is set once by Defer, in the handler, and
+// never replaced, so that the handler's return path may read it while the goroutine that
+// keeps the Response uses it.
+type deferred struct {
+	c *C.prefork_deferred // nil once completed
+	// SetStatus(101) waits for Hijack, which the library requires first.
+	switching bool
 }
 
 // bodyStream is what a body stream's cgo.Handle holds.
@@ -51,17 +67,34 @@ func (r *Response) ended(op string) error {
 	if r.c != nil {
 		return nil
 	}
-	return &Error{Op: op, Code: CodeState, Message: "the response was used after its handler returned"}
+	return &Error{Op: op, Code: CodeState, Message: "the response was used after it was sent (its handler returned, or Complete or Hijack ran)"}
 }
 
+// A call on a deferred Response locks its goroutine to its OS thread (runtime.LockOSThread)
+// for the call and the prefork_last_error that may follow it, which is per thread; a
+// handler's goroutine is there already (cgo keeps a callback on its C thread), so the lock is
+// taken only for a deferred Response: `if r.d != nil { runtime.LockOSThread(); defer ... }`.
+
 // SetStatus sets the status code, 200 until set. It fails with ErrInvalidArgument, leaving
-// the status unchanged, outside 200..599 (interim 1xx responses are the library's).
+// the status unchanged, outside 200..599 (interim 1xx responses are the library's), except
+// for 101 (Switching Protocols) on a deferred Response, which Hijack then sends.
 func (r *Response) SetStatus(code int) error {
 	if err := r.ended("SetStatus"); err != nil {
 		return err
 	}
+	if code == 101 && r.d != nil {
+		r.d.switching = true
+		return nil
+	}
 	if code < 200 || code > 599 {
-		return invalid("SetStatus", "status %d is outside 200..599", code)
+		return invalid("SetStatus", "status %d is outside 200..599 (101 is for a deferred Response that Hijack sends)", code)
+	}
+	if r.d != nil {
+		r.d.switching = false
+	}
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return lastError("SetStatus", C.prefork_response_set_status(r.c, C.int(code)))
 }
@@ -72,6 +105,10 @@ func (r *Response) SetStatus(code int) error {
 func (r *Response) AddHeader(name, value string) error {
 	if err := r.ended("AddHeader"); err != nil {
 		return err
+	}
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return lastError("AddHeader", C.prefork_response_add_header(r.c,
 		stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
@@ -97,22 +134,37 @@ func (r *Response) write(op string, b []byte) error {
 		x.stage_len += C.size_t(copy(stage[x.stage_len:], b))
 		return nil
 	}
-	r.direct = true
-	if n := x.stage_len; n > 0 {
-		x.stage_len = 0
-		if err := lastError(op, C.goprefork_write(r.c, x.stage, n)); err != nil {
-			return err
-		}
+	if err := r.unstage(op); err != nil {
+		return err
+	}
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return lastError(op, C.goprefork_write(r.c, bytesPtr(b), C.size_t(len(b))))
 }
 
+// unstage hands the staged body to the library, after which every body call goes there.
+func (r *Response) unstage(op string) error {
+	r.direct = true
+	if x := r.x; x != nil && x.stage_len > 0 {
+		n := x.stage_len
+		x.stage_len = 0
+		return lastError(op, C.goprefork_write(r.c, x.stage, n))
+	}
+	return nil
+}
+
 // setBody replaces the body with b.
 func (r *Response) setBody(op string, b []byte) error {
-	r.x.stage_len = 0
 	if !r.direct {
 		// Nothing reached the library yet: the staged bytes were the whole body.
+		r.x.stage_len = 0
 		return r.write(op, b)
+	}
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return lastError(op, C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
 }
@@ -166,11 +218,130 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 	}
 	liveHandles.Add(1)
 	h := cgo.NewHandle(&bodyStream{body, r.srv})
-	if rc := C.goprefork_set_body_stream(r.c, C.uintptr_t(h)); rc != C.PREFORK_OK {
+	if r.d != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	if err := lastError("SetBodyStream", C.goprefork_set_body_stream(r.c, C.uintptr_t(h))); err != nil {
 		deleteHandle(h)
-		return lastError("SetBodyStream", rc)
+		return err
 	}
 	// The stream replaced the buffered body; later body calls are the library's to ignore.
-	r.x.stage_len, r.direct = 0, true
+	if r.x != nil {
+		r.x.stage_len = 0
+	}
+	r.direct = true
 	return nil
+}
+
+// Defer keeps the Response past the handler's return: the handler may return at once, and a
+// goroutine that keeps resp fills it in and sends it with Complete (or Hijack) whenever it is
+// ready, as a handler waiting on a database or another service would. The Request is not
+// kept: copy what the answer needs (the *String and *Copy methods) before the handler
+// returns. Use a deferred Response from one goroutine at a time.
+//
+// The connection waits meanwhile: its later (pipelined) requests are answered after this
+// response. A Response still deferred when the child drains is answered 503 as the grace
+// period ends (at most 250 ms before); one completed after the client left is dropped. A client that closes its side
+// of the connection meanwhile counts as gone: the connection is closed at once. A deferred
+// Response the program lets go of without completing it holds its connection until then.
+//
+// Call it in the handler, once: otherwise it fails with ErrState.
+func (r *Response) Defer() error {
+	if err := r.ended("Defer"); err != nil {
+		return err
+	}
+	if r.d != nil {
+		return &Error{Op: "Defer", Code: CodeState, Message: "the response is deferred already"}
+	}
+	// What the handler staged moves into the deferred response with the rest.
+	if err := r.unstage("Defer"); err != nil {
+		return err
+	}
+	var d *C.prefork_deferred
+	if rc := C.prefork_response_defer(r.c, &d); rc != C.PREFORK_OK {
+		return lastError("Defer", rc)
+	}
+	r.c = C.prefork_deferred_response(d)
+	r.x = nil
+	r.d = &deferred{c: d}
+	return nil
+}
+
+// Complete sends a deferred Response: the child's event loop writes it in its turn (or drops
+// it, if the client left or the child stopped serving). Afterwards the Response's methods
+// fail with ErrState, and so does a second Complete. It fails with ErrState on a Response
+// that was not deferred, and with ErrInvalidArgument after SetStatus(101) (use Hijack).
+func (r *Response) Complete() error {
+	const op = "Complete"
+	d := r.d
+	switch {
+	case d == nil:
+		return &Error{Op: op, Code: CodeState, Message: "Complete is for a deferred Response: call Defer in the handler first"}
+	case d.c == nil:
+		return &Error{Op: op, Code: CodeState, Message: "the deferred response was completed already"}
+	case d.switching:
+		return invalid(op, "status 101 switches protocols: send it with Hijack")
+	}
+	return r.complete(op)
+}
+
+func (r *Response) complete(op string) error {
+	d := r.d
+	runtime.LockOSThread()
+	err := lastError(op, C.prefork_deferred_complete(d.c))
+	runtime.UnlockOSThread()
+	C.prefork_deferred_free(d.c)
+	d.c, r.c = nil, nil
+	return err
+}
+
+// Hijack sends a deferred Response and takes its connection over: it waits until the response
+// (and every response before it on the connection) is written, then returns the connection,
+// which the library no longer serves. For a protocol upgrade, SetStatus(101) and add an
+// Upgrade field naming the protocol first; the library sends Connection: Upgrade with it.
+//
+// Reads from the returned net.Conn give first the bytes the client sent after the request
+// that the library had already read (pipelined requests, or the new protocol's first bytes),
+// then what the socket brings. The connection counts toward MaxConnections until it is
+// closed: close it when done.
+//
+// Hijack waits for the handler to have returned, so call it from the goroutine that keeps the
+// deferred Response, never from the handler itself. It fails with ErrState on a Response that
+// was not deferred or was completed, and with ErrUnsupported when the connection's transport
+// is not a plain socket, leaving the Response deferred, to answer otherwise; with ErrIO when
+// the connection closed before the response was written.
+func (r *Response) Hijack() (net.Conn, error) {
+	const op = "Hijack"
+	d := r.d
+	switch {
+	case d == nil:
+		return nil, &Error{Op: op, Code: CodeState, Message: "Hijack is for a deferred Response: call Defer in the handler, then Hijack from another goroutine"}
+	case d.c == nil:
+		return nil, &Error{Op: op, Code: CodeState, Message: "the deferred response was completed already"}
+	}
+	w := &hijackWait{conns: make(chan hijackResult, 1), srv: r.srv}
+	liveHandles.Add(1)
+	h := cgo.NewHandle(w)
+	runtime.LockOSThread()
+	err := lastError(op, C.goprefork_hijack(r.c, C.uintptr_t(h)))
+	if err == nil && d.switching {
+		// Accepted now that the connection is taken over; it cannot fail then.
+		C.prefork_response_set_status(r.c, 101)
+	}
+	runtime.UnlockOSThread()
+	if err != nil {
+		// The library took nothing over, and the Response is still deferred: the caller may
+		// answer it otherwise.
+		deleteHandle(h)
+		return nil, err
+	}
+	if err := r.complete(op); err != nil {
+		return nil, err
+	}
+	got, ok := <-w.conns
+	if !ok {
+		return nil, &Error{Op: op, Code: CodeIO, Message: "the connection closed before the response was written"}
+	}
+	return got.conn, got.err
 }

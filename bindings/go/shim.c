@@ -54,6 +54,14 @@ static void on_master_death(void *user_data) {
 	goPreforkOnMasterDeath(HANDLE(user_data));
 }
 
+static int on_reload(void *user_data, uint64_t generation, const int32_t *pids, size_t count) {
+	return goPreforkOnReload(HANDLE(user_data), generation, (int32_t *)pids, count);
+}
+
+static void on_reload_failed(void *user_data, uint64_t generation, const char *reason) {
+	goPreforkOnReloadFailed(HANDLE(user_data), generation, (char *)reason);
+}
+
 static int32_t command_producer(void *user_data, int listener_fd, int lifeline_fd, size_t slot) {
 	return goPreforkCommandProducer(HANDLE(user_data), listener_fd, lifeline_fd, slot);
 }
@@ -72,6 +80,18 @@ static ptrdiff_t stream_read(void *user_data, char *buf, size_t cap) {
 
 static void stream_free(void *user_data) {
 	goPreforkStreamFree(HANDLE(user_data));
+}
+
+static void on_conn(void *user_data, prefork_conn *conn) {
+	goPreforkOnConn(HANDLE(user_data), conn);
+}
+
+static void hijack_free(void *user_data) {
+	goPreforkHijackFree(HANDLE(user_data));
+}
+
+enum prefork_result goprefork_hijack(prefork_response *resp, uintptr_t h) {
+	return prefork_response_hijack(resp, on_conn, (void *)h, hijack_free);
 }
 
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t h) {
@@ -99,6 +119,8 @@ enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t h, unsigned member
 		.on_master_death = (members & GOPREFORK_ON_MASTER_DEATH) ? on_master_death : NULL,
 		.command_producer = (members & GOPREFORK_COMMAND_PRODUCER) ? command_producer : NULL,
 		.user_data_free = release,
+		.on_reload = (members & GOPREFORK_ON_RELOAD) ? on_reload : NULL,
+		.on_reload_failed = (members & GOPREFORK_ON_RELOAD_FAILED) ? on_reload_failed : NULL,
 	};
 	return prefork_set_hooks(p, &hooks);
 }

@@ -19,6 +19,8 @@ enum {
 	GOPREFORK_ON_CHILD_EXIT = 1 << 5,
 	GOPREFORK_ON_MASTER_DEATH = 1 << 6,
 	GOPREFORK_COMMAND_PRODUCER = 1 << 7,
+	GOPREFORK_ON_RELOAD = 1 << 8,
+	GOPREFORK_ON_RELOAD_FAILED = 1 << 9,
 };
 
 // prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the
@@ -39,6 +41,11 @@ enum prefork_result goprefork_set_logger(prefork *p, uintptr_t handle);
 // prefork_response_set_body_stream reading from the Go io.Reader behind `handle`; on success
 // the library owns `handle` (deleted by the stream's finalizer once the body is done).
 enum prefork_result goprefork_set_body_stream(prefork_response *resp, uintptr_t handle);
+
+// prefork_response_hijack handing the connection to the Go side (goPreforkOnConn) once the
+// response is written; on success the library owns `handle` (deleted by the hook's finalizer,
+// after the hand-over or instead of it).
+enum prefork_result goprefork_hijack(prefork_response *resp, uintptr_t handle);
 
 // What the C callback hands the Go handler besides the request and response: the request
 // line's parts, read in C so that the accessors handlers call most cost Go no cgo call, and a

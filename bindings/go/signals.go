@@ -9,13 +9,21 @@ import (
 	"syscall"
 )
 
-// relaySignals turns SIGTERM (and, in the master, SIGINT) into prefork_shutdown until the
-// returned function is called. os/signal rather than the library's handlers keeps the Go
-// runtime's signal handling intact. A child takes SIGINT too, but ignores it: a terminal's
-// Ctrl-C reaches every process of the group, and the master stops the children itself.
+// relaySignals turns SIGTERM (and, in the master, SIGINT) into prefork_shutdown and, in the
+// master, SIGHUP into prefork_reload, SIGUSR2 into prefork_upgrade and SIGTTIN and SIGTTOU
+// into prefork_scale_children,
+// until the returned function is called. os/signal rather
+// than the library's handlers keeps the Go runtime's signal handling intact. A child takes
+// SIGINT and SIGHUP too, but ignores them: a terminal's Ctrl-C or hangup reaches every
+// process of the group, and the master decides what the children do.
 func relaySignals(child bool) (stop func()) {
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	relayed := []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2}
+	if !child {
+		// A child keeps their default: the master scales, not each child.
+		relayed = append(relayed, syscall.SIGTTIN, syscall.SIGTTOU)
+	}
+	signal.Notify(sigs, relayed...)
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -23,7 +31,17 @@ func relaySignals(child bool) (stop func()) {
 		for {
 			select {
 			case sig := <-sigs:
-				if sig == syscall.SIGTERM || !child {
+				switch {
+				case child && sig != syscall.SIGTERM:
+				case sig == syscall.SIGHUP:
+					C.prefork_reload()
+				case sig == syscall.SIGUSR2:
+					C.prefork_upgrade()
+				case sig == syscall.SIGTTIN:
+					C.prefork_scale_children(1)
+				case sig == syscall.SIGTTOU:
+					C.prefork_scale_children(-1)
+				default:
 					C.prefork_shutdown()
 				}
 			case <-done:

@@ -43,9 +43,10 @@ cd bindings/go
 export CGO_ENABLED=1
 export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib ${CGO_LDFLAGS:-}"
 # No toolchain download. The package has no dependencies; its tests have some (fasthttp, to
-# run fasthttp.Server under ServeFunc, and chi, a router for HTTPHandler), which go test
-# fetches from the module proxy (GOPROXY, proxy.golang.org by default) on a fresh machine
-# and checks against go.sum.
+# run fasthttp.Server under ServeFunc, chi, a router for HTTPHandler, and coder/websocket, for
+# the WebSocket echo over a hijacked connection), which go test fetches from the module proxy
+# (GOPROXY, proxy.golang.org by default) into the module cache on a fresh machine and checks
+# against go.sum.
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 unformatted=$(gofmt -l .)

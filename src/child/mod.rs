@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::prctl::set_pdeathsig;
@@ -23,6 +23,7 @@ use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
 use crate::http::{self, Handler, ServeControl};
 use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
+use crate::shared::{Beat, Region};
 
 mod serve;
 
@@ -40,12 +41,26 @@ struct Adopted {
     _signals: Option<SignalGuard>,
     /// The TLS configuration the master sent, when the engine serves TLS.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The heartbeat and counters in the memory the master shares, when it shares some.
+    beat: Option<Beat>,
 }
 
 /// The bootstrap both modes share: check and take the inherited descriptors, arm the
-/// master-death backup, install the signal handlers, receive the TLS material when `tls` (the
-/// engine's TLS entry points; serve mode has no TLS), and run the handler's `init_child`.
-fn adopt(config: &Config, handler: &Arc<dyn Handler>, tls: bool) -> Result<Adopted, Error> {
+/// master-death backup, take the shared memory, install the signal handlers, receive the TLS
+/// material when `tls` (the engine's TLS entry points; serve mode has no TLS), and run the
+/// handler's `init_child`.
+///
+/// The lifeline (fd 4) carries the master's messages in a fixed order, each read exactly to its
+/// end: first the 'H' frame with the shared memory (queued by the master before the child
+/// starts; `adopt_shared_memory`), then the TLS message (written by the master right after
+/// the spawn; `crate::tls::receive`). A stop byte or EOF after them is the lifeline
+/// watcher's.
+fn adopt(
+    config: &Config,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+    tls: bool,
+) -> Result<Adopted, Error> {
     crate::confine::check_child(&config.process)?;
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
@@ -66,6 +81,7 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>, tls: bool) -> Result<Adopt
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     crate::set_local_addr(listener.local_addr().ok());
+    let beat = adopt_shared_memory(log);
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
     let _ = set_pdeathsig(Signal::SIGTERM);
@@ -81,7 +97,8 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>, tls: bool) -> Result<Adopt
         None
     };
 
-    // First on the lifeline, ahead of any stop byte: the master writes it right after the spawn.
+    // Second on the lifeline, after the 'H' frame `adopt_shared_memory` took and ahead of any
+    // stop byte: the master writes it right after the spawn.
     let tls = match tls {
         true => Some(crate::tls::receive(
             LIFELINE_FD,
@@ -98,6 +115,7 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>, tls: bool) -> Result<Adopt
         wake,
         _signals: signals,
         tls,
+        beat,
     })
 }
 
@@ -116,7 +134,8 @@ pub(crate) fn run(
         wake,
         _signals,
         tls,
-    } = adopt(config, handler, tls)?;
+        beat,
+    } = adopt(config, handler, log, tls)?;
     send_ready()?;
 
     let mut death_seen = false;
@@ -133,6 +152,7 @@ pub(crate) fn run(
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
         tls,
+        beat: beat.as_ref(),
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);
     finish(lifeline, !death_seen, hooks, handler, log);
@@ -211,6 +231,20 @@ fn check_inherited(
         ));
     }
     Ok(())
+}
+
+/// Maps the memory the master shares (see `crate::shared`), from the hello it queued on the
+/// lifeline; None without one (the child then serves without heartbeat and counters).
+fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
+    let hello = lifeline::take_hello(LIFELINE_FD)?;
+    let region = Region::adopt(hello.region)
+        .inspect_err(|e| log.log(Level::Warn, &format!("cannot map the shared memory: {e}")))
+        .ok()?;
+    let period = (hello.period_ms > 0).then(|| Duration::from_millis(hello.period_ms.into()));
+    let region = std::sync::Arc::new(region);
+    // The master's figures are in it too: the stats calls read them in a child as well.
+    crate::shared::publish(Some(region.clone()));
+    Beat::new(region, hello.cell as usize, period)
 }
 
 pub(crate) fn send_ready() -> Result<(), Error> {

@@ -174,13 +174,16 @@ pub(crate) fn serve(
     serve: Serve,
     log: &dyn Logger,
 ) -> Result<Infallible, Error> {
+    // No heartbeat: the serve function's own loop cannot beat, so the watchdog leaves a
+    // serve-mode child alone (it never beats; see master::watchdog).
     let Adopted {
         listener,
         lifeline,
         wake,
         _signals,
         tls: _,
-    } = adopt(config, handler, false)?;
+        beat: _,
+    } = adopt(config, handler, log, false)?;
     let (stop, trigger) = stop_signal()?;
     let (quit, quit_trigger) = pipe("create the stop watcher's pipe")?;
     match serve.ready {

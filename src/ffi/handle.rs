@@ -282,3 +282,71 @@ pub unsafe extern "C" fn prefork_local_addr(buf: *mut c_char, cap: usize) -> pre
 pub unsafe extern "C" fn prefork_shutdown() -> bool {
     ffi_boundary!(signal_safe, { crate::shutdown() })
 }
+
+/// Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
+/// new generation of children (a re-execution of the program, so each reads its configuration
+/// and certificates again), waits until every one of them reported "listening", then stops the
+/// previous generation gracefully; `on_reload` reports it. If a child of the new generation
+/// exits or misses the startup timeout before that, the new generation is stopped, the
+/// previous one keeps serving, and `on_reload_failed` says why. A reload asked for while one
+/// runs is queued (any number of them make one more reload) and starts when the running one
+/// ends; one asked for before the master is ready waits for it; during a stop it is dropped.
+///
+/// Returns true when the request was passed to a running master, false when this process runs
+/// none (before or after `prefork_listen_and_serve`, or in a child): the request is then
+/// dropped. Safe from any thread and from a signal handler (async-signal-safe): atomics and one
+/// write(2) to a non-blocking pipe, as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_reload() -> bool {
+    ffi_boundary!(signal_safe, { crate::reload() })
+}
+
+/// Asks the master running in this process to serve with `children` child processes from now
+/// on (1 to 1024), as `prefork_set_children` would at the start: it adds children (each ready
+/// as a first child is: its slot counts once it reports "listening"), or removes the
+/// highest-numbered slots, whose children stop gracefully, finishing their requests within the
+/// grace period. In reuseport mode an added slot gets its own new socket on the same port,
+/// and a removed slot's socket is closed by its child once it took the connections waiting in
+/// it, so none is reset. A later request replaces one not yet applied. A request made while a
+/// reload runs waits until it ends; one made before the master is ready waits for that.
+///
+/// Returns true when the request was passed to a running master; false (request dropped) when
+/// this process runs none, or `children` is 0 or above 1024. Safe from any thread and from a
+/// signal handler (async-signal-safe): atomics and one write(2), as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_children_live(children: u32) -> bool {
+    ffi_boundary!(signal_safe, {
+        children as usize <= crate::config::MAX_CHILDREN
+            && crate::set_children_live(children as usize)
+    })
+}
+
+/// Asks the master running in this process for `delta` children more, or fewer when it is
+/// negative, counted from the number it serves with or was last asked for (SIGTTIN is +1,
+/// SIGTTOU -1); it keeps at least 1 and at most 1024. Children come and go as with
+/// `prefork_set_children_live`. Returns false (request dropped) when this process runs no
+/// master. Safe from any thread and from a signal handler (async-signal-safe).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_scale_children(delta: i32) -> bool {
+    ffi_boundary!(signal_safe, { crate::scale_children(i64::from(delta)) })
+}
+
+/// Asks the master running in this process for a zero-downtime binary upgrade, as SIGUSR2
+/// does: it starts the program again from the path it was started from (so a binary replaced
+/// there is what runs) as a new master, passing it the listening sockets (descriptors 4 and up,
+/// named in PREFORK_UPGRADE_FDS, with a pipe at 3 named in PREFORK_UPGRADE_READY_FD); the new
+/// master adopts them instead of binding, starts its children and, once every one of them
+/// reported "listening", says so on the pipe (and sends MAINPID= to systemd when
+/// NOTIFY_SOCKET is set). The old master then stops its children gracefully and its
+/// `prefork_listen_and_serve` returns PREFORK_OK; the sockets never close, so no connection is
+/// refused or reset. If the new master exits, or is not ready within twice the startup
+/// timeout, it is killed and the old master serves on (logged). The new master is the old
+/// one's child until the old one exits. Requests during a reload, a recycle or another upgrade
+/// wait until it ends.
+///
+/// Returns false (request dropped) when this process runs no master. Safe from any thread and
+/// from a signal handler (async-signal-safe), as `prefork_shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_upgrade() -> bool {
+    ffi_boundary!(signal_safe, { crate::upgrade() })
+}

@@ -1,7 +1,7 @@
 //! `prefork_hooks`: the process engine's hooks as C function pointers, adapted to
 //! [`crate::Hooks`].
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::Arc;
 
 use super::error::{FfiError, prefork_result};
@@ -73,6 +73,26 @@ pub struct prefork_hooks {
     /// another `prefork_set_hooks` call or the handle is freed; never when
     /// `prefork_set_hooks` failed.
     pub user_data_free: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+    /// Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+    /// generation `generation` (the first children are generation 1, each reload takes the
+    /// next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
+    /// only during the call. The children they replace were told to stop gracefully and are
+    /// still draining. Return 0 to go on.
+    pub on_reload: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            generation: u64,
+            pids: *const i32,
+            count: usize,
+        ) -> c_int,
+    >,
+    /// Master (since 0.3): the reload to `generation` failed, because one of its children
+    /// exited or missed the startup timeout before all were ready, or could not be started;
+    /// `reason` (NUL-terminated, valid only during the call) says which and how. Its children
+    /// were told to stop; the previous generation, never stopped, keeps serving.
+    pub on_reload_failed: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, generation: u64, reason: *const c_char),
+    >,
 }
 
 // SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
@@ -128,6 +148,22 @@ fn adapt(c: &prefork_hooks, data: &Arc<UserData>) -> Hooks {
     if let Some(f) = c.on_master_death {
         let d = Arc::clone(data);
         hooks.on_master_death = Some(Box::new(move || unsafe { f(d.ptr()) }));
+    }
+    if let Some(f) = c.on_reload {
+        let d = Arc::clone(data);
+        hooks.on_reload = Some(Box::new(move |generation, pids: &[Pid]| {
+            verdict("on_reload", unsafe {
+                f(d.ptr(), generation, pids.as_ptr(), pids.len())
+            })
+        }));
+    }
+    if let Some(f) = c.on_reload_failed {
+        let d = Arc::clone(data);
+        hooks.on_reload_failed = Some(Box::new(move |generation, why: &str| {
+            // The reasons are the library's own text, which has no NUL; one would be cut.
+            let why = CString::new(why.replace('\0', " ")).unwrap_or_default();
+            unsafe { f(d.ptr(), generation, why.as_ptr()) }
+        }));
     }
     if let Some(f) = c.command_producer {
         let d = Arc::clone(data);

@@ -12,9 +12,10 @@
 //! The modules depend on each other one way only. `handle` owns the C handle; `tls` serves
 //! it over TLS and adds its certificates; `options`, `hooks`, `log` and `serve` configure one
 //! through it; `handle` builds the handler of `handler`; `request` and `response` are the
-//! handler's views. Under them all lie the shared leaves:
-//! `error` (codes, last error), `convert` (arguments in, views and text out), `extensible`
-//! (the ABI's growth rule) and `user_data` (a caller's pointer and its finalizer).
+//! handler's views, and `takeover` the handles for a response completed later or a connection
+//! taken over, built on `response`. Under them all lie the shared leaves: `error` (codes, last
+//! error), `convert` (arguments in, views and text out), `extensible` (the ABI's growth rule)
+//! and `user_data` (a caller's pointer and its finalizer).
 
 // C names on purpose: they are what the header shows.
 #![allow(non_camel_case_types)]
@@ -37,6 +38,8 @@ mod options;
 
 mod hooks;
 
+mod stats;
+
 mod log;
 
 mod serve;
@@ -46,6 +49,8 @@ mod handler;
 mod request;
 
 mod response;
+
+mod takeover;
 
 mod convert;
 
@@ -63,5 +68,7 @@ pub use options::*;
 pub use request::*;
 pub use response::*;
 pub use serve::*;
+pub use stats::*;
+pub use takeover::*;
 pub use tls::*;
 pub use version::*;

@@ -173,6 +173,50 @@ pub unsafe extern "C" fn prefork_set_startup_timeout_ms(
     ffi_boundary!({ unsafe { set(p, |c| c.process.startup_timeout = Duration::from_millis(ms)) } })
 }
 
+/// The hung-child watchdog, in milliseconds: a ready child whose event loop has not turned
+/// for this long (a handler blocking it, a deadlock) gets SIGABRT, so that a core dump or a
+/// backtrace can be had, then SIGKILL a second later if it is still there, and is replaced.
+/// Children report each turn through memory shared with the master, waking at least four
+/// times per timeout when idle. A master that was itself suspended (SIGSTOP, a system sleep)
+/// gives every child a full timeout again from its resumption rather than killing them.
+/// Handlers running on handler threads do not hold the loop; only the loop is watched, and
+/// serve-mode children, whose loop is the application's own, are not watched.
+/// 0 = off; otherwise at least 100. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_child_timeout_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.child_timeout = Duration::from_millis(ms)) } })
+}
+
+/// Recycling: a child that has received this many requests is replaced by a new one, which
+/// starts first and takes over once it reports "listening", when the old one stops gracefully;
+/// only one slot recycles at a time, so capacity never drops (a leak in the handler is
+/// bounded). Counted by each child's event loop through the memory it shares with the master.
+/// 0 = off. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_requests(
+    p: *mut prefork,
+    requests: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_requests = requests) } })
+}
+
+/// Each child's request limit is max_requests plus a random number from 0 to this, drawn when
+/// it starts, so that children started together do not recycle together. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_requests_jitter(
+    p: *mut prefork,
+    jitter: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_requests_jitter = jitter) } })
+}
+
+/// Recycling, as max_requests: a child ready for this many milliseconds is replaced (its
+/// replacement ready first, one slot at a time). 0 = off. Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_max_child_age_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.max_child_age = Duration::from_millis(ms)) } })
+}
+
 /// true: while serving, the library handles SIGTERM and SIGINT in the master (graceful stop; a
 /// second SIGINT stops at once) and SIGTERM in children (drain), restoring the previous
 /// handlers afterwards. false: the host keeps its signal handling and calls
@@ -367,6 +411,41 @@ pub unsafe extern "C" fn prefork_set_max_bytes_per_turn(
     ffi_boundary!({ unsafe { set(p, |c| c.http.max_bytes_per_turn = bytes) } })
 }
 
+/// Slowest request body accepted, in bytes per second: a body must bring at least this rate
+/// times the rate window (`prefork_set_min_rate_window_ms`) in every such window, or the
+/// reply is 408 and the connection closes. It stops a slow-body attack, which holds a
+/// connection by sending a byte per body timeout. 0 = no minimum. Default: 64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_body_rate(
+    p: *mut prefork,
+    bytes_per_second: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_body_rate = bytes_per_second) } })
+}
+
+/// Slowest response write accepted, in bytes per second over the rate window, while output
+/// waits for the client to read it; a slower client is disconnected with a reset (so that the
+/// kernel stops feeding it what the socket still holds). It stops a slow-read attack, which
+/// holds a connection and its output by reading a byte per write timeout. 0 = no minimum.
+/// Default: 64.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_write_rate(
+    p: *mut prefork,
+    bytes_per_second: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_write_rate = bytes_per_second) } })
+}
+
+/// The window over which the minimum body and write rates are measured, in milliseconds; above
+/// zero. Default: 10000.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_min_rate_window_ms(
+    p: *mut prefork,
+    ms: u64,
+) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.http.min_rate_window = Duration::from_millis(ms)) } })
+}
+
 /// true: every connection must begin with a PROXY protocol header, version 1 or 2 (HAProxy's
 /// specification), as a load balancer in front sends it (HAProxy's `send-proxy` and
 /// `send-proxy-v2`, nginx stream's `proxy_protocol on`, cloud L4 balancers); then
@@ -474,6 +553,10 @@ mod tests {
             assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
             assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
             assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
+            assert_eq!(prefork_set_child_timeout_ms(p, 17_000), PREFORK_OK);
+            assert_eq!(prefork_set_max_requests(p, 18), PREFORK_OK);
+            assert_eq!(prefork_set_max_requests_jitter(p, 19), PREFORK_OK);
+            assert_eq!(prefork_set_max_child_age_ms(p, 20), PREFORK_OK);
             assert_eq!(prefork_set_max_request_line(p, 101), PREFORK_OK);
             assert_eq!(prefork_set_max_head_size(p, 102), PREFORK_OK);
             assert_eq!(prefork_set_max_headers(p, 103), PREFORK_OK);
@@ -488,6 +571,9 @@ mod tests {
             assert_eq!(prefork_set_max_chunk_ext_size(p, 107), PREFORK_OK);
             assert_eq!(prefork_set_max_trailer_size(p, 108), PREFORK_OK);
             assert_eq!(prefork_set_max_bytes_per_turn(p, 109), PREFORK_OK);
+            assert_eq!(prefork_set_min_body_rate(p, 110), PREFORK_OK);
+            assert_eq!(prefork_set_min_write_rate(p, 111), PREFORK_OK);
+            assert_eq!(prefork_set_min_rate_window_ms(p, 25), PREFORK_OK);
             assert_eq!(prefork_set_proxy_protocol(p, true), PREFORK_OK);
             assert_eq!(
                 prefork_set_proxy_allow(p, c"10.0.0.0/8, ::/0".as_ptr()),
@@ -510,6 +596,9 @@ mod tests {
         assert_eq!(pc.grace_period, ms(14));
         assert_eq!(pc.startup_timeout, ms(15));
         assert!(!pc.handle_signals);
+        assert_eq!(pc.child_timeout, ms(17_000));
+        assert_eq!((pc.max_requests, pc.max_requests_jitter), (18, 19));
+        assert_eq!(pc.max_child_age, ms(20));
         let h = &c.http;
         assert_eq!(
             (h.max_request_line, h.max_head_size, h.max_headers),
@@ -521,6 +610,10 @@ mod tests {
         assert_eq!(
             (h.max_connections, h.handler_threads, h.max_output_buffer),
             (105, 6, 106)
+        );
+        assert_eq!(
+            (h.min_body_rate, h.min_write_rate, h.min_rate_window),
+            (110, 111, ms(25))
         );
 
         assert!(h.proxy_protocol);
@@ -549,6 +642,10 @@ mod tests {
             );
             assert_ne!(prefork_set_backlog(p, -3), prefork_result::PREFORK_OK);
             assert_ne!(
+                prefork_set_child_timeout_ms(p, 99),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
                 prefork_set_write_timeout_ms(p, 0),
                 prefork_result::PREFORK_OK
             );
@@ -558,6 +655,10 @@ mod tests {
             );
             assert_ne!(
                 prefork_set_max_output_buffer(p, 0),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_min_rate_window_ms(p, 0),
                 prefork_result::PREFORK_OK
             );
             assert_ne!(

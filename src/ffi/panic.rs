@@ -86,10 +86,12 @@ pub(crate) fn failed<R: Boundary>(err: super::error::FfiError, here: &'static st
 
 /// Runs an export's body: `ffi_boundary!({ ...; Ok(value) })`.
 ///
-/// `signal_safe` variant: for `prefork_shutdown` only. Its body returns the value directly
+/// `signal_safe` variant: for the async-signal-safe exports only (`prefork_shutdown`,
+/// `prefork_reload`, `prefork_upgrade`, `prefork_set_children_live`, `prefork_scale_children`). Its body returns the value directly
 /// and the variant neither allocates nor touches thread-locals, so the export stays
 /// async-signal-safe. Its catch arm is there so that no export lacks a boundary; it cannot run,
-/// because the body (`crate::shutdown`) only uses atomics and write(2) and cannot panic.
+/// because those bodies (`crate::shutdown` and the like) only use atomics and write(2) and
+/// cannot panic.
 macro_rules! ffi_boundary {
     (signal_safe, $body:block) => {{
         match ::std::panic::catch_unwind(|| $body) {

@@ -6,10 +6,11 @@ use super::convert::{bytes_arg, null_arg};
 use super::error::{FfiError, prefork_result};
 use crate::Response;
 
-/// The response to the request being handled, valid only during one `handle` callback.
-/// Opaque: fill it with the `prefork_response_*` functions on the thread running the
-/// callback. It starts as status 200 with no headers and an empty body; the engine adds
-/// Content-Length, Date and Connection itself.
+/// The response to the request being handled, valid only during one `handle` callback (or,
+/// for a deferred response's, until its `prefork_deferred_free`). Opaque: fill it with the
+/// `prefork_response_*` functions on the thread running the callback (for a deferred
+/// response, on one thread at a time). It starts as status 200 with no headers and an empty
+/// body; the engine adds Content-Length, Date and Connection itself.
 pub struct prefork_response {
     _opaque: [u8; 0],
 }
@@ -19,7 +20,9 @@ pub struct prefork_response {
 /// # Safety
 /// `resp` must be NULL or the pointer of a `handle` callback that is still running.
 #[inline(always)]
-unsafe fn response<'a>(resp: *mut prefork_response) -> Result<&'a mut Response, FfiError> {
+pub(super) unsafe fn response<'a>(
+    resp: *mut prefork_response,
+) -> Result<&'a mut Response, FfiError> {
     // SAFETY: CHandler::handle made this pointer from a live `&mut Response` (see above).
     match unsafe { resp.cast::<Response>().as_mut() } {
         Some(r) => Ok(r),

@@ -123,6 +123,24 @@ fn drop_body(
     None
 }
 
+/// A 101 (Switching Protocols) response: its head only, with `Connection: Upgrade` (RFC 9110
+/// §7.8: a sender of Upgrade sends the "upgrade" connection option too), after which the
+/// connection speaks the handler's protocol. A body set for it is dropped, as for a 204.
+#[cold]
+pub(crate) fn encode_switching(
+    out: &mut Vec<u8>,
+    resp: &mut Response,
+    date: &[u8; DATE_LEN],
+    log: &dyn Logger,
+) {
+    drop_body(101, resp.stream.take(), &resp.body, log);
+    out.reserve(HEAD_OVERHEAD + resp.headers.len());
+    write_status_and_date(out, 101, date);
+    out.extend_from_slice(b"Connection: Upgrade\r\n");
+    out.extend_from_slice(&resp.headers);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// An engine-made error response; the connection always closes after it.
 pub(crate) fn encode_error(out: &mut Vec<u8>, status: Status, date: &[u8; DATE_LEN]) {
     write_status_and_date(out, status.0, date);

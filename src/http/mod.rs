@@ -6,17 +6,22 @@
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
 //! decoder), `encode` (responses), `date` and `status`; `transport` carries each connection's
 //! bytes between its socket and its session (plain, or TLS); `bytes` holds the short-span byte
-//! searches they share; `workers` runs handlers on threads. `proxy` parses the PROXY protocol
-//! header a load balancer may send first, which `preamble` reads off a new connection before
-//! the session sees a byte (and before a TLS handshake).
+//! searches they share; `workers` runs handlers on threads; `deferred` brings responses
+//! completed on other threads back to the loop, `hijack` hands connections to a new owner and
+//! `rate` holds the minimum transfer rates. `proxy` parses the PROXY protocol header a load
+//! balancer may send first, which `preamble` reads off a new connection before the session
+//! sees a byte (and before a TLS handshake).
 
 mod bytes;
 mod chunked;
 mod date;
+mod deferred;
 mod encode;
+mod hijack;
 mod parse;
 mod preamble;
 pub mod proxy;
+mod rate;
 mod request;
 mod response;
 mod scan;
@@ -33,6 +38,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use deferred::Deferred;
+pub use hijack::Hijacked;
 pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
@@ -56,6 +63,8 @@ pub(crate) struct ServeControl<'a> {
     pub grace_period: Duration,
     /// Serve TLS with this configuration (`crate::tls`); `None` serves plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where each loop turn is published for the master (heartbeat, open connections).
+    pub beat: Option<&'a crate::shared::Beat>,
 }
 
 /// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a

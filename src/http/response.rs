@@ -2,7 +2,11 @@
 
 use std::fmt;
 use std::io::Read;
+use std::mem;
+use std::sync::Arc;
 
+use super::deferred::{Binding, Deferred, Slot};
+use super::hijack::{HijackFn, Hijacked};
 use crate::error::{Error, ErrorKind};
 
 /// The response a handler fills in. The engine keeps one per connection (one per job with
@@ -13,6 +17,10 @@ use crate::error::{Error, ErrorKind};
 /// delimited by closing the connection for HTTP/1.0 clients). A 204 or 304 response has neither
 /// (RFC 9110 §6.4.1): the engine sends it without Content-Length, Transfer-Encoding or body,
 /// drops any body the handler set, and logs that once per child process.
+///
+/// Beyond filling it in, a handler may take the response over ([`Response::defer`]: answer
+/// later, from any thread) or take the connection after it ([`Response::hijack`]: a protocol
+/// upgrade).
 pub struct Response {
     pub(crate) status: u16,
     /// Pre-encoded `Name: value\r\n` lines.
@@ -20,6 +28,28 @@ pub struct Response {
     pub(crate) body: Vec<u8>,
     pub(crate) close: bool,
     pub(crate) stream: Option<Box<dyn Read + Send>>,
+    /// What the handler did beyond filling it in; the engine looks once per response.
+    pub(crate) takeover: Option<Takeover>,
+    /// What the engine allows beyond filling it in (`power`), set before each handler call.
+    pub(crate) powers: u8,
+}
+
+/// A response the handler took over, or whose connection it takes after it.
+pub(crate) enum Takeover {
+    /// `defer`: this response is spent; the `Deferred` brings the real one.
+    Deferred(Binding),
+    /// `hijack`: once this response is written, the connection goes to this callback.
+    Hijack(HijackFn),
+}
+
+/// Bits of `Response::powers`. A response a program builds itself has none.
+pub(crate) mod power {
+    /// It is the one a handler was given and not deferred yet.
+    pub const DEFER: u8 = 1;
+    /// The engine sends it: the handler's, or a `Deferred`'s.
+    pub const ENGINE: u8 = 2;
+    /// Its connection's transport is a plain socket, which a new owner can take as it is.
+    pub const PLAIN: u8 = 4;
 }
 
 impl Default for Response {
@@ -30,6 +60,8 @@ impl Default for Response {
             body: Vec::new(),
             close: false,
             stream: None,
+            takeover: None,
+            powers: 0,
         }
     }
 }
@@ -42,6 +74,14 @@ impl fmt::Debug for Response {
             .field("body_len", &self.body.len())
             .field("close", &self.close)
             .field("streamed", &self.stream.is_some())
+            .field(
+                "takeover",
+                &match self.takeover {
+                    None => "none",
+                    Some(Takeover::Deferred(_)) => "deferred",
+                    Some(Takeover::Hijack(_)) => "hijack",
+                },
+            )
             .finish()
     }
 }
@@ -71,9 +111,22 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
 
 impl Response {
     /// Sets the status code; 200 until set. Must be 200..=599 (interim responses are the
-    /// engine's).
+    /// engine's), or 101 (Switching Protocols) once [`hijack`](Response::hijack) was called.
     pub fn set_status(&mut self, code: u16) -> Result<(), Error> {
-        check_status(code)?;
+        if let Err(e) = check_status(code) {
+            return self.set_switching(code, e);
+        }
+        self.status = code;
+        Ok(())
+    }
+
+    /// The one status outside 200..=599 a handler may set: 101, on a response whose connection
+    /// it takes over.
+    #[cold]
+    fn set_switching(&mut self, code: u16, refused: Error) -> Result<(), Error> {
+        if code != 101 || !matches!(self.takeover, Some(Takeover::Hijack(_))) {
+            return Err(refused);
+        }
         self.status = code;
         Ok(())
     }
@@ -189,8 +242,86 @@ impl Response {
         self.stream = Some(Box::new(stream));
     }
 
-    /// Makes the response ready for the next request, keeping its buffers.
+    /// Takes the response over: the handler may return at once, and any thread completes the
+    /// returned [`Deferred`] later (fill it like this response, then
+    /// [`Deferred::complete`]). What was set so far moves into it. Completing wakes the
+    /// child's event loop, which sends the response in its turn: a connection's later
+    /// (pipelined) requests wait for it, so responses keep their order.
+    ///
+    /// A `Deferred` dropped without being completed answers 500 and closes the connection. One
+    /// still pending when the child drains is answered 503 as the grace period ends (at most
+    /// 250 ms before, so that the child may still exit by itself). A
+    /// completion after the client left (or after the child stopped) is dropped. A client that
+    /// closes its side of the connection meanwhile counts as gone: the connection is closed at
+    /// once rather than held until the completion.
+    ///
+    /// Only the response a handler was given can be deferred, once: otherwise an
+    /// `InvalidState` error. Copy what is needed of the request first: it is only valid until
+    /// `handle` returns.
+    pub fn defer(&mut self) -> Result<Deferred, Error> {
+        if self.powers & power::DEFER == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "only the response a handler was given can be deferred, and only once",
+            ));
+        }
+        let slot = Arc::new(Slot::default());
+        let mut resp = mem::take(self);
+        resp.powers = power::ENGINE | (resp.powers & power::PLAIN);
+        self.takeover = Some(Takeover::Deferred(Binding::new(&slot)));
+        Ok(Deferred::new(resp, slot))
+    }
+
+    /// Takes the connection after this response: once it is written (and every response
+    /// before it on the connection), the child forgets the connection and calls `on_conn`
+    /// with it on its event-loop thread: the socket, blocking, and the bytes the client sent
+    /// after this request that were already read (pipelined requests, or the new protocol's
+    /// first bytes). `on_conn` should return promptly, handing the connection to a thread of
+    /// its own.
+    ///
+    /// For a protocol upgrade, set the status to 101 after this call, and add an `Upgrade`
+    /// field naming the protocol (only to an HTTP/1.1 request that asked for it in its own
+    /// `Upgrade` field); the engine sends `Connection: Upgrade` with it. Any other response
+    /// is sent with `Connection: close` (the HTTP exchange ends with it), then the connection
+    /// is handed over.
+    ///
+    /// The connection counts toward `max_connections` until the [`Hijacked`] is dropped (or
+    /// [`Hijacked::into_parts`] ends the count). The child's drain does not wait for it: it
+    /// closes when the process exits. If the connection closes before the response is
+    /// written, `on_conn` is dropped uncalled.
+    ///
+    /// Works on the response a handler was given and on a [`Deferred`]'s, once. Refused with
+    /// an `Unsupported` error when the connection's transport is not a plain socket (a
+    /// connection whose bytes pass through a layer of the child's own could not be handed
+    /// over as a socket), and with `InvalidState` on a response the engine does not send or
+    /// one already hijacked.
+    pub fn hijack(&mut self, on_conn: impl FnOnce(Hijacked) + Send + 'static) -> Result<(), Error> {
+        self.check_hijack()?;
+        self.takeover = Some(Takeover::Hijack(Box::new(on_conn)));
+        Ok(())
+    }
+
+    /// Whether `hijack` would accept: the C ABI asks before it takes the caller's user_data.
+    pub(crate) fn check_hijack(&self) -> Result<(), Error> {
+        if self.powers & power::ENGINE == 0 || self.takeover.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "only a response the engine sends can take its connection over, once",
+            ));
+        }
+        if self.powers & power::PLAIN == 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this connection's transport is not a plain socket, so it cannot be handed over",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the response ready for the next request, keeping its buffers. Its takeover is
+    /// gone already: the engine took it (or use `abandon`).
     pub(crate) fn reset(&mut self) {
+        debug_assert!(self.takeover.is_none());
         self.status = 200;
         self.close = false;
         self.stream = None;
@@ -200,6 +331,16 @@ impl Response {
                 *buf = Vec::new();
             }
         }
+    }
+
+    /// `reset` for a response whose takeover may not have happened (its handler panicked, its
+    /// connection went away): what the handler took over is dropped, which may run a C
+    /// finalizer.
+    pub(crate) fn abandon(&mut self) {
+        if self.takeover.is_some() {
+            self.takeover = None;
+        }
+        self.reset();
     }
 }
 
@@ -249,6 +390,40 @@ mod tests {
         // An empty type adds no field.
         r.reply(200, b"", b"").unwrap();
         assert_eq!((r.status, r.headers.len(), r.body().len()), (200, 34, 0));
+    }
+
+    #[test]
+    fn taking_over_needs_the_engines_leave() {
+        let kind = |r: Result<(), Error>| r.unwrap_err().kind();
+        let mut own = Response::default();
+        assert_eq!(own.defer().unwrap_err().kind(), ErrorKind::InvalidState);
+        assert_eq!(kind(own.hijack(drop)), ErrorKind::InvalidState);
+        assert_eq!(kind(own.set_status(101)), ErrorKind::InvalidArgument);
+
+        // A handler's response on a connection that is not a plain socket.
+        let mut r = Response {
+            powers: power::DEFER | power::ENGINE,
+            ..Response::default()
+        };
+        assert_eq!(kind(r.hijack(drop)), ErrorKind::Unsupported);
+        r.write(b"moves");
+        let mut d = r.defer().unwrap();
+        assert_eq!(d.body(), b"moves");
+        assert_eq!(r.defer().unwrap_err().kind(), ErrorKind::InvalidState);
+        assert_eq!(d.defer().unwrap_err().kind(), ErrorKind::InvalidState);
+        assert_eq!(kind(d.hijack(drop)), ErrorKind::Unsupported);
+
+        // On a plain socket: once, and then 101 is allowed.
+        let mut r = Response {
+            powers: power::DEFER | power::ENGINE | power::PLAIN,
+            ..Response::default()
+        };
+        r.hijack(drop).unwrap();
+        assert_eq!(kind(r.hijack(drop)), ErrorKind::InvalidState);
+        r.set_status(101).unwrap();
+        assert_eq!(kind(r.set_status(102)), ErrorKind::InvalidArgument);
+        r.abandon();
+        assert!(r.takeover.is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The child's event loop: one edge-triggered mio poll on the serving thread, the listener,
-//! every connection's socket, the stop pipe, the lifeline to the master and (with handler
-//! threads) the waker.
+//! every connection's socket, the stop pipe, the lifeline to the master and the waker, which
+//! handler threads, deferred responses and closed taken-over connections ring.
 //!
 //! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
 //! session answer every complete request, write all of it with one `send`, repeat until the
@@ -21,7 +21,10 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::ServeControl;
 use super::date::DateCache;
+use super::deferred::Completion;
+use super::hijack;
 use super::preamble::{self, Step};
+use super::rate::{self, Rates, Slow};
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
 use super::transport::{self, Drive, Io, Plain, Sock, Transport, turn};
@@ -30,6 +33,7 @@ use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
+use crate::shared::Beat;
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -56,6 +60,11 @@ const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
+/// Deferred responses still awaited are answered 503 this long (at most a quarter of the grace
+/// period) before the drain's deadline, which is also when the master's SIGKILL comes: so that
+/// the answers are out, and the child, which held on for them, can still finish (`exit_child`)
+/// and exit by itself.
+const GIVE_UP_MARGIN: Duration = Duration::from_millis(250);
 
 struct Conn {
     stream: TcpStream,
@@ -76,6 +85,7 @@ struct Conn {
     /// Lingering close under way: drop the connection at this instant at the latest.
     linger_until: Option<Instant>,
     linger_left: usize,
+    rates: Option<Box<Rates>>,
 }
 
 struct Server<'a> {
@@ -97,6 +107,7 @@ struct Server<'a> {
     handler: &'a Arc<dyn Handler>,
     pool: Option<WorkerPool>,
     done: Vec<Job>,
+    completed: Vec<Completion>,
     scratch: Scratch,
     date: DateCache,
     /// When the cached Date's second ends: the wall clock is read only then.
@@ -105,12 +116,20 @@ struct Server<'a> {
     tick: Duration,
     next_tick: Instant,
     drain_deadline: Option<Instant>,
+    /// When draining: when deferred responses still awaited get their 503.
+    give_up_at: Option<Instant>,
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Ciphertext of one TLS read (TLS connections only; empty otherwise).
     tls_in: Vec<u8>,
+    beat: Option<&'a Beat>,
+    /// The watchdog's heartbeat period, when it is on.
+    beat_period: Option<Duration>,
+    /// Turns of the loop and requests received so far, published at every turn.
+    turns: u64,
+    requests: u64,
     log: &'a dyn Logger,
     /// Connections refused by the PROXY protocol step so far (the first is logged as a
     /// warning, the others at debug level: a misconfigured balancer must not flood the log).
@@ -144,14 +163,22 @@ pub(crate) fn run(
             .register(&mut SourceFd(&fd), LIFELINE, Interest::READABLE)
             .map_err(|e| io_err("registering the lifeline", e))?;
     }
+    let waker =
+        Arc::new(mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?);
     let pool = if cfg.handler_threads > 0 {
-        let waker = mio::Waker::new(registry, WAKER).map_err(|e| io_err("creating a waker", e))?;
-        let pool = WorkerPool::start(cfg.handler_threads, handler, waker, cfg.max_headers)
-            .map_err(|e| io_err("starting the handler threads", e))?;
+        let pool = WorkerPool::start(
+            cfg.handler_threads,
+            handler,
+            Arc::clone(&waker),
+            cfg.max_headers,
+        )
+        .map_err(|e| io_err("starting the handler threads", e))?;
         Some(pool)
     } else {
         None
     };
+    let scratch = Scratch::new(cfg.max_headers);
+    scratch.mailbox.connect(waker);
 
     let shortest = [
         cfg.header_timeout,
@@ -165,6 +192,7 @@ pub(crate) fn run(
         },
     ]
     .into_iter()
+    .chain(rate::RateLimits::new(cfg).window())
     .min()
     .unwrap_or(MAX_TICK);
     let now = Instant::now();
@@ -185,13 +213,15 @@ pub(crate) fn run(
         handler,
         pool,
         done: Vec::new(),
-        scratch: Scratch::new(cfg.max_headers),
+        completed: Vec::new(),
+        scratch,
         date: DateCache::new(),
         date_due: now,
         now,
         tick: (shortest / 8).clamp(MIN_TICK, MAX_TICK),
         next_tick: now,
         drain_deadline: None,
+        give_up_at: None,
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
@@ -200,11 +230,16 @@ pub(crate) fn run(
             None => Vec::new(),
         },
         tls: ctl.tls.take(),
+        beat: ctl.beat,
+        beat_period: ctl.beat.and_then(|b| b.period),
+        turns: 0,
+        requests: 0,
         log,
         proxy_refused: 0,
     };
     let result = server.run(&mut ctl);
     server.close_all();
+    server.scratch.mailbox.close();
     if let Some(mut pool) = server.pool.take() {
         let stuck = pool.shutdown();
         if stuck > 0 {
@@ -226,10 +261,13 @@ impl Server<'_> {
             self.start_drain(false);
         }
         loop {
-            if let Some(deadline) = self.drain_deadline
-                && (self.live == 0 || self.now >= deadline)
-            {
-                return Ok(());
+            if let Some(deadline) = self.drain_deadline {
+                if self.live == 0 || self.now >= deadline {
+                    return Ok(());
+                }
+                if self.give_up_at.is_some_and(|t| self.now >= t) {
+                    self.give_up_deferred();
+                }
             }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout)
@@ -256,15 +294,21 @@ impl Server<'_> {
                             self.on_master_death(ctl);
                         }
                     }
-                    WAKER => {}
+                    // Deferred completions ring the waker (the sweep looks too, in case a wake
+                    // failed); finished handler threads are collected every turn.
+                    WAKER => self.collect_deferred(),
                     Token(t) => {
                         let idx = t - FIRST_CONN;
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
+                            let hup = ev.is_read_closed() || ev.is_error();
                             let s = &mut c.sock;
-                            s.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                            s.peer_hup |= ev.is_read_closed() || ev.is_error();
+                            s.readable |= ev.is_readable() || hup;
+                            s.peer_hup |= hup;
                             s.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(idx);
+                            if hup {
+                                self.drop_if_left(idx);
+                            }
                         }
                     }
                 }
@@ -284,7 +328,13 @@ impl Server<'_> {
             }
             if self.now >= self.next_tick {
                 self.next_tick = self.now + self.tick;
+                self.collect_deferred();
                 self.sweep();
+            }
+            // After the turn's work, so the counts include it before the loop sleeps.
+            if let Some(beat) = self.beat {
+                self.turns += 1;
+                beat.turn(self.turns, self.live, self.requests);
             }
         }
     }
@@ -314,6 +364,13 @@ impl Server<'_> {
         }
         if let Some(t) = self.drain_deadline {
             consider(t);
+            if let Some(g) = self.give_up_at {
+                consider(g);
+            }
+        }
+        // The master's watchdog takes a loop that does not turn for long for a hung one.
+        if let Some(period) = self.beat_period {
+            consider(self.now + period);
         }
         // mio rounds a timeout up to epoll's whole milliseconds, so the wait never ends a hair
         // early into a turn that finds nothing due. Measured from the turn's start rather
@@ -322,9 +379,15 @@ impl Server<'_> {
         wake_at.map(|t| t.saturating_duration_since(self.now))
     }
 
+    /// Connections that count toward `max_connections`: those served, and those handed over
+    /// and not closed yet.
+    fn open(&self) -> usize {
+        self.live + self.scratch.mailbox.taken()
+    }
+
     fn can_accept(&self) -> bool {
         self.listener.is_some()
-            && self.live < self.cfg.max_connections
+            && self.open() < self.cfg.max_connections
             && self.accept_resume.is_none_or(|t| self.now >= t)
     }
 
@@ -337,7 +400,7 @@ impl Server<'_> {
             if self.stop_pending() {
                 return;
             }
-            if self.live >= self.cfg.max_connections {
+            if self.open() >= self.cfg.max_connections {
                 // Resumed by the first close: `listener_ready` stays set.
                 return;
             }
@@ -429,6 +492,7 @@ impl Server<'_> {
             write_since: None,
             linger_until: None,
             linger_left: 0,
+            rates: None,
         });
         self.live += 1;
         self.drive(idx);
@@ -460,12 +524,15 @@ impl Server<'_> {
             scratch: &mut self.scratch,
             draining,
             conn: (idx, conn.generation),
+            // A handler may take over a plain connection only: TLS state lives in `conn.io`.
+            plain_socket: matches!(conn.io, Io::Plain),
             log: self.log,
         };
         let mut budget = self.cfg.max_bytes_per_turn;
         let tls_in = &mut self.tls_in[..];
         let mut body_progress = false;
         let mut wrote = false;
+        let seq_before = conn.session.seq();
         // The transport is chosen here, once: each turn is compiled for one.
         let outcome = match &mut conn.io {
             Io::Plain => turn!(
@@ -493,6 +560,8 @@ impl Server<'_> {
                 awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
         };
+        // Counted per drive, not per request: the stats and recycling cost one add here.
+        self.requests += conn.session.seq() - seq_before;
         match outcome {
             Drive::Close => return self.close(idx),
             Drive::Finish => return self.finish(idx),
@@ -508,11 +577,25 @@ impl Server<'_> {
         conn.update_timers(&self.limits, self.now, body_progress, wrote);
     }
 
+    /// The peer closed its side: if its response is deferred, it has left (as nginx takes it),
+    /// and there is no need to hold the connection until the completion.
+    #[cold]
+    fn drop_if_left(&mut self, idx: usize) {
+        if let Some(Some(conn)) = self.conns.get(idx)
+            && conn.session.is_deferred()
+        {
+            self.close(idx);
+        }
+    }
+
     /// The last response is out: close, lingering unless the peer already closed its side.
     fn finish(&mut self, idx: usize) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
+        if conn.session.handing_over() {
+            return self.hand_over(idx);
+        }
         conn.io.close_notify(&mut conn.sock);
         if conn.session.peer_closed() {
             return self.close(idx);
@@ -538,9 +621,62 @@ impl Server<'_> {
         }
     }
 
+    /// The connection's response is out and a handler takes the connection: it leaves the
+    /// table without being closed.
+    fn hand_over(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].take() else {
+            return;
+        };
+        self.free.push(idx);
+        self.live -= 1;
+        // Only a plain connection is handed over (`Ctx::plain_socket`): its stream is all of it.
+        let Conn {
+            stream,
+            mut session,
+            ..
+        } = conn;
+        if let Some((on_conn, leftover)) = session.take_handover() {
+            let mailbox = &self.scratch.mailbox;
+            hijack::hand_over(
+                stream,
+                on_conn,
+                leftover,
+                self.poll.registry(),
+                mailbox,
+                self.log,
+            );
+        }
+    }
+
     fn close_all(&mut self) {
         for idx in 0..self.conns.len() {
+            // Past the grace period (or with none): a deferred response still awaited gets
+            // its 503 if the socket takes it at once.
+            if let Some(conn) = self.conns[idx].as_mut()
+                && conn.session.give_up_deferred(self.date.get())
+            {
+                // Through the connection's transport: over TLS the 503 goes out encrypted.
+                let mut budget = usize::MAX;
+                conn.sock.writable = true;
+                let _ = match &mut conn.io {
+                    Io::Plain => Plain.flush(&mut conn.sock, &mut conn.session, &mut budget),
+                    Io::Tls(tls) => tls.flush(&mut conn.sock, &mut conn.session, &mut budget),
+                };
+            }
             self.close(idx);
+        }
+    }
+
+    /// The drain's grace period is nearly over: deferred responses still awaited are answered
+    /// 503 now, and their connections close once it is written.
+    fn give_up_deferred(&mut self) {
+        self.give_up_at = None;
+        for idx in 0..self.conns.len() {
+            if let Some(conn) = self.conns[idx].as_mut()
+                && conn.session.give_up_deferred(self.date.get())
+            {
+                self.drive(idx);
+            }
         }
     }
 
@@ -580,6 +716,27 @@ impl Server<'_> {
             {
                 self.close(idx);
                 continue;
+            }
+            let body =
+                (conn.timer == Timer::Body).then(|| (conn.session.seq(), conn.session.bytes_in()));
+            let write = conn.write_since.map(|_| conn.session.bytes_out());
+            match rate::check(&mut conn.rates, &self.limits.rates, self.now, body, write) {
+                Some(Slow::Write) => {
+                    // With a reset, not a FIN: the kernel would go on feeding the slow reader
+                    // whatever the socket buffers hold, a slot of kernel memory per attacker.
+                    let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+                    self.close(idx);
+                    continue;
+                }
+                Some(Slow::Body) => {
+                    if conn.session.on_timeout(&self.limits, self.date.get()) {
+                        self.close(idx);
+                    } else {
+                        self.drive(idx);
+                    }
+                    continue;
+                }
+                None => {}
             }
             let limit = match conn.timer {
                 Timer::Off => continue,
@@ -623,6 +780,7 @@ impl Server<'_> {
                     scratch: &mut self.scratch,
                     draining,
                     conn: job.conn,
+                    plain_socket: matches!(conn.io, Io::Plain),
                     log: self.log,
                 };
                 conn.session.complete(&mut job, &mut ctx);
@@ -631,17 +789,60 @@ impl Server<'_> {
                     self.again.push(idx);
                 }
             }
-            job.resp.reset();
+            // Its connection may be gone, with what the handler took over still on it.
+            job.resp.abandon();
             self.scratch.free_jobs.push(job);
         }
         self.done = jobs;
+    }
+
+    /// Sends the deferred responses completed since the last turn. One whose connection is
+    /// gone, or no longer waits for it, is dropped.
+    fn collect_deferred(&mut self) {
+        if !self.scratch.mailbox.has_mail() {
+            return;
+        }
+        let mut completed = std::mem::take(&mut self.completed);
+        self.scratch.mailbox.take(&mut completed);
+        let draining = self.drain_deadline.is_some();
+        for done in completed.drain(..) {
+            let (idx, generation) = done.conn;
+            let Some(Some(conn)) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if conn.generation != generation || !conn.session.awaits(done.seq) {
+                continue;
+            }
+            let mut ctx = Ctx {
+                limits: &self.limits,
+                date: self.date.get(),
+                exec: match &self.pool {
+                    Some(pool) => Exec::Pool(pool),
+                    None => Exec::Inline(&**self.handler),
+                },
+                scratch: &mut self.scratch,
+                draining,
+                conn: done.conn,
+                plain_socket: matches!(conn.io, Io::Plain),
+                log: self.log,
+            };
+            conn.session.complete_deferred(done, &mut ctx);
+            if !conn.queued {
+                conn.queued = true;
+                self.again.push(idx);
+            }
+        }
+        self.completed = completed;
     }
 
     /// Stops accepting and lets the connections finish (`now`: with no grace at all).
     fn start_drain(&mut self, now: bool) {
         let grace = if now { Duration::ZERO } else { self.grace };
         let deadline = self.now + grace;
-        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+        let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
+        self.drain_deadline = Some(deadline);
+        let margin = GIVE_UP_MARGIN.min(grace / 4);
+        self.give_up_at = Some(deadline.checked_sub(margin).unwrap_or(deadline));
         let queued = match self.listener.take() {
             Some(listener) => self.close_listener(listener, !grace.is_zero()),
             None => Vec::new(),

@@ -18,10 +18,14 @@ use std::sync::Arc;
 
 use super::chunked::{ChunkLimits, ChunkedDecoder, Decoded};
 use super::date::DATE_LEN;
+use super::deferred::{Completion, Mailbox};
 use super::encode::{self, Reply, Streaming};
+use super::hijack::HijackFn;
 use super::parse::{self, BodyKind, ReqInfo};
 use super::proxy::ProxyHeader;
+use super::rate::RateLimits;
 use super::request::{Handler, HeadIndex, Header, Peer, Request};
+use super::response::{Takeover, power};
 use super::scan::{HeadScan, Scan, ScanLimits};
 use super::workers::{ConnId, Job, WorkerPool};
 use super::{Response, Status, recycle};
@@ -49,6 +53,7 @@ pub(crate) struct Limits {
     pub chunk: ChunkLimits,
     pub max_body: u64,
     pub max_output: usize,
+    pub rates: RateLimits,
 }
 
 impl Limits {
@@ -68,6 +73,7 @@ impl Limits {
             },
             max_body,
             max_output: cfg.max_output_buffer,
+            rates: RateLimits::new(cfg),
         }
     }
 }
@@ -100,6 +106,8 @@ pub(crate) struct Scratch {
     /// Head indexes of parked sessions, boxed as sessions hold them: the boxes are reused.
     #[allow(clippy::vec_box)]
     spare_index: Vec<Box<HeadIndex>>,
+    /// Where deferred responses come back to this loop.
+    pub(crate) mailbox: Arc<Mailbox>,
 }
 
 impl Scratch {
@@ -114,6 +122,7 @@ impl Scratch {
             spare_out: Vec::with_capacity(SPARE_BUFFERS),
             spare_body: Vec::with_capacity(SPARE_BUFFERS),
             spare_index: Vec::with_capacity(SPARE_BUFFERS),
+            mailbox: Mailbox::new(),
         }
     }
 }
@@ -144,6 +153,8 @@ pub(crate) struct Ctx<'a> {
     /// A graceful stop is under way: the last buffered request gets `Connection: close`.
     pub draining: bool,
     pub conn: ConnId,
+    /// The connection's transport is a plain socket: only then may a handler take it over.
+    pub plain_socket: bool,
     pub log: &'a dyn Logger,
 }
 
@@ -157,8 +168,11 @@ enum Phase {
     InFlight,
     /// Pulling a streamed response body.
     Streaming,
-    /// No more requests on this connection: close once the output is sent.
+    /// No more requests on this connection: close once the output is sent (or, with
+    /// `Session::handover` set, hand it to its new owner).
     Done,
+    /// Waiting for a deferred response (`Response::defer`) to be completed.
+    Deferred,
 }
 
 /// Which read deadline applies now.
@@ -247,6 +261,12 @@ pub(crate) struct Session {
     stalled: bool,
     /// Requests whose head was complete: tells the timers a new request began.
     seq: u64,
+    /// Who takes the connection once the current response is out (boxed again: a pointer in
+    /// every session rather than two).
+    handover: Option<Box<HijackFn>>,
+    /// Bytes received and sent so far, for the minimum transfer rates.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// Where a complete request's body is.
@@ -256,6 +276,16 @@ enum Body {
     Input(usize),
     /// In `Session::body`, de-chunked; its encoding took the `len` input bytes after the head.
     Dechunked(usize),
+}
+
+/// What `Session::take_over` found the handler did.
+enum Taken {
+    /// Deferred: the session waits for the completion.
+    Waiting,
+    /// Deferred and completed already (abandoned, if the flag says so).
+    Completed(Response, bool),
+    /// The connection goes to a new owner after this response.
+    Connection,
 }
 
 /// What a request's turn in `Session::request` led to.
@@ -292,6 +322,9 @@ impl Session {
             peer_eof: false,
             stalled: false,
             seq: 0,
+            handover: None,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -347,6 +380,7 @@ impl Session {
 
     pub(crate) fn filled(&mut self, n: usize) {
         self.inp.end += n;
+        self.bytes_in += n as u64;
         debug_assert!(self.inp.end <= self.inp.buf.len());
     }
 
@@ -369,6 +403,7 @@ impl Session {
 
     pub(crate) fn sent(&mut self, n: usize) {
         self.out_pos += n;
+        self.bytes_out += n as u64;
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -390,10 +425,57 @@ impl Session {
             && self.out_pending() <= lim.max_output
     }
 
-    /// No response will be produced any more: close once the output is sent.
+    /// No response will be produced any more: close (or hand the connection over, see
+    /// `handing_over`) once the output is sent.
     pub(crate) fn finished(&self) -> bool {
         self.phase == Phase::Done
             || (self.peer_eof && !self.stalled && matches!(self.phase, Phase::Head | Phase::Body))
+    }
+
+    /// Once finished and the output sent, the connection goes to a new owner
+    /// (`take_handover`) rather than being closed. A hand-over is the end of a connection to
+    /// the engine, a `Done` like any other: telling them apart there keeps the test off the
+    /// path of every request.
+    pub(crate) fn handing_over(&self) -> bool {
+        self.phase == Phase::Done && self.handover.is_some()
+    }
+
+    /// Who takes the connection over, and the bytes read past its last request.
+    pub(crate) fn take_handover(&mut self) -> Option<(HijackFn, Vec<u8>)> {
+        let on_conn = *self.handover.take()?;
+        let leftover = self.inp.data().to_vec();
+        self.inp.consume(leftover.len());
+        self.phase = Phase::Done;
+        Some((on_conn, leftover))
+    }
+
+    /// Waiting for a deferred response.
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.phase == Phase::Deferred
+    }
+
+    /// Waiting for the deferred response to request `seq`: a completion for anything else is
+    /// stale (the request was answered otherwise).
+    pub(crate) fn awaits(&self, seq: u64) -> bool {
+        self.phase == Phase::Deferred && self.seq == seq
+    }
+
+    /// The drain's grace period is over: a deferred response still awaited is answered 503.
+    /// Returns whether one was.
+    pub(crate) fn give_up_deferred(&mut self, date: &[u8; DATE_LEN]) -> bool {
+        if self.phase != Phase::Deferred {
+            return false;
+        }
+        self.fail_with(Status::SERVICE_UNAVAILABLE, date);
+        true
+    }
+
+    pub(crate) fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    pub(crate) fn bytes_out(&self) -> u64 {
+        self.bytes_out
     }
 
     /// Between requests with nothing buffered either way: safe to close at once.
@@ -412,7 +494,7 @@ impl Session {
             Phase::Head if self.inp.len() == 0 && !self.scan.started() => Timer::Idle,
             Phase::Head => Timer::Head,
             Phase::Body => Timer::Body,
-            Phase::InFlight | Phase::Streaming | Phase::Done => Timer::Off,
+            Phase::InFlight | Phase::Streaming | Phase::Done | Phase::Deferred => Timer::Off,
         }
     }
 
@@ -461,7 +543,7 @@ impl Session {
             }
             self.stalled = false;
             let stepped = match self.phase {
-                Phase::Done | Phase::InFlight => false,
+                Phase::Done | Phase::InFlight | Phase::Deferred => false,
                 Phase::Streaming => self.pump(ctx),
                 Phase::Head => self.on_head(ctx),
                 Phase::Body => self.on_body(ctx),
@@ -481,7 +563,13 @@ impl Session {
     pub(crate) fn complete(&mut self, job: &mut Job, ctx: &mut Ctx<'_>) {
         debug_assert_eq!(self.phase, Phase::InFlight);
         let panic = job.panic.take();
-        self.reply(ctx, Some(&mut job.resp), panic);
+        self.answer(ctx, Some(&mut job.resp), panic);
+    }
+
+    /// The deferred response this session awaits (`awaits`) was completed.
+    pub(crate) fn complete_deferred(&mut self, done: Completion, ctx: &mut Ctx<'_>) {
+        debug_assert!(self.awaits(done.seq));
+        self.reply_completed(ctx, done.resp, done.abandoned);
     }
 
     fn on_head(&mut self, ctx: &mut Ctx<'_>) -> bool {
@@ -534,7 +622,7 @@ impl Session {
             Next::Wait => return self.await_body(ctx),
             Next::Inline(body, panic) => {
                 self.take_request(body);
-                self.reply(ctx, None, panic);
+                self.answer(ctx, None, panic);
             }
             Next::Queued(body) => {
                 self.take_request(body);
@@ -564,7 +652,15 @@ impl Session {
                 let body = &self.inp.buf[start + n..start + n + ready.unwrap_or(0)];
                 let req = Request::from_parsed(&parsed, &headers, body, &self.peer);
                 match ready {
-                    Some(len) => run(&ctx.exec, scratch, ctx.conn, &req, head, Body::Input(len)),
+                    Some(len) => run(
+                        &ctx.exec,
+                        scratch,
+                        ctx.conn,
+                        ctx.plain_socket,
+                        &req,
+                        head,
+                        Body::Input(len),
+                    ),
                     None => {
                         let spare = &mut scratch.spare_index;
                         let index = self
@@ -597,7 +693,15 @@ impl Session {
             Body::Dechunked(_) => &self.body[..],
         };
         let req = Request::from_index(index, &headers, bytes, &self.peer);
-        let next = run(&ctx.exec, scratch, ctx.conn, &req, head, body);
+        let next = run(
+            &ctx.exec,
+            scratch,
+            ctx.conn,
+            ctx.plain_socket,
+            &req,
+            head,
+            body,
+        );
         scratch.headers = recycle(headers);
         next
     }
@@ -663,6 +767,8 @@ impl Session {
     /// Encodes the handler's response to the current request: a handler thread's (`job`), or
     /// else the one an inline handler filled in `ctx.scratch`. Borrowed in place, not moved
     /// out and back, which cost a default `Response` built and dropped per request.
+    ///
+    /// The handler did not take the response over: `answer` handles that first.
     fn reply(&mut self, ctx: &mut Ctx<'_>, job: Option<&mut Response>, panic: Option<String>) {
         let scratch = &mut *ctx.scratch;
         let resp = match job {
@@ -674,19 +780,11 @@ impl Session {
                 Level::Error,
                 &format!("request handler panicked: {msg}; answered 500 and closed the connection"),
             );
-            resp.reset();
+            resp.abandon();
             self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
             return;
         }
-        let info = self.info;
-        // While draining, the last request already buffered gets `Connection: close`.
-        let last_in_drain =
-            ctx.draining && memchr::memmem::find(self.inp.data(), b"\r\n\r\n").is_none();
-        let reply = Reply {
-            minor: info.minor,
-            is_head: info.is_head,
-            close: !info.keep_alive || info.close_after || last_in_drain,
-        };
+        let reply = self.shape(ctx.draining);
         take_spare(&mut self.out, &mut scratch.spare_out);
         let encoded = encode::encode(&mut self.out, resp, reply, ctx.date, ctx.log);
         resp.reset();
@@ -704,6 +802,122 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// How the current request shapes its response.
+    #[inline(always)]
+    fn shape(&self, draining: bool) -> Reply {
+        let info = self.info;
+        // While draining, the last request already buffered gets `Connection: close`.
+        let last_in_drain =
+            draining && memchr::memmem::find(self.inp.data(), b"\r\n\r\n").is_none();
+        Reply {
+            minor: info.minor,
+            is_head: info.is_head,
+            close: !info.keep_alive || info.close_after || last_in_drain,
+        }
+    }
+
+    /// `reply`, unless the handler deferred the response or takes the connection after it. The
+    /// test is here rather than in `reply`, whose frame grew with it (11 instructions per GET).
+    #[inline(always)]
+    fn answer(&mut self, ctx: &mut Ctx<'_>, job: Option<&mut Response>, panic: Option<String>) {
+        let taken = match &job {
+            Some(resp) => resp.takeover.is_some(),
+            None => ctx.scratch.resp.takeover.is_some(),
+        };
+        if taken {
+            return self.answer_taken_over(ctx, job, panic);
+        }
+        self.reply(ctx, job, panic);
+    }
+
+    /// The handler deferred its response, or takes the connection after it.
+    #[inline(never)]
+    fn answer_taken_over(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut job: Option<&mut Response>,
+        panic: Option<String>,
+    ) {
+        if panic.is_some() {
+            // A 500: what the handler took over goes with the response.
+            return self.reply(ctx, job, panic);
+        }
+        let taken = {
+            let scratch = &mut *ctx.scratch;
+            let resp = match job.as_deref_mut() {
+                Some(resp) => resp,
+                None => &mut scratch.resp,
+            };
+            let taken = self.take_over(resp, &scratch.mailbox, ctx.conn);
+            if matches!(taken, Taken::Connection) && resp.status == 101 {
+                let (date, log) = (ctx.date, ctx.log);
+                return self.reply_switching(resp, &mut scratch.spare_out, date, log);
+            }
+            taken
+        };
+        match taken {
+            Taken::Waiting => {}
+            Taken::Completed(done, abandoned) => self.reply_completed(ctx, done, abandoned),
+            Taken::Connection => {
+                // The HTTP exchange ends with this response, which says so: the connection is
+                // the new owner's after it (`handing_over`).
+                self.info.keep_alive = false;
+                self.reply(ctx, job, None);
+            }
+        }
+    }
+
+    /// Takes what the handler did off the response.
+    fn take_over(&mut self, resp: &mut Response, mailbox: &Arc<Mailbox>, conn: ConnId) -> Taken {
+        match resp.takeover.take() {
+            Some(Takeover::Deferred(binding)) => {
+                resp.reset();
+                match binding.bind(mailbox, conn, self.seq) {
+                    Some((done, abandoned)) => Taken::Completed(done, abandoned),
+                    None => {
+                        self.phase = Phase::Deferred;
+                        Taken::Waiting
+                    }
+                }
+            }
+            Some(Takeover::Hijack(on_conn)) => {
+                self.handover = Some(Box::new(on_conn));
+                Taken::Connection
+            }
+            None => Taken::Connection,
+        }
+    }
+
+    /// Answers with a completed deferred response (or, for an abandoned one, a 500).
+    #[cold]
+    fn reply_completed(&mut self, ctx: &mut Ctx<'_>, mut resp: Response, abandoned: bool) {
+        if abandoned {
+            ctx.log.log(
+                Level::Warn,
+                "a deferred response was dropped without being completed; answered 500 and \
+                 closed the connection",
+            );
+            self.fail_with(Status::INTERNAL_SERVER_ERROR, ctx.date);
+            return;
+        }
+        self.answer(ctx, Some(&mut resp), None);
+    }
+
+    /// Encodes a 101, after which the connection is handed over (`handing_over`).
+    #[cold]
+    fn reply_switching(
+        &mut self,
+        resp: &mut Response,
+        spare_out: &mut Vec<Vec<u8>>,
+        date: &[u8; DATE_LEN],
+        log: &dyn Logger,
+    ) {
+        take_spare(&mut self.out, spare_out);
+        encode::encode_switching(&mut self.out, resp, date, log);
+        resp.reset();
+        self.phase = Phase::Done;
     }
 
     /// Pulls once from the body stream. Always makes progress.
@@ -754,9 +968,11 @@ impl Session {
             Level::Warn,
             &format!("response body stream failed ({failure}); closing the connection"),
         );
-        // Without the last chunk the client knows the body is incomplete.
+        // Without the last chunk the client knows the body is incomplete; a connection that was
+        // to be taken over after it closes too.
         self.stream = None;
         self.phase = Phase::Done;
+        self.handover = None;
         true
     }
 
@@ -765,11 +981,15 @@ impl Session {
         true
     }
 
-    /// Queues an engine error response; nothing after it is parsed.
+    /// Queues an engine error response; nothing after it is parsed, and the connection closes
+    /// (it is no longer anyone's to take over).
     fn fail_with(&mut self, status: Status, date: &[u8; DATE_LEN]) {
         encode::encode_error(&mut self.out, status, date);
         self.stream = None;
         self.phase = Phase::Done;
+        if self.handover.is_some() {
+            self.handover = None;
+        }
     }
 }
 
@@ -808,13 +1028,16 @@ fn run(
     exec: &Exec<'_>,
     scratch: &mut Scratch,
     conn: ConnId,
+    plain_socket: bool,
     req: &Request<'_>,
     head: &[u8],
     body: Body,
 ) -> Next {
+    let powers = power::DEFER | power::ENGINE | if plain_socket { power::PLAIN } else { 0 };
     match exec {
         Exec::Inline(handler) => {
             let resp = &mut scratch.resp;
+            resp.powers = powers;
             let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(req, resp)));
             Next::Inline(body, outcome.err().map(|p| panic_message(&*p)))
         }
@@ -828,6 +1051,7 @@ fn run(
             job.index.record(req, head);
             job.peer.clone_from(req.peer);
             job.resp.reset();
+            job.resp.powers = powers;
             job.panic = None;
             pool.submit(job);
             Next::Queued(body)
@@ -922,6 +1146,7 @@ mod tests {
                 scratch: &mut self.scratch,
                 draining: false,
                 conn: (0, 0),
+                plain_socket: true,
                 log: &Quiet,
             };
             f(s, &mut ctx);
@@ -986,7 +1211,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         let handler: std::sync::Arc<dyn Handler> = std::sync::Arc::new(Describe);
-        let mut pool = WorkerPool::start(1, &handler, waker, 100).unwrap();
+        let mut pool = WorkerPool::start(1, &handler, std::sync::Arc::new(waker), 100).unwrap();
         // Whole, then cut inside each body: handed off at once, and after waiting for a body.
         let first = memchr::memmem::find(WITH_BODIES, b"PUT").unwrap();
         for cut in [WITH_BODIES.len(), first - 2, WITH_BODIES.len() - 3] {

@@ -12,6 +12,7 @@ impl Status {
     pub const HEADER_FIELDS_TOO_LARGE: Status = Status(431);
     pub const INTERNAL_SERVER_ERROR: Status = Status(500);
     pub const NOT_IMPLEMENTED: Status = Status(501);
+    pub const SERVICE_UNAVAILABLE: Status = Status(503);
     pub const VERSION_NOT_SUPPORTED: Status = Status(505);
 }
 
@@ -19,6 +20,7 @@ impl Status {
 /// (RFC 9112 §4): codes without a registered one get an empty phrase.
 pub(crate) fn write_status_line(out: &mut Vec<u8>, code: u16) {
     let line: &[u8] = match code {
+        101 => b"HTTP/1.1 101 Switching Protocols\r\n",
         200 => b"HTTP/1.1 200 OK\r\n",
         201 => b"HTTP/1.1 201 Created\r\n",
         202 => b"HTTP/1.1 202 Accepted\r\n",
@@ -68,7 +70,7 @@ pub(crate) fn write_status_line(out: &mut Vec<u8>, code: u16) {
         505 => b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
         511 => b"HTTP/1.1 511 Network Authentication Required\r\n",
         _ => {
-            // Response::set_status keeps codes within 200..=599: always three digits.
+            // Response::set_status keeps codes within 200..=599 (or 101): always three digits.
             let mut line = *b"HTTP/1.1 000 \r\n";
             line[9] = b'0' + (code / 100 % 10) as u8;
             line[10] = b'0' + (code / 10 % 10) as u8;

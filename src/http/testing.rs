@@ -39,6 +39,7 @@ pub fn serve_for_tests(
         on_master_death,
         grace_period,
         tls: None,
+        beat: None,
     };
     super::serve(listener, handler, cfg, ctl, log)
 }
@@ -153,6 +154,7 @@ impl<'h> MemoryConnection<'h> {
             scratch: &mut self.scratch,
             draining: false,
             conn: (0, 0),
+            plain_socket: true,
             log: &self.log,
         };
         let progress = self.session.process(&mut ctx);
@@ -317,6 +319,7 @@ pub fn run_tls_connection(
             scratch: &mut scratch,
             draining: false,
             conn: (0, 0),
+            plain_socket: false,
             log: &Quiet,
         };
         let (mut budget, draining) = (usize::MAX, false);

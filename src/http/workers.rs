@@ -54,7 +54,7 @@ struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     done: Mutex<Vec<Job>>,
-    waker: mio::Waker,
+    waker: Arc<mio::Waker>,
     busy: AtomicUsize,
 }
 
@@ -75,7 +75,7 @@ impl WorkerPool {
     pub(crate) fn start(
         n: usize,
         handler: &Arc<dyn Handler>,
-        waker: mio::Waker,
+        waker: Arc<mio::Waker>,
         max_headers: usize,
     ) -> std::io::Result<WorkerPool> {
         let shared = Arc::new(Shared {

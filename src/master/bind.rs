@@ -91,6 +91,44 @@ pub(crate) fn listeners(
     Ok((out, target))
 }
 
+/// A new master's listeners from the old one (binary upgrade): the bound address, and as many
+/// sockets as the options ask for (in reuseport mode one per slot, the missing ones bound
+/// anew on the same port).
+pub(crate) fn adopt(
+    mut fds: Vec<OwnedFd>,
+    network: Network,
+    backlog: i32,
+    reuseport: bool,
+    count: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), Error> {
+    let addr = fds
+        .first()
+        .and_then(|fd| socket2::SockRef::from(fd).local_addr().ok())
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Bind,
+                "cannot read the inherited socket's address",
+            )
+        })?;
+    let want = if reuseport { count } else { 1 };
+    while fds.len() < want {
+        fds.push(reuseport_socket(addr, network, backlog)?);
+    }
+    fds.truncate(want);
+    Ok((fds, addr))
+}
+
+/// One more SO_REUSEPORT socket on `addr` (whose port is the one the others have), for a slot
+/// added while serving.
+pub(crate) fn reuseport_socket(
+    addr: SocketAddr,
+    network: Network,
+    backlog: i32,
+) -> Result<OwnedFd, Error> {
+    above_child_fds(OwnedFd::from(bind_one(addr, network, backlog, true)?))
+}
+
 fn bind_one(
     addr: SocketAddr,
     network: Network,

@@ -1,19 +1,33 @@
 //! The master: bind, spawn, wait for readiness, supervise (respawn within the recover policy),
-//! and stop (SIGTERM, grace period, SIGKILL, reap).
+//! reload, and stop (SIGTERM, grace period, SIGKILL, reap).
 //!
 //! One event loop, as nginx's master cycle: every input is an event of one poll(2) set (the
-//! stop pipe that the signal handlers and `shutdown()` write to, each child's pidfd, the
-//! lifeline of each child not yet ready) or a timer (a respawn, a startup deadline, the stop's
-//! deadline), and what it does depends on the state the master is in, `State::Running` or
-//! `State::Stopping`. A failure while running (the recover policy, a hook, a spawn) is a
-//! transition to a graceful stop that remembers the error. Single-threaded.
+//! wake pipe that the signal handlers, `shutdown()` and the control calls write to, each
+//! child's pidfd, the lifeline of each child not yet ready) or a timer (a respawn, a startup
+//! deadline, a retiring child's grace, the stop's deadline), and what it does depends on the
+//! state the master is in, `State::Running`, `State::Reloading` or `State::Stopping`. A
+//! failure while running (the recover policy, a hook, a spawn) is a transition to a graceful
+//! stop that remembers the error. Single-threaded.
+//!
+//! Children are kept per slot: the one serving it, and while a reload runs its successor of
+//! the new generation. A child told to stop while the master goes on (the old generation
+//! after a reload) is retiring: it drains within the grace period, and its exit is final.
 
 mod bind;
 mod hook;
 mod recovery;
+mod recycle;
+mod reload;
+mod scale;
 mod spawn;
+mod systemd;
+mod upgrade;
+mod watchdog;
 
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -29,8 +43,10 @@ use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
 use crate::log::{Level, Logger};
+use crate::shared::{self, CELLS, Cell, MasterBlock, Region};
 use recovery::{Lived, Recovery};
 use spawn::Child;
+use watchdog::Watch;
 
 /// Poll period when the kernel has no pidfd_open and exits are found by waitpid sweeps.
 const SWEEP_PERIOD: Duration = Duration::from_millis(20);
@@ -46,9 +62,24 @@ pub(crate) fn run(
     let count = cfg.effective_children();
     // Before anything is bound: a user that does not exist is the caller's error, at once.
     let confinement = Confinement::resolve(cfg)?;
-    let sockaddr = bind::resolve(addr, cfg.network)?;
-    let (listeners, sockaddr) =
-        bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+    let (listeners, sockaddr, ready_pipe) = match upgrade::inherited()? {
+        Some(old) => {
+            let (listeners, sockaddr) = bind::adopt(
+                old.listeners,
+                cfg.network,
+                cfg.backlog,
+                cfg.reuseport,
+                count,
+            )?;
+            (listeners, sockaddr, old.ready)
+        }
+        None => {
+            let sockaddr = bind::resolve(addr, cfg.network)?;
+            let (listeners, sockaddr) =
+                bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+            (listeners, sockaddr, None)
+        }
+    };
     crate::set_local_addr(Some(sockaddr));
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
     let _signals = if cfg.handle_signals {
@@ -59,6 +90,25 @@ pub(crate) fn run(
     } else {
         None
     };
+    control::set_master_running(true);
+    let shared = Region::create()
+        .inspect_err(|e| {
+            log.log(
+                Level::Warn,
+                &format!("no memory shared with the children ({e}): no watchdog, no counters"),
+            )
+        })
+        .ok()
+        .map(Arc::new);
+    if let Some(region) = &shared {
+        let m = region.master();
+        m.pid.store(std::process::id() as i32, Ordering::Relaxed);
+        m.children.store(count as u64, Ordering::Relaxed);
+        m.generation.store(1, Ordering::Relaxed);
+        m.started_unix_ms
+            .store(shared::unix_ms(), Ordering::Relaxed);
+        shared::publish(Some(region.clone()));
+    }
     log.log(
         Level::Info,
         &format!(
@@ -73,28 +123,70 @@ pub(crate) fn run(
     if let Some(confined) = confinement.describe() {
         log.log(Level::Info, &confined);
     }
+    let notify = crate::notify::Notifier::from_env()
+        .inspect_err(|e| log.log(Level::Warn, &format!("not notifying systemd: {e}")))
+        .ok()
+        .flatten();
     let mut master = Master {
         cfg,
         hooks,
         log,
         wake,
+        addr: sockaddr,
         slots: (0..count).map(|_| Slot::default()).collect(),
+        retiring: Vec::new(),
         listeners,
         confinement,
         tls,
         recovery: Recovery::new(cfg),
         ready_announced: false,
         state: State::Running,
+        generation: 1,
+        next_generation: 2,
+        reload_queued: false,
+        scale_to: None,
+        shared,
+        // Popped from the end: cell 0 first.
+        free_cells: (0..CELLS).rev().collect(),
+        slot_restarts: vec![0; count],
+        watch: Watch::new(),
+        notify,
+        notify_watchdog_due: None,
+        program: upgrade::program_path(),
+        upgrade: None,
+        upgrade_reaped: false,
+        handed_over: false,
+        ready_pipe,
+        recycling: None,
+        recycle_retry: None,
+        recycle_backoff: recycle::FIRST_RETRY,
+        stop_now_seen: false,
         outcome: Ok(()),
     };
-    master.run()
+    let result = master.run();
+    // The figures end with the master.
+    shared::publish(None);
+    result
 }
 
 #[derive(Default)]
 struct Slot {
+    /// The child serving this slot.
     child: Option<Child>,
+    /// Its successor of the generation a reload is starting; it takes the slot once every
+    /// slot's successor is ready.
+    next: Option<Child>,
     /// When an exited child's replacement is due, and whom it replaces.
     respawn: Option<(Instant, Pid)>,
+}
+
+/// A child told to stop gracefully while the master goes on.
+struct Retiring {
+    child: Child,
+    slot: usize,
+    /// The end of its grace period: then it gets SIGKILL (and `killed` is set).
+    deadline: Instant,
+    killed: bool,
 }
 
 /// What the master is doing; each event is handled according to it.
@@ -102,22 +194,37 @@ struct Slot {
 enum State {
     /// Keeping every slot's child running: an exit is a crash to recover from.
     Running,
+    /// As `Running`, while the children of `generation` start in every slot; an exit or a
+    /// startup timeout of one of them fails the reload, not the master.
+    Reloading { generation: u64, since: Instant },
     /// The children were told to stop, with SIGTERM or (`forced`) SIGKILL; an exit is final.
     /// At `deadline` the ones left are killed.
     Stopping { deadline: Instant, forced: bool },
 }
 
-/// One input of the loop.
+/// One input of the loop. Children are named by pid: a handled event may move or remove
+/// children, so a position would go stale within the turn.
 #[derive(Clone, Copy)]
 enum Event {
-    /// The stop pipe: a signal or `shutdown()`.
+    /// The wake pipe: a signal, `shutdown()` or a control request.
     Wake,
     /// A child's pidfd: it exited.
-    Exit(usize),
+    Exit(Pid),
     /// A child's lifeline before it is ready: its ready byte, or EOF.
-    Lifeline(usize),
+    Lifeline(Pid),
     /// The waitpid sweep's period ended (children without a pidfd).
     Sweep,
+    /// The new master of an upgrade: its ready pipe, its pidfd.
+    UpgradeReady,
+    UpgradeExit,
+}
+
+/// Where a child is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Serving(usize),
+    Next(usize),
+    Retiring(usize),
 }
 
 struct Master<'a> {
@@ -125,7 +232,10 @@ struct Master<'a> {
     hooks: &'a mut Hooks,
     log: &'a dyn Logger,
     wake: BorrowedFd<'static>,
+    /// The bound address (with the port a port 0 resolved to), for sockets of added slots.
+    addr: SocketAddr,
     slots: Vec<Slot>,
+    retiring: Vec<Retiring>,
     listeners: Vec<OwnedFd>,
     confinement: Confinement,
     /// The TLS material each child gets on its lifeline (`crate::tls`).
@@ -133,6 +243,40 @@ struct Master<'a> {
     recovery: Recovery,
     ready_announced: bool,
     state: State,
+    /// The generation the serving children belong to.
+    generation: u64,
+    /// The number the next reload takes: a failed generation's number is never reused, so
+    /// logs and hooks name one attempt each.
+    next_generation: u64,
+    /// A reload was asked for while one ran: it starts when that one ends.
+    reload_queued: bool,
+    /// The child count asked for and not reached yet.
+    scale_to: Option<usize>,
+    /// The memory shared with the children, and its cells no child holds.
+    shared: Option<Arc<Region>>,
+    free_cells: Vec<usize>,
+    /// Replacements of crashed children per slot, for the stats.
+    slot_restarts: Vec<u64>,
+    watch: Watch,
+    /// The service manager to tell about readiness, reloads and the stop (`NOTIFY_SOCKET`),
+    /// and when its next watchdog ping is due.
+    notify: Option<crate::notify::Notifier>,
+    notify_watchdog_due: Option<Instant>,
+    /// The program to start for a binary upgrade, the new master while it starts, whether
+    /// that one was reaped already, and whether one took over (this master then stops).
+    program: Option<std::path::PathBuf>,
+    upgrade: Option<upgrade::Upgrade>,
+    upgrade_reaped: bool,
+    handed_over: bool,
+    /// A new master's: where it tells the old one that it is ready.
+    ready_pipe: Option<OwnedFd>,
+    /// The slot whose child is being recycled: its successor starts in `Slot::next`.
+    recycling: Option<usize>,
+    /// After a failed recycle, when the next may start, and the delay after another failure.
+    recycle_retry: Option<Instant>,
+    recycle_backoff: Duration,
+    /// A second SIGINT's byte was read from the wake pipe before the stop began.
+    stop_now_seen: bool,
     /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
     outcome: Result<(), Error>,
 }
@@ -143,16 +287,15 @@ impl Master<'_> {
             if control::stop_requested() {
                 return Ok(());
             }
-            let pid = self.spawn_into(slot)?;
-            hook::call("on_child_spawn", || match &mut self.hooks.on_child_spawn {
-                Some(f) => f(pid),
-                None => Ok(()),
-            })?;
+            let child = self.spawn_child(slot, self.generation)?;
+            let pid = child.pid;
+            self.slots[slot].child = Some(child);
+            self.spawned(pid)?;
         }
         Ok(())
     }
 
-    fn spawn_into(&mut self, slot: usize) -> Result<Pid, Error> {
+    fn spawn_child(&mut self, slot: usize, generation: u64) -> Result<Child, Error> {
         let Some(listener) = self.listeners.get(slot % self.listeners.len().max(1)) else {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -160,21 +303,90 @@ impl Master<'_> {
             ));
         };
         let listener = listener.as_raw_fd();
-        let child = spawn::spawn(
+        let cell = self.shared.as_ref().and(self.free_cells.pop());
+        let hello = match (&self.shared, cell) {
+            (Some(region), Some(cell)) => {
+                region.cell(cell).expect("a free cell exists").clear();
+                region.fd().map(|fd| spawn::Hello {
+                    region: fd,
+                    cell,
+                    period_ms: watchdog::period(self.cfg).as_millis() as u32,
+                })
+            }
+            _ => None,
+        };
+        let spawned = spawn::spawn(
             listener,
             slot,
+            generation,
+            hello,
             self.confinement.for_slot(slot),
             self.hooks.command_producer.as_deref_mut(),
-        )?;
-        let pid = child.pid;
-        self.log
-            .log(Level::Info, &format!("started child {pid} (slot {slot})"));
-        let lifeline = child.lifeline.as_ref().map(|fd| fd.as_raw_fd());
-        self.slots[slot].child = Some(child);
-        if let (Some(msg), Some(fd)) = (self.tls, lifeline) {
-            crate::tls::send(fd, msg, Instant::now() + self.cfg.startup_timeout)?;
+        );
+        if let Some(cell) = cell
+            && spawned.as_ref().map_or(true, |c| c.cell.is_none())
+        {
+            self.free_cells.push(cell);
         }
-        Ok(pid)
+        let mut child = spawned?;
+        // Every child (the first ones, replacements, scaled, recycled and reloaded ones) starts
+        // here, so each gets the TLS material. The lifeline's order is fixed: the hello
+        // `spawn::spawn` queued before the child started comes first, this message second; the
+        // child reads them in that order, each to its end, before `init_child`. (A binary
+        // upgrade re-executes the program, whose new master reads the certificates itself.)
+        if let (Some(msg), Some(fd)) = (self.tls, child.lifeline.as_ref().map(|fd| fd.as_raw_fd()))
+            && let Err(e) = crate::tls::send(fd, msg, Instant::now() + self.cfg.startup_timeout)
+        {
+            let _ = nix::sys::signal::kill(NixPid::from_raw(child.pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(NixPid::from_raw(child.pid), None);
+            if let Some(cell) = child.cell {
+                self.free_cells.push(cell);
+            }
+            return Err(e);
+        }
+        child.request_limit = recycle::request_limit(self.cfg);
+        let restarts = self.slot_restarts.get(slot).copied().unwrap_or(0);
+        if let (Some(region), Some(i)) = (&self.shared, child.cell) {
+            let used = &region.master().cells_used;
+            used.fetch_max(i as u64 + 1, Ordering::Relaxed);
+        }
+        if let Some(cell) = self.cell_of(&child) {
+            cell.pid.store(child.pid, Ordering::Relaxed);
+            cell.slot.store(slot as u64, Ordering::Relaxed);
+            cell.generation.store(generation, Ordering::Relaxed);
+            cell.started_unix_ms
+                .store(shared::unix_ms(), Ordering::Relaxed);
+            cell.slot_restarts.store(restarts, Ordering::Relaxed);
+            cell.state.store(shared::STATE_STARTING, Ordering::Relaxed);
+        }
+        self.count(|m| &m.spawned);
+        self.log.log(
+            Level::Info,
+            &format!(
+                "started child {} (slot {slot}, generation {generation})",
+                child.pid
+            ),
+        );
+        Ok(child)
+    }
+
+    /// The shared-memory cell of `child`, if it has one.
+    fn cell_of(&self, child: &Child) -> Option<&Cell> {
+        self.shared.as_ref()?.cell(child.cell?)
+    }
+
+    /// Adds one to a master total of the stats.
+    fn count(&self, counter: impl FnOnce(&MasterBlock) -> &std::sync::atomic::AtomicU64) {
+        if let Some(region) = &self.shared {
+            shared::bump(counter(region.master()));
+        }
+    }
+
+    fn spawned(&mut self, pid: Pid) -> Result<(), Error> {
+        hook::call("on_child_spawn", || match &mut self.hooks.on_child_spawn {
+            Some(f) => f(pid),
+            None => Ok(()),
+        })
     }
 
     /// The master's cycle: starts the children, then handles timers and events until the stop
@@ -187,7 +399,7 @@ impl Master<'_> {
             let now = Instant::now();
             let before = self.state;
             match self.state {
-                State::Running => {
+                State::Running | State::Reloading { .. } => {
                     if let Err(e) = self.run_timers(now) {
                         self.fail(e);
                     }
@@ -215,37 +427,52 @@ impl Master<'_> {
         std::mem::replace(&mut self.outcome, Ok(()))
     }
 
-    /// Running: a stop request (raised before the loop or by the stop pipe), then the due
-    /// respawns, the startup deadlines and the ready announcement.
+    /// Running or reloading: a stop request (raised before the loop or by the wake pipe),
+    /// then the retiring children's deadlines, the due respawns, the startup deadlines, the
+    /// ready announcement, the reload's progress, the scaling requests and recycling.
     fn run_timers(&mut self, now: Instant) -> Result<(), Error> {
         if control::stop_requested() {
-            let forced = control::drain_wake() == Some(WAKE_STOP_NOW);
+            let forced = self.stop_now_seen || control::drain_wake() == Some(WAKE_STOP_NOW);
             self.begin_stop(forced);
             return Ok(());
         }
+        self.kill_overdue_retirees(now);
+        self.watch_heartbeats(now);
         self.respawn_due(now)?;
         self.check_startup_deadlines(now)?;
-        self.announce_ready()
+        self.announce_ready()?;
+        self.advance_reload(now)?;
+        self.apply_scaling()?;
+        self.advance_recycling(now)?;
+        self.advance_upgrade(now);
+        self.ping_systemd(now);
+        Ok(())
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Error> {
-        match (event, self.state) {
-            // Running, the next turn reads the request (see `run_timers`).
-            (Event::Wake, State::Running) => Ok(()),
-            (Event::Wake, State::Stopping { .. }) => {
+        match event {
+            Event::Wake => {
+                // Running, the next turn reads the requests (see `run_timers`); stopping, a
+                // second SIGINT kills at once.
                 if control::drain_wake() == Some(WAKE_STOP_NOW) {
+                    self.stop_now_seen = true;
                     self.force_stop();
                 }
                 Ok(())
             }
-            (Event::Exit(slot), _) => self.reap(slot, false),
-            (Event::Lifeline(slot), _) => {
-                self.read_lifeline(slot);
+            Event::Exit(pid) => self.reap(pid, false),
+            Event::Lifeline(pid) => {
+                self.read_lifeline(pid);
                 Ok(())
             }
-            (Event::Sweep, _) => {
-                for slot in 0..self.slots.len() {
-                    if let Err(e) = self.reap(slot, false) {
+            Event::UpgradeReady => self.upgrade_ready_event(),
+            Event::UpgradeExit => {
+                self.upgrade_exit_event();
+                Ok(())
+            }
+            Event::Sweep => {
+                for pid in self.live_pids() {
+                    if let Err(e) = self.reap(pid, false) {
                         self.fail(e);
                     }
                 }
@@ -258,7 +485,7 @@ impl Master<'_> {
     /// gracefully; while stopping, nothing must keep the stop from finishing, so it is logged.
     fn fail(&mut self, e: Error) {
         match self.state {
-            State::Running => {
+            State::Running | State::Reloading { .. } => {
                 self.outcome = Err(e);
                 self.begin_stop(false);
             }
@@ -268,26 +495,88 @@ impl Master<'_> {
         }
     }
 
+    /// Every child: serving, starting as a successor, retiring.
+    fn children(&self) -> impl Iterator<Item = &Child> {
+        let slots = self
+            .slots
+            .iter()
+            .flat_map(|s| s.child.iter().chain(s.next.iter()));
+        slots.chain(self.retiring.iter().map(|r| &r.child))
+    }
+
+    fn locate(&self, pid: Pid) -> Option<Place> {
+        let is = |c: &Option<Child>| c.as_ref().is_some_and(|c| c.pid == pid);
+        for (i, slot) in self.slots.iter().enumerate() {
+            if is(&slot.child) {
+                return Some(Place::Serving(i));
+            }
+            if is(&slot.next) {
+                return Some(Place::Next(i));
+            }
+        }
+        let retiring = self.retiring.iter().position(|r| r.child.pid == pid);
+        retiring.map(Place::Retiring)
+    }
+
+    /// Removes the child at `place`, which was reaped; returns it with its slot.
+    fn take(&mut self, place: Place) -> (Child, usize) {
+        let taken = match place {
+            Place::Serving(slot) => self.slots[slot].child.take().map(|c| (c, slot)),
+            Place::Next(slot) => self.slots[slot].next.take().map(|c| (c, slot)),
+            Place::Retiring(i) => {
+                let r = self.retiring.swap_remove(i);
+                Some((r.child, r.slot))
+            }
+        };
+        let (child, slot) = taken.expect("a located child is there");
+        if let Some(cell) = self.cell_of(&child) {
+            let master = self.shared.as_ref().expect("a cell has a region").master();
+            let served = cell.requests.load(Ordering::Relaxed);
+            master.retired_requests.fetch_add(served, Ordering::Relaxed);
+            shared::bump(&master.exited);
+            cell.clear();
+        }
+        // Only a reaped child gives its cell back: until then it may still write to it.
+        if let Some(cell) = child.cell {
+            self.free_cells.push(cell);
+        }
+        (child, slot)
+    }
+
     /// Polls the inputs of the current state until one fires or the next timer is due;
     /// returns what fired.
     fn wait(&self, now: Instant) -> Vec<Event> {
-        let running = self.state == State::Running;
-        // The descriptors are borrowed from the slots, so this list lives for one turn.
+        let starting = !matches!(self.state, State::Stopping { .. });
+        // The descriptors are borrowed from the children, so this list lives for one turn.
         let mut fds = vec![pollfd(self.wake)];
         let mut watched = vec![Event::Wake];
         let mut sweep = false;
-        for (i, slot) in self.slots.iter().enumerate() {
-            let Some(child) = &slot.child else { continue };
+        for child in self.children() {
             match &child.pidfd {
                 Some(fd) => {
                     fds.push(pollfd(fd.as_fd()));
-                    watched.push(Event::Exit(i));
+                    watched.push(Event::Exit(child.pid));
                 }
                 None => sweep = true,
             }
-            if let (true, false, Some(fd)) = (running, child.ready(), &child.lifeline) {
+        }
+        let unready = self
+            .slots
+            .iter()
+            .flat_map(|s| s.child.iter().chain(s.next.iter()))
+            .filter(|c| starting && !c.ready());
+        for child in unready {
+            if let Some(fd) = &child.lifeline {
                 fds.push(pollfd(fd.as_fd()));
-                watched.push(Event::Lifeline(i));
+                watched.push(Event::Lifeline(child.pid));
+            }
+        }
+        if let Some(u) = &self.upgrade {
+            fds.push(pollfd(u.ready.as_fd()));
+            watched.push(Event::UpgradeReady);
+            if let Some(fd) = &u.pidfd {
+                fds.push(pollfd(fd.as_fd()));
+                watched.push(Event::UpgradeExit);
             }
         }
         let mut timeout = self
@@ -310,10 +599,13 @@ impl Master<'_> {
     }
 
     /// Takes the ready byte (or EOF) from a child's lifeline.
-    fn read_lifeline(&mut self, slot: usize) {
-        let Some(child) = self.slots[slot].child.as_mut() else {
-            return;
+    fn read_lifeline(&mut self, pid: Pid) {
+        let child = match self.locate(pid) {
+            Some(Place::Serving(s)) => self.slots[s].child.as_mut(),
+            Some(Place::Next(s)) => self.slots[s].next.as_mut(),
+            _ => None,
         };
+        let Some(child) = child else { return };
         let Some(fd) = &child.lifeline else { return };
         let mut buf = [0u8; 16];
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT);
@@ -321,6 +613,11 @@ impl Master<'_> {
             && buf[..n].contains(&lifeline::READY_BYTE)
         {
             child.ready_at = Some(Instant::now());
+            if let (Some(region), Some(cell)) = (&self.shared, child.cell)
+                && let Some(cell) = region.cell(cell)
+            {
+                cell.state.store(shared::STATE_SERVING, Ordering::Relaxed);
+            }
             let ms = child.started.elapsed().as_secs_f64() * 1000.0;
             self.log.log(
                 Level::Debug,
@@ -333,28 +630,31 @@ impl Master<'_> {
         }
     }
 
-    /// Reaps the slot's child if it exited; `block` waits for it.
-    fn reap(&mut self, slot: usize, block: bool) -> Result<(), Error> {
-        let Some(child) = &self.slots[slot].child else {
+    /// Reaps child `pid` if it exited (`block` waits for it), and acts on the exit according
+    /// to where it was kept.
+    fn reap(&mut self, pid: Pid, block: bool) -> Result<(), Error> {
+        let Some(place) = self.locate(pid) else {
             return Ok(());
         };
-        let pid = child.pid;
         let Some(exit) = wait(pid, block) else {
             return Ok(());
         };
-        let child = self.slots[slot].child.take().expect("child checked above");
+        let (child, slot) = self.take(place);
         let lived = Lived {
             total: child.started.elapsed(),
             ready: child.ready_at.map(|t| t.elapsed()),
         };
+        let unexpected = !matches!(self.state, State::Stopping { .. })
+            && match place {
+                Place::Serving(_) => self.ready_announced,
+                Place::Next(_) => true,
+                Place::Retiring(_) => false,
+            };
         self.log.log(
-            if self.ready_announced && self.state == State::Running {
-                Level::Warn
-            } else {
-                Level::Info
-            },
+            if unexpected { Level::Warn } else { Level::Info },
             &format!(
-                "child {pid} (slot {slot}) {} after {:.1?}",
+                "child {pid} (slot {slot}, generation {}) {} after {:.1?}",
+                child.generation,
                 describe(exit),
                 lived.total
             ),
@@ -365,7 +665,16 @@ impl Master<'_> {
             }
             Ok(())
         })?;
-        if self.state != State::Running {
+        match place {
+            Place::Serving(_) => self.replace_later(slot, pid, lived),
+            Place::Next(_) => self.successor_exited(&child, slot, exit),
+            Place::Retiring(_) => Ok(()),
+        }
+    }
+
+    /// A serving child exited: its replacement is due after the recover policy's delay.
+    fn replace_later(&mut self, slot: usize, pid: Pid, lived: Lived) -> Result<(), Error> {
+        if matches!(self.state, State::Stopping { .. }) {
             return Ok(());
         }
         let delay = self
@@ -385,15 +694,17 @@ impl Master<'_> {
                 continue;
             }
             self.slots[slot].respawn = None;
-            let new = self.spawn_into(slot)?;
+            if let Some(n) = self.slot_restarts.get_mut(slot) {
+                *n += 1;
+            }
+            let child = self.spawn_child(slot, self.generation)?;
+            let new = child.pid;
+            self.slots[slot].child = Some(child);
             self.log.log(
                 Level::Info,
                 &format!("replaced child {old} with {new} (slot {slot})"),
             );
-            hook::call("on_child_spawn", || match &mut self.hooks.on_child_spawn {
-                Some(f) => f(new),
-                None => Ok(()),
-            })?;
+            self.spawned(new)?;
             hook::call("on_child_recover", || {
                 match &mut self.hooks.on_child_recover {
                     Some(f) => f(old, new),
@@ -406,7 +717,7 @@ impl Master<'_> {
 
     fn check_startup_deadlines(&self, now: Instant) -> Result<(), Error> {
         for child in self.slots.iter().filter_map(|s| s.child.as_ref()) {
-            if !child.ready() && now.duration_since(child.started) >= self.cfg.startup_timeout {
+            if self.startup_overdue(child, now) {
                 let msg = format!(
                     "child {} did not report listening within {:?} (startup timeout); a custom \
                      command producer must pass the lifeline at fd 4",
@@ -419,23 +730,24 @@ impl Master<'_> {
         Ok(())
     }
 
+    fn startup_overdue(&self, child: &Child, now: Instant) -> bool {
+        !child.ready() && now.duration_since(child.started) >= self.cfg.startup_timeout
+    }
+
     /// Fires on_master_ready once, when every slot's child has reported listening.
     fn announce_ready(&mut self) -> Result<(), Error> {
-        if self.ready_announced
-            || !self
-                .slots
-                .iter()
-                .all(|s| s.child.as_ref().is_some_and(|c| c.ready()))
-        {
+        if self.ready_announced || !self.every_slot_ready() {
             return Ok(());
         }
         self.ready_announced = true;
-        let pids: Vec<Pid> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.child.as_ref())
-            .map(|c| c.pid)
-            .collect();
+        if self.ready_pipe.is_some() {
+            // A new master: systemd learns whom to follow now.
+            self.tell_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            self.report_upgraded();
+        } else {
+            self.tell_systemd("READY=1");
+        }
+        let pids = self.serving_pids();
         self.log
             .log(Level::Info, &format!("master ready: children {pids:?}"));
         hook::call("on_master_ready", || {
@@ -444,6 +756,21 @@ impl Master<'_> {
                 None => Ok(()),
             }
         })
+    }
+
+    fn every_slot_ready(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.child.as_ref().is_some_and(|c| c.ready()))
+    }
+
+    /// The serving children's pids, in slot order.
+    fn serving_pids(&self) -> Vec<Pid> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.child.as_ref())
+            .map(|c| c.pid)
+            .collect()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -457,23 +784,90 @@ impl Master<'_> {
         let startups = self
             .slots
             .iter()
-            .filter_map(|s| s.child.as_ref())
+            .flat_map(|s| s.child.iter().chain(s.next.iter()))
             .filter(|c| !c.ready())
             .map(|c| c.started + self.cfg.startup_timeout);
-        respawns.chain(startups).min()
+        let graces = self
+            .retiring
+            .iter()
+            .filter(|r| !r.killed)
+            .map(|r| r.deadline);
+        let watch = self.watchdog_deadline();
+        let recycle = self.recycle_deadline();
+        let systemd = self.notify_watchdog_due;
+        let upgrade = self.upgrade.as_ref().map(|u| u.deadline);
+        respawns
+            .chain(systemd)
+            .chain(upgrade)
+            .chain(startups)
+            .chain(graces)
+            .chain(watch)
+            .chain(recycle)
+            .min()
     }
 
-    /// Enters `Stopping`: no more respawns, the listeners closed, SIGTERM to every child
-    /// (SIGKILL when `forced`), and the deadline after which the rest are killed.
+    /// Tells a child to stop gracefully while the master goes on; it drains within the grace
+    /// period. Its listener stays open in the master and in the other children, so the
+    /// connections in its accept queue that it does not take are taken by them, never reset.
+    fn retire(&mut self, child: Child, slot: usize) {
+        if let Some(cell) = self.cell_of(&child) {
+            cell.state.store(shared::STATE_RETIRING, Ordering::Relaxed);
+        }
+        if let Some(fd) = &child.lifeline {
+            // Tells the child that this SIGTERM is the master's (see child::lifeline).
+            lifeline::announce_stop(fd.as_raw_fd());
+        }
+        signal_all(&[child.pid], Signal::SIGTERM);
+        self.retiring.push(Retiring {
+            child,
+            slot,
+            deadline: Instant::now() + self.cfg.grace_period,
+            killed: false,
+        });
+    }
+
+    /// SIGKILL for retiring children past their grace period; they are reaped as they go.
+    fn kill_overdue_retirees(&mut self, now: Instant) {
+        for r in self.retiring.iter_mut() {
+            if !r.killed && now >= r.deadline {
+                r.killed = true;
+                self.log.log(
+                    Level::Warn,
+                    &format!(
+                        "killing retiring child {} (slot {}) after the {:?} grace period",
+                        r.child.pid, r.slot, self.cfg.grace_period
+                    ),
+                );
+                signal_all(&[r.child.pid], Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Enters `Stopping`: no more respawns nor reload, the listeners closed, SIGTERM to every
+    /// child (SIGKILL when `forced`), and the deadline after which the rest are killed.
     fn begin_stop(&mut self, forced: bool) {
         for slot in &mut self.slots {
             slot.respawn = None;
+        }
+        self.recycling = None;
+        if let State::Reloading { generation, .. } = self.state {
+            self.log.log(
+                Level::Info,
+                &format!("the reload to generation {generation} is abandoned: stopping"),
+            );
         }
         // While the master holds a listener the kernel completes handshakes on it that no child
         // will take, and resets them when the master finally closes it: closed first, the
         // children's descriptors are the last, and each child takes its queue before closing
         // (http::server's close_listener), after which connecting is refused.
         self.listeners.clear();
+        if self.upgrade.is_some() {
+            self.fail_upgrade_for_stop();
+        }
+        if !self.handed_over {
+            // After an upgrade the service goes on, in the new master.
+            self.tell_systemd("STOPPING=1");
+        }
         let live = self.live_pids();
         if !live.is_empty() {
             self.log.log(
@@ -486,11 +880,7 @@ impl Master<'_> {
             );
             if !forced {
                 // Tells each child that this SIGTERM is the master's (see child::lifeline).
-                for fd in self
-                    .slots
-                    .iter()
-                    .filter_map(|s| s.child.as_ref()?.lifeline.as_ref())
-                {
+                for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
                     lifeline::announce_stop(fd.as_raw_fd());
                 }
             }
@@ -542,25 +932,26 @@ impl Master<'_> {
             ),
         );
         signal_all(&stubborn, Signal::SIGKILL);
-        for slot in 0..self.slots.len() {
-            let _ = self.reap(slot, true);
+        for pid in stubborn {
+            let _ = self.reap(pid, true);
         }
     }
 
     fn live_pids(&self) -> Vec<Pid> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.child.as_ref())
-            .map(|c| c.pid)
-            .collect()
+        self.children().map(|c| c.pid).collect()
     }
 }
 
 impl Drop for Master<'_> {
     /// The last line of defence (a panic inside the supervisor itself): no orphan, no zombie.
     fn drop(&mut self) {
-        for child in self.slots.iter_mut().filter_map(|s| s.child.take()) {
-            spawn::kill_and_reap(child.pid);
+        for pid in self.live_pids() {
+            spawn::kill_and_reap(pid);
+        }
+        if let Some(u) = self.upgrade.take()
+            && !self.upgrade_reaped
+        {
+            spawn::kill_and_reap(u.pid);
         }
     }
 }

@@ -68,6 +68,9 @@ impl Recovery {
         if self.counts(lived) {
             self.count_exit()?;
         }
+        if slot >= self.quick.len() {
+            self.quick.resize(slot + 1, 0);
+        }
         let quick = &mut self.quick[slot];
         *quick = if lived.ready.is_none() || lived.total < QUICK_CRASH {
             *quick + 1
@@ -76,6 +79,13 @@ impl Recovery {
         };
         let quick = *quick;
         Ok(self.delay(quick))
+    }
+
+    /// A slot added by scaling starts without the crash history of one removed before it.
+    pub(crate) fn new_slot(&mut self, slot: usize) {
+        if let Some(quick) = self.quick.get_mut(slot) {
+            *quick = 0;
+        }
     }
 
     /// Whether this exit counts against the threshold.

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use nix::unistd::Pid as NixPid;
 use crate::confine::ChildConfinement;
 use crate::error::{Error, ErrorKind, HookError};
 use crate::hooks::{CHILD_ENV, Pid, SpawnRequest};
+use crate::lifeline;
 use crate::master::bind::above_child_fds;
 
 /// A started child as the master tracks it.
@@ -31,6 +32,16 @@ pub(crate) struct Child {
     /// When it reported "listening".
     pub ready_at: Option<Instant>,
     pub started: Instant,
+    /// Its generation: 1 for the first children, one more for each reload.
+    pub generation: u64,
+    /// Its cell in the shared memory, if it has one.
+    pub cell: Option<usize>,
+    /// When the watchdog sent it SIGABRT, and whether SIGKILL followed.
+    pub aborted: Option<(Instant, bool)>,
+    /// The heartbeat the watchdog last saw (the loop's turn count) and when it saw it move.
+    pub beat_seen: (u64, Option<Instant>),
+    /// Requests after which it is recycled (`max_requests` plus its jitter).
+    pub request_limit: Option<u64>,
 }
 
 impl Child {
@@ -41,14 +52,31 @@ impl Child {
 
 pub(crate) type Producer = dyn FnMut(&SpawnRequest) -> Result<Pid, HookError> + Send;
 
-/// Starts the child of `slot` serving `listener`.
+/// What a child finds in its lifeline's hello: the shared memory, its cell there, and the
+/// heartbeat period in milliseconds (0: no watchdog).
+pub(crate) struct Hello<'a> {
+    pub region: BorrowedFd<'a>,
+    pub cell: usize,
+    pub period_ms: u32,
+}
+
+/// Starts the child of `slot` and `generation` serving `listener`.
 pub(crate) fn spawn(
     listener: RawFd,
     slot: usize,
+    generation: u64,
+    hello: Option<Hello<'_>>,
     confinement: ChildConfinement,
     producer: Option<&mut Producer>,
 ) -> Result<Child, Error> {
     let (master_end, child_end) = lifeline_pair()?;
+    // Queued before the child exists, so it is there when the child looks. Without it the
+    // child runs without heartbeat and counters.
+    let cell = hello.and_then(|h| {
+        lifeline::send_hello(master_end.as_raw_fd(), h.region, h.cell as u32, h.period_ms)
+            .ok()
+            .map(|()| h.cell)
+    });
     let request = SpawnRequest {
         listener_fd: listener,
         lifeline_fd: child_end.as_raw_fd(),
@@ -84,6 +112,11 @@ pub(crate) fn spawn(
         lifeline: Some(master_end),
         ready_at: None,
         started: Instant::now(),
+        generation,
+        cell,
+        aborted: None,
+        beat_seen: (0, None),
+        request_limit: None,
     })
 }
 
@@ -144,7 +177,7 @@ fn lifeline_pair() -> Result<(OwnedFd, OwnedFd), Error> {
 }
 
 /// nix 0.32 has no pidfd_open, so the raw system call.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; a
     // descriptor it returns is fresh, so the OwnedFd is its only owner (pidfds are
     // close-on-exec by definition).

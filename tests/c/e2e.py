@@ -10,9 +10,12 @@ master failed to reap is re-parented here and detected. Every wait is bounded.
 
 import ctypes
 import http.client
+import json
 import os
 import queue
 import re
+import resource
+import selectors
 import shutil
 import signal
 import socket
@@ -131,8 +134,16 @@ class Server:
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         """Signals the master, expects exit status 0, and proves nothing is left behind."""
+        self.finish(self.begin_stop(sig), sig, timeout)
+
+    def begin_stop(self, sig=signal.SIGTERM):
+        """Signals the master; returns its children, for `finish`."""
         kids = children_of(self.proc.pid)
         self.proc.send_signal(sig)
+        return kids
+
+    def finish(self, kids, sig=signal.SIGTERM, timeout=20):
+        """After `begin_stop`: expects exit status 0 and proves nothing is left behind."""
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -271,6 +282,157 @@ def conformance_routes(port):
     check(status == 400, f"/status without a code gave {status}")
 
 
+def read_head(sock, have=b""):
+    """Reads until the end of a response head; returns the head and the bytes after it."""
+    while b"\r\n\r\n" not in have:
+        chunk = sock.recv(65536)
+        check(chunk, f"closed before a whole response head: {have!r}")
+        have += chunk
+    head, _, rest = have.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n", rest
+
+
+def take(sock, n, have=b""):
+    """The first `n` bytes (of `have`, then of the socket) and the bytes after them."""
+    while len(have) < n:
+        chunk = sock.recv(65536)
+        check(chunk, f"closed after {have!r}, expected {n} bytes")
+        have += chunk
+    return have[:n], have[n:]
+
+
+def read_exactly(sock, n, have=b""):
+    data, extra = take(sock, n, have)
+    check(not extra, f"more than the {n} bytes expected: {extra!r}")
+    return data
+
+
+def concurrent_gets(port, path, count, timeout=20):
+    """Opens `count` connections, sends GET `path` on each at once, reads every response
+    (Connection: close ends each); returns the bodies and the seconds from the first request
+    sent to the last response read."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=timeout) for _ in range(count)]
+    sel = selectors.DefaultSelector()
+    got = {}
+    try:
+        t0 = time.monotonic()
+        for s in socks:
+            s.sendall(request)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+            got[s] = b""
+        open_ = count
+        deadline = t0 + timeout
+        while open_:
+            check(time.monotonic() < deadline, f"{open_} of {count} {path} still unanswered")
+            for key, _ in sel.select(timeout=1):
+                chunk = key.fileobj.recv(65536)
+                if chunk:
+                    got[key.fileobj] += chunk
+                else:
+                    sel.unregister(key.fileobj)
+                    open_ -= 1
+        took = time.monotonic() - t0
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+    return [got[s] for s in socks], took
+
+
+def demo_defer(prog):
+    """/defer?ms=N: the handler defers, a timer thread completes. 1,000 at once on one child
+    without handler threads wait together, not one after the other (which would take 100 s)."""
+    # A thousand client sockets here and as many in the child, which inherits the limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1"])
+    try:
+        srv.ready()
+        t0 = time.monotonic()
+        status, _, body = request(port, "/defer?ms=200")
+        took = time.monotonic() - t0
+        check((status, body) == (200, b"deferred 200 ms"), f"/defer?ms=200 gave {status} {body!r}")
+        check(0.2 <= took < 5, f"/defer?ms=200 took {took:.3f} s")
+        status, _, _ = request(port, "/defer?ms=x")
+        check(status == 400, f"/defer?ms=x gave {status}")
+
+        # Pipelined: the request after a deferred one is answered after it.
+        raw = raw_exchange(port, b"GET /defer?ms=150 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        line, _, rest = split_head(raw)
+        check(line == "HTTP/1.1 200 OK" and rest.startswith(b"deferred 150 ms"),
+              f"pipelined /defer gave {raw!r}")
+        line, _, rest = split_head(rest[len(b"deferred 150 ms"):])
+        check(line == "HTTP/1.1 200 OK" and rest == b"Hello, World!", f"then {raw!r}")
+
+        for attempt in range(3):
+            bodies, took = concurrent_gets(port, "/defer?ms=100", 1000)
+            bad = [b for b in bodies if not b.endswith(b"\r\n\r\ndeferred 100 ms")]
+            check(not bad, f"{len(bad)} of 1000 /defer?ms=100 failed, e.g. {bad[:1]!r}")
+            print(f"  1000 concurrent /defer?ms=100 on one child: {took:.3f} s", flush=True)
+            if took < 1.0:
+                break
+        check(took < 1.0, f"1000 concurrent /defer?ms=100 took {took:.3f} s, expected under 1 s")
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+UPGRADE = b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+
+
+def demo_upgrade_echo(prog):
+    """/upgrade with Upgrade: echo: a 101, then the child echoes every byte until the client
+    closes; the bytes sent with the request, and the responses pipelined before it, first."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--grace-ms", "3000"])
+    try:
+        srv.ready()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(UPGRADE + b"hello")
+            head, rest = read_head(s)
+            line, fields, _ = split_head(head)
+            check(line == "HTTP/1.1 101 Switching Protocols", f"/upgrade gave {head!r}")
+            check(fields.get("upgrade") == ["echo"] and fields.get("connection") == ["Upgrade"],
+                  f"/upgrade fields {fields}")
+            check("content-length" not in fields, f"a 101 with framing: {fields}")
+            check(read_exactly(s, 5, rest) == b"hello", "the bytes after the request came back")
+            for message in (b"world", bytes(range(256)) * 64):
+                s.sendall(message)
+                check(read_exactly(s, len(message)) == message, "an echo differs")
+            s.shutdown(socket.SHUT_WR)
+            check(s.recv(1) == b"", "the echo ends with the client's close")
+
+        # A request answered before the upgrade on the same connection, in one segment.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + UPGRADE + b"first")
+            head, rest = read_head(s)
+            check(head.startswith(b"HTTP/1.1 200 OK"), f"the request before /upgrade: {head!r}")
+            body, rest = take(s, len(b"Hello, World!"), rest)
+            check(body == b"Hello, World!", f"the body before /upgrade: {body!r}")
+            head, rest = read_head(s, rest)
+            check(head.startswith(b"HTTP/1.1 101 "), f"then {head!r}")
+            check(read_exactly(s, 5, rest) == b"first", "the leftover came back first")
+
+        status, headers, _ = request(port, "/upgrade")
+        check(status == 426 and headers.get("Upgrade") == "echo", f"plain /upgrade gave {status}")
+        check(request(port, "/")[0] == 200, "the child still serves")
+
+        # An echo connection still open when the child stops: ended by exit_child, which the
+        # child waits for before it exits 0.
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)
+        held.sendall(UPGRADE)
+        read_head(held)
+        srv.stop()
+        check(held.recv(1) == b"", "the held echo connection was ended")
+        held.close()
+    finally:
+        srv.kill()
+
+
 def demo_sigint(prog):
     port = free_port()
     srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--grace-ms", "2000"])
@@ -323,10 +485,73 @@ def demo_reuseport(prog):
         srv.kill()
 
 
+def demo_reload(prog):
+    """SIGHUP: a new generation replaces every child, the old one exits 0, and the port keeps
+    answering throughout."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGHUP)
+        m = srv.expect(r"^reloaded generation=(\d+) children=(\d+(?:,\d+)*)$")
+        fresh = [int(p) for p in m.group(2).split(",")]
+        check(m.group(1) == "2", f"reloaded to generation {m.group(1)}, expected 2")
+        check(len(fresh) == 2 and not set(fresh) & set(kids), f"{kids} reloaded to {fresh}")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old generation to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the reload to {fresh}")
+        status, _, body = request(port, "/stats")
+        stats = json.loads(body)
+        print(f"  /stats {body}")
+        check(status == 200 and stats["master"]["pid"] == srv.proc.pid, f"/stats {body}")
+        check(stats["master"]["generation"] == 2 and stats["master"]["reloads"] == 1,
+              f"/stats after one reload: {stats['master']}")
+        serving = sorted(c["pid"] for c in stats["children"] if c["state"] == "serving")
+        check(serving == sorted(fresh), f"/stats serving {serving}, reloaded to {fresh}")
+        check(stats["master"]["requests"] >= 20, f"/stats counted {stats['master']['requests']}")
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+def demo_binary_upgrade(prog):
+    """SIGUSR2: a new master prints its own ready line, the old one exits 0 once the new
+    children listen, and the port answers throughout; then the new master stops cleanly."""
+    port = free_port()
+    srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2"])
+    new = None
+    try:
+        kids = srv.ready()
+        srv.proc.send_signal(signal.SIGUSR2)
+        m = srv.expect(rf"^ready pid=(?!{srv.proc.pid}\b)(\d+) children=(\d+(?:,\d+)*)$")
+        new = int(m.group(1))
+        fresh = [int(p) for p in m.group(2).split(",")]
+        try:
+            code = srv.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fail("the old master did not exit after the upgrade")
+        check(code == 0, f"old master exit status {code}, expected 0")
+        wait_until(lambda: not any(alive(p) for p in kids), 15, "the old children to exit")
+        served = {int(request(port, "/pid")[2]) for _ in range(20)}
+        check(served <= set(fresh), f"served by {served} after the upgrade to {fresh}")
+        check(ppid_of(new) == os.getpid(), "the new master was not handed to the subreaper")
+        os.kill(new, signal.SIGTERM)
+        wait_until(lambda: not alive(new), 20, "the new master to stop")
+        _, status = os.waitpid(new, 0)  # this subreaper's child now, a zombie until then
+        check(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0,
+              f"new master wait status {status:#x}, expected exit 0")
+        new = None
+        assert_nothing_left(fresh)
+    finally:
+        if new is not None and alive(new):
+            os.kill(new, signal.SIGKILL)
+        srv.kill()
+
+
 def demo_flags(prog):
     bad = [["--children", "x"], ["--bogus"], ["--network", "udp"], ["--addr"],
            ["--children", "5000"], ["--header-timeout-ms", "0"], ["--grace-ms", "-5"],
-           ["--recover-threshold", "many"]]
+           ["--recover-threshold", "many"], ["--child-timeout-ms", "50"]]
     for args in bad:
         r = subprocess.run([prog, *args], capture_output=True, text=True, timeout=20)
         check(r.returncode == 2, f"{args}: exit {r.returncode}, expected 2; stderr {r.stderr!r}")
@@ -577,7 +802,31 @@ def server(prog):
         dropped = [l for l in srv.seen if l.startswith("log warn: ") and "set a body" in l]
         check(len(dropped) == 1 and "204 response" in dropped[0],
               f"expected one log line for the dropped bodies, got {dropped}")
-        srv.stop()
+
+        status, _, body = request(port, "/defer-misuse")
+        check((status, body) == (200, b"misuse: ok"), f"/defer-misuse gave {status} {body!r}")
+        srv.expect(r"^completed twice: refused$", timeout=5)
+        status, headers, _ = request(port, "/defer-free")
+        check(status == 500 and headers.get("Connection") == "close",
+              f"a deferred response freed uncompleted gave {status} {headers}")
+        srv.expect(r"^log warn: .*dropped without being completed", timeout=5)
+
+        # Still deferred when the child drains: a 503 250 ms before the end of the 1 s grace
+        # period, ahead of the master's SIGKILL; the child completes it after prefork_free.
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        late.sendall(b"GET /defer-late HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        kids = srv.begin_stop()
+        head, _ = read_head(late)
+        took = time.monotonic() - t0
+        late.close()  # the child's lingering close ends with it, and the child with that
+        check(head.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in head,
+              f"a deferred response pending at the drain's end gave {head!r}")
+        check(0.5 < took < 1.0, f"the drain's 503 came after {took:.3f} s (grace 1 s)")
+        print(f"  the drain's 503 for a deferred response came after {took:.3f} s", flush=True)
+        srv.finish(kids)
+        srv.expect(r"^late completion: ok$", timeout=5)
     finally:
         srv.kill()
 
@@ -1055,7 +1304,7 @@ def make_pki(directory):
 _contexts = {}
 
 
-def https(port, ca, name, path="/", session=None):
+def https(port, ca, name, path="/", session=None, headers=""):
     """GET over TLS with Python's ssl module; returns (status line, body, TLS socket). One
     context per CA: a session resumes only through the context that made it."""
     import ssl
@@ -1065,7 +1314,8 @@ def https(port, ca, name, path="/", session=None):
     ctx = _contexts[ca]
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     tls = ctx.wrap_socket(raw, server_hostname=name, session=session)
-    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\n{headers}Connection: close\r\n\r\n"
+                .encode())
     data = b""
     while True:
         chunk = tls.recv(65536)
@@ -1112,6 +1362,20 @@ def demo_tls(prog):
                 # Plain HTTP on the TLS port: a clear-text 400.
                 reply = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 check(reply.startswith(b"HTTP/1.1 400 "), f"plain HTTP got {reply[:40]!r}")
+                # A TLS connection cannot be taken over: /upgrade's hijack gets
+                # PREFORK_ERR_UNSUPPORTED, which the demo answers 501.
+                line, body, _ = https(port, ca, "localhost", "/upgrade", headers="Upgrade: echo\r\n")
+                check(line.startswith("HTTP/1.1 501 "), f"/upgrade over TLS gave {line!r} {body!r}")
+                if not embed:
+                    # A reload's children get the TLS material too.
+                    srv.proc.send_signal(signal.SIGHUP)
+                    m = srv.expect(r"^reloaded generation=(\d+) children=(\d+(?:,\d+)*)$")
+                    fresh = [int(p) for p in m.group(2).split(",")]
+                    check(not set(fresh) & set(kids), f"{kids} reloaded to {fresh}")
+                    wait_until(lambda: not any(alive(p) for p in kids), 15,
+                               "the old generation to exit")
+                    pids = {int(https(port, ca, "localhost", "/pid")[1]) for _ in range(10)}
+                    check(pids <= set(fresh), f"/pid gave {pids} after the reload to {fresh}")
                 try:
                     https(port, ca, "unknown.test")
                     fail("a name no certificate has was accepted")
@@ -1134,10 +1398,12 @@ def demo_tls(prog):
 
 
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
-                                      demo_flags, demo_bind_error, demo_user, demo_limits, demo_tls,
-                                      hello, hooks, hooks_master_death, server, api, abi_v0_1,
-                                      serve_echo, serve_echo_master_death, demo_proxy,
-                                      demo_haproxy, demo_nginx]}
+                                      demo_reload, demo_binary_upgrade,
+                                      demo_flags, demo_bind_error, demo_user, demo_limits,
+                                      demo_tls, demo_defer, demo_upgrade_echo, hello, hooks,
+                                      hooks_master_death, server, api, abi_v0_1, serve_echo,
+                                      serve_echo_master_death, demo_proxy, demo_haproxy,
+                                      demo_nginx]}
 
 
 # Tools a scenario needs: installed first, before this process becomes a subreaper (so that no

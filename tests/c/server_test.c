@@ -9,6 +9,12 @@
  *   GET /fail          two pieces, then the read callback fails (-1)
  *   GET /drop?code=N   status N (prefork_response_set_status) and a body written with
  *                      prefork_response_write, which a 204 or 304 must drop
+ *   GET /defer-misuse  a deferred response and the misuse rules of its handle: "misuse: ok"
+ *                      in the body, and a "completed twice: refused" line on stdout
+ *   GET /defer-free    a deferred response freed without being completed (a 500)
+ *   GET /defer-late    a deferred response kept until the child stopped serving and freed its
+ *                      handle: the drain answers 503, and the late completion prints
+ *                      "late completion: ok"
  *
  *   server_test HOST:PORT      prints "ready" once the master is ready
  *
@@ -103,12 +109,69 @@ static void inspect(const prefork_request *req, prefork_response *resp) {
     line(resp, "refusals", cstr(refusals ? "ok" : "BROKEN"));
 }
 
+static void never_called(void *user_data, prefork_conn *conn) {
+    (void)user_data;
+    (void)conn;
+    abort();
+}
+
+static void count_free(void *user_data) {
+    ++*(int *)user_data;
+}
+
+/* Every misuse of the deferred and hijack calls is an error code, never a crash. */
+static void deferred_misuse(prefork_response *resp) {
+    static int frees;
+    prefork_deferred *d = NULL, *again = NULL;
+    if (prefork_response_defer(resp, &d) != PREFORK_OK) abort();
+    bool ok = prefork_response_defer(NULL, &again) == PREFORK_ERR_NULL &&
+              prefork_response_defer(resp, NULL) == PREFORK_ERR_NULL &&
+              prefork_response_defer(resp, &again) == PREFORK_ERR_STATE && again == NULL &&
+              /* A refused hijack leaves user_data to the caller. */
+              prefork_response_hijack(resp, never_called, &frees, count_free) ==
+                  PREFORK_ERR_STATE &&
+              prefork_response_hijack(prefork_deferred_response(d), NULL, &frees, count_free) ==
+                  PREFORK_ERR_NULL &&
+              frees == 0 && prefork_deferred_response(NULL) == NULL &&
+              prefork_deferred_complete(NULL) == PREFORK_ERR_NULL && prefork_conn_fd(NULL) == -1 &&
+              prefork_conn_leftover(NULL).len == 0;
+    prefork_deferred_free(NULL);
+    prefork_conn_close(NULL);
+    prefork_response *r = prefork_deferred_response(d);
+    const char *body = ok ? "misuse: ok" : "misuse: BROKEN";
+    prefork_response_reply(r, 200, "text/plain", 10, body, strlen(body));
+    if (prefork_deferred_complete(d) != PREFORK_OK) abort();
+    /* Completed: a second completion is refused, and changes go nowhere. */
+    bool twice = prefork_deferred_complete(d) == PREFORK_ERR_STATE &&
+                 prefork_response_write(r, "IGNORED", 7) == PREFORK_OK;
+    prefork_deferred_free(d);
+    printf("completed twice: %s\n", twice ? "refused" : "BROKEN");
+    fflush(stdout);
+}
+
+/* The response of /defer-late, completed only after prefork_free in main. */
+static prefork_deferred *late;
+
 static void handle(void *ud, const prefork_request *req, prefork_response *resp) {
     (void)ud;
     prefork_str path = prefork_request_path(req);
     prefork_str query = prefork_request_query(req);
     if (path.len == 8 && memcmp(path.ptr, "/inspect", 8) == 0) {
         inspect(req, resp);
+        return;
+    }
+    if (path.len == 13 && memcmp(path.ptr, "/defer-misuse", 13) == 0) {
+        deferred_misuse(resp);
+        return;
+    }
+    if (path.len == 11 && memcmp(path.ptr, "/defer-late", 11) == 0 && !late) {
+        if (prefork_response_defer(resp, &late) != PREFORK_OK) abort();
+        return;
+    }
+    if (path.len == 11 && memcmp(path.ptr, "/defer-free", 11) == 0) {
+        prefork_deferred *d;
+        if (prefork_response_defer(resp, &d) != PREFORK_OK) abort();
+        prefork_deferred_free(d);
         return;
     }
     if (path.len == 5 && memcmp(path.ptr, "/drop", 5) == 0 && query.len == 8 &&
@@ -166,6 +229,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (prefork_new(&handler, &p) != PREFORK_OK || prefork_set_children(p, 1) != PREFORK_OK ||
+        prefork_set_grace_period_ms(p, 1000) != PREFORK_OK ||
         prefork_set_hooks(p, &hooks) != PREFORK_OK ||
         prefork_set_logger(p, log_line, NULL, NULL) != PREFORK_OK) {
         fprintf(stderr, "server_test: %s\n", prefork_last_error());
@@ -177,5 +241,13 @@ int main(int argc, char **argv) {
     prefork_result r = prefork_listen_and_serve(p, argv[1]);
     if (r != PREFORK_OK) fprintf(stderr, "server_test: %s\n", prefork_last_error());
     prefork_free(p);
+    if (late) {
+        /* The child stopped serving and its server is freed: completing is accepted and goes
+         * nowhere. */
+        prefork_result done = prefork_deferred_complete(late);
+        prefork_deferred_free(late);
+        printf("late completion: %s\n", done == PREFORK_OK ? "ok" : "BROKEN");
+        fflush(stdout);
+    }
     return r == PREFORK_OK ? 0 : 1;
 }

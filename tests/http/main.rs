@@ -4,10 +4,13 @@
 //! bytes too); every socket read is bounded by `support::IO_TIMEOUT`.
 
 mod conformance;
+mod deferred;
 mod drain;
+mod hijack;
 mod limits;
 mod malformed;
 mod proxy;
+mod rates;
 mod smuggling;
 mod support;
 mod timeouts;

@@ -368,6 +368,17 @@ impl Client {
         }
     }
 
+    /// Exactly `n` more bytes after the responses read so far (on a connection taken over).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        self.take(n)
+    }
+
+    /// Every byte after the responses read so far, until the server closes.
+    pub fn rest(&mut self) -> Vec<u8> {
+        while self.fill() {}
+        std::mem::take(&mut self.buf)
+    }
+
     fn take(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
             assert!(self.fill(), "connection closed inside a response body");

@@ -39,6 +39,12 @@ pub fn with_env<T>(env: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
 
 pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // The watchdog's SIGABRT must not leave core files behind; the limit is inherited.
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
 }
 
 pub struct Master {
@@ -135,6 +141,21 @@ impl Master {
         }
     }
 
+    /// Waits for the line `line`, which may have been read already.
+    pub fn saw(&mut self, line: &str, within: Duration) -> Result<(), String> {
+        if self.seen.iter().any(|l| l == line) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.expect(line, left)?;
+            if self.seen.last().is_some_and(|l| l == line) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Reads every line until the master's stdout closes.
     pub fn drain(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
@@ -167,10 +188,20 @@ impl Master {
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus, String> {
+        self.wait_exit_then(within, Duration::from_secs(2))
+    }
+
+    /// As `wait_exit`, reading the lines left for at most `drain` (a process that outlives
+    /// the master, such as the new master of an upgrade, keeps stdout open).
+    pub fn wait_exit_then(
+        &mut self,
+        within: Duration,
+        drain: Duration,
+    ) -> Result<ExitStatus, String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.proc.try_wait().map_err(|e| e.to_string())? {
-                self.drain(Duration::from_secs(2));
+                self.drain(drain);
                 return Ok(status);
             }
             if Instant::now() > deadline {

@@ -76,6 +76,23 @@ fn main() {
         serve_mode_return_value_is_the_exit_status,
         serve_mode_crash_loop_ends_in_over_recovery,
         serve_mode_stop_lets_the_request_in_flight_finish,
+        reload_under_steady_load_fails_no_request,
+        reload_under_steady_load_fails_no_request_reuseport,
+        reload_whose_new_generation_fails_keeps_the_old_serving,
+        reload_during_a_reload_is_queued,
+        reload_call_from_a_hook,
+        ttin_and_ttou_add_and_remove_children,
+        ttin_and_ttou_add_and_remove_children_reuseport,
+        set_children_live_from_a_hook,
+        watchdog_kills_a_child_stuck_on_its_event_loop,
+        watchdog_spares_idle_children_and_a_suspended_master,
+        max_requests_recycles_under_load_without_a_failure,
+        max_child_age_recycles_one_slot_at_a_time,
+        stats_show_every_child_and_the_totals,
+        systemd_hears_ready_reloading_watchdog_and_stopping,
+        upgrade_under_steady_load_fails_no_request,
+        upgrade_under_steady_load_fails_no_request_reuseport,
+        upgrade_whose_new_master_fails_keeps_the_old_serving,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -159,7 +176,7 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| !matches!(*e, "port" | "bound" | "child-ready"))
+        .filter(|e| !matches!(*e, "port" | "init" | "master" | "bound" | "child-ready"))
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],
@@ -953,7 +970,7 @@ fn custom_logger_receives_process_events() -> Outcome {
     let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_LOGGER", "1")]);
     let (ready, _) = m.ready()?;
     stop_cleanly(&mut m)?;
-    let want = format!("log info started child {} (slot 0)", ready[0]);
+    let want = format!("log info started child {} (slot 0, generation 1)", ready[0]);
     ensure!(m.seen.contains(&want), "no {want:?} line; {}", m.context());
     ensure!(
         m.seen
@@ -1387,4 +1404,841 @@ fn serve_mode_stop_lets_the_request_in_flight_finish() -> Outcome {
         m.context()
     );
     Ok(())
+}
+
+/// Parses a `reloaded GEN PID,PID` line's rest into (generation, pids).
+fn reloaded(rest: &str) -> Result<(u64, Vec<i32>), String> {
+    let (generation, pids) = rest
+        .split_once(' ')
+        .ok_or_else(|| format!("bad reloaded line {rest:?}"))?;
+    let pids = pids
+        .split(',')
+        .map(|p| p.parse().map_err(|e| format!("{e}")));
+    Ok((
+        generation.parse().map_err(|e| format!("{e}"))?,
+        pids.collect::<Result<_, _>>()?,
+    ))
+}
+
+/// When a request started, and the pid that served it or the error.
+type Served = (Instant, Result<i32, String>);
+
+/// A client on fresh connections, one request every millisecond or so, until told to stop:
+/// what each got. Paced, because every connection leaves a TIME_WAIT entry in
+/// /proc/net/tcp for a minute, and later stages (the Zig e2e reads that table) must not find
+/// tens of thousands of them.
+struct SteadyClient {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Served>>,
+}
+
+impl SteadyClient {
+    fn start(port: u16) -> SteadyClient {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let pid = get(port, "/pid")
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| b.parse::<i32>().map_err(|e| format!("{e}: {b:?}")));
+                got.push((at, pid));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            got
+        });
+        SteadyClient { stop, thread }
+    }
+
+    fn finish(self) -> Result<Vec<Served>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| "client panicked".into())
+    }
+}
+
+fn reload_under_steady_load_fails_no_request() -> Outcome {
+    reload_under_load(false)
+}
+
+fn reload_under_steady_load_fails_no_request_reuseport() -> Outcome {
+    reload_under_load(true)
+}
+
+/// SIGHUP under a steady client and with a slow request in flight: a new generation of
+/// children takes over, the old one drains, and not one request fails.
+fn reload_under_load(reuseport: bool) -> Outcome {
+    let mut env = vec![("PF_CHILDREN", "2"), ("PF_HANDLER_THREADS", "2")];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (old, port) = m.ready()?;
+    let client = SteadyClient::start(port);
+    let slow = std::thread::spawn(move || get(port, "/sleep?ms=800"));
+    m.expect("sleeping ", 5 * SEC)?;
+    let asked = Instant::now();
+    m.signal(libc::SIGHUP);
+    let (generation, new) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    let took = asked.elapsed();
+    let drained = all_gone(&old, 6 * SEC)?;
+    let old_gone = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let got = client.finish()?;
+    let slow = slow.join().map_err(|_| "slow request panicked")?;
+    measure("SIGHUP to the new generation serving (2 children)", took);
+    measure("then the old generation's drain", drained);
+    ensure!(generation == 2, "reloaded to generation {generation}");
+    ensure!(
+        new.len() == 2 && new.iter().all(|p| !old.contains(p)),
+        "new generation {new:?}, old {old:?}"
+    );
+    ensure!(
+        slow.as_deref().ok() == Some("slept"),
+        "the request in flight at the reload got {slow:?}"
+    );
+    let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    println!(
+        "    measure: {} requests during the reload, {} failed",
+        got.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    ensure!(got.len() > 20, "only {} requests", got.len());
+    let late: Vec<i32> = got
+        .iter()
+        .filter(|(at, _)| *at > old_gone)
+        .filter_map(|(_, r)| r.clone().ok())
+        .collect();
+    ensure!(
+        !late.is_empty() && late.iter().all(|p| new.contains(p)),
+        "after the old generation left, served by {late:?}; new is {new:?}"
+    );
+    stop_cleanly(&mut m)
+}
+
+fn reload_whose_new_generation_fails_keeps_the_old_serving() -> Outcome {
+    let file = std::env::temp_dir().join(format!("pf-reload-{}", std::process::id()));
+    std::fs::write(&file, "").map_err(|e| e.to_string())?;
+    let path = file.display().to_string();
+    let result = reload_failures(&path);
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
+fn reload_failures(path: &str) -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_INIT_FILE", path),
+        ("PF_STARTUP_MS", "1500"),
+        ("PF_GRACE_MS", "500"),
+        ("PF_THRESHOLD", "0"),
+    ]);
+    let (old, port) = m.ready()?;
+    for (content, generation, needle) in [
+        ("fail", 2, "before generation 2 was ready"),
+        ("sleep", 3, "within 1.5s (startup timeout)"),
+    ] {
+        std::fs::write(path, content).map_err(|e| e.to_string())?;
+        let spawned = m.all_children().len();
+        let asked = Instant::now();
+        m.signal(libc::SIGHUP);
+        let failed = m.expect("reload-failed ", 10 * SEC)?;
+        measure(
+            &format!("SIGHUP to the failure report ({content})"),
+            asked.elapsed(),
+        );
+        ensure!(
+            failed.starts_with(&format!("{generation} ")) && failed.contains(needle),
+            "failure report {failed:?}, wanted generation {generation} and {needle:?}"
+        );
+        let tried = m.all_children()[spawned..].to_vec();
+        ensure!(tried.len() == 2, "started {tried:?} for the reload");
+        all_gone(&tried, 3 * SEC)?;
+        for _ in 0..6 {
+            let pid: i32 = get(port, "/pid")
+                .map_err(|e| format!("after the failed reload: {e}"))?
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            ensure!(old.contains(&pid), "served by {pid}, not the old {old:?}");
+        }
+    }
+    ensure!(
+        !m.seen.iter().any(|l| l.starts_with("result ")),
+        "the master gave up; {}",
+        m.context()
+    );
+    std::fs::write(path, "").map_err(|e| e.to_string())?;
+    m.signal(libc::SIGHUP);
+    let (generation, new) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    ensure!(
+        generation == 4,
+        "the fixed reload is generation {generation}"
+    );
+    all_gone(&old, 3 * SEC)?;
+    let pid: i32 = get(port, "/pid")
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    ensure!(new.contains(&pid), "served by {pid}, not {new:?}");
+    stop_cleanly(&mut m)
+}
+
+/// Reloads asked for while one runs coalesce into one that follows it; a stop during a
+/// reload takes the half-started generation down too.
+fn reload_during_a_reload_is_queued() -> Outcome {
+    let file = std::env::temp_dir().join(format!("pf-requeue-{}", std::process::id()));
+    std::fs::write(&file, "slow 700").map_err(|e| e.to_string())?;
+    let path = file.display().to_string();
+    let result = (|| {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_INIT_FILE", &path)]);
+        let (first, port) = m.ready()?;
+        m.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(150));
+        m.signal(libc::SIGHUP);
+        m.signal(libc::SIGHUP);
+        let (g2, second) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+        let (g3, third) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+        ensure!((g2, g3) == (2, 3), "generations {g2} then {g3}");
+        all_gone(&first, 6 * SEC)?;
+        all_gone(&second, 6 * SEC)?;
+        let pid: i32 = get(port, "/pid")
+            .map_err(|e| e.to_string())?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        ensure!(third.contains(&pid), "served by {pid}, not {third:?}");
+        std::thread::sleep(Duration::from_millis(1000));
+        ensure!(
+            !m.seen.iter().any(|l| l.starts_with("reloaded 4")),
+            "three requests made three reloads; {}",
+            m.context()
+        );
+        m.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(200));
+        stop_cleanly(&mut m)?;
+        ensure!(
+            m.all_children().len() == 8,
+            "spawned {:?}; {}",
+            m.all_children(),
+            m.context()
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
+/// `prefork::reload()` from the master's own hook: the Rust equivalent of prefork_reload.
+fn reload_call_from_a_hook() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_RELOAD_ON_READY", "1")]);
+    let (old, _) = m.ready()?;
+    let (generation, new) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    ensure!(
+        generation == 2 && new != old,
+        "reloaded {generation} {new:?}"
+    );
+    ensure!(
+        m.seen.iter().any(|l| l == "reload-call true"),
+        "reload() did not say it was taken; {}",
+        m.context()
+    );
+    stop_cleanly(&mut m)
+}
+
+/// The master's live children, as the kernel sees them.
+fn children_of(master: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p| alive(p))
+        .collect()
+}
+
+/// Waits until the master has `n` live children; returns them.
+fn wait_children(m: &Master, n: usize, within: Duration) -> Result<Vec<i32>, String> {
+    let start = Instant::now();
+    loop {
+        let kids = children_of(m.pid());
+        if kids.len() == n {
+            return Ok(kids);
+        }
+        ensure!(
+            start.elapsed() < within,
+            "{} children {kids:?} after {within:?}, expected {n}; {}",
+            kids.len(),
+            m.context()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ttin_and_ttou_add_and_remove_children() -> Outcome {
+    scale_with_signals(false)
+}
+
+fn ttin_and_ttou_add_and_remove_children_reuseport() -> Outcome {
+    scale_with_signals(true)
+}
+
+/// 2 children, TTIN twice to 4, TTOU four times down to 1 (the last one refused), under a
+/// steady client that must see no failure; in reuseport mode each added slot has its own
+/// socket and a removed slot's socket leaves the master.
+fn scale_with_signals(reuseport: bool) -> Outcome {
+    let mut env = vec![("PF_CHILDREN", "2")];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (first, port) = m.ready()?;
+    let client = SteadyClient::start(port);
+    // Removed before it is ready: it is let finish starting, then drains what its socket got.
+    m.signal(libc::SIGTTIN);
+    let brief = m.expect("spawn ", 5 * SEC)?;
+    m.signal(libc::SIGTTOU);
+    m.saw(&format!("exit {brief} code 0"), 5 * SEC)?;
+    wait_children(&m, 2, 5 * SEC)?;
+    let mut added = Vec::new();
+    for n in [3, 4] {
+        let asked = Instant::now();
+        m.signal(libc::SIGTTIN);
+        let pid: i32 = m
+            .expect("spawn ", 5 * SEC)?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        wait_children(&m, n, 5 * SEC)?;
+        m.saw(&format!("init {pid}"), 5 * SEC)?;
+        measure(
+            &format!("SIGTTIN to child {n} initialised"),
+            asked.elapsed(),
+        );
+        added.push(pid);
+    }
+    if reuseport {
+        let sockets: Vec<String> = first
+            .iter()
+            .chain(&added)
+            .map(|&p| fd_target(p, "3").unwrap_or_default())
+            .collect();
+        let distinct: std::collections::HashSet<&String> = sockets.iter().collect();
+        ensure!(distinct.len() == 4, "4 slots share sockets {sockets:?}");
+    }
+    let master_sockets =
+        |m: &Master| -> Vec<String> { fd_targets(m.pid()).into_iter().map(|(_, t)| t).collect() };
+    let last_socket = fd_target(added[1], "3").unwrap_or_default();
+    for (n, leaving) in [(3, added[1]), (2, added[0]), (1, first[1])] {
+        let asked = Instant::now();
+        m.signal(libc::SIGTTOU);
+        all_gone(&[leaving], 5 * SEC)?;
+        measure(&format!("SIGTTOU to child {leaving} gone"), asked.elapsed());
+        wait_children(&m, n, 5 * SEC)?;
+        m.saw(&format!("exit {leaving} code 0"), SEC)
+            .map_err(|e| format!("removed child {leaving} did not exit 0: {e}"))?;
+    }
+    if reuseport {
+        ensure!(
+            !master_sockets(&m).contains(&last_socket),
+            "the master still holds removed slot 3's socket {last_socket}"
+        );
+    }
+    m.signal(libc::SIGTTOU);
+    std::thread::sleep(Duration::from_millis(300));
+    let left = wait_children(&m, 1, SEC)?;
+    ensure!(
+        left == [first[0]],
+        "left with {left:?}, slot 0 was {}",
+        first[0]
+    );
+    let got = client.finish()?;
+    let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    println!(
+        "    measure: {} requests while scaling 2 -> 4 -> 1, {} failed",
+        got.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    stop_cleanly(&mut m)
+}
+
+/// `prefork::set_children_live` from the master's own hook.
+fn set_children_live_from_a_hook() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_SCALE_ON_READY", "3")]);
+    m.ready()?;
+    m.expect("scale-call true", 5 * SEC)?;
+    wait_children(&m, 3, 5 * SEC)?;
+    stop_cleanly(&mut m)
+}
+
+/// A handler that blocks the event loop for a minute: with child_timeout 1 s the child is
+/// aborted within the timeout plus a second of the block's start, and replaced.
+fn watchdog_kills_a_child_stuck_on_its_event_loop() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "1"), ("PF_CHILD_TIMEOUT_MS", "1000")]);
+    let (ready, port) = m.ready()?;
+    let stuck = ready[0];
+    let client = std::thread::spawn(move || get(port, "/sleep?ms=60000"));
+    m.expect(&format!("sleeping {stuck}"), 5 * SEC)?;
+    let blocked = Instant::now();
+    m.expect(&format!("exit {stuck} signal 6"), 5 * SEC)?;
+    let reaction = blocked.elapsed();
+    measure(
+        "event loop blocked to the SIGABRT's exit (child_timeout 1 s)",
+        reaction,
+    );
+    ensure!(
+        reaction >= Duration::from_millis(900) && reaction < 2 * SEC,
+        "killed {reaction:?} after the loop blocked, child_timeout 1 s"
+    );
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new: i32 = recover
+        .strip_prefix(&format!("{stuck} "))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("recover line {recover:?}"))?;
+    let served: i32 = get(port, "/pid")
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    ensure!(
+        served == new,
+        "served by {served}, the replacement is {new}"
+    );
+    ensure!(
+        client.join().map_err(|_| "client panicked")?.is_err(),
+        "the stuck request was answered"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// Idle children beat on their own; a master stopped with its children for longer than the
+/// timeout, and resumed before them, gives them a full timeout instead of killing them.
+fn watchdog_spares_idle_children_and_a_suspended_master() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_CHILD_TIMEOUT_MS", "400")]);
+    let (ready, port) = m.ready()?;
+    ensure!(
+        m.expect("exit ", 1200 * Duration::from_millis(1)).is_err(),
+        "an idle child was killed; {}",
+        m.context()
+    );
+    let everyone: Vec<i32> = ready.iter().copied().chain([m.pid()]).collect();
+    for &pid in &everyone {
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    std::thread::sleep(SEC);
+    m.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(150));
+    for &pid in &ready {
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    ensure!(
+        m.expect("exit ", SEC).is_err(),
+        "a child was killed after the master's suspension; {}",
+        m.context()
+    );
+    ensure!(
+        m.context().contains("the master did not run for"),
+        "the absence was not noticed; {}",
+        m.context()
+    );
+    for _ in 0..4 {
+        get(port, "/").map_err(|e| e.to_string())?;
+    }
+    stop_cleanly(&mut m)
+}
+
+/// Samples the master's live children every few ms until `stop`; returns the fewest seen.
+fn fewest_children(master: i32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut fewest = usize::MAX;
+        while !stop.load(Ordering::Relaxed) {
+            fewest = fewest.min(children_of(master).len());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        fewest
+    })
+}
+
+/// max_requests 300 (+ up to 100 jitter) under a steady client: children are recycled, each
+/// replacement ready before the old one stops, and not one request fails.
+fn max_requests_recycles_under_load_without_a_failure() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_MAX_REQUESTS", "300"),
+        ("PF_MAX_REQUESTS_JITTER", "100"),
+        ("PF_LOGGER", "1"),
+    ]);
+    let (first, port) = m.ready()?;
+    let sampling = Arc::new(AtomicBool::new(false));
+    let fewest = fewest_children(m.pid(), sampling.clone());
+    let client = SteadyClient::start(port);
+    std::thread::sleep(2 * SEC);
+    let got = client.finish()?;
+    sampling.store(true, Ordering::Relaxed);
+    let fewest = fewest.join().map_err(|_| "sampler panicked")?;
+    let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let served: std::collections::HashSet<i32> =
+        got.iter().filter_map(|(_, r)| r.clone().ok()).collect();
+    m.drain(Duration::from_millis(300));
+    let recycled = m
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("log info recycled slot"))
+        .count();
+    println!(
+        "    measure: {} requests, {recycled} recycles, {} children served, {} failed, \
+         fewest live children {fewest}",
+        got.len(),
+        served.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    ensure!(
+        recycled >= 1 && recycled as u64 <= got.len() as u64 / 300 + 1,
+        "{recycled} recycles for {} requests at 300 to 400 each; {}",
+        got.len(),
+        m.context()
+    );
+    ensure!(fewest >= 2, "only {fewest} children at some point");
+    ensure!(
+        first.iter().all(|&p| !alive(p)) || recycled < 2,
+        "the first children {first:?} are still there after {recycled} recycles"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// max_child_age 400 ms: every child is recycled in turn, one slot at a time.
+fn max_child_age_recycles_one_slot_at_a_time() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "2"),
+        ("PF_MAX_CHILD_AGE_MS", "400"),
+        ("PF_LOGGER", "1"),
+    ]);
+    let (first, port) = m.ready()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    get(port, "/").map_err(|e| e.to_string())?;
+    m.drain(Duration::from_millis(100));
+    let steps: Vec<&str> = m
+        .seen
+        .iter()
+        .filter_map(|l| {
+            if l.starts_with("log info recycling child") {
+                Some("start")
+            } else if l.starts_with("log info recycled slot") {
+                Some("done")
+            } else {
+                None
+            }
+        })
+        .collect();
+    ensure!(
+        steps.len() >= 4,
+        "{} recycle steps in 1.5 s at 400 ms; {}",
+        steps.len(),
+        m.context()
+    );
+    ensure!(
+        steps
+            .chunks(2)
+            .all(|pair| pair[0] == "start" && pair.get(1).is_none_or(|s| *s == "done")),
+        "recycles overlapped: {steps:?}"
+    );
+    all_gone(&first, 2 * SEC)?;
+    stop_cleanly(&mut m)
+}
+
+/// The JSON object of `"pid":PID` in a stats text, up to its closing brace.
+fn child_entry(stats: &str, pid: i32) -> Option<&str> {
+    let at = stats.find(&format!("{{\"pid\":{pid},"))?;
+    let end = stats[at..].find('}')?;
+    Some(&stats[at..at + end + 1])
+}
+
+/// A number field of a stats object.
+fn field(obj: &str, name: &str) -> Option<u64> {
+    let at = obj.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let digits: String = obj[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// /stats from a child: the master's figures (pids, slots, generation, requests, restarts),
+/// read from the shared memory, before and after a crash and a reload.
+fn stats_show_every_child_and_the_totals() -> Outcome {
+    let mut m = Master::start(&[("PF_CHILDREN", "2")]);
+    let (ready, port) = m.ready()?;
+    for _ in 0..10 {
+        get(port, "/").map_err(|e| e.to_string())?;
+    }
+    // The counts are published at each loop turn: the next request's turn shows this one.
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = get(port, "/stats").map_err(|e| e.to_string())?;
+    println!("    stats: {stats}");
+    let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+    ensure!(
+        field(master, "pid") == Some(m.pid() as u64) && field(master, "children") == Some(2),
+        "master part {master}"
+    );
+    ensure!(
+        field(master, "requests").is_some_and(|n| n >= 10),
+        "requests {master}"
+    );
+    for (slot, pid) in ready.iter().enumerate() {
+        let entry = child_entry(&stats, *pid).ok_or_else(|| format!("{pid} missing: {stats}"))?;
+        ensure!(
+            entry.contains("\"state\":\"serving\"")
+                && field(entry, "slot") == Some(slot as u64)
+                && field(entry, "generation") == Some(1),
+            "entry {entry}"
+        );
+    }
+    unsafe { libc::kill(ready[0], libc::SIGKILL) };
+    let recover = m.expect("recover ", 5 * SEC)?;
+    let new: i32 = recover
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or("bad recover line")?;
+    m.saw(&format!("init {new}"), 5 * SEC)?;
+    m.signal(libc::SIGHUP);
+    let (_, reloaded) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
+    all_gone(&[ready[1], new], 6 * SEC)?;
+    let stats = get(port, "/stats").map_err(|e| e.to_string())?;
+    let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+    ensure!(
+        field(master, "generation") == Some(2)
+            && field(master, "reloads") == Some(1)
+            && field(master, "exited") == Some(3)
+            && field(master, "spawned") == Some(5),
+        "after a crash and a reload: {master}"
+    );
+    let entry = child_entry(&stats, reloaded[0]).ok_or_else(|| stats.clone())?;
+    ensure!(
+        field(entry, "slot_restarts") == Some(1) && field(entry, "generation") == Some(2),
+        "slot 0's child after one restart: {entry}"
+    );
+    ensure!(
+        !stats.contains(&format!("\"pid\":{},", ready[1])),
+        "a reaped child is still listed: {stats}"
+    );
+    stop_cleanly(&mut m)
+}
+
+/// A service manager's notification socket: every datagram received within `within`.
+fn notifications(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => return got,
+        }
+    }
+}
+
+/// sd_notify against a socket this test listens on: READY=1 with a STATUS, WATCHDOG=1 every
+/// half WATCHDOG_USEC but none while a slot has no ready child, RELOADING=1 with
+/// MONOTONIC_USEC then READY=1 around a reload, STOPPING=1; the children never see the
+/// variables.
+fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("pf-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let mut m = Master::start(&[
+            ("PF_CHILDREN", "2"),
+            ("PF_INTERVAL_MS", "1000"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ]);
+        let (ready, _) = m.ready()?;
+        let first = notifications(&sock, Duration::from_millis(700));
+        ensure!(
+            first
+                .first()
+                .is_some_and(|n| n.starts_with("READY=1\nSTATUS=serving with 2 children")),
+            "first notifications {first:?}"
+        );
+        let pings = first.iter().filter(|n| n.starts_with("WATCHDOG=1")).count();
+        ensure!(
+            (3..=6).contains(&pings),
+            "{pings} pings in 0.7 s at 150 ms: {first:?}"
+        );
+        for pid in &ready {
+            ensure!(
+                !environ(*pid)
+                    .iter()
+                    .any(|kv| kv.starts_with("NOTIFY_SOCKET=") || kv.starts_with("WATCHDOG_USEC=")),
+                "child {pid} has the notify variables"
+            );
+        }
+        unsafe { libc::kill(ready[0], libc::SIGKILL) };
+        m.expect(&format!("exit {}", ready[0]), 5 * SEC)?;
+        notifications(&sock, Duration::from_millis(20));
+        let gap = notifications(&sock, Duration::from_millis(600));
+        ensure!(
+            !gap.iter().any(|n| n.starts_with("WATCHDOG=1")),
+            "pinged while a slot had no child: {gap:?}"
+        );
+        m.expect("recover ", 5 * SEC)?;
+        notifications(&sock, Duration::from_millis(300));
+        m.signal(libc::SIGHUP);
+        m.expect("reloaded ", 10 * SEC)?;
+        let around = notifications(&sock, Duration::from_millis(300));
+        let reloading = around
+            .iter()
+            .position(|n| n.starts_with("RELOADING=1\nMONOTONIC_USEC="))
+            .ok_or_else(|| format!("no RELOADING=1: {around:?}"))?;
+        ensure!(
+            around[reloading + 1..]
+                .iter()
+                .any(|n| n.starts_with("READY=1\nSTATUS=serving with 2 children, generation 2")),
+            "no READY=1 after RELOADING=1: {around:?}"
+        );
+        m.signal(libc::SIGTERM);
+        m.wait_exit(10 * SEC)?;
+        let last = notifications(&sock, Duration::from_millis(200));
+        ensure!(
+            last.iter().any(|n| n.starts_with("STOPPING=1")),
+            "no STOPPING=1: {last:?}"
+        );
+        all_gone(&m.all_children(), 2 * SEC).map(|_| ())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn upgrade_under_steady_load_fails_no_request() -> Outcome {
+    upgrade_under_load(false)
+}
+
+fn upgrade_under_steady_load_fails_no_request_reuseport() -> Outcome {
+    upgrade_under_load(true)
+}
+
+/// SIGUSR2 under a steady client: a new master from the binary on disk adopts the sockets and
+/// starts its children; the old master stops its own and exits 0; no request fails.
+fn upgrade_under_load(reuseport: bool) -> Outcome {
+    let mut env = vec![("PF_CHILDREN", "2")];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (old_kids, port) = m.ready()?;
+    let old = m.pid();
+    let client = SteadyClient::start(port);
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    m.signal(libc::SIGUSR2);
+    let new: i32 = m
+        .expect("master ", 10 * SEC)?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let result = (|| {
+        let took = asked.elapsed();
+        let new_kids: Vec<i32> = m
+            .expect("ready ", 5 * SEC)?
+            .split(',')
+            .map(|p| p.parse().expect("pid"))
+            .collect();
+        ensure!(new != old, "the new master is the old one");
+        let status = m.wait_exit_then(10 * SEC, Duration::ZERO)?;
+        let handed = asked.elapsed();
+        m.drain(Duration::from_millis(100));
+        ensure!(
+            status.code() == Some(0) && m.seen.iter().any(|l| l == "result ok"),
+            "old master exit {status:?}; {}",
+            m.context()
+        );
+        all_gone(&old_kids, 2 * SEC)?;
+        let old_gone = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        let got = client.finish()?;
+        measure("SIGUSR2 to the new master ready (2 children)", took);
+        measure("SIGUSR2 to the old master's exit", handed);
+        let failed: Vec<&String> = got.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        println!(
+            "    measure: {} requests during the upgrade, {} failed",
+            got.len(),
+            failed.len()
+        );
+        ensure!(failed.is_empty(), "failed requests: {failed:?}");
+        let late: Vec<i32> = got
+            .iter()
+            .filter(|(at, _)| *at > old_gone)
+            .filter_map(|(_, r)| r.clone().ok())
+            .collect();
+        ensure!(
+            !late.is_empty() && late.iter().all(|p| new_kids.contains(p)),
+            "after the old master left, served by {late:?}; new children {new_kids:?}"
+        );
+        ensure!(
+            std::fs::read_to_string(format!("/proc/{new}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == format!("PPid:\t{}", std::process::id())),
+            "the new master was not handed to the subreaper"
+        );
+        unsafe { libc::kill(new, libc::SIGTERM) };
+        let mut everyone = new_kids.clone();
+        everyone.push(new);
+        all_gone(&everyone, 10 * SEC).map(|_| ())
+    })();
+    if alive(new) {
+        unsafe { libc::kill(new, libc::SIGKILL) };
+        let _ = all_gone(&[new], 2 * SEC);
+    }
+    result
+}
+
+/// A new binary that cannot start: the old master says so and serves on.
+fn upgrade_whose_new_master_fails_keeps_the_old_serving() -> Outcome {
+    let file = std::env::temp_dir().join(format!("pf-upgrade-{}", std::process::id()));
+    std::fs::write(&file, "").map_err(|e| e.to_string())?;
+    let path = file.display().to_string();
+    let result = (|| {
+        let mut m = Master::start(&[("PF_CHILDREN", "2"), ("PF_MASTER_FILE", &path)]);
+        let (kids, port) = m.ready()?;
+        std::fs::write(&path, "fail").map_err(|e| e.to_string())?;
+        let asked = Instant::now();
+        m.signal(libc::SIGUSR2);
+        let broken: i32 = m
+            .expect("broken-master ", 5 * SEC)?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        all_gone(&[broken], 5 * SEC)?;
+        let deadline = Instant::now() + 5 * SEC;
+        while !m.context().contains("upgrade failed") {
+            ensure!(
+                Instant::now() < deadline,
+                "no failure logged; {}",
+                m.context()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        measure("SIGUSR2 to the failed upgrade's report", asked.elapsed());
+        for _ in 0..6 {
+            let pid: i32 = get(port, "/pid")
+                .map_err(|e| format!("after the failed upgrade: {e}"))?
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            ensure!(kids.contains(&pid), "served by {pid}, not the old {kids:?}");
+        }
+        ensure!(
+            !m.seen.iter().any(|l| l.starts_with("result ")),
+            "the old master stopped; {}",
+            m.context()
+        );
+        std::fs::write(&path, "").map_err(|e| e.to_string())?;
+        stop_cleanly(&mut m)
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
 }

@@ -46,6 +46,16 @@ struct TestHandler;
 
 impl Handler for TestHandler {
     fn init_child(&self) -> prefork::HookResult {
+        // What a reload re-reads: the test rewrites this file to change the next generation.
+        let from_file = var("PF_INIT_FILE").and_then(|f| std::fs::read_to_string(f).ok());
+        match from_file.as_deref().map(str::trim) {
+            Some("fail") => return Err("init refused by the file".into()),
+            Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
+            Some(slow) if slow.starts_with("slow ") => {
+                std::thread::sleep(Duration::from_millis(slow[5..].parse().expect("slow MS")))
+            }
+            _ => {}
+        }
         match var("PF_CHILD_INIT").as_deref() {
             Some("fail") => return Err("init refused".into()),
             Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
@@ -68,6 +78,8 @@ impl Handler for TestHandler {
             "port {}",
             listener.local_addr().expect("fd 3 is a socket").port()
         ));
+        // The child's signal handlers are in place from here on.
+        emit(format!("init {}", std::process::id()));
         Ok(())
     }
 
@@ -75,6 +87,10 @@ impl Handler for TestHandler {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
             "/exit" => std::process::exit(3),
+            "/stats" => match prefork::stats() {
+                Some(s) => resp.write(s.to_json().as_bytes()),
+                None => resp.write(b"none"),
+            },
             "/sleep" => {
                 let ms: u64 = req
                     .query()
@@ -192,6 +208,15 @@ pub fn run() -> i32 {
         let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
         emit(format!("leaked {fd}"));
     }
+    if !prefork::is_child()
+        && var("PF_MASTER_FILE")
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .is_some_and(|c| c.trim() == "fail")
+    {
+        // A broken new binary, as an upgrade may start.
+        emit(format!("broken-master {}", std::process::id()));
+        return 7;
+    }
     let mut server = Prefork::new(TestHandler);
     match var("PF_SERVE").as_deref() {
         Some("start") => server.set_serve(Ready::OnStart, serve_http),
@@ -226,6 +251,18 @@ pub fn run() -> i32 {
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
     }
+    if let Some(n) = num("PF_MAX_REQUESTS") {
+        cfg.process.max_requests = n;
+    }
+    if let Some(n) = num("PF_MAX_REQUESTS_JITTER") {
+        cfg.process.max_requests_jitter = n;
+    }
+    if let Some(ms) = num("PF_MAX_CHILD_AGE_MS") {
+        cfg.process.max_child_age = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_CHILD_TIMEOUT_MS") {
+        cfg.process.child_timeout = Duration::from_millis(ms);
+    }
     if let Some(n) = num("PF_HANDLER_THREADS") {
         cfg.http.handler_threads = n as usize;
     }
@@ -251,16 +288,34 @@ pub fn run() -> i32 {
     }));
     hooks.on_master_ready = Some(Box::new(|pids| {
         let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        emit(format!("master {}", std::process::id()));
         emit(format!(
             "bound {}",
             prefork::local_addr().expect("bound while serving")
         ));
         emit(format!("ready {}", list.join(",")));
+        if let Some(n) = num("PF_SCALE_ON_READY") {
+            emit(format!(
+                "scale-call {}",
+                prefork::set_children_live(n as usize)
+            ));
+        }
+        if var("PF_RELOAD_ON_READY").is_some() {
+            emit(format!("reload-call {}", prefork::reload()));
+        }
         maybe_fail("ready")
     }));
     hooks.on_child_recover = Some(Box::new(|old, new| {
         emit(format!("recover {old} {new}"));
         maybe_fail("recover")
+    }));
+    hooks.on_reload = Some(Box::new(|generation, pids| {
+        let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        emit(format!("reloaded {generation} {}", list.join(",")));
+        maybe_fail("reload")
+    }));
+    hooks.on_reload_failed = Some(Box::new(|generation, why| {
+        emit(format!("reload-failed {generation} {why}"))
     }));
     hooks.on_child_exit = Some(Box::new(|pid, exit| {
         emit(match exit {

@@ -51,6 +51,7 @@ fn main() {
     let tests: &[(&str, Test)] = suite![
         serves_tls13_and_tls12_with_alpn_and_close_notify,
         handler_threads_and_pipelining_over_tls,
+        a_hijack_over_tls_is_unsupported_and_the_connection_serves_on,
         every_key_type_and_format_serves,
         embedded_pem_serves,
         bad_certificates_and_keys_fail_before_any_child_starts,
@@ -174,6 +175,44 @@ fn handler_threads_and_pipelining_over_tls(env: &Env) -> Outcome {
     );
     drop(tls);
     stop(m)
+}
+
+/// A handler that tries to take over a TLS connection is refused with `Unsupported`
+/// (PREFORK_ERR_UNSUPPORTED in the C ABI), answers normally, and the connection serves on:
+/// inline and on handler threads.
+fn a_hijack_over_tls_is_unsupported_and_the_connection_serves_on(env: &Env) -> Outcome {
+    use std::io::{Read, Write};
+    let (cert, key) = env.files("hijack", &["localhost"]);
+    for threads in ["0", "2"] {
+        let (m, port) = start(
+            &cert,
+            &key,
+            &[("PF_CHILDREN", "1"), ("PF_THREADS", threads)],
+        )?;
+        let cfg = client::tls13(&env.pki.ca_pem);
+        let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(5 * SEC)).unwrap();
+        let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let batch = "GET /hijack HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+            .to_string()
+            + "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        tls.write_all(batch.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        tls.read_to_end(&mut raw)
+            .map_err(|e| format!("read (threads {threads}): {e}"))?;
+        let text = String::from_utf8_lossy(&raw);
+        ensure!(
+            text.starts_with("HTTP/1.1 501 ")
+                && text.contains("hijack refused: Unsupported 11")
+                && text.matches("HTTP/1.1 200 OK").count() == 1
+                && text.ends_with("hello over tls"),
+            "threads {threads}: {text}"
+        );
+        drop(tls);
+        stop(m)?;
+    }
+    Ok(())
 }
 
 fn every_key_type_and_format_serves(env: &Env) -> Outcome {

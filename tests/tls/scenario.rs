@@ -44,6 +44,16 @@ impl Handler for TestHandler {
                 let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 resp.write(peer.as_bytes())
             }
+            // A connection over TLS cannot be taken over: its bytes are rustls's, not the
+            // socket's. The refusal leaves the response to answer normally.
+            "/hijack" => match resp.hijack(|_| {}) {
+                Ok(()) => resp.write(b"hijacked"),
+                Err(e) => {
+                    let _ = resp.set_status(501);
+                    let code = prefork::ffi::prefork_result::from(e.kind()) as i32;
+                    resp.write(format!("hijack refused: {:?} {code}", e.kind()).as_bytes())
+                }
+            },
             _ => resp.write(b"hello over tls"),
         }
     }
