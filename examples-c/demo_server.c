@@ -7,6 +7,13 @@
  *     [--user NAME] [--group NAME] [--cpu-affinity]
  *     [--proxy-protocol] [--proxy-allow CIDR]...
  *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
+ *     [--tls-cert FILE --tls-key FILE]... [--tls-embed]
+ *
+ * With --tls-cert and --tls-key it serves HTTPS on --addr. Repeat the pair for more
+ * certificates, chosen by the client's server name (SNI); the first pair is the default.
+ * --tls-embed reads the files in the master and hands their text to the in-memory entry
+ * point instead of the file names. With --proxy-protocol too, each connection's PROXY
+ * protocol header comes first, then the TLS handshake.
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /defer?ms=N  /status?code=N
  * /stats  /peer  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and OPTIONS *.
@@ -47,6 +54,7 @@
 #include "prefork.h"
 
 #define MAX_SLEEP_MS 600000
+#define MAX_TLS_PAIRS 16
 
 static const char USAGE[] =
     "usage: demo_server [--addr HOST:PORT] [--children N] [--reuseport]\n"
@@ -57,7 +65,10 @@ static const char USAGE[] =
     "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
     "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
     "                   [--max-child-age-ms N]\n"
+    "                   [--tls-cert FILE --tls-key FILE]... [--tls-embed]\n"
     "  --addr defaults to 127.0.0.1:8080\n"
+    "  --tls-cert/--tls-key serve HTTPS (repeat the pair for SNI; the first is the default);\n"
+    "  --tls-embed passes the files' text instead of their names\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /defer?ms=N /status?code=N\n"
     "                    /stats /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
     "                    and OPTIONS *\n"
@@ -556,6 +567,73 @@ static int usage(const char *problem, const char *arg) {
     return 2;
 }
 
+/* The TLS certificate chains and keys named on the command line, in order. */
+struct tls_files {
+    const char *cert[MAX_TLS_PAIRS], *key[MAX_TLS_PAIRS];
+    size_t certs, keys;
+    bool embed;
+};
+
+/* A file's text, malloc'd; NULL with *len 0 when it cannot be read (the library then
+ * reports that in-memory argument as holding no certificate or no key). */
+static char *read_file(const char *path, size_t *len) {
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0;
+    for (;;) {
+        if (*len == cap) {
+            size_t grown = cap ? cap * 2 : 4096;
+            char *b = realloc(buf, grown);
+            if (!b) break;
+            buf = b;
+            cap = grown;
+        }
+        size_t n = fread(buf + *len, 1, cap - *len, f);
+        if (n == 0) break;
+        *len += n;
+    }
+    fclose(f);
+    return buf;
+}
+
+/* Hands pair i to the library: `first` through the entry point (the default certificate),
+ * the others through prefork_add_tls_cert. Children get every key from the master over
+ * their lifeline, so with --tls-embed only the master reads the files (the children's user
+ * need not be able to): a child passes empty text, which it does not use. */
+static prefork_result tls_pair(prefork *server, const struct tls_files *tls, size_t i,
+                               const char *addr, bool first) {
+    if (!tls->embed) {
+        return first ? prefork_listen_and_serve_tls(server, addr, tls->cert[i], tls->key[i])
+                     : prefork_add_tls_cert(server, tls->cert[i], tls->key[i]);
+    }
+    size_t cert_len = 0, key_len = 0;
+    char *cert = NULL, *key = NULL;
+    if (!prefork_is_child()) {
+        cert = read_file(tls->cert[i], &cert_len);
+        key = read_file(tls->key[i], &key_len);
+    }
+    /* The library copies the text and refuses NULL: an unreadable file is an empty one. */
+    const char *c = cert ? cert : "", *k = key ? key : "";
+    prefork_result r =
+        first ? prefork_listen_and_serve_tls_embed(server, addr, c, cert_len, k, key_len)
+              : prefork_add_tls_cert_embed(server, c, cert_len, k, key_len);
+    free(cert);
+    free(key);
+    return r;
+}
+
+/* The default certificate goes to the entry point, after the others were added. */
+static prefork_result serve(prefork *server, const struct tls_files *tls, const char *addr) {
+    if (tls->certs == 0) return prefork_listen_and_serve(server, addr);
+    for (size_t i = 1; i < tls->certs; i++) {
+        prefork_result r = tls_pair(server, tls, i, addr, false);
+        if (r != PREFORK_OK) return r;
+    }
+    return tls_pair(server, tls, 0, addr, true);
+}
+
 /* A setter's refusal of a flag's value is a bad flag too: say the library's reason. */
 static bool set(prefork_result r) {
     if (r != PREFORK_OK) fprintf(stderr, "demo_server: %s\n", prefork_last_error());
@@ -564,6 +642,7 @@ static bool set(prefork_result r) {
 
 int main(int argc, char **argv) {
     static struct app app;
+    static struct tls_files tls;
     const char *addr = "127.0.0.1:8080";
     prefork_handler handler = {
         .user_data = &app,
@@ -596,6 +675,8 @@ int main(int argc, char **argv) {
             ok = set(prefork_set_reuseport(server, true));
         } else if (strcmp(flag, "--allow-crash") == 0) {
             app.allow_crash = true;
+        } else if (strcmp(flag, "--tls-embed") == 0) {
+            tls.embed = true;
         } else if (strcmp(flag, "--cpu-affinity") == 0) {
             ok = set(prefork_set_cpu_affinity(server, true));
         } else if (strcmp(flag, "--proxy-protocol") == 0) {
@@ -608,6 +689,14 @@ int main(int argc, char **argv) {
             bool is_count = strcmp(flag, "--children") == 0 || strcmp(flag, "--handler-threads") == 0;
             if (strcmp(flag, "--addr") == 0) {
                 addr = val;
+            } else if (strcmp(flag, "--tls-cert") == 0 || strcmp(flag, "--tls-key") == 0) {
+                bool cert = strcmp(flag, "--tls-cert") == 0;
+                size_t *count = cert ? &tls.certs : &tls.keys;
+                if (*count == MAX_TLS_PAIRS) {
+                    prefork_free(server);
+                    return usage("too many certificates (at most 16): ", val);
+                }
+                (cert ? tls.cert : tls.key)[(*count)++] = val;
             } else if (strcmp(flag, "--proxy-allow") == 0) {
                 /* Each one adds to the list; setting the list so far makes the library name a
                  * bad network at once. */
@@ -667,12 +756,16 @@ int main(int argc, char **argv) {
             return usage("bad value for ", flag);
         }
     }
+    if (tls.certs != tls.keys || (tls.embed && tls.certs == 0)) {
+        prefork_free(server);
+        return usage("--tls-cert and --tls-key come in pairs, and --tls-embed needs one", "");
+    }
     if (!set(prefork_set_hooks(server, &hooks))) {
         prefork_free(server);
         return 1;
     }
 
-    prefork_result r = prefork_listen_and_serve(server, addr);
+    prefork_result r = serve(server, &tls, addr);
     if (r != PREFORK_OK) {
         fprintf(stderr, "demo_server%s: %s (%s)\n", prefork_is_child() ? " child" : "",
                 prefork_last_error(), prefork_result_str(r));

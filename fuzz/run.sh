@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(head chunked connection proxy)
+[ ${#targets[@]} -gt 0 ] || targets=(head chunked connection proxy tls)
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz/run.sh: the nightly toolchain is missing: rustup toolchain install nightly --profile minimal" >&2
     exit 2

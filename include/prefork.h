@@ -198,6 +198,12 @@ typedef enum prefork_result {
      * connection whose transport is not a plain socket.
      */
     PREFORK_ERR_UNSUPPORTED = 11,
+    /**
+     * A TLS certificate or key is unusable: unreadable, not PEM, no certificate, no key, an
+     * encrypted key, or a key that does not match its certificate (the message names the
+     * file and the reason). Returned by the TLS entry points before any child starts.
+     */
+    PREFORK_ERR_TLS = 12,
 } prefork_result;
 
 /**
@@ -366,7 +372,9 @@ typedef struct prefork_hooks {
      * returns its pid, or -1 when it could not (the master then fails with
      * PREFORK_ERR_SPAWN). The started process must have PREFORK_CHILD=1 in its environment,
      * `listener_fd` at descriptor 3 and `lifeline_fd` at descriptor 4, and call
-     * `prefork_listen_and_serve`; both descriptors are close-on-exec in the master, so
+     * `prefork_listen_and_serve` (the TLS entry point the master called, when it serves TLS:
+     * the master writes the certificates and keys on the lifeline right after this returns,
+     * and the child reads them from descriptor 4, so nothing more is needed); both descriptors are close-on-exec in the master, so
      * place them with dup2 in the child (posix_spawn_file_actions_adddup2); descriptors of
      * the host that lack close-on-exec would reach the child, so close them there too. It
      * must be a direct child of the master (the master reaps it) and must not be reaped by
@@ -485,7 +493,9 @@ typedef struct prefork_master_stats {
  * `prefork_listen_and_serve` returns only when something failed before `serve` was called
  * (an `init_child` failure, for example). `prefork_new` still takes a `prefork_handler`,
  * whose `init_child` and `exit_child` run as said; its `handle` is never called, and the
- * HTTP options (the limits, timeouts and `handler_threads`) do not apply.
+ * HTTP options (the limits, timeouts and `handler_threads`) do not apply. Nor does TLS: the
+ * TLS entry points (`prefork_listen_and_serve_tls`, `_embed`) return PREFORK_ERR_STATE on a
+ * handle with a serve function.
  *
  * Extensible, as `prefork_handler`: members are only ever added at the end, one a program
  * does not know of reads as 0 (unset). Initialise it by member name with the rest zero.
@@ -730,6 +740,87 @@ bool prefork_scale_children(int32_t delta);
  * from a signal handler (async-signal-safe), as `prefork_shutdown`.
  */
 bool prefork_upgrade(void);
+
+/**
+ * As `prefork_listen_and_serve`, over TLS 1.3 and 1.2 (ALPN "http/1.1").
+ *
+ * **ORDER: the certificate file first, then the key file.** fasthttp's Go
+ * `ListenAndServeTLS(addr, certKey, certFile)` takes the key first; the Go binding keeps
+ * fasthttp's order, C does not.
+ *
+ * `cert_file` is a PEM file with the certificate chain, the server's own certificate first;
+ * `key_file` is a PEM file with its private key: RSA or ECDSA, in PKCS#8 ("PRIVATE KEY"),
+ * PKCS#1 ("RSA PRIVATE KEY") or SEC1 ("EC PRIVATE KEY") form, not encrypted. Both are
+ * NUL-terminated paths. This certificate is the default; those of `prefork_add_tls_cert`
+ * are served to clients that ask for one of their names.
+ *
+ * In the master, every certificate and key is read and checked before the address is bound:
+ * an unreadable file, a file with no certificate or no key, an encrypted key or a key that
+ * does not match its certificate returns PREFORK_ERR_TLS at once, with the file and the
+ * reason in `prefork_last_error()`, and no child is started. An expired certificate is only
+ * a warning to the logger. The master then hands the certificates, the keys and the
+ * session-ticket secret to each child over its lifeline (fd 4): children never open the
+ * files (in a child the paths are not used), and no key appears in argv or the environment.
+ * A `command_producer` needs nothing beyond the documented fd 3 and fd 4.
+ *
+ * Every child accepts the session tickets of every other child (the ticket keys derive from
+ * the master's secret and rotate every 12 hours; a ticket stays valid for at least 12 hours
+ * and at most 24), so a returning client resumes whichever child takes its connection.
+ *
+ * A client that sends plain HTTP to this port gets a clear-text 400 response and the
+ * connection is closed. A TLS handshake must finish, with the first request head, within
+ * the header timeout.
+ *
+ * Serve mode has no TLS: on a handle with a serve function (`prefork_set_serve`) this
+ * returns PREFORK_ERR_STATE and starts nothing.
+ *
+ * Errors: those of `prefork_listen_and_serve`, PREFORK_ERR_NULL for a NULL path,
+ * PREFORK_ERR_STATE in serve mode, and PREFORK_ERR_TLS.
+ */
+enum prefork_result prefork_listen_and_serve_tls(struct prefork *p,
+                                                 const char *addr,
+                                                 const char *cert_file,
+                                                 const char *key_file);
+
+/**
+ * As `prefork_listen_and_serve_tls` with the PEM text in memory (fasthttp's
+ * `ListenAndServeTLSEmbed`): `cert_len` bytes at `cert_pem` hold the certificate chain,
+ * `key_len` bytes at `key_pem` the private key. **ORDER: the certificate first, then the
+ * key**, as in fasthttp's `ListenAndServeTLSEmbed(addr, certData, keyData)`. The bytes are
+ * copied; they need not be NUL-terminated. Checked as the files are (the message says
+ * "in-memory TLS certificate #1" where it would name a file).
+ */
+enum prefork_result prefork_listen_and_serve_tls_embed(struct prefork *p,
+                                                       const char *addr,
+                                                       const void *cert_pem,
+                                                       size_t cert_len,
+                                                       const void *key_pem,
+                                                       size_t key_len);
+
+/**
+ * Adds a certificate chain and its key (PEM files, the certificate first, as in
+ * `prefork_listen_and_serve_tls`) for clients that ask for one of its DNS names (its
+ * subjectAltName; "*.example.com" matches one label) in the TLS server name (SNI), as
+ * fasthttp's `AppendCert(certFile, keyFile)`. A client is served the first certificate that
+ * matches its name exactly, else the first that matches by wildcard, else the default one
+ * (that of the TLS entry point). Call it before a TLS entry point, as often as needed; the
+ * files are read and checked when serving starts, with the entry point's errors.
+ * `prefork_listen_and_serve` (plain HTTP) does not use them. Errors: PREFORK_ERR_NULL,
+ * PREFORK_ERR_STATE (while serving).
+ */
+enum prefork_result prefork_add_tls_cert(struct prefork *p,
+                                         const char *cert_file,
+                                         const char *key_file);
+
+/**
+ * `prefork_add_tls_cert` with the PEM text in memory (fasthttp's `AppendCertEmbed`): the
+ * certificate chain (`cert_len` bytes at `cert_pem`) first, then the key. Copied.
+ */
+enum prefork_result prefork_add_tls_cert_embed(struct prefork *p,
+                                               const void *cert_pem,
+                                               size_t cert_len,
+                                               const void *key_pem,
+                                               size_t key_len);
 
 /**
  * Number of child processes. 0 = one per CPU the process may run on
@@ -1397,8 +1488,8 @@ void prefork_deferred_free(struct prefork_deferred *d);
  * written: on the event-loop thread, or for a deferred response that was dropped, on the
  * thread that completed it. Returns PREFORK_ERR_NULL for a NULL `resp` or `on_conn`,
  * PREFORK_ERR_STATE for a response already hijacked (or one the library does not send), and
- * PREFORK_ERR_UNSUPPORTED when the connection's transport is not a plain socket; `user_data`
- * is then not taken over.
+ * PREFORK_ERR_UNSUPPORTED when the connection's transport is not a plain socket (a TLS
+ * connection); `user_data` is then not taken over.
  */
 enum prefork_result prefork_response_hijack(struct prefork_response *resp,
                                             void (*on_conn)(void *user_data,

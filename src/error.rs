@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Io,
     /// A panic was caught at an API boundary.
     Panic,
+    /// A TLS certificate or key is unusable (unreadable, missing, encrypted, not matching), or
+    /// a child could not set up TLS.
+    Tls,
     /// The operation does not apply to this connection (taking over a connection whose
     /// transport is not a plain socket).
     Unsupported,

@@ -72,7 +72,9 @@ pub struct Hooks {
 /// What the command producer is asked to start.
 ///
 /// The contract: the started process must have `PREFORK_CHILD=1` in its environment, the
-/// listener at fd 3 and the lifeline at fd 4, and must call `listen_and_serve`. Both
+/// listener at fd 3 and the lifeline at fd 4, and must call `listen_and_serve` (or the TLS
+/// entry point the master called: the master writes the TLS material on the lifeline right
+/// after the producer returns, and the child reads it from fd 4). Both
 /// descriptors are close-on-exec in the master; [`SpawnRequest::command`] builds a
 /// `Command` that honours all of this and can be adjusted before `spawn()`.
 #[derive(Debug)]

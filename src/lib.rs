@@ -63,8 +63,10 @@ mod master;
 mod notify;
 mod shared;
 mod stats;
+mod tls;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use child::{Ready, StopSignal, child_ready};
@@ -102,6 +104,8 @@ pub struct Prefork {
     hooks: Hooks,
     handler: Arc<dyn Handler>,
     logger: Arc<dyn Logger>,
+    /// Certificates for the TLS entry points, the default first.
+    tls: Vec<tls::CertSource>,
     serve: Option<child::Serve>,
     served: bool,
 }
@@ -127,6 +131,7 @@ impl Prefork {
             hooks: Hooks::default(),
             handler,
             logger: Arc::new(StderrLogger),
+            tls: Vec::new(),
             serve: None,
             served: false,
         }
@@ -155,7 +160,8 @@ impl Prefork {
     ///
     /// The master's side does not change: binding, readiness, respawn, the recover policy,
     /// graceful stop, master-death detection and every hook work as with the engine. The HTTP
-    /// options (`config().http`) do not apply. Replaces an earlier `set_serve`.
+    /// options (`config().http`) do not apply, nor does TLS: the TLS entry points refuse a
+    /// server in serve mode. Replaces an earlier `set_serve`.
     pub fn set_serve(
         &mut self,
         ready: Ready,
@@ -191,14 +197,94 @@ impl Prefork {
     ///
     /// A `Prefork` serves once; a second call is an `InvalidState` error.
     pub fn listen_and_serve(&mut self, addr: &str) -> Result<(), Error> {
+        self.start(addr, None)
+    }
+
+    /// As [`listen_and_serve`](Self::listen_and_serve), over TLS (1.3 and 1.2, ALPN
+    /// `http/1.1`) with the certificate chain in the PEM file `cert_file` (end entity first)
+    /// and its private key in `key_file` (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA; unencrypted).
+    /// Note the order: certificate, then key (fasthttp's Go `ListenAndServeTLS` takes the key
+    /// first; the Go binding keeps that order).
+    ///
+    /// This certificate is the default; those of [`add_tls_cert`](Self::add_tls_cert) are
+    /// chosen by the client's server name (SNI). The master reads and checks every file
+    /// before it binds: an unreadable file, no certificate, no key, an encrypted key or a key
+    /// that does not match is an [`ErrorKind::Tls`] error naming the file, and no child starts;
+    /// an expired certificate is logged as a warning. Children get the certificates, keys and
+    /// session-ticket secret from the master over their lifeline and never open the files
+    /// (in a child, the paths are not used).
+    ///
+    /// Serve mode ([`set_serve`](Self::set_serve)) has no TLS: on a server in serve mode this
+    /// is an [`ErrorKind::InvalidState`] error and nothing starts.
+    pub fn listen_and_serve_tls(
+        &mut self,
+        addr: &str,
+        cert_file: impl AsRef<Path>,
+        key_file: impl AsRef<Path>,
+    ) -> Result<(), Error> {
+        let default = tls::CertSource::Files {
+            cert: cert_file.as_ref().to_path_buf(),
+            key: key_file.as_ref().to_path_buf(),
+        };
+        self.start(addr, Some(default))
+    }
+
+    /// As [`listen_and_serve_tls`](Self::listen_and_serve_tls) with the PEM text of the chain
+    /// and of the key in memory (fasthttp's `ListenAndServeTLSEmbed`).
+    pub fn listen_and_serve_tls_pem(
+        &mut self,
+        addr: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<(), Error> {
+        let default = tls::CertSource::Pem {
+            cert: cert_pem.to_vec(),
+            key: key_pem.to_vec(),
+        };
+        self.start(addr, Some(default))
+    }
+
+    /// Adds a certificate chain and key (PEM files) that the TLS entry points serve to clients
+    /// asking for one of its DNS names (subjectAltName; `*.example.com` matches one label), as
+    /// fasthttp's `AppendCert`. Checked when serving starts; unused by `listen_and_serve`.
+    pub fn add_tls_cert(&mut self, cert_file: impl AsRef<Path>, key_file: impl AsRef<Path>) {
+        self.tls.push(tls::CertSource::Files {
+            cert: cert_file.as_ref().to_path_buf(),
+            key: key_file.as_ref().to_path_buf(),
+        });
+    }
+
+    /// [`add_tls_cert`](Self::add_tls_cert) with the PEM text in memory (`AppendCertEmbed`).
+    pub fn add_tls_cert_pem(&mut self, cert_pem: &[u8], key_pem: &[u8]) {
+        self.tls.push(tls::CertSource::Pem {
+            cert: cert_pem.to_vec(),
+            key: key_pem.to_vec(),
+        });
+    }
+
+    /// Serves plain HTTP, or TLS with `default` as the default certificate.
+    fn start(&mut self, addr: &str, default: Option<tls::CertSource>) -> Result<(), Error> {
         if self.served {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 "listen_and_serve was already called on this server; create a new one",
             ));
         }
+        if default.is_some() && self.serve.is_some() {
+            // TLS lives in the HTTP engine; a serve-mode child runs the application's own
+            // server on the raw listener, which the engine's TLS cannot wrap.
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "serve mode does not support TLS: call listen_and_serve, or terminate TLS in \
+                 the serve function",
+            ));
+        }
         self.config.validate()?;
         self.served = true;
+        let tls = default.is_some();
+        if let Some(default) = default {
+            self.tls.insert(0, default);
+        }
         let result = if is_child() {
             match self.serve.take() {
                 Some(serve) => child::serve(
@@ -209,10 +295,26 @@ impl Prefork {
                     &*self.logger,
                 )
                 .map(|never| match never {}),
-                None => child::run(&self.config, &mut self.hooks, &self.handler, &*self.logger),
+                None => child::run(
+                    &self.config,
+                    &mut self.hooks,
+                    &self.handler,
+                    &*self.logger,
+                    tls,
+                ),
             }
+        } else if tls {
+            tls::prepare(&self.tls, &*self.logger).and_then(|material| {
+                master::run(
+                    addr,
+                    &self.config,
+                    &mut self.hooks,
+                    &*self.logger,
+                    Some(&material),
+                )
+            })
         } else {
-            master::run(addr, &self.config, &mut self.hooks, &*self.logger)
+            master::run(addr, &self.config, &mut self.hooks, &*self.logger, None)
         };
         control::reset();
         set_local_addr(None);

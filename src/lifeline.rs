@@ -4,6 +4,9 @@
 //! - master → child: a hello first, written before the child starts: `HELLO_BYTE`, the
 //!   child's cell in the shared memory and the heartbeat period (little-endian u32 each),
 //!   with the shared memory's descriptor attached (see `crate::shared`);
+//! - master → child, when serving TLS: the TLS material (`crate::tls::wire`), second, written
+//!   right after the spawn; the child takes the hello, then reads this message to its end
+//!   (`crate::tls::receive`), both before `init_child`;
 //! - master → child: `STOP_BYTE`, just before the master's SIGTERM of a graceful stop;
 //! - EOF: the other side is gone. The master's end is close-on-exec and held by the master
 //!   alone, so the kernel closes it the instant the master dies, however it dies.
@@ -138,6 +141,13 @@ pub(crate) fn send_hello(
 /// one (it is queued before the child starts, so it is there or was never sent). Reads the
 /// hello's bytes only, so that a stop byte behind it stays for `read`.
 pub(crate) fn take_hello(fd: RawFd) -> Option<Hello> {
+    // Peek first: with no hello, what is queued is the next message (the TLS material), or a
+    // stop byte, and must stay for its own reader.
+    let mut first = [0u8; 1];
+    match recv(fd, &mut first, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK) {
+        Ok(1) if first[0] == HELLO_BYTE => {}
+        _ => return None,
+    }
     let mut msg = [0u8; HELLO_LEN];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(&mut msg)];

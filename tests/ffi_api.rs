@@ -57,7 +57,7 @@ fn no_hooks(
 
 #[test]
 fn every_code_has_its_own_description() {
-    let all: Vec<String> = (0..=11)
+    let all: Vec<String> = (0..=12)
         .map(|c| text(unsafe { prefork_result_str(c) }))
         .collect();
     let mut unique = all.clone();
@@ -65,11 +65,12 @@ fn every_code_has_its_own_description() {
     unique.dedup();
     assert_eq!(unique.len(), all.len(), "{all:?}");
     assert!(!all.contains(&"unknown".to_string()));
-    for bad in [-1, 12, c_int::MAX, c_int::MIN] {
+    for bad in [-1, 13, c_int::MAX, c_int::MIN] {
         assert_eq!(text(unsafe { prefork_result_str(bad) }), "unknown");
     }
     assert_eq!(prefork_result::PREFORK_ERR_PANIC as c_int, 10);
     assert_eq!(prefork_result::PREFORK_ERR_UNSUPPORTED as c_int, 11);
+    assert_eq!(prefork_result::PREFORK_ERR_TLS as c_int, 12);
 }
 
 #[test]
@@ -425,6 +426,78 @@ fn the_c_side_reads_the_os_error_number() {
     .unwrap();
 }
 
+#[test]
+fn the_tls_entry_points_check_their_arguments_and_files_before_serving() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let new = || {
+        let mut p = ptr::null_mut();
+        assert_eq!(unsafe { prefork_new(&handler(&frees), &mut p) }, PREFORK_OK);
+        p
+    };
+    // A thread of its own: the last error and errno checks must see this test's calls only.
+    std::thread::scope(|scope| {
+        scope.spawn(|| unsafe { tls_argument_checks(&new) });
+    });
+    assert_eq!(frees.load(Ordering::SeqCst), 2);
+}
+
+unsafe fn tls_argument_checks(new: &dyn Fn() -> *mut ffi::prefork) {
+    use prefork_result::*;
+    let addr = c"127.0.0.1:0".as_ptr();
+    let file = c"/nonexistent/cert.pem".as_ptr();
+    let pem = b"-----BEGIN CERTIFICATE-----\n".as_ptr().cast::<c_void>();
+    unsafe {
+        let p = new();
+        assert_eq!(
+            prefork_listen_and_serve_tls(ptr::null_mut(), addr, file, file),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_listen_and_serve_tls(p, addr, ptr::null(), file),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            last_error(),
+            "prefork_listen_and_serve_tls: cert_file is NULL"
+        );
+        assert_eq!(
+            prefork_listen_and_serve_tls_embed(p, addr, pem, 5, ptr::null(), 0),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(prefork_add_tls_cert(p, file, ptr::null()), PREFORK_ERR_NULL);
+        assert_eq!(
+            prefork_add_tls_cert_embed(ptr::null_mut(), pem, 5, pem, 5),
+            PREFORK_ERR_NULL
+        );
+        // A missing file: PREFORK_ERR_TLS naming it, with the OS's reason.
+        assert_eq!(
+            prefork_listen_and_serve_tls(p, addr, file, file),
+            PREFORK_ERR_TLS
+        );
+        assert!(
+            last_error().contains("/nonexistent/cert.pem"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(prefork_last_os_error(), libc::ENOENT);
+        prefork_free(p);
+
+        // PEM text without a certificate, and a bad certificate added for SNI.
+        let p = new();
+        assert_eq!(
+            prefork_listen_and_serve_tls_embed(p, addr, pem, 5, pem, 5),
+            PREFORK_ERR_TLS
+        );
+        assert!(
+            last_error().contains("in-memory TLS certificate #1"),
+            "{}",
+            last_error()
+        );
+        prefork_free(p);
+    }
+}
+
 unsafe extern "C" fn serve_nothing(_: *mut c_void, _: c_int, _: c_int) -> c_int {
     0
 }
@@ -530,6 +603,50 @@ fn child_ready_outside_a_serve_callback_is_a_state_error() {
         last_error()
     );
 }
+
+#[test]
+fn the_tls_entry_points_refuse_serve_mode() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let handler_frees = AtomicUsize::new(0);
+    let size = std::mem::size_of::<prefork_serve>();
+    // A thread of its own: the last error must be this test's.
+    std::thread::scope(|scope| {
+        scope.spawn(|| unsafe {
+            let addr = c"127.0.0.1:0".as_ptr();
+            let file = c"/nonexistent/cert.pem".as_ptr();
+            let pem = b"-----BEGIN CERTIFICATE-----\n".as_ptr().cast::<c_void>();
+            let mut p = ptr::null_mut();
+            assert_eq!(prefork_new(&handler(&handler_frees), &mut p), PREFORK_OK);
+            let ready = serve_struct(&frees, PREFORK_SERVE_READY_ON_START);
+            assert_eq!(prefork_set_serve_sized(p, &ready, size), PREFORK_OK);
+            // Refused before the files are read: the state, not the missing file, is the error.
+            assert_eq!(
+                prefork_listen_and_serve_tls(p, addr, file, file),
+                PREFORK_ERR_STATE
+            );
+            assert!(
+                last_error().contains("serve mode does not support TLS"),
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                prefork_listen_and_serve_tls_embed(p, addr, pem, 5, pem, 5),
+                PREFORK_ERR_STATE
+            );
+            // A refused call did not use the handle up: plain serving is still possible
+            // (not run here), and a second TLS call gives the same answer.
+            assert_eq!(
+                prefork_listen_and_serve_tls(p, addr, file, file),
+                PREFORK_ERR_STATE
+            );
+            prefork_free(p);
+        });
+    });
+    assert_eq!(frees.load(Ordering::SeqCst), 1);
+    assert_eq!(handler_frees.load(Ordering::SeqCst), 1);
+}
+
 /// Outside a server the stats are a state error, and sizes that are no struct's are refused
 /// before anything is read; the control calls say that no master took them.
 #[test]

@@ -26,6 +26,7 @@ const (
 	CodeIO              Code = C.PREFORK_ERR_IO
 	CodePanic           Code = C.PREFORK_ERR_PANIC
 	CodeUnsupported     Code = C.PREFORK_ERR_UNSUPPORTED
+	CodeTLS             Code = C.PREFORK_ERR_TLS
 )
 
 // String is the library's description of the code (prefork_result_str).
@@ -47,6 +48,7 @@ var (
 	ErrIO              = errors.New("prefork: operating-system failure")
 	ErrPanic           = errors.New("prefork: panic inside libprefork")
 	ErrUnsupported     = errors.New("prefork: not supported on this connection")
+	ErrTLS             = errors.New("prefork: unusable TLS certificate or key")
 )
 
 var sentinels = map[Code]error{
@@ -61,6 +63,7 @@ var sentinels = map[Code]error{
 	CodeIO:              ErrIO,
 	CodePanic:           ErrPanic,
 	CodeUnsupported:     ErrUnsupported,
+	CodeTLS:             ErrTLS,
 }
 
 // Error is a failure reported by libprefork (or found by the binding before calling it).

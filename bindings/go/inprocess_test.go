@@ -194,3 +194,13 @@ func TestMissingHandlerIsRefused(t *testing.T) {
 		t.Fatalf("a Prefork without New returned %v, want ErrInvalidArgument", err)
 	}
 }
+
+// Serve mode has no TLS: refused before anything starts, with no certificate read.
+func TestTLSWithServeFuncIsErrState(t *testing.T) {
+	p := prefork.New(func(*prefork.Request, *prefork.Response) {})
+	p.ServeFunc = func(ln net.Listener) error { return ln.Close() }
+	err := p.ListenAndServeTLS("127.0.0.1:0", "/nonexistent/key.pem", "/nonexistent/cert.pem")
+	if !errors.Is(err, prefork.ErrState) || !strings.Contains(err.Error(), "serve mode does not support TLS") {
+		t.Fatalf("ListenAndServeTLS with a ServeFunc returned %v, want ErrState naming serve mode", err)
+	}
+}

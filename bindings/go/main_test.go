@@ -44,6 +44,10 @@ const (
 	envChi       = "GOTEST_PREFORK_CHI"       // "1": the handler is HTTPHandler(chiRouter())
 	envNetwork   = "GOTEST_PREFORK_NETWORK"   // Network
 	envProxy     = "GOTEST_PREFORK_PROXY"     // "1": ProxyProtocol
+	envTLSCert   = "GOTEST_PREFORK_TLS_CERT"  // serve TLS with this certificate file...
+	envTLSKey    = "GOTEST_PREFORK_TLS_KEY"   // ...and this key file
+	envTLSEmbed  = "GOTEST_PREFORK_TLS_EMBED" // "1": read them and use ListenAndServeTLSEmbed
+	envTLSExtra  = "GOTEST_PREFORK_TLS_EXTRA" // "CERT:KEY" added with AppendCert first
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -148,7 +152,7 @@ func serve() int {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	err := p.ListenAndServe(addr)
+	err := listen(p, addr)
 	var perr *prefork.Error
 	code := 0
 	if errors.As(err, &perr) {
@@ -161,6 +165,29 @@ func serve() int {
 		return 1
 	}
 	return 0
+}
+
+// listen serves plain HTTP, or TLS when the environment names a certificate.
+func listen(p *prefork.Prefork, addr string) error {
+	cert, key := os.Getenv(envTLSCert), os.Getenv(envTLSKey)
+	if cert == "" {
+		return p.ListenAndServe(addr)
+	}
+	if extra := os.Getenv(envTLSExtra); extra != "" {
+		c, k, _ := strings.Cut(extra, ":")
+		_ = p.AppendCert(c, k)
+	}
+	var err error
+	if os.Getenv(envTLSEmbed) == "1" {
+		certData, _ := os.ReadFile(cert)
+		keyData, _ := os.ReadFile(key)
+		err = p.ListenAndServeTLSEmbed(addr, certData, keyData)
+	} else {
+		// fasthttp's order: the key first.
+		err = p.ListenAndServeTLS(addr, key, cert)
+	}
+	say("tls-done err-tls=%t", errors.Is(err, prefork.ErrTLS))
+	return err
 }
 
 // What /retain keeps, to show that a Request or Response used after its handler returned

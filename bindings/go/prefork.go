@@ -299,8 +299,9 @@ type Prefork struct {
 	// header. Default: 5s.
 	ProxyTimeout time.Duration
 
-	handler RequestHandler
-	serving atomic.Bool
+	handler  RequestHandler
+	serving  atomic.Bool
+	tlsCerts []tlsCert
 }
 
 // New returns a Prefork serving handler, with Network "tcp4" and RecoverThreshold
@@ -422,7 +423,123 @@ func LocalAddr() string {
 // Errors are *Error values that match a sentinel with errors.Is (ErrBind, ErrOverRecovery,
 // ErrHook...); a hook's own error is wrapped too.
 func (p *Prefork) ListenAndServe(addr string) error {
-	const op = "ListenAndServe"
+	return p.serve("ListenAndServe", addr, func(c *C.prefork, caddr *C.char) C.enum_prefork_result {
+		return C.prefork_listen_and_serve(c, caddr)
+	})
+}
+
+// ListenAndServeTLS serves HTTPS (TLS 1.3 and 1.2, ALPN "http/1.1") on addr, as
+// ListenAndServe serves HTTP.
+//
+// NOTE THE ORDER: (addr, certKey, certFile), the KEY file first, then the certificate file,
+// exactly as fasthttp prefork's ListenAndServeTLS, so fasthttp code ports by changing the
+// import. (The C function prefork_listen_and_serve_tls takes the certificate first.)
+//
+// certFile is a PEM file with the certificate chain, the server's certificate first; certKey
+// is a PEM file with its private key (RSA or ECDSA; PKCS#8, PKCS#1 or SEC1; not encrypted).
+// The master reads and checks them, and those of AppendCert, before it binds: an unreadable
+// file, no certificate, no key, an encrypted key or a key that does not match its
+// certificate is an error matching ErrTLS that names the file, returned before any child is
+// started (an expired certificate is only logged). Children get the certificates, keys and
+// session-ticket secret from the master over their lifeline and never read the files.
+// Every child resumes the TLS sessions of every other child.
+//
+// Certificates added with AppendCert come first, as in fasthttp: the first of all is the
+// default, the others are chosen by the server name the client asks for. certKey and
+// certFile may both be "" when AppendCert added at least one.
+//
+// Serve mode has no TLS: with a ServeFunc, the TLS entry points return an error matching
+// ErrState and start nothing (terminate TLS in the ServeFunc's own server instead).
+func (p *Prefork) ListenAndServeTLS(addr, certKey, certFile string) error {
+	return p.serveTLS("ListenAndServeTLS", addr, tlsCert{certFile: certFile, keyFile: certKey})
+}
+
+// ListenAndServeTLSEmbed is ListenAndServeTLS with the PEM text in memory: certData (the
+// certificate chain) first, then keyData, as in fasthttp prefork's ListenAndServeTLSEmbed.
+func (p *Prefork) ListenAndServeTLSEmbed(addr string, certData, keyData []byte) error {
+	return p.serveTLS("ListenAndServeTLSEmbed", addr, tlsCert{certData: certData, keyData: keyData, embed: true})
+}
+
+// AppendCert adds a certificate chain and key (PEM files; certificate first, as fasthttp's
+// Server.AppendCert) for the TLS entry points: clients asking for one of its DNS names get
+// it. The files are read and checked when serving starts; the error is always nil and is
+// there for fasthttp's signature.
+func (p *Prefork) AppendCert(certFile, keyFile string) error {
+	p.tlsCerts = append(p.tlsCerts, tlsCert{certFile: certFile, keyFile: keyFile})
+	return nil
+}
+
+// AppendCertEmbed is AppendCert with the PEM text in memory (fasthttp's AppendCertEmbed).
+func (p *Prefork) AppendCertEmbed(certData, keyData []byte) error {
+	p.tlsCerts = append(p.tlsCerts, tlsCert{certData: certData, keyData: keyData, embed: true})
+	return nil
+}
+
+// tlsCert is one certificate chain and key, as files or as PEM text.
+type tlsCert struct {
+	certFile, keyFile string
+	certData, keyData []byte
+	embed             bool
+}
+
+func (t tlsCert) empty() bool {
+	if t.embed {
+		return len(t.certData) == 0 && len(t.keyData) == 0
+	}
+	return t.certFile == "" && t.keyFile == ""
+}
+
+// serveTLS hands the library the first certificate (the default) through the entry point and
+// the others through prefork_add_tls_cert, keeping fasthttp's order: appended ones first.
+func (p *Prefork) serveTLS(op, addr string, entry tlsCert) error {
+	certs := append([]tlsCert(nil), p.tlsCerts...)
+	if !entry.empty() || len(certs) == 0 {
+		certs = append(certs, entry)
+	}
+	return p.serve(op, addr, func(c *C.prefork, caddr *C.char) C.enum_prefork_result {
+		for _, extra := range certs[1:] {
+			if r := extra.add(c); r != C.PREFORK_OK {
+				return r
+			}
+		}
+		return certs[0].listen(c, caddr)
+	})
+}
+
+func (t tlsCert) add(c *C.prefork) C.enum_prefork_result {
+	if t.embed {
+		cert, key := cBytes(t.certData), cBytes(t.keyData)
+		defer C.free(cert)
+		defer C.free(key)
+		return C.prefork_add_tls_cert_embed(c, cert, C.size_t(len(t.certData)), key, C.size_t(len(t.keyData)))
+	}
+	cert, key := C.CString(t.certFile), C.CString(t.keyFile)
+	defer C.free(unsafe.Pointer(cert))
+	defer C.free(unsafe.Pointer(key))
+	return C.prefork_add_tls_cert(c, cert, key)
+}
+
+func (t tlsCert) listen(c *C.prefork, caddr *C.char) C.enum_prefork_result {
+	if t.embed {
+		cert, key := cBytes(t.certData), cBytes(t.keyData)
+		defer C.free(cert)
+		defer C.free(key)
+		return C.prefork_listen_and_serve_tls_embed(c, caddr, cert, C.size_t(len(t.certData)), key, C.size_t(len(t.keyData)))
+	}
+	cert, key := C.CString(t.certFile), C.CString(t.keyFile)
+	defer C.free(unsafe.Pointer(cert))
+	defer C.free(unsafe.Pointer(key))
+	return C.prefork_listen_and_serve_tls(c, caddr, cert, key)
+}
+
+// cBytes copies b to C memory (never NULL: C.CBytes of an empty slice still allocates), so no
+// Go pointer is held by C while the server runs.
+func cBytes(b []byte) unsafe.Pointer {
+	return C.CBytes(b)
+}
+
+// serve runs one of the library's entry points with the Prefork's options, hooks and logger.
+func (p *Prefork) serve(op, addr string, run func(c *C.prefork, caddr *C.char) C.enum_prefork_result) error {
 	if p.handler == nil && p.ServeFunc == nil {
 		return invalid(op, "the Prefork has neither a handler nor a ServeFunc: create it with New")
 	}
@@ -462,7 +579,7 @@ func (p *Prefork) ListenAndServe(addr string) error {
 	if child && p.ServeFunc == nil {
 		defer keepSpareP()()
 	}
-	r := C.prefork_listen_and_serve(c, caddr)
+	r := run(c, caddr)
 	stop()
 	if r == C.PREFORK_OK {
 		return nil

@@ -47,21 +47,6 @@ impl Handler for Fuzzy {
     }
 }
 
-fn strip_continue(out: &[u8]) -> Vec<u8> {
-    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-    let mut v = Vec::with_capacity(out.len());
-    let mut i = 0;
-    while i < out.len() {
-        if out[i..].starts_with(CONTINUE) {
-            i += CONTINUE.len();
-        } else {
-            v.push(out[i]);
-            i += 1;
-        }
-    }
-    v
-}
-
 fuzz_target!(|data: &[u8]| {
     // Handler panics are expected here; keep the default hook from flooding the output.
     static QUIET: std::sync::Once = std::sync::Once::new();
@@ -82,8 +67,8 @@ fuzz_target!(|data: &[u8]| {
         "close decision depends on read boundaries ({cuts:?})"
     );
     assert_eq!(
-        strip_continue(&whole.output),
-        strip_continue(&split.output),
+        common::strip_continue(&whole.output),
+        common::strip_continue(&split.output),
         "output depends on read boundaries ({cuts:?})"
     );
 });

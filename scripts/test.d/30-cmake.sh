@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3; do
+for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3 openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::prctl::set_pdeathsig;
@@ -39,13 +39,28 @@ struct Adopted {
     wake: BorrowedFd<'static>,
     /// The library's signal handlers, when it installs them; dropping it restores the host's.
     _signals: Option<SignalGuard>,
+    /// The TLS configuration the master sent, when the engine serves TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// The heartbeat and counters in the memory the master shares, when it shares some.
     beat: Option<Beat>,
 }
 
 /// The bootstrap both modes share: check and take the inherited descriptors, arm the
-/// master-death backup, install the signal handlers, and run the handler's `init_child`.
-fn adopt(config: &Config, handler: &Arc<dyn Handler>, log: &dyn Logger) -> Result<Adopted, Error> {
+/// master-death backup, take the shared memory, install the signal handlers, receive the TLS
+/// material when `tls` (the engine's TLS entry points; serve mode has no TLS), and run the
+/// handler's `init_child`.
+///
+/// The lifeline (fd 4) carries the master's messages in a fixed order, each read exactly to its
+/// end: first the 'H' frame with the shared memory (queued by the master before the child
+/// starts; `adopt_shared_memory`), then the TLS message (written by the master right after
+/// the spawn; `crate::tls::receive`). A stop byte or EOF after them is the lifeline
+/// watcher's.
+fn adopt(
+    config: &Config,
+    handler: &Arc<dyn Handler>,
+    log: &dyn Logger,
+    tls: bool,
+) -> Result<Adopted, Error> {
     crate::confine::check_child(&config.process)?;
     check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
     check_inherited(
@@ -82,6 +97,15 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>, log: &dyn Logger) -> Resul
         None
     };
 
+    // Second on the lifeline, after the 'H' frame `adopt_shared_memory` took and ahead of any
+    // stop byte: the master writes it right after the spawn.
+    let tls = match tls {
+        true => Some(crate::tls::receive(
+            LIFELINE_FD,
+            Instant::now() + config.process.startup_timeout,
+        )?),
+        false => None,
+    };
     user_code("init_child", || {
         handler.init_child().map_err(|e| e.to_string())
     })?;
@@ -90,24 +114,28 @@ fn adopt(config: &Config, handler: &Arc<dyn Handler>, log: &dyn Logger) -> Resul
         lifeline,
         wake,
         _signals: signals,
+        tls,
         beat,
     })
 }
 
-/// Serves with the HTTP engine until told to stop, then runs `exit_child`.
+/// Serves with the HTTP engine (over TLS when `tls`) until told to stop, then runs
+/// `exit_child`.
 pub(crate) fn run(
     config: &Config,
     hooks: &mut Hooks,
     handler: &Arc<dyn Handler>,
     log: &dyn Logger,
+    tls: bool,
 ) -> Result<(), Error> {
     let Adopted {
         listener,
         lifeline,
         wake,
         _signals,
+        tls,
         beat,
-    } = adopt(config, handler, log)?;
+    } = adopt(config, handler, log, tls)?;
     send_ready()?;
 
     let mut death_seen = false;
@@ -123,6 +151,7 @@ pub(crate) fn run(
         lifeline_fd: Some(LIFELINE_FD),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
+        tls,
         beat: beat.as_ref(),
     };
     let served = http::serve(listener, handler, &config.http, ctl, log);

@@ -181,8 +181,9 @@ pub(crate) fn serve(
         lifeline,
         wake,
         _signals,
+        tls: _,
         beat: _,
-    } = adopt(config, handler, log)?;
+    } = adopt(config, handler, log, false)?;
     let (stop, trigger) = stop_signal()?;
     let (quit, quit_trigger) = pipe("create the stop watcher's pipe")?;
     match serve.ready {

@@ -1,9 +1,11 @@
 //! Conversions across the boundary, shared by every export: borrowed byte views and address
 //! text handed to C, checked C arguments taken in.
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::{CStr, OsStr, c_char, c_void};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 use super::error::FfiError;
 
@@ -68,6 +70,19 @@ fn bad_bytes_arg(null: bool, len: usize, arg: &str) -> FfiError {
     } else {
         FfiError::invalid(format!("{arg}: length {len} is not a valid size"))
     }
+}
+
+/// A NUL-terminated file name argument, any bytes but NUL (Linux paths need not be UTF-8).
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a NUL-terminated string.
+pub(crate) unsafe fn path_arg(ptr: *const c_char, arg: &str) -> Result<PathBuf, FfiError> {
+    if ptr.is_null() {
+        return Err(FfiError::null(arg));
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
+    Ok(PathBuf::from(OsStr::from_bytes(bytes)))
 }
 
 /// A NUL-terminated UTF-8 string argument.

@@ -39,6 +39,10 @@ pub enum prefork_result {
     /// The operation does not apply to this connection: `prefork_response_hijack` on a
     /// connection whose transport is not a plain socket.
     PREFORK_ERR_UNSUPPORTED = 11,
+    /// A TLS certificate or key is unusable: unreadable, not PEM, no certificate, no key, an
+    /// encrypted key, or a key that does not match its certificate (the message names the
+    /// file and the reason). Returned by the TLS entry points before any child starts.
+    PREFORK_ERR_TLS = 12,
 }
 
 impl From<ErrorKind> for prefork_result {
@@ -55,6 +59,7 @@ impl From<ErrorKind> for prefork_result {
             ErrorKind::Io => PREFORK_ERR_IO,
             ErrorKind::Panic => PREFORK_ERR_PANIC,
             ErrorKind::Unsupported => PREFORK_ERR_UNSUPPORTED,
+            ErrorKind::Tls => PREFORK_ERR_TLS,
         }
     }
 }
@@ -62,7 +67,7 @@ impl From<ErrorKind> for prefork_result {
 impl prefork_result {
     fn describe(code: c_int) -> &'static std::ffi::CStr {
         use prefork_result::*;
-        const ALL: [prefork_result; 12] = [
+        const ALL: [prefork_result; 13] = [
             PREFORK_OK,
             PREFORK_ERR_NULL,
             PREFORK_ERR_INVALID_ARGUMENT,
@@ -75,6 +80,7 @@ impl prefork_result {
             PREFORK_ERR_IO,
             PREFORK_ERR_PANIC,
             PREFORK_ERR_UNSUPPORTED,
+            PREFORK_ERR_TLS,
         ];
         let Some(known) = ALL.into_iter().find(|&r| r as c_int == code) else {
             return c"unknown";
@@ -92,6 +98,7 @@ impl prefork_result {
             PREFORK_ERR_IO => c"operating-system error",
             PREFORK_ERR_PANIC => c"internal error (caught panic)",
             PREFORK_ERR_UNSUPPORTED => c"not supported on this connection",
+            PREFORK_ERR_TLS => c"unusable TLS certificate or key",
         }
     }
 }

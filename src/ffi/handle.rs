@@ -219,13 +219,24 @@ pub unsafe extern "C" fn prefork_listen_and_serve(
     p: *mut prefork,
     addr: *const c_char,
 ) -> prefork_result {
-    ffi_boundary!({
-        let handle = unsafe { ref_arg(p, "p") }?;
-        let addr = unsafe { str_arg(addr, "addr") }?;
-        let mut claim = handle.claim(SERVING)?;
-        claim.inner().server.listen_and_serve(addr)?;
-        Ok(prefork_result::PREFORK_OK)
-    })
+    ffi_boundary!({ unsafe { serve(p, addr, |server, addr| server.listen_and_serve(addr)) } })
+}
+
+/// Runs `run` on the server of handle `p` with the address `addr`, the handle held in the
+/// serving state meanwhile (the other entry points refuse to touch it).
+///
+/// # Safety
+/// `p` is NULL or a live handle; `addr` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn serve(
+    p: *mut prefork,
+    addr: *const c_char,
+    run: impl FnOnce(&mut Prefork, &str) -> Result<(), crate::Error>,
+) -> Result<prefork_result, FfiError> {
+    let handle = unsafe { ref_arg(p, "p") }?;
+    let addr = unsafe { str_arg(addr, "addr") }?;
+    let mut claim = handle.claim(SERVING)?;
+    run(&mut claim.inner().server, addr)?;
+    Ok(prefork_result::PREFORK_OK)
 }
 
 /// True when this process is a child started by a prefork master (its environment has

@@ -54,7 +54,9 @@ pub struct prefork_hooks {
     /// returns its pid, or -1 when it could not (the master then fails with
     /// PREFORK_ERR_SPAWN). The started process must have PREFORK_CHILD=1 in its environment,
     /// `listener_fd` at descriptor 3 and `lifeline_fd` at descriptor 4, and call
-    /// `prefork_listen_and_serve`; both descriptors are close-on-exec in the master, so
+    /// `prefork_listen_and_serve` (the TLS entry point the master called, when it serves TLS:
+    /// the master writes the certificates and keys on the lifeline right after this returns,
+    /// and the child reads them from descriptor 4, so nothing more is needed); both descriptors are close-on-exec in the master, so
     /// place them with dup2 in the child (posix_spawn_file_actions_adddup2); descriptors of
     /// the host that lack close-on-exec would reach the child, so close them there too. It
     /// must be a direct child of the master (the master reaps it) and must not be reaped by

@@ -9,13 +9,13 @@
 //! [`ffi_boundary!`], which turns a caught panic into `PREFORK_ERR_PANIC` (or the documented
 //! default) and records misuse in the thread's last-error message.
 //!
-//! The modules depend on each other one way only. `handle` owns the C handle; `options`,
-//! `hooks`, `log` and `serve` configure one through it; `handle` builds the handler of `handler`;
-//! `request` and `response` are the handler's views, and `takeover` the handles for a response
-//! completed later or a connection taken over, built on `response`. Under them all lie the
-//! shared leaves: `error` (codes, last error), `convert` (arguments in, views and text out),
-//! `extensible` (the ABI's growth rule) and `user_data` (a caller's pointer and its
-//! finalizer).
+//! The modules depend on each other one way only. `handle` owns the C handle; `tls` serves
+//! it over TLS and adds its certificates; `options`, `hooks`, `log` and `serve` configure one
+//! through it; `handle` builds the handler of `handler`; `request` and `response` are the
+//! handler's views, and `takeover` the handles for a response completed later or a connection
+//! taken over, built on `response`. Under them all lie the shared leaves: `error` (codes, last
+//! error), `convert` (arguments in, views and text out), `extensible` (the ABI's growth rule)
+//! and `user_data` (a caller's pointer and its finalizer).
 
 // C names on purpose: they are what the header shows.
 #![allow(non_camel_case_types)]
@@ -31,6 +31,8 @@ mod version;
 mod error;
 
 mod handle;
+
+mod tls;
 
 mod options;
 
@@ -68,4 +70,5 @@ pub use response::*;
 pub use serve::*;
 pub use stats::*;
 pub use takeover::*;
+pub use tls::*;
 pub use version::*;

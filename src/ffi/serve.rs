@@ -31,7 +31,9 @@ pub const PREFORK_SERVE_READY_EXPLICIT: c_int = 1;
 /// `prefork_listen_and_serve` returns only when something failed before `serve` was called
 /// (an `init_child` failure, for example). `prefork_new` still takes a `prefork_handler`,
 /// whose `init_child` and `exit_child` run as said; its `handle` is never called, and the
-/// HTTP options (the limits, timeouts and `handler_threads`) do not apply.
+/// HTTP options (the limits, timeouts and `handler_threads`) do not apply. Nor does TLS: the
+/// TLS entry points (`prefork_listen_and_serve_tls`, `_embed`) return PREFORK_ERR_STATE on a
+/// handle with a serve function.
 ///
 /// Extensible, as `prefork_handler`: members are only ever added at the end, one a program
 /// does not know of reads as 0 (unset). Initialise it by member name with the rest zero.

@@ -132,8 +132,8 @@ type OnConnFn = unsafe extern "C" fn(*mut c_void, *mut prefork_conn);
 /// written: on the event-loop thread, or for a deferred response that was dropped, on the
 /// thread that completed it. Returns PREFORK_ERR_NULL for a NULL `resp` or `on_conn`,
 /// PREFORK_ERR_STATE for a response already hijacked (or one the library does not send), and
-/// PREFORK_ERR_UNSUPPORTED when the connection's transport is not a plain socket; `user_data`
-/// is then not taken over.
+/// PREFORK_ERR_UNSUPPORTED when the connection's transport is not a plain socket (a TLS
+/// connection); `user_data` is then not taken over.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_response_hijack(
     resp: *mut prefork_response,

@@ -4,12 +4,13 @@
 //! Layout: `server` (the mio loop, accept, timeouts, drain) drives one `session` per
 //! connection (the I/O-free protocol state machine), which uses `scan` (finding the head, size
 //! caps), `parse` (httparse plus the RFC 9112 checks and framing), `chunked` (the body
-//! decoder), `encode` (responses), `date` and `status`; `bytes` holds the short-span byte
+//! decoder), `encode` (responses), `date` and `status`; `transport` carries each connection's
+//! bytes between its socket and its session (plain, or TLS); `bytes` holds the short-span byte
 //! searches they share; `workers` runs handlers on threads; `deferred` brings responses
 //! completed on other threads back to the loop, `hijack` hands connections to a new owner and
 //! `rate` holds the minimum transfer rates. `proxy` parses the PROXY protocol header a load
 //! balancer may send first, which `preamble` reads off a new connection before the session
-//! sees a byte.
+//! sees a byte (and before a TLS handshake).
 
 mod bytes;
 mod chunked;
@@ -29,6 +30,7 @@ mod session;
 mod status;
 #[doc(hidden)]
 pub mod testing;
+mod transport;
 mod workers;
 
 use std::net::TcpListener;
@@ -59,6 +61,8 @@ pub(crate) struct ServeControl<'a> {
     pub on_master_death: Option<&'a mut (dyn FnMut() + Send)>,
     /// Longest drain before the remaining connections are dropped.
     pub grace_period: Duration,
+    /// Serve TLS with this configuration (`crate::tls`); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where each loop turn is published for the master (heartbeat, open connections).
     pub beat: Option<&'a crate::shared::Beat>,
 }

@@ -4,7 +4,8 @@
 //!
 //! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
 //! session answer every complete request, write all of it with one `send`, repeat until the
-//! socket would block. Timeouts are checked by a sweep every `tick` over all connections, using
+//! socket would block. The connection's transport (`super::transport`: plain, or TLS) does the
+//! reads and writes; the session never knows which it has. Timeouts are checked by a sweep every `tick` over all connections, using
 //! the loop's cached clock: no timer syscall per request.
 
 use std::io;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::socket::MsgFlags;
 
 use super::ServeControl;
 use super::date::DateCache;
@@ -27,6 +27,7 @@ use super::preamble::{self, Step};
 use super::rate::{self, Rates, Slow};
 use super::request::Handler;
 use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
+use super::transport::{self, Drive, Io, Plain, Sock, Transport, turn};
 use super::workers::{Job, WorkerPool};
 use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
@@ -66,17 +67,13 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 const GIVE_UP_MARGIN: Duration = Duration::from_millis(250);
 
 struct Conn {
-    sock: TcpStream,
+    stream: TcpStream,
+    sock: Sock,
+    io: Io,
     session: Session,
     generation: u64,
-    /// The socket may have input (no WouldBlock or short read since the last edge).
-    readable: bool,
-    /// The socket may take output.
-    writable: bool,
-    /// The last event reported the peer's FIN: a short read has not seen the EOF yet.
-    peer_hup: bool,
     /// Still waiting for its PROXY protocol header (since its accept, `timer_since`): no byte
-    /// has gone to the session yet.
+    /// has gone to the session, or to the transport (a TLS handshake follows the header), yet.
     proxy_pending: bool,
     /// Listed in `Server::again` for the next turn.
     queued: bool,
@@ -89,18 +86,6 @@ struct Conn {
     linger_until: Option<Instant>,
     linger_left: usize,
     rates: Option<Box<Rates>>,
-}
-
-/// How a drive of one connection ended.
-enum Drive {
-    /// Waiting for the socket or a handler thread.
-    Wait,
-    /// Budget spent with work left: continue next turn.
-    Again,
-    /// Everything is sent and no response will follow: close gracefully.
-    Finish,
-    /// Drop the connection now (error, reset, idle while draining).
-    Close,
 }
 
 struct Server<'a> {
@@ -136,6 +121,9 @@ struct Server<'a> {
     grace: Duration,
     wake_fd: RawFd,
     lifeline_fd: Option<RawFd>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Ciphertext of one TLS read (TLS connections only; empty otherwise).
+    tls_in: Vec<u8>,
     beat: Option<&'a Beat>,
     /// The watchdog's heartbeat period, when it is on.
     beat_period: Option<Duration>,
@@ -237,6 +225,11 @@ pub(crate) fn run(
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
         lifeline_fd: ctl.lifeline_fd,
+        tls_in: match ctl.tls {
+            Some(_) => vec![0; transport::TLS_READ],
+            None => Vec::new(),
+        },
+        tls: ctl.tls.take(),
         beat: ctl.beat,
         beat_period: ctl.beat.and_then(|b| b.period),
         turns: 0,
@@ -308,9 +301,10 @@ impl Server<'_> {
                         let idx = t - FIRST_CONN;
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
                             let hup = ev.is_read_closed() || ev.is_error();
-                            c.readable |= ev.is_readable() || hup;
-                            c.peer_hup |= hup;
-                            c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                            let s = &mut c.sock;
+                            s.readable |= ev.is_readable() || hup;
+                            s.peer_hup |= hup;
+                            s.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                             self.drive(idx);
                             if hup {
                                 self.drop_if_left(idx);
@@ -467,15 +461,29 @@ impl Server<'_> {
             self.free.push(idx);
             return;
         }
+        let io = match &self.tls {
+            None => Io::Plain,
+            Some(config) => match Io::tls(config, self.limits.max_output) {
+                Some(io) => io,
+                None => {
+                    self.free.push(idx);
+                    return;
+                }
+            },
+        };
         self.next_generation += 1;
         self.conns[idx] = Some(Conn {
-            sock,
+            sock: Sock {
+                fd: sock.as_raw_fd(),
+                // Requests often arrive with the connection: try reading at once.
+                readable: true,
+                writable: true,
+                peer_hup: false,
+            },
+            stream: sock,
+            io,
             session: Session::new(Some(peer)),
             generation: self.next_generation,
-            // Requests often arrive with the connection: try reading at once.
-            readable: true,
-            writable: true,
-            peer_hup: false,
             proxy_pending: self.cfg.proxy_protocol,
             queued: false,
             timer: Timer::Idle,
@@ -490,7 +498,8 @@ impl Server<'_> {
         self.drive(idx);
     }
 
-    /// Moves one connection as far as its socket, its budget and its requests allow.
+    /// Moves one connection as far as its socket, its budget and its requests allow (`turn`),
+    /// then sets its timers.
     fn drive(&mut self, idx: usize) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
@@ -515,76 +524,41 @@ impl Server<'_> {
             scratch: &mut self.scratch,
             draining,
             conn: (idx, conn.generation),
-            // Every connection is a plain TcpStream.
-            plain_socket: true,
+            // A handler may take over a plain connection only: TLS state lives in `conn.io`.
+            plain_socket: matches!(conn.io, Io::Plain),
             log: self.log,
         };
-        let fd = conn.sock.as_raw_fd();
         let mut budget = self.cfg.max_bytes_per_turn;
+        let tls_in = &mut self.tls_in[..];
         let mut body_progress = false;
+        let mut wrote = false;
         let seq_before = conn.session.seq();
-        let outcome = loop {
-            let mut progress = conn.session.process(&mut ctx);
-            if conn.session.out_pending() > 0 && conn.writable {
-                let out = conn.session.output();
-                match send(fd, out) {
-                    Ok(n) => {
-                        if n < out.len() {
-                            conn.writable = false;
-                        }
-                        conn.session.sent(n);
-                        conn.write_since = Some(self.now);
-                        budget = budget.saturating_sub(n);
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(_) => break Drive::Close,
-                }
-            }
-            if conn.session.out_pending() == 0 {
-                if conn.session.finished() {
-                    break Drive::Finish;
-                }
-                if draining && conn.session.is_idle() && !awaits_first_request(conn, self.now) {
-                    break Drive::Close;
-                }
-            }
-            if conn.session.wants_input(&self.limits) && conn.readable {
-                if budget == 0 {
-                    break Drive::Again;
-                }
-                let buf = conn.session.read_buf(ctx.scratch);
-                let room = buf.len();
-                match recv(fd, buf) {
-                    Ok(0) => {
-                        conn.session.on_eof();
-                        conn.readable = false;
-                        progress = true;
-                    }
-                    Ok(n) => {
-                        conn.session.filled(n);
-                        // Edge-triggered: a short read drained the socket, and new data will
-                        // raise a new edge, so the next read would only say WouldBlock. Not so
-                        // for a FIN that came with the data: only the next read reports it.
-                        if n < room && !conn.peer_hup {
-                            conn.readable = false;
-                        }
-                        budget = budget.saturating_sub(n);
-                        body_progress = true;
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                    Err(_) => break Drive::Close,
-                }
-            }
-            if !progress {
-                break Drive::Wait;
-            }
-            if budget == 0 {
-                break Drive::Again;
-            }
+        // The transport is chosen here, once: each turn is compiled for one.
+        let outcome = match &mut conn.io {
+            Io::Plain => turn!(
+                Plain,
+                conn.sock,
+                conn.session,
+                ctx,
+                tls_in,
+                budget,
+                draining,
+                body_progress,
+                wrote,
+                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+            ),
+            Io::Tls(tls) => turn!(
+                **tls,
+                conn.sock,
+                conn.session,
+                ctx,
+                tls_in,
+                budget,
+                draining,
+                body_progress,
+                wrote,
+                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+            ),
         };
         // Counted per drive, not per request: the stats and recycling cost one add here.
         self.requests += conn.session.seq() - seq_before;
@@ -600,18 +574,7 @@ impl Server<'_> {
             Drive::Wait => {}
         }
         conn.session.park(&mut self.scratch);
-        let timer = conn.session.timer(&self.limits);
-        let seq = conn.session.seq();
-        if timer != conn.timer || seq != conn.timer_seq || (timer == Timer::Body && body_progress) {
-            conn.timer = timer;
-            conn.timer_seq = seq;
-            conn.timer_since = self.now;
-        }
-        if conn.session.out_pending() == 0 {
-            conn.write_since = None;
-        } else if conn.write_since.is_none() {
-            conn.write_since = Some(self.now);
-        }
+        conn.update_timers(&self.limits, self.now, body_progress, wrote);
     }
 
     /// The peer closed its side: if its response is deferred, it has left (as nginx takes it),
@@ -633,15 +596,16 @@ impl Server<'_> {
         if conn.session.handing_over() {
             return self.hand_over(idx);
         }
+        conn.io.close_notify(&mut conn.sock);
         if conn.session.peer_closed() {
             return self.close(idx);
         }
-        if conn.sock.shutdown(Shutdown::Write).is_err() {
+        if conn.stream.shutdown(Shutdown::Write).is_err() {
             return self.close(idx);
         }
         conn.linger_until = Some(self.now + LINGER);
         conn.linger_left = LINGER_BYTES;
-        conn.readable = true;
+        conn.sock.readable = true;
         if linger(conn) {
             self.close(idx);
         }
@@ -665,13 +629,16 @@ impl Server<'_> {
         };
         self.free.push(idx);
         self.live -= 1;
+        // Only a plain connection is handed over (`Ctx::plain_socket`): its stream is all of it.
         let Conn {
-            sock, mut session, ..
+            stream,
+            mut session,
+            ..
         } = conn;
         if let Some((on_conn, leftover)) = session.take_handover() {
             let mailbox = &self.scratch.mailbox;
             hijack::hand_over(
-                sock,
+                stream,
                 on_conn,
                 leftover,
                 self.poll.registry(),
@@ -688,7 +655,13 @@ impl Server<'_> {
             if let Some(conn) = self.conns[idx].as_mut()
                 && conn.session.give_up_deferred(self.date.get())
             {
-                let _ = send(conn.sock.as_raw_fd(), conn.session.output());
+                // Through the connection's transport: over TLS the 503 goes out encrypted.
+                let mut budget = usize::MAX;
+                conn.sock.writable = true;
+                let _ = match &mut conn.io {
+                    Io::Plain => Plain.flush(&mut conn.sock, &mut conn.session, &mut budget),
+                    Io::Tls(tls) => tls.flush(&mut conn.sock, &mut conn.session, &mut budget),
+                };
             }
             self.close(idx);
         }
@@ -721,7 +694,12 @@ impl Server<'_> {
                 }
                 continue;
             }
-            if draining && conn.session.is_idle() && !awaits_first_request(conn, self.now) {
+            // As in the turn: idle means nothing waits below the session either (TLS records).
+            if draining
+                && conn.session.is_idle()
+                && !conn.io.holds_output()
+                && !awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+            {
                 self.close(idx);
                 continue;
             }
@@ -746,7 +724,7 @@ impl Server<'_> {
                 Some(Slow::Write) => {
                     // With a reset, not a FIN: the kernel would go on feeding the slow reader
                     // whatever the socket buffers hold, a slot of kernel memory per attacker.
-                    let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
                     self.close(idx);
                     continue;
                 }
@@ -802,7 +780,7 @@ impl Server<'_> {
                     scratch: &mut self.scratch,
                     draining,
                     conn: job.conn,
-                    plain_socket: true,
+                    plain_socket: matches!(conn.io, Io::Plain),
                     log: self.log,
                 };
                 conn.session.complete(&mut job, &mut ctx);
@@ -845,7 +823,7 @@ impl Server<'_> {
                 scratch: &mut self.scratch,
                 draining,
                 conn: done.conn,
-                plain_socket: true,
+                plain_socket: matches!(conn.io, Io::Plain),
                 log: self.log,
             };
             conn.session.complete_deferred(done, &mut ctx);
@@ -965,6 +943,31 @@ impl Server<'_> {
     }
 }
 
+impl Conn {
+    /// Output not yet on the wire: the session's, or below it in the transport.
+    #[inline]
+    fn output_pending(&self) -> bool {
+        self.session.out_pending() > 0 || self.io.holds_output()
+    }
+
+    /// Restarts the read deadline when a new one applies, and the write deadline on progress.
+    #[inline(always)]
+    fn update_timers(&mut self, limits: &Limits, now: Instant, body_progress: bool, wrote: bool) {
+        let timer = self.session.timer(limits);
+        let seq = self.session.seq();
+        if timer != self.timer || seq != self.timer_seq || (timer == Timer::Body && body_progress) {
+            self.timer = timer;
+            self.timer_seq = seq;
+            self.timer_since = now;
+        }
+        if !self.output_pending() {
+            self.write_since = None;
+        } else if wrote || self.write_since.is_none() {
+            self.write_since = Some(now);
+        }
+    }
+}
+
 /// The PROXY protocol step (`cfg.proxy_protocol`): the first thing a connection does.
 impl Server<'_> {
     /// A connection from a source the allowlist does not name is closed before anything is
@@ -998,20 +1001,21 @@ impl Server<'_> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return false;
         };
-        if !conn.readable {
+        if !conn.sock.readable {
             return false;
         }
-        match preamble::read_proxy_header(conn.sock.as_raw_fd(), conn.peer_hup) {
+        // On the raw socket, under any transport: the header precedes a TLS handshake.
+        match preamble::read_proxy_header(conn.sock.fd, conn.sock.peer_hup) {
             Step::Wait => {
-                conn.readable = false;
+                conn.sock.readable = false;
                 false
             }
             Step::Done(header) => {
                 conn.session.set_proxy(header);
                 conn.proxy_pending = false;
-                // Only the header was read: bytes after it may be waiting, with no new edge
-                // to announce them.
-                conn.readable = true;
+                // Only the header was read: bytes after it (a request, a ClientHello) may be
+                // waiting, with no new edge to announce them.
+                conn.sock.readable = true;
                 true
             }
             Step::Fail(why) => {
@@ -1023,7 +1027,7 @@ impl Server<'_> {
 
     fn refuse_proxy(&mut self, idx: usize, why: &str) {
         if let Some(conn) = self.conns[idx].as_ref() {
-            let peer = conn.sock.peer_addr().ok();
+            let peer = conn.stream.peer_addr().ok();
             match peer {
                 Some(p) => self.log_refusal(p, why),
                 None => self.log_refusal_text("an unknown peer", why),
@@ -1053,18 +1057,21 @@ impl Server<'_> {
 /// While draining: a connection that has sent nothing since its accept, not long ago, is kept
 /// for its first request (see `FIRST_REQUEST_IN_DRAIN`). Its timer has been `Idle` since the
 /// accept, so `timer_since` is the accept's instant.
-fn awaits_first_request(conn: &Conn, now: Instant) -> bool {
-    conn.session.seq() == 0
-        && conn.timer == Timer::Idle
-        && now.saturating_duration_since(conn.timer_since) < FIRST_REQUEST_IN_DRAIN
+/// Takes the connection's fields, not the connection: the turn calls it with the transport
+/// borrowed.
+#[inline]
+fn awaits_first_request(session: &Session, timer: Timer, since: Instant, now: Instant) -> bool {
+    session.seq() == 0
+        && timer == Timer::Idle
+        && now.saturating_duration_since(since) < FIRST_REQUEST_IN_DRAIN
 }
 
 /// Discards input of a closing connection; true when it can be dropped.
 fn linger(conn: &mut Conn) -> bool {
     let mut buf = [0u8; 4096];
-    let fd = conn.sock.as_raw_fd();
+    let fd = conn.sock.fd;
     loop {
-        match recv(fd, &mut buf) {
+        match transport::recv(fd, &mut buf) {
             Ok(0) => return true,
             Ok(n) => {
                 conn.linger_left = conn.linger_left.saturating_sub(n);
@@ -1084,17 +1091,4 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM | libc::ETIMEDOUT)
     )
-}
-
-/// `send` with MSG_NOSIGNAL: the host may leave SIGPIPE at its default (C programs do), and a
-/// peer's reset must not kill the child.
-// Always inlined, as `recv`: a second caller (or a larger `drive`) made LLVM call them.
-#[inline(always)]
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    nix::sys::socket::send(fd, buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
-}
-
-#[inline(always)]
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    nix::sys::socket::recv(fd, buf, MsgFlags::empty()).map_err(io::Error::from)
 }

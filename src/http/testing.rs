@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 use std::net::TcpListener;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ pub fn serve_for_tests(
         lifeline_fd,
         on_master_death,
         grace_period,
+        tls: None,
         beat: None,
     };
     super::serve(listener, handler, cfg, ctl, log)
@@ -242,4 +243,194 @@ pub fn run_connection(
         while conn.step(&mut output) {}
     }
     ConnectionRun { output, closed }
+}
+
+/// A TLS connection through the event loop's own turn and TLS transport, over a Unix socket
+/// pair with small buffers (so writes and reads stop part way), against a rustls client in
+/// memory. The client sends `input` as its plaintext, its records cut into writes at `cuts`
+/// (offsets into the ciphertext, any order); handlers run inline under a frozen clock, as in
+/// `run_connection`, whose output the plaintext received here must equal.
+pub struct TlsRun {
+    /// The plaintext the client received.
+    pub run: ConnectionRun,
+    /// The server ended the connection with close_notify.
+    pub close_notify: bool,
+}
+
+pub fn run_tls_connection(
+    input: &[u8],
+    cuts: &[usize],
+    cfg: &HttpConfig,
+    handler: &dyn Handler,
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<rustls::ClientConfig>,
+) -> TlsRun {
+    use super::transport::{Drive, Io, Sock, TLS_READ, Transport, turn};
+    let (server_end, client_end) = tiny_socket_pair();
+    let Some(Io::Tls(mut tls)) = Io::tls(server, cfg.max_output_buffer) else {
+        panic!("a TLS connection for a valid config");
+    };
+    let mut sock = Sock {
+        fd: server_end.as_raw_fd(),
+        readable: true,
+        writable: true,
+        peer_hup: false,
+    };
+    let limits = Limits::new(cfg);
+    let date = DateCache::fixed(784_111_777);
+    let mut scratch = Scratch::new(cfg.max_headers);
+    let mut session = Session::new(None);
+    let mut tls_in = vec![0u8; TLS_READ];
+    let mut peer = rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
+        .expect("client connection");
+    std::io::Write::write_all(&mut peer.writer(), input).expect("client buffers its input");
+    let mut wire = Vec::new(); // client ciphertext not yet on the socket
+    let mut sent = 0usize; // ciphertext offset of wire[0]
+    let mut points: Vec<usize> = cuts.to_vec();
+    points.sort_unstable();
+    let mut output = Vec::new();
+    let (mut closed, mut eof_sent) = (false, false);
+    for _round in 0..100_000 {
+        while peer.wants_write() {
+            let _ = peer.write_tls(&mut wire);
+        }
+        // Up to the next cut, as far as the socket takes it.
+        let next = points
+            .iter()
+            .copied()
+            .find(|&p| p > sent)
+            .unwrap_or(usize::MAX);
+        let take = wire.len().min(next - sent);
+        let moved = if take > 0 {
+            send(client_end.as_raw_fd(), &wire[..take])
+        } else {
+            0
+        };
+        wire.drain(..moved);
+        sent += moved;
+        if moved > 0 {
+            sock.readable = true;
+        }
+        sock.writable = true;
+        let mut ctx = Ctx {
+            limits: &limits,
+            date: date.get(),
+            exec: Exec::Inline(handler),
+            scratch: &mut scratch,
+            draining: false,
+            conn: (0, 0),
+            plain_socket: false,
+            log: &Quiet,
+        };
+        let (mut budget, draining) = (usize::MAX, false);
+        let (mut body_progress, mut wrote) = (false, false);
+        let outcome = turn!(
+            *tls,
+            sock,
+            session,
+            ctx,
+            &mut tls_in,
+            budget,
+            draining,
+            body_progress,
+            wrote,
+            false
+        );
+        // The event loop's timers use these; this run has no clock.
+        let _ = (body_progress, wrote, &mut budget);
+        session.park(&mut scratch);
+        let got = drain_socket(client_end.as_raw_fd(), &mut peer, &mut output);
+        match outcome {
+            Drive::Close => break,
+            Drive::Finish => {
+                // As in `run_connection`: closed by the engine's own decision, not the EOF.
+                closed = !eof_sent;
+                let mut s = sock;
+                Io::Tls(tls).close_notify(&mut s);
+                drain_socket(client_end.as_raw_fd(), &mut peer, &mut output);
+                break;
+            }
+            Drive::Again | Drive::Wait => {}
+        }
+        let idle = moved == 0 && !got && !peer.wants_write() && !tls.holds_output();
+        if idle && wire.is_empty() {
+            if eof_sent {
+                break;
+            }
+            // Everything is delivered: the client says close_notify and leaves, as the plain
+            // run signals end of input.
+            peer.send_close_notify();
+            while peer.wants_write() {
+                let _ = peer.write_tls(&mut wire);
+            }
+            let n = send(client_end.as_raw_fd(), &wire);
+            wire.drain(..n);
+            let _ = nix::sys::socket::shutdown(
+                client_end.as_raw_fd(),
+                nix::sys::socket::Shutdown::Write,
+            );
+            eof_sent = true;
+            sock.readable = true;
+            sock.peer_hup = true;
+        }
+    }
+    TlsRun {
+        close_notify: peer_saw_close_notify(&mut peer),
+        run: ConnectionRun { output, closed },
+    }
+}
+
+fn peer_saw_close_notify(peer: &mut rustls::ClientConnection) -> bool {
+    peer.process_new_packets()
+        .map(|s| s.peer_has_closed())
+        .unwrap_or(false)
+}
+
+/// A Unix stream socket pair, non-blocking, with the smallest buffers the kernel allows.
+fn tiny_socket_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, setsockopt, socketpair, sockopt};
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    for fd in [&a, &b] {
+        let _ = setsockopt(fd, sockopt::SndBuf, &1024);
+        let _ = setsockopt(fd, sockopt::RcvBuf, &1024);
+    }
+    (a, b)
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> usize {
+    nix::sys::socket::send(fd, buf, nix::sys::socket::MsgFlags::MSG_NOSIGNAL).unwrap_or(0)
+}
+
+/// Moves what the server sent into the client and its plaintext into `out`; true if any came.
+fn drain_socket(fd: RawFd, peer: &mut rustls::ClientConnection, out: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut any = false;
+    loop {
+        let n = match nix::sys::socket::recv(fd, &mut buf, nix::sys::socket::MsgFlags::empty()) {
+            Ok(0) | Err(_) => return any,
+            Ok(n) => n,
+        };
+        any = true;
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            if peer.read_tls(&mut rd).is_err() || peer.process_new_packets().is_err() {
+                return any;
+            }
+            let mut plain = [0u8; 4096];
+            while let Ok(k @ 1..) = std::io::Read::read(&mut peer.reader(), &mut plain) {
+                out.extend_from_slice(&plain[..k]);
+            }
+        }
+    }
+}
+
+/// The server config a child would build for this certificate and key (PEM).
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, Error> {
+    crate::tls::config_from_pem(cert_pem, key_pem, &Quiet)
 }

@@ -56,6 +56,7 @@ pub(crate) fn run(
     config: &Config,
     hooks: &mut Hooks,
     log: &dyn Logger,
+    tls: Option<&[u8]>,
 ) -> Result<(), Error> {
     let cfg = &config.process;
     let count = cfg.effective_children();
@@ -136,6 +137,7 @@ pub(crate) fn run(
         retiring: Vec::new(),
         listeners,
         confinement,
+        tls,
         recovery: Recovery::new(cfg),
         ready_announced: false,
         state: State::Running,
@@ -236,6 +238,8 @@ struct Master<'a> {
     retiring: Vec<Retiring>,
     listeners: Vec<OwnedFd>,
     confinement: Confinement,
+    /// The TLS material each child gets on its lifeline (`crate::tls`).
+    tls: Option<&'a [u8]>,
     recovery: Recovery,
     ready_announced: bool,
     state: State,
@@ -325,6 +329,21 @@ impl Master<'_> {
             self.free_cells.push(cell);
         }
         let mut child = spawned?;
+        // Every child (the first ones, replacements, scaled, recycled and reloaded ones) starts
+        // here, so each gets the TLS material. The lifeline's order is fixed: the hello
+        // `spawn::spawn` queued before the child started comes first, this message second; the
+        // child reads them in that order, each to its end, before `init_child`. (A binary
+        // upgrade re-executes the program, whose new master reads the certificates itself.)
+        if let (Some(msg), Some(fd)) = (self.tls, child.lifeline.as_ref().map(|fd| fd.as_raw_fd()))
+            && let Err(e) = crate::tls::send(fd, msg, Instant::now() + self.cfg.startup_timeout)
+        {
+            let _ = nix::sys::signal::kill(NixPid::from_raw(child.pid), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(NixPid::from_raw(child.pid), None);
+            if let Some(cell) = child.cell {
+                self.free_cells.push(cell);
+            }
+            return Err(e);
+        }
         child.request_limit = recycle::request_limit(self.cfg);
         let restarts = self.slot_restarts.get(slot).copied().unwrap_or(0);
         if let (Some(region), Some(i)) = (&self.shared, child.cell) {

@@ -59,9 +59,10 @@ static void test_results_and_version(void) {
     CHECK(strcmp(prefork_version(), PREFORK_VERSION) == 0);
     CHECK(strcmp(prefork_result_str(PREFORK_OK), "ok") == 0);
     CHECK(strcmp(prefork_result_str(PREFORK_ERR_STATE), "not allowed in the current state") == 0);
-    CHECK(strcmp(prefork_result_str(12), "unknown") == 0);
+    CHECK(strcmp(prefork_result_str(PREFORK_ERR_TLS + 1), "unknown") == 0);
+    CHECK(strcmp(prefork_result_str(13), "unknown") == 0);
     CHECK(strcmp(prefork_result_str(-1), "unknown") == 0);
-    for (int r = PREFORK_OK; r <= PREFORK_ERR_UNSUPPORTED; r++) CHECK(strcmp(prefork_result_str(r), "unknown") != 0);
+    for (int r = PREFORK_OK; r <= PREFORK_ERR_TLS; r++) CHECK(strcmp(prefork_result_str(r), "unknown") != 0);
     CHECK(strcmp(prefork_last_error(), "") == 0); /* nothing failed yet on this thread */
 }
 

@@ -1274,10 +1274,133 @@ def api(prog):
     assert_nothing_left()
 
 
+# ---- TLS ---------------------------------------------------------------------------------------
+
+
+def make_pki(directory):
+    """A CA and two leaves (localhost, other.test) made by openssl req: no key is checked in.
+    Returns the CA file and {name: (cert, key)}."""
+    def run(*args):
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, f"openssl {' '.join(args)}: {r.stderr}")
+
+    ca_key, ca = os.path.join(directory, "ca.key"), os.path.join(directory, "ca.crt")
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=e2e test CA")
+    leaves = {}
+    for name in ["localhost", "other.test"]:
+        key, csr = os.path.join(directory, f"{name}.key"), os.path.join(directory, f"{name}.csr")
+        cert, ext = os.path.join(directory, f"{name}.crt"), os.path.join(directory, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n")
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", cert, "-days", "2", "-extfile", ext)
+        leaves[name] = (cert, key)
+    return ca, leaves
+
+
+_contexts = {}
+
+
+def https(port, ca, name, path="/", session=None, headers=""):
+    """GET over TLS with Python's ssl module; returns (status line, body, TLS socket). One
+    context per CA: a session resumes only through the context that made it."""
+    import ssl
+    if ca not in _contexts:
+        _contexts[ca] = ssl.create_default_context(cafile=ca)
+        _contexts[ca].set_alpn_protocols(["http/1.1"])
+    ctx = _contexts[ca]
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = ctx.wrap_socket(raw, server_hostname=name, session=session)
+    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\n{headers}Connection: close\r\n\r\n"
+                .encode())
+    data = b""
+    while True:
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body, tls
+
+
+def demo_tls(prog):
+    import ssl
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        ca, leaves = make_pki(d)
+        pairs = []
+        for name in ["localhost", "other.test"]:
+            cert, key = leaves[name]
+            pairs += ["--tls-cert", cert, "--tls-key", key]
+        for embed in [[], ["--tls-embed"]]:
+            port = free_port()
+            srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "2", "--reuseport",
+                          *pairs, *embed])
+            try:
+                kids = srv.ready()
+                line, body, tls = https(port, ca, "localhost")
+                check((line, body) == ("HTTP/1.1 200 OK", b"Hello, World!"),
+                      f"{embed}: GET / over TLS gave {line!r} {body!r}")
+                check(tls.selected_alpn_protocol() == "http/1.1",
+                      f"ALPN {tls.selected_alpn_protocol()!r}")
+                # SNI picks the second certificate; verification by name proves which came.
+                line, body, _ = https(port, ca, "other.test")
+                check(line == "HTTP/1.1 200 OK", f"SNI other.test gave {line!r}")
+                # Resumption: every reconnection offers the last session; any child takes it.
+                session, resumed, pids = tls.session, 0, set()
+                for _ in range(10):
+                    line, body, t = https(port, ca, "localhost", "/pid", session)
+                    resumed += t.session_reused
+                    pids.add(int(body))
+                    session = t.session
+                check(resumed == 10, f"{resumed}/10 reconnections resumed")
+                check(pids <= set(kids), f"/pid gave {pids}, children {kids}")
+                print(f"  10/10 resumed, served by {len(pids)} children", flush=True)
+                # Plain HTTP on the TLS port: a clear-text 400.
+                reply = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                check(reply.startswith(b"HTTP/1.1 400 "), f"plain HTTP got {reply[:40]!r}")
+                # A TLS connection cannot be taken over: /upgrade's hijack gets
+                # PREFORK_ERR_UNSUPPORTED, which the demo answers 501.
+                line, body, _ = https(port, ca, "localhost", "/upgrade", headers="Upgrade: echo\r\n")
+                check(line.startswith("HTTP/1.1 501 "), f"/upgrade over TLS gave {line!r} {body!r}")
+                if not embed:
+                    # A reload's children get the TLS material too.
+                    srv.proc.send_signal(signal.SIGHUP)
+                    m = srv.expect(r"^reloaded generation=(\d+) children=(\d+(?:,\d+)*)$")
+                    fresh = [int(p) for p in m.group(2).split(",")]
+                    check(not set(fresh) & set(kids), f"{kids} reloaded to {fresh}")
+                    wait_until(lambda: not any(alive(p) for p in kids), 15,
+                               "the old generation to exit")
+                    pids = {int(https(port, ca, "localhost", "/pid")[1]) for _ in range(10)}
+                    check(pids <= set(fresh), f"/pid gave {pids} after the reload to {fresh}")
+                try:
+                    https(port, ca, "unknown.test")
+                    fail("a name no certificate has was accepted")
+                except ssl.SSLCertVerificationError:
+                    pass
+                srv.stop(signal.SIGTERM)
+            finally:
+                srv.kill()
+        # A key that belongs to the other certificate: an error naming it, no child started.
+        cert, _ = leaves["localhost"]
+        _, other_key = leaves["other.test"]
+        port = free_port()
+        r = subprocess.run([prog, "--addr", f"127.0.0.1:{port}", "--tls-cert", cert,
+                            "--tls-key", other_key], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 1, f"exit {r.returncode} with a mismatched key; {r.stderr!r}")
+        check(other_key in r.stderr and "does not match" in r.stderr, f"stderr {r.stderr!r}")
+        check("started child" not in r.stderr and "ready" not in r.stdout,
+              f"a child was started: {r.stderr!r}")
+        assert_nothing_left()
+
+
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
                                       demo_reload, demo_binary_upgrade,
                                       demo_flags, demo_bind_error, demo_user, demo_limits,
-                                      demo_defer, demo_upgrade_echo, hello, hooks,
+                                      demo_tls, demo_defer, demo_upgrade_echo, hello, hooks,
                                       hooks_master_death, server, api, abi_v0_1, serve_echo,
                                       serve_echo_master_death, demo_proxy, demo_haproxy,
                                       demo_nginx]}
