@@ -388,7 +388,7 @@ typedef struct prefork_hooks {
      */
     void (*user_data_free)(void *user_data);
     /**
-     * Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+     * Master (since 0.2): a reload (SIGHUP or `prefork_reload`) completed. Every child of
      * generation `generation` (the first children are generation 1, each reload takes the
      * next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
      * only during the call. The children they replace were told to stop gracefully and are
@@ -396,7 +396,7 @@ typedef struct prefork_hooks {
      */
     int (*on_reload)(void *user_data, uint64_t generation, const int32_t *pids, size_t count);
     /**
-     * Master (since 0.3): the reload to `generation` failed, because one of its children
+     * Master (since 0.2): the reload to `generation` failed, because one of its children
      * exited or missed the startup timeout before all were ready, or could not be started;
      * `reason` (NUL-terminated, valid only during the call) says which and how. Its children
      * were told to stop; the previous generation, never stopped, keeps serving.
@@ -1145,7 +1145,7 @@ enum prefork_result prefork_set_hooks_sized(struct prefork *p,
  * read atomically and is at most one event-loop turn old; the set is no atomic snapshot.
  * Errors: PREFORK_ERR_STATE when nothing is served (or the shared memory could not be had),
  * PREFORK_ERR_NULL for a NULL `children` with `cap` above 0, PREFORK_ERR_INVALID_ARGUMENT
- * for a size smaller than the structs of 0.3 or not a multiple of 8.
+ * for a size smaller than the structs of 0.2 or not a multiple of 8.
  */
 enum prefork_result prefork_stats_sized(struct prefork_child_stats *children,
                                         size_t child_size,

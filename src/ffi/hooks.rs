@@ -73,7 +73,7 @@ pub struct prefork_hooks {
     /// another `prefork_set_hooks` call or the handle is freed; never when
     /// `prefork_set_hooks` failed.
     pub user_data_free: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
-    /// Master (since 0.3): a reload (SIGHUP or `prefork_reload`) completed. Every child of
+    /// Master (since 0.2): a reload (SIGHUP or `prefork_reload`) completed. Every child of
     /// generation `generation` (the first children are generation 1, each reload takes the
     /// next number) reported "listening"; `pids` holds their `count` pids in slot order, valid
     /// only during the call. The children they replace were told to stop gracefully and are
@@ -86,7 +86,7 @@ pub struct prefork_hooks {
             count: usize,
         ) -> c_int,
     >,
-    /// Master (since 0.3): the reload to `generation` failed, because one of its children
+    /// Master (since 0.2): the reload to `generation` failed, because one of its children
     /// exited or missed the startup timeout before all were ready, or could not be started;
     /// `reason` (NUL-terminated, valid only during the call) says which and how. Its children
     /// were told to stop; the previous generation, never stopped, keeps serving.

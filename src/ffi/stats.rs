@@ -61,7 +61,7 @@ pub struct prefork_master_stats {
     pub watchdog_kills: u64,
 }
 
-/// Smallest element sizes a caller may pass: those of 0.3, the first with these structs.
+/// Smallest element sizes a caller may pass: those of 0.2, the first with these structs.
 const CHILD_0_3: usize = size_of::<prefork_child_stats>();
 const MASTER_0_3: usize = size_of::<prefork_master_stats>();
 
@@ -80,7 +80,7 @@ const MASTER_0_3: usize = size_of::<prefork_master_stats>();
 /// read atomically and is at most one event-loop turn old; the set is no atomic snapshot.
 /// Errors: PREFORK_ERR_STATE when nothing is served (or the shared memory could not be had),
 /// PREFORK_ERR_NULL for a NULL `children` with `cap` above 0, PREFORK_ERR_INVALID_ARGUMENT
-/// for a size smaller than the structs of 0.3 or not a multiple of 8.
+/// for a size smaller than the structs of 0.2 or not a multiple of 8.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_stats_sized(
     children: *mut prefork_child_stats,
