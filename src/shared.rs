@@ -22,8 +22,11 @@
 //! of the cells, so that the stats (`crate::stats`) read the same figures in the master and in
 //! any child, without a lock and at no cost to the children's loops.
 
+use nix::sys::memfd::MFdFlags;
+use nix::sys::time::TimeSpec;
+use nix::time::{ClockId, clock_gettime};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,17 +141,8 @@ const BYTES: usize = HEAD + CELLS * size_of::<Cell>();
 impl Region {
     /// Master: a fresh zeroed region.
     pub(crate) fn create() -> io::Result<Region> {
-        // SAFETY: a NUL-terminated name and flags; a descriptor it returns is ours alone.
-        let fd = unsafe { libc::memfd_create(c"prefork-shared".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: just created, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on a descriptor we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), BYTES as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = nix::sys::memfd::memfd_create(c"prefork-shared", MFdFlags::MFD_CLOEXEC)?;
+        nix::unistd::ftruncate(&fd, BYTES as libc::off_t)?;
         let base = map(fd.as_fd())?;
         Ok(Region { base, fd: Some(fd) })
     }
@@ -203,13 +197,9 @@ fn map(fd: BorrowedFd<'_>) -> io::Result<NonNull<u8>> {
 
 /// A clock's milliseconds (CLOCK_BOOTTIME also counts a system suspend, CLOCK_MONOTONIC not).
 pub(crate) fn clock_ms(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out pointer; both clocks exist on every Linux this runs on.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    // Both clocks exist on every Linux this runs on; a failure would read as time 0.
+    let ts = clock_gettime(ClockId::from_raw(clock)).unwrap_or(TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
 }
 
 /// A child's end: its cell and how often the master wants a heartbeat.
