@@ -167,6 +167,23 @@ impl Master {
         }
     }
 
+    /// Waits for a master that failed: exit status 1 within 10 s; returns its `result ...` line
+    /// ("" when it printed none).
+    pub fn failure(&mut self) -> Result<String, String> {
+        let status = self.wait_exit(Duration::from_secs(10))?;
+        ensure!(
+            status.code() == Some(1),
+            "master exit {status:?}; {}",
+            self.context()
+        );
+        Ok(self
+            .seen
+            .iter()
+            .find(|l| l.starts_with("result "))
+            .cloned()
+            .unwrap_or_default())
+    }
+
     pub fn context(&self) -> String {
         format!(
             "lines {:?}; stderr: {}",

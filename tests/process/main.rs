@@ -142,18 +142,7 @@ fn stop_cleanly(m: &mut Master) -> Outcome {
 }
 
 fn expect_failure(m: &mut Master, kind: &str, needle: &str) -> Outcome {
-    let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(1),
-        "master exit {status:?}; {}",
-        m.context()
-    );
-    let result = m
-        .seen
-        .iter()
-        .find(|l| l.starts_with("result "))
-        .cloned()
-        .unwrap_or_default();
+    let result = m.failure()?;
     ensure!(
         result.starts_with(&format!("result err {kind} ")) && result.contains(needle),
         "expected {kind} error containing {needle:?}, got {result:?}; {}",

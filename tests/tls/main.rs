@@ -245,18 +245,7 @@ fn embedded_pem_serves(env: &Env) -> Outcome {
 
 /// The master fails at once, naming the file and the reason, and starts no child.
 fn expect_tls_error(m: &mut Master, needles: &[&str]) -> Outcome {
-    let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(1),
-        "master exit {status:?}; {}",
-        m.context()
-    );
-    let result = m
-        .seen
-        .iter()
-        .find(|l| l.starts_with("result "))
-        .cloned()
-        .unwrap_or_default();
+    let result = m.failure()?;
     ensure!(
         result.starts_with("result err Tls "),
         "got {result:?}; {}",
