@@ -517,10 +517,7 @@ impl Server<'_> {
         let mut ctx = Ctx {
             limits: &self.limits,
             date: self.date.get(),
-            exec: match &self.pool {
-                Some(pool) => Exec::Pool(pool),
-                None => Exec::Inline(&**self.handler),
-            },
+            exec: exec(&self.pool, self.handler),
             scratch: &mut self.scratch,
             draining,
             conn: (idx, conn.generation),
@@ -816,10 +813,7 @@ impl Server<'_> {
             let mut ctx = Ctx {
                 limits: &self.limits,
                 date: self.date.get(),
-                exec: match &self.pool {
-                    Some(pool) => Exec::Pool(pool),
-                    None => Exec::Inline(&**self.handler),
-                },
+                exec: exec(&self.pool, self.handler),
                 scratch: &mut self.scratch,
                 draining,
                 conn: done.conn,
@@ -1091,4 +1085,13 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM | libc::ETIMEDOUT)
     )
+}
+
+/// Where a session runs its handler: on the handler threads when there are some, else inline.
+#[inline(always)]
+fn exec<'a>(pool: &'a Option<WorkerPool>, handler: &'a Arc<dyn Handler>) -> Exec<'a> {
+    match pool {
+        Some(pool) => Exec::Pool(pool),
+        None => Exec::Inline(&**handler),
+    }
 }
