@@ -63,6 +63,29 @@
  * sizeof(prefork_master_stats). */
 #define prefork_stats(children, cap, master, count) prefork_stats_sized((children), sizeof(prefork_child_stats), (cap), (master), sizeof(prefork_master_stats), (count))
 
+/** prefork_add_listener_sized with this header's sizeof(prefork_listener_options) (since
+ * 0.2); `opts` may be NULL. */
+#define prefork_add_listener(p, addr, opts) prefork_add_listener_sized((p), (addr), (opts), sizeof(prefork_listener_options))
+
+/**
+ * `prefork_listener_options.proxy_protocol`: as the handle's `prefork_set_proxy_protocol`
+ * (the default).
+ */
+#define PREFORK_LISTENER_PROXY_DEFAULT 0
+
+/**
+ * `prefork_listener_options.proxy_protocol`: this listener's connections send no PROXY
+ * protocol header, whatever the handle's setting.
+ */
+#define PREFORK_LISTENER_PROXY_OFF 1
+
+/**
+ * `prefork_listener_options.proxy_protocol`: every connection of this listener starts with a
+ * PROXY protocol header (version 1 or 2), whatever the handle's setting; the handle's
+ * `proxy_allow` and `proxy_timeout_ms` apply.
+ */
+#define PREFORK_LISTENER_PROXY_ON 2
+
 /**
  * `prefork_child_stats.state`: started, not yet reported "listening".
  */
@@ -130,10 +153,12 @@
 #define PREFORK_PP2_TYPE_NETNS 48
 
 /**
- * Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
- * (the longest IPv6 form with scope and port, plus the NUL).
+ * Buffer size that always suffices for `prefork_request_peer_addr`, `prefork_local_addr`,
+ * `prefork_listener_addr` and `prefork_request_local_addr`: "unix:" and the longest Unix
+ * socket path (107 bytes), plus the NUL. (It was 64 before Unix sockets: a program built with
+ * that value gets PREFORK_ERR_INVALID_ARGUMENT for a longer Unix address, never a cut one.)
  */
-#define PREFORK_ADDR_STRLEN 64
+#define PREFORK_ADDR_STRLEN 128
 
 /**
  * Size of the buffer `prefork_request_peer_ip` writes an IP address to: an IPv6 address's.
@@ -320,6 +345,26 @@ typedef struct prefork_handler {
 } prefork_handler;
 
 /**
+ * Options of one listener (`prefork_add_listener`). Extensible, as `prefork_handler`:
+ * members are only ever added at the end, and one a program does not know of reads as 0,
+ * its default. Initialise it by member name with the rest zero; the library copies it.
+ */
+typedef struct prefork_listener_options {
+    /**
+     * PREFORK_LISTENER_PROXY_DEFAULT (0), PREFORK_LISTENER_PROXY_OFF or
+     * PREFORK_LISTENER_PROXY_ON. Default: 0, the handle's `prefork_set_proxy_protocol`.
+     */
+    int proxy_protocol;
+    /**
+     * For a `unix:/path` listener: the socket file's permission bits (connecting needs
+     * write permission), e.g. 0660, set before the socket listens, so no client connects
+     * through the umask's bits. Default: 0, the bits the umask leaves. Refused (with
+     * PREFORK_ERR_INVALID_ARGUMENT) for other addresses and above 0777.
+     */
+    uint32_t unix_mode;
+} prefork_listener_options;
+
+/**
  * Hooks of the process engine. Every member is optional (NULL = no hook). The master calls
  * them on the thread that called `prefork_listen_and_serve`, one at a time; only
  * `on_master_death` runs in a child. A hook returning nonzero stops the master: it stops and
@@ -379,6 +424,8 @@ typedef struct prefork_hooks {
      * the host that lack close-on-exec would reach the child, so close them there too. It
      * must be a direct child of the master (the master reaps it) and must not be reaped by
      * the caller. `slot` is the 0-based child slot; a replacement gets its predecessor's slot.
+     * It places one listener: a server with several (`prefork_add_listener`) fails with
+     * PREFORK_ERR_SPAWN when it would call it.
      */
     int32_t (*command_producer)(void *user_data, int listener_fd, int lifeline_fd, size_t slot);
     /**
@@ -630,12 +677,14 @@ void prefork_free(struct prefork *p);
 
 /**
  * Runs the server; `addr` is "host:port" (NUL-terminated; "[::1]:8080" for IPv6; an empty
- * host means every interface; port 0 picks a free port).
+ * host means every interface; port 0 picks a free port), or any address
+ * `prefork_add_listener` takes ("unix:/path", "unix:@name", "systemd"). It is the first
+ * listener, before those added with `prefork_add_listener`; "" serves only the added ones.
  *
  * In the master (the program as started): binds `addr`, starts the children, calls the
  * hooks, and supervises until SIGTERM/SIGINT (when `handle_signals` is on) or
  * `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
- * (`prefork_is_child()`, the same program re-executed by the master): serves the listener
+ * (`prefork_is_child()`, the same program re-executed by the master): serves the listeners
  * inherited from the master (`addr` is not used) until told to stop, drains, and returns
  * PREFORK_OK; the program should then free the handle and exit. In serve mode
  * (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
@@ -660,12 +709,15 @@ bool prefork_is_child(void);
 /**
  * Writes the address this process serves on as NUL-terminated text into `buf` (`cap` bytes,
  * `PREFORK_ADDR_STRLEN` always suffices), e.g. "127.0.0.1:41823": how a master bound to port
- * 0 learns its port. Available while `prefork_listen_and_serve` runs: in the master from the
+ * 0 learns its port. With several listeners it is the first's (`prefork_listener_addr`
+ * with index 0: the address given to `prefork_listen_and_serve`, unless that was ""), which
+ * may be a Unix socket's, "unix:/path" or "unix:@name". Available while `prefork_listen_and_serve` runs: in the master from the
  * bind on (so from every hook), in a child from before `init_child`. Returns PREFORK_OK;
  * PREFORK_ERR_STATE when nothing is being served; PREFORK_ERR_INVALID_ARGUMENT when it does
  * not fit; PREFORK_ERR_NULL for a NULL `buf`. `buf` is written only on success. Any thread.
  */
-enum prefork_result prefork_local_addr(char *buf, size_t cap);
+enum prefork_result prefork_local_addr(char *buf,
+                                       size_t cap);
 
 /**
  * Asks whatever this process serves to stop gracefully, as SIGTERM does: in the master,
@@ -1115,6 +1167,65 @@ enum prefork_result prefork_set_proxy_allow(struct prefork *p, const char *cidrs
 enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms);
 
 /**
+ * Adds a listener to the handle `p`: every child serves it, with the address given to
+ * `prefork_listen_and_serve` (which comes first, and may then be "") and the listeners added
+ * before it, in that order. C and C++ call it through the `prefork_add_listener(p, addr,
+ * opts)` macro, which passes `sizeof(prefork_listener_options)`; Go, Zig and other FFIs call
+ * it with the size of their struct. `opts` may be NULL: every option at its default.
+ *
+ * `addr` (NUL-terminated) is one of:
+ * - "host:port": TCP, resolved for `prefork_set_network`; "[::1]:8080" for IPv6, an empty
+ *   host for every interface, port 0 for a free port (`prefork_listener_addr` tells which);
+ * - "unix:/path": a Unix socket file. A file already there is replaced only when it is a
+ *   socket nobody listens on (a crashed run's); one that answers, or a file that is no
+ *   socket, is an error (PREFORK_ERR_BIND) and is left alone. The master that created the
+ *   file removes it when it stops, unless it handed it to a new master (binary upgrade),
+ *   which removes it in its turn;
+ * - "unix:@name": a socket in Linux's abstract namespace (no file; gone with the server);
+ * - "systemd": every socket the service manager passed (socket activation, `sd_listen_fds`:
+ *   descriptors 3.. with `LISTEN_FDS`, `LISTEN_PID` this process's pid, names in
+ *   `LISTEN_FDNAMES`, which the log shows). Variables that are missing, not numbers, meant
+ *   for another pid, or descriptors that are not listening stream sockets are an error
+ *   (PREFORK_ERR_BIND) when serving starts. The variables never reach the children.
+ *
+ * With `prefork_set_reuseport` each child gets its own SO_REUSEPORT socket of every TCP
+ * listener the master binds; Unix sockets and systemd's are shared by all children. TLS
+ * (`prefork_listen_and_serve_tls`) serves every listener. Serve mode serves one TCP listener
+ * and refuses added ones (PREFORK_ERR_STATE when serving starts); a `command_producer`
+ * places one listener and refuses more.
+ *
+ * Children receive the listeners at descriptors 3, 4, ... in this order and the lifeline
+ * right after them. Call it in every process (the children build the same handle; in a
+ * child it only records the address). Returns PREFORK_OK; PREFORK_ERR_NULL for a NULL `p` or
+ * `addr`; PREFORK_ERR_INVALID_ARGUMENT for a malformed "unix:" address, bad options, an
+ * `opts_size` that is no `prefork_listener_options` size, or a struct that sets a member this
+ * library does not know; PREFORK_ERR_STATE while serving. A TCP address is resolved, and
+ * every address bound, when serving starts.
+ */
+enum prefork_result prefork_add_listener_sized(struct prefork *p,
+                                               const char *addr,
+                                               const struct prefork_listener_options *opts,
+                                               size_t opts_size);
+
+/**
+ * How many listeners this process serves while `prefork_listen_and_serve` runs (a "systemd"
+ * listener counts once per socket passed): in the master from the bind on, in a child from
+ * before `init_child`; 0 before and after. Any thread.
+ */
+size_t prefork_listener_count(void);
+
+/**
+ * Writes the address of listener `index` (0-based, in the order of `prefork_listener_count`:
+ * the address of `prefork_listen_and_serve` first, then the added ones) as NUL-terminated
+ * text into `buf` (`cap` bytes; `PREFORK_ADDR_STRLEN` always suffices): "127.0.0.1:41823"
+ * (with the port a port 0 got), "[::1]:8080", "unix:/run/app.sock" or "unix:@name".
+ * `prefork_local_addr` is index 0. Returns PREFORK_OK; PREFORK_ERR_STATE when nothing is
+ * served; PREFORK_ERR_INVALID_ARGUMENT for an index past the last or a `buf` too small;
+ * PREFORK_ERR_NULL for a NULL `buf`. `buf` is written only on success. Any thread.
+ */
+enum prefork_result prefork_listener_addr(size_t index, char *buf, size_t cap);
+
+/**
  * Replaces every hook of `p` with those in `*hooks`, a struct of `hooks_size` bytes (copied;
  * members left NULL are unset). C and C++ call it through the `prefork_set_hooks(p, hooks)`
  * macro, which passes `sizeof(prefork_hooks)`; Go, Zig and other FFIs call it with the size
@@ -1282,10 +1393,13 @@ bool prefork_request_header(const struct prefork_request *req,
 
 /**
  * Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
- * "203.0.113.7:51234" or "[2001:db8::1]:51234". With `prefork_set_proxy_protocol` on, it is
- * the client's address from the connection's PROXY protocol header; for a header that names
- * none (a balancer's own connection: version 2 LOCAL, version 1 UNKNOWN, or an AF_UNSPEC or
- * AF_UNIX address), the socket's peer, which is the balancer. Returns PREFORK_OK;
+ * "203.0.113.7:51234" or "[2001:db8::1]:51234"; "unix:" for a connection of a Unix-socket
+ * listener, whose peer has no address to name (`prefork_request_local_addr` says which
+ * listener). With PROXY protocol on for the listener, it is the client's address from the
+ * connection's header, over a Unix socket too (how HAProxy in front on the same machine
+ * passes it); for a header that names none (a balancer's own connection: version 2 LOCAL,
+ * version 1 UNKNOWN, or an AF_UNSPEC or AF_UNIX address), the socket's peer, which is the
+ * balancer. Returns PREFORK_OK;
  * PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
  * PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
  * is written only on success. Call it during `handle`.
@@ -1293,6 +1407,19 @@ bool prefork_request_header(const struct prefork_request *req,
 enum prefork_result prefork_request_peer_addr(const struct prefork_request *req,
                                               char *buf,
                                               size_t cap);
+
+/**
+ * Writes the address of the listener that accepted the request's connection as
+ * NUL-terminated text into `buf` (`cap` bytes; `PREFORK_ADDR_STRLEN` always suffices), as
+ * `prefork_listener_addr` writes it: the listener's bound address, so "0.0.0.0:8080" for a
+ * listener on every interface, "unix:/run/app.sock", "unix:@name". It tells which of the
+ * server's listeners (`prefork_add_listener`) the request came in on. Returns PREFORK_OK;
+ * PREFORK_ERR_INVALID_ARGUMENT when it does not fit; PREFORK_ERR_NULL for a NULL argument.
+ * `buf` is written only on success. Call it during `handle`.
+ */
+enum prefork_result prefork_request_local_addr(const struct prefork_request *req,
+                                               char *buf,
+                                               size_t cap);
 
 /**
  * Writes the client's address in binary: the IP address's bytes in network order to `ip`

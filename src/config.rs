@@ -40,7 +40,7 @@ pub struct ProcessConfig {
     pub children: usize,
     /// One SO_REUSEPORT socket per child slot instead of one shared listener. Default false.
     pub reuseport: bool,
-    /// Default `Network::Tcp4`.
+    /// How TCP listener addresses resolve. Default `Network::Tcp4`.
     pub network: Network,
     /// listen(2) backlog. Default 1024 (the kernel caps it at net.core.somaxconn).
     pub backlog: i32,

@@ -24,11 +24,19 @@ pub const CHILD_ENV: &str = "PREFORK_CHILD";
 /// the descriptor of the pipe on which the new master reports ready, and the listeners'.
 pub(crate) const UPGRADE_READY_ENV: &str = "PREFORK_UPGRADE_READY_FD";
 pub(crate) const UPGRADE_FDS_ENV: &str = "PREFORK_UPGRADE_FDS";
-pub(crate) const UPGRADE_ENV: [&str; 2] = [UPGRADE_READY_ENV, UPGRADE_FDS_ENV];
-/// The descriptor at which a child finds its listener.
+/// What each of those descriptors is (master::upgrade's `Entry`).
+pub(crate) const UPGRADE_LISTENERS_ENV: &str = "PREFORK_UPGRADE_LISTENERS";
+pub(crate) const UPGRADE_ENV: [&str; 3] =
+    [UPGRADE_READY_ENV, UPGRADE_FDS_ENV, UPGRADE_LISTENERS_ENV];
+/// The descriptor at which a child finds its (first) listener; the others follow it.
 pub const LISTENER_FD: RawFd = 3;
-/// The descriptor at which a child finds its end of the lifeline socket.
+/// The descriptor at which a child of a server with one listener finds its end of the
+/// lifeline socket: the lifeline comes right after the listeners (`SpawnRequest::lifeline_at`).
 pub const LIFELINE_FD: RawFd = 4;
+/// The variable that tells a child of several listeners (or of one with PROXY protocol set
+/// per listener) what it got: one word per listener at fds 3.., comma-separated, `proxy` or
+/// `plain`. Without it a child has one listener at fd 3, with the handle's PROXY setting.
+pub(crate) const LISTENERS_ENV: &str = "PREFORK_LISTENERS";
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,16 +80,22 @@ pub struct Hooks {
 /// What the command producer is asked to start.
 ///
 /// The contract: the started process must have `PREFORK_CHILD=1` in its environment, the
-/// listener at fd 3 and the lifeline at fd 4, and must call `listen_and_serve` (or the TLS
+/// listener at fd 3 and the lifeline at fd 4 (with several listeners: the listeners at fds
+/// 3.., the lifeline right after them, and `PREFORK_LISTENERS` as [`SpawnRequest::command`]
+/// sets it), and must call `listen_and_serve` (or the TLS
 /// entry point the master called: the master writes the TLS material on the lifeline right
 /// after the producer returns, and the child reads it from fd 4). Both
 /// descriptors are close-on-exec in the master; [`SpawnRequest::command`] builds a
 /// `Command` that honours all of this and can be adjusted before `spawn()`.
 #[derive(Debug)]
 pub struct SpawnRequest {
-    /// The listener to place at fd 3.
+    /// The (first) listener to place at fd 3.
     pub listener_fd: RawFd,
-    /// The lifeline socket end to place at fd 4.
+    /// Every listener, to place at fds 3, 4, ... in this order (the first is `listener_fd`).
+    pub listener_fds: Vec<RawFd>,
+    /// `PREFORK_LISTENERS`'s value, when the child needs it.
+    pub(crate) listeners_env: Option<String>,
+    /// The lifeline socket end to place at `lifeline_at()`: fd 4 with one listener.
     pub lifeline_fd: RawFd,
     /// Index of the child slot (0-based); a replacement gets its predecessor's slot.
     pub slot: usize,
@@ -92,6 +106,11 @@ pub struct SpawnRequest {
 }
 
 impl SpawnRequest {
+    /// Where the child finds its lifeline: the descriptor after its listeners.
+    pub fn lifeline_at(&self) -> RawFd {
+        LISTENER_FD + self.listener_fds.len() as RawFd
+    }
+
     /// The default child command: the current executable with the master's argv, the marker
     /// set (replacing any inherited value), both descriptors in place, and the child's user,
     /// groups and CPU (the `user`, `group` and `cpu_affinity` options) set before it runs.
@@ -104,28 +123,36 @@ impl SpawnRequest {
         cmd.env(CHILD_ENV, "1");
         // Only the master speaks for the service to systemd, and only a new master adopts
         // an old one's sockets.
-        for var in crate::notify::ENV.into_iter().chain(UPGRADE_ENV) {
+        // Nor may anything the child starts take systemd's sockets for its own.
+        let inherited = crate::notify::ENV.into_iter().chain(UPGRADE_ENV);
+        for var in inherited.chain(crate::master::ACTIVATION_ENV) {
             cmd.env_remove(var);
         }
-        let placements = [
-            (self.listener_fd, LISTENER_FD),
-            (self.lifeline_fd, LIFELINE_FD),
-        ];
+        match &self.listeners_env {
+            Some(words) => cmd.env(LISTENERS_ENV, words),
+            None => cmd.env_remove(LISTENERS_ENV),
+        };
+        let lifeline_at = self.lifeline_at();
+        let placements: Vec<(RawFd, RawFd)> = (LISTENER_FD..)
+            .zip(&self.listener_fds)
+            .map(|(to, &from)| (from, to))
+            .chain([(self.lifeline_fd, lifeline_at)])
+            .collect();
         let confinement = self.confinement.clone();
         // SAFETY: the closure only makes async-signal-safe syscalls (dup2, close_range,
-        // getrlimit, fcntl, and ChildConfinement::apply's) and allocates nothing. The sources
-        // are above LIFELINE_FD (the master dups them there), so placing one never clobbers the
-        // other. dup2 is raw libc: nix's
+        // getrlimit, fcntl, and ChildConfinement::apply's) and allocates nothing (`placements`
+        // was built before). The sources are above the last target (the master lifts them
+        // there: `bind::lift`), so placing one never clobbers another. dup2 is raw libc: nix's
         // dup2 wants the target as an OwnedFd, and its dup2_raw returns one that would close
         // the placed descriptor when dropped.
         unsafe {
             cmd.pre_exec(move || {
-                for (from, to) in placements {
+                for &(from, to) in &placements {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                cloexec_fds_above(LIFELINE_FD);
+                cloexec_fds_above(lifeline_at);
                 confinement.apply()
             });
         }

@@ -58,6 +58,7 @@ pub mod ffi;
 mod hooks;
 pub mod http;
 mod lifeline;
+pub mod listen;
 mod log;
 mod master;
 mod notify;
@@ -77,6 +78,7 @@ pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
 pub use http::{Deferred, Handler, Header, Hijacked, ProxyHeader, Request, Response};
+pub use listen::{ListenAddr, ListenerOptions, ListenerSpec};
 pub use log::{Level, Logger, StderrLogger};
 pub use stats::{ChildState, ChildStats, MasterStats, Stats, stats};
 
@@ -85,17 +87,33 @@ pub fn is_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some_and(|v| v == "1")
 }
 
-static LOCAL_ADDR: Mutex<Option<SocketAddr>> = Mutex::new(None);
+static LISTEN_ADDRS: Mutex<Vec<ListenAddr>> = Mutex::new(Vec::new());
 
-/// The address this process serves on while `listen_and_serve` runs: in the master from the
-/// bind on (so hooks can learn the port the OS chose for port 0), in a child from its start.
-/// `None` before and after.
-pub fn local_addr() -> Option<SocketAddr> {
-    *LOCAL_ADDR.lock().unwrap_or_else(|e| e.into_inner())
+/// The addresses this process serves on while `listen_and_serve` runs, in the order of the
+/// listeners (the address given to `listen_and_serve` first, then those added, a `systemd`
+/// listener standing for every socket systemd passed): in the master from the bind on (so
+/// hooks can learn the ports the OS chose for port 0), in a child from its start. Empty before
+/// and after.
+pub fn listener_addrs() -> Vec<ListenAddr> {
+    LISTEN_ADDRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
-pub(crate) fn set_local_addr(addr: Option<SocketAddr>) {
-    *LOCAL_ADDR.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+/// The first TCP address of [`listener_addrs`]: for a server with one TCP listener, the
+/// address it serves on. `None` before and after serving, and for a server with Unix
+/// listeners only.
+pub fn local_addr() -> Option<SocketAddr> {
+    let addrs = LISTEN_ADDRS.lock().unwrap_or_else(|e| e.into_inner());
+    addrs.iter().find_map(|a| match a {
+        ListenAddr::Tcp(a) => Some(*a),
+        _ => None,
+    })
+}
+
+pub(crate) fn set_listener_addrs(addrs: Vec<ListenAddr>) {
+    *LISTEN_ADDRS.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
 }
 
 /// A preforking server: configuration, hooks, logger and the handler. Serves once.
@@ -107,6 +125,8 @@ pub struct Prefork {
     /// Certificates for the TLS entry points, the default first.
     tls: Vec<tls::CertSource>,
     serve: Option<child::Serve>,
+    /// The listeners of `add_listener`, after `listen_and_serve`'s address.
+    listeners: Vec<ListenerSpec>,
     served: bool,
 }
 
@@ -133,6 +153,7 @@ impl Prefork {
             logger: Arc::new(StderrLogger),
             tls: Vec::new(),
             serve: None,
+            listeners: Vec::new(),
             served: false,
         }
     }
@@ -187,6 +208,25 @@ impl Prefork {
 
     pub fn set_logger(&mut self, logger: Arc<dyn Logger>) {
         self.logger = logger;
+    }
+
+    /// Adds a listener, served by every child with the address given to `listen_and_serve`
+    /// (which comes first; it may then be empty) and the listeners added before: TCP
+    /// `host:port` (`[::1]:8080` for IPv6; resolved for `ProcessConfig::network`), a Unix
+    /// socket file `unix:/path` (a stale file from a crashed run, one nobody answers on, is
+    /// replaced; one that answers is an error; this master removes the file when it stops), an
+    /// abstract Unix socket `unix:@name`, or `systemd`, every socket systemd passed (socket
+    /// activation: `LISTEN_FDS` and `LISTEN_PID`; an error when they are not this process's).
+    /// Checked at once for its form; bound when serving starts. Reuseport mode binds a TCP
+    /// listener once per child slot; Unix sockets and systemd's are shared by every child.
+    pub fn add_listener(&mut self, addr: &str, options: ListenerOptions) -> Result<(), Error> {
+        let spec = ListenerSpec {
+            addr: addr.to_string(),
+            options,
+        };
+        spec.check()?;
+        self.listeners.push(spec);
+        Ok(())
     }
 
     /// In the master: binds `addr` (`host:port`; an empty host means all interfaces), starts
@@ -279,9 +319,26 @@ impl Prefork {
                  the serve function",
             ));
         }
+        if self.serve.is_some()
+            && (!self.listeners.is_empty() || addr.starts_with(listen::UNIX_PREFIX))
+        {
+            // The serve function takes one TCP listener (a `TcpListener`, a C `listen_fd`).
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "serve mode serves one TCP listener: no Unix socket, no added listeners",
+            ));
+        }
         self.config.validate()?;
         self.served = true;
         let tls = default.is_some();
+        let specs: Vec<ListenerSpec> = (!addr.is_empty())
+            .then(|| ListenerSpec {
+                addr: addr.to_string(),
+                options: ListenerOptions::default(),
+            })
+            .into_iter()
+            .chain(self.listeners.iter().cloned())
+            .collect();
         if let Some(default) = default {
             self.tls.insert(0, default);
         }
@@ -306,7 +363,7 @@ impl Prefork {
         } else if tls {
             tls::prepare(&self.tls, &*self.logger).and_then(|material| {
                 master::run(
-                    addr,
+                    &specs,
                     &self.config,
                     &mut self.hooks,
                     &*self.logger,
@@ -314,10 +371,10 @@ impl Prefork {
                 )
             })
         } else {
-            master::run(addr, &self.config, &mut self.hooks, &*self.logger, None)
+            master::run(&specs, &self.config, &mut self.hooks, &*self.logger, None)
         };
         control::reset();
-        set_local_addr(None);
+        set_listener_addrs(Vec::new());
         shared::publish(None);
         result
     }

@@ -4,10 +4,10 @@
 //! server), and run the per-child exit.
 
 use std::io;
-use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -19,8 +19,8 @@ use nix::sys::socket::{MsgFlags, send};
 use crate::config::Config;
 use crate::control::{self, Role, SignalGuard};
 use crate::error::{Error, ErrorKind, panic_message};
-use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD};
-use crate::http::{self, Handler, ServeControl};
+use crate::hooks::{Hooks, LIFELINE_FD, LISTENER_FD, LISTENERS_ENV};
+use crate::http::{self, Handler, Listening, ServeControl};
 use crate::lifeline::{self, READY_BYTE};
 use crate::log::{Level, Logger};
 use crate::shared::{Beat, Region};
@@ -32,7 +32,7 @@ pub(crate) use serve::{Serve, serve};
 
 /// What every child holds once it adopted the master's descriptors.
 struct Adopted {
-    listener: TcpListener,
+    listeners: Vec<Listening>,
     /// The child's end of the lifeline, open for the life of the process.
     lifeline: BorrowedFd<'static>,
     /// The read end of the process's stop pipe.
@@ -50,7 +50,7 @@ struct Adopted {
 /// material when `tls` (the engine's TLS entry points; serve mode has no TLS), and run the
 /// handler's `init_child`.
 ///
-/// The lifeline (fd 4) carries the master's messages in a fixed order, each read exactly to its
+/// The lifeline (fd 4, or the one after the listeners) carries the master's messages in a fixed order, each read exactly to its
 /// end: first the 'H' frame with the shared memory (queued by the master before the child
 /// starts; `adopt_shared_memory`), then the TLS message (written by the master right after
 /// the spawn; `crate::tls::receive`). A stop byte or EOF after them is the lifeline
@@ -62,25 +62,36 @@ fn adopt(
     tls: bool,
 ) -> Result<Adopted, Error> {
     crate::confine::check_child(&config.process)?;
-    check_inherited(LISTENER_FD, libc::SO_ACCEPTCONN, 1, "the listening socket")?;
+    let proxy = inherited_proxy_flags(config.http.proxy_protocol)?;
+    let lifeline_fd = LISTENER_FD + proxy.len() as RawFd;
+    for fd in LISTENER_FD..lifeline_fd {
+        check_inherited(fd, libc::SO_ACCEPTCONN, 1, "a listening socket")?;
+    }
     check_inherited(
-        LIFELINE_FD,
+        lifeline_fd,
         libc::SO_DOMAIN,
         libc::AF_UNIX,
         "the lifeline socket",
     )?;
-    // SAFETY: fd 3 was just checked to be a listening socket; the master handed it to this
-    // process to own.
-    let listener = unsafe { TcpListener::from_raw_fd(LISTENER_FD) };
-    // SAFETY: fd 4 was just checked to be a socket, and nothing in this process closes it: it
-    // is the child's end of the lifeline for the life of the process.
-    let lifeline = unsafe { BorrowedFd::borrow_raw(LIFELINE_FD) };
+    LIFELINE.store(lifeline_fd, Ordering::Relaxed);
+    let listeners: Vec<Listening> = (LISTENER_FD..)
+        .zip(proxy)
+        .map(|(fd, proxy)| {
+            // SAFETY: fd was just checked to be a listening socket; the master handed it to
+            // this process to own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            Listening::new(fd, proxy)
+        })
+        .collect::<Result<_, _>>()?;
+    // SAFETY: the lifeline was just checked to be a socket, and nothing in this process closes
+    // it: it is the child's end of the lifeline for the life of the process.
+    let lifeline = unsafe { BorrowedFd::borrow_raw(lifeline_fd) };
     // The descriptors arrived without close-on-exec; anything this child runs must not
     // inherit them (a grandchild holding the lifeline would hide the master's death).
-    for fd in [listener.as_fd(), lifeline] {
+    for fd in listeners.iter().map(|l| l.fd.as_fd()).chain([lifeline]) {
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
-    crate::set_local_addr(listener.local_addr().ok());
+    crate::set_listener_addrs(listeners.iter().map(|l| (*l.addr).clone()).collect());
     let beat = adopt_shared_memory(log);
     // The lifeline's EOF is the prompt signal; PDEATHSIG is the backup should the lifeline be
     // lost. SIGTERM (not SIGKILL) so the backup also drains.
@@ -101,7 +112,7 @@ fn adopt(
     // stop byte: the master writes it right after the spawn.
     let tls = match tls {
         true => Some(crate::tls::receive(
-            LIFELINE_FD,
+            lifeline_fd,
             Instant::now() + config.process.startup_timeout,
         )?),
         false => None,
@@ -110,7 +121,7 @@ fn adopt(
         handler.init_child().map_err(|e| e.to_string())
     })?;
     Ok(Adopted {
-        listener,
+        listeners,
         lifeline,
         wake,
         _signals: signals,
@@ -129,7 +140,7 @@ pub(crate) fn run(
     tls: bool,
 ) -> Result<(), Error> {
     let Adopted {
-        listener,
+        listeners,
         lifeline,
         wake,
         _signals,
@@ -148,13 +159,13 @@ pub(crate) fn run(
     };
     let ctl = ServeControl {
         wake_fd: wake.as_raw_fd(),
-        lifeline_fd: Some(LIFELINE_FD),
+        lifeline_fd: Some(lifeline.as_raw_fd()),
         on_master_death: Some(&mut on_death),
         grace_period: config.process.grace_period,
         tls,
         beat: beat.as_ref(),
     };
-    let served = http::serve(listener, handler, &config.http, ctl, log);
+    let served = http::serve(listeners, handler, &config.http, ctl, log);
     finish(lifeline, !death_seen, hooks, handler, log);
     served
 }
@@ -220,8 +231,8 @@ fn check_inherited(
             ErrorKind::InvalidState,
             format!(
                 "PREFORK_CHILD=1 is set but fd {fd} is not {what} ({}): this process must be \
-                 started by a prefork master (or a command producer that passes the listener at \
-                 fd 3 and the lifeline at fd 4)",
+                 started by a prefork master (or a command producer that passes the listeners \
+                 at fds 3.., the lifeline right after them, and PREFORK_LISTENERS)",
                 if r != 0 {
                     io::Error::last_os_error().to_string()
                 } else {
@@ -233,10 +244,36 @@ fn check_inherited(
     Ok(())
 }
 
+/// Where this child's lifeline is: after its listeners (set by `adopt`).
+static LIFELINE: AtomicI32 = AtomicI32::new(LIFELINE_FD);
+
+fn lifeline_fd() -> RawFd {
+    LIFELINE.load(Ordering::Relaxed)
+}
+
+/// The PROXY protocol setting of each listener the master passed, from `PREFORK_LISTENERS`;
+/// without it (a command producer that does not set it) one listener with the handle's.
+fn inherited_proxy_flags(handle: bool) -> Result<Vec<bool>, Error> {
+    let Ok(words) = std::env::var(LISTENERS_ENV) else {
+        return Ok(vec![handle]);
+    };
+    words
+        .split(',')
+        .map(|w| match w {
+            "proxy" => Ok(true),
+            "plain" => Ok(false),
+            other => Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("{LISTENERS_ENV}={words:?}: {other:?} is neither proxy nor plain"),
+            )),
+        })
+        .collect()
+}
+
 /// Maps the memory the master shares (see `crate::shared`), from the hello it queued on the
 /// lifeline; None without one (the child then serves without heartbeat and counters).
 fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
-    let hello = lifeline::take_hello(LIFELINE_FD)?;
+    let hello = lifeline::take_hello(lifeline_fd())?;
     let region = Region::adopt(hello.region)
         .inspect_err(|e| log.log(Level::Warn, &format!("cannot map the shared memory: {e}")))
         .ok()?;
@@ -250,7 +287,7 @@ fn adopt_shared_memory(log: &dyn Logger) -> Option<Beat> {
 pub(crate) fn send_ready() -> Result<(), Error> {
     // MSG_NOSIGNAL keeps a dead master from raising SIGPIPE. A one-byte send on a stream
     // socket either sends the byte or fails.
-    send(LIFELINE_FD, &[READY_BYTE], MsgFlags::MSG_NOSIGNAL)
+    send(lifeline_fd(), &[READY_BYTE], MsgFlags::MSG_NOSIGNAL)
         .map(drop)
         .map_err(|e| {
             Error::io(

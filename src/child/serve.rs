@@ -161,6 +161,17 @@ pub(crate) fn exit_status(ret: i32) -> i32 {
     if (0..=255).contains(&ret) { ret } else { 1 }
 }
 
+/// Serve mode hands the application one TCP listener (`lib.rs` refuses other listeners).
+fn one_tcp_listener(listeners: Vec<crate::http::Listening>) -> Result<TcpListener, Error> {
+    match <[_; 1]>::try_from(listeners) {
+        Ok([l]) if !l.addr.is_unix() => Ok(TcpListener::from(l.fd)),
+        _ => Err(Error::new(
+            ErrorKind::InvalidState,
+            "serve mode serves one TCP listener; this child got others",
+        )),
+    }
+}
+
 /// The status of a serve function that panicked: Rust's own for a panicking `main`.
 const PANIC_STATUS: i32 = 101;
 
@@ -177,13 +188,14 @@ pub(crate) fn serve(
     // No heartbeat: the serve function's own loop cannot beat, so the watchdog leaves a
     // serve-mode child alone (it never beats; see master::watchdog).
     let Adopted {
-        listener,
+        listeners,
         lifeline,
         wake,
         _signals,
         tls: _,
         beat: _,
     } = adopt(config, handler, log, false)?;
+    let listener = one_tcp_listener(listeners)?;
     let (stop, trigger) = stop_signal()?;
     let (quit, quit_trigger) = pipe("create the stop watcher's pipe")?;
     match serve.ready {

@@ -118,9 +118,11 @@ pub(crate) fn null_arg(arg: &str) -> FfiError {
     FfiError::null(arg)
 }
 
-/// Buffer size that always suffices for `prefork_request_peer_addr` and `prefork_local_addr`
-/// (the longest IPv6 form with scope and port, plus the NUL).
-pub const PREFORK_ADDR_STRLEN: usize = 64;
+/// Buffer size that always suffices for `prefork_request_peer_addr`, `prefork_local_addr`,
+/// `prefork_listener_addr` and `prefork_request_local_addr`: "unix:" and the longest Unix
+/// socket path (107 bytes), plus the NUL. (It was 64 before Unix sockets: a program built with
+/// that value gets PREFORK_ERR_INVALID_ARGUMENT for a longer Unix address, never a cut one.)
+pub const PREFORK_ADDR_STRLEN: usize = 128;
 
 /// Size of the buffer `prefork_request_peer_ip` writes an IP address to: an IPv6 address's.
 pub const PREFORK_IP_BYTES: usize = 16;
@@ -134,9 +136,24 @@ pub(crate) unsafe fn write_addr(
     buf: *mut c_char,
     cap: usize,
 ) -> Result<(), FfiError> {
+    unsafe { write_text(format_args!("{addr}"), buf, cap) }
+}
+
+/// Writes an address's text (at most `PREFORK_ADDR_STRLEN` - 1 bytes) NUL-terminated into
+/// `buf` (`cap` bytes), or fails without writing.
+///
+/// # Safety
+/// `buf` must be non-NULL and point to `cap` writable bytes.
+pub(crate) unsafe fn write_text(
+    addr: std::fmt::Arguments<'_>,
+    buf: *mut c_char,
+    cap: usize,
+) -> Result<(), FfiError> {
     let mut text = [0u8; PREFORK_ADDR_STRLEN];
     let mut cursor = &mut text[..PREFORK_ADDR_STRLEN - 1];
-    write!(cursor, "{addr}").map_err(|_| FfiError::invalid("address text too long"))?;
+    cursor
+        .write_fmt(addr)
+        .map_err(|_| FfiError::invalid("address text too long"))?;
     let len = PREFORK_ADDR_STRLEN - 1 - cursor.len();
     if len + 1 > cap {
         return Err(FfiError::invalid(format!(

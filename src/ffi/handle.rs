@@ -5,7 +5,7 @@ use std::ffi::c_char;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::convert::{ref_arg, str_arg, write_addr};
+use super::convert::{ref_arg, str_arg, write_text};
 use super::error::{FfiError, prefork_result};
 use super::extensible::{self, Extensible};
 use super::handler::{CHandler, prefork_handler};
@@ -196,12 +196,14 @@ pub unsafe extern "C" fn prefork_free(p: *mut prefork) {
 }
 
 /// Runs the server; `addr` is "host:port" (NUL-terminated; "[::1]:8080" for IPv6; an empty
-/// host means every interface; port 0 picks a free port).
+/// host means every interface; port 0 picks a free port), or any address
+/// `prefork_add_listener` takes ("unix:/path", "unix:@name", "systemd"). It is the first
+/// listener, before those added with `prefork_add_listener`; "" serves only the added ones.
 ///
 /// In the master (the program as started): binds `addr`, starts the children, calls the
 /// hooks, and supervises until SIGTERM/SIGINT (when `handle_signals` is on) or
 /// `prefork_shutdown`, then stops the children gracefully and returns PREFORK_OK. In a child
-/// (`prefork_is_child()`, the same program re-executed by the master): serves the listener
+/// (`prefork_is_child()`, the same program re-executed by the master): serves the listeners
 /// inherited from the master (`addr` is not used) until told to stop, drains, and returns
 /// PREFORK_OK; the program should then free the handle and exit. In serve mode
 /// (`prefork_set_serve`) a child calls the serve callback instead and exits the process when
@@ -248,7 +250,9 @@ pub unsafe extern "C" fn prefork_is_child() -> bool {
 
 /// Writes the address this process serves on as NUL-terminated text into `buf` (`cap` bytes,
 /// `PREFORK_ADDR_STRLEN` always suffices), e.g. "127.0.0.1:41823": how a master bound to port
-/// 0 learns its port. Available while `prefork_listen_and_serve` runs: in the master from the
+/// 0 learns its port. With several listeners it is the first's (`prefork_listener_addr`
+/// with index 0: the address given to `prefork_listen_and_serve`, unless that was ""), which
+/// may be a Unix socket's, "unix:/path" or "unix:@name". Available while `prefork_listen_and_serve` runs: in the master from the
 /// bind on (so from every hook), in a child from before `init_child`. Returns PREFORK_OK;
 /// PREFORK_ERR_STATE when nothing is being served; PREFORK_ERR_INVALID_ARGUMENT when it does
 /// not fit; PREFORK_ERR_NULL for a NULL `buf`. `buf` is written only on success. Any thread.
@@ -258,13 +262,13 @@ pub unsafe extern "C" fn prefork_local_addr(buf: *mut c_char, cap: usize) -> pre
         if buf.is_null() {
             return Err(FfiError::null("buf"));
         }
-        let Some(addr) = crate::local_addr() else {
+        let Some(addr) = crate::listener_addrs().into_iter().next() else {
             return Err(FfiError::new(
                 prefork_result::PREFORK_ERR_STATE,
                 "no server is running in this process",
             ));
         };
-        unsafe { write_addr(addr, buf, cap) }?;
+        unsafe { write_text(format_args!("{addr}"), buf, cap) }?;
         Ok(prefork_result::PREFORK_OK)
     })
 }

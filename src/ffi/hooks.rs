@@ -61,6 +61,8 @@ pub struct prefork_hooks {
     /// the host that lack close-on-exec would reach the child, so close them there too. It
     /// must be a direct child of the master (the master reaps it) and must not be reaped by
     /// the caller. `slot` is the 0-based child slot; a replacement gets its predecessor's slot.
+    /// It places one listener: a server with several (`prefork_add_listener`) fails with
+    /// PREFORK_ERR_SPAWN when it would call it.
     pub command_producer: Option<
         unsafe extern "C" fn(
             user_data: *mut c_void,
@@ -168,6 +170,14 @@ fn adapt(c: &prefork_hooks, data: &Arc<UserData>) -> Hooks {
     if let Some(f) = c.command_producer {
         let d = Arc::clone(data);
         hooks.command_producer = Some(Box::new(move |req| -> Result<Pid, HookError> {
+            if req.listener_fds.len() != 1 {
+                return Err(format!(
+                    "the command_producer hook places one listener, and this server has {}: \
+                     serve one listener, or start the children without a command producer",
+                    req.listener_fds.len()
+                )
+                .into());
+            }
             let pid = unsafe { f(d.ptr(), req.listener_fd, req.lifeline_fd, req.slot) };
             if pid > 0 {
                 Ok(pid)

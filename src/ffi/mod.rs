@@ -36,6 +36,8 @@ mod tls;
 
 mod options;
 
+mod listeners;
+
 mod hooks;
 
 mod stats;

@@ -6,9 +6,10 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::net::IpAddr;
 
-use super::convert::{PREFORK_IP_BYTES, bytes_arg, prefork_str, ref_arg, write_addr};
+use super::convert::{PREFORK_IP_BYTES, bytes_arg, prefork_str, ref_arg, write_addr, write_text};
 use super::error::{FfiError, prefork_result};
 use crate::Request;
+use crate::listen::UNIX_PREFIX;
 
 /// A request, borrowed for the duration of one `handle` callback. Opaque: read it with the
 /// `prefork_request_*` functions, on the thread that runs the callback, and never keep the
@@ -146,10 +147,13 @@ pub unsafe extern "C" fn prefork_request_header(
 }
 
 /// Writes the client's address as NUL-terminated text into `buf` (`cap` bytes):
-/// "203.0.113.7:51234" or "[2001:db8::1]:51234". With `prefork_set_proxy_protocol` on, it is
-/// the client's address from the connection's PROXY protocol header; for a header that names
-/// none (a balancer's own connection: version 2 LOCAL, version 1 UNKNOWN, or an AF_UNSPEC or
-/// AF_UNIX address), the socket's peer, which is the balancer. Returns PREFORK_OK;
+/// "203.0.113.7:51234" or "[2001:db8::1]:51234"; "unix:" for a connection of a Unix-socket
+/// listener, whose peer has no address to name (`prefork_request_local_addr` says which
+/// listener). With PROXY protocol on for the listener, it is the client's address from the
+/// connection's header, over a Unix socket too (how HAProxy in front on the same machine
+/// passes it); for a header that names none (a balancer's own connection: version 2 LOCAL,
+/// version 1 UNKNOWN, or an AF_UNSPEC or AF_UNIX address), the socket's peer, which is the
+/// balancer. Returns PREFORK_OK;
 /// PREFORK_ERR_INVALID_ARGUMENT when it does not fit (`PREFORK_ADDR_STRLEN` always fits);
 /// PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL argument. `buf`
 /// is written only on success. Call it during `handle`.
@@ -164,13 +168,47 @@ pub unsafe extern "C" fn prefork_request_peer_addr(
         if buf.is_null() {
             return Err(FfiError::null("buf"));
         }
-        let Some(peer) = req.peer_addr() else {
+        match (req.peer_addr(), req.local_addr()) {
+            (Some(peer), _) => unsafe { write_addr(peer, buf, cap) }?,
+            (None, Some(local)) if local.is_unix() => {
+                unsafe { write_text(format_args!("{UNIX_PREFIX}"), buf, cap) }?
+            }
+            (None, _) => {
+                return Err(FfiError::new(
+                    prefork_result::PREFORK_ERR_IO,
+                    "the peer address of this connection is unknown",
+                ));
+            }
+        }
+        Ok(prefork_result::PREFORK_OK)
+    })
+}
+
+/// Writes the address of the listener that accepted the request's connection as
+/// NUL-terminated text into `buf` (`cap` bytes; `PREFORK_ADDR_STRLEN` always suffices), as
+/// `prefork_listener_addr` writes it: the listener's bound address, so "0.0.0.0:8080" for a
+/// listener on every interface, "unix:/run/app.sock", "unix:@name". It tells which of the
+/// server's listeners (`prefork_add_listener`) the request came in on. Returns PREFORK_OK;
+/// PREFORK_ERR_INVALID_ARGUMENT when it does not fit; PREFORK_ERR_NULL for a NULL argument.
+/// `buf` is written only on success. Call it during `handle`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_request_local_addr(
+    req: *const prefork_request,
+    buf: *mut c_char,
+    cap: usize,
+) -> prefork_result {
+    ffi_boundary!({
+        let req = unsafe { request(req) }?;
+        if buf.is_null() {
+            return Err(FfiError::null("buf"));
+        }
+        let Some(local) = req.local_addr() else {
             return Err(FfiError::new(
                 prefork_result::PREFORK_ERR_IO,
-                "the peer address of this connection is unknown",
+                "the listener of this connection is unknown",
             ));
         };
-        unsafe { write_addr(peer, buf, cap) }?;
+        unsafe { write_text(format_args!("{local}"), buf, cap) }?;
         Ok(prefork_result::PREFORK_OK)
     })
 }

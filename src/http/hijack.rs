@@ -22,7 +22,9 @@ use crate::log::{Level, Logger};
 pub(crate) type HijackFn = Box<dyn FnOnce(Hijacked) + Send>;
 
 /// A connection taken over by a handler ([`Response::hijack`]): a blocking TCP socket, and the
-/// bytes the client sent after the request that the child had already read.
+/// bytes the client sent after the request that the child had already read. A connection of a
+/// Unix-socket listener comes as a `TcpStream` too, holding the Unix socket: reading, writing,
+/// shutdown and the descriptor work the same, the address accessors fail.
 ///
 /// `Read` returns those bytes first, then reads the socket; `Write` writes the socket. Dropping
 /// it closes the socket and frees its place under `max_connections`.
@@ -127,7 +129,7 @@ impl std::fmt::Debug for Hijacked {
 /// Hands a connection whose response is written to its new owner. The connection is already
 /// out of the loop's table; `sock` is still registered.
 pub(crate) fn hand_over(
-    mut sock: mio::net::TcpStream,
+    sock: socket2::Socket,
     on_conn: HijackFn,
     leftover: Vec<u8>,
     registry: &mio::Registry,
@@ -135,8 +137,9 @@ pub(crate) fn hand_over(
     log: &dyn Logger,
 ) {
     // A descriptor the new owner keeps must leave the epoll set now: closing it would not.
-    let _ = registry.deregister(&mut sock);
-    let stream = TcpStream::from(sock);
+    let fd = sock.as_raw_fd();
+    let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+    let stream = TcpStream::from(std::os::fd::OwnedFd::from(sock));
     if let Err(e) = stream.set_nonblocking(false) {
         log.log(
             Level::Warn,

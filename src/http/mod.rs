@@ -18,6 +18,7 @@ mod date;
 mod deferred;
 mod encode;
 mod hijack;
+mod listener;
 mod parse;
 mod preamble;
 pub mod proxy;
@@ -33,13 +34,13 @@ pub mod testing;
 mod transport;
 mod workers;
 
-use std::net::TcpListener;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use deferred::Deferred;
 pub use hijack::Hijacked;
+pub(crate) use listener::Listening;
 pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
@@ -67,7 +68,7 @@ pub(crate) struct ServeControl<'a> {
     pub beat: Option<&'a crate::shared::Beat>,
 }
 
-/// Serves `listener` (blocking or not: it is made non-blocking) on the calling thread until a
+/// Serves `listeners` (blocking or not: they are made non-blocking) on the calling thread until a
 /// stop is requested (`wake_fd`, or `crate::control::stop_requested()` already set) or the
 /// master dies (`lifeline_fd`), then drains: the connections waiting in the listener's accept
 /// queue are taken and the listener is closed (so that none is reset by the close, and new
@@ -77,13 +78,13 @@ pub(crate) struct ServeControl<'a> {
 /// `Connection: close`), and it returns when every connection is closed or when
 /// `grace_period` has elapsed.
 pub(crate) fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listening>,
     handler: &Arc<dyn Handler>,
     cfg: &HttpConfig,
     ctl: ServeControl<'_>,
     log: &dyn Logger,
 ) -> Result<(), Error> {
-    server::run(listener, handler, cfg, ctl, log)
+    server::run(listeners, handler, cfg, ctl, log)
 }
 
 /// Reuses an empty vector's allocation for elements of another lifetime: the header arrays

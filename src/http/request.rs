@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::Response;
 use super::proxy::ProxyHeader;
 use crate::error::HookError;
+use crate::listen::ListenAddr;
 
 /// The application's request handler. One value serves every child: each child process gets
 /// its own copy of the program, so `init_child` is where per-process state is built.
@@ -55,6 +56,8 @@ pub struct Request<'a> {
 pub(crate) struct Peer {
     pub addr: Option<SocketAddr>,
     pub proxy: Option<Arc<ProxyHeader>>,
+    /// The listener that accepted the connection.
+    pub local: Option<Arc<ListenAddr>>,
 }
 
 impl<'a> Request<'a> {
@@ -152,12 +155,21 @@ impl<'a> Request<'a> {
         self.body
     }
 
-    /// The client's address (`None` only when the socket could not report it). With the
-    /// PROXY protocol on, the client's address from the connection's header; for a header
-    /// that carries none (LOCAL, `UNKNOWN`, AF_UNSPEC, AF_UNIX) the socket's peer, which is
-    /// the balancer.
+    /// The client's address: `None` for a connection of a Unix-socket listener (see
+    /// [`local_addr`](Self::local_addr)), or when the socket could not report it. With the
+    /// PROXY protocol on, the client's address from the connection's header (over a Unix
+    /// socket too, which is how a balancer in front on the same machine passes it); for a
+    /// header that carries none (LOCAL, `UNKNOWN`, AF_UNSPEC, AF_UNIX) the socket's peer,
+    /// which is the balancer.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer.addr
+    }
+
+    /// The address of the listener that accepted the connection, as it is bound (so
+    /// `0.0.0.0:8080` for a listener on every interface): which of the server's listeners the
+    /// request came in on. `None` only outside a server (the engine's test entry points).
+    pub fn local_addr(&self) -> Option<&'a ListenAddr> {
+        self.peer.local.as_deref()
     }
 
     /// The PROXY protocol header the connection started with (`None` unless the
@@ -294,6 +306,7 @@ mod tests {
     static NO_PEER: Peer = Peer {
         addr: None,
         proxy: None,
+        local: None,
     };
 
     fn req(target: &str) -> Request<'_> {

@@ -9,20 +9,21 @@
 //! the loop's cached clock: no timer syscall per request.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener as StdListener};
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use socket2::Socket;
 
 use super::ServeControl;
 use super::date::DateCache;
 use super::deferred::Completion;
 use super::hijack;
+use super::listener::{self, Accepted, Listening};
 use super::preamble::{self, Step};
 use super::rate::{self, Rates, Slow};
 use super::request::Handler;
@@ -35,12 +36,13 @@ use crate::lifeline;
 use crate::log::{Level, Logger};
 use crate::shared::Beat;
 
-const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 const LIFELINE: Token = Token(2);
 const WAKER: Token = Token(3);
 /// Connection tokens are slab indices plus this.
 const FIRST_CONN: usize = 16;
+/// Listener tokens are their positions plus this, far above any connection's.
+const FIRST_LISTENER: usize = usize::MAX / 2;
 
 /// Connections accepted per turn before the others get a go.
 const ACCEPT_BATCH: usize = 64;
@@ -67,7 +69,8 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 const GIVE_UP_MARGIN: Duration = Duration::from_millis(250);
 
 struct Conn {
-    stream: TcpStream,
+    /// The socket: TCP or Unix (the transport reads and writes `sock.fd`).
+    stream: Socket,
     sock: Sock,
     io: Io,
     session: Session,
@@ -90,8 +93,12 @@ struct Conn {
 
 struct Server<'a> {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Emptied when the drain begins.
+    listeners: Vec<Accepting>,
+    /// Some listener may have connections to accept.
     listener_ready: bool,
+    /// Where the next accept looks first, so that a busy listener does not starve the others.
+    accept_next: usize,
     accept_resume: Option<Instant>,
     accept_warned: bool,
     conns: Vec<Option<Conn>>,
@@ -136,25 +143,39 @@ struct Server<'a> {
     proxy_refused: u64,
 }
 
-/// Serves `listener` until a stop is requested or the master dies, then drains. See
+/// A listener and whether it may have connections waiting (edge-triggered: until an accept
+/// would block).
+struct Accepting {
+    listening: Listening,
+    ready: bool,
+}
+
+/// Serves `listeners` until a stop is requested or the master dies, then drains. See
 /// `super::serve`.
 pub(crate) fn run(
-    listener: StdListener,
+    listeners: Vec<Listening>,
     handler: &Arc<dyn Handler>,
     cfg: &HttpConfig,
     mut ctl: ServeControl<'_>,
     log: &dyn Logger,
 ) -> Result<(), Error> {
     let io_err = |what: &str, e: io::Error| Error::io(ErrorKind::Io, what, e);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| io_err("making the listener non-blocking", e))?;
     let poll = Poll::new().map_err(|e| io_err("creating the event loop", e))?;
-    let mut listener = TcpListener::from_std(listener);
     let registry = poll.registry();
-    registry
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(|e| io_err("registering the listener", e))?;
+    for (i, l) in listeners.iter().enumerate() {
+        socket2::SockRef::from(&l.fd)
+            .set_nonblocking(true)
+            .map_err(|e| io_err("making a listener non-blocking", e))?;
+        let fd = l.fd.as_raw_fd();
+        registry
+            .register(
+                &mut SourceFd(&fd),
+                Token(FIRST_LISTENER + i),
+                Interest::READABLE,
+            )
+            .map_err(|e| io_err("registering a listener", e))?;
+    }
+    let any_proxy = listeners.iter().any(|l| l.proxy);
     registry
         .register(&mut SourceFd(&ctl.wake_fd), WAKE, Interest::READABLE)
         .map_err(|e| io_err("registering the stop pipe", e))?;
@@ -185,7 +206,7 @@ pub(crate) fn run(
         cfg.body_timeout,
         cfg.idle_timeout,
         cfg.write_timeout,
-        if cfg.proxy_protocol {
+        if any_proxy {
             cfg.proxy_timeout
         } else {
             MAX_TICK
@@ -198,8 +219,15 @@ pub(crate) fn run(
     let now = Instant::now();
     let mut server = Server {
         poll,
-        listener: Some(listener),
+        listeners: listeners
+            .into_iter()
+            .map(|listening| Accepting {
+                listening,
+                ready: true,
+            })
+            .collect(),
         listener_ready: true,
+        accept_next: 0,
         accept_resume: None,
         accept_warned: false,
         conns: Vec::new(),
@@ -281,7 +309,12 @@ impl Server<'_> {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.listener_ready = true,
+                    Token(t) if t >= FIRST_LISTENER => {
+                        if let Some(l) = self.listeners.get_mut(t - FIRST_LISTENER) {
+                            l.ready = true;
+                            self.listener_ready = true;
+                        }
+                    }
                     WAKE => {
                         if let Some(byte) = self.read_wake() {
                             self.start_drain(byte == crate::control::WAKE_STOP_NOW);
@@ -386,7 +419,7 @@ impl Server<'_> {
     }
 
     fn can_accept(&self) -> bool {
-        self.listener.is_some()
+        !self.listeners.is_empty()
             && self.open() < self.cfg.max_connections
             && self.accept_resume.is_none_or(|t| self.now >= t)
     }
@@ -404,17 +437,17 @@ impl Server<'_> {
                 // Resumed by the first close: `listener_ready` stays set.
                 return;
             }
-            let Some(listener) = self.listener.as_ref() else {
+            let Some(at) = self.next_ready_listener() else {
+                self.listener_ready = false;
                 return;
             };
-            match listener.accept() {
-                Ok((sock, peer)) => {
+            match listener::accept(&self.listeners[at].listening) {
+                Ok(accepted) => {
                     self.accept_warned = false;
-                    self.add_conn(sock, peer);
+                    self.add_conn(accepted);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.listener_ready = false;
-                    return;
+                    self.listeners[at].ready = false;
                 }
                 Err(e) if is_transient_accept_error(&e) => {}
                 Err(e) => {
@@ -438,22 +471,42 @@ impl Server<'_> {
         }
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr) {
-        if self.cfg.proxy_protocol && !self.proxy_allowed(peer) {
+    /// The ready listener to accept from, round robin; `None` when none is ready.
+    #[inline]
+    fn next_ready_listener(&mut self) -> Option<usize> {
+        let n = self.listeners.len();
+        let at = (0..n)
+            .map(|k| (self.accept_next + k) % n)
+            .find(|&i| self.listeners[i].ready)?;
+        self.accept_next = at + 1;
+        Some(at)
+    }
+
+    fn add_conn(&mut self, accepted: Accepted) {
+        let Accepted {
+            sock,
+            peer,
+            proxy,
+            local,
+        } = accepted;
+        if proxy && !self.proxy_allowed(peer) {
             return;
         }
-        // Responses are written whole, once per batch: Nagle would only delay them.
-        let _ = sock.set_nodelay(true);
+        if !local.is_unix() {
+            // Responses are written whole, once per batch: Nagle would only delay them.
+            let _ = sock.set_tcp_nodelay(true);
+        }
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
         let token = Token(idx + FIRST_CONN);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        let fd = sock.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             self.log.log(
                 Level::Warn,
                 &format!("registering a connection failed: {e}"),
@@ -482,9 +535,9 @@ impl Server<'_> {
             },
             stream: sock,
             io,
-            session: Session::new(Some(peer)),
+            session: Session::new(peer, Some(local)),
             generation: self.next_generation,
-            proxy_pending: self.cfg.proxy_protocol,
+            proxy_pending: proxy,
             queued: false,
             timer: Timer::Idle,
             timer_seq: 0,
@@ -837,17 +890,17 @@ impl Server<'_> {
         self.drain_deadline = Some(deadline);
         let margin = GIVE_UP_MARGIN.min(grace / 4);
         self.give_up_at = Some(deadline.checked_sub(margin).unwrap_or(deadline));
-        let queued = match self.listener.take() {
-            Some(listener) => self.close_listener(listener, !grace.is_zero()),
-            None => Vec::new(),
-        };
+        let mut queued = Vec::new();
+        for l in std::mem::take(&mut self.listeners) {
+            queued.extend(self.close_listener(l.listening, !grace.is_zero()));
+        }
         for idx in 0..self.conns.len() {
             if self.conns[idx].is_some() {
                 self.drive(idx);
             }
         }
-        for (sock, peer) in queued {
-            self.add_conn(sock, peer);
+        for accepted in queued {
+            self.add_conn(accepted);
         }
     }
 
@@ -860,14 +913,11 @@ impl Server<'_> {
     /// last: each takes what is queued, then closes at once, with nothing in between, and from
     /// the last close on the kernel refuses new connections. A connection that completes its
     /// handshake in that gap of two system calls is the only one a stop can still reset.
-    fn close_listener(
-        &mut self,
-        mut listener: TcpListener,
-        take_queue: bool,
-    ) -> Vec<(TcpStream, SocketAddr)> {
+    fn close_listener(&mut self, listener: Listening, take_queue: bool) -> Vec<Accepted> {
         // The listener's open file may outlive this descriptor (other children share it), and
         // with it this epoll's registration: remove that first.
-        let _ = self.poll.registry().deregister(&mut listener);
+        let fd = listener.fd.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         let queued = if take_queue {
             self.accept_all(&listener)
         } else {
@@ -879,10 +929,10 @@ impl Server<'_> {
 
     /// Accepts until the queue is empty. Whatever max_connections says: the queue is bounded
     /// by the backlog, and a connection left in it is reset when the listener closes.
-    fn accept_all(&self, listener: &TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    fn accept_all(&self, listener: &Listening) -> Vec<Accepted> {
         let mut queued = Vec::new();
         loop {
-            match listener.accept() {
+            match listener::accept(listener) {
                 Ok(conn) => queued.push(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return queued,
                 Err(e) if is_transient_accept_error(&e) => {}
@@ -966,7 +1016,12 @@ impl Conn {
 impl Server<'_> {
     /// A connection from a source the allowlist does not name is closed before anything is
     /// read: only trusted balancers may speak for a client (the spec's §5).
-    fn proxy_allowed(&mut self, peer: SocketAddr) -> bool {
+    /// A Unix socket's peer is a local process, which the socket file's permissions admit:
+    /// `proxy_allow`, a list of IP networks, does not apply to it.
+    fn proxy_allowed(&mut self, peer: Option<SocketAddr>) -> bool {
+        let Some(peer) = peer else {
+            return true;
+        };
         if self
             .cfg
             .proxy_allow
@@ -1021,7 +1076,7 @@ impl Server<'_> {
 
     fn refuse_proxy(&mut self, idx: usize, why: &str) {
         if let Some(conn) = self.conns[idx].as_ref() {
-            let peer = conn.stream.peer_addr().ok();
+            let peer = conn.stream.peer_addr().ok().and_then(|a| a.as_socket());
             match peer {
                 Some(p) => self.log_refusal(p, why),
                 None => self.log_refusal_text("an unknown peer", why),

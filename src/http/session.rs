@@ -31,6 +31,7 @@ use super::workers::{ConnId, Job, WorkerPool};
 use super::{Response, Status, recycle};
 use crate::config::HttpConfig;
 use crate::error::panic_message;
+use crate::listen::ListenAddr;
 use crate::log::{Level, Logger};
 
 /// First size of a connection's input buffer, and the size it returns to when idle.
@@ -301,7 +302,7 @@ enum Next {
 }
 
 impl Session {
-    pub(crate) fn new(peer: Option<SocketAddr>) -> Session {
+    pub(crate) fn new(peer: Option<SocketAddr>, local: Option<Arc<ListenAddr>>) -> Session {
         Session {
             inp: InBuf::default(),
             out: Vec::new(),
@@ -318,6 +319,7 @@ impl Session {
             peer: Peer {
                 addr: peer,
                 proxy: None,
+                local,
             },
             peer_eof: false,
             stalled: false,
@@ -1159,7 +1161,7 @@ mod tests {
 
     /// `input` read in two pieces cut at `cut`, handled inline by `Describe`.
     fn two_reads(lp: &mut Loop, input: &[u8], cut: usize) -> Vec<u8> {
-        let mut s = Session::new(None);
+        let mut s = Session::new(None, None);
         let mut out = lp.drive_with(&mut s, &input[..cut], Exec::Inline(&Describe));
         out.extend(lp.drive_with(&mut s, &input[cut..], Exec::Inline(&Describe)));
         assert_eq!(held(&s), 0, "cut at {cut}");
@@ -1215,7 +1217,7 @@ mod tests {
         // Whole, then cut inside each body: handed off at once, and after waiting for a body.
         let first = memchr::memmem::find(WITH_BODIES, b"PUT").unwrap();
         for cut in [WITH_BODIES.len(), first - 2, WITH_BODIES.len() - 3] {
-            let mut s = Session::new(None);
+            let mut s = Session::new(None, None);
             let mut out = Vec::new();
             let mut reads = [&WITH_BODIES[..cut], &WITH_BODIES[cut..]].into_iter();
             let mut jobs = Vec::new();
@@ -1245,7 +1247,7 @@ mod tests {
     #[test]
     fn an_idle_session_lends_its_buffers_to_the_loop() {
         let mut lp = Loop::new();
-        let mut s = Session::new(None);
+        let mut s = Session::new(None, None);
         // A partial head keeps its bytes (and so its buffer) across drives.
         assert!(lp.drive(&mut s, b"GET / HTTP/1.1\r\nHo").is_empty());
         assert!(s.inp.buf.capacity() >= INITIAL_INPUT);

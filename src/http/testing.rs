@@ -13,7 +13,7 @@ use super::date::DateCache;
 use super::request::Handler;
 use super::scan::{HeadScan, Scan};
 use super::session::{Ctx, Exec, Limits, Scratch, Session};
-use super::{ServeControl, parse};
+use super::{Listening, ServeControl, parse};
 use crate::config::HttpConfig;
 use crate::error::Error;
 use crate::log::Logger;
@@ -41,7 +41,35 @@ pub fn serve_for_tests(
         tls: None,
         beat: None,
     };
-    super::serve(listener, handler, cfg, ctl, log)
+    let listening = Listening::new(listener.into(), cfg.proxy_protocol)?;
+    super::serve(vec![listening], handler, cfg, ctl, log)
+}
+
+/// As [`serve_for_tests`] for several listeners (TCP or Unix), each with its PROXY protocol
+/// setting, as a child of a master with several listeners serves them.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_many_for_tests(
+    listeners: Vec<(std::os::fd::OwnedFd, bool)>,
+    handler: &Arc<dyn Handler>,
+    cfg: &HttpConfig,
+    stop_fd: RawFd,
+    grace_period: Duration,
+    log: &dyn Logger,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let ctl = ServeControl {
+        wake_fd: stop_fd,
+        lifeline_fd: None,
+        on_master_death: None,
+        grace_period,
+        tls: None,
+        beat: None,
+    };
+    let listening = listeners
+        .into_iter()
+        .map(|(fd, proxy)| Listening::new(fd, proxy))
+        .collect::<Result<_, _>>()?;
+    super::serve(listening, handler, cfg, ctl, log)
 }
 
 /// Scans, parses and checks `data` as one request head the way the engine does. Returns the
@@ -138,7 +166,7 @@ impl<'h> MemoryConnection<'h> {
             limits: Limits::new(cfg),
             date: DateCache::fixed(784_111_777),
             scratch: Scratch::new(cfg.max_headers),
-            session: Session::new(None),
+            session: Session::new(None, None),
             handler,
             log: Quiet,
         }
@@ -279,7 +307,7 @@ pub fn run_tls_connection(
     let limits = Limits::new(cfg);
     let date = DateCache::fixed(784_111_777);
     let mut scratch = Scratch::new(cfg.max_headers);
-    let mut session = Session::new(None);
+    let mut session = Session::new(None, None);
     let mut tls_in = vec![0u8; TLS_READ];
     let mut peer = rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
         .expect("client connection");

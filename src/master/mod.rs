@@ -13,7 +13,8 @@
 //! the new generation. A child told to stop while the master goes on (the old generation
 //! after a reload) is retiring: it drains within the grace period, and its exit is final.
 
-mod bind;
+mod activation;
+pub(crate) mod bind;
 mod hook;
 mod recovery;
 mod recycle;
@@ -24,8 +25,7 @@ mod systemd;
 mod upgrade;
 mod watchdog;
 
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,17 +42,20 @@ use crate::control::{self, Role, SignalGuard, WAKE_STOP_NOW};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{ChildExit, Hooks, Pid};
 use crate::lifeline;
+use crate::listen::ListenerSpec;
 use crate::log::{Level, Logger};
 use crate::shared::{self, CELLS, Cell, MasterBlock, Region};
 use recovery::{Lived, Recovery};
 use spawn::Child;
 use watchdog::Watch;
 
+pub(crate) use activation::ENV as ACTIVATION_ENV;
+
 /// Poll period when the kernel has no pidfd_open and exits are found by waitpid sweeps.
 const SWEEP_PERIOD: Duration = Duration::from_millis(20);
 
 pub(crate) fn run(
-    addr: &str,
+    specs: &[ListenerSpec],
     config: &Config,
     hooks: &mut Hooks,
     log: &dyn Logger,
@@ -62,25 +65,12 @@ pub(crate) fn run(
     let count = cfg.effective_children();
     // Before anything is bound: a user that does not exist is the caller's error, at once.
     let confinement = Confinement::resolve(cfg)?;
-    let (listeners, sockaddr, ready_pipe) = match upgrade::inherited()? {
-        Some(old) => {
-            let (listeners, sockaddr) = bind::adopt(
-                old.listeners,
-                cfg.network,
-                cfg.backlog,
-                cfg.reuseport,
-                count,
-            )?;
-            (listeners, sockaddr, old.ready)
-        }
-        None => {
-            let sockaddr = bind::resolve(addr, cfg.network)?;
-            let (listeners, sockaddr) =
-                bind::listeners(sockaddr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
-            (listeners, sockaddr, None)
-        }
+    let proxy = config.http.proxy_protocol;
+    let (listeners, ready_pipe, inherited_files) = match upgrade::inherited(proxy, cfg, count)? {
+        Some(old) => (old.listeners, old.ready, old.files),
+        None => (bind::bind_all(specs, proxy, cfg, count)?, None, Vec::new()),
     };
-    crate::set_local_addr(Some(sockaddr));
+    crate::set_listener_addrs(listeners.iter().map(|l| l.addr.clone()).collect());
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
     let _signals = if cfg.handle_signals {
         Some(
@@ -109,14 +99,16 @@ pub(crate) fn run(
             .store(shared::unix_ms(), Ordering::Relaxed);
         shared::publish(Some(region.clone()));
     }
+    let described: Vec<String> = listeners.iter().map(|l| l.describe()).collect();
     log.log(
         Level::Info,
         &format!(
-            "master listening on {sockaddr} with {count} children ({})",
+            "master listening on {} with {count} children ({})",
+            described.join(", "),
             if cfg.reuseport {
-                "one SO_REUSEPORT socket each"
+                "one SO_REUSEPORT socket each for TCP"
             } else {
-                "shared listener"
+                "shared listeners"
             }
         ),
     );
@@ -132,7 +124,6 @@ pub(crate) fn run(
         hooks,
         log,
         wake,
-        addr: sockaddr,
         slots: (0..count).map(|_| Slot::default()).collect(),
         retiring: Vec::new(),
         listeners,
@@ -157,6 +148,7 @@ pub(crate) fn run(
         upgrade_reaped: false,
         handed_over: false,
         ready_pipe,
+        inherited_files,
         recycling: None,
         recycle_retry: None,
         recycle_backoff: recycle::FIRST_RETRY,
@@ -232,11 +224,9 @@ struct Master<'a> {
     hooks: &'a mut Hooks,
     log: &'a dyn Logger,
     wake: BorrowedFd<'static>,
-    /// The bound address (with the port a port 0 resolved to), for sockets of added slots.
-    addr: SocketAddr,
     slots: Vec<Slot>,
     retiring: Vec<Retiring>,
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<bind::Listener>,
     confinement: Confinement,
     /// The TLS material each child gets on its lifeline (`crate::tls`).
     tls: Option<&'a [u8]>,
@@ -270,6 +260,9 @@ struct Master<'a> {
     handed_over: bool,
     /// A new master's: where it tells the old one that it is ready.
     ready_pipe: Option<OwnedFd>,
+    /// A new master's: the socket files of its listeners (by position) that the old master
+    /// created, which become this master's to remove once it took over.
+    inherited_files: Vec<(usize, (std::path::PathBuf, u64))>,
     /// The slot whose child is being recycled: its successor starts in `Slot::next`.
     recycling: Option<usize>,
     /// After a failed recycle, when the next may start, and the delay after another failure.
@@ -296,13 +289,18 @@ impl Master<'_> {
     }
 
     fn spawn_child(&mut self, slot: usize, generation: u64) -> Result<Child, Error> {
-        let Some(listener) = self.listeners.get(slot % self.listeners.len().max(1)) else {
+        if self.listeners.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 "no child is started once the stop closed the listeners",
             ));
-        };
-        let listener = listener.as_raw_fd();
+        }
+        let listeners: Vec<RawFd> = self.listeners.iter().map(|l| l.for_slot(slot)).collect();
+        let words: Vec<&str> = self
+            .listeners
+            .iter()
+            .map(|l| if l.proxy { "proxy" } else { "plain" })
+            .collect();
         let cell = self.shared.as_ref().and(self.free_cells.pop());
         let hello = match (&self.shared, cell) {
             (Some(region), Some(cell)) => {
@@ -316,7 +314,8 @@ impl Master<'_> {
             _ => None,
         };
         let spawned = spawn::spawn(
-            listener,
+            &listeners,
+            words.join(","),
             slot,
             generation,
             hello,
@@ -860,6 +859,7 @@ impl Master<'_> {
         // will take, and resets them when the master finally closes it: closed first, the
         // children's descriptors are the last, and each child takes its queue before closing
         // (http::server's close_listener), after which connecting is refused.
+        // Dropping a listener removes its socket file, when it is this master's to remove.
         self.listeners.clear();
         if self.upgrade.is_some() {
             self.fail_upgrade_for_stop();

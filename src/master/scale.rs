@@ -12,7 +12,7 @@
 //! child is not ready yet is removed once it is: until then nobody would take what the kernel
 //! already queued on its socket.
 
-use super::{Master, Slot, State, bind};
+use super::{Master, Slot, State};
 use crate::config::MAX_CHILDREN;
 use crate::control;
 use crate::error::Error;
@@ -85,17 +85,20 @@ impl Master<'_> {
     /// be had, which leaves the master serving with the slots it has.
     fn add_slot(&mut self) -> Result<bool, Error> {
         let slot = self.slots.len();
-        if self.cfg.reuseport {
-            match bind::reuseport_socket(self.addr, self.cfg.network, self.cfg.backlog) {
-                Ok(fd) => self.listeners.push(fd),
-                Err(e) => {
-                    self.log.log(
-                        Level::Error,
-                        &format!("cannot add child slot {slot}: {}", e.message()),
-                    );
-                    return Ok(false);
-                }
+        let (network, backlog) = (self.cfg.network, self.cfg.backlog);
+        let opened = self
+            .listeners
+            .iter_mut()
+            .try_for_each(|l| l.add_slot(network, backlog));
+        if let Err(e) = opened {
+            for l in &mut self.listeners {
+                l.truncate_slots(slot);
             }
+            self.log.log(
+                Level::Error,
+                &format!("cannot add child slot {slot}: {}", e.message()),
+            );
+            return Ok(false);
         }
         self.slots.push(Slot::default());
         self.slot_restarts.resize(slot, 0);
@@ -114,7 +117,9 @@ impl Master<'_> {
                     &format!("cannot add child slot {slot}: {}", e.message()),
                 );
                 self.slots.pop();
-                self.listeners.truncate(self.slots.len().max(1));
+                for l in &mut self.listeners {
+                    l.truncate_slots(slot);
+                }
                 Ok(false)
             }
         }
@@ -125,9 +130,9 @@ impl Master<'_> {
         let slot = self.slots.len() - 1;
         let removed = self.slots.pop().expect("at least two slots");
         self.slot_restarts.truncate(slot);
-        if self.cfg.reuseport {
-            // Before the SIGTERM: the child's descriptor must be the socket's last.
-            self.listeners.truncate(slot);
+        // Before the SIGTERM: the child's descriptors must be its sockets' last.
+        for l in &mut self.listeners {
+            l.truncate_slots(slot);
         }
         for child in removed.child.into_iter().chain(removed.next) {
             self.retire(child, slot);

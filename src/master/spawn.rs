@@ -16,9 +16,9 @@ use nix::unistd::Pid as NixPid;
 
 use crate::confine::ChildConfinement;
 use crate::error::{Error, ErrorKind, HookError};
-use crate::hooks::{CHILD_ENV, Pid, SpawnRequest};
+use crate::hooks::{CHILD_ENV, LISTENER_FD, Pid, SpawnRequest};
 use crate::lifeline;
-use crate::master::bind::above_child_fds;
+use crate::master::bind::{above_child_fds, lift};
 
 /// A started child as the master tracks it.
 pub(crate) struct Child {
@@ -60,9 +60,11 @@ pub(crate) struct Hello<'a> {
     pub period_ms: u32,
 }
 
-/// Starts the child of `slot` and `generation` serving `listener`.
+/// Starts the child of `slot` and `generation` serving `listeners` (`words`: what
+/// `PREFORK_LISTENERS` says of them).
 pub(crate) fn spawn(
-    listener: RawFd,
+    listeners: &[RawFd],
+    words: String,
     slot: usize,
     generation: u64,
     hello: Option<Hello<'_>>,
@@ -77,9 +79,17 @@ pub(crate) fn spawn(
             .ok()
             .map(|()| h.cell)
     });
+    // Every source above every target: placing one never clobbers another.
+    let last = LISTENER_FD + listeners.len() as RawFd;
+    let mut sources = listeners.to_vec();
+    sources.push(child_end.as_raw_fd());
+    let (sources, _lifted) = lift(&sources, last)?;
+    let (lifeline_fd, listener_fds) = sources.split_last().expect("the lifeline is there");
     let request = SpawnRequest {
-        listener_fd: listener,
-        lifeline_fd: child_end.as_raw_fd(),
+        listener_fd: listener_fds[0],
+        listener_fds: listener_fds.to_vec(),
+        listeners_env: Some(words),
+        lifeline_fd: *lifeline_fd,
         slot,
         program: PathBuf::from("/proc/self/exe"),
         args: std::env::args_os().collect::<Vec<OsString>>(),

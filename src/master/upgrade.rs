@@ -17,17 +17,23 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
-use super::{Master, State, bind, describe, signal_all, spawn, wait};
+use super::bind::{self, Listener};
+use super::{Master, State, describe, signal_all, spawn, wait};
+use crate::config::ProcessConfig;
 use crate::error::{Error, ErrorKind};
-use crate::hooks::{CHILD_ENV, Pid, UPGRADE_FDS_ENV, UPGRADE_READY_ENV, cloexec_fds_above};
+use crate::hooks::{
+    CHILD_ENV, Pid, UPGRADE_FDS_ENV, UPGRADE_LISTENERS_ENV, UPGRADE_READY_ENV, cloexec_fds_above,
+};
+use crate::listen::ListenAddr;
 use crate::log::Level;
 
 /// Where the new master finds the ready pipe; its listeners follow.
@@ -52,33 +58,119 @@ pub(super) fn program_path() -> Option<PathBuf> {
     ))
 }
 
-/// New master: the sockets and the ready pipe an old master passed, if it did.
+/// New master: the listeners and the ready pipe an old master passed, if it did.
 pub(super) struct Inherited {
-    pub listeners: Vec<OwnedFd>,
+    pub listeners: Vec<Listener>,
     pub ready: Option<OwnedFd>,
+    /// The socket files (by listener position) that become this master's once it took over.
+    pub files: Vec<(usize, (PathBuf, u64))>,
+}
+
+/// One passed descriptor as `PREFORK_UPGRADE_LISTENERS` describes it: `L:flags`, `L` its
+/// listener's position, flags `+`-joined of `proxy` (PROXY protocol), `slot` (one socket per
+/// child slot) and `unlink` (the old master created its socket file).
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    listener: usize,
+    proxy: bool,
+    per_slot: bool,
+    unlink: bool,
+}
+
+impl Entry {
+    fn word(l: &Listener, at: usize) -> String {
+        let flags: Vec<&str> = [
+            (l.proxy, "proxy"),
+            (l.per_slot, "slot"),
+            (l.unlink.is_some(), "unlink"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        format!("{at}:{}", flags.join("+"))
+    }
+
+    fn parse(word: &str) -> Option<Entry> {
+        let (at, flags) = word.split_once(':')?;
+        let mut e = Entry {
+            listener: at.parse().ok()?,
+            proxy: false,
+            per_slot: false,
+            unlink: false,
+        };
+        for flag in flags.split('+').filter(|f| !f.is_empty()) {
+            match flag {
+                "proxy" => e.proxy = true,
+                "slot" => e.per_slot = true,
+                "unlink" => e.unlink = true,
+                _ => return None,
+            }
+        }
+        Some(e)
+    }
 }
 
 /// Takes the descriptors `PREFORK_UPGRADE_FDS` and `PREFORK_UPGRADE_READY_FD` name, moved
-/// above the descriptors children receive and close-on-exec.
-pub(super) fn inherited() -> Result<Option<Inherited>, Error> {
+/// above the descriptors children receive and close-on-exec, grouped into listeners as
+/// `PREFORK_UPGRADE_LISTENERS` says (without it, from an older master: one listener with the
+/// handle's PROXY setting `proxy`). The new master serves the old one's listeners, not those
+/// of its own options. In reuseport mode a listener of one socket per slot gets `count`.
+pub(super) fn inherited(
+    proxy: bool,
+    cfg: &ProcessConfig,
+    count: usize,
+) -> Result<Option<Inherited>, Error> {
     let Some(fds) = std::env::var_os(UPGRADE_FDS_ENV) else {
         return Ok(None);
     };
     let bad = |why: String| Error::new(ErrorKind::Bind, format!("{UPGRADE_FDS_ENV}: {why}"));
-    let mut listeners = Vec::new();
+    let described = std::env::var(UPGRADE_LISTENERS_ENV).ok();
+    let mut entries = described.as_deref().map(|d| d.split(',').map(Entry::parse));
+    let mut listeners: Vec<Listener> = Vec::new();
+    let mut files = Vec::new();
     for part in fds.to_string_lossy().split(',').filter(|p| !p.is_empty()) {
         let fd: RawFd = part
             .parse()
             .map_err(|_| bad(format!("{part:?} is no descriptor")))?;
-        if !is_listening(fd) {
+        if !bind::is_listening(fd) {
             return Err(bad(format!("descriptor {fd} is not a listening socket")));
         }
+        let entry = match entries.as_mut() {
+            None => Some(Entry {
+                listener: 0,
+                proxy,
+                per_slot: cfg.reuseport,
+                unlink: false,
+            }),
+            Some(it) => it.next().flatten(),
+        }
+        .ok_or_else(|| bad(format!("{UPGRADE_LISTENERS_ENV} does not describe fd {fd}")))?;
         // SAFETY: a listening socket the old master passed to this process to own.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        listeners.push(bind::above_child_fds(owned)?);
+        let owned = bind::above_child_fds(unsafe { OwnedFd::from_raw_fd(fd) })?;
+        if entry.listener == listeners.len() {
+            let addr = ListenAddr::of(&owned)
+                .ok_or_else(|| bad(format!("cannot read fd {fd}'s address")))?;
+            if let (true, ListenAddr::Unix(path)) = (entry.unlink, &addr)
+                && let Ok(meta) = std::fs::symlink_metadata(path)
+            {
+                files.push((listeners.len(), (path.clone(), meta.ino())));
+            }
+            let per_slot = entry.per_slot && cfg.reuseport;
+            listeners.push(Listener::adopted(addr, entry.proxy, per_slot));
+        }
+        let listener = listeners
+            .get_mut(entry.listener)
+            .ok_or_else(|| bad(format!("fd {fd} names listener {}", entry.listener)))?;
+        listener.fds.push(owned);
     }
     if listeners.is_empty() {
         return Err(bad("names no descriptor".into()));
+    }
+    for l in &mut listeners {
+        while l.per_slot && l.fds.len() < count {
+            l.add_slot(cfg.network, cfg.backlog)?;
+        }
+        l.truncate_slots(if l.per_slot { count } else { 1 });
     }
     let ready = std::env::var(UPGRADE_READY_ENV)
         .ok()
@@ -89,23 +181,11 @@ pub(super) fn inherited() -> Result<Option<Inherited>, Error> {
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .map(bind::above_child_fds)
         .transpose()?;
-    Ok(Some(Inherited { listeners, ready }))
-}
-
-fn is_listening(fd: RawFd) -> bool {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid out pointers; a number that is not open fails with EBADF.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && value == 1
+    Ok(Some(Inherited {
+        listeners,
+        ready,
+        files,
+    }))
 }
 
 impl Master<'_> {
@@ -157,23 +237,19 @@ impl Master<'_> {
             .ok_or_else(|| Error::new(ErrorKind::Spawn, "the program's path is unknown"))?;
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| io("create the upgrade pipe", e.into()))?;
-        let count = self.listeners.len() as RawFd;
-        // Sources above every target, so that placing one never clobbers another.
-        let above = |fd: &OwnedFd| {
-            fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(READY_AT + count + 1))
-                .map_err(|e| io("duplicate a descriptor", e.into()))
-                // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor owned by nobody else.
-                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        };
-        let mut sources = vec![above(&write)?];
-        for l in &self.listeners {
-            sources.push(above(l)?);
+        let mut passed: Vec<RawFd> = vec![write.as_raw_fd()];
+        let mut words = Vec::new();
+        for (at, l) in self.listeners.iter().enumerate() {
+            for fd in &l.fds {
+                passed.push(fd.as_raw_fd());
+                words.push(Entry::word(l, at));
+            }
         }
-        let placements: Vec<(RawFd, RawFd)> = sources
-            .iter()
-            .enumerate()
-            .map(|(i, fd)| (fd.as_raw_fd(), READY_AT + i as RawFd))
-            .collect();
+        let count = words.len() as RawFd;
+        let last = READY_AT + count;
+        // Sources above every target, so that placing one never clobbers another.
+        let (sources, _lifted) = bind::lift(&passed, last)?;
+        let placements: Vec<(RawFd, RawFd)> = sources.into_iter().zip(READY_AT..).collect();
         let fds: Vec<String> = (1..=count).map(|i| (READY_AT + i).to_string()).collect();
         let args: Vec<OsString> = std::env::args_os().collect();
         let mut cmd = Command::new(&program);
@@ -183,8 +259,12 @@ impl Master<'_> {
         cmd.args(args.iter().skip(1))
             .env_remove(CHILD_ENV)
             .env(UPGRADE_READY_ENV, READY_AT.to_string())
-            .env(UPGRADE_FDS_ENV, fds.join(","));
-        let last = READY_AT + count;
+            .env(UPGRADE_FDS_ENV, fds.join(","))
+            .env(UPGRADE_LISTENERS_ENV, words.join(","));
+        // The sockets arrive as this master's, not as systemd's.
+        for var in super::ACTIVATION_ENV {
+            cmd.env_remove(var);
+        }
         // SAFETY: only dup2 and close_range (or fcntl) between fork and exec, no allocation:
         // `placements` was built before.
         unsafe {
@@ -225,6 +305,10 @@ impl Master<'_> {
                 );
                 self.upgrade = None;
                 self.handed_over = true;
+                // The socket files are the new master's to remove now.
+                for l in &mut self.listeners {
+                    l.unlink = None;
+                }
                 self.begin_stop(false);
                 Ok(())
             }
@@ -269,6 +353,11 @@ impl Master<'_> {
 
     /// New master: every child is ready, so the old master may go.
     pub(super) fn report_upgraded(&mut self) {
+        for (at, file) in std::mem::take(&mut self.inherited_files) {
+            if let Some(l) = self.listeners.get_mut(at) {
+                l.unlink = Some(file);
+            }
+        }
         if let Some(ready) = self.ready_pipe.take() {
             let _ = nix::unistd::write(&ready, &[READY_BYTE]);
         }

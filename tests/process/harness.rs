@@ -315,8 +315,41 @@ pub fn served_by(port: u16) -> Result<i32, String> {
 }
 
 pub fn get_from(host: &str, port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect((host, port))?;
+    let s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    exchange(s, path)
+}
+
+/// A connection to a listener address as the library writes it: `host:port`, `unix:/path` or
+/// `unix:@name`.
+pub fn connect_to(addr: &str) -> std::io::Result<Box<dyn ReadWrite>> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    let timeout = Some(Duration::from_secs(5));
+    let unix = match addr.strip_prefix("unix:") {
+        Some(name) if name.starts_with('@') => {
+            UnixStream::connect_addr(&SocketAddr::from_abstract_name(&name.as_bytes()[1..])?)?
+        }
+        Some(path) => UnixStream::connect(path)?,
+        None => {
+            let tcp = TcpStream::connect(addr)?;
+            tcp.set_read_timeout(timeout)?;
+            return Ok(Box::new(tcp));
+        }
+    };
+    unix.set_read_timeout(timeout)?;
+    Ok(Box::new(unix))
+}
+
+pub trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// One HTTP request to a listener address (see `connect_to`); returns the body.
+pub fn get_at(addr: &str, path: &str) -> std::io::Result<String> {
+    exchange(connect_to(addr)?, path)
+}
+
+fn exchange(mut s: impl Read + Write, path: &str) -> std::io::Result<String> {
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"

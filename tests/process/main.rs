@@ -6,6 +6,7 @@
 //! Run one test: `cargo test --test process -- NAME_SUBSTRING`.
 
 mod harness;
+mod listeners;
 mod scenario;
 
 use std::sync::Arc;
@@ -15,6 +16,13 @@ use std::time::{Duration, Instant};
 use harness::{
     Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
     served_by,
+};
+
+use listeners::{
+    live_socket_file_is_refused, proxy_protocol_per_listener_over_a_unix_socket,
+    several_listeners_served_by_every_child, several_listeners_served_by_every_child_reuseport,
+    stale_socket_file_is_replaced, upgrade_carries_every_listener,
+    upgrade_carries_every_listener_reuseport,
 };
 
 type Test = fn() -> Outcome;
@@ -93,6 +101,13 @@ fn main() {
         upgrade_under_steady_load_fails_no_request,
         upgrade_under_steady_load_fails_no_request_reuseport,
         upgrade_whose_new_master_fails_keeps_the_old_serving,
+        several_listeners_served_by_every_child,
+        several_listeners_served_by_every_child_reuseport,
+        stale_socket_file_is_replaced,
+        live_socket_file_is_refused,
+        upgrade_carries_every_listener,
+        upgrade_carries_every_listener_reuseport,
+        proxy_protocol_per_listener_over_a_unix_socket,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
@@ -165,7 +180,18 @@ fn hooks_fire_in_order_and_sigterm_stops_cleanly() -> Outcome {
         .seen
         .iter()
         .map(|l| l.split(' ').next().unwrap())
-        .filter(|e| !matches!(*e, "port" | "init" | "master" | "bound" | "child-ready"))
+        .filter(|e| {
+            !matches!(
+                *e,
+                "port"
+                    | "init"
+                    | "master"
+                    | "bound"
+                    | "child-ready"
+                    | "listeners"
+                    | "child-listeners"
+            )
+        })
         .collect();
     ensure!(
         events == ["spawn", "spawn", "ready"],

@@ -74,9 +74,18 @@ impl Handler for TestHandler {
                 <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(3),
             )
         };
+        // A Unix socket at fd 3 has no port.
+        if let Ok(addr) = listener.local_addr() {
+            emit(format!("port {}", addr.port()));
+        }
+        let addrs: Vec<String> = prefork::listener_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         emit(format!(
-            "port {}",
-            listener.local_addr().expect("fd 3 is a socket").port()
+            "child-listeners {} {}",
+            std::process::id(),
+            addrs.join(" ")
         ));
         // The child's signal handlers are in place from here on.
         emit(format!("init {}", std::process::id()));
@@ -86,6 +95,12 @@ impl Handler for TestHandler {
     fn handle(&self, req: &Request<'_>, resp: &mut Response) {
         match req.path() {
             "/pid" => resp.write(std::process::id().to_string().as_bytes()),
+            // Which listener took the connection, who the peer is, and who answers.
+            "/local" => {
+                let local = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or("-".into());
+                resp.write(format!("{local} {peer} {}", std::process::id()).as_bytes())
+            }
             "/exit" => std::process::exit(3),
             "/stats" => match prefork::stats() {
                 Some(s) => resp.write(s.to_json().as_bytes()),
@@ -229,6 +244,27 @@ pub fn run() -> i32 {
         cfg.process.children = n as usize;
     }
     cfg.process.reuseport = var("PF_REUSEPORT").is_some();
+    if let Some(list) = var("PF_LISTENERS") {
+        // `;`-separated; `+proxy` after an address turns PROXY protocol on for it.
+        for item in list.split(';').filter(|a| !a.is_empty()) {
+            let (addr, proxy) = match item.strip_suffix("+proxy") {
+                Some(addr) => (addr, Some(true)),
+                None => (item, None),
+            };
+            let unix_mode = num("PF_UNIX_MODE")
+                .filter(|_| addr.starts_with("unix:/"))
+                .map(|m| m as u32);
+            let options = prefork::ListenerOptions {
+                proxy_protocol: proxy,
+                unix_mode,
+            };
+            if let Err(e) = server.add_listener(addr, options) {
+                emit(format!("result err {:?} {}", e.kind(), e.message()));
+                return 1;
+            }
+        }
+    }
+    let cfg = server.config_mut();
     if let Some(n) = var("PF_NETWORK") {
         cfg.process.network = prefork::Network::parse(&n).expect("network");
     }
@@ -289,10 +325,14 @@ pub fn run() -> i32 {
     hooks.on_master_ready = Some(Box::new(|pids| {
         let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
         emit(format!("master {}", std::process::id()));
-        emit(format!(
-            "bound {}",
-            prefork::local_addr().expect("bound while serving")
-        ));
+        if let Some(addr) = prefork::local_addr() {
+            emit(format!("bound {addr}"));
+        }
+        let addrs: Vec<String> = prefork::listener_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        emit(format!("listeners {}", addrs.join(" ")));
         emit(format!("ready {}", list.join(",")));
         if let Some(n) = num("PF_SCALE_ON_READY") {
             emit(format!(
