@@ -1,7 +1,8 @@
 /*
  * demo_server: the README's demo, and the program the end-to-end tests drive.
  *
- *   demo_server [--addr HOST:PORT] [--children N] [--reuseport] [--network tcp4|tcp6|tcp]
+ *   demo_server [--addr ADDR]... [--unix-mode OCTAL] [--children N] [--reuseport]
+ *     [--network tcp4|tcp6|tcp]
  *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *     [--user NAME] [--group NAME] [--cpu-affinity]
@@ -9,14 +10,21 @@
  *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *     [--tls-cert FILE --tls-key FILE]... [--tls-embed]
  *
- * With --tls-cert and --tls-key it serves HTTPS on --addr. Repeat the pair for more
+ * --addr may be repeated: every child serves every address. An address is HOST:PORT (TCP;
+ * [::1]:PORT for IPv6), unix:/path (a Unix socket file, its mode --unix-mode, e.g. 660),
+ * unix:@name (an abstract Unix socket) or systemd (every socket systemd passes: socket
+ * activation, e.g. under systemd-socket-activate). Before the ready line the master prints
+ * "listeners ADDR ADDR ..." (ports chosen for port 0 filled in).
+ *
+ * With --tls-cert and --tls-key it serves HTTPS on every --addr. Repeat the pair for more
  * certificates, chosen by the client's server name (SNI); the first pair is the default.
  * --tls-embed reads the files in the master and hands their text to the in-memory entry
  * point instead of the file names. With --proxy-protocol too, each connection's PROXY
  * protocol header comes first, then the TLS handshake.
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /defer?ms=N  /status?code=N
- * /stats  /peer  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and OPTIONS *.
+ * /stats  /peer  /local  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and
+ * OPTIONS *.
  *
  * /defer?ms=N answers after N ms without holding the event loop: the handler defers the
  * response and a timer thread completes it, so many of them wait together. /upgrade switches
@@ -26,7 +34,8 @@
  * connections...), which the child reads from the memory the master shares with it, so any
  * child gives the same answer. /peer answers the client's address as the handler sees it,
  * "ip:port" ("[ip6]:port" for IPv6): with --proxy-protocol, the one the balancer's PROXY
- * protocol header names.
+ * protocol header names; "unix:" over a Unix socket without one. /local answers the address
+ * of the listener that took the connection, as the "listeners" line writes it.
  *
  * --proxy-protocol makes every connection (on every --addr) start with a PROXY protocol
  * header, accepted from the --proxy-allow networks (repeatable; default loopback).
@@ -55,9 +64,10 @@
 
 #define MAX_SLEEP_MS 600000
 #define MAX_TLS_PAIRS 16
+#define MAX_ADDRS 16
 
 static const char USAGE[] =
-    "usage: demo_server [--addr HOST:PORT] [--children N] [--reuseport]\n"
+    "usage: demo_server [--addr ADDR]... [--unix-mode OCTAL] [--children N] [--reuseport]\n"
     "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
@@ -66,13 +76,15 @@ static const char USAGE[] =
     "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
     "                   [--max-child-age-ms N]\n"
     "                   [--tls-cert FILE --tls-key FILE]... [--tls-embed]\n"
-    "  --addr defaults to 127.0.0.1:8080\n"
+    "  --addr (repeatable) is HOST:PORT, unix:/path, unix:@name or systemd;\n"
+    "  it defaults to 127.0.0.1:8080\n"
     "  --tls-cert/--tls-key serve HTTPS (repeat the pair for SNI; the first is the default);\n"
     "  --tls-embed passes the files' text instead of their names\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /defer?ms=N /status?code=N\n"
     "                    /stats /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
     "                    and OPTIONS *\n"
-    "                    /peer (the client's address, ip:port)\n";
+    "                    /peer (the client's address, ip:port)\n"
+    "                    /local (the address of the listener that took the connection)\n";
 
 /* The --proxy-allow networks so far, comma-separated, as prefork_set_proxy_allow takes them. */
 static char proxy_allow[4096];
@@ -498,6 +510,13 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
             return;
         }
         reply_text(resp, 200, addr);
+    } else if (str_is(path, "/local")) {
+        char addr[PREFORK_ADDR_STRLEN];
+        if (prefork_request_local_addr(req, addr, sizeof addr) != PREFORK_OK) {
+            reply_text(resp, 500, "the listener is unknown\n");
+            return;
+        }
+        reply_text(resp, 200, addr);
     } else if (str_is(path, "/stats")) {
         size_t cap = 1 << 16;
         char *json = malloc(cap);
@@ -518,7 +537,12 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
 /* Master only: every initial child is listening. The tests wait for this exact line. */
 static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
     (void)user_data;
-    printf("ready pid=%ld children=", (long)getpid());
+    printf("listeners");
+    char addr[PREFORK_ADDR_STRLEN];
+    for (size_t i = 0; prefork_listener_addr(i, addr, sizeof addr) == PREFORK_OK; i++) {
+        printf(" %s", addr);
+    }
+    printf("\nready pid=%ld children=", (long)getpid());
     for (size_t i = 0; i < count; i++) printf(i ? ",%" PRId32 : "%" PRId32, pids[i]);
     printf("\n");
     return fflush(stdout) == 0 ? 0 : 1;
@@ -634,6 +658,27 @@ static prefork_result serve(prefork *server, const struct tls_files *tls, const 
     return tls_pair(server, tls, 0, addr, true);
 }
 
+/* Every --addr is a listener of its own (the entry point then gets ""), so that each takes
+ * the --unix-mode; none means the default address. */
+static bool add_listeners(prefork *server, const char *const *addrs, size_t count,
+                          uint32_t unix_mode) {
+    static const char *const fallback[] = {"127.0.0.1:8080"};
+    if (count == 0) {
+        addrs = fallback;
+        count = 1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        prefork_listener_options opts = {
+            .unix_mode = strncmp(addrs[i], "unix:/", 6) == 0 ? unix_mode : 0,
+        };
+        if (prefork_add_listener(server, addrs[i], &opts) != PREFORK_OK) {
+            fprintf(stderr, "demo_server: %s\n", prefork_last_error());
+            return false;
+        }
+    }
+    return true;
+}
+
 /* A setter's refusal of a flag's value is a bad flag too: say the library's reason. */
 static bool set(prefork_result r) {
     if (r != PREFORK_OK) fprintf(stderr, "demo_server: %s\n", prefork_last_error());
@@ -643,7 +688,9 @@ static bool set(prefork_result r) {
 int main(int argc, char **argv) {
     static struct app app;
     static struct tls_files tls;
-    const char *addr = "127.0.0.1:8080";
+    const char *addrs[MAX_ADDRS];
+    size_t naddrs = 0;
+    uint32_t unix_mode = 0;
     prefork_handler handler = {
         .user_data = &app,
         .init_child = init_child,
@@ -688,7 +735,20 @@ int main(int argc, char **argv) {
             i++;
             bool is_count = strcmp(flag, "--children") == 0 || strcmp(flag, "--handler-threads") == 0;
             if (strcmp(flag, "--addr") == 0) {
-                addr = val;
+                if (naddrs == MAX_ADDRS) {
+                    prefork_free(server);
+                    return usage("too many addresses (at most 16): ", val);
+                }
+                addrs[naddrs++] = val;
+            } else if (strcmp(flag, "--unix-mode") == 0) {
+                char *end;
+                errno = 0;
+                unsigned long mode = strtoul(val, &end, 8);
+                if (errno != 0 || *end != '\0' || end == val || mode == 0 || mode > 0777) {
+                    prefork_free(server);
+                    return usage("--unix-mode must be octal permission bits, not ", val);
+                }
+                unix_mode = (uint32_t)mode;
             } else if (strcmp(flag, "--tls-cert") == 0 || strcmp(flag, "--tls-key") == 0) {
                 bool cert = strcmp(flag, "--tls-cert") == 0;
                 size_t *count = cert ? &tls.certs : &tls.keys;
@@ -764,8 +824,12 @@ int main(int argc, char **argv) {
         prefork_free(server);
         return 1;
     }
+    if (!add_listeners(server, addrs, naddrs, unix_mode)) {
+        prefork_free(server);
+        return 2;
+    }
 
-    prefork_result r = serve(server, &tls, addr);
+    prefork_result r = serve(server, &tls, "");
     if (r != PREFORK_OK) {
         fprintf(stderr, "demo_server%s: %s (%s)\n", prefork_is_child() ? " child" : "",
                 prefork_last_error(), prefork_result_str(r));

@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3 openssl:openssl; do
+# systemd-socket-activate (package systemd): the demo_systemd scenario's service manager.
+for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3 openssl:openssl systemd-socket-activate:systemd; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

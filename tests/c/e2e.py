@@ -1397,13 +1397,238 @@ def demo_tls(prog):
         assert_nothing_left()
 
 
+# ---- several listeners, Unix sockets, systemd socket activation ---------------------------------
+
+
+def connect_addr(addr, timeout=10):
+    """A connected socket to a listener address as the library writes it."""
+    if addr.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        name = addr[len("unix:"):]
+        s.connect("\0" + name[1:] if name.startswith("@") else name)
+        return s
+    host, port = addr.rsplit(":", 1)
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+
+
+def exchange_at(addr, data, timeout=10):
+    """Sends `data` to `addr` and returns every byte until the server closes (b"" when it
+    closed without a reply, which unread input may turn into a reset)."""
+    with connect_addr(addr, timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def bodies_of(raw):
+    """The bodies of the responses in `raw`, in order (each with Content-Length)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        m = re.search(rb"\r\nContent-Length: (\d+)", head, re.I)
+        n = int(m.group(1)) if m else 0
+        out.append(rest[:n].decode())
+        raw = rest[n:]
+    return out
+
+
+def get_at(addr, path, prefix=b""):
+    return bodies_of(exchange_at(addr, prefix + f"GET {path} HTTP/1.1\r\nHost: x\r\n"
+                                 "Connection: close\r\n\r\n".encode()))
+
+
+def listeners_line(srv):
+    return srv.expect(r"^listeners (.*)$").group(1).split(" ")
+
+
+def child_env_has_listen(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return [v for v in f.read().split(b"\0") if v.startswith(b"LISTEN_")]
+
+
+def socket_fds(pid):
+    """The descriptors of `pid` that are sockets, by number."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:"):
+            out[int(fd)] = target
+    return out
+
+
+def demo_listeners(prog):
+    """Repeated --addr: two TCP ports, a socket file (with --unix-mode) and an abstract name,
+    each served by every child in both listener modes, with keep-alive and pipelining over
+    the Unix socket, /local naming each listener and /peer "unix:"; --proxy-protocol applies to
+    every --addr; the socket file is gone after the stop."""
+    with tempfile.TemporaryDirectory() as d:
+        for mode in [[], ["--reuseport"]]:
+            path = os.path.join(d, "demo.sock")
+            name = f"prefork-e2e-{os.getpid()}-{len(mode)}"
+            tcp = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+            want = tcp + [f"unix:{path}", f"unix:@{name}"]
+            argv = [prog, "--children", "2", "--unix-mode", "660", *mode]
+            for addr in want:
+                argv += ["--addr", addr]
+            srv = Server(argv)
+            try:
+                kids = srv.ready()
+                got = listeners_line(srv)
+                check(got == want, f"{mode}: listeners {got}, expected {want}")
+                check(os.stat(path).st_mode & 0o777 == 0o660,
+                      f"socket file mode {os.stat(path).st_mode & 0o777:o}")
+                for kid in kids:
+                    fds = socket_fds(kid)
+                    check(all(fd in fds for fd in range(3, 8)),
+                          f"child {kid}: sockets at {sorted(fds)}, expected 3..7")
+                for addr in want:
+                    pids = set()
+                    for _ in range(40):
+                        local, pid = get_at(addr, "/local")[0], int(get_at(addr, "/pid")[0])
+                        check(local == addr, f"/local on {addr} gave {local!r}")
+                        pids.add(pid)
+                        if pids == set(kids):
+                            break
+                    check(pids == set(kids), f"{mode}: on {addr} only {pids} of {kids} answered")
+                unix = f"unix:{path}"
+                raw = exchange_at(unix, b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
+                                  b"GET /defer?ms=20 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                check(bodies_of(raw) == [unix, "body", "deferred 20 ms", "unix:"],
+                      f"pipelined over the Unix socket: {raw!r}")
+                srv.stop()
+                check(not os.path.exists(path), "the socket file outlived the stop")
+            finally:
+                srv.kill()
+        # --proxy-protocol covers every --addr: over the Unix socket the header names the
+        # client, as HAProxy in front on the same machine sends it.
+        path = os.path.join(d, "proxied.sock")
+        port = free_port()
+        srv = Server([prog, "--children", "1", "--proxy-protocol",
+                      "--addr", f"127.0.0.1:{port}", "--addr", f"unix:{path}"])
+        try:
+            srv.ready()
+            header = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n"
+            for addr in [f"127.0.0.1:{port}", f"unix:{path}"]:
+                got = get_at(addr, "/peer", header)
+                check(got == ["203.0.113.7:51234"], f"/peer on {addr} with a header gave {got}")
+                check(exchange_at(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b"",
+                      f"{addr} answered a connection without a header")
+            srv.stop()
+        finally:
+            srv.kill()
+        # A live socket file is refused at once and left alone.
+        path = os.path.join(d, "taken.sock")
+        with socket.socket(socket.AF_UNIX) as held:
+            held.bind(path)
+            held.listen()
+            r = subprocess.run([prog, "--addr", f"unix:{path}"], capture_output=True, text=True,
+                               timeout=30)
+        check(r.returncode == 1 and "another process is listening" in r.stderr,
+              f"a live socket file: exit {r.returncode}, {r.stderr!r}")
+        check(os.path.exists(path), "the live socket's file was removed")
+        assert_nothing_left()
+
+
+def activate(prog, d, extra):
+    """demo_server --addr systemd under systemd-socket-activate with a TCP port and a socket
+    file; returns (server, tcp address, unix address). systemd-socket-activate execs the
+    program on the first connection: the master's pid is its pid."""
+    port = free_port()
+    path = os.path.join(d, "activated.sock")
+    tool = shutil.which("systemd-socket-activate")
+    srv = Server([tool, "-l", f"127.0.0.1:{port}", "-l", path, "--fdname=web:admin",
+                  prog, "--addr", "systemd", *extra], stderr=subprocess.PIPE)
+    threading.Thread(target=lambda: [print(f"  ! {l.rstrip()}", flush=True)
+                                     for l in srv.proc.stderr], daemon=True).start()
+    tcp = f"127.0.0.1:{port}"
+    wait_until(lambda: os.path.exists(path), 20, "systemd-socket-activate to listen")
+    return srv, tcp, f"unix:{path}"
+
+
+def demo_systemd(prog):
+    """Socket activation with Debian's systemd-socket-activate: both passed sockets served by
+    every child (the first connection, which started the program, too), the variables kept
+    from the children, a killed child replaced with the same sockets, a clean stop that
+    leaves the socket file to its owner, and nothing left behind."""
+    with tempfile.TemporaryDirectory() as d:
+        srv, tcp, unix = activate(prog, d, ["--children", "2"])
+        try:
+            # This connection wakes systemd-socket-activate, which then execs the demo; it
+            # waits in the queue until a child takes it.
+            first = get_at(tcp, "/local")
+            check(first == [tcp], f"the first connection got {first}")
+            kids = srv.ready()
+            got = listeners_line(srv)
+            check(got == [tcp, unix], f"listeners {got}")
+            for kid in kids:
+                check(child_env_has_listen(kid) == [],
+                      f"child {kid} sees {child_env_has_listen(kid)}")
+                fds = socket_fds(kid)
+                check(sorted(fds)[:3] == [3, 4, 5], f"child {kid} sockets at {sorted(fds)}")
+            for addr in [tcp, unix]:
+                check(get_at(addr, "/local") == [addr], f"/local on {addr}")
+            victim = kids[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: len([p for p in children_of(srv.proc.pid) if alive(p)]) == 2
+                       and victim not in children_of(srv.proc.pid), 20, "a replacement")
+            fresh = [p for p in children_of(srv.proc.pid) if p != victim]
+            pids = set()
+            for _ in range(40):
+                for addr in [tcp, unix]:
+                    pids.add(int(get_at(addr, "/pid")[0]))
+                if pids >= set(fresh):
+                    break
+            check(pids >= set(fresh), f"served by {pids}, children {fresh}")
+            srv.stop()
+            check(os.path.exists(unix[5:]), "the master removed systemd's socket file")
+        finally:
+            srv.kill()
+    assert_nothing_left()
+
+
+def demo_systemd_errors(prog):
+    """The variables wrong or stale: each is an error that says so, and no child starts."""
+    sh = shutil.which("sh")
+    cases = [
+        ("", "LISTEN_PID and LISTEN_FDS are not set"),
+        ("LISTEN_PID=1 LISTEN_FDS=1", "not this process"),
+        ("LISTEN_PID=$$ LISTEN_FDS=x", "is not a positive count"),
+        ("LISTEN_PID=$$ LISTEN_FDS=0", "is not a positive count"),
+        ("LISTEN_PID=pid LISTEN_FDS=1", "is not a process id"),
+        ("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=a:b", "names 2 descriptors"),
+        # fd 3 open on a file: no listening socket.
+        ("LISTEN_PID=$$ LISTEN_FDS=1", "is not a listening stream socket"),
+    ]
+    for env, needle in cases:
+        script = (f"unset LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; {env} exec \"$0\" "
+                  "--addr systemd --children 1 3</dev/null")
+        r = subprocess.run([sh, "-c", script, prog], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 1 and needle in r.stderr,
+              f"{env!r}: exit {r.returncode}, stderr {r.stderr!r}, expected {needle!r}")
+        check("ready" not in r.stdout and "started child" not in r.stderr,
+              f"{env!r}: a child was started: {r.stderr!r}")
+    assert_nothing_left()
+
+
 SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_reuseport,
                                       demo_reload, demo_binary_upgrade,
                                       demo_flags, demo_bind_error, demo_user, demo_limits,
                                       demo_tls, demo_defer, demo_upgrade_echo, hello, hooks,
                                       hooks_master_death, server, api, abi_v0_1, serve_echo,
                                       serve_echo_master_death, demo_proxy, demo_haproxy,
-                                      demo_nginx]}
+                                      demo_nginx, demo_listeners, demo_systemd,
+                                      demo_systemd_errors]}
 
 
 # Tools a scenario needs: installed first, before this process becomes a subreaper (so that no
@@ -1411,6 +1636,7 @@ SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_
 NEEDS = {
     "demo_haproxy": [("haproxy", ["haproxy"])],
     "demo_nginx": [("nginx", ["nginx", "libnginx-mod-stream"])],
+    "demo_systemd": [("systemd-socket-activate", ["systemd"])],
 }
 
 
