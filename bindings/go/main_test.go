@@ -48,6 +48,7 @@ const (
 	envTLSKey    = "GOTEST_PREFORK_TLS_KEY"   // ...and this key file
 	envTLSEmbed  = "GOTEST_PREFORK_TLS_EMBED" // "1": read them and use ListenAndServeTLSEmbed
 	envTLSExtra  = "GOTEST_PREFORK_TLS_EXTRA" // "CERT:KEY" added with AppendCert first
+	envListeners = "GOTEST_PREFORK_LISTENERS" // ";"-separated Listeners ("+proxy": PROXY on)
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -91,6 +92,19 @@ func serve() int {
 	}
 	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
 	p.ProxyProtocol = os.Getenv(envProxy) == "1"
+	for _, a := range strings.Split(os.Getenv(envListeners), ";") {
+		if a == "" {
+			continue
+		}
+		l := prefork.Listener{Addr: a, UnixMode: 0o660}
+		if addr, ok := strings.CutSuffix(a, "+proxy"); ok {
+			l = prefork.Listener{Addr: addr, ProxyProtocol: prefork.ListenerProxyOn}
+		}
+		if !strings.HasPrefix(l.Addr, "unix:/") {
+			l.UnixMode = 0
+		}
+		p.Listeners = append(p.Listeners, l)
+	}
 	p.ShutdownGracePeriod = 5 * time.Second
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
@@ -107,6 +121,7 @@ func serve() int {
 			s[i] = strconv.Itoa(pid)
 		}
 		say("master-addr %s", prefork.LocalAddr())
+		say("listeners %s", strings.Join(prefork.ListenerAddrs(), " "))
 		say("ready pid=%d children=%s", os.Getpid(), strings.Join(s, ","))
 		if os.Getenv(envFailReady) == "1" {
 			return errNotReady
@@ -277,6 +292,8 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		}
 	case "/streams-closed":
 		resp.WriteString(strconv.FormatInt(streamsClosed.Load(), 10))
+	case "/local":
+		fmt.Fprintf(resp, "local=%s remote=%s", req.LocalAddr(), req.RemoteAddr())
 	case "/proxy":
 		tlv, ok := req.ProxyTLV(0xE0)
 		fmt.Fprintf(resp, "remote=%s tlv=%q found=%t", req.RemoteAddr(), tlv, ok)

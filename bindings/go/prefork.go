@@ -299,10 +299,42 @@ type Prefork struct {
 	// header. Default: 5s.
 	ProxyTimeout time.Duration
 
+	// Listeners are addresses every child serves besides the one given to ListenAndServe
+	// (which comes first, and may then be ""), in order: see Listener. With Reuseport each
+	// child gets its own socket of every TCP listener; Unix sockets and systemd's are shared.
+	// A ServeFunc serves one TCP listener and refuses these. Nil: only ListenAndServe's.
+	Listeners []Listener
+
 	handler  RequestHandler
 	serving  atomic.Bool
 	tlsCerts []tlsCert
 }
+
+// Listener is one address of Prefork.Listeners: TCP "host:port" ("[::1]:8080" for IPv6),
+// a Unix socket file "unix:/path" (a stale file nobody answers on is replaced, a live one is
+// an error; the master removes the file when it stops), an abstract Unix socket "unix:@name",
+// or "systemd" for every socket systemd passed (socket activation: LISTEN_FDS and
+// LISTEN_PID, an error when they are missing or not this process's).
+type Listener struct {
+	Addr string
+	// ProxyProtocol overrides Prefork.ProxyProtocol for this listener.
+	ProxyProtocol ListenerProxy
+	// UnixMode is the permission bits of a "unix:/path" socket file (e.g. 0o660), set before
+	// it listens; 0 leaves those the umask gives.
+	UnixMode os.FileMode
+}
+
+// ListenerProxy is a Listener's PROXY protocol setting.
+type ListenerProxy int
+
+const (
+	// ListenerProxyDefault follows Prefork.ProxyProtocol.
+	ListenerProxyDefault ListenerProxy = C.PREFORK_LISTENER_PROXY_DEFAULT
+	// ListenerProxyOff: this listener's connections send no PROXY protocol header.
+	ListenerProxyOff ListenerProxy = C.PREFORK_LISTENER_PROXY_OFF
+	// ListenerProxyOn: every connection of this listener starts with a PROXY protocol header.
+	ListenerProxyOn ListenerProxy = C.PREFORK_LISTENER_PROXY_ON
+)
 
 // New returns a Prefork serving handler, with Network "tcp4" and RecoverThreshold
 // DefaultRecoverThreshold as fasthttp's New; every other field is at its default.
@@ -395,7 +427,8 @@ func Version() string {
 
 // LocalAddr returns the address this process serves on ("127.0.0.1:41823") while
 // ListenAndServe runs: in the master from the bind on, so hooks such as OnMasterReady learn the
-// port chosen for ":0"; in a child from before InitChild. It returns "" otherwise.
+// port chosen for ":0"; in a child from before InitChild. It returns "" otherwise. With
+// several listeners it is the first of ListenerAddrs.
 func LocalAddr() string {
 	var buf [C.PREFORK_ADDR_STRLEN]C.char
 	if C.prefork_local_addr(&buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
@@ -404,8 +437,22 @@ func LocalAddr() string {
 	return C.GoString(&buf[0])
 }
 
+// ListenerAddrs returns the address of every listener this process serves, in order (the
+// address of ListenAndServe first, then Prefork.Listeners, a "systemd" listener standing for
+// each socket passed): "127.0.0.1:41823", "unix:/run/app.sock", "unix:@name". Available as
+// LocalAddr is; nil otherwise.
+func ListenerAddrs() []string {
+	var addrs []string
+	var buf [C.PREFORK_ADDR_STRLEN]C.char
+	for i := 0; C.prefork_listener_addr(C.size_t(i), &buf[0], C.size_t(len(buf))) == C.PREFORK_OK; i++ {
+		addrs = append(addrs, C.GoString(&buf[0]))
+	}
+	return addrs
+}
+
 // ListenAndServe serves HTTP/1.1 on addr ("host:port"; "[::1]:8080" for IPv6; an empty host
-// means every interface).
+// means every interface; or any Listener address: "unix:/path", "unix:@name", "systemd") and
+// on Prefork.Listeners; addr may be "" when those are set.
 //
 // In the master it binds addr, starts the children, runs the hooks and supervises them until
 // SIGTERM, SIGINT or Shutdown, then stops them gracefully and returns nil. In a child it
@@ -897,6 +944,20 @@ func (p *Prefork) configure(c *C.prefork) error {
 	duration("ProxyTimeout", p.ProxyTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_proxy_timeout_ms(c, ms)
 	})
+	for _, l := range p.Listeners {
+		set("Listeners", func() C.enum_prefork_result {
+			if l.UnixMode&^os.ModePerm != 0 {
+				return C.PREFORK_ERR_INVALID_ARGUMENT
+			}
+			opts := C.prefork_listener_options{
+				proxy_protocol: C.int(l.ProxyProtocol),
+				unix_mode:      C.uint32_t(l.UnixMode),
+			}
+			ca := C.CString(l.Addr)
+			defer C.free(unsafe.Pointer(ca))
+			return C.prefork_add_listener_sized(c, ca, &opts, C.sizeof_prefork_listener_options)
+		})
+	}
 	return err
 }
 

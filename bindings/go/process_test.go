@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -477,4 +479,52 @@ func BenchmarkKeepAliveRequest(b *testing.B) {
 	}
 	b.StopTimer()
 	m.stop()
+}
+
+// TestListenersServeTCPAndUnixSockets: Prefork.Listeners adds a Unix socket file (with its
+// mode), an abstract one with PROXY protocol, and a second TCP port to ListenAndServe's:
+// ListenerAddrs lists them, each request's LocalAddr names its listener, RemoteAddr is
+// "unix:" over a Unix socket or the PROXY header's client, and the stop removes the file.
+func TestListenersServeTCPAndUnixSockets(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "go.sock")
+	name := fmt.Sprintf("goprefork-%d", os.Getpid())
+	m := startMaster(t, envChildren+"=2",
+		envListeners+"=unix:"+path+";unix:@"+name+"+proxy;127.0.0.1:0")
+	line := m.waitLine(regexp.MustCompile(`^listeners (.*)$`))
+	addrs := strings.Split(line[1], " ")
+	if len(addrs) != 4 || addrs[1] != "unix:"+path || addrs[2] != "unix:@"+name ||
+		!strings.HasPrefix(addrs[3], "127.0.0.1:") || addrs[3] == addrs[0] {
+		t.Fatalf("ListenerAddrs %q", addrs)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o660 {
+		t.Fatalf("socket file %v, %v", info, err)
+	}
+	local := func(network, address, preface string) string {
+		conn, err := net.DialTimeout(network, address, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "%sGET /local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", preface)
+		got, _ := io.ReadAll(conn)
+		_, body, _ := strings.Cut(string(got), "\r\n\r\n")
+		return body
+	}
+	if got, want := local("unix", path, ""), "local=unix:"+path+" remote=unix:"; got != want {
+		t.Fatalf("over the socket file: %q, want %q", got, want)
+	}
+	got := local("unix", "@"+name, "PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n")
+	if want := "local=unix:@" + name + " remote=203.0.113.7:51234"; got != want {
+		t.Fatalf("over the abstract socket with PROXY: %q, want %q", got, want)
+	}
+	got = local("tcp", addrs[3], "")
+	if !strings.HasPrefix(got, "local="+addrs[3]+" remote=127.0.0.1:") {
+		t.Fatalf("over the second TCP port: %q", got)
+	}
+	m.stop()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the socket file outlived the stop: %v", err)
+	}
 }

@@ -136,15 +136,33 @@ func (r *Request) Headers() http.Header {
 	return h
 }
 
-// RemoteAddr is the client's address, "203.0.113.7:51234" or "[2001:db8::1]:51234"; "" when
-// it is unknown. With Prefork.ProxyProtocol, the client's address from the connection's PROXY
-// protocol header (the balancer's own address for a header that names no client, such as a
-// health check's).
+// RemoteAddr is the client's address, "203.0.113.7:51234" or "[2001:db8::1]:51234"; "unix:"
+// on a Unix-socket listener; "" when it is unknown. With PROXY protocol on for the listener,
+// the client's address from the connection's header, over a Unix socket too (the balancer's
+// own address for a header that names no client, such as a health check's).
 func (r *Request) RemoteAddr() string {
-	if r.x == nil || C.goprefork_peer(r.c, r.x) == 0 {
+	if r.x == nil {
 		return ""
 	}
+	if C.goprefork_peer(r.c, r.x) == 0 {
+		// No IP address: the library's text, "unix:" for a Unix socket's peer.
+		if C.goprefork_peer_text(r.c, r.x) == 0 {
+			return ""
+		}
+		return C.GoString(&r.x.peer_text[0])
+	}
 	return r.peerText()
+}
+
+// LocalAddr is the address of the listener that accepted the connection, as ListenerAddrs
+// writes it ("0.0.0.0:8080" for a listener on every interface, "unix:/run/app.sock"): which
+// of the server's listeners the request came in on.
+func (r *Request) LocalAddr() string {
+	var buf [C.PREFORK_ADDR_STRLEN]C.char
+	if C.prefork_request_local_addr(r.c, &buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
+		return ""
+	}
+	return C.GoString(&buf[0])
 }
 
 // peerText is the text of the address in r.x (peer_ok set): for IPv4 formatted here, else the
