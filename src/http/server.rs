@@ -283,6 +283,9 @@ pub(crate) fn run(
 }
 
 impl Server<'_> {
+    // Out of line, as before several listeners: inlined into its caller the loop measured
+    // 4 instructions a request more (bench/instructions, 1 connection, depth 1).
+    #[inline(never)]
     fn run(&mut self, ctl: &mut ServeControl<'_>) -> Result<(), Error> {
         let mut events = Events::with_capacity(1024);
         if crate::control::stop_requested() {
@@ -309,12 +312,6 @@ impl Server<'_> {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    Token(t) if t >= FIRST_LISTENER => {
-                        if let Some(l) = self.listeners.get_mut(t - FIRST_LISTENER) {
-                            l.ready = true;
-                            self.listener_ready = true;
-                        }
-                    }
                     WAKE => {
                         if let Some(byte) = self.read_wake() {
                             self.start_drain(byte == crate::control::WAKE_STOP_NOW);
@@ -331,7 +328,9 @@ impl Server<'_> {
                     // failed); finished handler threads are collected every turn.
                     WAKER => self.collect_deferred(),
                     Token(t) => {
-                        let idx = t - FIRST_CONN;
+                        // A listener's token is far past every connection's: the lookup
+                        // misses, and the connections' path pays no test for listeners.
+                        let idx = t.wrapping_sub(FIRST_CONN);
                         if let Some(Some(c)) = self.conns.get_mut(idx) {
                             let hup = ev.is_read_closed() || ev.is_error();
                             let s = &mut c.sock;
@@ -342,6 +341,8 @@ impl Server<'_> {
                             if hup {
                                 self.drop_if_left(idx);
                             }
+                        } else if t >= FIRST_LISTENER {
+                            self.listener_event(t - FIRST_LISTENER);
                         }
                     }
                 }
@@ -468,6 +469,14 @@ impl Server<'_> {
                     return;
                 }
             }
+        }
+    }
+
+    #[cold]
+    fn listener_event(&mut self, at: usize) {
+        if let Some(l) = self.listeners.get_mut(at) {
+            l.ready = true;
+            self.listener_ready = true;
         }
     }
 
