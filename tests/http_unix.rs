@@ -148,7 +148,7 @@ fn serve_over_every_kind(dir: &std::path::Path) {
     assert_eq!(local, tcp_addr.to_string());
     assert!(peer.starts_with("127.0.0.1:"), "{peer}");
     let at = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-    let mut abs = UnixStream::connect_addr(&at).unwrap();
+    let abs = UnixStream::connect_addr(&at).unwrap();
     abs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let raw = exchange(
         abs,

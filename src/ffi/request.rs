@@ -164,24 +164,44 @@ pub unsafe extern "C" fn prefork_request_peer_addr(
     cap: usize,
 ) -> prefork_result {
     ffi_boundary!({
-        let req = unsafe { request(req) }?;
-        if buf.is_null() {
-            return Err(FfiError::null("buf"));
+        unsafe {
+            write_request_addr(req, buf, cap, "peer address", |req, buf, cap| {
+                match (req.peer_addr(), req.local_addr()) {
+                    (Some(peer), _) => write_addr(peer, buf, cap).map(Some),
+                    (None, Some(local)) if local.is_unix() => {
+                        write_text(format_args!("{UNIX_PREFIX}"), buf, cap).map(Some)
+                    }
+                    (None, _) => Ok(None),
+                }
+            })
         }
-        match (req.peer_addr(), req.local_addr()) {
-            (Some(peer), _) => unsafe { write_addr(peer, buf, cap) }?,
-            (None, Some(local)) if local.is_unix() => {
-                unsafe { write_text(format_args!("{UNIX_PREFIX}"), buf, cap) }?
-            }
-            (None, _) => {
-                return Err(FfiError::new(
-                    prefork_result::PREFORK_ERR_IO,
-                    "the peer address of this connection is unknown",
-                ));
-            }
-        }
-        Ok(prefork_result::PREFORK_OK)
     })
+}
+
+/// The frame of the accessors that write one of the request's addresses as text: `write`
+/// writes it into `buf`, or answers `None` when the request has none (`what`, for the error).
+///
+/// # Safety
+/// As the accessors': `req` NULL or the `handle` callback's; `buf` NULL or `cap` writable
+/// bytes.
+unsafe fn write_request_addr(
+    req: *const prefork_request,
+    buf: *mut c_char,
+    cap: usize,
+    what: &str,
+    write: impl FnOnce(&Request<'_>, *mut c_char, usize) -> Result<Option<()>, FfiError>,
+) -> Result<prefork_result, FfiError> {
+    let req = unsafe { request(req) }?;
+    if buf.is_null() {
+        return Err(FfiError::null("buf"));
+    }
+    match write(req, buf, cap)? {
+        Some(()) => Ok(prefork_result::PREFORK_OK),
+        None => Err(FfiError::new(
+            prefork_result::PREFORK_ERR_IO,
+            format!("the {what} of this connection is unknown"),
+        )),
+    }
 }
 
 /// Writes the address of the listener that accepted the request's connection as
@@ -198,18 +218,14 @@ pub unsafe extern "C" fn prefork_request_local_addr(
     cap: usize,
 ) -> prefork_result {
     ffi_boundary!({
-        let req = unsafe { request(req) }?;
-        if buf.is_null() {
-            return Err(FfiError::null("buf"));
+        unsafe {
+            write_request_addr(req, buf, cap, "listener", |req, buf, cap| {
+                match req.local_addr() {
+                    Some(local) => write_text(format_args!("{local}"), buf, cap).map(Some),
+                    None => Ok(None),
+                }
+            })
         }
-        let Some(local) = req.local_addr() else {
-            return Err(FfiError::new(
-                prefork_result::PREFORK_ERR_IO,
-                "the listener of this connection is unknown",
-            ));
-        };
-        unsafe { write_text(format_args!("{local}"), buf, cap) }?;
-        Ok(prefork_result::PREFORK_OK)
     })
 }
 

@@ -32,17 +32,9 @@ pub fn serve_for_tests(
     grace_period: Duration,
     log: &dyn Logger,
 ) -> Result<(), Error> {
-    cfg.validate()?;
-    let ctl = ServeControl {
-        wake_fd: stop_fd,
-        lifeline_fd,
-        on_master_death,
-        grace_period,
-        tls: None,
-        beat: None,
-    };
     let listening = Listening::new(listener.into(), cfg.proxy_protocol)?;
-    super::serve(vec![listening], handler, cfg, ctl, log)
+    let ctl = (stop_fd, lifeline_fd, on_master_death, grace_period);
+    serve_listening(vec![listening], handler, cfg, ctl, log)
 }
 
 /// As [`serve_for_tests`] for several listeners (TCP or Unix), each with its PROXY protocol
@@ -56,19 +48,42 @@ pub fn serve_many_for_tests(
     grace_period: Duration,
     log: &dyn Logger,
 ) -> Result<(), Error> {
-    cfg.validate()?;
-    let ctl = ServeControl {
-        wake_fd: stop_fd,
-        lifeline_fd: None,
-        on_master_death: None,
-        grace_period,
-        tls: None,
-        beat: None,
-    };
     let listening = listeners
         .into_iter()
         .map(|(fd, proxy)| Listening::new(fd, proxy))
         .collect::<Result<_, _>>()?;
+    serve_listening(
+        listening,
+        handler,
+        cfg,
+        (stop_fd, None, None, grace_period),
+        log,
+    )
+}
+
+type TestControl<'a> = (
+    RawFd,
+    Option<RawFd>,
+    Option<&'a mut (dyn FnMut() + Send)>,
+    Duration,
+);
+
+fn serve_listening(
+    listening: Vec<Listening>,
+    handler: &Arc<dyn Handler>,
+    cfg: &HttpConfig,
+    (wake_fd, lifeline_fd, on_master_death, grace_period): TestControl<'_>,
+    log: &dyn Logger,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let ctl = ServeControl {
+        wake_fd,
+        lifeline_fd,
+        on_master_death,
+        grace_period,
+        tls: None,
+        beat: None,
+    };
     super::serve(listening, handler, cfg, ctl, log)
 }
 

@@ -963,13 +963,19 @@ def peer_via(port, preface, source=None):
             s.bind((source, 0))
         s.connect(("127.0.0.1", port))
         s.sendall(preface + b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except ConnectionResetError:
-            pass
-        return out
+        return read_to_close(s)
+
+
+def read_to_close(s):
+    """Every byte until the server closes (b"" when it closed without a reply, which unread
+    input may turn into a reset)."""
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
 
 
 def body_of(raw):
@@ -1413,17 +1419,10 @@ def connect_addr(addr, timeout=10):
 
 
 def exchange_at(addr, data, timeout=10):
-    """Sends `data` to `addr` and returns every byte until the server closes (b"" when it
-    closed without a reply, which unread input may turn into a reset)."""
+    """Sends `data` to `addr` and returns what `read_to_close` reads."""
     with connect_addr(addr, timeout) as s:
         s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except ConnectionResetError:
-            pass
-        return out
+        return read_to_close(s)
 
 
 def bodies_of(raw):
