@@ -694,3 +694,94 @@ fn stats_and_control_calls_outside_a_server() {
         assert!(!prefork_scale_children(1));
     }
 }
+
+#[test]
+fn add_listener_checks_its_address_and_options() {
+    use prefork_result::*;
+    let frees = AtomicUsize::new(0);
+    let mut p = ptr::null_mut();
+    let size = std::mem::size_of::<prefork_listener_options>();
+    let opts = |proxy_protocol, unix_mode| prefork_listener_options {
+        proxy_protocol,
+        unix_mode,
+    };
+    unsafe {
+        assert_eq!(prefork_new(&handler(&frees), &mut p), PREFORK_OK);
+        let add = |addr: &CStr, o: Option<&prefork_listener_options>, size| {
+            let o = o.map_or(ptr::null(), |o| o as *const _);
+            prefork_add_listener_sized(p, addr.as_ptr(), o, size)
+        };
+        // NULL options are the defaults; every kind of address is taken.
+        for addr in [c"127.0.0.1:0", c"unix:@x", c"unix:/tmp/x.sock", c"systemd"] {
+            assert_eq!(add(addr, None, 0), PREFORK_OK, "{addr:?}: {}", last_error());
+        }
+        let on = opts(PREFORK_LISTENER_PROXY_ON, 0o660);
+        assert_eq!(add(c"unix:/tmp/y.sock", Some(&on), size), PREFORK_OK);
+        let cases = [
+            (
+                c"unix:",
+                opts(0, 0),
+                size,
+                "a Unix socket path is 1 to 107 bytes",
+            ),
+            (
+                c"unix:@",
+                opts(0, 0),
+                size,
+                "an abstract name is 1 to 107 bytes",
+            ),
+            (
+                c"127.0.0.1:0",
+                opts(0, 0o600),
+                size,
+                "unix_mode applies to a unix:/path",
+            ),
+            (
+                c"unix:/tmp/z",
+                opts(0, 0o1777),
+                size,
+                "is not permission bits",
+            ),
+            (
+                c"127.0.0.1:0",
+                opts(3, 0),
+                size,
+                "no PREFORK_LISTENER_PROXY_* value",
+            ),
+            (
+                c"127.0.0.1:0",
+                opts(0, 0),
+                4,
+                "is not the size of a prefork_listener_options",
+            ),
+        ];
+        for (addr, o, size, needle) in cases {
+            assert_eq!(
+                add(addr, Some(&o), size),
+                PREFORK_ERR_INVALID_ARGUMENT,
+                "{addr:?}"
+            );
+            assert!(last_error().contains(needle), "{addr:?}: {}", last_error());
+        }
+        assert_eq!(
+            prefork_add_listener_sized(p, ptr::null(), ptr::null(), 0),
+            PREFORK_ERR_NULL
+        );
+        assert_eq!(
+            prefork_add_listener_sized(ptr::null_mut(), c"x:1".as_ptr(), ptr::null(), 0),
+            PREFORK_ERR_NULL
+        );
+        prefork_free(p);
+        // Nothing is served in this process: no listener to report.
+        assert_eq!(prefork_listener_count(), 0);
+        let mut buf = [0 as std::ffi::c_char; PREFORK_ADDR_STRLEN];
+        assert_eq!(
+            prefork_listener_addr(0, buf.as_mut_ptr(), buf.len()),
+            PREFORK_ERR_STATE
+        );
+        assert_eq!(
+            prefork_listener_addr(0, ptr::null_mut(), 0),
+            PREFORK_ERR_NULL
+        );
+    }
+}

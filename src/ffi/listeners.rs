@@ -62,8 +62,8 @@ fn options(c: &prefork_listener_options) -> Result<ListenerOptions, FfiError> {
 
 /// Adds a listener to the handle `p`: every child serves it, with the address given to
 /// `prefork_listen_and_serve` (which comes first, and may then be "") and the listeners added
-/// before it, in that order. C and C++ call it through the `prefork_add_listener(p, addr,
-/// opts)` macro, which passes `sizeof(prefork_listener_options)`; Go, Zig and other FFIs call
+/// before it, in that order. C and C++ call it through the `prefork_add_listener` macro
+/// (with `p`, `addr` and `opts`), which passes `sizeof(prefork_listener_options)`; Go, Zig and other FFIs call
 /// it with the size of their struct. `opts` may be NULL: every option at its default.
 ///
 /// `addr` (NUL-terminated) is one of:

@@ -65,6 +65,7 @@ pub use error::*;
 pub use handle::*;
 pub use handler::*;
 pub use hooks::*;
+pub use listeners::*;
 pub use log::*;
 pub use options::*;
 pub use request::*;

@@ -334,3 +334,20 @@ pub fn proxy_protocol_per_listener_over_a_unix_socket() -> Outcome {
     );
     stop_cleanly(&mut m)
 }
+
+/// Serve mode hands the application one TCP listener: added listeners are refused before
+/// anything is bound or started.
+pub fn serve_mode_refuses_added_listeners() -> Outcome {
+    let mut m = Master::start(&[
+        ("PF_CHILDREN", "1"),
+        ("PF_SERVE", "start"),
+        ("PF_LISTENERS", "127.0.0.1:0"),
+    ]);
+    let result = m.failure()?;
+    ensure!(
+        result.starts_with("result err InvalidState ") && result.contains("serve mode serves one"),
+        "got {result:?}"
+    );
+    ensure!(m.all_children().is_empty(), "children were started");
+    Ok(())
+}

@@ -20,9 +20,9 @@ use harness::{
 
 use listeners::{
     live_socket_file_is_refused, proxy_protocol_per_listener_over_a_unix_socket,
-    several_listeners_served_by_every_child, several_listeners_served_by_every_child_reuseport,
-    stale_socket_file_is_replaced, upgrade_carries_every_listener,
-    upgrade_carries_every_listener_reuseport,
+    serve_mode_refuses_added_listeners, several_listeners_served_by_every_child,
+    several_listeners_served_by_every_child_reuseport, stale_socket_file_is_replaced,
+    upgrade_carries_every_listener, upgrade_carries_every_listener_reuseport,
 };
 
 type Test = fn() -> Outcome;
@@ -108,6 +108,7 @@ fn main() {
         upgrade_carries_every_listener,
         upgrade_carries_every_listener_reuseport,
         proxy_protocol_per_listener_over_a_unix_socket,
+        serve_mode_refuses_added_listeners,
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
