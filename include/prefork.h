@@ -1187,6 +1187,10 @@ enum prefork_result prefork_set_proxy_timeout_ms(struct prefork *p, uint64_t ms)
  *   `LISTEN_FDNAMES`, which the log shows). Variables that are missing, not numbers, meant
  *   for another pid, or descriptors that are not listening stream sockets are an error
  *   (PREFORK_ERR_BIND) when serving starts. The variables never reach the children.
+ *   Without a "systemd" listener, a socket passed that way serves the listener of its
+ *   address instead of a bind (so a socket unit and the program may name the same port, and
+ *   a new master started with the variables takes the sockets over); one that matches no
+ *   listener is logged and closed.
  *
  * With `prefork_set_reuseport` each child gets its own SO_REUSEPORT socket of every TCP
  * listener the master binds; Unix sockets and systemd's are shared by all children. TLS

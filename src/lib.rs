@@ -216,7 +216,9 @@ impl Prefork {
     /// socket file `unix:/path` (a stale file from a crashed run, one nobody answers on, is
     /// replaced; one that answers is an error; this master removes the file when it stops), an
     /// abstract Unix socket `unix:@name`, or `systemd`, every socket systemd passed (socket
-    /// activation: `LISTEN_FDS` and `LISTEN_PID`; an error when they are not this process's).
+    /// activation: `LISTEN_FDS` and `LISTEN_PID`; an error when they are not this process's;
+    /// without a `systemd` listener, a passed socket serves the listener of its address
+    /// instead of a bind).
     /// Checked at once for its form; bound when serving starts. Reuseport mode binds a TCP
     /// listener once per child slot; Unix sockets and systemd's are shared by every child.
     pub fn add_listener(&mut self, addr: &str, options: ListenerOptions) -> Result<(), Error> {

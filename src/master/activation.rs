@@ -13,11 +13,20 @@
 //! child or a new master of an upgrade (every command the master builds removes them; the
 //! process's own environment is left alone, as changing it is not thread-safe), and the
 //! descriptors are moved above those the children receive and made close-on-exec.
+//!
+//! Without `systemd` among the listeners, sockets passed to this process are still taken, by
+//! address: a listener whose address is a passed socket's serves that socket instead of
+//! binding (as nginx adopts the sockets it inherits), so a socket unit and the program's
+//! options may name the same port, and a new master started with `LISTEN_FDS` takes over
+//! the sockets. Variables that are not for this process are then ignored, as
+//! `sd_listen_fds` ignores them.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use super::bind::{above_child_fds, is_listening};
 use crate::error::{Error, ErrorKind};
+use crate::listen::ListenAddr;
+use crate::log::{Level, Logger};
 
 /// `SD_LISTEN_FDS_START`.
 const FIRST: RawFd = 3;
@@ -27,6 +36,8 @@ pub(crate) const ENV: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]
 /// One socket the service manager passed.
 pub(crate) struct Passed {
     pub fd: OwnedFd,
+    /// Where it listens.
+    pub addr: ListenAddr,
     /// Its `LISTEN_FDNAMES` entry, or systemd's default, "unknown".
     pub name: String,
 }
@@ -56,14 +67,40 @@ pub(crate) fn take() -> Result<Vec<Passed>, Error> {
             // SAFETY: the service manager passed this listening socket (checked above) to
             // this process to own; nothing else in it knows the number.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let addr = ListenAddr::of(&owned)
+                .ok_or_else(|| bad(format!("cannot read the address of descriptor {fd}")))?;
             // The copy is close-on-exec and above the children's descriptors; the original
             // closes when `owned` drops.
             Ok(Passed {
                 fd: above_child_fds(owned)?,
+                addr,
                 name,
             })
         })
         .collect()
+}
+
+/// The sockets passed to this process when no listener is `systemd`: none when the variables
+/// are missing or meant for another process; malformed ones are logged and ignored.
+pub(crate) fn offered(log: &dyn Logger) -> Vec<Passed> {
+    let var = |name: &str| std::env::var(name).ok();
+    let for_us = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    if !for_us || var("LISTEN_FDS").is_none() {
+        return Vec::new();
+    }
+    take().unwrap_or_else(|e| {
+        log.log(
+            Level::Warn,
+            &format!("{}; ignoring the passed sockets", e.message()),
+        );
+        Vec::new()
+    })
+}
+
+/// The passed socket listening on `addr`, taken out of `offered`.
+pub(crate) fn take_for(offered: &mut Vec<Passed>, addr: &ListenAddr) -> Option<Passed> {
+    let at = offered.iter().position(|p| &p.addr == addr)?;
+    Some(offered.remove(at))
 }
 
 fn bad(why: String) -> Error {

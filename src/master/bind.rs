@@ -18,6 +18,7 @@ use crate::config::{Network, ProcessConfig};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::LIFELINE_FD;
 use crate::listen::{ListenAddr, ListenerSpec, Target};
+use crate::log::{Level, Logger};
 
 /// One listener of the master: the address it is bound to and the sockets the children get.
 pub(crate) struct Listener {
@@ -53,6 +54,13 @@ impl Listener {
     pub fn adopted(addr: ListenAddr, proxy: bool, per_slot: bool) -> Listener {
         let mut l = Listener::new(addr, proxy, Vec::new());
         l.per_slot = per_slot;
+        l
+    }
+
+    /// A socket the service manager passed (shared by every child, never unlinked).
+    fn passed(p: activation::Passed, proxy: bool) -> Listener {
+        let mut l = Listener::new(p.addr, proxy, vec![p.fd]);
+        l.name = Some(p.name);
         l
     }
 
@@ -108,6 +116,7 @@ pub(crate) fn bind_all(
     proxy: bool,
     cfg: &ProcessConfig,
     count: usize,
+    log: &dyn Logger,
 ) -> Result<Vec<Listener>, Error> {
     if specs.is_empty() {
         return Err(Error::new(
@@ -117,45 +126,91 @@ pub(crate) fn bind_all(
     }
     let mut out: Vec<Listener> = Vec::new();
     let mut systemd_seen = false;
+    // `systemd` takes every passed socket; without it they go to the listeners of their
+    // address (see `activation`).
+    let mut offered = match specs.iter().any(|s| s.addr == crate::listen::SYSTEMD) {
+        true => Vec::new(),
+        false => activation::offered(log),
+    };
     for spec in specs {
         let proxy = spec.options.proxy_protocol.unwrap_or(proxy);
-        match spec.check()? {
-            Target::Tcp(text) => {
-                let addr = resolve(&text, cfg.network)?;
-                let (fds, bound) = listeners(addr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
-                let mut l = Listener::new(ListenAddr::Tcp(bound), proxy, fds);
-                l.per_slot = cfg.reuseport;
-                out.push(l);
-            }
-            Target::Unix(path) => {
-                let (fd, ino) = bind_unix_file(&path, spec.options.unix_mode, cfg.backlog)?;
-                let mut l = Listener::new(ListenAddr::Unix(path.clone()), proxy, vec![fd]);
-                l.unlink = Some((path, ino));
-                out.push(l);
-            }
-            Target::Abstract(name) => {
-                let fd = bind_abstract(&name, cfg.backlog)?;
-                out.push(Listener::new(ListenAddr::Abstract(name), proxy, vec![fd]));
-            }
-            Target::Systemd => {
-                if std::mem::replace(&mut systemd_seen, true) {
-                    return Err(Error::invalid(
-                        "the address systemd is given twice: it already serves every socket \
-                         systemd passes",
-                    ));
-                }
-                for passed in activation::take()? {
-                    let addr = ListenAddr::of(&passed.fd).ok_or_else(|| {
-                        Error::new(ErrorKind::Bind, "cannot read a passed socket's address")
-                    })?;
-                    let mut l = Listener::new(addr, proxy, vec![passed.fd]);
-                    l.name = Some(passed.name);
-                    out.push(l);
-                }
-            }
+        // What to listen on, resolved; `None` for `systemd`.
+        let wanted = match spec.check()? {
+            Target::Tcp(text) => Some(ListenAddr::Tcp(resolve(&text, cfg.network)?)),
+            Target::Unix(path) => Some(ListenAddr::Unix(path)),
+            Target::Abstract(name) => Some(ListenAddr::Abstract(name)),
+            Target::Systemd => None,
+        };
+        if let Some(passed) = wanted
+            .as_ref()
+            .and_then(|a| activation::take_for(&mut offered, a))
+        {
+            out.push(Listener::passed(passed, proxy));
+            continue;
         }
+        let mode = spec.options.unix_mode;
+        out.extend(bind_addr(
+            wanted,
+            mode,
+            proxy,
+            cfg,
+            count,
+            &mut systemd_seen,
+        )?);
+    }
+    for unused in offered {
+        log.log(
+            Level::Warn,
+            &format!(
+                "socket activation: the passed socket {} ({:?}) matches no listener; closed",
+                unused.addr, unused.name
+            ),
+        );
     }
     Ok(out)
+}
+
+/// Binds one listener address (`None`: every socket systemd passed, once only).
+fn bind_addr(
+    wanted: Option<ListenAddr>,
+    unix_mode: Option<u32>,
+    proxy: bool,
+    cfg: &ProcessConfig,
+    count: usize,
+    systemd_seen: &mut bool,
+) -> Result<Vec<Listener>, Error> {
+    let l = match wanted {
+        Some(ListenAddr::Tcp(addr)) => {
+            let (fds, at) = listeners(addr, cfg.network, cfg.backlog, cfg.reuseport, count)?;
+            let mut l = Listener::new(ListenAddr::Tcp(at), proxy, fds);
+            l.per_slot = cfg.reuseport;
+            l
+        }
+        Some(ListenAddr::Unix(path)) => {
+            let (fd, ino) = bind_unix_file(&path, unix_mode, cfg.backlog)?;
+            let mut l = Listener::new(ListenAddr::Unix(path.clone()), proxy, vec![fd]);
+            l.unlink = Some((path, ino));
+            l
+        }
+        Some(ListenAddr::Abstract(name)) => {
+            let fd = bind_abstract(&name, cfg.backlog)?;
+            Listener::new(ListenAddr::Abstract(name), proxy, vec![fd])
+        }
+        None => {
+            if std::mem::replace(systemd_seen, true) {
+                return Err(Error::invalid(
+                    "the address systemd is given twice: it already serves every socket \
+                     systemd passes",
+                ));
+            }
+            let passed = activation::take()?;
+            return Ok(passed
+                .into_iter()
+                .map(|p| Listener::passed(p, proxy))
+                .collect());
+        }
+    };
+    Ok(vec![l])
 }
 
 /// Resolves `host:port` for the network. An empty host (`:8080`) means every interface.

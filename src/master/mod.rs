@@ -68,7 +68,11 @@ pub(crate) fn run(
     let proxy = config.http.proxy_protocol;
     let (listeners, ready_pipe, inherited_files) = match upgrade::inherited(proxy, cfg, count)? {
         Some(old) => (old.listeners, old.ready, old.files),
-        None => (bind::bind_all(specs, proxy, cfg, count)?, None, Vec::new()),
+        None => (
+            bind::bind_all(specs, proxy, cfg, count, log)?,
+            None,
+            Vec::new(),
+        ),
     };
     crate::set_listener_addrs(listeners.iter().map(|l| l.addr.clone()).collect());
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;

@@ -1539,18 +1539,22 @@ def demo_listeners(prog):
         assert_nothing_left()
 
 
-def activate(prog, d, extra):
-    """demo_server --addr systemd under systemd-socket-activate with a TCP port and a socket
-    file; returns (server, tcp address, unix address). systemd-socket-activate execs the
-    program on the first connection: the master's pid is its pid."""
+def activate(prog, d, extra, addrs=None):
+    """demo_server under systemd-socket-activate with a TCP port and a socket file, with
+    --addr systemd or (`addrs`) the addresses the passed sockets have; returns (server, tcp
+    address, unix address). systemd-socket-activate execs the program on the first
+    connection: the master's pid is its pid."""
     port = free_port()
     path = os.path.join(d, "activated.sock")
+    tcp = f"127.0.0.1:{port}"
     tool = shutil.which("systemd-socket-activate")
-    srv = Server([tool, "-l", f"127.0.0.1:{port}", "-l", path, "--fdname=web:admin",
-                  prog, "--addr", "systemd", *extra], stderr=subprocess.PIPE)
+    listen = ["--addr", "systemd"]
+    if addrs is not None:
+        listen = [a for addr in addrs(tcp, f"unix:{path}") for a in ["--addr", addr]]
+    srv = Server([tool, "-l", tcp, "-l", path, "--fdname=web:admin", prog, *listen, *extra],
+                 stderr=subprocess.PIPE)
     threading.Thread(target=lambda: [print(f"  ! {l.rstrip()}", flush=True)
                                      for l in srv.proc.stderr], daemon=True).start()
-    tcp = f"127.0.0.1:{port}"
     wait_until(lambda: os.path.exists(path), 20, "systemd-socket-activate to listen")
     return srv, tcp, f"unix:{path}"
 
@@ -1591,6 +1595,21 @@ def demo_systemd(prog):
             check(pids >= set(fresh), f"served by {pids}, children {fresh}")
             srv.stop()
             check(os.path.exists(unix[5:]), "the master removed systemd's socket file")
+        finally:
+            srv.kill()
+        # Without "systemd" the passed sockets serve the listeners of their address instead
+        # of a bind (which would find them taken), here the TCP one only: the socket file,
+        # which matches no --addr, is closed and the abstract name bound.
+        os.unlink(unix[5:])
+        name = f"prefork-e2e-sa-{os.getpid()}"
+        srv, tcp, unix = activate(prog, d, ["--children", "1"],
+                                  lambda tcp, unix: [tcp, f"unix:@{name}"])
+        try:
+            check(get_at(tcp, "/local") == [tcp], "the first connection over the adopted port")
+            srv.ready()
+            check(listeners_line(srv) == [tcp, f"unix:@{name}"], f"listeners {srv.seen}")
+            check(get_at(f"unix:@{name}", "/local") == [f"unix:@{name}"], "the abstract socket")
+            srv.stop()
         finally:
             srv.kill()
     assert_nothing_left()
