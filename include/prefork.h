@@ -1434,7 +1434,8 @@ enum prefork_result prefork_request_local_addr(const struct prefork_request *req
  * header (the socket's peer, which is the balancer, for a header that names none). For
  * callers that compare or format the address themselves, such as a binding that keeps the
  * text of the last one (a keep-alive connection asks again for every request). Returns
- * PREFORK_OK; PREFORK_ERR_IO when the address is unknown; PREFORK_ERR_NULL for a NULL
+ * PREFORK_OK; PREFORK_ERR_IO when the address is unknown or no IP address (a connection of a
+ * Unix-socket listener without a PROXY header naming a client); PREFORK_ERR_NULL for a NULL
  * argument. The outputs are written only on success. Call it during `handle`.
  */
 enum prefork_result prefork_request_peer_ip(const struct prefork_request *req,

@@ -158,6 +158,29 @@ fn serve_several(reuseport: bool) -> Outcome {
             "on {addr} only {seen:?} of {kids:?} answered"
         );
     }
+    if reuseport {
+        // A slot added while serving gets its own socket of each TCP listener, and the
+        // shared Unix ones.
+        m.signal(libc::SIGTTIN);
+        let all = crate::wait_children(&m, 3, 10 * SEC)?;
+        let added = *all
+            .iter()
+            .find(|p| !kids.contains(p))
+            .ok_or("no new child")?;
+        let fds: Vec<String> = (3..7)
+            .map(|fd| socket_at(added, fd))
+            .collect::<Result<_, _>>()?;
+        for (i, addr) in addrs.iter().enumerate() {
+            let tcp = i < 2;
+            ensure!(
+                (fds[i] == sockets[0][i]) != tcp && (fds[i] == sockets[1][i]) != tcp,
+                "the added child's socket of {addr} is {}, the others' {} and {}",
+                fds[i],
+                sockets[0][i],
+                sockets[1][i]
+            );
+        }
+    }
     stop_cleanly(&mut m)?;
     ensure!(
         !file.exists(),
