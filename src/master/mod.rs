@@ -15,6 +15,7 @@
 
 mod bind;
 mod hook;
+mod orphans;
 mod recovery;
 mod recycle;
 mod reload;
@@ -82,9 +83,13 @@ pub(crate) fn run(
     };
     crate::set_local_addr(Some(sockaddr));
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
+    let adopts_orphans = orphans::adopted();
     let _signals = if cfg.handle_signals {
+        let role = Role::Master {
+            wake_on_child_exit: adopts_orphans,
+        };
         Some(
-            SignalGuard::install(Role::Master)
+            SignalGuard::install(role)
                 .map_err(|e| Error::io(ErrorKind::Io, "install signal handlers", e))?,
         )
     } else {
@@ -122,6 +127,12 @@ pub(crate) fn run(
     );
     if let Some(confined) = confinement.describe() {
         log.log(Level::Info, &confined);
+    }
+    if adopts_orphans {
+        log.log(
+            Level::Info,
+            "orphans are re-parented to the master (PID 1 or a subreaper): it reaps them",
+        );
     }
     let notify = crate::notify::Notifier::from_env()
         .inspect_err(|e| log.log(Level::Warn, &format!("not notifying systemd: {e}")))
@@ -161,6 +172,7 @@ pub(crate) fn run(
         recycle_retry: None,
         recycle_backoff: recycle::FIRST_RETRY,
         stop_now_seen: false,
+        adopts_orphans,
         outcome: Ok(()),
     };
     let result = master.run();
@@ -198,8 +210,15 @@ enum State {
     /// startup timeout of one of them fails the reload, not the master.
     Reloading { generation: u64, since: Instant },
     /// The children were told to stop, with SIGTERM or (`forced`) SIGKILL; an exit is final.
-    /// At `deadline` the ones left are killed.
-    Stopping { deadline: Instant, forced: bool },
+    /// At `deadline` the ones left are killed. With a shutdown delay, `drain_at` is when the
+    /// SIGTERM comes: until then the children serve on, closing each connection after its
+    /// response; `stops` is the stop requests counted when the delay began (one more ends it).
+    Stopping {
+        deadline: Instant,
+        forced: bool,
+        drain_at: Option<Instant>,
+        stops: u32,
+    },
 }
 
 /// One input of the loop. Children are named by pid: a handled event may move or remove
@@ -277,6 +296,8 @@ struct Master<'a> {
     recycle_backoff: Duration,
     /// A second SIGINT's byte was read from the wake pipe before the stop began.
     stop_now_seen: bool,
+    /// Orphans are re-parented to this process (PID 1, or a subreaper): it reaps them.
+    adopts_orphans: bool,
     /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
     outcome: Result<(), Error>,
 }
@@ -404,9 +425,20 @@ impl Master<'_> {
                         self.fail(e);
                     }
                 }
-                State::Stopping { deadline, .. } => {
+                State::Stopping {
+                    deadline,
+                    drain_at,
+                    stops,
+                    ..
+                } => {
                     if self.live_pids().is_empty() {
                         break;
+                    }
+                    if let Some(at) = drain_at
+                        && (now >= at || control::stop_count() != stops)
+                    {
+                        self.end_shutdown_delay(now < at);
+                        continue;
                     }
                     if now >= deadline {
                         self.kill_stubborn();
@@ -423,7 +455,11 @@ impl Master<'_> {
                     self.fail(e);
                 }
             }
+            if let Err(e) = self.reap_orphans() {
+                self.fail(e);
+            }
         }
+        let _ = self.reap_orphans();
         std::mem::replace(&mut self.outcome, Ok(()))
     }
 
@@ -585,6 +621,10 @@ impl Master<'_> {
         if sweep {
             timeout = Some(timeout.map_or(SWEEP_PERIOD, |t| t.min(SWEEP_PERIOD)));
         }
+        if self.adopts_orphans {
+            let period = orphans::SWEEP_PERIOD;
+            timeout = Some(timeout.map_or(period, |t| t.min(period)));
+        }
         poll(&mut fds, timeout);
         let mut events: Vec<Event> = watched
             .into_iter()
@@ -596,6 +636,25 @@ impl Master<'_> {
             events.push(Event::Sweep);
         }
         events
+    }
+
+    /// Reaps the zombies of processes re-parented to the master (see `orphans`); the exit of a
+    /// child it tracks goes its own way, with its status, through `reap`.
+    fn reap_orphans(&mut self) -> Result<(), Error> {
+        if !self.adopts_orphans {
+            return Ok(());
+        }
+        while let Some(pid) = orphans::next_zombie() {
+            if self.locate(pid).is_some() {
+                self.reap(pid, false)?;
+            } else if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                self.upgrade_exit_event();
+            } else {
+                orphans::reap(pid);
+                self.log.log(Level::Debug, &format!("reaped orphan {pid}"));
+            }
+        }
+        Ok(())
     }
 
     /// Takes the ready byte (or EOF) from a child's lifeline.
@@ -774,8 +833,11 @@ impl Master<'_> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        if let State::Stopping { deadline, .. } = self.state {
-            return Some(deadline);
+        if let State::Stopping {
+            deadline, drain_at, ..
+        } = self.state
+        {
+            return Some(drain_at.map_or(deadline, |at| at.min(deadline)));
         }
         let respawns = self
             .slots
@@ -844,7 +906,9 @@ impl Master<'_> {
     }
 
     /// Enters `Stopping`: no more respawns nor reload, the listeners closed, SIGTERM to every
-    /// child (SIGKILL when `forced`), and the deadline after which the rest are killed.
+    /// child (SIGKILL when `forced`), and the deadline after which the rest are killed. With a
+    /// shutdown delay the SIGTERM waits for its end (`end_shutdown_delay`), and the children
+    /// are told to close each connection after its response meanwhile.
     fn begin_stop(&mut self, forced: bool) {
         for slot in &mut self.slots {
             slot.respawn = None;
@@ -859,7 +923,8 @@ impl Master<'_> {
         // While the master holds a listener the kernel completes handshakes on it that no child
         // will take, and resets them when the master finally closes it: closed first, the
         // children's descriptors are the last, and each child takes its queue before closing
-        // (http::server's close_listener), after which connecting is refused.
+        // (http::server's close_listener), after which connecting is refused. The children keep
+        // theirs open through a shutdown delay.
         self.listeners.clear();
         if self.upgrade.is_some() {
             self.fail_upgrade_for_stop();
@@ -868,30 +933,21 @@ impl Master<'_> {
             // After an upgrade the service goes on, in the new master.
             self.tell_systemd("STOPPING=1");
         }
-        let live = self.live_pids();
-        if !live.is_empty() {
+        let delay = self.shutdown_delay(forced);
+        let now = Instant::now();
+        if delay.is_zero() {
+            self.tell_children_to_stop(forced);
+        } else {
             self.log.log(
                 Level::Info,
                 &format!(
-                    "stopping {} children{}",
-                    live.len(),
-                    if forced { " at once" } else { " gracefully" }
+                    "stopping: the children serve on for the {delay:?} shutdown delay, closing \
+                     every connection after its response, then drain"
                 ),
             );
-            if !forced {
-                // Tells each child that this SIGTERM is the master's (see child::lifeline).
-                for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
-                    lifeline::announce_stop(fd.as_raw_fd());
-                }
+            for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
+                lifeline::announce_closing(fd.as_raw_fd());
             }
-            signal_all(
-                &live,
-                if forced {
-                    Signal::SIGKILL
-                } else {
-                    Signal::SIGTERM
-                },
-            );
         }
         let grace = if forced {
             Duration::ZERO
@@ -899,8 +955,69 @@ impl Master<'_> {
             self.cfg.grace_period
         };
         self.state = State::Stopping {
-            deadline: Instant::now() + grace,
+            deadline: now + delay + grace,
             forced,
+            drain_at: (!delay.is_zero()).then_some(now + delay),
+            stops: control::stop_count(),
+        };
+    }
+
+    /// The shutdown delay of this stop: the configured one for a graceful stop that was asked
+    /// for. None after a binary upgrade (the new master serves the same sockets, a balancer
+    /// sees no change) or a failure (the stop is the failure's consequence, not a plan).
+    fn shutdown_delay(&self, forced: bool) -> Duration {
+        if forced || self.handed_over || self.outcome.is_err() || self.live_pids().is_empty() {
+            return Duration::ZERO;
+        }
+        self.cfg.shutdown_delay
+    }
+
+    /// The stop's SIGTERM (SIGKILL when `forced`) to every child, the graceful one announced on
+    /// the lifelines.
+    fn tell_children_to_stop(&mut self, forced: bool) {
+        let live = self.live_pids();
+        if live.is_empty() {
+            return;
+        }
+        self.log.log(
+            Level::Info,
+            &format!(
+                "stopping {} children{}",
+                live.len(),
+                if forced { " at once" } else { " gracefully" }
+            ),
+        );
+        if !forced {
+            // Tells each child that this SIGTERM is the master's (see child::lifeline).
+            for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
+                lifeline::announce_stop(fd.as_raw_fd());
+            }
+        }
+        signal_all(
+            &live,
+            if forced {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            },
+        );
+    }
+
+    /// The shutdown delay is over (`early`: a second stop request cut it short): the children
+    /// drain, within the grace period from now.
+    fn end_shutdown_delay(&mut self, early: bool) {
+        if early {
+            self.log.log(
+                Level::Info,
+                "a second stop request: the rest of the shutdown delay is skipped",
+            );
+        }
+        self.tell_children_to_stop(false);
+        self.state = State::Stopping {
+            deadline: Instant::now() + self.cfg.grace_period,
+            forced: false,
+            drain_at: None,
+            stops: control::stop_count(),
         };
     }
 
@@ -910,11 +1027,15 @@ impl Master<'_> {
         if let State::Stopping {
             deadline,
             forced: false,
+            stops,
+            ..
         } = self.state
         {
             self.state = State::Stopping {
                 deadline,
                 forced: true,
+                drain_at: None,
+                stops,
             };
             signal_all(&self.live_pids(), Signal::SIGKILL);
         }
