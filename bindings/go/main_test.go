@@ -48,6 +48,7 @@ const (
 	envTLSKey    = "GOTEST_PREFORK_TLS_KEY"   // ...and this key file
 	envTLSEmbed  = "GOTEST_PREFORK_TLS_EMBED" // "1": read them and use ListenAndServeTLSEmbed
 	envTLSExtra  = "GOTEST_PREFORK_TLS_EXTRA" // "CERT:KEY" added with AppendCert first
+	envDelayMS   = "GOTEST_PREFORK_DELAY_MS"  // ShutdownDelay, in milliseconds
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -92,6 +93,7 @@ func serve() int {
 	p.RecoverEveryExit = os.Getenv(envEveryExit) == "1"
 	p.ProxyProtocol = os.Getenv(envProxy) == "1"
 	p.ShutdownGracePeriod = 5 * time.Second
+	p.ShutdownDelay = time.Duration(envInt(envDelayMS, 0)) * time.Millisecond
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
 	p.OnChildExit = func(pid, code int, sig syscall.Signal) {
@@ -315,6 +317,8 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("const")
 	case "/remote":
 		resp.WriteString(req.RemoteAddr())
+	case "/stopping":
+		resp.WriteString(strconv.FormatBool(prefork.IsStopping()))
 	case "/counters":
 		// The child's allocations and Go-to-C calls so far: "MALLOCS CGOCALLS".
 		var ms runtime.MemStats
