@@ -1145,72 +1145,6 @@ def no_refusals(err):
     check("closed a connection" not in text, f"demo_server refused connections: {text}")
 
 
-def demo_haproxy(prog):
-    """A real HAProxy in front (send-proxy-v2 with a CRC32C, and health checks with the
-    header): /peer shows each client's real address and port."""
-    haproxy = ensure_installed("haproxy", ["haproxy"])
-    if haproxy is None:
-        sys.exit(SKIP)
-    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=20).stdout
-    print(f"  {version.splitlines()[0] if version else haproxy}", flush=True)
-    back, front = free_port(), free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = os.path.join(tmp, "admin.sock")
-        cfg = os.path.join(tmp, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    maxconn 200
-    stats socket {stats} mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 20s
-    timeout server 20s
-frontend fe
-    bind 127.0.0.1:{front}
-    default_backend be
-backend be
-    server demo 127.0.0.1:{back} send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 200ms rise 2 fall 1
-""")
-        r = subprocess.run([haproxy, "-c", "-f", cfg], capture_output=True, text=True, timeout=20)
-        check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
-        srv, err = proxied_demo(prog, back, tmp)
-        lb = None
-        try:
-            lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
-            lb.wait_port(front)
-
-            def server_state():
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(5)
-                    s.connect(stats)
-                    s.sendall(b"show servers state be\n")
-                    out = b""
-                    while chunk := s.recv(65536):
-                        out += chunk
-                return out.decode()
-
-            def up():
-                # Field 6 of a server line is srv_op_state: 2 = running (its checks pass).
-                rows = [l.split() for l in server_state().splitlines() if " demo " in l]
-                return bool(rows) and rows[0][5] == "2"
-
-            # The checks send the header too (a LOCAL one): the server must take them.
-            wait_until(up, 20, "HAProxy's health checks to mark the demo server up")
-            print("  HAProxy's checks (header included) mark the server up", flush=True)
-            through_balancer(front, ["127.0.0.2", "127.0.0.3"])
-            time.sleep(0.5)  # a few more checks
-            check(up(), f"the server went down: {server_state()}")
-            no_refusals(err)
-            lb.stop(signal.SIGTERM)
-            srv.stop()
-        finally:
-            if lb:
-                lb.stop(signal.SIGTERM)
-            srv.kill()
-        assert_nothing_left()
-
-
 def haproxy_servers(stats, backend):
     """HAProxy's `show servers state` for `backend`: {server name: srv_op_state} (2 = up)."""
     with socket.socket(socket.AF_UNIX) as s:
@@ -1222,6 +1156,71 @@ def haproxy_servers(stats, backend):
             out += chunk
     rows = [l.split() for l in out.decode().splitlines() if l and l[0].isdigit()]
     return {r[3]: int(r[5]) for r in rows if len(r) > 5}
+
+
+def haproxy_config(tmp, front, backend, defaults=""):
+    """Writes and checks (haproxy -c) a tcp-mode HAProxy configuration in `tmp` with a stats
+    socket, a frontend on `front` and the backend lines `backend` (`defaults`: more defaults
+    lines); returns (configuration path, stats socket path)."""
+    stats = os.path.join(tmp, "admin.sock")
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    maxconn 500
+    stats socket {stats} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 20s
+    timeout server 20s
+{defaults}frontend fe
+    bind 127.0.0.1:{front}
+    default_backend be
+backend be
+{backend}""")
+    r = subprocess.run([shutil.which("haproxy") or "/usr/sbin/haproxy", "-c", "-f", cfg],
+                       capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
+    return cfg, stats
+
+
+def demo_haproxy(prog):
+    """A real HAProxy in front (send-proxy-v2 with a CRC32C, and health checks with the
+    header): /peer shows each client's real address and port."""
+    haproxy = ensure_installed("haproxy", ["haproxy"])
+    if haproxy is None:
+        sys.exit(SKIP)
+    version = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=20).stdout
+    print(f"  {version.splitlines()[0] if version else haproxy}", flush=True)
+    back, front = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, stats = haproxy_config(tmp, front, f"    server demo 127.0.0.1:{back} send-proxy-v2 "
+                                    "proxy-v2-options crc32c check check-send-proxy inter 200ms "
+                                    "rise 2 fall 1\n")
+        srv, err = proxied_demo(prog, back, tmp)
+        lb = None
+        try:
+            lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
+            lb.wait_port(front)
+
+            def up():
+                # srv_op_state 2: running (its checks pass).
+                return haproxy_servers(stats, "be").get("demo") == 2
+
+            # The checks send the header too (a LOCAL one): the server must take them.
+            wait_until(up, 20, "HAProxy's health checks to mark the demo server up")
+            print("  HAProxy's checks (header included) mark the server up", flush=True)
+            through_balancer(front, ["127.0.0.2", "127.0.0.3"])
+            time.sleep(0.5)  # a few more checks
+            check(up(), f"the server went down: {haproxy_servers(stats, 'be')}")
+            no_refusals(err)
+            lb.stop(signal.SIGTERM)
+            srv.stop()
+        finally:
+            if lb:
+                lb.stop(signal.SIGTERM)
+            srv.kill()
+        assert_nothing_left()
 
 
 class SteadyClient:
@@ -1308,32 +1307,14 @@ def demo_rolling_restart(prog):
     ports = {"a": free_port(), "b": free_port()}
     front = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        stats = os.path.join(tmp, "admin.sock")
-        cfg = os.path.join(tmp, "haproxy.cfg")
         servers = "".join(
             f"    server {name} 127.0.0.1:{port} send-proxy-v2 check check-send-proxy "
             "inter 100ms fall 2 rise 2\n" for name, port in ports.items())
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    maxconn 500
-    stats socket {stats} mode 600 level admin
-defaults
-    mode tcp
-    retries 0
-    timeout connect 2s
-    timeout client 20s
-    timeout server 20s
-frontend fe
-    bind 127.0.0.1:{front}
-    default_backend be
-backend be
-    balance roundrobin
+        cfg, stats = haproxy_config(tmp, front, f"""    balance roundrobin
     option httpchk
     http-check send meth GET uri /health ver HTTP/1.1 hdr Host lb
     http-check expect status 200
-{servers}""")
-        r = subprocess.run([haproxy, "-c", "-f", cfg], capture_output=True, text=True, timeout=20)
-        check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
+{servers}""", defaults="    retries 0\n")
 
         def start(name):
             err = open(os.path.join(tmp, f"{name}.stderr"), "a+")

@@ -163,6 +163,32 @@ impl Master {
         Ok(master)
     }
 
+    /// After `start_as_pid1`: SIGTERM to the namespace's init (`master`), exit status 0 and
+    /// "result ok". The children died with their namespace's init; the pids they reported are
+    /// the namespace's, meaningless out here, so the leftover check forgets them.
+    pub fn stop_namespace_init(&mut self, master: i32) -> Outcome {
+        unsafe { libc::kill(master, libc::SIGTERM) };
+        let status = self.wait_exit(Duration::from_secs(10))?;
+        self.exited_ok(status)?;
+        self.seen.retain(|l| !l.starts_with("spawn "));
+        Ok(())
+    }
+
+    /// The master exited with status 0 after its "result ok" line.
+    pub fn exited_ok(&self, status: ExitStatus) -> Outcome {
+        ensure!(
+            status.code() == Some(0),
+            "master exit {status:?}; {}",
+            self.context()
+        );
+        ensure!(
+            self.seen.iter().any(|l| l == "result ok"),
+            "no result ok; {}",
+            self.context()
+        );
+        Ok(())
+    }
+
     pub fn pid(&self) -> i32 {
         self.proc.id() as i32
     }

@@ -139,16 +139,7 @@ pub(crate) fn measure(what: &str, d: Duration) {
 pub(crate) fn stop_cleanly(m: &mut Master) -> Outcome {
     m.signal(libc::SIGTERM);
     let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(0),
-        "master exit {status:?}; {}",
-        m.context()
-    );
-    ensure!(
-        m.seen.iter().any(|l| l == "result ok"),
-        "no result ok; {}",
-        m.context()
-    );
+    m.exited_ok(status)?;
     all_gone(&m.all_children(), 2 * SEC)?;
     Ok(())
 }
@@ -890,22 +881,7 @@ fn master_as_pid1_serves_respawns_and_stops() -> Outcome {
     let _ = get(port, "/exit");
     m.expect("recover ", 5 * SEC)?;
     get(port, "/").map_err(|e| e.to_string())?;
-    unsafe { libc::kill(master, libc::SIGTERM) };
-    let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(0),
-        "unshare exit {status:?}; {}",
-        m.context()
-    );
-    ensure!(
-        m.seen.iter().any(|l| l == "result ok"),
-        "no result ok; {}",
-        m.context()
-    );
-    // The children died with their namespace's init. The pids they reported are the
-    // namespace's, meaningless out here: keep the leftover check from probing them.
-    m.seen.retain(|l| !l.starts_with("spawn "));
-    Ok(())
+    m.stop_namespace_init(master)
 }
 
 fn dual_stack_listener_takes_both_families() -> Outcome {

@@ -131,16 +131,7 @@ pub fn shutdown_delay_serves_on_closing_each_connection() -> Outcome {
         stopped,
     );
     println!("    measure: {fresh} new connections answered during the delay");
-    ensure!(
-        status.code() == Some(0),
-        "master exit {status:?}; {}",
-        m.context()
-    );
-    ensure!(
-        m.seen.iter().any(|l| l == "result ok"),
-        "no result ok; {}",
-        m.context()
-    );
+    m.exited_ok(status)?;
     ensure!(
         stopped >= Duration::from_millis(DELAY_MS),
         "the master exited {stopped:?} after SIGTERM, inside the delay"
@@ -183,11 +174,7 @@ pub fn second_stop_request_skips_the_shutdown_delay() -> Outcome {
         "the second SIGTERM took {:?} to stop the master",
         asked.elapsed()
     );
-    ensure!(
-        status.code() == Some(0),
-        "master exit {status:?}; {}",
-        m.context()
-    );
+    m.exited_ok(status)?;
     all_gone(&ready, 2 * SEC).map(|_| ())
 }
 
@@ -217,11 +204,7 @@ pub fn serve_mode_stop_signal_waits_for_the_shutdown_delay() -> Outcome {
         "the stop descriptor fired {signalled:?} after SIGTERM, inside the delay"
     );
     let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(0),
-        "master exit {status:?}; {}",
-        m.context()
-    );
+    m.exited_ok(status)?;
     all_gone(&ready, 2 * SEC).map(|_| ())
 }
 
@@ -296,22 +279,7 @@ pub fn master_as_pid1_reaps_orphaned_grandchildren() -> Outcome {
     let (_, port) = m.ready()?;
     let master = m.namespace_init()?;
     reaps_orphans(&mut m, master, port)?;
-    unsafe { libc::kill(master, libc::SIGTERM) };
-    let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(0),
-        "unshare exit {status:?}; {}",
-        m.context()
-    );
-    ensure!(
-        m.seen.iter().any(|l| l == "result ok"),
-        "no result ok; {}",
-        m.context()
-    );
-    // The pids the children reported are the namespace's: keep the leftover check from
-    // probing them out here (the namespace died with its init).
-    m.seen.retain(|l| !l.starts_with("spawn "));
-    Ok(())
+    m.stop_namespace_init(master)
 }
 
 /// The same with a master that its host made a child subreaper.
