@@ -1,13 +1,15 @@
 //! The master: bind, spawn, wait for readiness, supervise (respawn within the recover policy),
-//! reload, and stop (SIGTERM, grace period, SIGKILL, reap).
+//! reload, and stop (the shutdown delay, SIGTERM, grace period, SIGKILL, reap).
 //!
 //! One event loop, as nginx's master cycle: every input is an event of one poll(2) set (the
 //! wake pipe that the signal handlers, `shutdown()` and the control calls write to, each
 //! child's pidfd, the lifeline of each child not yet ready) or a timer (a respawn, a startup
-//! deadline, a retiring child's grace, the stop's deadline), and what it does depends on the
-//! state the master is in, `State::Running`, `State::Reloading` or `State::Stopping`. A
-//! failure while running (the recover policy, a hook, a spawn) is a transition to a graceful
-//! stop that remembers the error. Single-threaded.
+//! deadline, a retiring child's grace, the end of the shutdown delay, the stop's deadline), and
+//! what it does depends on the state the master is in, `State::Running`, `State::Reloading`
+//! or `State::Stopping`. A failure while running (the recover policy, a hook, a spawn) is a
+//! transition to a graceful stop that remembers the error. Single-threaded. After each turn, a
+//! master that orphans are re-parented to (PID 1, a subreaper) reaps those that exited
+//! (`orphans`).
 //!
 //! Children are kept per slot: the one serving it, and while a reload runs its successor of
 //! the new generation. A child told to stop while the master goes on (the old generation
