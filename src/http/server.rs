@@ -264,6 +264,13 @@ impl Server<'_> {
         if crate::control::stop_requested() {
             self.start_drain(false);
         }
+        // A first beat before the first turn: the watchdog leaves a child that never turned
+        // alone (a serve-mode child, which runs no engine loop), so a handler that blocks the
+        // very first turn must not look like one.
+        if let Some(beat) = self.beat {
+            self.turns = 1;
+            beat.turn(self.turns, self.live, self.requests);
+        }
         loop {
             if let Some(deadline) = self.drain_deadline {
                 if self.live == 0 || self.now >= deadline {
