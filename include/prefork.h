@@ -922,7 +922,7 @@ enum prefork_result prefork_set_grace_period_ms(struct prefork *p, uint64_t ms);
  * the old master's stop after a binary upgrade, nor to a stop caused by a failure. In serve
  * mode the stop descriptor becomes readable only when the delay is over (it means "stop
  * accepting"); `prefork_stopping()` tells the serve function about the delay. Children told
- * to stop by someone else than their master (a SIGTERM sent to each) drain at once: send the
+ * to stop by anyone but their master (a SIGTERM sent to each) drain at once: send the
  * stop to the master alone (systemd: `KillMode=mixed`). Default: 0.
  */
 enum prefork_result prefork_set_shutdown_delay_ms(struct prefork *p, uint64_t ms);

@@ -175,7 +175,7 @@ pub unsafe extern "C" fn prefork_set_grace_period_ms(p: *mut prefork, ms: u64) -
 /// the old master's stop after a binary upgrade, nor to a stop caused by a failure. In serve
 /// mode the stop descriptor becomes readable only when the delay is over (it means "stop
 /// accepting"); `prefork_stopping()` tells the serve function about the delay. Children told
-/// to stop by someone else than their master (a SIGTERM sent to each) drain at once: send the
+/// to stop by anyone but their master (a SIGTERM sent to each) drain at once: send the
 /// stop to the master alone (systemd: `KillMode=mixed`). Default: 0.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_shutdown_delay_ms(p: *mut prefork, ms: u64) -> prefork_result {
