@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use stops::{
     master_as_pid1_reaps_orphaned_grandchildren, second_stop_request_skips_the_shutdown_delay,
     serve_mode_stop_signal_waits_for_the_shutdown_delay,
-    shutdown_delay_serves_on_closing_each_connection, subreaper_master_reaps_orphans,
+    shutdown_delay_serves_on_closing_each_connection,
+    shutdown_delay_serves_on_closing_each_connection_reuseport, subreaper_master_reaps_orphans,
 };
 
 use harness::{
@@ -75,6 +76,7 @@ fn main() {
         master_as_pid1_reaps_orphaned_grandchildren,
         subreaper_master_reaps_orphans,
         shutdown_delay_serves_on_closing_each_connection,
+        shutdown_delay_serves_on_closing_each_connection_reuseport,
         second_stop_request_skips_the_shutdown_delay,
         serve_mode_stop_signal_waits_for_the_shutdown_delay,
         dual_stack_listener_takes_both_families,

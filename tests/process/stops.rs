@@ -64,16 +64,30 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
     matches!(s.read(&mut buf), Ok(0))
 }
 
+pub fn shutdown_delay_serves_on_closing_each_connection() -> Outcome {
+    serves_on_through_the_delay(false)
+}
+
+/// The same with one SO_REUSEPORT socket per child, which the master closes at the stop's
+/// start while each child keeps its own open through the delay.
+pub fn shutdown_delay_serves_on_closing_each_connection_reuseport() -> Outcome {
+    serves_on_through_the_delay(true)
+}
+
 /// Through the delay after SIGTERM the children accept and answer (every response with
 /// `Connection: close`, `stopping()` true), keep-alive connections included; then they drain,
 /// and the stop takes the delay plus the drain, not more.
-pub fn shutdown_delay_serves_on_closing_each_connection() -> Outcome {
+fn serves_on_through_the_delay(reuseport: bool) -> Outcome {
     let delay = DELAY_MS.to_string();
-    let mut m = Master::start(&[
+    let mut env = vec![
         ("PF_CHILDREN", "2"),
         ("PF_GRACE_MS", "3000"),
         ("PF_SHUTDOWN_DELAY_MS", &delay),
-    ]);
+    ];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
     let (ready, port) = m.ready()?;
     let mut early = connect(port)?;
     let (head, body) = exchange(&mut early, "/stopping")?;
