@@ -3,7 +3,8 @@
  *
  *   demo_server [--addr ADDR]... [--unix-mode OCTAL] [--children N] [--reuseport]
  *     [--network tcp4|tcp6|tcp]
- *     [--grace-ms N] [--recover-threshold N] [--recover-interval-ms N] [--max-body BYTES]
+ *     [--grace-ms N] [--shutdown-delay-ms N] [--recover-threshold N] [--recover-interval-ms N]
+ *     [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
  *     [--user NAME] [--group NAME] [--cpu-affinity]
  *     [--proxy-protocol] [--proxy-allow CIDR]...
@@ -23,8 +24,13 @@
  * protocol header comes first, then the TLS handshake.
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /defer?ms=N  /status?code=N
- * /stats  /peer  /local  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash); and
- * OPTIONS *.
+ * /stats  /peer  /local  /health  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash);
+ * and OPTIONS *.
+ *
+ * /health is the health check for a load balancer or an orchestrator's readiness probe: 200
+ * while serving, 503 once the server is stopping (prefork_stopping()), so that during the
+ * --shutdown-delay-ms after a SIGTERM the balancer takes this instance out while it still
+ * serves every other route.
  *
  * /defer?ms=N answers after N ms without holding the event loop: the handler defers the
  * response and a timer thread completes it, so many of them wait together. /upgrade switches
@@ -68,7 +74,8 @@
 
 static const char USAGE[] =
     "usage: demo_server [--addr ADDR]... [--unix-mode OCTAL] [--children N] [--reuseport]\n"
-    "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--recover-threshold N]\n"
+    "                   [--network tcp4|tcp6|tcp] [--grace-ms N] [--shutdown-delay-ms N]\n"
+    "                   [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
     "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
@@ -84,7 +91,8 @@ static const char USAGE[] =
     "                    /stats /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
     "                    and OPTIONS *\n"
     "                    /peer (the client's address, ip:port)\n"
-    "                    /local (the address of the listener that took the connection)\n";
+    "                    /local (the address of the listener that took the connection)\n"
+    "                    /health (200, or 503 once stopping: for a balancer's checks)\n";
 
 /* The --proxy-allow networks so far, comma-separated, as prefork_set_proxy_allow takes them. */
 static char proxy_allow[4096];
@@ -517,6 +525,11 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
             return;
         }
         reply_text(resp, 200, addr);
+    } else if (str_is(path, "/health")) {
+        /* 503 from the stop request on, the shutdown delay included: the balancer's checks
+         * fail while this child still answers the requests already routed to it. */
+        if (prefork_stopping()) reply_text(resp, 503, "stopping\n");
+        else reply_text(resp, 200, "ok\n");
     } else if (str_is(path, "/stats")) {
         size_t cap = 1 << 16;
         char *json = malloc(cap);
@@ -790,6 +803,8 @@ int main(int argc, char **argv) {
                 ok = set(prefork_set_handler_threads(server, (uint32_t)n));
             } else if (strcmp(flag, "--grace-ms") == 0) {
                 ok = set(prefork_set_grace_period_ms(server, n));
+            } else if (strcmp(flag, "--shutdown-delay-ms") == 0) {
+                ok = set(prefork_set_shutdown_delay_ms(server, n));
             } else if (strcmp(flag, "--recover-interval-ms") == 0) {
                 ok = set(prefork_set_recover_interval_ms(server, n));
             } else if (strcmp(flag, "--max-body") == 0) {

@@ -733,6 +733,18 @@ enum prefork_result prefork_local_addr(char *buf,
 bool prefork_shutdown(void);
 
 /**
+ * True once this process is stopping: in a child, from the master's announcement of its
+ * shutdown delay (`prefork_set_shutdown_delay_ms`), its SIGTERM, `prefork_shutdown` or the
+ * master's death on; in the master, from the stop request on. Never false again after that.
+ *
+ * For a health check: a handler that answers its balancer's health check with 503 while this
+ * is true gets the instance taken out of rotation during the shutdown delay, while it still
+ * serves everything else (the demo's `/health` does). Safe from any thread and from a signal
+ * handler (async-signal-safe): atomic loads only.
+ */
+bool prefork_stopping(void);
+
+/**
  * Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
  * new generation of children (a re-execution of the program, so each reads its configuration
  * and certificates again), waits until every one of them reported "listening", then stops the
@@ -948,6 +960,24 @@ enum prefork_result prefork_set_recover_every_exit(struct prefork *p, bool every
  * milliseconds. Default: 5000.
  */
 enum prefork_result prefork_set_grace_period_ms(struct prefork *p, uint64_t ms);
+
+/**
+ * The shutdown delay, in milliseconds: after SIGTERM, SIGINT or `prefork_shutdown` in the
+ * master, the children keep accepting and serving for this long, answering every response
+ * with `Connection: close` so that keep-alive clients reconnect elsewhere, and
+ * `prefork_stopping()` is true in them (a health check can fail on it), so that a load
+ * balancer takes the instance out before it stops accepting. Then the children get SIGTERM
+ * and drain as without a delay, within the grace period, which starts only then: a stop takes
+ * at most delay + grace period before SIGKILL (a systemd `TimeoutStopSec` or a Kubernetes
+ * `terminationGracePeriodSeconds` must be longer). A second SIGTERM or SIGINT during the
+ * delay skips the rest of it (a second SIGINT then stops at once, as always). Not applied to
+ * the old master's stop after a binary upgrade, nor to a stop caused by a failure. In serve
+ * mode the stop descriptor becomes readable only when the delay is over (it means "stop
+ * accepting"); `prefork_stopping()` tells the serve function about the delay. Children told
+ * to stop by anyone but their master (a SIGTERM sent to each) drain at once: send the
+ * stop to the master alone (systemd: `KillMode=mixed`). Default: 0.
+ */
+enum prefork_result prefork_set_shutdown_delay_ms(struct prefork *p, uint64_t ms);
 
 /**
  * How long a child may take to report "listening" (including `init_child`), in

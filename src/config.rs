@@ -68,6 +68,14 @@ pub struct ProcessConfig {
     pub recover_every_exit: bool,
     /// How long children get to finish after SIGTERM before SIGKILL. Default 5 s.
     pub grace_period: Duration,
+    /// How long the children keep serving after the master is told to stop (SIGTERM,
+    /// `shutdown()`), answering every response with `Connection: close`, before they are
+    /// told to drain: the time a load balancer needs to see the instance go (its health
+    /// checks, which can ask `stopping()`, or an orchestrator's endpoint removal). The grace
+    /// period runs after it, so a stop takes at most `shutdown_delay + grace_period`. Not
+    /// applied to a stop after a binary upgrade (the new master serves on) or after a
+    /// failure. Default 0.
+    pub shutdown_delay: Duration,
     /// How long a child may take to report "listening". Default 10 s.
     pub startup_timeout: Duration,
     /// Install SIGTERM/SIGINT handlers (master) and SIGTERM (child). Default true. When false
@@ -114,6 +122,7 @@ impl Default for ProcessConfig {
             recover_min_uptime: Duration::from_secs(1),
             recover_every_exit: false,
             grace_period: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
             startup_timeout: Duration::from_secs(10),
             handle_signals: true,
             user: None,
@@ -158,6 +167,7 @@ impl ProcessConfig {
             ("recover_backoff_max", self.recover_backoff_max),
             ("recover_min_uptime", self.recover_min_uptime),
             ("grace_period", self.grace_period),
+            ("shutdown_delay", self.shutdown_delay),
         ] {
             duration(name, value)?;
         }

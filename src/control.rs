@@ -24,6 +24,8 @@ pub(crate) const WAKE_STOP: u8 = b'T';
 pub(crate) const WAKE_STOP_NOW: u8 = b'K';
 /// A control request of the master (reload, scale): read the atomics below.
 pub(crate) const WAKE_CONTROL: u8 = b'C';
+/// SIGCHLD in a master that reaps orphans: look for zombies.
+pub(crate) const WAKE_CHILD: u8 = b'Z';
 
 /// The pipe's (read, write) ends. A static is never dropped, which is what keeps the pipe open
 /// for the life of the process. `OnceLock::get` is one atomic load that never waits (it returns
@@ -33,6 +35,10 @@ static WAKE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
 /// arrives while `listen_and_serve` is still setting up is not lost.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGINT_COUNT: AtomicU32 = AtomicU32::new(0);
+/// Stop requests so far: a second one during the master's shutdown delay ends the delay.
+static STOP_COUNT: AtomicU32 = AtomicU32::new(0);
+/// A child learned that its master is gone, and drains.
+static MASTER_GONE: AtomicBool = AtomicBool::new(false);
 /// True while a master runs in this process: control requests are only taken then.
 static MASTER_RUNNING: AtomicBool = AtomicBool::new(false);
 static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -63,7 +69,28 @@ pub fn shutdown() -> bool {
 
 fn wake(byte: u8) -> bool {
     STOP_REQUESTED.store(true, Ordering::Release);
+    STOP_COUNT.fetch_add(1, Ordering::AcqRel);
     poke(byte)
+}
+
+/// True once this process is stopping: a stop was requested (SIGTERM, `shutdown()`), the
+/// master announced its shutdown delay, or the master is gone. A handler's health check
+/// answers "not ready" from then on, so that a balancer takes the instance out while it still
+/// serves. Async-signal-safe (atomic loads).
+pub fn stopping() -> bool {
+    STOP_REQUESTED.load(Ordering::Acquire)
+        || MASTER_GONE.load(Ordering::Acquire)
+        || crate::lifeline::closing_announced()
+}
+
+/// How many stop requests this process has had.
+pub(crate) fn stop_count() -> u32 {
+    STOP_COUNT.load(Ordering::Acquire)
+}
+
+/// A child saw its master's death.
+pub(crate) fn master_gone() {
+    MASTER_GONE.store(true, Ordering::Release);
 }
 
 /// Writes one wake-up byte; false when no pipe exists yet.
@@ -179,6 +206,7 @@ pub(crate) fn reset() {
     set_master_running(false);
     drain_wake();
     STOP_REQUESTED.store(false, Ordering::Release);
+    MASTER_GONE.store(false, Ordering::Release);
     SIGINT_COUNT.store(0, Ordering::Release);
     RELOAD_REQUESTED.store(false, Ordering::Release);
     UPGRADE_REQUESTED.store(false, Ordering::Release);
@@ -202,6 +230,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
         libc::SIGTTOU => {
             scale_children(-1);
         }
+        libc::SIGCHLD => {
+            poke(WAKE_CHILD);
+        }
         _ => {
             let byte = if sig == libc::SIGINT && SIGINT_COUNT.fetch_add(1, Ordering::AcqRel) >= 1 {
                 WAKE_STOP_NOW
@@ -219,8 +250,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
 pub(crate) enum Role {
     /// SIGTERM and SIGINT stop gracefully; a second SIGINT stops at once. SIGHUP reloads,
     /// SIGUSR2 upgrades the binary,
-    /// SIGTTIN and SIGTTOU add and remove a child.
-    Master,
+    /// SIGTTIN and SIGTTOU add and remove a child. With `wake_on_child_exit` (a master that
+    /// reaps orphans), SIGCHLD wakes the loop too.
+    Master { wake_on_child_exit: bool },
     /// SIGTERM drains; SIGINT, SIGHUP and SIGUSR2 are ignored, because a terminal's Ctrl-C or
     /// hangup (or a signal sent to the group) reaches the whole process group and the master,
     /// not each child, decides what follows.
@@ -243,15 +275,18 @@ impl SignalGuard {
         let on_signal = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         guard.set(libc::SIGTERM, on_signal)?;
         let int_action = match role {
-            Role::Master => on_signal,
+            Role::Master { .. } => on_signal,
             Role::Child => libc::SIG_IGN,
         };
         guard.set(libc::SIGINT, int_action)?;
         guard.set(libc::SIGHUP, int_action)?;
         guard.set(libc::SIGUSR2, int_action)?;
-        if role == Role::Master {
+        if let Role::Master { wake_on_child_exit } = role {
             guard.set(libc::SIGTTIN, on_signal)?;
             guard.set(libc::SIGTTOU, on_signal)?;
+            if wake_on_child_exit {
+                guard.set(libc::SIGCHLD, on_signal)?;
+            }
         }
         Ok(guard)
     }
@@ -266,6 +301,10 @@ impl SignalGuard {
             // SA_ONSTACK: Go hosts run signal handlers on the alternate stack; SA_RESTART
             // keeps the host's blocking calls from failing with EINTR.
             action.sa_flags = libc::SA_ONSTACK | libc::SA_RESTART;
+            if sig == libc::SIGCHLD {
+                // Exits only: a child stopped or continued leaves nothing to reap.
+                action.sa_flags |= libc::SA_NOCLDSTOP;
+            }
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, &action, &mut old) != 0 {
                 return Err(io::Error::last_os_error());

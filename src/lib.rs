@@ -72,7 +72,7 @@ use std::sync::{Arc, Mutex};
 
 pub use child::{Ready, StopSignal, child_ready};
 pub use config::{Cidr, Config, HttpConfig, Network, ProcessConfig};
-pub use control::{reload, scale_children, set_children_live, shutdown, upgrade};
+pub use control::{reload, scale_children, set_children_live, shutdown, stopping, upgrade};
 pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,

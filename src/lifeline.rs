@@ -7,6 +7,8 @@
 //! - master → child, when serving TLS: the TLS material (`crate::tls::wire`), second, written
 //!   right after the spawn; the child takes the hello, then reads this message to its end
 //!   (`crate::tls::receive`), both before `init_child`;
+//! - master → child: `CLOSING_BYTE` when a stop begins with a shutdown delay: keep serving,
+//!   but answer every response with `Connection: close` (the SIGTERM follows after the delay);
 //! - master → child: `STOP_BYTE`, just before the master's SIGTERM of a graceful stop;
 //! - EOF: the other side is gone. The master's end is close-on-exec and held by the master
 //!   alone, so the kernel closes it the instant the master dies, however it dies.
@@ -31,6 +33,7 @@ use nix::sys::socket::{
 pub(crate) const READY_BYTE: u8 = b'R';
 pub(crate) const STOP_BYTE: u8 = b'S';
 pub(crate) const HELLO_BYTE: u8 = b'H';
+pub(crate) const CLOSING_BYTE: u8 = b'C';
 const HELLO_LEN: usize = 9;
 
 /// What the master tells a child before it starts.
@@ -47,6 +50,7 @@ pub(crate) struct Hello {
 pub(crate) const PDEATH_SETTLE: Duration = Duration::from_millis(100);
 
 static STOP_ANNOUNCED: AtomicBool = AtomicBool::new(false);
+static CLOSING_ANNOUNCED: AtomicBool = AtomicBool::new(false);
 
 /// What the lifeline says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +73,24 @@ pub(crate) fn read(fd: RawFd) -> State {
             Err(Errno::EINTR) => continue,
             Err(_) => return State::Gone,
         };
-        if buf[..n].contains(&STOP_BYTE) {
-            STOP_ANNOUNCED.store(true, Ordering::Release);
-        }
+        record(&buf[..n]);
     }
+}
+
+/// Remembers the announcements among bytes read from the lifeline.
+fn record(bytes: &[u8]) {
+    if bytes.contains(&STOP_BYTE) {
+        STOP_ANNOUNCED.store(true, Ordering::Release);
+    }
+    if bytes.contains(&CLOSING_BYTE) {
+        CLOSING_ANNOUNCED.store(true, Ordering::Release);
+    }
+}
+
+/// True once the master announced a stop with a shutdown delay (or a graceful stop): the
+/// child serves on, but every response closes its connection.
+pub(crate) fn closing_announced() -> bool {
+    CLOSING_ANNOUNCED.load(Ordering::Acquire)
 }
 
 /// True once the master announced a graceful stop.
@@ -103,13 +121,18 @@ pub(crate) fn master_gone_after_stop(fd: BorrowedFd<'_>, settle: Duration) -> bo
 
 /// Master side: announces a graceful stop to a child.
 pub(crate) fn announce_stop(fd: RawFd) {
+    announce(fd, STOP_BYTE);
+}
+
+/// Master side: announces the shutdown delay to a child.
+pub(crate) fn announce_closing(fd: RawFd) {
+    announce(fd, CLOSING_BYTE);
+}
+
+fn announce(fd: RawFd, byte: u8) {
     // A full or closed socket just drops it (MSG_NOSIGNAL: a dead child must not raise SIGPIPE
     // in the master).
-    let _ = send(
-        fd,
-        &[STOP_BYTE],
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-    );
+    let _ = send(fd, &[byte], MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
 }
 
 /// Master side, on a fresh lifeline: queues the hello for the child.
@@ -170,9 +193,7 @@ pub(crate) fn take_hello(fd: RawFd) -> Option<Hello> {
     }
     let n = got.bytes;
     if n != HELLO_LEN || msg[0] != HELLO_BYTE {
-        if msg[..n].contains(&STOP_BYTE) {
-            STOP_ANNOUNCED.store(true, Ordering::Release);
-        }
+        record(&msg[..n]);
         return None;
     }
     Some(Hello {

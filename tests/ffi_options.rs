@@ -45,6 +45,7 @@ fn documented_defaults_are_the_real_ones() {
         ("recover_min_uptime_ms", ms(p.recover_min_uptime)),
         ("recover_every_exit", p.recover_every_exit.to_string()),
         ("grace_period_ms", ms(p.grace_period)),
+        ("shutdown_delay_ms", ms(p.shutdown_delay)),
         ("startup_timeout_ms", ms(p.startup_timeout)),
         ("handle_signals", p.handle_signals.to_string()),
         ("user", quoted(p.user.as_deref())),

@@ -49,6 +49,7 @@ const (
 	envTLSEmbed  = "GOTEST_PREFORK_TLS_EMBED" // "1": read them and use ListenAndServeTLSEmbed
 	envTLSExtra  = "GOTEST_PREFORK_TLS_EXTRA" // "CERT:KEY" added with AppendCert first
 	envListeners = "GOTEST_PREFORK_LISTENERS" // ";"-separated Listeners ("+proxy": PROXY on)
+	envDelayMS   = "GOTEST_PREFORK_DELAY_MS"  // ShutdownDelay, in milliseconds
 )
 
 var errNotReady = errors.New("not ready on purpose")
@@ -106,6 +107,7 @@ func serve() int {
 		p.Listeners = append(p.Listeners, l)
 	}
 	p.ShutdownGracePeriod = 5 * time.Second
+	p.ShutdownDelay = time.Duration(envInt(envDelayMS, 0)) * time.Millisecond
 	p.RecoverBackoffMax = -1 // replace a killed child at once
 	p.OnChildSpawn = func(pid int) error { say("spawn pid=%d", pid); return nil }
 	p.OnChildExit = func(pid, code int, sig syscall.Signal) {
@@ -332,6 +334,8 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 		resp.WriteString("const")
 	case "/remote":
 		resp.WriteString(req.RemoteAddr())
+	case "/stopping":
+		resp.WriteString(strconv.FormatBool(prefork.IsStopping()))
 	case "/counters":
 		// The child's allocations and Go-to-C calls so far: "MALLOCS CGOCALLS".
 		var ms runtime.MemStats

@@ -101,6 +101,15 @@ type Prefork struct {
 	// request before they are killed. Default: 5s.
 	ShutdownGracePeriod time.Duration
 
+	// ShutdownDelay is how long the children keep serving after the master's stop request
+	// (SIGTERM, SIGINT, Shutdown), closing every connection after its response and with
+	// IsStopping true, before they stop accepting and drain: the time a load balancer needs
+	// to take the instance out (its health check can fail on IsStopping). The grace period
+	// runs after it: a stop takes at most ShutdownDelay + ShutdownGracePeriod. A second stop
+	// request skips the rest of the delay. In a ServeFunc child, Stopping is closed when the
+	// delay is over. Default: 0.
+	ShutdownDelay time.Duration
+
 	// Reuseport makes the master bind one SO_REUSEPORT socket per child instead of one
 	// listener shared by all (the kernel then spreads connections evenly). Default: false.
 	Reuseport bool
@@ -349,6 +358,14 @@ func New(handler RequestHandler) *Prefork {
 // IsChild reports whether this process is a prefork child (ChildEnv=1 in its environment).
 func IsChild() bool {
 	return bool(C.prefork_is_child())
+}
+
+// IsStopping reports whether this process is stopping: in a child, from the master's
+// ShutdownDelay announcement, its stop request or the master's death on; in the master, from
+// the stop request on. A health-check handler answers 503 while it is true, so that a
+// balancer takes the instance out during the ShutdownDelay while it still serves.
+func IsStopping() bool {
+	return bool(C.prefork_stopping())
 }
 
 // Shutdown asks whatever this process serves to stop gracefully, as SIGTERM does: in the
@@ -837,6 +854,9 @@ func (p *Prefork) configure(c *C.prefork) error {
 	})
 	duration("ShutdownGracePeriod", p.ShutdownGracePeriod, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_grace_period_ms(c, ms)
+	})
+	duration("ShutdownDelay", p.ShutdownDelay, nil, func(ms C.uint64_t) C.enum_prefork_result {
+		return C.prefork_set_shutdown_delay_ms(c, ms)
 	})
 	duration("StartupTimeout", p.StartupTimeout, nil, func(ms C.uint64_t) C.enum_prefork_result {
 		return C.prefork_set_startup_timeout_ms(c, ms)

@@ -301,6 +301,30 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	m.allGone()
 }
 
+func TestShutdownDelayServesOnWithConnectionClose(t *testing.T) {
+	m := startMaster(t, envChildren+"=2", envDelayMS+"=1000")
+	if _, got := get(t, m.url("/stopping")); got != "false" {
+		t.Fatalf("/stopping before the stop: %q", got)
+	}
+	m.signal(syscall.SIGTERM)
+	asked := time.Now()
+	time.Sleep(200 * time.Millisecond)
+	resp, err := client.Get(m.url("/stopping"))
+	if err != nil {
+		t.Fatalf("a request in the shutdown delay: %v", err)
+	}
+	if body := readBody(t, resp); body != "true" || !resp.Close {
+		t.Fatalf("in the delay: %q, Connection: close %t; want \"true\" and a close", body, resp.Close)
+	}
+	if code := m.wait(); code != 0 {
+		t.Fatalf("master exited with %d, want 0", code)
+	}
+	if took := time.Since(asked); took < time.Second {
+		t.Fatalf("the master exited %v after SIGTERM, inside the 1 s delay", took)
+	}
+	m.allGone()
+}
+
 func TestChildrenFollowAKilledMaster(t *testing.T) {
 	m := startMaster(t, envChildren+"=2")
 	m.signal(syscall.SIGKILL)

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 
 need=()
 # systemd-socket-activate (package systemd): the demo_systemd scenario's service manager.
-for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3 openssl:openssl systemd-socket-activate:systemd; do
+for tool in cmake:cmake ninja:ninja-build gcc:gcc g++:g++ pkg-config:pkg-config readelf:binutils python3:python3 openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd unshare:util-linux; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -19,6 +19,14 @@ fi
 if ! echo 'int main(void){return 0;}' | gcc -x c -fsanitize=address,undefined -o /dev/null - 2>/dev/null; then
   echo "installing libasan/libubsan with apt-get"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libasan8 libubsan1 >/dev/null
+fi
+
+# The deploy_files test parses the Kubernetes manifest with PyYAML.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  echo "installing PyYAML with pip"
+  # A Debian python3 refuses pip (PEP 668): its own package then.
+  python3 -m pip install -q pyyaml 2>/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null; }
 fi
 
 build=build/ci

@@ -300,6 +300,7 @@ impl Watcher<'_> {
                 self.trigger.fire();
             }
             if death {
+                control::master_gone();
                 seen.master_death = true;
                 self.on_master_death();
                 self.trigger.fire();

@@ -287,6 +287,19 @@ pub unsafe extern "C" fn prefork_shutdown() -> bool {
     ffi_boundary!(signal_safe, { crate::shutdown() })
 }
 
+/// True once this process is stopping: in a child, from the master's announcement of its
+/// shutdown delay (`prefork_set_shutdown_delay_ms`), its SIGTERM, `prefork_shutdown` or the
+/// master's death on; in the master, from the stop request on. Never false again after that.
+///
+/// For a health check: a handler that answers its balancer's health check with 503 while this
+/// is true gets the instance taken out of rotation during the shutdown delay, while it still
+/// serves everything else (the demo's `/health` does). Safe from any thread and from a signal
+/// handler (async-signal-safe): atomic loads only.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_stopping() -> bool {
+    ffi_boundary!(signal_safe, { crate::stopping() })
+}
+
 /// Asks the master running in this process for a graceful reload, as SIGHUP does: it starts a
 /// new generation of children (a re-execution of the program, so each reads its configuration
 /// and certificates again), waits until every one of them reported "listening", then stops the

@@ -163,6 +163,25 @@ pub unsafe extern "C" fn prefork_set_grace_period_ms(p: *mut prefork, ms: u64) -
     ffi_boundary!({ unsafe { set(p, |c| c.process.grace_period = Duration::from_millis(ms)) } })
 }
 
+/// The shutdown delay, in milliseconds: after SIGTERM, SIGINT or `prefork_shutdown` in the
+/// master, the children keep accepting and serving for this long, answering every response
+/// with `Connection: close` so that keep-alive clients reconnect elsewhere, and
+/// `prefork_stopping()` is true in them (a health check can fail on it), so that a load
+/// balancer takes the instance out before it stops accepting. Then the children get SIGTERM
+/// and drain as without a delay, within the grace period, which starts only then: a stop takes
+/// at most delay + grace period before SIGKILL (a systemd `TimeoutStopSec` or a Kubernetes
+/// `terminationGracePeriodSeconds` must be longer). A second SIGTERM or SIGINT during the
+/// delay skips the rest of it (a second SIGINT then stops at once, as always). Not applied to
+/// the old master's stop after a binary upgrade, nor to a stop caused by a failure. In serve
+/// mode the stop descriptor becomes readable only when the delay is over (it means "stop
+/// accepting"); `prefork_stopping()` tells the serve function about the delay. Children told
+/// to stop by anyone but their master (a SIGTERM sent to each) drain at once: send the
+/// stop to the master alone (systemd: `KillMode=mixed`). Default: 0.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn prefork_set_shutdown_delay_ms(p: *mut prefork, ms: u64) -> prefork_result {
+    ffi_boundary!({ unsafe { set(p, |c| c.process.shutdown_delay = Duration::from_millis(ms)) } })
+}
+
 /// How long a child may take to report "listening" (including `init_child`), in
 /// milliseconds; above zero. Default: 10000.
 #[unsafe(no_mangle)]
@@ -551,6 +570,7 @@ mod tests {
             assert_eq!(prefork_set_recover_min_uptime_ms(p, 16), PREFORK_OK);
             assert_eq!(prefork_set_recover_every_exit(p, true), PREFORK_OK);
             assert_eq!(prefork_set_grace_period_ms(p, 14), PREFORK_OK);
+            assert_eq!(prefork_set_shutdown_delay_ms(p, 21), PREFORK_OK);
             assert_eq!(prefork_set_startup_timeout_ms(p, 15), PREFORK_OK);
             assert_eq!(prefork_set_handle_signals(p, false), PREFORK_OK);
             assert_eq!(prefork_set_child_timeout_ms(p, 17_000), PREFORK_OK);
@@ -594,6 +614,7 @@ mod tests {
         assert_eq!(pc.recover_min_uptime, ms(16));
         assert!(pc.recover_every_exit);
         assert_eq!(pc.grace_period, ms(14));
+        assert_eq!(pc.shutdown_delay, ms(21));
         assert_eq!(pc.startup_timeout, ms(15));
         assert!(!pc.handle_signals);
         assert_eq!(pc.child_timeout, ms(17_000));
@@ -651,6 +672,13 @@ mod tests {
             );
             assert_ne!(
                 prefork_set_grace_period_ms(p, crate::config::MAX_DURATION.as_millis() as u64 + 1),
+                prefork_result::PREFORK_OK
+            );
+            assert_ne!(
+                prefork_set_shutdown_delay_ms(
+                    p,
+                    crate::config::MAX_DURATION.as_millis() as u64 + 1
+                ),
                 prefork_result::PREFORK_OK
             );
             assert_ne!(

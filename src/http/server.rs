@@ -123,6 +123,8 @@ struct Server<'a> {
     tick: Duration,
     next_tick: Instant,
     drain_deadline: Option<Instant>,
+    /// Every response closes its connection: the master's shutdown delay runs, or the drain.
+    closing: bool,
     /// When draining: when deferred responses still awaited get their 503.
     give_up_at: Option<Instant>,
     grace: Duration,
@@ -249,6 +251,8 @@ pub(crate) fn run(
         tick: (shortest / 8).clamp(MIN_TICK, MAX_TICK),
         next_tick: now,
         drain_deadline: None,
+        // The lifeline's hello may have carried the announcement already.
+        closing: ctl.lifeline_fd.is_some() && lifeline::closing_announced(),
         give_up_at: None,
         grace: ctl.grace_period,
         wake_fd: ctl.wake_fd,
@@ -291,6 +295,13 @@ impl Server<'_> {
         if crate::control::stop_requested() {
             self.start_drain(false);
         }
+        // A first beat before the first turn: the watchdog leaves a child that never turned
+        // alone (a serve-mode child, which runs no engine loop), so a handler that blocks the
+        // very first turn must not look like one.
+        if let Some(beat) = self.beat {
+            self.turns = 1;
+            beat.turn(self.turns, self.live, self.requests);
+        }
         loop {
             if let Some(deadline) = self.drain_deadline {
                 if self.live == 0 || self.now >= deadline {
@@ -318,10 +329,13 @@ impl Server<'_> {
                         }
                     }
                     LIFELINE => {
-                        if let Some(fd) = self.lifeline_fd
-                            && lifeline::read(fd) == lifeline::State::Gone
-                        {
-                            self.on_master_death(ctl);
+                        if let Some(fd) = self.lifeline_fd {
+                            if lifeline::read(fd) == lifeline::State::Gone {
+                                self.on_master_death(ctl);
+                            }
+                            // The master's shutdown delay: serve on, but let keep-alive
+                            // clients go elsewhere.
+                            self.closing |= lifeline::closing_announced();
                         }
                     }
                     // Deferred completions ring the waker (the sweep looks too, in case a wake
@@ -581,7 +595,7 @@ impl Server<'_> {
             date: self.date.get(),
             exec: exec(&self.pool, self.handler),
             scratch: &mut self.scratch,
-            draining,
+            draining: self.closing,
             conn: (idx, conn.generation),
             // A handler may take over a plain connection only: TLS state lives in `conn.io`.
             plain_socket: matches!(conn.io, Io::Plain),
@@ -825,7 +839,7 @@ impl Server<'_> {
         if self.done.is_empty() {
             return;
         }
-        let draining = self.drain_deadline.is_some();
+        let draining = self.closing;
         let mut jobs = std::mem::take(&mut self.done);
         for mut job in jobs.drain(..) {
             let (idx, generation) = job.conn;
@@ -863,7 +877,7 @@ impl Server<'_> {
         }
         let mut completed = std::mem::take(&mut self.completed);
         self.scratch.mailbox.take(&mut completed);
-        let draining = self.drain_deadline.is_some();
+        let draining = self.closing;
         for done in completed.drain(..) {
             let (idx, generation) = done.conn;
             let Some(Some(conn)) = self.conns.get_mut(idx) else {
@@ -897,6 +911,7 @@ impl Server<'_> {
         let deadline = self.now + grace;
         let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
         self.drain_deadline = Some(deadline);
+        self.closing = true;
         let margin = GIVE_UP_MARGIN.min(grace / 4);
         self.give_up_at = Some(deadline.checked_sub(margin).unwrap_or(deadline));
         let mut queued = Vec::new();
@@ -982,6 +997,7 @@ impl Server<'_> {
         if let Some(fd) = self.lifeline_fd.take() {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         }
+        crate::control::master_gone();
         self.log
             .log(Level::Warn, "the master process is gone; draining");
         if let Some(hook) = ctl.on_master_death.take()

@@ -151,7 +151,8 @@ pub(crate) struct Ctx<'a> {
     pub date: &'a [u8; DATE_LEN],
     pub exec: Exec<'a>,
     pub scratch: &'a mut Scratch,
-    /// A graceful stop is under way: the last buffered request gets `Connection: close`.
+    /// A stop is under way (the master's shutdown delay, or the drain): the last buffered
+    /// request gets `Connection: close`.
     pub draining: bool,
     pub conn: ConnId,
     /// The connection's transport is a plain socket: only then may a handler take it over.

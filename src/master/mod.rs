@@ -1,13 +1,15 @@
 //! The master: bind, spawn, wait for readiness, supervise (respawn within the recover policy),
-//! reload, and stop (SIGTERM, grace period, SIGKILL, reap).
+//! reload, and stop (the shutdown delay, SIGTERM, grace period, SIGKILL, reap).
 //!
 //! One event loop, as nginx's master cycle: every input is an event of one poll(2) set (the
 //! wake pipe that the signal handlers, `shutdown()` and the control calls write to, each
 //! child's pidfd, the lifeline of each child not yet ready) or a timer (a respawn, a startup
-//! deadline, a retiring child's grace, the stop's deadline), and what it does depends on the
-//! state the master is in, `State::Running`, `State::Reloading` or `State::Stopping`. A
-//! failure while running (the recover policy, a hook, a spawn) is a transition to a graceful
-//! stop that remembers the error. Single-threaded.
+//! deadline, a retiring child's grace, the end of the shutdown delay, the stop's deadline), and
+//! what it does depends on the state the master is in, `State::Running`, `State::Reloading`
+//! or `State::Stopping`. A failure while running (the recover policy, a hook, a spawn) is a
+//! transition to a graceful stop that remembers the error. Single-threaded. After each turn, a
+//! master that orphans are re-parented to (PID 1, a subreaper) reaps those that exited
+//! (`orphans`).
 //!
 //! Children are kept per slot: the one serving it, and while a reload runs its successor of
 //! the new generation. A child told to stop while the master goes on (the old generation
@@ -16,6 +18,7 @@
 mod activation;
 pub(crate) mod bind;
 mod hook;
+mod orphans;
 mod recovery;
 mod recycle;
 mod reload;
@@ -76,9 +79,13 @@ pub(crate) fn run(
     };
     crate::set_listener_addrs(listeners.iter().map(|l| l.addr.clone()).collect());
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
+    let adopts_orphans = orphans::adopted();
     let _signals = if cfg.handle_signals {
+        let role = Role::Master {
+            wake_on_child_exit: adopts_orphans,
+        };
         Some(
-            SignalGuard::install(Role::Master)
+            SignalGuard::install(role)
                 .map_err(|e| Error::io(ErrorKind::Io, "install signal handlers", e))?,
         )
     } else {
@@ -119,6 +126,12 @@ pub(crate) fn run(
     if let Some(confined) = confinement.describe() {
         log.log(Level::Info, &confined);
     }
+    if adopts_orphans {
+        log.log(
+            Level::Info,
+            "orphans are re-parented to the master (PID 1 or a subreaper): it reaps them",
+        );
+    }
     let notify = crate::notify::Notifier::from_env()
         .inspect_err(|e| log.log(Level::Warn, &format!("not notifying systemd: {e}")))
         .ok()
@@ -157,6 +170,7 @@ pub(crate) fn run(
         recycle_retry: None,
         recycle_backoff: recycle::FIRST_RETRY,
         stop_now_seen: false,
+        adopts_orphans,
         outcome: Ok(()),
     };
     let result = master.run();
@@ -194,8 +208,15 @@ enum State {
     /// startup timeout of one of them fails the reload, not the master.
     Reloading { generation: u64, since: Instant },
     /// The children were told to stop, with SIGTERM or (`forced`) SIGKILL; an exit is final.
-    /// At `deadline` the ones left are killed.
-    Stopping { deadline: Instant, forced: bool },
+    /// At `deadline` the ones left are killed. With a shutdown delay, `drain_at` is when the
+    /// SIGTERM comes: until then the children serve on, closing each connection after its
+    /// response; `stops` is the stop requests counted when the delay began (one more ends it).
+    Stopping {
+        deadline: Instant,
+        forced: bool,
+        drain_at: Option<Instant>,
+        stops: u32,
+    },
 }
 
 /// One input of the loop. Children are named by pid: a handled event may move or remove
@@ -274,6 +295,8 @@ struct Master<'a> {
     recycle_backoff: Duration,
     /// A second SIGINT's byte was read from the wake pipe before the stop began.
     stop_now_seen: bool,
+    /// Orphans are re-parented to this process (PID 1, or a subreaper): it reaps them.
+    adopts_orphans: bool,
     /// What `listen_and_serve` returns: the first failure, or a stop that was asked for.
     outcome: Result<(), Error>,
 }
@@ -407,9 +430,20 @@ impl Master<'_> {
                         self.fail(e);
                     }
                 }
-                State::Stopping { deadline, .. } => {
+                State::Stopping {
+                    deadline,
+                    drain_at,
+                    stops,
+                    ..
+                } => {
                     if self.live_pids().is_empty() {
                         break;
+                    }
+                    if let Some(at) = drain_at
+                        && (now >= at || control::stop_count() != stops)
+                    {
+                        self.end_shutdown_delay(now < at);
+                        continue;
                     }
                     if now >= deadline {
                         self.kill_stubborn();
@@ -426,7 +460,11 @@ impl Master<'_> {
                     self.fail(e);
                 }
             }
+            if let Err(e) = self.reap_orphans() {
+                self.fail(e);
+            }
         }
+        let _ = self.reap_orphans();
         std::mem::replace(&mut self.outcome, Ok(()))
     }
 
@@ -588,6 +626,10 @@ impl Master<'_> {
         if sweep {
             timeout = Some(timeout.map_or(SWEEP_PERIOD, |t| t.min(SWEEP_PERIOD)));
         }
+        if self.adopts_orphans {
+            let period = orphans::SWEEP_PERIOD;
+            timeout = Some(timeout.map_or(period, |t| t.min(period)));
+        }
         poll(&mut fds, timeout);
         let mut events: Vec<Event> = watched
             .into_iter()
@@ -599,6 +641,25 @@ impl Master<'_> {
             events.push(Event::Sweep);
         }
         events
+    }
+
+    /// Reaps the zombies of processes re-parented to the master (see `orphans`); the exit of a
+    /// child it tracks goes its own way, with its status, through `reap`.
+    fn reap_orphans(&mut self) -> Result<(), Error> {
+        if !self.adopts_orphans {
+            return Ok(());
+        }
+        while let Some(pid) = orphans::next_zombie() {
+            if self.locate(pid).is_some() {
+                self.reap(pid, false)?;
+            } else if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                self.upgrade_exit_event();
+            } else {
+                orphans::reap(pid);
+                self.log.log(Level::Debug, &format!("reaped orphan {pid}"));
+            }
+        }
+        Ok(())
     }
 
     /// Takes the ready byte (or EOF) from a child's lifeline.
@@ -777,8 +838,11 @@ impl Master<'_> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        if let State::Stopping { deadline, .. } = self.state {
-            return Some(deadline);
+        if let State::Stopping {
+            deadline, drain_at, ..
+        } = self.state
+        {
+            return Some(drain_at.map_or(deadline, |at| at.min(deadline)));
         }
         let respawns = self
             .slots
@@ -847,7 +911,9 @@ impl Master<'_> {
     }
 
     /// Enters `Stopping`: no more respawns nor reload, the listeners closed, SIGTERM to every
-    /// child (SIGKILL when `forced`), and the deadline after which the rest are killed.
+    /// child (SIGKILL when `forced`), and the deadline after which the rest are killed. With a
+    /// shutdown delay the SIGTERM waits for its end (`end_shutdown_delay`), and the children
+    /// are told to close each connection after its response meanwhile.
     fn begin_stop(&mut self, forced: bool) {
         for slot in &mut self.slots {
             slot.respawn = None;
@@ -862,8 +928,9 @@ impl Master<'_> {
         // While the master holds a listener the kernel completes handshakes on it that no child
         // will take, and resets them when the master finally closes it: closed first, the
         // children's descriptors are the last, and each child takes its queue before closing
-        // (http::server's close_listener), after which connecting is refused.
-        // Dropping a listener removes its socket file, when it is this master's to remove.
+        // (http::server's close_listener), after which connecting is refused. The children keep
+        // theirs open through a shutdown delay. Dropping a listener removes its socket file, when
+        // it is this master's to remove.
         self.listeners.clear();
         if self.upgrade.is_some() {
             self.fail_upgrade_for_stop();
@@ -872,30 +939,21 @@ impl Master<'_> {
             // After an upgrade the service goes on, in the new master.
             self.tell_systemd("STOPPING=1");
         }
-        let live = self.live_pids();
-        if !live.is_empty() {
+        let delay = self.shutdown_delay(forced);
+        let now = Instant::now();
+        if delay.is_zero() {
+            self.tell_children_to_stop(forced);
+        } else {
             self.log.log(
                 Level::Info,
                 &format!(
-                    "stopping {} children{}",
-                    live.len(),
-                    if forced { " at once" } else { " gracefully" }
+                    "stopping: the children serve on for the {delay:?} shutdown delay, closing \
+                     every connection after its response, then drain"
                 ),
             );
-            if !forced {
-                // Tells each child that this SIGTERM is the master's (see child::lifeline).
-                for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
-                    lifeline::announce_stop(fd.as_raw_fd());
-                }
+            for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
+                lifeline::announce_closing(fd.as_raw_fd());
             }
-            signal_all(
-                &live,
-                if forced {
-                    Signal::SIGKILL
-                } else {
-                    Signal::SIGTERM
-                },
-            );
         }
         let grace = if forced {
             Duration::ZERO
@@ -903,8 +961,69 @@ impl Master<'_> {
             self.cfg.grace_period
         };
         self.state = State::Stopping {
-            deadline: Instant::now() + grace,
+            deadline: now + delay + grace,
             forced,
+            drain_at: (!delay.is_zero()).then_some(now + delay),
+            stops: control::stop_count(),
+        };
+    }
+
+    /// The shutdown delay of this stop: the configured one for a graceful stop that was asked
+    /// for. None after a binary upgrade (the new master serves the same sockets, a balancer
+    /// sees no change) or a failure (the stop is the failure's consequence, not a plan).
+    fn shutdown_delay(&self, forced: bool) -> Duration {
+        if forced || self.handed_over || self.outcome.is_err() || self.live_pids().is_empty() {
+            return Duration::ZERO;
+        }
+        self.cfg.shutdown_delay
+    }
+
+    /// The stop's SIGTERM (SIGKILL when `forced`) to every child, the graceful one announced on
+    /// the lifelines.
+    fn tell_children_to_stop(&mut self, forced: bool) {
+        let live = self.live_pids();
+        if live.is_empty() {
+            return;
+        }
+        self.log.log(
+            Level::Info,
+            &format!(
+                "stopping {} children{}",
+                live.len(),
+                if forced { " at once" } else { " gracefully" }
+            ),
+        );
+        if !forced {
+            // Tells each child that this SIGTERM is the master's (see child::lifeline).
+            for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
+                lifeline::announce_stop(fd.as_raw_fd());
+            }
+        }
+        signal_all(
+            &live,
+            if forced {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            },
+        );
+    }
+
+    /// The shutdown delay is over (`early`: a second stop request cut it short): the children
+    /// drain, within the grace period from now.
+    fn end_shutdown_delay(&mut self, early: bool) {
+        if early {
+            self.log.log(
+                Level::Info,
+                "a second stop request: the rest of the shutdown delay is skipped",
+            );
+        }
+        self.tell_children_to_stop(false);
+        self.state = State::Stopping {
+            deadline: Instant::now() + self.cfg.grace_period,
+            forced: false,
+            drain_at: None,
+            stops: control::stop_count(),
         };
     }
 
@@ -914,11 +1033,15 @@ impl Master<'_> {
         if let State::Stopping {
             deadline,
             forced: false,
+            stops,
+            ..
         } = self.state
         {
             self.state = State::Stopping {
                 deadline,
                 forced: true,
+                drain_at: None,
+                stops,
             };
             signal_all(&self.live_pids(), Signal::SIGKILL);
         }

@@ -1151,6 +1151,45 @@ def no_refusals(err):
     check("closed a connection" not in text, f"demo_server refused connections: {text}")
 
 
+def haproxy_servers(stats, backend):
+    """HAProxy's `show servers state` for `backend`: {server name: srv_op_state} (2 = up)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(stats)
+        s.sendall(f"show servers state {backend}\n".encode())
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    rows = [l.split() for l in out.decode().splitlines() if l and l[0].isdigit()]
+    return {r[3]: int(r[5]) for r in rows if len(r) > 5}
+
+
+def haproxy_config(tmp, front, backend, defaults=""):
+    """Writes and checks (haproxy -c) a tcp-mode HAProxy configuration in `tmp` with a stats
+    socket, a frontend on `front` and the backend lines `backend` (`defaults`: more defaults
+    lines); returns (configuration path, stats socket path)."""
+    stats = os.path.join(tmp, "admin.sock")
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    maxconn 500
+    stats socket {stats} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 20s
+    timeout server 20s
+{defaults}frontend fe
+    bind 127.0.0.1:{front}
+    default_backend be
+backend be
+{backend}""")
+    r = subprocess.run([shutil.which("haproxy") or "/usr/sbin/haproxy", "-c", "-f", cfg],
+                       capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
+    return cfg, stats
+
+
 def demo_haproxy(prog):
     """A real HAProxy in front (send-proxy-v2 with a CRC32C, and health checks with the
     header): /peer shows each client's real address and port."""
@@ -1161,52 +1200,25 @@ def demo_haproxy(prog):
     print(f"  {version.splitlines()[0] if version else haproxy}", flush=True)
     back, front = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        stats = os.path.join(tmp, "admin.sock")
-        cfg = os.path.join(tmp, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    maxconn 200
-    stats socket {stats} mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 20s
-    timeout server 20s
-frontend fe
-    bind 127.0.0.1:{front}
-    default_backend be
-backend be
-    server demo 127.0.0.1:{back} send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 200ms rise 2 fall 1
-""")
-        r = subprocess.run([haproxy, "-c", "-f", cfg], capture_output=True, text=True, timeout=20)
-        check(r.returncode == 0, f"haproxy -c: {r.stdout}{r.stderr}")
+        cfg, stats = haproxy_config(tmp, front, f"    server demo 127.0.0.1:{back} send-proxy-v2 "
+                                    "proxy-v2-options crc32c check check-send-proxy inter 200ms "
+                                    "rise 2 fall 1\n")
         srv, err = proxied_demo(prog, back, tmp)
         lb = None
         try:
             lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
             lb.wait_port(front)
 
-            def server_state():
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(5)
-                    s.connect(stats)
-                    s.sendall(b"show servers state be\n")
-                    out = b""
-                    while chunk := s.recv(65536):
-                        out += chunk
-                return out.decode()
-
             def up():
-                # Field 6 of a server line is srv_op_state: 2 = running (its checks pass).
-                rows = [l.split() for l in server_state().splitlines() if " demo " in l]
-                return bool(rows) and rows[0][5] == "2"
+                # srv_op_state 2: running (its checks pass).
+                return haproxy_servers(stats, "be").get("demo") == 2
 
             # The checks send the header too (a LOCAL one): the server must take them.
             wait_until(up, 20, "HAProxy's health checks to mark the demo server up")
             print("  HAProxy's checks (header included) mark the server up", flush=True)
             through_balancer(front, ["127.0.0.2", "127.0.0.3"])
             time.sleep(0.5)  # a few more checks
-            check(up(), f"the server went down: {server_state()}")
+            check(up(), f"the server went down: {haproxy_servers(stats, 'be')}")
             no_refusals(err)
             lb.stop(signal.SIGTERM)
             srv.stop()
@@ -1214,6 +1226,195 @@ backend be
             if lb:
                 lb.stop(signal.SIGTERM)
             srv.kill()
+        assert_nothing_left()
+
+
+class SteadyClient:
+    """Requests /peer through the balancer until stopped: `keepalive` threads on keep-alive
+    connections (reconnecting when a response says Connection: close) and `fresh` threads on
+    a new connection per request, each from its own loopback source address. A failure is any
+    error, a response that is not 200, or a /peer that is not the client's own ip:port."""
+
+    def __init__(self, front, keepalive=4, fresh=2):
+        self.front = front
+        self.running = True
+        self.lock = threading.Lock()
+        self.requests = self.connections = 0
+        self.failures = []
+        self.threads = [threading.Thread(target=self._keepalive, args=(i,), daemon=True)
+                        for i in range(keepalive)]
+        self.threads += [threading.Thread(target=self._fresh, args=(keepalive + i,), daemon=True)
+                         for i in range(fresh)]
+        for t in self.threads:
+            t.start()
+
+    def _connect(self, n):
+        s = socket.socket()
+        s.settimeout(10)
+        s.bind((f"127.0.0.{2 + n % 200}", 0))
+        s.connect(("127.0.0.1", self.front))
+        with self.lock:
+            self.connections += 1
+        return s, "%s:%d" % s.getsockname()
+
+    def _one(self, s, me, close):
+        s.sendall(b"GET /peer HTTP/1.1\r\nHost: x\r\n" + (b"Connection: close\r\n" if close else b"")
+                  + b"\r\n")
+        raw = read_response(s)
+        head = raw.partition(b"\r\n\r\n")[0]
+        check(raw.startswith(b"HTTP/1.1 200 "), f"{raw!r}")
+        check(body_of(raw) == me, f"/peer gave {body_of(raw)!r}, the client is {me}")
+        with self.lock:
+            self.requests += 1
+        return re.search(rb"(?im)^connection: *close\r?$", head) is not None
+
+    def _record(self, e):
+        with self.lock:
+            self.failures.append(f"{time.monotonic():.3f} {e}")
+
+    def _keepalive(self, n):
+        while self.running:
+            try:
+                s, me = self._connect(n)
+                with s:
+                    while self.running and not self._one(s, me, False):
+                        time.sleep(0.01)
+            except (AssertionError, OSError) as e:
+                self._record(e)
+                time.sleep(0.05)
+
+    def _fresh(self, n):
+        while self.running:
+            try:
+                s, me = self._connect(n)
+                with s:
+                    self._one(s, me, True)
+            except (AssertionError, OSError) as e:
+                self._record(e)
+            time.sleep(0.01)
+
+    def stop(self):
+        self.running = False
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+def demo_rolling_restart(prog):
+    """Two demo_server instances behind a real HAProxy (send-proxy-v2, health checks on
+    /health), a steady client through it, and each instance in turn stopped with
+    --shutdown-delay-ms and started again: no request fails, /peer always names the client,
+    and HAProxy takes each instance out during its delay, before it stops accepting.
+    HAProxy is set to retry nothing, so a connection routed to a stopped instance would be a
+    failure the client sees."""
+    haproxy = ensure_installed("haproxy", ["haproxy"])
+    if haproxy is None:
+        sys.exit(SKIP)
+    delay_ms, grace_ms = int(os.environ.get("E2E_SHUTDOWN_DELAY_MS", 1000)), 2000
+    ports = {"a": free_port(), "b": free_port()}
+    front = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = "".join(
+            f"    server {name} 127.0.0.1:{port} send-proxy-v2 check check-send-proxy "
+            "inter 100ms fall 2 rise 2\n" for name, port in ports.items())
+        cfg, stats = haproxy_config(tmp, front, f"""    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /health ver HTTP/1.1 hdr Host lb
+    http-check expect status 200
+{servers}""", defaults="    retries 0\n")
+
+        def start(name):
+            err = open(os.path.join(tmp, f"{name}.stderr"), "a+")
+            srv = Server([prog, "--addr", f"127.0.0.1:{ports[name]}", "--children", "2",
+                          "--proxy-protocol", "--shutdown-delay-ms", str(delay_ms),
+                          "--grace-ms", str(grace_ms)], stderr=err)
+            srv.ready()
+            return srv, err
+
+        running, lb, client = {}, None, None
+        try:
+            for name in ports:
+                running[name] = start(name)
+            lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
+            lb.wait_port(front)
+            wait_until(lambda: set(haproxy_servers(stats, "be").values()) == {2}, 20,
+                       "HAProxy's checks to mark both instances up")
+            # HAProxy's view, sampled every 10 ms: when each instance went down and up.
+            changes, watching = [], [True]
+
+            def watch():
+                last = {}
+                while watching[0]:
+                    try:
+                        now = haproxy_servers(stats, "be")
+                    except OSError:
+                        continue
+                    t = time.monotonic()
+                    for name, state in now.items():
+                        if last.get(name) != state:
+                            changes.append((t, name, state))
+                    last = now
+                    time.sleep(0.01)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            client = SteadyClient(front)
+            began = time.monotonic()
+            time.sleep(1)
+            rolls = []
+            for name in ports:
+                srv, err = running.pop(name)
+                kids = srv.begin_stop()
+                asked = time.monotonic()
+                # Not Server.finish: the other instance and HAProxy are this driver's too.
+                code = srv.proc.wait(timeout=delay_ms / 1000 + grace_ms / 1000 + 10)
+                exited = time.monotonic()
+                check(code == 0, f"instance {name} exited with {code}")
+                wait_until(lambda: not any(alive(k) for k in kids), 5, f"{name}'s children to go")
+                no_refusals(err)
+                running[name] = start(name)
+                wait_until(lambda: haproxy_servers(stats, "be").get(name) == 2, 20,
+                           f"HAProxy to mark {name} up again")
+                back = time.monotonic()
+                downs = [t for t, n, st in changes if n == name and st != 2 and t >= asked]
+                down = downs[0] if downs else None
+                rolls.append((name, down and down - asked, exited - asked, down and back - down))
+                time.sleep(0.5)
+            time.sleep(0.5)
+            client.stop()
+            watching[0] = False
+            watcher.join(timeout=5)
+            took = time.monotonic() - began
+            print(f"  measure: {client.requests} requests on {client.connections} connections "
+                  f"in {took:.1f} s through HAProxy, {len(client.failures)} failed", flush=True)
+            for name, down, exited, out in rolls:
+                ms = lambda t: "never" if t is None else f"{t * 1000:.0f} ms"
+                print(f"  measure: instance {name}: SIGTERM to marked down {ms(down)}, "
+                      f"to exit {ms(exited)} (delay {delay_ms} ms); out of rotation {ms(out)}",
+                      flush=True)
+            check(not client.failures,
+                  f"{len(client.failures)} requests failed: {client.failures[:10]}")
+            check(client.requests > 100, f"only {client.requests} requests went through")
+            for name, down, _, _ in rolls:
+                check(down is not None, f"HAProxy never marked {name} down: {changes}")
+                check(down < delay_ms / 1000,
+                      f"{name} was marked down {down:.3f} s after SIGTERM, after its delay")
+            lb.stop(signal.SIGTERM)
+            kids = []
+            for srv, err in running.values():
+                no_refusals(err)
+                kids += srv.begin_stop()
+            for name, (srv, _) in list(running.items()):
+                code = srv.proc.wait(timeout=delay_ms / 1000 + grace_ms / 1000 + 10)
+                check(code == 0, f"instance {name} exited with {code}")
+                del running[name]
+            assert_nothing_left(kids)
+        finally:
+            if client:
+                client.stop()
+            if lb:
+                lb.stop(signal.SIGTERM)
+            for srv, _ in running.values():
+                srv.kill()
         assert_nothing_left()
 
 
@@ -1646,13 +1847,14 @@ SCENARIOS = {f.__name__: f for f in [demo_routes, demo_sigint, demo_crash, demo_
                                       hooks_master_death, server, api, abi_v0_1, serve_echo,
                                       serve_echo_master_death, demo_proxy, demo_haproxy,
                                       demo_nginx, demo_listeners, demo_systemd,
-                                      demo_systemd_errors]}
+                                      demo_systemd_errors, demo_rolling_restart]}
 
 
 # Tools a scenario needs: installed first, before this process becomes a subreaper (so that no
 # process a package's installation leaves running is taken for one of ours), or it is skipped.
 NEEDS = {
     "demo_haproxy": [("haproxy", ["haproxy"])],
+    "demo_rolling_restart": [("haproxy", ["haproxy"])],
     "demo_nginx": [("nginx", ["nginx", "libnginx-mod-stream"])],
     "demo_systemd": [("systemd-socket-activate", ["systemd"])],
 }

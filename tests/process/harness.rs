@@ -109,6 +109,86 @@ impl Master {
         }
     }
 
+    /// A master run as PID 1 of a new PID namespace: `unshare --pid --fork --kill-child`
+    /// starts it, and `pid()` is unshare's (see `namespace_init`). None when unshare cannot
+    /// make a PID namespace here (not root, no user namespaces): the caller skips and says so.
+    pub fn start_as_pid1(env: &[(&str, &str)]) -> Option<Master> {
+        let probe = Command::new("unshare")
+            .args(["--pid", "--fork", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !probe.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let exe = std::env::current_exe().expect("own path");
+        Some(Master::start_with(env, |cmd| {
+            let envs: Vec<_> = cmd
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+                .collect();
+            let mut wrapped = Command::new("unshare");
+            wrapped.args(["--pid", "--fork", "--kill-child"]).arg(&exe);
+            for (k, v) in envs {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            wrapped
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            *cmd = wrapped;
+        }))
+    }
+
+    /// After `start_as_pid1`: the master as this process sees it (unshare's only child),
+    /// checked to be PID 1 of its namespace.
+    pub fn namespace_init(&self) -> Result<i32, String> {
+        let unshare = self.pid();
+        let master: i32 =
+            std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+                .map_err(|e| e.to_string())?
+                .trim()
+                .parse()
+                .map_err(|e| format!("master pid: {e}"))?;
+        let status = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap_or_default();
+        if !status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"))
+        {
+            return Err(format!("the master {master} is not PID 1 in its namespace"));
+        }
+        Ok(master)
+    }
+
+    /// After `start_as_pid1`: SIGTERM to the namespace's init (`master`), exit status 0 and
+    /// "result ok". The children died with their namespace's init; the pids they reported are
+    /// the namespace's, meaningless out here, so the leftover check forgets them.
+    pub fn stop_namespace_init(&mut self, master: i32) -> Outcome {
+        unsafe { libc::kill(master, libc::SIGTERM) };
+        let status = self.wait_exit(Duration::from_secs(10))?;
+        self.exited_ok(status)?;
+        self.seen.retain(|l| !l.starts_with("spawn "));
+        Ok(())
+    }
+
+    /// The master exited with status 0 after its "result ok" line.
+    pub fn exited_ok(&self, status: ExitStatus) -> Outcome {
+        ensure!(
+            status.code() == Some(0),
+            "master exit {status:?}; {}",
+            self.context()
+        );
+        ensure!(
+            self.seen.iter().any(|l| l == "result ok"),
+            "no result ok; {}",
+            self.context()
+        );
+        Ok(())
+    }
+
     pub fn pid(&self) -> i32 {
         self.proc.id() as i32
     }
@@ -284,6 +364,28 @@ pub fn alive(pid: i32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// The processes (zombies included) whose parent is `parent`, each with its state letter.
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next());
+        let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+        if let (Some(state), Some(ppid)) = (state, ppid)
+            && ppid == parent
+        {
+            found.push((pid, state));
+        }
+    }
+    found
 }
 
 /// Waits until none of `pids` is alive; returns how long that took.

@@ -8,10 +8,18 @@
 mod harness;
 mod listeners;
 mod scenario;
+mod stops;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use stops::{
+    master_as_pid1_reaps_orphaned_grandchildren, second_stop_request_skips_the_shutdown_delay,
+    serve_mode_stop_signal_waits_for_the_shutdown_delay,
+    shutdown_delay_serves_on_closing_each_connection,
+    shutdown_delay_serves_on_closing_each_connection_reuseport, subreaper_master_reaps_orphans,
+};
 
 use harness::{
     Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
@@ -73,6 +81,12 @@ fn main() {
         cpu_affinity_pins_each_slot,
         ipv6_listener_serves,
         master_as_pid1_serves_respawns_and_stops,
+        master_as_pid1_reaps_orphaned_grandchildren,
+        subreaper_master_reaps_orphans,
+        shutdown_delay_serves_on_closing_each_connection,
+        shutdown_delay_serves_on_closing_each_connection_reuseport,
+        second_stop_request_skips_the_shutdown_delay,
+        serve_mode_stop_signal_waits_for_the_shutdown_delay,
         dual_stack_listener_takes_both_families,
         children_run_the_master_death_hook,
         master_death_hook_runs_when_sigterm_comes_first,
@@ -135,24 +149,15 @@ fn main() {
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
 
-fn measure(what: &str, d: Duration) {
+pub(crate) fn measure(what: &str, d: Duration) {
     println!("    measure: {what}: {:.2} ms", d.as_secs_f64() * 1000.0);
 }
 
 /// SIGTERM, exit status 0, "result ok", and every process gone.
-fn stop_cleanly(m: &mut Master) -> Outcome {
+pub(crate) fn stop_cleanly(m: &mut Master) -> Outcome {
     m.signal(libc::SIGTERM);
     let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(0),
-        "master exit {status:?}; {}",
-        m.context()
-    );
-    ensure!(
-        m.seen.iter().any(|l| l == "result ok"),
-        "no result ok; {}",
-        m.context()
-    );
+    m.exited_ok(status)?;
     all_gone(&m.all_children(), 2 * SEC)?;
     Ok(())
 }
@@ -892,71 +897,20 @@ fn ipv6_listener_serves() -> Outcome {
 /// In a container the master is PID 1, for which the kernel drops signals that have no handler
 /// and to which orphans are reparented. unshare(1) makes it so here.
 fn master_as_pid1_serves_respawns_and_stops() -> Outcome {
-    let probe = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "true"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
+    let Some(mut m) = Master::start_as_pid1(&[("PF_CHILDREN", "2")]) else {
         println!("    skipped: unshare --pid is not available here");
         return Ok(());
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut m = Master::start_with(&[("PF_CHILDREN", "2")], |cmd| {
-        let envs: Vec<_> = cmd
-            .get_envs()
-            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-            .collect();
-        let mut wrapped = std::process::Command::new("unshare");
-        wrapped.args(["--pid", "--fork", "--kill-child"]).arg(&exe);
-        for (k, v) in envs {
-            match v {
-                Some(v) => wrapped.env(k, v),
-                None => wrapped.env_remove(k),
-            };
-        }
-        wrapped
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        *cmd = wrapped;
-    });
+    };
     let (ready, port) = m.ready()?;
     ensure!(
         !ready.contains(&1),
         "a child is PID 1: the master is not init of the namespace"
     );
-    // The master as the host sees it: unshare's only child.
-    let unshare = m.pid();
-    let master: i32 = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-        .map_err(|e| e.to_string())?
-        .trim()
-        .parse()
-        .map_err(|e| format!("master pid: {e}"))?;
-    ensure!(
-        std::fs::read_to_string(format!("/proc/{master}/status"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
-        "the master is not PID 1 in its namespace"
-    );
+    let master = m.namespace_init()?;
     let _ = get(port, "/exit");
     m.expect("recover ", 5 * SEC)?;
     get(port, "/").map_err(|e| e.to_string())?;
-    unsafe { libc::kill(master, libc::SIGTERM) };
-    let status = m.wait_exit(10 * SEC)?;
-    ensure!(
-        status.code() == Some(0),
-        "unshare exit {status:?}; {}",
-        m.context()
-    );
-    ensure!(
-        m.seen.iter().any(|l| l == "result ok"),
-        "no result ok; {}",
-        m.context()
-    );
-    // The children died with their namespace's init. The pids they reported are the
-    // namespace's, meaningless out here: keep the leftover check from probing them.
-    m.seen.retain(|l| !l.starts_with("spawn "));
-    Ok(())
+    m.stop_namespace_init(master)
 }
 
 fn dual_stack_listener_takes_both_families() -> Outcome {

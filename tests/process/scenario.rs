@@ -116,6 +116,16 @@ impl Handler for TestHandler {
                 std::thread::sleep(Duration::from_millis(ms));
                 resp.write(b"slept");
             }
+            "/stopping" => resp.write(prefork::stopping().to_string().as_bytes()),
+            // Leaves a grandchild behind: sh exits at once, its background sleep is orphaned
+            // (re-parented to the nearest subreaper or PID 1) and exits a second later.
+            "/orphan" => match std::process::Command::new("sh")
+                .args(["-c", "sleep 1 &"])
+                .status()
+            {
+                Ok(s) if s.success() => resp.write(b"orphaned"),
+                other => resp.write(format!("sh failed: {other:?}").as_bytes()),
+            },
             // Whether this child may read the file named by the query.
             "/read" => match std::fs::read(req.query()) {
                 Ok(_) => resp.write(b"read"),
@@ -199,6 +209,7 @@ fn answer(mut conn: TcpStream) -> Option<i32> {
     let body = match text.split(' ').nth(1).unwrap_or("") {
         "/pid" => std::process::id().to_string(),
         "/exit" => return Some(3),
+        "/stopping" => prefork::stopping().to_string(),
         "/sleep" => {
             emit(format!("sleeping {}", std::process::id()));
             std::thread::sleep(Duration::from_millis(300));
@@ -217,6 +228,10 @@ fn answer(mut conn: TcpStream) -> Option<i32> {
 pub fn run() -> i32 {
     if prefork::is_child() && var("PF_CHILD_IGNORE_TERM").is_some() {
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    if !prefork::is_child() && var("PF_SUBREAPER").is_some() {
+        // Orphans of the master's subtree come back to it, as to a container's PID 1.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
     if !prefork::is_child() && var("PF_LEAK_FD").is_some() {
         // A host descriptor without close-on-exec: it must not reach the children.
@@ -283,6 +298,9 @@ pub fn run() -> i32 {
     cfg.process.recover_every_exit = var("PF_EVERY_EXIT").is_some();
     if let Some(ms) = num("PF_GRACE_MS") {
         cfg.process.grace_period = Duration::from_millis(ms);
+    }
+    if let Some(ms) = num("PF_SHUTDOWN_DELAY_MS") {
+        cfg.process.shutdown_delay = Duration::from_millis(ms);
     }
     if let Some(ms) = num("PF_STARTUP_MS") {
         cfg.process.startup_timeout = Duration::from_millis(ms);
