@@ -145,12 +145,14 @@ def run_as_service(activate, argv, delay_ms):
             print(f"  sd_notify: {what}", flush=True)
 
         srv = Server([activate, "-l", f"127.0.0.1:{port}", "--fdname=http",
-                      f"-E=NOTIFY_SOCKET={notify_path}", *argv])
+                      f"--setenv=NOTIFY_SOCKET={notify_path}", *argv])
         try:
+            # systemd-socket-activate execs the service at the first connection, which the
+            # service then answers over the passed socket.
+            status = first_request(port, "/health")
+            check(status == 200, f"/health gave {status}")
             srv.ready()
             hear("READY=1")
-            status, _, _ = request(port, "/health")
-            check(status == 200, f"/health gave {status}")
             srv.proc.send_signal(signal.SIGHUP)
             hear("RELOADING=1")
             heard.clear()
@@ -168,6 +170,18 @@ def run_as_service(activate, argv, delay_ms):
         finally:
             srv.kill()
             notify.close()
+
+
+def first_request(port, path, within=20):
+    """The status of `path` from the first server to listen on `port` within `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            status, _, _ = request(port, path)
+            return status
+        except ConnectionRefusedError:
+            check(time.monotonic() < deadline, f"nothing listens on {port} after {within} s")
+            time.sleep(0.05)
 
 
 def k8s_pod():
