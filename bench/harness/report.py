@@ -256,7 +256,7 @@ def targets(subjects, rps_r, cpu_r, p99_r, scen):
             else:
                 add(label, r["subject"], f"{v:.1f} ms (median)", "met" if v <= bound else "**not met**")
     return table(["target", "subject", "figure (medians of per-round ratios)", "status"], rows) if rows else \
-        "Nothing to evaluate: none of our subjects produced valid runs."
+        "Nothing to evaluate: no grid or scenario of issue 6 gave our subjects a valid figure."
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,6 +429,11 @@ def write(md_path, meta, subjects, runs, scen, events, log):
     if scen:
         L.append("\n## Scenarios\n")
         L.append(scenarios_section(scen))
+    # Imported here: tls_report builds on this module's helpers.
+    from . import tls_report
+    tls = tls_report.section(scen)
+    if tls:
+        L.append("\n" + tls)
     events = events + [f"scenario {name}: {p}" for name, sc in scen.items() for p in sc.get("problems", [])]
     L.append("\n## Events\n")
     L.append("\n".join(f"- {e}" for e in events) if events else "None: every server started, stopped on SIGTERM "
