@@ -385,6 +385,8 @@ def write(md_path, meta, subjects, runs, scen, events, log):
     if meta["quick"]:
         L.append("> **QUICK MODE**: short runs, one round, part of the grid. These numbers are noisy "
                   "and only show that the harness works; do not compare servers with them.\n")
+    if meta.get("note"):
+        L.append(f"> **Note**: {meta['note']}\n")
     L.append(f"Command: `{meta['command']}` (took {meta['elapsed_s']:.0f} s)\n")
     L.append(f"Ours built from: {'commit ' + meta['rev'] if meta.get('rev') else 'the working tree (see versions)'}\n")
     if meta.get("rendered"):
