@@ -1,14 +1,14 @@
 """The TLS part of the report: medians and per-round ratios of the `tls` scenario, the
 resumption and memory scenarios, and the targets of issue 16."""
 
-from .report import f, fmt_ratio, med, table
+from .report import ISSUE_16_SCENARIOS, f, fmt_ratio, med, table
 
 ENGINE = ("ours-c", "ours-rust")
 PEERS = ("nginx", "fasthttp")
 
 
 def _runs(sc):
-    return [r for r in sc.get("runs", [])]
+    return sc.get("runs", [])
 
 
 def _cells(runs):
@@ -168,7 +168,7 @@ def targets(scen):
 def section(scen):
     """The report's TLS chapter, or "" when no TLS scenario ran."""
     parts = []
-    if not any(k in scen for k in ("tls", "tls-resume", "tls-memory")):
+    if not any(k in scen for k in ISSUE_16_SCENARIOS):
         return ""
     parts.append("## TLS (issue 16): ECDSA P-256 certificate, TLS 1.3, X25519\n")
     parts.append("### Targets of issue 16\n\n" + targets(scen))
