@@ -2,6 +2,7 @@
 // wrk measures keep-alive requests over TLS; what wrk cannot do is here:
 //
 //	tlsload rate -addr A -seconds S -workers W [-resume]   new connection per request
+//	                                                       (-plain: without TLS, for its floor)
 //	tlsload reconnect -addr A -n N                         one client resuming N times
 //	tlsload hold -addr A -n N                              N idle TLS keep-alive connections
 //
@@ -33,6 +34,7 @@ type options struct {
 	addr    string
 	group   string
 	tls12   bool
+	plain   bool
 	timeout time.Duration
 }
 
@@ -40,6 +42,7 @@ func (o *options) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8443", "server address (loopback)")
 	fs.StringVar(&o.group, "group", "x25519", "key exchange: x25519, p256 or x25519mlkem768")
 	fs.BoolVar(&o.tls12, "tls12", false, "TLS 1.2 instead of 1.3")
+	fs.BoolVar(&o.plain, "plain", false, "plain HTTP (rate only): the cost of a connection without TLS")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "per connection: dial, handshake and response")
 }
 
@@ -69,7 +72,7 @@ func (o *options) config(cache tls.ClientSessionCache) (*tls.Config, error) {
 }
 
 // exchange: one GET on a TLS connection, the body read whole.
-func exchange(c *tls.Conn, br *bufio.Reader, path string) (string, error) {
+func exchange(c net.Conn, br *bufio.Reader, path string) (string, error) {
 	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
 		return "", err
 	}
@@ -98,6 +101,10 @@ func once(o *options, cfg *tls.Config, path string) (resumed bool, body string, 
 	}
 	defer raw.Close()
 	raw.SetDeadline(time.Now().Add(o.timeout))
+	if o.plain {
+		body, err = exchange(raw, bufio.NewReader(raw), path)
+		return false, body, err
+	}
 	c := tls.Client(raw, cfg)
 	if err := c.Handshake(); err != nil {
 		return false, "", err
