@@ -12,6 +12,7 @@ makes with openssl, TLS 1.3, the X25519 key exchange.
   after its handshake and one GET / (tlsload hold).
 """
 
+import contextlib
 import json
 import selectors
 import subprocess
@@ -105,20 +106,15 @@ def load(subjects, ports, opts, log):
     """The `tls` scenario: per round, every subject, every cell of CELLS."""
     out = dict(rounds=opts.rounds, seconds=opts.tls_seconds, conns=KEEPALIVE_CONNS,
                workers=HANDSHAKE_WORKERS, runs=[], skipped=[], problems=[])
-    subjects = _tls_capable(subjects, out)
-    if not subjects:
-        return out
-    certs, client = prepare(log)
+    subjects, certs, client = _setup(subjects, out, log)
     for rnd in range(1, opts.rounds + 1):
         order = subjects if rnd % 2 else subjects[::-1]
         cells = CELLS if rnd % 2 else CELLS[::-1]
         for s in order:
-            try:
-                srv = Server(s, ports[s.name], 1, pin=SERVER_CORE, tls=certs).start()
-            except StartError as e:
-                out["problems"].append(f"round {rnd} {s.name}: did not start: {e}")
-                continue
-            try:
+            with _running(s, ports[s.name], 1, certs, out["problems"], f"round {rnd} {s.name}",
+                          pin=SERVER_CORE) as srv:
+                if not srv:
+                    continue
                 if opts.warmup:
                     wrk.run(srv.port, threads=1, conns=KEEPALIVE_CONNS, seconds=opts.warmup, latency=False,
                             pin=CLIENT_CORE, tls=True)
@@ -131,9 +127,6 @@ def load(subjects, ports, opts, log):
                         rec.update(valid=False, failure="server processes exited during the run")
                     out["runs"].append(dict(round=rnd, subject=s.name, cell=cell, unit=unit, **rec))
                     log(f"  tls r{rnd} {cell} {s.name}: {_describe(rec, unit)}")
-            finally:
-                for p in srv.stop().problems():
-                    out["problems"].append(f"round {rnd} {s.name}: {p}")
     return out
 
 
@@ -146,35 +139,46 @@ def _describe(rec, unit):
     return txt
 
 
-def _tls_capable(subjects, out):
-    ok = [s for s in subjects if s.tls]
+def _setup(subjects, out, log):
+    """The subjects that serve TLS (the others are listed as skipped), the certificate files
+    and the client: (subjects, certs, client)."""
     out["skipped"] += [f"{s.name}: no TLS mode" for s in subjects if not s.tls]
-    return ok
+    subjects = [s for s in subjects if s.tls]
+    if not subjects:
+        return [], None, None
+    return (subjects, *prepare(log))
+
+
+@contextlib.contextmanager
+def _running(s, port, children, certs, problems, label, pin=None):
+    """The subject serving HTTPS (None if it did not start: a problem is recorded), stopped
+    afterwards, with what went wrong at the stop among the problems."""
+    try:
+        srv = Server(s, port, children, pin=pin, tls=certs).start()
+    except StartError as e:
+        problems.append(f"{label}: did not start: {e}")
+        yield None
+        return
+    try:
+        yield srv
+    finally:
+        problems.extend(f"{label}: {p}" for p in srv.stop().problems())
 
 
 def resume(subjects, ports, opts, log):
     """`tls-resume`: 4 children, one client, 200 reconnects with its latest ticket."""
     out = dict(children=RESUME_CHILDREN, reconnects=RECONNECTS, rows=[], skipped=[], problems=[])
-    subjects = _tls_capable(subjects, out)
-    if not subjects:
-        return out
-    certs, client = prepare(log)
+    subjects, certs, client = _setup(subjects, out, log)
     for s in subjects:
-        try:
-            srv = Server(s, ports[s.name], RESUME_CHILDREN, tls=certs).start()
-        except StartError as e:
-            out["problems"].append(f"{s.name}: did not start: {e}")
-            continue
-        try:
+        with _running(s, ports[s.name], RESUME_CHILDREN, certs, out["problems"], s.name) as srv:
+            if not srv:
+                continue
             ans = tlsload(client, "reconnect", srv.port, "-n", RECONNECTS, timeout=120)
             row = dict(subject=s.name, **ans, served_by=len(ans.get("children", {})))
             out["rows"].append(row)
             log(f"  tls-resume {s.name}: " + (ans["failure"] if "failure" in ans else
                 f"{ans['resumed']}/{ans['reconnects']} resumed, served by {row['served_by']} children, "
                 f"{ans['errors']} errors"))
-        finally:
-            for p in srv.stop().problems():
-                out["problems"].append(f"{s.name}: {p}")
     return out
 
 
@@ -182,26 +186,17 @@ def memory(subjects, ports, opts, log):
     """`tls-memory`: VmRSS of the one child after one HTTPS request, then with opts.idle_conns
     idle TLS keep-alive connections: the RSS each adds."""
     out = dict(conns=opts.idle_conns, rows=[], skipped=[], problems=[])
-    subjects = _tls_capable(subjects, out)
-    if not subjects:
-        return out
-    certs, client = prepare(log)
+    subjects, certs, client = _setup(subjects, out, log)
     for s in subjects:
-        try:
-            srv = Server(s, ports[s.name], 1, tls=certs).start()
-        except StartError as e:
-            out["problems"].append(f"{s.name}: did not start: {e}")
-            continue
-        try:
+        with _running(s, ports[s.name], 1, certs, out["problems"], s.name) as srv:
+            if not srv:
+                continue
             row = _hold(srv, client, opts.idle_conns, out["problems"])
             if row:
                 out["rows"].append(row)
                 log(f"  tls-memory {s.name}: idle child {row['idle_child_kib']} KiB, {row['held']} held "
                     f"({row['failed']} failed or closed) -> {row['loaded_child_kib']} KiB"
                     + (f", {row['per_conn_bytes']:.0f} B/conn" if row["per_conn_bytes"] else ""))
-        finally:
-            for p in srv.stop().problems():
-                out["problems"].append(f"{s.name}: {p}")
     return out
 
 

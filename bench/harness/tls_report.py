@@ -11,12 +11,17 @@ def _runs(sc):
     return sc.get("runs", [])
 
 
+def _distinct(runs, key):
+    """The values of runs' `key`, each once, in the order they first ran."""
+    return list(dict.fromkeys(r[key] for r in runs))
+
+
 def _cells(runs):
-    seen = []
-    for r in runs:
-        if r["cell"] not in seen:
-            seen.append(r["cell"])
-    return seen
+    return _distinct(runs, "cell")
+
+
+def _subjects(runs):
+    return _distinct(runs, "subject")
 
 
 def _valid(runs):
@@ -37,14 +42,6 @@ def _ratios(runs, a, b, metric, cell_b=None):
         if vals:
             out[cell] = vals
     return out
-
-
-def _subjects(runs):
-    seen = []
-    for r in runs:
-        if r["subject"] not in seen:
-            seen.append(r["subject"])
-    return seen
 
 
 def _pairs(runs):
