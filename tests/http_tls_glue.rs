@@ -2,7 +2,7 @@
 //! buffers (so reads and writes stop part way), against a rustls client: for each request
 //! batch and many ways to cut the client's records into writes, the client receives exactly
 //! what the plain engine answers in memory, with the same close decision, and the server ends
-//! with close_notify.
+//! with close_notify. A connection waiting, open, for its next request holds no TLS buffer.
 
 use std::sync::Arc;
 
@@ -71,7 +71,7 @@ fn tls_delivers_what_the_plain_engine_answers_whatever_the_cuts() {
         b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /big HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\n",
     ];
-    let (mut runs, mut delivered) = (0, 0);
+    let (mut runs, mut delivered, mut idle) = (0, 0, 0);
     for (i, input) in batches.iter().enumerate() {
         let plain = run_connection(input, &[], &cfg, &Echo);
         for seed in 0..12u64 {
@@ -88,11 +88,20 @@ fn tls_delivers_what_the_plain_engine_answers_whatever_the_cuts() {
             );
             assert_eq!(tls.run.closed, plain.closed, "batch {i}, cuts {cut:?}");
             assert!(tls.close_notify, "batch {i}: no close_notify, cuts {cut:?}");
+            if let Some(bytes) = tls.idle_buffers {
+                assert_eq!(
+                    bytes, 0,
+                    "batch {i}: an idle connection holds TLS buffers, cuts {cut:?}"
+                );
+                idle += 1;
+            }
             runs += 1;
             delivered += tls.run.output.len();
         }
     }
     assert_eq!(runs, batches.len() * 12);
+    // Keep-alive batches (0, 1, 4 and the unfinished 5) end idle and open.
+    assert!(idle >= 4 * 12, "{idle} runs ended idle");
     // The 40 KB bodies went through 1 KiB socket buffers, in many partial writes.
     assert!(delivered > 12 * 160_000, "{delivered} bytes delivered");
 }

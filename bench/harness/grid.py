@@ -81,23 +81,43 @@ def children_cpu_s():
     return ru.ru_utime + ru.ru_stime
 
 
-def measure(srv, cfg, conns, depth, seconds):
-    """One wrk run with the server's CPU time (master + children) read around it, and the
-    CPU that neither the server nor wrk used: the machine is shared, and `other_cores` says
-    how much another workload may have disturbed the run."""
+@dataclass
+class Around:
+    """What the machine did during one load run: the server's CPU ticks (master and children),
+    the client's CPU seconds (the load tool is our child process) and the cores' worth of CPU
+    that neither used."""
+    ticks: int
+    missing: list  # server processes that exited during the run
+    client_cpu_s: float
+    other_cores: float | None
+
+
+def around(srv, load):
+    """Runs load() (a client subprocess that reports `.seconds`) with the server's CPU time read
+    around it; returns (load's result, Around). The machine is shared: `other_cores` says how
+    much another workload may have disturbed the run."""
     ident = srv.tree()
     before, _ = procfs.total_cpu_ticks(ident)
-    busy0, wrk0 = procfs.busy_ticks(), children_cpu_s()
-    res = wrk.run(srv.port, threads=cfg["wrk_threads"], conns=conns, seconds=seconds,
-                  depth=depth, pin=cfg["wrk_pin"])
-    busy1, wrk1 = procfs.busy_ticks(), children_cpu_s()
+    busy0, client0 = procfs.busy_ticks(), children_cpu_s()
+    res = load()
+    busy1, client1 = procfs.busy_ticks(), children_cpu_s()
     after, missing = procfs.total_cpu_ticks(ident)
     server_s = (after - before) / procfs.CLK_TCK
-    other = (busy1 - busy0) / procfs.CLK_TCK - server_s - (wrk1 - wrk0)
+    other = (busy1 - busy0) / procfs.CLK_TCK - server_s - (client1 - client0)
+    secs = getattr(res, "seconds", 0)
+    return res, Around(after - before, missing, client1 - client0,
+                       max(0.0, other) / secs if secs else None)
+
+
+def measure(srv, cfg, conns, depth, seconds):
+    """One wrk run with the server's CPU time (master + children) read around it."""
+    res, a = around(srv, lambda: wrk.run(srv.port, threads=cfg["wrk_threads"], conns=conns,
+                                         seconds=seconds, depth=depth, pin=cfg["wrk_pin"]))
+    missing = a.missing
     rec = res.to_dict()
-    rec.update(conns=conns, depth=depth, cpu_ticks=after - before,
-               cpu_us_per_req=cpu_us_per_request(after - before, res.requests),
-               wrk_cpu_s=wrk1 - wrk0, other_cores=max(0.0, other) / res.seconds if res.seconds else None)
+    rec.update(conns=conns, depth=depth, cpu_ticks=a.ticks,
+               cpu_us_per_req=cpu_us_per_request(a.ticks, res.requests),
+               wrk_cpu_s=a.client_cpu_s, other_cores=a.other_cores)
     if missing:
         rec["failure"] = (rec["failure"] + "; " if rec["failure"] else "") + \
             f"server processes exited during the run: {missing}"

@@ -3,6 +3,7 @@ including the canned responder, which never parses requests nor closes connectio
 response ends where its Content-Length says, never at EOF."""
 
 import socket
+import ssl
 import time
 
 HELLO = b"Hello, World!"
@@ -39,21 +40,30 @@ def read_response(sock, buf=b""):
     return int(parts[1]), head + b"\r\n\r\n", rest[:length], rest[length:]
 
 
-def get(port, path="/", timeout=2.0):
-    """One GET on a new connection; returns (status, head, body)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+def _unverified():
+    # The harness made the certificate itself a moment ago: nothing to verify it against.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def get(port, path="/", timeout=2.0, tls=False):
+    """One GET on a new connection (HTTPS with tls); returns (status, head, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        s = _unverified().wrap_socket(raw, server_hostname="localhost") if tls else raw
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         status, head, body, _ = read_response(s)
         return status, head, body
 
 
-def wait_hello(port, timeout, interval=0.001):
+def wait_hello(port, timeout, interval=0.001, tls=False):
     """Polls GET / until it answers 200 "Hello, World!"; returns the monotonic time it did,
     or None at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            status, _, body = get(port, "/", timeout=max(0.05, deadline - time.monotonic()))
+            status, _, body = get(port, "/", timeout=max(0.05, deadline - time.monotonic()), tls=tls)
             if status == 200 and body == HELLO:
                 return time.monotonic()
         except (OSError, HttpError):

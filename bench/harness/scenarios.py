@@ -9,14 +9,14 @@ import socket
 import statistics
 import time
 
-from . import httpc, procfs, wrk
+from . import httpc, procfs, tls, wrk
 from .grid import cpu_us_per_request
 from .subjects import Server, StartError
 
 SLEEP_MS = 10
 BLOCKING_CONNS = 256
 BLOCKING_BOUND = BLOCKING_CONNS * 1000 // SLEEP_MS  # 25,600 req/s: every connection always waiting
-ALL = ["blocking", "memory", "ready", "respawn", "master-death"]
+ALL = ["blocking", "memory", "ready", "respawn", "master-death", *tls.ALL]
 
 
 def _start(s, port, children, log, problems, extra=()):
@@ -300,4 +300,5 @@ RUNNERS = {
     "ready": ready,
     "respawn": respawn,
     "master-death": master_death,
+    **tls.RUNNERS,
 }

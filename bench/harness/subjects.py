@@ -80,6 +80,8 @@ class Subject:
     # The server is one process that serves on `children` cores itself (net/http with
     # GOMAXPROCS): no child processes to wait for.
     one_process: bool = False
+    # It serves HTTPS when started with --tls-cert/--tls-key (the TLS scenarios).
+    tls: bool = False
     status: str = "unbuilt"  # unbuilt | ok | skip | error
     reason: str = ""
     version: str = ""
@@ -120,6 +122,7 @@ def load_subjects():
                 note=d.get("ready_line_note", ""),
                 scenarios=d.get("scenarios"),
                 one_process=d.get("one_process", False),
+                tls=d.get("tls", False),
             )
         )
     return sorted(out, key=lambda s: s.order)
@@ -182,12 +185,14 @@ class StopResult:
 class Server:
     """A running subject. Use start() then stop(); stop() proves nothing is left."""
 
-    def __init__(self, subject, port, children, pin=None, extra=()):
+    def __init__(self, subject, port, children, pin=None, extra=(), tls=None):
         self.subject = subject
         self.port = port
         self.children = children
         self.pin = pin
         self.extra = list(extra)
+        # (certificate file, key file): serve HTTPS; readiness is then polled over TLS.
+        self.tls = tls
         self.proc = None
         self.run_dir = None
         self.lines = []
@@ -204,6 +209,8 @@ class Server:
 
     def argv(self):
         args = ["--addr", f"127.0.0.1:{self.port}", "--children", str(self.children), *self.extra]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         env = ctl_env()
         env["RUN_DIR"] = self.run_dir
         r = self.subject.ctl("argv", *args, env=env, capture_output=True, timeout=30)
@@ -261,7 +268,8 @@ class Server:
                 if time.monotonic() > deadline:
                     raise StartError(f"no ready line within {timeout:.0f} s{self._stderr_tail()}")
             self._check_alive()
-        self.serving_at = httpc.wait_hello(self.port, max(0.1, deadline - time.monotonic()))
+        self.serving_at = httpc.wait_hello(self.port, max(0.1, deadline - time.monotonic()),
+                                           tls=bool(self.tls))
         if self.serving_at is None:
             self._check_alive()
             raise StartError(f"GET / did not answer Hello, World! within {timeout:.0f} s{self._stderr_tail()}")

@@ -65,15 +65,17 @@ def parse(text):
     return r
 
 
-def run(port, *, path="/", threads, conns, seconds, depth=1, latency=True, pin=None, timeout_s=None):
-    """One wrk run. depth > 1 uses bench/pipeline.lua (depth requests per write). The run is
-    killed if it outlives its duration by 15 s (or timeout_s)."""
+def run(port, *, path="/", threads, conns, seconds, depth=1, latency=True, pin=None, timeout_s=None,
+        tls=False):
+    """One wrk run (HTTPS with tls: Debian's wrk is built with OpenSSL). depth > 1 uses
+    bench/pipeline.lua (depth requests per write). The run is killed if it outlives its
+    duration by 15 s (or timeout_s)."""
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s"]
     if latency and depth == 1:
         cmd.append("--latency")
     if depth > 1:
         cmd += ["-s", str(PIPELINE_LUA)]
-    cmd.append(f"http://127.0.0.1:{port}{path}")
+    cmd.append(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}")
     if depth > 1:
         cmd += ["--", str(depth)]
     if pin is not None:

@@ -4,7 +4,9 @@
 #   ctl version           one line: what exactly runs
 #   ctl argv ARGS         the command that starts the server, one argv element per line,
 #                         preceded by NAME=VALUE lines for its environment. ARGS are
-#                         --addr HOST:PORT --children N [--handler-threads N].
+#                         --addr HOST:PORT --children N [--handler-threads N]
+#                         [--tls-cert FILE --tls-key FILE] (HTTPS: subjects whose
+#                         subject.json says "tls": true; the harness made the files).
 #                         $RUN_DIR is a fresh directory the server may use.
 # The harness (bench/harness) sets BENCH_DIR, REPO_DIR (the tree ours is built from: the
 # working tree or, with --rev, a snapshot of a commit named by SOURCE_REV), BUILD_DIR and
@@ -23,12 +25,16 @@ emit() {
 ADDR=127.0.0.1:8080
 CHILDREN=1
 HANDLER_THREADS=
+TLS_CERT=
+TLS_KEY=
 parse_launch_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --addr) ADDR=$2; shift 2 ;;
       --children) CHILDREN=$2; shift 2 ;;
       --handler-threads) HANDLER_THREADS=$2; shift 2 ;;
+      --tls-cert) TLS_CERT=$2; shift 2 ;;
+      --tls-key) TLS_KEY=$2; shift 2 ;;
       *) echo "unknown launch argument $1" >&2; exit 2 ;;
     esac
   done

@@ -298,6 +298,9 @@ pub struct TlsRun {
     pub run: ConnectionRun,
     /// The server ended the connection with close_notify.
     pub close_notify: bool,
+    /// The buffer bytes the TLS transport held once everything was delivered and the
+    /// connection waited, still open, for more (None: it never did).
+    pub idle_buffers: Option<usize>,
 }
 
 pub fn run_tls_connection(
@@ -333,6 +336,7 @@ pub fn run_tls_connection(
     points.sort_unstable();
     let mut output = Vec::new();
     let (mut closed, mut eof_sent) = (false, false);
+    let mut idle_buffers = None;
     for _round in 0..100_000 {
         while peer.wants_write() {
             let _ = peer.write_tls(&mut wire);
@@ -400,6 +404,7 @@ pub fn run_tls_connection(
             if eof_sent {
                 break;
             }
+            idle_buffers = Some(tls.buffered());
             // Everything is delivered: the client says close_notify and leaves, as the plain
             // run signals end of input.
             peer.send_close_notify();
@@ -420,6 +425,7 @@ pub fn run_tls_connection(
     TlsRun {
         close_notify: peer_saw_close_notify(&mut peer),
         run: ConnectionRun { output, closed },
+        idle_buffers,
     }
 }
 

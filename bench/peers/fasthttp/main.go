@@ -6,6 +6,9 @@
 //	/pid       the serving child's pid
 //	/sleep?ms= 200 "slept" after ms milliseconds (one goroutine per connection blocks)
 //
+// With --tls-cert and --tls-key it serves HTTPS through prefork's ListenAndServeTLS (the TLS
+// scenarios): each child loads the files and has session-ticket keys of its own.
+//
 // The child count is fasthttp prefork's own: runtime.GOMAXPROCS(0) in the master, which Go
 // derives from the CPU affinity mask (so `taskset -c 1` gives one child) unless the GOMAXPROCS
 // environment variable is set. The harness sets GOMAXPROCS=N to ask for N children; the children
@@ -55,7 +58,12 @@ func handler(ctx *fasthttp.RequestCtx) {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	tlsCert := flag.String("tls-cert", "", "certificate chain (PEM): serve HTTPS")
+	tlsKey := flag.String("tls-key", "", "private key (PEM) of --tls-cert")
 	flag.Parse()
+	if (*tlsCert == "") != (*tlsKey == "") {
+		log.Fatal("fasthttp-hello: --tls-cert and --tls-key go together")
+	}
 
 	srv := &fasthttp.Server{Handler: handler, Name: "fasthttp"}
 	p := prefork.New(srv)
@@ -75,7 +83,13 @@ func main() {
 	if !prefork.IsChild() {
 		stopOnSignal(p)
 	}
-	err := p.ListenAndServe(*addr)
+	var err error
+	if *tlsCert != "" {
+		// fasthttp's order: the key first, then the certificate.
+		err = p.ListenAndServeTLS(*addr, *tlsKey, *tlsCert)
+	} else {
+		err = p.ListenAndServe(*addr)
+	}
 	if stopping.Load() {
 		os.Exit(0)
 	}

@@ -2,7 +2,7 @@
 //! costs (compare with examples-c/demo_server.c, which serves the same routes through it).
 //!
 //! ```text
-//! rust-hello [--addr HOST:PORT] [--children N] [--handler-threads N]
+//! rust-hello [--addr HOST:PORT] [--children N] [--handler-threads N] [--tls-cert FILE --tls-key FILE]
 //!   /            200 text/plain "Hello, World!"
 //!   /pid         the serving child's pid
 //!   /sleep?ms=N  200 "slept" after N ms
@@ -57,6 +57,8 @@ struct Args {
     addr: String,
     children: usize,
     handler_threads: usize,
+    /// HTTPS with this certificate chain and key (the TLS scenarios).
+    tls: Option<(String, String)>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -64,7 +66,9 @@ fn parse_args() -> Result<Args, String> {
         addr: "127.0.0.1:8080".into(),
         children: 0,
         handler_threads: 0,
+        tls: None,
     };
+    let (mut cert, mut key) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -78,9 +82,16 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--handler-threads: {e}"))?
             }
+            "--tls-cert" => cert = Some(value()?),
+            "--tls-key" => key = Some(value()?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    args.tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     Ok(args)
 }
 
@@ -89,7 +100,8 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "rust-hello: {e}\nusage: rust-hello [--addr HOST:PORT] [--children N] [--handler-threads N]"
+                "rust-hello: {e}\nusage: rust-hello [--addr HOST:PORT] [--children N] [--handler-threads N] \
+                 [--tls-cert FILE --tls-key FILE]"
             );
             return ExitCode::from(2);
         }
@@ -110,7 +122,11 @@ fn main() -> ExitCode {
         let _ = out.flush();
         Ok(())
     }));
-    match server.listen_and_serve(&args.addr) {
+    let served = match &args.tls {
+        Some((cert, key)) => server.listen_and_serve_tls(&args.addr, cert, key),
+        None => server.listen_and_serve(&args.addr),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rust-hello: {e}");

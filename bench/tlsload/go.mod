@@ -1,0 +1,3 @@
+module libprefork.bench/tlsload
+
+go 1.26.8
