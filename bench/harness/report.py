@@ -50,6 +50,9 @@ def ratio_pairs(subjects):
     # The Go binding against the C ABI it wraps (issue 17's target).
     if "ours-c" in ours and "ours-go" in ours:
         pairs.append(("ours-go", "ours-c"))
+    # Pinned children against the same binary unpinned (issue 20's affinity question).
+    if "ours-c" in ours and "ours-c-affinity" in ours:
+        pairs.append(("ours-c-affinity", "ours-c"))
     # The limit against the other peers: how much room the machine leaves above them.
     if "canned" in peers:
         pairs += [("canned", p) for p in peers if p != "canned"]
