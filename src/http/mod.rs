@@ -43,6 +43,7 @@ pub use hijack::Hijacked;
 pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
+pub use session::MAX_BATCH;
 pub(crate) use status::Status;
 
 use crate::config::HttpConfig;

@@ -1,0 +1,238 @@
+//! Pipelined requests answered in batches (`Handler::handle_batch`): the complete requests at
+//! the start of the input are parsed, the handler answers them in one call, and their
+//! responses are encoded in order, into the one write of the read. For a handler behind a
+//! costly call (the Go binding's C-to-Go callback, ~475 instructions of the Go runtime) that is
+//! one crossing per read instead of one per request.
+//!
+//! Whatever the batch cannot take (a head begun in an earlier read, empty lines, a bad head, a
+//! body still coming or chunked) is left to the one-by-one path, which hands the handler a
+//! batch of one: every request a batching handler gets on the event loop comes through
+//! `handle_batch`.
+
+use std::mem;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::thread;
+
+use super::{Body, Ctx, Exec, Limits, Phase, Session, parse_request, powers};
+use crate::error::panic_message;
+use crate::http::parse::{self, ReqInfo};
+use crate::http::request::{Handler, Header, Peer, Request};
+use crate::http::scan::{HeadScan, Scan};
+use crate::http::{Response, recycle};
+use crate::log::Level;
+
+/// The most requests `Handler::handle_batch` gets at once (a read holds more only with more
+/// than 32 pipelined requests: the rest make the next batch).
+pub const MAX_BATCH: usize = 32;
+
+/// What answering a batched request needs once the handler returned.
+#[derive(Clone, Copy)]
+struct Span {
+    info: ReqInfo,
+    head_len: usize,
+    body_len: usize,
+    /// Its fields in the batch's header array.
+    fields: (usize, usize),
+}
+
+/// A loop's buffers for batches, reused from read to read (emptied between uses).
+#[derive(Default)]
+pub(in crate::http) struct Scratch {
+    spans: Vec<Span>,
+    /// The requests as gathered, before their fields are in place.
+    heads: Vec<Request<'static>>,
+    reqs: Vec<Request<'static>>,
+    /// `MAX_BATCH` responses once the first batch ran, each reset after its use.
+    resps: Vec<Response>,
+}
+
+impl Session {
+    /// For a handler that takes batches: batches while the input starts with complete
+    /// requests. What remains (a body still coming, a body stream, a head not all here) takes
+    /// the steps one by one, which hand the handler a request that completes there through
+    /// `handle`. Returns whether a batch ran.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn batches(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Exec::Inline(handler) = ctx.exec else {
+            return false; // handler threads take requests one by one
+        };
+        let mut ran = false;
+        while self.phase == Phase::Head
+            && self.out_pending() <= ctx.limits.max_output
+            && self.on_heads(ctx, handler)
+        {
+            ran = true;
+        }
+        ran
+    }
+
+    /// `on_head` for a handler that takes batches: runs every complete request the input
+    /// starts with through one `handle_batch` call. Returns false, having done nothing, when
+    /// the input starts with none that a batch can take: that goes to `on_head`.
+    fn on_heads(&mut self, ctx: &mut Ctx<'_>, handler: &dyn Handler) -> bool {
+        if self.scan.started() {
+            return false;
+        }
+        let scratch = &mut *ctx.scratch;
+        let mut spans = mem::take(&mut scratch.batch.spans);
+        let mut resps = mem::take(&mut scratch.batch.resps);
+        let mut slots: Vec<httparse::Header<'_>> = recycle(mem::take(&mut scratch.slots));
+        let mut headers: Vec<Header<'_>> = recycle(mem::take(&mut scratch.headers));
+        let mut heads: Vec<Request<'_>> = recycle(mem::take(&mut scratch.batch.heads));
+        let mut reqs: Vec<Request<'_>> = recycle(mem::take(&mut scratch.batch.reqs));
+        let (start, end) = (self.inp.start, self.inp.end);
+        let input = &mut self.inp.buf[start..end];
+        gather(
+            input,
+            &self.peer,
+            ctx.limits,
+            &mut slots,
+            &mut headers,
+            &mut heads,
+            &mut spans,
+        );
+        reqs.extend(heads.iter().zip(&spans).map(|(req, span)| Request {
+            headers: &headers[span.fields.0..span.fields.1],
+            ..*req
+        }));
+        let n = reqs.len();
+        let outcome = (n > 0).then(|| {
+            if resps.len() < n {
+                resps.resize_with(MAX_BATCH, Response::default);
+            }
+            let powers = powers(ctx.plain_socket);
+            for resp in &mut resps[..n] {
+                resp.powers = powers;
+            }
+            catch_unwind(AssertUnwindSafe(|| {
+                handler.handle_batch(&reqs, &mut resps[..n])
+            }))
+        });
+        scratch.batch.reqs = recycle(reqs);
+        scratch.batch.heads = recycle(heads);
+        scratch.headers = recycle(headers);
+        scratch.slots = recycle(slots);
+        let ran = match outcome {
+            Some(outcome) => {
+                self.answer_batch(ctx, &spans, &mut resps[..n], outcome);
+                true
+            }
+            None => false,
+        };
+        spans.clear();
+        ctx.scratch.batch.spans = spans;
+        ctx.scratch.batch.resps = resps;
+        ran
+    }
+
+    /// Consumes the requests the handler answered and encodes their responses, in order, up
+    /// to one the connection must wait for or ends with.
+    fn answer_batch(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        spans: &[Span],
+        resps: &mut [Response],
+        outcome: thread::Result<usize>,
+    ) {
+        let n = spans.len();
+        let panicked = outcome.is_err();
+        let (answered, mut panic) = match outcome {
+            Ok(k) if (1..=n).contains(&k) => (k, None),
+            Ok(_) => (n, None),
+            Err(p) => (1, Some(panic_message(&*p))),
+        };
+        let mut consumed = 0;
+        while consumed < answered {
+            let span = spans[consumed];
+            self.seq += 1;
+            self.info = span.info;
+            self.head_len = span.head_len;
+            self.take_request(Body::Input(span.body_len));
+            self.answer(ctx, Some(&mut resps[consumed]), panic.take());
+            consumed += 1;
+            if self.phase != Phase::Head {
+                break;
+            }
+        }
+        if consumed < answered && !panicked {
+            self.cut_batch(ctx);
+        }
+        for resp in &mut resps[consumed..] {
+            resp.abandon();
+        }
+    }
+
+    /// The handler answered requests after one the connection waits for or ends with: those
+    /// answers are dropped (their requests stay unconsumed), and the connection ends after it.
+    #[cold]
+    fn cut_batch(&mut self, ctx: &Ctx<'_>) {
+        ctx.log.log(
+            Level::Error,
+            "handle_batch answered requests after a response that is deferred, hijacked, \
+             streamed or closes the connection; dropped those answers, and the connection \
+             closes after that response",
+        );
+        match self.phase {
+            Phase::Streaming => self.close_after_stream = true,
+            Phase::Deferred => self.info.close_after = true,
+            _ => {} // Done: it closes already
+        }
+    }
+}
+
+/// Parses the complete requests at the start of `input`, at most `MAX_BATCH`, into `heads`
+/// (their `headers` still empty: they are in `headers`, at the span's `fields`) and `spans`.
+/// Stops before whatever the one-by-one path must see (an incomplete or bad head, empty lines,
+/// a body not all here or chunked), and after a request that closes the connection.
+fn gather<'b>(
+    mut input: &'b mut [u8],
+    peer: &'b Peer,
+    lim: &Limits,
+    slots: &mut Vec<httparse::Header<'b>>,
+    headers: &mut Vec<Header<'b>>,
+    heads: &mut Vec<Request<'b>>,
+    spans: &mut Vec<Span>,
+) {
+    while heads.len() < MAX_BATCH && !matches!(input.first(), None | Some(b'\r' | b'\n')) {
+        let mut scan = HeadScan::default();
+        let Scan::Complete(head_len) = scan.scan(input, &lim.scan) else {
+            return;
+        };
+        let (head, rest) = mem::take(&mut input).split_at_mut(head_len);
+        if parse::check_version(head, scan.request_line_len()).is_err() {
+            return;
+        }
+        let head: &'b [u8] = head;
+        let Ok((parsed, info, Some(body_len))) =
+            parse_request(head, slots, lim.max_body, rest.len())
+        else {
+            return;
+        };
+        let (body, rest) = rest.split_at_mut(body_len);
+        let first = headers.len();
+        headers.extend(parsed.headers.iter().map(|h| Header {
+            name: h.name,
+            value: h.value,
+        }));
+        let body: &'b [u8] = body;
+        heads.push(Request {
+            method: parsed.method.unwrap_or(""),
+            target: parsed.path.unwrap_or(""),
+            minor_version: parsed.version.unwrap_or(1),
+            headers: &[],
+            body,
+            peer,
+        });
+        spans.push(Span {
+            info,
+            head_len,
+            body_len,
+            fields: (first, headers.len()),
+        });
+        input = rest;
+        if !info.keep_alive || info.close_after {
+            return;
+        }
+    }
+}
