@@ -1,6 +1,7 @@
 //! `prefork_handler`: the C request-handler vtable, adapted to [`crate::Handler`].
 
 use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
 
 use super::error::FfiError;
 use super::extensible::Extensible;
@@ -162,20 +163,22 @@ impl crate::Handler for CHandler {
             unreachable!("the engine batches only when the vtable has handle_batch");
         };
         let n = reqs.len().min(resps.len()).min(MAX_BATCH);
-        let mut req_ptrs = [std::ptr::null::<prefork_request>(); MAX_BATCH];
-        let mut resp_ptrs = [std::ptr::null_mut::<prefork_response>(); MAX_BATCH];
+        // Only the first n are written, and C reads only those: no need to clear 64 pointers.
+        let mut req_ptrs = [MaybeUninit::<*const prefork_request>::uninit(); MAX_BATCH];
+        let mut resp_ptrs = [MaybeUninit::<*mut prefork_response>::uninit(); MAX_BATCH];
         for i in 0..n {
             let req: *const Request<'_> = &reqs[i];
             let resp: *mut Response = &mut resps[i];
-            req_ptrs[i] = req.cast();
-            resp_ptrs[i] = resp.cast();
+            req_ptrs[i].write(req.cast());
+            resp_ptrs[i].write(resp.cast());
         }
-        // SAFETY: n live requests and responses, each used by one pointer, for the whole call.
+        // SAFETY: n live requests and responses, each used by one pointer, for the whole call;
+        // the first n pointers of each array are initialised.
         unsafe {
             batch(
                 self.user_data.ptr(),
-                req_ptrs.as_ptr(),
-                resp_ptrs.as_ptr(),
+                req_ptrs.as_ptr().cast(),
+                resp_ptrs.as_ptr().cast(),
                 n,
             )
         }

@@ -272,6 +272,8 @@ pub(crate) struct Session {
     stalled: bool,
     /// Requests whose head was complete: tells the timers a new request began.
     seq: u64,
+    /// `seq` when the last read's requests began, for a batching handler (see `batches`).
+    seq_at_read: u64,
     /// Who takes the connection once the current response is out (boxed again: a pointer in
     /// every session rather than two).
     handover: Option<Box<HijackFn>>,
@@ -333,6 +335,7 @@ impl Session {
             peer_eof: false,
             stalled: false,
             seq: 0,
+            seq_at_read: 0,
             handover: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -547,7 +550,7 @@ impl Session {
     #[inline(never)]
     fn step_all(&mut self, ctx: &mut Ctx<'_>) -> bool {
         // Batches first, then one by one what they leave (see `batches`).
-        let mut progress = ctx.limits.batch && self.batches(ctx);
+        let mut progress = ctx.limits.batch && self.pipelining() && self.batches(ctx);
         loop {
             if self.out_pending() > ctx.limits.max_output {
                 self.stalled = matches!(self.phase, Phase::Head | Phase::Body | Phase::Streaming);
