@@ -272,8 +272,10 @@ pub(crate) struct Session {
     stalled: bool,
     /// Requests whose head was complete: tells the timers a new request began.
     seq: u64,
-    /// `seq` when the last read's requests began, for a batching handler (see `batches`).
+    /// For a batching handler (see `pipelining`): `seq` when requests last came, and whether
+    /// more than one came then.
     seq_at_read: u64,
+    pipelined: bool,
     /// Who takes the connection once the current response is out (boxed again: a pointer in
     /// every session rather than two).
     handover: Option<Box<HijackFn>>,
@@ -336,6 +338,7 @@ impl Session {
             stalled: false,
             seq: 0,
             seq_at_read: 0,
+            pipelined: true,
             handover: None,
             bytes_in: 0,
             bytes_out: 0,

@@ -3,12 +3,14 @@
 //! answers are those `handle` would give, in order.
 
 use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use prefork::{Handler, MAX_BATCH, Request, Response};
 
 use crate::support::*;
 
-/// `Echo` in batches. Records the size of every batch and, in order, every request answered
+/// `answer` in batches. Records the size of every batch and, in order, every request answered
 /// (`batch /x` or `one /x`). Answers at most `take` requests per batch (0: all), and with
 /// `misuse` goes on after a response that ends the batch.
 #[derive(Default)]
@@ -30,6 +32,19 @@ impl Batcher {
     }
 }
 
+/// `Echo`, but `/later` is deferred and completed with "late" 50 ms later, from a thread.
+fn answer(req: &Request<'_>, resp: &mut Response) {
+    if req.path() != "/later" {
+        return Echo.handle(req, resp);
+    }
+    let mut d = resp.defer().unwrap();
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        d.response().write(b"late");
+        d.complete();
+    });
+}
+
 /// The request with which `Client::closed` tells an open connection: not the test's.
 fn is_probe(req: &Request<'_>) -> bool {
     req.path().starts_with("/__probe")
@@ -37,11 +52,8 @@ fn is_probe(req: &Request<'_>) -> bool {
 
 impl Handler for Batcher {
     fn handle(&self, req: &Request<'_>, resp: &mut Response) {
-        self.seen
-            .lock()
-            .unwrap()
-            .push(format!("one {}", req.target()));
-        Echo.handle(req, resp);
+        self.record(req, "one");
+        answer(req, resp);
     }
 
     fn batches(&self) -> bool {
@@ -58,7 +70,7 @@ impl Handler for Batcher {
         };
         for (i, (req, resp)) in reqs.iter().zip(resps.iter_mut()).take(n).enumerate() {
             self.record(req, "batch");
-            Echo.handle(req, resp);
+            answer(req, resp);
             if resp.ends_batch() && !self.misuse {
                 return i + 1;
             }
@@ -222,43 +234,11 @@ fn a_panicking_batch_answers_500_and_closes() {
 
 #[test]
 fn a_deferred_response_ends_the_batch_and_the_rest_waits_for_it() {
-    struct Deferring(Batcher);
-    impl Handler for Deferring {
-        fn handle(&self, req: &Request<'_>, resp: &mut Response) {
-            self.0.handle(req, resp)
-        }
-        fn batches(&self) -> bool {
-            true
-        }
-        fn handle_batch(&self, reqs: &[Request<'_>], resps: &mut [Response]) -> usize {
-            if !is_probe(&reqs[0]) {
-                self.0.sizes.lock().unwrap().push(reqs.len());
-            }
-            for (i, (req, resp)) in reqs.iter().zip(resps.iter_mut()).enumerate() {
-                if req.path() == "/later" {
-                    let d = resp.defer().unwrap();
-                    std::thread::spawn(move || {
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                        let mut d = d;
-                        d.response().write(b"late");
-                        d.complete();
-                    });
-                    return i + 1;
-                }
-                Echo.handle(req, resp);
-            }
-            reqs.len()
-        }
-    }
-    let h = Arc::new(Deferring(Batcher::default()));
-    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
-    let mut c = server.connect();
+    let h = Arc::new(Batcher::default());
     let batch = gets(["/a", "/later", "/c"].map(String::from));
-    c.send(&batch);
-    let rs = collect(&mut c, 3, head_flags(&batch));
-    assert_eq!(rs.iter().map(|r| r.status).collect::<Vec<_>>(), [200; 3]);
+    let (rs, closed, _server) = run(Arc::clone(&h), &batch, &[200; 3]);
     assert_eq!(rs[1].body, b"late");
     assert_eq!(rs[2].header("x-path"), Some("/c"));
-    assert!(!c.closed());
-    assert_eq!(*h.0.sizes.lock().unwrap(), [3, 1]);
+    assert!(!closed);
+    assert_eq!(*h.sizes.lock().unwrap(), [3, 1], "{:?}", h.seen.lock().unwrap());
 }

@@ -48,14 +48,17 @@ pub(in crate::http) struct Scratch {
 
 impl Session {
     /// Whether this read's requests should be tried as a batch: only on a connection that
-    /// pipelines, whose last read brought more than one request (or that has had none yet). A
-    /// batch of one costs ~250 instructions more than the one-by-one path (the gathering, the
-    /// arrays of pointers), and at depth 1 nearly every read is one request.
+    /// pipelines, whose last read that brought requests brought more than one (or that has had
+    /// none yet). A batch of one costs ~250 instructions more than the one-by-one path (the
+    /// gathering, the arrays of pointers), and at depth 1 nearly every read is one request.
     #[inline(always)]
     pub(super) fn pipelining(&mut self) -> bool {
-        let pipelining = self.seq - self.seq_at_read > 1 || self.seq == 0;
-        self.seq_at_read = self.seq;
-        pipelining
+        let since = self.seq - self.seq_at_read;
+        if since > 0 {
+            self.pipelined = since > 1;
+            self.seq_at_read = self.seq;
+        }
+        self.pipelined
     }
 
     /// For a handler that takes batches: batches while the input starts with complete
