@@ -327,10 +327,11 @@ typedef struct prefork_handler {
      * brought, in one call: for a handler whose every call is costly (a foreign-language
      * runtime behind a callback, as the Go binding is), one call per read instead of one per
      * request. When set, the event loop calls it instead of `handle` for every run of
-     * complete requests that a read leaves at the start of a connection's input, often a run
-     * of one; `handle` stays required: it gets the requests completed otherwise (a head begun
-     * in an earlier read, a body that came later or chunked) and every request on the
-     * handler threads (`handler_threads` > 0).
+     * complete requests that a read leaves at the start of a connection's input, on a
+     * connection that pipelines; `handle` stays required: it gets the requests completed
+     * otherwise (a head begun in an earlier read, a body that came later or chunked), those of
+     * a connection whose last read brought only one (at depth 1 a batch of one costs more than
+     * a call of `handle`), and every request on the handler threads (`handler_threads` > 0).
      *
      * `reqs[i]` is answered in `resps[i]`, for i in 0..`count`, the requests in the order
      * received; `count` is between 1 and PREFORK_MAX_BATCH. Each request has its head and

@@ -37,7 +37,9 @@ pub trait Handler: Send + Sync + 'static {
     /// [`MAX_BATCH`](crate::MAX_BATCH) requests, in the order received, each with its head and
     /// whole body (not chunked) in; the batch ends after a request that closes the connection.
     /// A request completed otherwise (its head began in an earlier read, its body came later or
-    /// chunked), and every request on the handler threads, goes to `handle`.
+    /// chunked), the requests of a connection whose last read brought only one (depth 1, where
+    /// a batch of one costs more than `handle`), and every request on the handler threads go to
+    /// `handle`.
     ///
     /// Answer `reqs[i]` in `resps[i]` and return how many requests were answered, from the
     /// first: the others (`reqs[k..]`) are not consumed and come again in a later batch. A
@@ -47,7 +49,8 @@ pub trait Handler: Send + Sync + 'static {
     /// connection after it. A count of 0 or above `reqs.len()` counts as all. A panic answers
     /// the first request 500, drops the others and closes the connection.
     ///
-    /// The default answers each with `handle`, and stops after a response that is taken over.
+    /// The default answers each with `handle`, and stops after one that ends the batch
+    /// ([`Response::ends_batch`]).
     fn handle_batch(&self, reqs: &[Request<'_>], resps: &mut [Response]) -> usize {
         for (i, (req, resp)) in reqs.iter().zip(resps.iter_mut()).enumerate() {
             self.handle(req, resp);

@@ -240,5 +240,10 @@ fn a_deferred_response_ends_the_batch_and_the_rest_waits_for_it() {
     assert_eq!(rs[1].body, b"late");
     assert_eq!(rs[2].header("x-path"), Some("/c"));
     assert!(!closed);
-    assert_eq!(*h.sizes.lock().unwrap(), [3, 1], "{:?}", h.seen.lock().unwrap());
+    assert_eq!(
+        *h.sizes.lock().unwrap(),
+        [3, 1],
+        "{:?}",
+        h.seen.lock().unwrap()
+    );
 }

@@ -4,10 +4,9 @@
 //! costly call (the Go binding's C-to-Go callback, ~475 instructions of the Go runtime) that is
 //! one crossing per read instead of one per request.
 //!
-//! Whatever the batch cannot take (a head begun in an earlier read, empty lines, a bad head, a
-//! body still coming or chunked) is left to the one-by-one path, which hands the handler a
-//! batch of one: every request a batching handler gets on the event loop comes through
-//! `handle_batch`.
+//! Whatever a batch cannot take (a head begun in an earlier read, empty lines, a bad head, a
+//! body still coming or chunked) is left to the one-by-one path and `Handler::handle`, and so
+//! is every read of a connection that does not pipeline (see `pipelining`).
 
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -110,18 +109,7 @@ impl Session {
             ..*req
         }));
         let n = reqs.len();
-        let outcome = (n > 0).then(|| {
-            if resps.len() < n {
-                resps.resize_with(MAX_BATCH, Response::default);
-            }
-            let powers = powers(ctx.plain_socket);
-            for resp in &mut resps[..n] {
-                resp.powers = powers;
-            }
-            catch_unwind(AssertUnwindSafe(|| {
-                handler.handle_batch(&reqs, &mut resps[..n])
-            }))
-        });
+        let outcome = (n > 0).then(|| run_batch(handler, &reqs, &mut resps, ctx.plain_socket));
         scratch.batch.reqs = recycle(reqs);
         scratch.batch.heads = recycle(heads);
         scratch.headers = recycle(headers);
@@ -195,6 +183,26 @@ impl Session {
             _ => {} // Done: it closes already
         }
     }
+}
+
+/// Runs the handler on `reqs` (at least one), answered in the first of `resps`.
+fn run_batch(
+    handler: &dyn Handler,
+    reqs: &[Request<'_>],
+    resps: &mut Vec<Response>,
+    plain_socket: bool,
+) -> thread::Result<usize> {
+    let n = reqs.len();
+    if resps.len() < n {
+        resps.resize_with(MAX_BATCH, Response::default);
+    }
+    let powers = powers(plain_socket);
+    for resp in &mut resps[..n] {
+        resp.powers = powers;
+    }
+    catch_unwind(AssertUnwindSafe(|| {
+        handler.handle_batch(reqs, &mut resps[..n])
+    }))
 }
 
 /// Parses the complete requests at the start of `input`, at most `MAX_BATCH`, into `heads`
