@@ -247,3 +247,21 @@ fn a_deferred_response_ends_the_batch_and_the_rest_waits_for_it() {
         h.seen.lock().unwrap()
     );
 }
+
+#[test]
+fn a_head_an_earlier_read_began_leads_the_next_batch() {
+    let h = Arc::new(Batcher::default());
+    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
+    let mut c = server.connect();
+    c.send(b"GET /a HTTP/1.1\r\nHo");
+    thread::sleep(Duration::from_millis(100)); // read on its own
+    let rest = [b"st: t\r\n\r\n".to_vec(), get("/b"), get("/c")].concat();
+    c.send(&rest);
+    let rs = collect(&mut c, 3, vec![false; 3]);
+    assert_eq!(paths(&rs), ["/a", "/b", "/c"]);
+    assert_eq!(
+        *h.seen.lock().unwrap(),
+        ["batch /a", "batch /b", "batch /c"]
+    );
+    assert_eq!(*h.sizes.lock().unwrap(), [3]);
+}

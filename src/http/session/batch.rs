@@ -83,37 +83,30 @@ impl Session {
     /// starts with through one `handle_batch` call. Returns false, having done nothing, when
     /// the input starts with none that a batch can take: that goes to `on_head`.
     fn on_heads(&mut self, ctx: &mut Ctx<'_>, handler: &dyn Handler) -> bool {
-        if self.scan.started() {
-            return false;
-        }
         let scratch = &mut *ctx.scratch;
         let mut spans = mem::take(&mut scratch.batch.spans);
         let mut resps = mem::take(&mut scratch.batch.resps);
-        let mut slots: Vec<httparse::Header<'_>> = recycle(mem::take(&mut scratch.slots));
-        let mut headers: Vec<Header<'_>> = recycle(mem::take(&mut scratch.headers));
-        let mut heads: Vec<Request<'_>> = recycle(mem::take(&mut scratch.batch.heads));
+        let mut got = Gathered {
+            slots: recycle(mem::take(&mut scratch.slots)),
+            headers: recycle(mem::take(&mut scratch.headers)),
+            heads: recycle(mem::take(&mut scratch.batch.heads)),
+        };
         let mut reqs: Vec<Request<'_>> = recycle(mem::take(&mut scratch.batch.reqs));
         let (start, end) = (self.inp.start, self.inp.end);
         let input = &mut self.inp.buf[start..end];
         gather(
-            input,
-            &self.peer,
-            ctx.limits,
-            &mut slots,
-            &mut headers,
-            &mut heads,
-            &mut spans,
+            input, self.scan, &self.peer, ctx.limits, &mut got, &mut spans,
         );
-        reqs.extend(heads.iter().zip(&spans).map(|(req, span)| Request {
-            headers: &headers[span.fields.0..span.fields.1],
+        reqs.extend(got.heads.iter().zip(&spans).map(|(req, span)| Request {
+            headers: &got.headers[span.fields.0..span.fields.1],
             ..*req
         }));
         let n = reqs.len();
         let outcome = (n > 0).then(|| run_batch(handler, &reqs, &mut resps, ctx.plain_socket));
         scratch.batch.reqs = recycle(reqs);
-        scratch.batch.heads = recycle(heads);
-        scratch.headers = recycle(headers);
-        scratch.slots = recycle(slots);
+        scratch.batch.heads = recycle(got.heads);
+        scratch.headers = recycle(got.headers);
+        scratch.slots = recycle(got.slots);
         let ran = match outcome {
             Some(outcome) => {
                 self.answer_batch(ctx, &spans, &mut resps[..n], outcome);
@@ -185,6 +178,14 @@ impl Session {
     }
 }
 
+/// What `gather` fills, in buffers `Scratch` lends: httparse's slots, the batch's fields, and
+/// its requests before their fields are in place.
+struct Gathered<'b> {
+    slots: Vec<httparse::Header<'b>>,
+    headers: Vec<Header<'b>>,
+    heads: Vec<Request<'b>>,
+}
+
 /// Runs the handler on `reqs` (at least one), answered in the first of `resps`.
 fn run_batch(
     handler: &dyn Handler,
@@ -208,18 +209,26 @@ fn run_batch(
 /// Parses the complete requests at the start of `input`, at most `MAX_BATCH`, into `heads`
 /// (their `headers` still empty: they are in `headers`, at the span's `fields`) and `spans`.
 /// Stops before whatever the one-by-one path must see (an incomplete or bad head, empty lines,
-/// a body not all here or chunked), and after a request that closes the connection.
+/// a body not all here or chunked), and after a request that closes the connection. The first
+/// head's scan goes on from `first` (a head an earlier read began: the rest of the read is
+/// still batched), a copy: the session's own is untouched, for the one-by-one path.
 fn gather<'b>(
     mut input: &'b mut [u8],
+    first: HeadScan,
     peer: &'b Peer,
     lim: &Limits,
-    slots: &mut Vec<httparse::Header<'b>>,
-    headers: &mut Vec<Header<'b>>,
-    heads: &mut Vec<Request<'b>>,
+    got: &mut Gathered<'b>,
     spans: &mut Vec<Span>,
 ) {
-    while heads.len() < MAX_BATCH && !matches!(input.first(), None | Some(b'\r' | b'\n')) {
-        let mut scan = HeadScan::default();
+    let Gathered {
+        slots,
+        headers,
+        heads,
+    } = got;
+    let mut scan = first;
+    while heads.len() < MAX_BATCH
+        && (scan.started() || !matches!(input.first(), None | Some(b'\r' | b'\n')))
+    {
         let Scan::Complete(head_len) = scan.scan(input, &lim.scan) else {
             return;
         };
@@ -234,7 +243,7 @@ fn gather<'b>(
             return;
         };
         let (body, rest) = rest.split_at_mut(body_len);
-        let first = headers.len();
+        let fields_at = headers.len();
         headers.extend(parsed.headers.iter().map(|h| Header {
             name: h.name,
             value: h.value,
@@ -252,9 +261,10 @@ fn gather<'b>(
             info,
             head_len,
             body_len,
-            fields: (first, headers.len()),
+            fields: (fields_at, headers.len()),
         });
         input = rest;
+        scan = HeadScan::default();
         if !info.keep_alive || info.close_after {
             return;
         }
