@@ -77,7 +77,7 @@ pub use error::{Error, ErrorKind, HookError};
 pub use hooks::{
     CHILD_ENV, ChildExit, HookResult, Hooks, LIFELINE_FD, LISTENER_FD, Pid, SpawnRequest,
 };
-pub use http::{Deferred, Handler, Header, Hijacked, ProxyHeader, Request, Response};
+pub use http::{Deferred, Handler, Header, Hijacked, MAX_BATCH, ProxyHeader, Request, Response};
 pub use listen::{ListenAddr, ListenerOptions, ListenerSpec};
 pub use log::{Level, Logger, StderrLogger};
 pub use stats::{ChildState, ChildStats, MasterStats, Stats, stats};

@@ -33,6 +33,7 @@ fn handler(frees: &AtomicUsize) -> prefork_handler {
         handle: Some(handle),
         exit_child: None,
         user_data_free: Some(count),
+        handle_batch: None,
     }
 }
 
@@ -287,8 +288,17 @@ fn structs_are_read_by_the_size_the_caller_passes() {
         prefork_free(p);
         assert_eq!(frees.swap(0, Ordering::SeqCst), 1);
 
+        // A 0.1 program's struct, which ends before handle_batch.
+        let size_0_1 = 5 * std::mem::size_of::<usize>();
+        assert_eq!(
+            prefork_new_sized(&handler(&frees), size_0_1, &mut p),
+            PREFORK_OK
+        );
+        prefork_free(p);
+        assert_eq!(frees.swap(0, Ordering::SeqCst), 1);
+
         // Too short to be any prefork_handler, or not a whole number of members.
-        for bad in [0, 8, size - 8, size + 1] {
+        for bad in [0, 8, size_0_1 - 8, size + 1] {
             p = ptr::null_mut();
             let r = prefork_new_sized(&handler(&frees), bad, &mut p);
             assert_eq!(r, PREFORK_ERR_INVALID_ARGUMENT, "size {bad}");

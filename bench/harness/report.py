@@ -217,6 +217,9 @@ def targets(subjects, rps_r, cpu_r, p99_r, scen):
                 "nethttp-chi", d16, lambda v: v >= 2)
     grid_target("chi via HTTPHandler: depth 1 CPU/req < net/http alone", cpu_r, "ours-go-chi",
                 "nethttp-chi", d1, lambda v: v < 1)
+    # Serve mode: fasthttp's own server under our supervisor against fasthttp's prefork.
+    grid_target("fasthttp.Server.Serve as ServeFunc ≥ 0.97 × fasthttp prefork (req/s)", rps_r,
+                "ours-go-fasthttp-serve", "fasthttp", lambda c: True, lambda v: v >= 0.97)
 
     b = scen.get("blocking")
     if b:

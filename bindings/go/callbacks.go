@@ -83,11 +83,46 @@ func newExchange() *exchange {
 //export goPreforkHandle
 func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange) {
 	s := serverOf(h)
+	var rp *replay
+	if s.replays != nil {
+		rp = &s.replays[0]
+	}
+	s.handleOne(creq, cresp, cx, rp)
+	if rp != nil {
+		s.yield(1)
+	}
+}
+
+// goPreforkHandleBatch answers the n requests of a batch (on the event loop), each in its
+// exchange of cxs with its replay, up to the first whose response ends the batch; it returns
+// how many it answered (the library offers the rest again). One call from C into Go, the
+// costly direction (~475 instructions of the Go runtime), for all of them.
+//
+//export goPreforkHandleBatch
+func goPreforkHandleBatch(h C.uintptr_t, creqs **C.prefork_request, cresps **C.prefork_response, cxs *C.goprefork_exchange, n C.size_t) C.size_t {
+	s := serverOf(h)
+	reqs := unsafe.Slice(creqs, int(n))
+	resps := unsafe.Slice(cresps, int(n))
+	xs := unsafe.Slice(cxs, int(n))
+	answered := len(reqs)
+	for i, creq := range reqs {
+		if s.handleOne(creq, resps[i], &xs[i], &s.replays[i]) {
+			answered = i + 1
+			break
+		}
+	}
+	s.yield(answered)
+	return C.size_t(answered)
+}
+
+// handleOne runs the handler on one request, staging its response in cx (and its fields in
+// rp's buffer, when it has one). Returns whether the response ends its batch.
+func (s *server) handleOne(creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange, rp *replay) (ends bool) {
 	x := newExchange()
 	x.req = Request{creq, cx, s}
 	x.resp = Response{c: cresp, x: cx, srv: s, n: -1}
-	if rp := s.replay; rp != nil {
-		cx.fields, x.resp.n = rp.buf, 0
+	if rp != nil {
+		cx.fields, x.resp.n, x.resp.rp = rp.buf, 0, rp
 	}
 	defer func() {
 		if v := recover(); v != nil {
@@ -95,6 +130,7 @@ func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_re
 			// What was staged is taken back; what reached the library is replaced or stays.
 			cx.stage_len, cx.fields_len, cx.status = 0, 0, 0
 			internalError(cresp)
+			ends = true
 		}
 		// Whatever the handler kept now reads as empty instead of freed memory. A deferred
 		// Response is its goroutine's now: Defer already let go of the exchange.
@@ -104,9 +140,7 @@ func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_re
 		}
 	}()
 	s.p.handler(&x.req, &x.resp)
-	if s.replay != nil {
-		s.yield()
-	}
+	return x.resp.ends
 }
 
 // How often the event loop's goroutine goes through the scheduler: at least every
@@ -117,17 +151,18 @@ const (
 )
 
 // yield lets the scheduler run the event loop's goroutine again (runtime.Gosched) when it has
-// not for yieldInterval. That goroutine is one long cgo call that never reaches the scheduler
-// on its own, and the runtime's sysmon takes any goroutine that has not been rescheduled for
-// 10 ms for a hog: from then on, at each of its ticks (20 µs when it acts), it takes the
+// not for yieldInterval; n requests were answered since the last call. That goroutine is one
+// long cgo call that never reaches the scheduler on its own, and the runtime's sysmon takes
+// any goroutine that has not been rescheduled for 10 ms for a hog: from then on, at each of its ticks (20 µs when it acts), it takes the
 // goroutine's P away while the loop is in C, which the next callback must get back, or
 // preempts it in Go code. That churn cost a child ~0.3-0.5 µs of another thread's CPU per
 // request at depth 1 (sysmon awake ~2,500 times a second, 1,300 futex wakeups and 16
 // preemption signals a second against 0 after), for one yield every 5 ms: a few context
 // switches, as the goroutine is locked to its thread. Only on the event loop: handler threads
 // block and are rescheduled anyway.
-func (s *server) yield() {
-	if s.handled++; s.handled%yieldCheck != 0 || time.Since(s.yielded) < yieldInterval {
+func (s *server) yield(n int) {
+	before := s.handled
+	if s.handled += uint64(n); s.handled/yieldCheck == before/yieldCheck || time.Since(s.yielded) < yieldInterval {
 		return
 	}
 	runtime.Gosched()

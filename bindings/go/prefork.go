@@ -619,10 +619,14 @@ func (p *Prefork) serve(op, addr string, run func(c *C.prefork, caddr *C.char) C
 
 	s := &server{p: p}
 	if p.HandlerThreads <= 0 && p.ServeFunc == nil {
-		// One request at a time: the fields are staged in a buffer kept across requests.
-		s.replay = &replay{buf: (*C.char)(C.malloc(C.GOPREFORK_FIELDS_SIZE))}
+		// On the event loop, in batches: the fields of a batch's i-th request are staged in a
+		// buffer of its own, kept across batches (see replay).
+		s.replays = make([]replay, C.GOPREFORK_BATCH)
+		for i := range s.replays {
+			s.replays[i].buf = (*C.char)(C.malloc(C.GOPREFORK_FIELDS_SIZE))
+			defer C.free(unsafe.Pointer(s.replays[i].buf))
+		}
 		s.peer = new(peerCache)
-		defer C.free(unsafe.Pointer(s.replay.buf))
 	}
 	c, err := s.create()
 	if err != nil {
@@ -671,9 +675,9 @@ func keepSpareP() (restore func()) {
 // and the first error a Go hook returned, which ListenAndServe attaches to its result.
 type server struct {
 	p *Prefork
-	// replay is the staging buffer of the fields kept across requests, nil with handler
-	// threads (see replay).
-	replay *replay
+	// replays are the staging buffers of the fields kept across requests, one for each place
+	// in a batch; nil with handler threads (see replay).
+	replays []replay
 	// On the event loop: requests handled, and when the loop's goroutine last yielded (see
 	// yield).
 	handled uint64
@@ -707,6 +711,9 @@ func (s *server) create() (*C.prefork, error) {
 	}
 	if s.p.ExitChild != nil {
 		members |= C.GOPREFORK_EXIT_CHILD
+	}
+	if s.replays != nil {
+		members |= C.GOPREFORK_HANDLE_BATCH
 	}
 	h := newHandle(s)
 	var c *C.prefork

@@ -21,9 +21,14 @@ import (
 // ErrState.
 type Response struct {
 	c *C.prefork_response
-	// n is the number of fields of srv.replay this response staged, or -1 when it does not
-	// stage its fields in srv.replay's buffer.
-	n int
+	// n is the number of fields of rp this response staged, or -1 when it does not stage its
+	// fields in rp's buffer (rp is nil with handler threads).
+	n  int
+	rp *replay
+	// The response ends its batch: the library must send it (or wait for it) before it
+	// answers the next request, so the handler of the next one runs in a later batch. Set
+	// when it is deferred, streams its body, may close the connection, or panicked.
+	ends bool
 	// The C callback's staging buffers: the status, the header fields and the body go there
 	// while they fit, and the callback hands them to the library after the handler (shim.c's
 	// apply), so that a handler crosses into C not once. A field that does not fit, or that
@@ -122,7 +127,7 @@ func (r *Response) AddHeader(name, value string) error {
 		return lastError("AddHeader", C.prefork_response_add_header(r.c,
 			stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
 	}
-	rp := r.srv.replay
+	rp := r.rp
 	if r.n >= 0 && r.n < len(rp.fields) {
 		if f := &rp.fields[r.n]; sameString(f.name, name) && sameString(f.value, value) {
 			x.fields_len = C.size_t(f.end) // staged already, by the request before
@@ -149,6 +154,9 @@ func (r *Response) AddHeader(name, value string) error {
 // addHeaderDirect adds the field to the library's response at once, after the staged ones,
 // with the library's verdict on it.
 func (r *Response) addHeaderDirect(name, value string) error {
+	if strings.EqualFold(name, "Connection") {
+		r.ends = true // "close" ends the connection
+	}
 	if r.x.fields_len > 0 {
 		C.goprefork_flush_fields(r.c, r.x) // the fields keep their order
 	}
@@ -162,7 +170,7 @@ func (r *Response) addHeaderDirect(name, value string) error {
 // replay no longer describes, so the next request stages its fields afresh.
 func (r *Response) forgetReplay() {
 	if r.n >= 0 {
-		r.srv.replay.fields = r.srv.replay.fields[:0]
+		r.rp.fields = r.rp.fields[:0]
 		r.n = -1
 	}
 }
@@ -377,6 +385,7 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 	if r.x != nil {
 		r.x.stage_len, r.x.direct = 0, 1
 	}
+	r.ends = true
 	return nil
 }
 
@@ -414,6 +423,7 @@ func (r *Response) Defer() error {
 	r.c = C.prefork_deferred_response(d)
 	r.x = nil
 	r.d = &deferred{c: d}
+	r.ends = true
 	return nil
 }
 

@@ -1,6 +1,8 @@
 // Adapters between libprefork's callback signatures and the Go exports: they turn user_data
 // back into the cgo.Handle integer and drop the const the Go side cannot spell. The request
 // handler also hands Go the request line and stages the response (see goprefork_exchange).
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "shim.h"
@@ -54,7 +56,7 @@ enum prefork_result goprefork_flush(prefork_response *resp, goprefork_exchange *
 // "Content-Type", one prefork_response_reply does what set_status, add_header and set_body
 // would: the cheapest answer the ABI has, with the fields in the same order. Cannot fail:
 // the status was checked in Go, and so was each field.
-static void apply(prefork_response *resp, goprefork_exchange *x) {
+static inline __attribute__((always_inline)) void apply(prefork_response *resp, goprefork_exchange *x) {
 	static const char content_type[] = "Content-Type";
 	const size_t ct_len = sizeof content_type - 1;
 	int status = x->status ? x->status : 200;
@@ -87,47 +89,107 @@ void goprefork_details(const prefork_request *req, goprefork_exchange *x) {
 	goprefork_peer(req, x);
 }
 
+// Fills x for req, with the staging buffers given (GOPREFORK_STAGE_SIZE and
+// GOPREFORK_FIELDS_SIZE bytes, GOPREFORK_HEADERS header views).
+static inline __attribute__((always_inline)) void open_exchange(goprefork_exchange *x, const prefork_request *req, char *stage, char *fields,
+                          prefork_str *headers) {
+	// Every member but the address buffers, which goprefork_peer writes before they are read:
+	// an initializer would clear them all, a tenth of the callback's own work.
+	x->method = prefork_request_method(req);
+	x->target = prefork_request_target(req);
+	x->stage = stage;
+	x->stage_len = 0;
+	x->stage_cap = GOPREFORK_STAGE_SIZE;
+	x->fields = fields;
+	x->fields_len = 0;
+	x->fields_cap = GOPREFORK_FIELDS_SIZE;
+	x->status = 0;
+	x->direct = 0;
+	x->headers = headers;
+	x->headers_cap = GOPREFORK_HEADERS;
+	x->header_count = 0;
+	x->body = (prefork_str){.ptr = "", .len = 0};
+	x->minor_version = 0;
+	x->peer_ip_len = 0;
+	x->peer_port = 0;
+	x->peer_ok = 0;
+	// The origin form ("/path?query", nearly every request) is split here, at its first "?"
+	// (RFC 9112 §3.2.1), as the library's accessors split it; the library splits the others.
+	if (x->target.len > 0 && x->target.ptr[0] == '/') {
+		const char *q = memchr(x->target.ptr, '?', x->target.len);
+		x->path = x->target;
+		x->query = (prefork_str){.ptr = x->target.ptr + x->target.len, .len = 0};
+		if (q != NULL) {
+			x->path.len = (size_t)(q - x->target.ptr);
+			x->query = (prefork_str){.ptr = q + 1, .len = x->target.len - x->path.len - 1};
+		}
+	} else {
+		x->path = prefork_request_path(req);
+		x->query = prefork_request_query(req);
+	}
+}
+
 static void handle(void *user_data, const prefork_request *req, prefork_response *resp) {
 	char stage[GOPREFORK_STAGE_SIZE];
 	char fields[GOPREFORK_FIELDS_SIZE];
 	prefork_str headers[2 * GOPREFORK_HEADERS];
-	// Every member but the address buffers, which goprefork_peer writes before they are read:
-	// an initializer would clear them all, a tenth of the callback's own work.
 	goprefork_exchange x;
-	x.method = prefork_request_method(req);
-	x.target = prefork_request_target(req);
-	x.stage = stage;
-	x.stage_len = 0;
-	x.stage_cap = sizeof stage;
-	x.fields = fields;
-	x.fields_len = 0;
-	x.fields_cap = sizeof fields;
-	x.status = 0;
-	x.direct = 0;
-	x.headers = headers;
-	x.headers_cap = GOPREFORK_HEADERS;
-	x.header_count = 0;
-	x.body = (prefork_str){.ptr = "", .len = 0};
-	x.minor_version = 0;
-	x.peer_ip_len = 0;
-	x.peer_port = 0;
-	x.peer_ok = 0;
-	// The origin form ("/path?query", nearly every request) is split here, at its first "?"
-	// (RFC 9112 §3.2.1), as the library's accessors split it; the library splits the others.
-	if (x.target.len > 0 && x.target.ptr[0] == '/') {
-		const char *q = memchr(x.target.ptr, '?', x.target.len);
-		x.path = x.target;
-		x.query = (prefork_str){.ptr = x.target.ptr + x.target.len, .len = 0};
-		if (q != NULL) {
-			x.path.len = (size_t)(q - x.target.ptr);
-			x.query = (prefork_str){.ptr = q + 1, .len = x.target.len - x.path.len - 1};
-		}
-	} else {
-		x.path = prefork_request_path(req);
-		x.query = prefork_request_query(req);
-	}
+	open_exchange(&x, req, stage, fields, headers);
 	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &x);
 	apply(resp, &x);
+}
+
+// A batch's staging buffers: too large for the C stack of a thread (musl's default is 128 KiB),
+// so one per event-loop thread, allocated by its first batch and freed when it exits. The
+// header views are shared: a handler reads them while it runs, and they are refilled for the
+// next.
+typedef struct {
+	char stage[GOPREFORK_BATCH][GOPREFORK_STAGE_SIZE];
+	char fields[GOPREFORK_BATCH][GOPREFORK_FIELDS_SIZE];
+	prefork_str headers[2 * GOPREFORK_HEADERS];
+	goprefork_exchange xs[GOPREFORK_BATCH];
+} batch_arena;
+
+static pthread_key_t arena_key;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+static int arena_key_ok;
+
+static void make_arena_key(void) {
+	arena_key_ok = pthread_key_create(&arena_key, free) == 0;
+}
+
+static batch_arena *thread_arena(void) {
+	pthread_once(&arena_once, make_arena_key);
+	if (!arena_key_ok) {
+		return NULL;
+	}
+	batch_arena *a = pthread_getspecific(arena_key);
+	if (a == NULL && (a = malloc(sizeof *a)) != NULL && pthread_setspecific(arena_key, a) != 0) {
+		free(a);
+		a = NULL;
+	}
+	return a;
+}
+
+// Up to GOPREFORK_BATCH requests in one call into Go; the library offers the rest again.
+// Without an arena (out of memory), one request the way handle takes it.
+static size_t handle_batch(void *user_data, const prefork_request *const *reqs, prefork_response *const *resps,
+                           size_t count) {
+	batch_arena *a = thread_arena();
+	if (a == NULL) {
+		handle(user_data, reqs[0], resps[0]);
+		return 1;
+	}
+	size_t n = count < GOPREFORK_BATCH ? count : GOPREFORK_BATCH;
+	for (size_t i = 0; i < n; i++) {
+		open_exchange(&a->xs[i], reqs[i], a->stage[i], a->fields[i], a->headers);
+	}
+	size_t answered = goPreforkHandleBatch(HANDLE(user_data), (prefork_request **)reqs, (prefork_response **)resps,
+	                                       a->xs, n);
+	for (size_t i = 0; i < answered; i++) {
+		apply(resps[i], &a->xs[i]);
+	}
+	return answered;
 }
 
 static void exit_child(void *user_data) {
@@ -209,6 +271,7 @@ enum prefork_result goprefork_new(uintptr_t h, unsigned members, prefork **out) 
 		.handle = handle,
 		.exit_child = (members & GOPREFORK_EXIT_CHILD) ? exit_child : NULL,
 		.user_data_free = release,
+		.handle_batch = (members & GOPREFORK_HANDLE_BATCH) ? handle_batch : NULL,
 	};
 	return prefork_new(&handler, out);
 }

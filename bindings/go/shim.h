@@ -21,7 +21,13 @@ enum {
 	GOPREFORK_COMMAND_PRODUCER = 1 << 7,
 	GOPREFORK_ON_RELOAD = 1 << 8,
 	GOPREFORK_ON_RELOAD_FAILED = 1 << 9,
+	// The request handler takes the event loop's batches (prefork_handler.handle_batch).
+	GOPREFORK_HANDLE_BATCH = 1 << 10,
 };
+
+// The most requests one call into Go answers: a batch the library offers beyond it is
+// answered in several calls.
+#define GOPREFORK_BATCH 16
 
 // prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the
 // user_data_free finalizer in prefork_free).

@@ -1,13 +1,14 @@
 //! `prefork_handler`: the C request-handler vtable, adapted to [`crate::Handler`].
 
 use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
 
 use super::error::FfiError;
 use super::extensible::Extensible;
 use super::request::prefork_request;
 use super::response::prefork_response;
 use super::user_data::UserData;
-use crate::{HookError, Request, Response};
+use crate::{HookError, MAX_BATCH, Request, Response};
 
 /// The application: what `prefork_new` takes, as Go's `prefork.New(server)` takes the server.
 ///
@@ -52,6 +53,41 @@ pub struct prefork_handler {
     /// Optional finalizer: called once with `user_data` when the handle is freed by
     /// `prefork_free` (in every process that freed it), never when `prefork_new` failed.
     pub user_data_free: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+    /// Optional (since 0.2). Answers the pipelined requests that one read of a connection
+    /// brought, in one call: for a handler whose every call is costly (a foreign-language
+    /// runtime behind a callback, as the Go binding is), one call per read instead of one per
+    /// request. When set, the event loop calls it instead of `handle` for every run of
+    /// complete requests that a read leaves at the start of a connection's input, on a
+    /// connection that pipelines; `handle` stays required: it gets the requests completed
+    /// otherwise (a head begun in an earlier read, a body that came later or chunked), those of
+    /// a connection whose last read brought only one (at depth 1 a batch of one costs more than
+    /// a call of `handle`), and every request on the handler threads (`handler_threads` > 0).
+    ///
+    /// `reqs[i]` is answered in `resps[i]`, for i in 0..`count`, the requests in the order
+    /// received; `count` is between 1 and PREFORK_MAX_BATCH. Each request has its head and
+    /// whole body in, and the batch ends after a request that closes the connection. The
+    /// arrays, the pointers in them and every view obtained from them are valid only until
+    /// `handle_batch` returns. Each response is what `handle` gets: the builders,
+    /// `prefork_response_defer` and `prefork_response_hijack` work alike. It runs on the
+    /// event-loop thread only.
+    ///
+    /// Returns how many requests it answered, from the first: the others are not consumed and
+    /// come again in a later call, so a handler may stop early (its buffers are full, say). A
+    /// response the connection must wait for or ends with (deferred, hijacked, with a body
+    /// stream, or with `Connection: close`) must be the last answered: return its index + 1.
+    /// If it is not, the library drops the answers after it (their requests are not handled
+    /// again), logs an error, and closes the connection after that response. 0 or a value
+    /// above `count` counts as `count`.
+    ///
+    /// Default: NULL (every request goes to `handle`).
+    pub handle_batch: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            reqs: *const *const prefork_request,
+            resps: *const *mut prefork_response,
+            count: usize,
+        ) -> usize,
+    >,
 }
 
 // SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
@@ -62,12 +98,24 @@ unsafe impl Extensible for prefork_handler {
     const FIRST_SIZE: usize = size_of::<[usize; 5]>();
 }
 
+/// The most requests one `prefork_handler.handle_batch` call gets (since 0.2).
+pub const PREFORK_MAX_BATCH: usize = 32;
+
+const _: () = assert!(PREFORK_MAX_BATCH == MAX_BATCH);
+
 type HandleFn = unsafe extern "C" fn(*mut c_void, *const prefork_request, *mut prefork_response);
+type HandleBatchFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const *const prefork_request,
+    *const *mut prefork_response,
+    usize,
+) -> usize;
 
 /// The vtable behind `crate::Handler`; owns `user_data` (its finalizer runs on drop).
 pub(crate) struct CHandler {
     init_child: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
     handle: HandleFn,
+    handle_batch: Option<HandleBatchFn>,
     exit_child: Option<unsafe extern "C" fn(*mut c_void)>,
     user_data: UserData,
 }
@@ -81,6 +129,7 @@ impl CHandler {
         Ok(CHandler {
             init_child: vtable.init_child,
             handle,
+            handle_batch: vtable.handle_batch,
             exit_child: vtable.exit_child,
             user_data: UserData::new(vtable.user_data, vtable.user_data_free),
         })
@@ -104,6 +153,36 @@ impl crate::Handler for CHandler {
         let resp: *mut Response = resp;
         // SAFETY: both pointers are live for the whole call; the accessors cast them back.
         unsafe { (self.handle)(self.user_data.ptr(), req.cast(), resp.cast()) }
+    }
+
+    fn batches(&self) -> bool {
+        self.handle_batch.is_some()
+    }
+
+    fn handle_batch(&self, reqs: &[Request<'_>], resps: &mut [Response]) -> usize {
+        let Some(batch) = self.handle_batch else {
+            unreachable!("the engine batches only when the vtable has handle_batch");
+        };
+        let n = reqs.len().min(resps.len()).min(MAX_BATCH);
+        // Only the first n are written, and C reads only those: no need to clear 64 pointers.
+        let mut req_ptrs = [MaybeUninit::<*const prefork_request>::uninit(); MAX_BATCH];
+        let mut resp_ptrs = [MaybeUninit::<*mut prefork_response>::uninit(); MAX_BATCH];
+        for i in 0..n {
+            let req: *const Request<'_> = &reqs[i];
+            let resp: *mut Response = &mut resps[i];
+            req_ptrs[i].write(req.cast());
+            resp_ptrs[i].write(resp.cast());
+        }
+        // SAFETY: n live requests and responses, each used by one pointer, for the whole call;
+        // the first n pointers of each array are initialised.
+        unsafe {
+            batch(
+                self.user_data.ptr(),
+                req_ptrs.as_ptr().cast(),
+                resp_ptrs.as_ptr().cast(),
+                n,
+            )
+        }
     }
 
     fn exit_child(&self) {

@@ -531,6 +531,7 @@ mod tests {
             handle: Some(handle),
             exit_child: None,
             user_data_free: None,
+            handle_batch: None,
         };
         let mut p = ptr::null_mut();
         assert_eq!(

@@ -44,6 +44,7 @@ pub(crate) use listener::Listening;
 pub use proxy::ProxyHeader;
 pub use request::{Handler, Header, Request};
 pub use response::Response;
+pub use session::MAX_BATCH;
 pub(crate) use status::Status;
 
 use crate::config::HttpConfig;

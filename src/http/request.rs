@@ -24,6 +24,44 @@ pub trait Handler: Send + Sync + 'static {
     /// so a request that reaches the handler is well-formed and its body is complete.
     fn handle(&self, req: &Request<'_>, resp: &mut Response);
 
+    /// Whether the event loop hands this handler its requests in batches (`handle_batch`)
+    /// instead of one by one. Asked once per child; false unless overridden.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Answers the pipelined requests that one read of a connection brought, at once: for a
+    /// handler behind a costly call (a foreign-language runtime), one crossing per batch
+    /// instead of one per request. When `batches` is true, the event loop calls it instead of
+    /// `handle` for every run of complete requests that a read leaves at the start of a
+    /// connection's input: `reqs.len() == resps.len()`, between 1 and
+    /// [`MAX_BATCH`](crate::MAX_BATCH) requests, in the order received, each with its head and
+    /// whole body (not chunked) in; the batch ends after a request that closes the connection.
+    /// A request completed otherwise (its head began in an earlier read, its body came later or
+    /// chunked), the requests of a connection whose last read brought only one (depth 1, where
+    /// a batch of one costs more than `handle`), and every request on the handler threads go to
+    /// `handle`.
+    ///
+    /// Answer `reqs[i]` in `resps[i]` and return how many requests were answered, from the
+    /// first: the others (`reqs[k..]`) are not consumed and come again in a later batch. A
+    /// response that is deferred, hijacked, streamed or closes the connection must be the last
+    /// answered (return its index + 1): the connection waits for it, or ends with it. If it is
+    /// not, the engine drops the responses answered after it, logs an error, and closes the
+    /// connection after it. A count of 0 or above `reqs.len()` counts as all. A panic answers
+    /// the first request 500, drops the others and closes the connection.
+    ///
+    /// The default answers each with `handle`, and stops after one that ends the batch
+    /// ([`Response::ends_batch`]).
+    fn handle_batch(&self, reqs: &[Request<'_>], resps: &mut [Response]) -> usize {
+        for (i, (req, resp)) in reqs.iter().zip(resps.iter_mut()).enumerate() {
+            self.handle(req, resp);
+            if resp.ends_batch() {
+                return i + 1;
+            }
+        }
+        reqs.len()
+    }
+
     /// Runs once in each child after it stopped serving, on its serving thread.
     fn exit_child(&self) {}
 }

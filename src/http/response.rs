@@ -318,6 +318,13 @@ impl Response {
         Ok(())
     }
 
+    /// Whether a batch must end with this response (`Handler::handle_batch`): it is taken
+    /// over (deferred, or its connection hijacked), streams its body, or closes the
+    /// connection, so the engine cannot answer the next request right after it.
+    pub fn ends_batch(&self) -> bool {
+        self.takeover.is_some() || self.stream.is_some() || self.close
+    }
+
     /// Makes the response ready for the next request, keeping its buffers. Its takeover is
     /// gone already: the engine took it (or use `abandon`).
     pub(crate) fn reset(&mut self) {

@@ -51,7 +51,7 @@ pub(crate) enum Scan {
 }
 
 /// Scan state of one request head; offsets are relative to the first byte of the request.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct HeadScan {
     /// Bytes already examined.
     pos: usize,

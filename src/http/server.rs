@@ -239,7 +239,10 @@ pub(crate) fn run(
         again: Vec::new(),
         again_spare: Vec::new(),
         cfg,
-        limits: Limits::new(cfg),
+        limits: Limits {
+            batch: pool.is_none() && handler.batches(),
+            ..Limits::new(cfg)
+        },
         handler,
         pool,
         done: Vec::new(),

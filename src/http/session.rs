@@ -34,6 +34,10 @@ use crate::error::panic_message;
 use crate::listen::ListenAddr;
 use crate::log::{Level, Logger};
 
+mod batch;
+
+pub use batch::MAX_BATCH;
+
 /// First size of a connection's input buffer, and the size it returns to when idle.
 const INITIAL_INPUT: usize = 8 * 1024;
 /// A read is attempted only with at least this much free space.
@@ -55,6 +59,9 @@ pub(crate) struct Limits {
     pub max_body: u64,
     pub max_output: usize,
     pub rates: RateLimits,
+    /// The handler takes the event loop's requests in batches (`Handler::batches`, asked
+    /// once); false unless the loop sets it.
+    pub batch: bool,
 }
 
 impl Limits {
@@ -75,6 +82,7 @@ impl Limits {
             max_body,
             max_output: cfg.max_output_buffer,
             rates: RateLimits::new(cfg),
+            batch: false,
         }
     }
 }
@@ -98,6 +106,8 @@ pub(crate) struct Scratch {
     pub(crate) free_jobs: Vec<Job>,
     /// The response an inline handler fills in (encoded before the next request runs).
     resp: Response,
+    /// A batching handler's requests, responses and what answering them needs (`batch`).
+    batch: batch::Scratch,
     /// Input buffers of parked sessions, `INITIAL_INPUT` long.
     spare_in: Vec<Vec<u8>>,
     /// Empty output buffers of parked sessions.
@@ -119,6 +129,7 @@ impl Scratch {
             stream_buf: vec![0; STREAM_CHUNK],
             free_jobs: Vec::new(),
             resp: Response::default(),
+            batch: batch::Scratch::default(),
             spare_in: Vec::with_capacity(SPARE_BUFFERS),
             spare_out: Vec::with_capacity(SPARE_BUFFERS),
             spare_body: Vec::with_capacity(SPARE_BUFFERS),
@@ -263,6 +274,10 @@ pub(crate) struct Session {
     stalled: bool,
     /// Requests whose head was complete: tells the timers a new request began.
     seq: u64,
+    /// For a batching handler (see `pipelining`): `seq` when requests last came, and whether
+    /// more than one came then.
+    seq_at_read: u64,
+    pipelined: bool,
     /// Who takes the connection once the current response is out (boxed again: a pointer in
     /// every session rather than two).
     handover: Option<Box<HijackFn>>,
@@ -325,6 +340,8 @@ impl Session {
             peer_eof: false,
             stalled: false,
             seq: 0,
+            seq_at_read: 0,
+            pipelined: true,
             handover: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -538,7 +555,8 @@ impl Session {
 
     #[inline(never)]
     fn step_all(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        let mut progress = false;
+        // Batches first, then one by one what they leave (see `batches`).
+        let mut progress = ctx.limits.batch && self.pipelining() && self.batches(ctx);
         loop {
             if self.out_pending() > ctx.limits.max_output {
                 self.stalled = matches!(self.phase, Phase::Head | Phase::Body | Phase::Streaming);
@@ -1023,6 +1041,12 @@ fn ready_body(info: &ReqInfo, max_body: u64, after_head: usize) -> Result<Option
     }
 }
 
+/// What a handler may do with the response to a request on a connection.
+#[inline(always)]
+fn powers(plain_socket: bool) -> u8 {
+    power::DEFER | power::ENGINE | if plain_socket { power::PLAIN } else { 0 }
+}
+
 /// Runs the handler on `req`, whose head is `head`, on the loop (into `scratch.resp`), or
 /// hands a copy of the request, with the head's parse, to a handler thread.
 // LLVM left it out of line in the cdylib: 38 instructions more per GET (callgrind).
@@ -1036,7 +1060,7 @@ fn run(
     head: &[u8],
     body: Body,
 ) -> Next {
-    let powers = power::DEFER | power::ENGINE | if plain_socket { power::PLAIN } else { 0 };
+    let powers = powers(plain_socket);
     match exec {
         Exec::Inline(handler) => {
             let resp = &mut scratch.resp;

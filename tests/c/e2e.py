@@ -755,6 +755,16 @@ def server(prog):
                 "query": "a=1&b=%20", "minor_version": "1", "probe": "found it",
                 "missing": "<none>", "body": "the body", "refusals": "ok"}
         check(got == want, f"/inspect gave {got}, expected {want}")
+        # Pipelined: one read, one handle_batch call for the four, answered in order; a stream
+        # among them ends its batch, and the request after it comes in the next.
+        batch = b"".join(b"GET /inspect?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(4))
+        raw = raw_exchange(port, batch + b"GET /stream?n=7 HTTP/1.1\r\nHost: x\r\n\r\n"
+                           b"GET /inspect?n=9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        queries = re.findall(rb"\nquery: (n=\d)\n", raw)
+        check(queries == [b"n=0", b"n=1", b"n=2", b"n=3", b"n=9"] and b"piece 0\n" in raw,
+              f"pipelined /inspect gave {raw!r}")
+        srv.expect(r"^batch 6$", timeout=5)
+        srv.expect(r"^freed n=7$", timeout=5)
         raw = raw_exchange(port, b"GET http://example.test/inspect?q HTTP/1.0\r\n\r\n")
         check(b"\npath: /inspect\n" in raw and b"\nminor_version: 0\n" in raw
               and b"\nquery: q\n" in raw, f"absolute-form HTTP/1.0 /inspect gave {raw!r}")

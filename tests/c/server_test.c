@@ -16,6 +16,9 @@
  *                      handle: the drain answers 503, and the late completion prints
  *                      "late completion: ok"
  *
+ * The event loop's requests come through handle_batch (prefork_handler.handle_batch), which
+ * answers each with handle and prints "batch <n>" on stdout for a batch of more than one.
+ *
  *   server_test HOST:PORT      prints "ready" once the master is ready
  *
  * The library's log lines go to stdout too, as "log <level>: <message>" (INFO and above).
@@ -204,6 +207,27 @@ static void handle(void *ud, const prefork_request *req, prefork_response *resp)
     prefork_response_write(resp, "IGNORED", 7);
 }
 
+/* Only /inspect and /drop are answered at once: every other route streams or defers, which
+ * must end a batch. */
+static bool ends_batch(const prefork_request *req) {
+    prefork_str path = prefork_request_path(req);
+    return !(path.len == 8 && memcmp(path.ptr, "/inspect", 8) == 0) &&
+           !(path.len == 5 && memcmp(path.ptr, "/drop", 5) == 0);
+}
+
+static size_t handle_batch(void *ud, const prefork_request *const *reqs, prefork_response *const *resps,
+                           size_t count) {
+    if (count > 1) {
+        printf("batch %zu\n", count);
+        fflush(stdout);
+    }
+    for (size_t i = 0; i < count; i++) {
+        handle(ud, reqs[i], resps[i]);
+        if (ends_batch(reqs[i])) return i + 1;
+    }
+    return count;
+}
+
 static void log_line(void *ud, prefork_log_level level, const char *msg, size_t len) {
     static const char *const names[] = {"debug", "info", "warn", "error"};
     (void)ud;
@@ -221,7 +245,7 @@ static int on_ready(void *ud, const int32_t *pids, size_t count) {
 }
 
 int main(int argc, char **argv) {
-    prefork_handler handler = {.handle = handle};
+    prefork_handler handler = {.handle = handle, .handle_batch = handle_batch};
     prefork_hooks hooks = {.on_master_ready = on_ready};
     prefork *p;
     if (argc != 2) {

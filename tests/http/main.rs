@@ -3,6 +3,7 @@
 //! of responses and whether the connection was closed (the cases of `conformance` their exact
 //! bytes too); every socket read is bounded by `support::IO_TIMEOUT`.
 
+mod batch;
 mod conformance;
 mod deferred;
 mod drain;

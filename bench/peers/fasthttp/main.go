@@ -27,34 +27,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/prefork"
 )
-
-var hello = []byte("Hello, World!")
-
-func handler(ctx *fasthttp.RequestCtx) {
-	switch string(ctx.Path()) {
-	case "/":
-		ctx.SetContentType("text/plain")
-		ctx.Write(hello)
-	case "/pid":
-		ctx.SetContentType("text/plain")
-		ctx.WriteString(strconv.Itoa(os.Getpid()))
-	case "/sleep":
-		ms, err := ctx.QueryArgs().GetUint("ms")
-		if err != nil {
-			ms = 0
-		}
-		time.Sleep(time.Duration(ms) * time.Millisecond)
-		ctx.SetContentType("text/plain")
-		ctx.WriteString("slept")
-	default:
-		ctx.Error("not found", fasthttp.StatusNotFound)
-	}
-}
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")

@@ -1,0 +1,92 @@
+package prefork_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// pipeline writes the GETs of paths in one write on a fresh connection to m's child and
+// returns the connection and its reader.
+func pipeline(t *testing.T, m *master, paths ...string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(waitBound))
+	var b strings.Builder
+	for _, p := range paths {
+		b.WriteString("GET " + p + " HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	return conn, bufio.NewReader(conn)
+}
+
+func expectResponse(t *testing.T, r *bufio.Reader, status int, body string) *http.Response {
+	t.Helper()
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readBody(t, resp); resp.StatusCode != status || got != body {
+		t.Fatalf("%d %q, want %d %q", resp.StatusCode, got, status, body)
+	}
+	return resp
+}
+
+// The requests of one read reach Go in one batch (prefork_handler.handle_batch). A response
+// the library must finish before the next one (a body stream here) ends its batch in Go, and
+// the requests after it come in the next: every response arrives, in order, on a connection
+// that stays open, and the library never finds answers after such a response (which it would
+// log, closing the connection).
+func TestPipelinedRequestsAreAnsweredInOrderAcrossBatches(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	paths := []string{"/", "/teapot", "/stream?n=3000", "/", "/pieces?sizes=5000,10", "/"}
+	for range 3 {
+		conn, r := pipeline(t, m, append(paths, paths...)...)
+		for range 2 {
+			expectResponse(t, r, 200, "hello")
+			if resp := expectResponse(t, r, 418, "short and stout"); resp.Header.Get("X-Kind") != "teapot" {
+				t.Fatalf("X-Kind %q", resp.Header.Get("X-Kind"))
+			}
+			expectResponse(t, r, 200, patternString(3000))
+			expectResponse(t, r, 200, "hello")
+			expectResponse(t, r, 200, strings.Repeat("a", 5000)+strings.Repeat("b", 10))
+			expectResponse(t, r, 200, "hello")
+		}
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		expectResponse(t, r, 200, "hello") // still open
+	}
+	if strings.Contains(m.transcript(), "handle_batch answered") {
+		t.Fatalf("the library dropped answers:\n%s", m.transcript())
+	}
+}
+
+// A panic in the middle of a batch answers that request 500 and closes the connection after
+// it; the requests before it are answered as usual.
+func TestAPanicEndsItsBatch(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	conn, r := pipeline(t, m, "/", "/", "/panic", "/", "/")
+	expectResponse(t, r, 200, "hello")
+	expectResponse(t, r, 200, "hello")
+	resp := expectResponse(t, r, 500, "500 Internal Server Error\n")
+	if !resp.Close {
+		t.Fatal("the 500 does not close the connection")
+	}
+	conn.SetReadDeadline(time.Now().Add(waitBound))
+	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("after the 500: %d bytes, %v; want EOF", n, err)
+	}
+	if strings.Contains(m.transcript(), "handle_batch answered") {
+		t.Fatalf("the library dropped answers:\n%s", m.transcript())
+	}
+}

@@ -1,0 +1,267 @@
+//! A handler that takes its requests in batches (`Handler::handle_batch`): which requests make
+//! a batch, what an early return and a misplaced response that ends a batch do, and that the
+//! answers are those `handle` would give, in order.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use prefork::{Handler, MAX_BATCH, Request, Response};
+
+use crate::support::*;
+
+/// `answer` in batches. Records the size of every batch and, in order, every request answered
+/// (`batch /x` or `one /x`). Answers at most `take` requests per batch (0: all), and with
+/// `misuse` goes on after a response that ends the batch.
+#[derive(Default)]
+struct Batcher {
+    take: usize,
+    misuse: bool,
+    sizes: Mutex<Vec<usize>>,
+    seen: Mutex<Vec<String>>,
+}
+
+impl Batcher {
+    fn record(&self, req: &Request<'_>, how: &str) {
+        if !is_probe(req) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("{how} {}", req.target()));
+        }
+    }
+}
+
+/// `Echo`, but `/later` is deferred and completed with "late" 50 ms later, from a thread.
+fn answer(req: &Request<'_>, resp: &mut Response) {
+    if req.path() != "/later" {
+        return Echo.handle(req, resp);
+    }
+    let mut d = resp.defer().unwrap();
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        d.response().write(b"late");
+        d.complete();
+    });
+}
+
+/// The request with which `Client::closed` tells an open connection: not the test's.
+fn is_probe(req: &Request<'_>) -> bool {
+    req.path().starts_with("/__probe")
+}
+
+impl Handler for Batcher {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        self.record(req, "one");
+        answer(req, resp);
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn handle_batch(&self, reqs: &[Request<'_>], resps: &mut [Response]) -> usize {
+        if !is_probe(&reqs[0]) {
+            self.sizes.lock().unwrap().push(reqs.len());
+        }
+        let n = match self.take {
+            0 => reqs.len(),
+            take => take.min(reqs.len()),
+        };
+        for (i, (req, resp)) in reqs.iter().zip(resps.iter_mut()).take(n).enumerate() {
+            self.record(req, "batch");
+            answer(req, resp);
+            if resp.ends_batch() && !self.misuse {
+                return i + 1;
+            }
+        }
+        n
+    }
+}
+
+/// Sends `request` in one write to a server with `handler` and reads `statuses`; returns the
+/// responses, whether the connection closed after them, and the server.
+fn run(handler: Arc<Batcher>, request: &[u8], statuses: &[u16]) -> (Vec<Resp>, bool, Server) {
+    let server = Server::start_with(handler, cfg(), Opts::default());
+    let mut c = server.connect();
+    c.send(request);
+    let rs = collect(&mut c, statuses.len(), head_flags(request));
+    let got: Vec<u16> = rs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        got,
+        statuses,
+        "statuses for {:?}",
+        String::from_utf8_lossy(request)
+    );
+    let closed = c.closed();
+    (rs, closed, server)
+}
+
+fn gets(paths: impl IntoIterator<Item = String>) -> Vec<u8> {
+    paths.into_iter().flat_map(|p| get(&p)).collect()
+}
+
+fn paths(rs: &[Resp]) -> Vec<&str> {
+    rs.iter().map(|r| r.header("x-path").unwrap()).collect()
+}
+
+#[test]
+fn one_read_of_pipelined_requests_is_one_batch_answered_in_order() {
+    let h = Arc::new(Batcher::default());
+    let batch = gets((0..16).map(|i| format!("/{i}?q={i}")));
+    let (rs, closed, _server) = run(Arc::clone(&h), &batch, &[200; 16]);
+    assert!(!closed);
+    assert_eq!(*h.sizes.lock().unwrap(), [16]);
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r.header("x-path"), Some(format!("/{i}").as_str()));
+        assert_eq!(r.header("x-query"), Some(format!("q={i}").as_str()));
+        assert_eq!(
+            r.header("x-headers"),
+            Some("1"),
+            "each request sees its own fields"
+        );
+        assert_eq!(r.header("x-host"), Some("t"));
+    }
+}
+
+#[test]
+fn more_than_max_batch_requests_make_several_batches() {
+    let h = Arc::new(Batcher::default());
+    let n = MAX_BATCH + 8;
+    let (rs, _, _server) = run(
+        Arc::clone(&h),
+        &gets((0..n).map(|i| format!("/{i}"))),
+        &vec![200; n],
+    );
+    assert_eq!(*h.sizes.lock().unwrap(), [MAX_BATCH, 8]);
+    let want: Vec<String> = (0..n).map(|i| format!("/{i}")).collect();
+    assert_eq!(paths(&rs), want);
+}
+
+#[test]
+fn bodies_join_a_batch_when_whole_and_a_chunked_one_goes_one_by_one() {
+    let h = Arc::new(Batcher::default());
+    let batch = b"POST /1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+GET /2 HTTP/1.1\r\nHost: t\r\n\r\n\
+POST /3 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n1\r\nf\r\n0\r\n\r\n\
+GET /4 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let (rs, closed, _server) = run(Arc::clone(&h), batch, &[200; 4]);
+    assert!(!closed);
+    let bodies: Vec<&[u8]> = rs.iter().map(|r| r.body.as_slice()).collect();
+    assert_eq!(bodies, [&b"abc"[..], b"", b"def", b""]);
+    assert_eq!(
+        *h.seen.lock().unwrap(),
+        ["batch /1", "batch /2", "one /3", "one /4"],
+        "what follows a request taken one by one in the same read goes one by one too"
+    );
+}
+
+#[test]
+fn requests_left_unanswered_come_again_in_the_next_batch() {
+    let h = Arc::new(Batcher {
+        take: 3,
+        ..Batcher::default()
+    });
+    let (rs, _, _server) = run(
+        Arc::clone(&h),
+        &gets((0..8).map(|i| format!("/{i}"))),
+        &[200; 8],
+    );
+    assert_eq!(paths(&rs), ["/0", "/1", "/2", "/3", "/4", "/5", "/6", "/7"]);
+    assert_eq!(*h.sizes.lock().unwrap(), [8, 5, 2]);
+    let seen = h.seen.lock().unwrap();
+    let want: Vec<String> = (0..8).map(|i| format!("batch /{i}")).collect();
+    assert_eq!(*seen, want, "every request handled once, in order");
+}
+
+#[test]
+fn a_batch_ends_after_a_request_that_closes_the_connection() {
+    let h = Arc::new(Batcher::default());
+    let batch = [
+        get("/a"),
+        b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
+        get("/c"),
+    ]
+    .concat();
+    let (rs, closed, _server) = run(Arc::clone(&h), &batch, &[200, 200]);
+    assert!(closed && rs[1].closes());
+    assert_eq!(*h.sizes.lock().unwrap(), [2]);
+}
+
+#[test]
+fn a_response_that_closes_ends_the_batch_and_the_rest_is_not_handled() {
+    let h = Arc::new(Batcher::default());
+    let (rs, closed, _server) = run(
+        Arc::clone(&h),
+        &gets(["/a", "/close", "/c"].map(String::from)),
+        &[200, 200],
+    );
+    assert!(closed && rs[1].closes());
+    assert_eq!(*h.seen.lock().unwrap(), ["batch /a", "batch /close"]);
+}
+
+#[test]
+fn answers_after_a_response_that_ends_the_batch_are_dropped_and_logged() {
+    let h = Arc::new(Batcher {
+        misuse: true,
+        ..Batcher::default()
+    });
+    let batch = gets(["/a", "/stream?2", "/c", "/d"].map(String::from));
+    let (rs, closed, server) = run(Arc::clone(&h), &batch, &[200, 200]);
+    assert_eq!(rs[1].body.len(), 2000, "the streamed body is sent whole");
+    assert!(closed, "the connection closes after the streamed response");
+    assert_eq!(h.seen.lock().unwrap().len(), 4);
+    let log = server.log.0.lock().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("handle_batch answered requests after")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_panicking_batch_answers_500_and_closes() {
+    let h = Arc::new(Batcher::default());
+    let (_, closed, server) = run(
+        Arc::clone(&h),
+        &gets(["/a", "/panic", "/c"].map(String::from)),
+        &[500],
+    );
+    assert!(closed);
+    let log = server.log.0.lock().unwrap();
+    assert!(log.iter().any(|l| l.contains("panicked")), "{log:?}");
+}
+
+#[test]
+fn a_deferred_response_ends_the_batch_and_the_rest_waits_for_it() {
+    let h = Arc::new(Batcher::default());
+    let batch = gets(["/a", "/later", "/c"].map(String::from));
+    let (rs, closed, _server) = run(Arc::clone(&h), &batch, &[200; 3]);
+    assert_eq!(rs[1].body, b"late");
+    assert_eq!(rs[2].header("x-path"), Some("/c"));
+    assert!(!closed);
+    assert_eq!(
+        *h.sizes.lock().unwrap(),
+        [3, 1],
+        "{:?}",
+        h.seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn a_head_an_earlier_read_began_leads_the_next_batch() {
+    let h = Arc::new(Batcher::default());
+    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
+    let mut c = server.connect();
+    c.send(b"GET /a HTTP/1.1\r\nHo");
+    thread::sleep(Duration::from_millis(100)); // read on its own
+    let rest = [b"st: t\r\n\r\n".to_vec(), get("/b"), get("/c")].concat();
+    c.send(&rest);
+    let rs = collect(&mut c, 3, vec![false; 3]);
+    assert_eq!(paths(&rs), ["/a", "/b", "/c"]);
+    assert_eq!(
+        *h.seen.lock().unwrap(),
+        ["batch /a", "batch /b", "batch /c"]
+    );
+    assert_eq!(*h.sizes.lock().unwrap(), [3]);
+}
