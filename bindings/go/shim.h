@@ -21,6 +21,7 @@ enum {
 	GOPREFORK_COMMAND_PRODUCER = 1 << 7,
 	GOPREFORK_ON_RELOAD = 1 << 8,
 	GOPREFORK_ON_RELOAD_FAILED = 1 << 9,
+	GOPREFORK_ON_UPGRADE = 1 << 10,
 };
 
 // prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the

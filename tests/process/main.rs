@@ -90,6 +90,7 @@ fn main() {
         max_child_age_recycles_one_slot_at_a_time,
         stats_show_every_child_and_the_totals,
         systemd_hears_ready_reloading_watchdog_and_stopping,
+        systemd_follows_the_new_master_after_an_upgrade,
         upgrade_under_steady_load_fails_no_request,
         upgrade_under_steady_load_fails_no_request_reuseport,
         upgrade_whose_new_master_fails_keeps_the_old_serving,
@@ -2104,6 +2105,77 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
     result
 }
 
+/// sd_notify through an upgrade: the new master says MAINPID=itself with its READY=1 (heard
+/// when the unit has NotifyAccess=all), the old master says MAINPID=the new one (heard with
+/// NotifyAccess=main, from the main process it still is) and no STOPPING=1, since the service
+/// goes on; the new master keeps the watchdog pings going once the old one is gone.
+fn systemd_follows_the_new_master_after_an_upgrade() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("pf-notify-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    let mut new = 0;
+    let result = (|| {
+        let mut m = Master::start(&[
+            ("PF_CHILDREN", "2"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ]);
+        m.ready()?;
+        let old = m.pid();
+        notifications(&sock, Duration::from_millis(100));
+        m.signal(libc::SIGUSR2);
+        new = m
+            .expect("master ", 10 * SEC)?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        m.wait_exit_then(10 * SEC, Duration::from_millis(100))?;
+        all_gone(&[old], 2 * SEC)?;
+        let around = notifications(&sock, Duration::from_millis(100));
+        let from_new = format!("MAINPID={new}\nREADY=1\n");
+        let from_old = format!("MAINPID={new}\nSTATUS=");
+        ensure!(
+            around.iter().any(|n| n.starts_with(&from_new)),
+            "no {from_new:?} from the new master: {around:?}"
+        );
+        ensure!(
+            around.iter().any(|n| n.starts_with(&from_old)),
+            "no {from_old:?} from the old master: {around:?}"
+        );
+        ensure!(
+            !around.iter().any(|n| n.starts_with("STOPPING=1")),
+            "the service was said to stop: {around:?}"
+        );
+        let after = notifications(&sock, Duration::from_millis(700));
+        let pings = after.iter().filter(|n| n.starts_with("WATCHDOG=1")).count();
+        ensure!(
+            (2..=6).contains(&pings),
+            "{pings} pings from the new master in 0.7 s at 200 ms: {after:?}"
+        );
+        ensure!(
+            !environ(new)
+                .iter()
+                .any(|kv| kv.starts_with("WATCHDOG_PID=")),
+            "the new master kept the old one's WATCHDOG_PID"
+        );
+        unsafe { libc::kill(new, libc::SIGTERM) };
+        all_gone(&[new], 10 * SEC)?;
+        let last = notifications(&sock, Duration::from_millis(200));
+        ensure!(
+            last.iter().any(|n| n.starts_with("STOPPING=1")),
+            "no STOPPING=1 from the new master: {last:?}"
+        );
+        all_gone(&m.all_children(), 2 * SEC).map(|_| ())
+    })();
+    if new > 0 && alive(new) {
+        unsafe { libc::kill(new, libc::SIGKILL) };
+        let _ = all_gone(&[new], 2 * SEC);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn upgrade_under_steady_load_fails_no_request() -> Outcome {
     upgrade_under_load(false)
 }
@@ -2145,6 +2217,16 @@ fn upgrade_under_load(reuseport: bool) -> Outcome {
             status.code() == Some(0) && m.seen.iter().any(|l| l == "result ok"),
             "old master exit {status:?}; {}",
             m.context()
+        );
+        // The old master's on_upgrade, which may come before or after the new one's ready.
+        let reported: Vec<&String> = m
+            .seen
+            .iter()
+            .filter(|l| l.starts_with("upgraded "))
+            .collect();
+        ensure!(
+            reported == [&format!("upgraded {old} {new}")],
+            "on_upgrade reported {reported:?}, want old {old} new {new}"
         );
         all_gone(&old_kids, 2 * SEC)?;
         let old_gone = Instant::now();
