@@ -6,14 +6,21 @@
 //! Run one test: `cargo test --test process -- NAME_SUBSTRING`.
 
 mod harness;
+mod probing;
 mod scenario;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use probing::{
+    Probed, Prober, SLOW_MS, listed, reload_answers_every_connection_reuseport,
+    reload_answers_every_connection_shared_listener, slow_request,
+    upgrade_answers_every_connection_reuseport, upgrade_answers_every_connection_shared_listener,
+};
+
 use harness::{
-    Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
+    Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from,
     served_by,
 };
 
@@ -50,6 +57,10 @@ fn main() {
         stop_answers_or_refuses_every_connection_reuseport,
         stop_answers_or_refuses_every_connection_blocked_loop,
         stop_answers_or_refuses_every_connection_blocked_loop_reuseport,
+        reload_answers_every_connection_shared_listener,
+        reload_answers_every_connection_reuseport,
+        upgrade_answers_every_connection_shared_listener,
+        upgrade_answers_every_connection_reuseport,
         master_kill9_takes_children_down,
         no_master_descriptor_reaches_a_child,
         reuseport_conflict_is_reported_at_once,
@@ -480,11 +491,6 @@ fn second_sigint_stops_at_once() -> Outcome {
     all_gone(&ready, 2 * SEC).map(|_| ())
 }
 
-/// How often the stop tests connect.
-const PROBE_EVERY: Duration = Duration::from_millis(20);
-/// How long the request in flight at the stop takes.
-const SLOW_MS: u64 = 1500;
-
 /// Issue 18, fault 1, as reported: handler threads, so each child's loop sees the stop at once
 /// while a slow request runs on; new connections used to be accepted into the master's copy
 /// of the listener and reset when the drain ended.
@@ -506,9 +512,6 @@ fn stop_answers_or_refuses_every_connection_blocked_loop_reuseport() -> Outcome 
     stop_under_connects(true, "0")
 }
 
-/// One probe's outcome: when it started, what it got, how long it took.
-type Probed = (Instant, Probe, Duration);
-
 /// A graceful stop with a slow request in flight while a client connects every
 /// `PROBE_EVERY`, from before the SIGTERM to after the master's exit: each connection is
 /// answered in full or refused at once, never accepted and then dropped or left hanging.
@@ -523,27 +526,8 @@ fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
     }
     let mut m = Master::start(&env);
     let (ready, port) = m.ready()?;
-    let slow = std::thread::spawn(move || {
-        let body = get(port, &format!("/sleep?ms={SLOW_MS}"));
-        (body, Instant::now())
-    });
-    m.expect("sleeping ", 5 * SEC)?;
-    let probing = Arc::new(AtomicBool::new(true));
-    let prober = {
-        let probing = probing.clone();
-        std::thread::spawn(move || {
-            let mut probes = Vec::new();
-            while probing.load(Ordering::Relaxed) {
-                probes.push(std::thread::spawn(move || {
-                    let at = Instant::now();
-                    let got = probe(port, 5 * SEC);
-                    (at, got, at.elapsed())
-                }));
-                std::thread::sleep(PROBE_EVERY);
-            }
-            probes
-        })
-    };
+    let slow = slow_request(&mut m, port)?;
+    let prober = Prober::start(port);
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
     m.signal(libc::SIGTERM);
@@ -551,13 +535,7 @@ fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
     let exited = Instant::now();
     let stopped = exited - asked;
     std::thread::sleep(Duration::from_millis(200));
-    probing.store(false, Ordering::Relaxed);
-    let probes: Vec<Probed> = prober
-        .join()
-        .map_err(|_| "prober panicked")?
-        .into_iter()
-        .map(|p| p.join().map_err(|_| "probe panicked".to_string()))
-        .collect::<Result<_, _>>()?;
+    let probes = prober.finish()?;
     let (slow_body, slow_done) = slow.join().map_err(|_| "slow request panicked")?;
     all_gone(&ready, 2 * SEC)?;
 
@@ -567,19 +545,12 @@ fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
         m.context()
     );
     ensure!(
-        slow_body.as_deref().ok() == Some("slept"),
+        slow_body == "slept",
         "the request in flight at the stop got {slow_body:?}"
     );
-    let failed: Vec<String> = probes
-        .iter()
-        .filter(|(_, got, _)| matches!(got, Probe::Dropped(_) | Probe::Hung(_)))
-        .map(|(at, got, took)| {
-            format!(
-                "{got:?} for a connect {:.0} ms after SIGTERM, after {took:?}",
-                signed_ms(*at, asked)
-            )
-        })
-        .collect();
+    let failed = listed(&probes, asked, |got| {
+        matches!(got, Probe::Dropped(_) | Probe::Hung(_))
+    });
     let count = |f: &dyn Fn(&Probed) -> bool| probes.iter().filter(|p| f(p)).count();
     let in_stop = |p: &Probed| p.0 >= asked && p.0 < exited;
     let answered = count(&|p| p.1 == Probe::Answered);
@@ -632,14 +603,6 @@ fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
         "the stop took {stopped:?}"
     );
     Ok(())
-}
-
-/// Milliseconds from `origin` to `t`, negative before it.
-fn signed_ms(t: Instant, origin: Instant) -> f64 {
-    match t.checked_duration_since(origin) {
-        Some(d) => d.as_secs_f64() * 1000.0,
-        None => -(origin - t).as_secs_f64() * 1000.0,
-    }
 }
 
 fn master_kill9_takes_children_down() -> Outcome {
