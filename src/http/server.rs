@@ -33,7 +33,7 @@ use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use crate::shared::Beat;
+use crate::shared::{Beat, Cell};
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -124,7 +124,8 @@ struct Server<'a> {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Ciphertext of one TLS read (TLS connections only; empty otherwise).
     tls_in: Vec<u8>,
-    beat: Option<&'a Beat>,
+    /// This child's cell in the memory the master shares, where each turn is published.
+    beat: Option<&'a Cell>,
     /// The watchdog's heartbeat period, when it is on.
     beat_period: Option<Duration>,
     /// Turns of the loop and requests received so far, published at every turn.
@@ -230,7 +231,7 @@ pub(crate) fn run(
             None => Vec::new(),
         },
         tls: ctl.tls.take(),
-        beat: ctl.beat,
+        beat: ctl.beat.map(Beat::cell),
         beat_period: ctl.beat.and_then(|b| b.period),
         turns: 0,
         requests: 0,
