@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use probing::{
-    Probed, Prober, SLOW_MS, listed, reload_answers_every_connection_reuseport,
-    reload_answers_every_connection_shared_listener, slow_request,
+    Probed, Probing, SLOW_MS, listed, reload_answers_every_connection_reuseport,
+    reload_answers_every_connection_shared_listener, start_probing,
     upgrade_answers_every_connection_reuseport, upgrade_answers_every_connection_shared_listener,
 };
 
@@ -516,19 +516,12 @@ fn stop_answers_or_refuses_every_connection_blocked_loop_reuseport() -> Outcome 
 /// `PROBE_EVERY`, from before the SIGTERM to after the master's exit: each connection is
 /// answered in full or refused at once, never accepted and then dropped or left hanging.
 fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
-    let mut env = vec![
-        ("PF_CHILDREN", "2"),
-        ("PF_GRACE_MS", "8000"),
-        ("PF_HANDLER_THREADS", threads),
-    ];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
-    let (ready, port) = m.ready()?;
-    let slow = slow_request(&mut m, port)?;
-    let prober = Prober::start(port);
-    std::thread::sleep(Duration::from_millis(100));
+    let Probing {
+        mut m,
+        kids: ready,
+        slow,
+        prober,
+    } = start_probing(reuseport, threads)?;
     let asked = Instant::now();
     m.signal(libc::SIGTERM);
     let status = m.wait_exit(15 * SEC)?;
@@ -1994,16 +1987,32 @@ fn notifications(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> V
     }
 }
 
+/// A service manager's notification socket in a fresh directory named after `prefix`: the
+/// directory (for the caller to remove), the socket's path and the socket.
+fn notify_socket(
+    prefix: &str,
+) -> Result<
+    (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::os::unix::net::UnixDatagram,
+    ),
+    String,
+> {
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    Ok((dir, path, sock))
+}
+
 /// sd_notify against a socket this test listens on: READY=1 with a STATUS, WATCHDOG=1 every
 /// half WATCHDOG_USEC but none while a slot has no ready child, RELOADING=1 with
 /// MONOTONIC_USEC then READY=1 around a reload, STOPPING=1; the children never see the
 /// variables.
 fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
-    let dir = std::env::temp_dir().join(format!("pf-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    let (dir, path, sock) = notify_socket("pf-notify-")?;
     let result = (|| {
         let mut m = Master::start(&[
             ("PF_CHILDREN", "2"),
@@ -2073,11 +2082,7 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
 /// NotifyAccess=main, from the main process it still is) and no STOPPING=1, since the service
 /// goes on; the new master keeps the watchdog pings going once the old one is gone.
 fn systemd_follows_the_new_master_after_an_upgrade() -> Outcome {
-    let dir = std::env::temp_dir().join(format!("pf-notify-up-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    let (dir, path, sock) = notify_socket("pf-notify-up-")?;
     let mut new = 0;
     let result = (|| {
         let mut m = Master::start(&[

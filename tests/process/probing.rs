@@ -55,14 +55,41 @@ impl Prober {
     }
 }
 
-/// The request that is in flight when the transition starts: its body and when it ended.
-pub fn slow_request(m: &mut Master, port: u16) -> Result<JoinHandle<(String, Instant)>, String> {
+/// A master with 2 children (`threads` handler threads each) serving a slow request, and a
+/// prober started 100 ms before the caller's signal.
+pub struct Probing {
+    pub m: Master,
+    /// The children, in slot order.
+    pub kids: Vec<i32>,
+    /// The request in flight at the signal: its body (or error) and when it ended.
+    pub slow: JoinHandle<(String, Instant)>,
+    pub prober: Prober,
+}
+
+pub fn start_probing(reuseport: bool, threads: &str) -> Result<Probing, String> {
+    let mut env = vec![
+        ("PF_CHILDREN", "2"),
+        ("PF_GRACE_MS", "8000"),
+        ("PF_HANDLER_THREADS", threads),
+    ];
+    if reuseport {
+        env.push(("PF_REUSEPORT", "1"));
+    }
+    let mut m = Master::start(&env);
+    let (kids, port) = m.ready()?;
     let slow = std::thread::spawn(move || {
         let body = get(port, &format!("/sleep?ms={SLOW_MS}"));
         (body.unwrap_or_else(|e| e.to_string()), Instant::now())
     });
     m.expect("sleeping ", 5 * SEC)?;
-    Ok(slow)
+    let prober = Prober::start(port);
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(Probing {
+        m,
+        kids,
+        slow,
+        prober,
+    })
 }
 
 /// Milliseconds from `origin` to `t`, negative before it.
@@ -114,19 +141,12 @@ enum Transition {
 /// signal until the old children (and for an upgrade the old master) are gone: every
 /// connection gets its whole response, the slow one included: no refusal, reset or hang.
 fn transition_under_connects(kind: Transition, reuseport: bool) -> Outcome {
-    let mut env = vec![
-        ("PF_CHILDREN", "2"),
-        ("PF_GRACE_MS", "8000"),
-        ("PF_HANDLER_THREADS", "4"),
-    ];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
-    let (old_kids, port) = m.ready()?;
-    let slow = slow_request(&mut m, port)?;
-    let prober = Prober::start(port);
-    std::thread::sleep(Duration::from_millis(100));
+    let Probing {
+        mut m,
+        kids: old_kids,
+        slow,
+        prober,
+    } = start_probing(reuseport, "4")?;
     let asked = Instant::now();
     let mut new_master = None;
     let moved = (|| {
