@@ -57,6 +57,12 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// accept queue's connections); closing it unanswered is the reset a stop must not cause. One
 /// silent for longer, like a speculative preconnect, is closed as an idle connection is.
 const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
+/// While draining, how long a keep-alive connection idle since its last response may take to
+/// send its next request, from that response. A busy client sends it within a round trip, and
+/// may be sending it as the drain begins: closing then resets that request (only a client
+/// that retries would recover). Kept this long, it is answered with `Connection: close`; one
+/// idle for longer is closed at once, as it is unlikely to be sending just then.
+const NEXT_REQUEST_IN_DRAIN: Duration = Duration::from_millis(250);
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
@@ -543,7 +549,7 @@ impl Server<'_> {
                 draining,
                 body_progress,
                 wrote,
-                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+                awaits_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
             Io::Tls(tls) => turn!(
                 **tls,
@@ -555,7 +561,7 @@ impl Server<'_> {
                 draining,
                 body_progress,
                 wrote,
-                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+                awaits_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
         };
         // Counted per drive, not per request: the stats and recycling cost one add here.
@@ -696,7 +702,7 @@ impl Server<'_> {
             if draining
                 && conn.session.is_idle()
                 && !conn.io.holds_output()
-                && !awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+                && !awaits_request(&conn.session, conn.timer, conn.timer_since, self.now)
             {
                 self.close(idx);
                 continue;
@@ -1049,16 +1055,20 @@ impl Server<'_> {
     }
 }
 
-/// While draining: a connection that has sent nothing since its accept, not long ago, is kept
-/// for its first request (see `FIRST_REQUEST_IN_DRAIN`). Its timer has been `Idle` since the
-/// accept, so `timer_since` is the accept's instant.
+/// While draining: an idle connection is kept for its next request when it has sent nothing
+/// since its accept, not long ago (`FIRST_REQUEST_IN_DRAIN`), or had its last response not
+/// long ago (`NEXT_REQUEST_IN_DRAIN`). Its timer has been `Idle` since then, so
+/// `timer_since` is that instant.
 /// Takes the connection's fields, not the connection: the turn calls it with the transport
 /// borrowed.
 #[inline]
-fn awaits_first_request(session: &Session, timer: Timer, since: Instant, now: Instant) -> bool {
-    session.seq() == 0
-        && timer == Timer::Idle
-        && now.saturating_duration_since(since) < FIRST_REQUEST_IN_DRAIN
+fn awaits_request(session: &Session, timer: Timer, since: Instant, now: Instant) -> bool {
+    let window = if session.seq() == 0 {
+        FIRST_REQUEST_IN_DRAIN
+    } else {
+        NEXT_REQUEST_IN_DRAIN
+    };
+    timer == Timer::Idle && now.saturating_duration_since(since) < window
 }
 
 /// Discards input of a closing connection; true when it can be dropped.

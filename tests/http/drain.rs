@@ -1,5 +1,6 @@
 //! Graceful drain (SIGTERM / `shutdown()` / master death): take the accept queue and close the
-//! listener, close idle connections at once (a new one gets a moment for its first request),
+//! listener, close idle connections at once (a new one gets a moment for its first request,
+//! one answered just before the drain a shorter one for its next),
 //! finish what was received with `Connection: close` on each connection's last response,
 //! return when done or when the grace period ends.
 
@@ -259,4 +260,23 @@ fn a_request_in_the_socket_unannounced_when_the_drain_begins_is_answered() {
         }
     }
     panic!("the request was served before the drain every time: the case never arose");
+}
+
+#[test]
+fn a_keep_alive_client_just_answered_gets_its_next_request_answered_in_the_drain() {
+    // A busy client sends its next request right after each response, so it may be sending
+    // one as the drain begins: closing the connection at once would reset that request.
+    let server = Server::start(HttpConfig::default());
+    let mut c = server.connect();
+    c.send(&get("/"));
+    assert_eq!(c.response(false).unwrap().status, 200);
+    server.stop();
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&get("/next"));
+    let r = c.response(false).expect("the next request is answered");
+    assert_eq!((r.status, r.closes()), (200, true));
+    c.expect_closed();
+    drop(c); // or the server's lingering close waits for this side's FIN
+    let took = server.join(IO_TIMEOUT);
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
