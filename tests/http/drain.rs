@@ -20,12 +20,18 @@ fn threaded() -> HttpConfig {
     }
 }
 
-#[test]
-fn idle_connections_close_at_once_and_serve_returns() {
-    let server = Server::start(HttpConfig::default());
+/// A keep-alive connection that had one request answered.
+fn served_once(server: &Server) -> Client {
     let mut c = server.connect();
     c.send(&get("/"));
     assert_eq!(c.response(false).unwrap().status, 200);
+    c
+}
+
+#[test]
+fn idle_connections_close_at_once_and_serve_returns() {
+    let server = Server::start(HttpConfig::default());
+    let mut c = served_once(&server);
     server.stop();
     assert!(
         c.response(false).is_none(),
@@ -238,9 +244,7 @@ fn a_request_in_the_socket_unannounced_when_the_drain_begins_is_answered() {
     // first it is served before the drain, which proves nothing: try again.
     for _ in 0..20 {
         let server = Server::start_with(Arc::new(Echo), HttpConfig::default(), Opts::default());
-        let mut kept = server.connect();
-        kept.send(&get("/first"));
-        assert_eq!(kept.response(false).unwrap().status, 200);
+        let mut kept = served_once(&server);
         let mut busy = server.connect();
         busy.send(&get("/sleep?300"));
         std::thread::sleep(Duration::from_millis(100));
@@ -267,9 +271,7 @@ fn a_keep_alive_client_just_answered_gets_its_next_request_answered_in_the_drain
     // A busy client sends its next request right after each response, so it may be sending
     // one as the drain begins: closing the connection at once would reset that request.
     let server = Server::start(HttpConfig::default());
-    let mut c = server.connect();
-    c.send(&get("/"));
-    assert_eq!(c.response(false).unwrap().status, 200);
+    let mut c = served_once(&server);
     server.stop();
     std::thread::sleep(Duration::from_millis(50));
     c.send(&get("/next"));
