@@ -47,7 +47,9 @@
  * header, accepted from the --proxy-allow networks (repeatable; default loopback).
  * When the master is ready it prints "ready pid=<master> children=<pid>,<pid>,..." on stdout;
  * after a reload (SIGHUP) "reloaded generation=<n> children=<pid>,..." or, when the new
- * generation failed and the old one serves on, "reload failed generation=<n>: <reason>".
+ * generation failed and the old one serves on, "reload failed generation=<n>: <reason>"; after
+ * an upgrade (SIGUSR2) the old master prints "upgraded old=<pid> new=<pid>" and the new one
+ * its own "ready pid=" line.
  * SIGTERM or SIGINT stops it gracefully with exit status 0 (the library handles both).
  *
  * The master re-executes this program once per child, with the same arguments: the children
@@ -580,6 +582,14 @@ static void on_reload_failed(void *user_data, uint64_t generation, const char *r
     fflush(stdout);
 }
 
+/* Master only, in the old master: the new master started by an upgrade serves; this one
+ * stops its children and exits. The new master prints its own "ready pid=" line. */
+static void on_upgrade(void *user_data, int32_t old_pid, int32_t new_pid) {
+    (void)user_data;
+    printf("upgraded old=%" PRId32 " new=%" PRId32 "\n", old_pid, new_pid);
+    fflush(stdout);
+}
+
 static bool parse_u64(const char *text, uint64_t *out) {
     char *end;
     if (text[0] < '0' || text[0] > '9') return false; /* no sign, no space */
@@ -714,6 +724,7 @@ int main(int argc, char **argv) {
         .on_master_ready = on_master_ready,
         .on_reload = on_reload,
         .on_reload_failed = on_reload_failed,
+        .on_upgrade = on_upgrade,
     };
     prefork *server = NULL;
 

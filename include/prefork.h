@@ -487,6 +487,17 @@ typedef struct prefork_hooks {
      * were told to stop; the previous generation, never stopped, keeps serving.
      */
     void (*on_reload_failed)(void *user_data, uint64_t generation, const char *reason);
+    /**
+     * Master (since 0.2): a binary upgrade (SIGUSR2 or `prefork_upgrade`) completed. It runs
+     * in the old master, `old_pid` (this process): the new master, `new_pid`, started from
+     * the program on disk, has every child ready and serves on the same sockets. When it
+     * returns, this master stops its own children gracefully and `prefork_listen_and_serve`
+     * returns PREFORK_OK. The place to point a pid file or a supervisor at `new_pid`; the new
+     * master runs its own `on_master_ready` (where `getpid()` is `new_pid`). Under systemd
+     * the library has already sent MAINPID=`new_pid`. Nothing to return: this master stops
+     * whatever the hook does.
+     */
+    void (*on_upgrade)(void *user_data, int32_t old_pid, int32_t new_pid);
 } prefork_hooks;
 
 /**

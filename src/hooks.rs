@@ -75,6 +75,12 @@ pub struct Hooks {
     /// generation was ready, or could not be started): `generation` is the one given up, the
     /// text says why. The previous generation keeps serving.
     pub on_reload_failed: Option<Box<dyn FnMut(u64, &str) + Send>>,
+    /// A binary upgrade completed, in the old master (`old_pid`, this process): the new master
+    /// `new_pid` has every child ready and serves; this master now stops its own children
+    /// gracefully, then `listen_and_serve` returns `Ok`. The place to move a pid file to the
+    /// new pid (the new master runs `on_master_ready` for its own children). A panic is
+    /// logged and changes nothing else.
+    pub on_upgrade: Option<Box<dyn FnMut(Pid, Pid) + Send>>,
 }
 
 /// What the command producer is asked to start.

@@ -53,6 +53,7 @@ fn no_hooks(
         user_data_free,
         on_reload: None,
         on_reload_failed: None,
+        on_upgrade: None,
     }
 }
 
@@ -347,8 +348,8 @@ fn structs_are_read_by_the_size_the_caller_passes() {
         let hooks = no_hooks(ptr::null_mut(), None);
         let hooks_size = std::mem::size_of::<prefork_hooks>();
         assert_eq!(prefork_set_hooks_sized(p, &hooks, hooks_size), PREFORK_OK);
-        // The 0.1 struct (eight members) and the 0.2 one are older sizes, still taken; an
-        // odd size is no struct's.
+        // The 0.1 struct (eight members) and one without the last member are older sizes,
+        // still taken; an odd size is no struct's.
         assert_eq!(prefork_set_hooks_sized(p, &hooks, 8 * 8), PREFORK_OK);
         assert_eq!(
             prefork_set_hooks_sized(p, &hooks, hooks_size - 8),

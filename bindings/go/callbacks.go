@@ -257,6 +257,12 @@ func goPreforkOnReloadFailed(h C.uintptr_t, generation C.uint64_t, reason *C.cha
 	s.notify("OnReloadFailed", func() { s.p.OnReloadFailed(uint64(generation), why) })
 }
 
+//export goPreforkOnUpgrade
+func goPreforkOnUpgrade(h C.uintptr_t, oldPID, newPID C.int32_t) {
+	s := serverOf(h)
+	s.notify("OnUpgrade", func() { s.p.OnUpgrade(int(oldPID), int(newPID)) })
+}
+
 //export goPreforkOnChildRecover
 func goPreforkOnChildRecover(h C.uintptr_t, oldPID, newPID C.int32_t) C.int {
 	s := serverOf(h)

@@ -138,6 +138,7 @@ func serve() int {
 		say("reloaded generation=%d children=%s", generation, strings.Join(s, ","))
 		return nil
 	}
+	p.OnUpgrade = func(oldPID, newPID int) { say("upgraded old=%d new=%d", oldPID, newPID) }
 	p.OnReloadFailed = func(generation uint64, reason string) {
 		say("reload-failed generation=%d reason=%s", generation, reason)
 	}

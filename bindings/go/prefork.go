@@ -141,6 +141,13 @@ type Prefork struct {
 	// which. The previous generation keeps serving.
 	OnReloadFailed func(generation uint64, reason string)
 
+	// OnUpgrade runs in the old master when a binary upgrade (SIGUSR2 or Upgrade) completed:
+	// the new master newPID, started from the program on disk, has every child ready and
+	// serves on the same sockets; oldPID is this process. This master then stops its own
+	// children gracefully and ListenAndServe returns nil. The place to point a pid file at
+	// newPID (the new master runs its own OnMasterReady). A panic is logged.
+	OnUpgrade func(oldPID, newPID int)
+
 	// OnChildRecover runs in the master when an exited child was replaced (after
 	// OnChildSpawn for newPID). An error stops the master as above.
 	OnChildRecover func(oldPID, newPID int) error
@@ -744,6 +751,7 @@ func (s *server) install(c *C.prefork) error {
 		{p.CommandProducer != nil, C.GOPREFORK_COMMAND_PRODUCER},
 		{p.OnReload != nil, C.GOPREFORK_ON_RELOAD},
 		{p.OnReloadFailed != nil, C.GOPREFORK_ON_RELOAD_FAILED},
+		{p.OnUpgrade != nil, C.GOPREFORK_ON_UPGRADE},
 	} {
 		if m.set {
 			members |= m.bit

@@ -229,6 +229,44 @@ func TestSIGHUPReloadsANewGeneration(t *testing.T) {
 	m.stop()
 }
 
+func TestSIGUSR2UpgradesToANewMaster(t *testing.T) {
+	// The old master leaves the new one to its parent's care when it exits: be the one that
+	// reaps it (PR_SET_CHILD_SUBREAPER), as a service manager would.
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, 36, 1, 0); errno != 0 {
+		t.Fatalf("PR_SET_CHILD_SUBREAPER: %v", errno)
+	}
+	m := startMaster(t, envChildren+"=2")
+	m.signal(syscall.SIGUSR2)
+	sub := m.waitLine(regexp.MustCompile(`^upgraded old=(\d+) new=(\d+)$`))
+	newPID, _ := strconv.Atoi(sub[2])
+	t.Cleanup(func() {
+		if running(newPID) {
+			_ = syscall.Kill(newPID, syscall.SIGKILL)
+		}
+		var ws syscall.WaitStatus
+		_, _ = syscall.Wait4(newPID, &ws, 0, nil)
+	})
+	if sub[1] != strconv.Itoa(m.pid) || newPID == m.pid {
+		t.Fatalf("OnUpgrade(%s, %s), the old master is %d", sub[1], sub[2], m.pid)
+	}
+	m.waitLine(regexp.MustCompile(fmt.Sprintf(`^ready pid=%d children=`, newPID)))
+	if code := m.wait(); code != 0 {
+		t.Fatalf("the old master exited with %d after the upgrade, want 0\n%s", code, m.transcript())
+	}
+	code, body := get(t, m.url("/pid"))
+	if pid, _ := strconv.Atoi(body); code != 200 || slices.Contains(m.children, pid) {
+		t.Fatalf("GET /pid = %d %q after the upgrade; the old children were %v", code, body, m.children)
+	}
+	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(newPID, &ws, 0, nil); err != nil || ws.ExitStatus() != 0 {
+		t.Fatalf("the new master: %v, exit %d\n%s", err, ws.ExitStatus(), m.transcript())
+	}
+	m.allGone()
+}
+
 func TestSIGTTINAndSIGTTOUScale(t *testing.T) {
 	m := startMaster(t, envChildren+"=1")
 	m.signal(syscall.SIGTTIN)

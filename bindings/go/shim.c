@@ -228,6 +228,10 @@ static void on_reload_failed(void *user_data, uint64_t generation, const char *r
 	goPreforkOnReloadFailed(HANDLE(user_data), generation, (char *)reason);
 }
 
+static void on_upgrade(void *user_data, int32_t old_pid, int32_t new_pid) {
+	goPreforkOnUpgrade(HANDLE(user_data), old_pid, new_pid);
+}
+
 static int32_t command_producer(void *user_data, int listener_fd, int lifeline_fd, size_t slot) {
 	return goPreforkCommandProducer(HANDLE(user_data), listener_fd, lifeline_fd, slot);
 }
@@ -288,6 +292,7 @@ enum prefork_result goprefork_set_hooks(prefork *p, uintptr_t h, unsigned member
 		.user_data_free = release,
 		.on_reload = (members & GOPREFORK_ON_RELOAD) ? on_reload : NULL,
 		.on_reload_failed = (members & GOPREFORK_ON_RELOAD_FAILED) ? on_reload_failed : NULL,
+		.on_upgrade = (members & GOPREFORK_ON_UPGRADE) ? on_upgrade : NULL,
 	};
 	return prefork_set_hooks(p, &hooks);
 }

@@ -23,6 +23,7 @@ enum {
 	GOPREFORK_ON_RELOAD_FAILED = 1 << 9,
 	// The request handler takes the event loop's batches (prefork_handler.handle_batch).
 	GOPREFORK_HANDLE_BATCH = 1 << 10,
+	GOPREFORK_ON_UPGRADE = 1 << 11,
 };
 
 // The most requests one call into Go answers: a batch the library offers beyond it is

@@ -95,6 +95,16 @@ pub struct prefork_hooks {
     pub on_reload_failed: Option<
         unsafe extern "C" fn(user_data: *mut c_void, generation: u64, reason: *const c_char),
     >,
+    /// Master (since 0.2): a binary upgrade (SIGUSR2 or `prefork_upgrade`) completed. It runs
+    /// in the old master, `old_pid` (this process): the new master, `new_pid`, started from
+    /// the program on disk, has every child ready and serves on the same sockets. When it
+    /// returns, this master stops its own children gracefully and `prefork_listen_and_serve`
+    /// returns PREFORK_OK. The place to point a pid file or a supervisor at `new_pid`; the new
+    /// master runs its own `on_master_ready` (where `getpid()` is `new_pid`). Under systemd
+    /// the library has already sent MAINPID=`new_pid`. Nothing to return: this master stops
+    /// whatever the hook does.
+    pub on_upgrade:
+        Option<unsafe extern "C" fn(user_data: *mut c_void, old_pid: i32, new_pid: i32)>,
 }
 
 // SAFETY: raw pointers and optional function pointers only, so all-zero is the unset value.
@@ -166,6 +176,10 @@ fn adapt(c: &prefork_hooks, data: &Arc<UserData>) -> Hooks {
             let why = CString::new(why.replace('\0', " ")).unwrap_or_default();
             unsafe { f(d.ptr(), generation, why.as_ptr()) }
         }));
+    }
+    if let Some(f) = c.on_upgrade {
+        let d = Arc::clone(data);
+        hooks.on_upgrade = Some(Box::new(move |old, new| unsafe { f(d.ptr(), old, new) }));
     }
     if let Some(f) = c.command_producer {
         let d = Arc::clone(data);

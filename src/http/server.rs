@@ -34,7 +34,7 @@ use crate::config::HttpConfig;
 use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
-use crate::shared::Beat;
+use crate::shared::{Beat, Cell};
 
 const WAKE: Token = Token(1);
 const LIFELINE: Token = Token(2);
@@ -59,6 +59,12 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// accept queue's connections); closing it unanswered is the reset a stop must not cause. One
 /// silent for longer, like a speculative preconnect, is closed as an idle connection is.
 const FIRST_REQUEST_IN_DRAIN: Duration = Duration::from_secs(1);
+/// While draining, how long a keep-alive connection idle since its last response may take to
+/// send its next request, from that response. A busy client sends it within a round trip, and
+/// may be sending it as the drain begins: closing then resets that request (only a client
+/// that retries would recover). Kept this long, it is answered with `Connection: close`; one
+/// idle for longer is closed at once, as it is unlikely to be sending just then.
+const NEXT_REQUEST_IN_DRAIN: Duration = Duration::from_millis(250);
 /// Bounds of the timeout sweep period (an eighth of the shortest timeout in between).
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_millis(250);
@@ -133,7 +139,8 @@ struct Server<'a> {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Ciphertext of one TLS read (TLS connections only; empty otherwise).
     tls_in: Vec<u8>,
-    beat: Option<&'a Beat>,
+    /// This child's cell in the memory the master shares, where each turn is published.
+    beat: Option<&'a Cell>,
     /// The watchdog's heartbeat period, when it is on.
     beat_period: Option<Duration>,
     /// Turns of the loop and requests received so far, published at every turn.
@@ -265,7 +272,7 @@ pub(crate) fn run(
             None => Vec::new(),
         },
         tls: ctl.tls.take(),
-        beat: ctl.beat,
+        beat: ctl.beat.map(Beat::cell),
         beat_period: ctl.beat.and_then(|b| b.period),
         turns: 0,
         requests: 0,
@@ -621,7 +628,7 @@ impl Server<'_> {
                 draining,
                 body_progress,
                 wrote,
-                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+                awaits_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
             Io::Tls(tls) => turn!(
                 **tls,
@@ -633,7 +640,7 @@ impl Server<'_> {
                 draining,
                 body_progress,
                 wrote,
-                awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+                awaits_request(&conn.session, conn.timer, conn.timer_since, self.now)
             ),
         };
         // Counted per drive, not per request: the stats and recycling cost one add here.
@@ -774,7 +781,7 @@ impl Server<'_> {
             if draining
                 && conn.session.is_idle()
                 && !conn.io.holds_output()
-                && !awaits_first_request(&conn.session, conn.timer, conn.timer_since, self.now)
+                && !awaits_request(&conn.session, conn.timer, conn.timer_since, self.now)
             {
                 self.close(idx);
                 continue;
@@ -1131,16 +1138,20 @@ impl Server<'_> {
     }
 }
 
-/// While draining: a connection that has sent nothing since its accept, not long ago, is kept
-/// for its first request (see `FIRST_REQUEST_IN_DRAIN`). Its timer has been `Idle` since the
-/// accept, so `timer_since` is the accept's instant.
+/// While draining: an idle connection is kept for its next request when it has sent nothing
+/// since its accept, not long ago (`FIRST_REQUEST_IN_DRAIN`), or had its last response not
+/// long ago (`NEXT_REQUEST_IN_DRAIN`). Its timer has been `Idle` since then, so
+/// `timer_since` is that instant.
 /// Takes the connection's fields, not the connection: the turn calls it with the transport
 /// borrowed.
 #[inline]
-fn awaits_first_request(session: &Session, timer: Timer, since: Instant, now: Instant) -> bool {
-    session.seq() == 0
-        && timer == Timer::Idle
-        && now.saturating_duration_since(since) < FIRST_REQUEST_IN_DRAIN
+fn awaits_request(session: &Session, timer: Timer, since: Instant, now: Instant) -> bool {
+    let window = if session.seq() == 0 {
+        FIRST_REQUEST_IN_DRAIN
+    } else {
+        NEXT_REQUEST_IN_DRAIN
+    };
+    timer == Timer::Idle && now.saturating_duration_since(since) < window
 }
 
 /// Discards input of a closing connection; true when it can be dropped.

@@ -63,7 +63,11 @@ pub(crate) enum Drive {
 /// locals (a generic function returning it cost 45 instructions per request at depth 1).
 macro_rules! turn {
     ($io:expr, $sock:expr, $session:expr, $ctx:expr, $tls_in:expr, $budget:ident,
-     $draining:expr, $body_progress:ident, $wrote:ident, $keep_in_drain:expr) => {
+     $draining:expr, $body_progress:ident, $wrote:ident, $keep_in_drain:expr) => {{
+        // Set once a draining drive found the session idle and read once more before the
+        // close: a request already in the socket, announced by no event yet (the drain began
+        // mid-turn), is then served rather than reset.
+        let mut looked = false;
         loop {
             let mut progress = $session.process(&mut $ctx);
             match $io.flush(&mut $sock, &mut $session, &mut $budget) {
@@ -79,7 +83,11 @@ macro_rules! turn {
                     break $crate::http::transport::Drive::Finish;
                 }
                 if $draining && $session.is_idle() && !$keep_in_drain {
-                    break $crate::http::transport::Drive::Close;
+                    if looked {
+                        break $crate::http::transport::Drive::Close;
+                    }
+                    looked = true;
+                    $sock.readable = true;
                 }
             }
             if $session.wants_input($ctx.limits) && $io.can_fill(&$sock) {
@@ -103,13 +111,17 @@ macro_rules! turn {
                 }
             }
             if !progress {
-                break $crate::http::transport::Drive::Wait;
+                break if looked && $session.is_idle() {
+                    $crate::http::transport::Drive::Close
+                } else {
+                    $crate::http::transport::Drive::Wait
+                };
             }
             if $budget == 0 {
                 break $crate::http::transport::Drive::Again;
             }
         }
-    };
+    }};
 }
 pub(crate) use turn;
 

@@ -27,7 +27,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
 use super::bind::{self, Listener};
-use super::{Master, State, describe, signal_all, spawn, wait};
+use super::{Master, State, describe, hook, signal_all, spawn, wait};
 use crate::config::ProcessConfig;
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{
@@ -258,6 +258,9 @@ impl Master<'_> {
         }
         cmd.args(args.iter().skip(1))
             .env_remove(CHILD_ENV)
+            // systemd names the main process it pings for; the new master takes that role
+            // (sd_watchdog_enabled(3) applies a watchdog without the variable to any reader).
+            .env_remove("WATCHDOG_PID")
             .env(UPGRADE_READY_ENV, READY_AT.to_string())
             .env(UPGRADE_FDS_ENV, fds.join(","))
             .env(UPGRADE_LISTENERS_ENV, words.join(","));
@@ -298,17 +301,22 @@ impl Master<'_> {
         let mut byte = [0u8; 1];
         match nix::unistd::read(u.ready.as_fd(), &mut byte) {
             Ok(1) if byte[0] == READY_BYTE => {
-                let pid = u.pid;
+                let new = u.pid;
                 self.log.log(
                     Level::Info,
-                    &format!("upgraded: new master {pid} is ready; this master stops its children"),
+                    &format!("upgraded: new master {new} is ready; this master stops its children"),
                 );
                 self.upgrade = None;
+                // From this master, which systemd still takes for the main process: it accepts
+                // MAINPID= from that one only, unless the unit says NotifyAccess=all (then the
+                // new master's own MAINPID= has done it already).
+                self.tell_systemd(&format!("MAINPID={new}"));
                 self.handed_over = true;
                 // The socket files are the new master's to remove now.
                 for l in &mut self.listeners {
                     l.unlink = None;
                 }
+                self.report_upgrade(new);
                 self.begin_stop(false);
                 Ok(())
             }
@@ -317,6 +325,21 @@ impl Master<'_> {
                 self.fail_upgrade("it closed the ready pipe without reporting ready");
                 Ok(())
             }
+        }
+    }
+
+    /// `on_upgrade`, before this master stops its children. The new master serves whatever
+    /// the hook does, so its failure is logged, never a reason to stop otherwise.
+    fn report_upgrade(&mut self, new: Pid) {
+        let old = std::process::id() as Pid;
+        let called = hook::call("on_upgrade", || {
+            if let Some(f) = &mut self.hooks.on_upgrade {
+                f(old, new);
+            }
+            Ok(())
+        });
+        if let Err(e) = called {
+            self.log.log(Level::Error, e.message());
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod harness;
 mod listeners;
+mod probing;
 mod scenario;
 mod stops;
 
@@ -14,6 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use probing::{
+    Probed, Probing, SLOW_MS, listed, reload_answers_every_connection_reuseport,
+    reload_answers_every_connection_shared_listener, start_probing,
+    upgrade_answers_every_connection_reuseport, upgrade_answers_every_connection_shared_listener,
+};
 use stops::{
     master_as_pid1_reaps_orphaned_grandchildren, second_stop_request_skips_the_shutdown_delay,
     serve_mode_stop_signal_waits_for_the_shutdown_delay,
@@ -22,7 +28,7 @@ use stops::{
 };
 
 use harness::{
-    Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from, probe,
+    Master, Outcome, Probe, alive, all_gone, environ, fd_target, fd_targets, get, get_from,
     served_by,
 };
 
@@ -66,6 +72,10 @@ fn main() {
         stop_answers_or_refuses_every_connection_reuseport,
         stop_answers_or_refuses_every_connection_blocked_loop,
         stop_answers_or_refuses_every_connection_blocked_loop_reuseport,
+        reload_answers_every_connection_shared_listener,
+        reload_answers_every_connection_reuseport,
+        upgrade_answers_every_connection_shared_listener,
+        upgrade_answers_every_connection_reuseport,
         master_kill9_takes_children_down,
         no_master_descriptor_reaches_a_child,
         reuseport_conflict_is_reported_at_once,
@@ -112,6 +122,7 @@ fn main() {
         max_child_age_recycles_one_slot_at_a_time,
         stats_show_every_child_and_the_totals,
         systemd_hears_ready_reloading_watchdog_and_stopping,
+        systemd_follows_the_new_master_after_an_upgrade,
         upgrade_under_steady_load_fails_no_request,
         upgrade_under_steady_load_fails_no_request_reuseport,
         upgrade_whose_new_master_fails_keeps_the_old_serving,
@@ -511,11 +522,6 @@ fn second_sigint_stops_at_once() -> Outcome {
     all_gone(&ready, 2 * SEC).map(|_| ())
 }
 
-/// How often the stop tests connect.
-const PROBE_EVERY: Duration = Duration::from_millis(20);
-/// How long the request in flight at the stop takes.
-const SLOW_MS: u64 = 1500;
-
 /// Issue 18, fault 1, as reported: handler threads, so each child's loop sees the stop at once
 /// while a slow request runs on; new connections used to be accepted into the master's copy
 /// of the listener and reset when the drain ended.
@@ -537,58 +543,23 @@ fn stop_answers_or_refuses_every_connection_blocked_loop_reuseport() -> Outcome 
     stop_under_connects(true, "0")
 }
 
-/// One probe's outcome: when it started, what it got, how long it took.
-type Probed = (Instant, Probe, Duration);
-
 /// A graceful stop with a slow request in flight while a client connects every
 /// `PROBE_EVERY`, from before the SIGTERM to after the master's exit: each connection is
 /// answered in full or refused at once, never accepted and then dropped or left hanging.
 fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
-    let mut env = vec![
-        ("PF_CHILDREN", "2"),
-        ("PF_GRACE_MS", "8000"),
-        ("PF_HANDLER_THREADS", threads),
-    ];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
-    let (ready, port) = m.ready()?;
-    let slow = std::thread::spawn(move || {
-        let body = get(port, &format!("/sleep?ms={SLOW_MS}"));
-        (body, Instant::now())
-    });
-    m.expect("sleeping ", 5 * SEC)?;
-    let probing = Arc::new(AtomicBool::new(true));
-    let prober = {
-        let probing = probing.clone();
-        std::thread::spawn(move || {
-            let mut probes = Vec::new();
-            while probing.load(Ordering::Relaxed) {
-                probes.push(std::thread::spawn(move || {
-                    let at = Instant::now();
-                    let got = probe(port, 5 * SEC);
-                    (at, got, at.elapsed())
-                }));
-                std::thread::sleep(PROBE_EVERY);
-            }
-            probes
-        })
-    };
-    std::thread::sleep(Duration::from_millis(100));
+    let Probing {
+        mut m,
+        kids: ready,
+        slow,
+        prober,
+    } = start_probing(reuseport, threads)?;
     let asked = Instant::now();
     m.signal(libc::SIGTERM);
     let status = m.wait_exit(15 * SEC)?;
     let exited = Instant::now();
     let stopped = exited - asked;
     std::thread::sleep(Duration::from_millis(200));
-    probing.store(false, Ordering::Relaxed);
-    let probes: Vec<Probed> = prober
-        .join()
-        .map_err(|_| "prober panicked")?
-        .into_iter()
-        .map(|p| p.join().map_err(|_| "probe panicked".to_string()))
-        .collect::<Result<_, _>>()?;
+    let probes = prober.finish()?;
     let (slow_body, slow_done) = slow.join().map_err(|_| "slow request panicked")?;
     all_gone(&ready, 2 * SEC)?;
 
@@ -598,19 +569,12 @@ fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
         m.context()
     );
     ensure!(
-        slow_body.as_deref().ok() == Some("slept"),
+        slow_body == "slept",
         "the request in flight at the stop got {slow_body:?}"
     );
-    let failed: Vec<String> = probes
-        .iter()
-        .filter(|(_, got, _)| matches!(got, Probe::Dropped(_) | Probe::Hung(_)))
-        .map(|(at, got, took)| {
-            format!(
-                "{got:?} for a connect {:.0} ms after SIGTERM, after {took:?}",
-                signed_ms(*at, asked)
-            )
-        })
-        .collect();
+    let failed = listed(&probes, asked, |got| {
+        matches!(got, Probe::Dropped(_) | Probe::Hung(_))
+    });
     let count = |f: &dyn Fn(&Probed) -> bool| probes.iter().filter(|p| f(p)).count();
     let in_stop = |p: &Probed| p.0 >= asked && p.0 < exited;
     let answered = count(&|p| p.1 == Probe::Answered);
@@ -663,14 +627,6 @@ fn stop_under_connects(reuseport: bool, threads: &str) -> Outcome {
         "the stop took {stopped:?}"
     );
     Ok(())
-}
-
-/// Milliseconds from `origin` to `t`, negative before it.
-fn signed_ms(t: Instant, origin: Instant) -> f64 {
-    match t.checked_duration_since(origin) {
-        Some(d) => d.as_secs_f64() * 1000.0,
-        None => -(origin - t).as_secs_f64() * 1000.0,
-    }
 }
 
 fn master_kill9_takes_children_down() -> Outcome {
@@ -2011,16 +1967,32 @@ fn notifications(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> V
     }
 }
 
+/// A service manager's notification socket in a fresh directory named after `prefix`: the
+/// directory (for the caller to remove), the socket's path and the socket.
+fn notify_socket(
+    prefix: &str,
+) -> Result<
+    (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::os::unix::net::UnixDatagram,
+    ),
+    String,
+> {
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    Ok((dir, path, sock))
+}
+
 /// sd_notify against a socket this test listens on: READY=1 with a STATUS, WATCHDOG=1 every
 /// half WATCHDOG_USEC but none while a slot has no ready child, RELOADING=1 with
 /// MONOTONIC_USEC then READY=1 around a reload, STOPPING=1; the children never see the
 /// variables.
 fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
-    let dir = std::env::temp_dir().join(format!("pf-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    let (dir, path, sock) = notify_socket("pf-notify-")?;
     let result = (|| {
         let mut m = Master::start(&[
             ("PF_CHILDREN", "2"),
@@ -2085,6 +2057,78 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() -> Outcome {
     result
 }
 
+/// sd_notify through an upgrade: the new master says MAINPID=itself with its READY=1 (heard
+/// when the unit has NotifyAccess=all), the old master says MAINPID=the new one (heard with
+/// NotifyAccess=main, from the main process it still is) and no STOPPING=1, since the service
+/// goes on; the new master keeps the watchdog pings going once the old one is gone.
+fn systemd_follows_the_new_master_after_an_upgrade() -> Outcome {
+    let (dir, path, sock) = notify_socket("pf-notify-up-")?;
+    let mut new = 0;
+    let result = (|| {
+        // systemd's WATCHDOG_PID names the old master; the harness cannot know that pid
+        // before the start, so it names another process, which the new master must not
+        // take for itself either way.
+        let watchdog_pid = std::process::id().to_string();
+        let mut m = Master::start(&[
+            ("PF_CHILDREN", "2"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+            ("WATCHDOG_PID", &watchdog_pid),
+        ]);
+        m.ready()?;
+        let old = m.pid();
+        notifications(&sock, Duration::from_millis(100));
+        m.signal(libc::SIGUSR2);
+        new = m
+            .expect("master ", 10 * SEC)?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        m.wait_exit_then(10 * SEC, Duration::from_millis(100))?;
+        all_gone(&[old], 2 * SEC)?;
+        let around = notifications(&sock, Duration::from_millis(100));
+        let from_new = format!("MAINPID={new}\nREADY=1\n");
+        let from_old = format!("MAINPID={new}\nSTATUS=");
+        ensure!(
+            around.iter().any(|n| n.starts_with(&from_new)),
+            "no {from_new:?} from the new master: {around:?}"
+        );
+        ensure!(
+            around.iter().any(|n| n.starts_with(&from_old)),
+            "no {from_old:?} from the old master: {around:?}"
+        );
+        ensure!(
+            !around.iter().any(|n| n.starts_with("STOPPING=1")),
+            "the service was said to stop: {around:?}"
+        );
+        let after = notifications(&sock, Duration::from_millis(700));
+        let pings = after.iter().filter(|n| n.starts_with("WATCHDOG=1")).count();
+        ensure!(
+            (2..=6).contains(&pings),
+            "{pings} pings from the new master in 0.7 s at 200 ms: {after:?}"
+        );
+        ensure!(
+            !environ(new)
+                .iter()
+                .any(|kv| kv.starts_with("WATCHDOG_PID=")),
+            "the new master kept the old one's WATCHDOG_PID"
+        );
+        unsafe { libc::kill(new, libc::SIGTERM) };
+        all_gone(&[new], 10 * SEC)?;
+        let last = notifications(&sock, Duration::from_millis(200));
+        ensure!(
+            last.iter().any(|n| n.starts_with("STOPPING=1")),
+            "no STOPPING=1 from the new master: {last:?}"
+        );
+        all_gone(&m.all_children(), 2 * SEC).map(|_| ())
+    })();
+    if new > 0 && alive(new) {
+        unsafe { libc::kill(new, libc::SIGKILL) };
+        let _ = all_gone(&[new], 2 * SEC);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn upgrade_under_steady_load_fails_no_request() -> Outcome {
     upgrade_under_load(false)
 }
@@ -2126,6 +2170,16 @@ fn upgrade_under_load(reuseport: bool) -> Outcome {
             status.code() == Some(0) && m.seen.iter().any(|l| l == "result ok"),
             "old master exit {status:?}; {}",
             m.context()
+        );
+        // The old master's on_upgrade, which may come before or after the new one's ready.
+        let reported: Vec<&String> = m
+            .seen
+            .iter()
+            .filter(|l| l.starts_with("upgraded "))
+            .collect();
+        ensure!(
+            reported == [&format!("upgraded {old} {new}")],
+            "on_upgrade reported {reported:?}, want old {old} new {new}"
         );
         all_gone(&old_kids, 2 * SEC)?;
         let old_gone = Instant::now();

@@ -375,6 +375,7 @@ pub fn run() -> i32 {
     hooks.on_reload_failed = Some(Box::new(|generation, why| {
         emit(format!("reload-failed {generation} {why}"))
     }));
+    hooks.on_upgrade = Some(Box::new(|old, new| emit(format!("upgraded {old} {new}"))));
     hooks.on_child_exit = Some(Box::new(|pid, exit| {
         emit(match exit {
             ChildExit::Code(c) => format!("exit {pid} code {c}"),
