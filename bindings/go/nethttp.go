@@ -37,7 +37,8 @@ import (
 // itself: those headers from h are dropped. A status outside 200..599 (1xx included) is not
 // sent: 1xx ones are ignored, the others become 500.
 //
-// What is not supported: HTTP/2 and TLS (the engine speaks HTTP/1.1 in clear); Hijack (the
+// What is not supported: HTTP/2 (the engine speaks HTTP/1.1, in clear or under
+// ListenAndServeTLS, where r.TLS stays nil: the engine ends TLS below the handler); Hijack (the
 // writer is no http.Hijacker, so http.ResponseController reports http.ErrNotSupported, and
 // WebSocket upgrades fail); streaming. The writer is an http.Flusher, so handlers that flush
 // work, but the response (what Flush committed and what follows) reaches the client when h
