@@ -61,6 +61,15 @@ impl Master {
         Master::start_with(env, |_| {})
     }
 
+    /// `start` in the listener mode a test runs in: with `PF_REUSEPORT=1` when `reuseport`.
+    pub fn start_in_mode(env: &[(&str, &str)], reuseport: bool) -> Master {
+        Master::start_with(env, |cmd| {
+            if reuseport {
+                cmd.env("PF_REUSEPORT", "1");
+            }
+        })
+    }
+
     pub fn start_with(env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Master {
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
         cmd.env("PF_SCENARIO", "1")

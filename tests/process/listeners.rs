@@ -77,15 +77,12 @@ fn serve_several(reuseport: bool) -> Outcome {
     let file = dir.sock("a.sock");
     let name = format!("pf-abstract-{}-{reuseport}", std::process::id());
     let list = format!("127.0.0.1:0;unix:{};unix:@{name}", file.display());
-    let mut env = vec![
+    let env = vec![
         ("PF_CHILDREN", "2"),
         ("PF_LISTENERS", list.as_str()),
         ("PF_UNIX_MODE", "432"),
     ];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (kids, _) = m.ready()?;
     let addrs = listeners(&mut m)?;
     ensure!(
@@ -264,11 +261,8 @@ fn upgrade_with(reuseport: bool) -> Outcome {
     let dir = Dir::new(if reuseport { "upg-rp" } else { "upg" });
     let file = dir.sock("u.sock");
     let list = format!("127.0.0.1:0;unix:{}", file.display());
-    let mut env = vec![("PF_CHILDREN", "2"), ("PF_LISTENERS", list.as_str())];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let env = vec![("PF_CHILDREN", "2"), ("PF_LISTENERS", list.as_str())];
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (old_kids, _) = m.ready()?;
     let addrs = listeners(&mut m)?;
     ensure!(addrs.len() == 3, "listeners {addrs:?}");

@@ -1394,11 +1394,8 @@ fn reload_under_steady_load_fails_no_request_reuseport() -> Outcome {
 /// SIGHUP under a steady client and with a slow request in flight: a new generation of
 /// children takes over, the old one drains, and not one request fails.
 fn reload_under_load(reuseport: bool) -> Outcome {
-    let mut env = vec![("PF_CHILDREN", "2"), ("PF_HANDLER_THREADS", "2")];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let env = vec![("PF_CHILDREN", "2"), ("PF_HANDLER_THREADS", "2")];
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (old, port) = m.ready()?;
     let client = SteadyClient::start(port);
     let slow = std::thread::spawn(move || get(port, "/sleep?ms=800"));
@@ -1611,11 +1608,8 @@ fn ttin_and_ttou_add_and_remove_children_reuseport() -> Outcome {
 /// steady client that must see no failure; in reuseport mode each added slot has its own
 /// socket and a removed slot's socket leaves the master.
 fn scale_with_signals(reuseport: bool) -> Outcome {
-    let mut env = vec![("PF_CHILDREN", "2")];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let env = vec![("PF_CHILDREN", "2")];
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (first, port) = m.ready()?;
     let client = SteadyClient::start(port);
     // Removed before it is ready: it is let finish starting, then drains what its socket got.
@@ -2140,11 +2134,8 @@ fn upgrade_under_steady_load_fails_no_request_reuseport() -> Outcome {
 /// SIGUSR2 under a steady client: a new master from the binary on disk adopts the sockets and
 /// starts its children; the old master stops its own and exits 0; no request fails.
 fn upgrade_under_load(reuseport: bool) -> Outcome {
-    let mut env = vec![("PF_CHILDREN", "2")];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let env = vec![("PF_CHILDREN", "2")];
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (old_kids, port) = m.ready()?;
     let old = m.pid();
     let client = SteadyClient::start(port);

@@ -67,15 +67,12 @@ pub struct Probing {
 }
 
 pub fn start_probing(reuseport: bool, threads: &str) -> Result<Probing, String> {
-    let mut env = vec![
+    let env = vec![
         ("PF_CHILDREN", "2"),
         ("PF_GRACE_MS", "8000"),
         ("PF_HANDLER_THREADS", threads),
     ];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (kids, port) = m.ready()?;
     let slow = std::thread::spawn(move || {
         let body = get(port, &format!("/sleep?ms={SLOW_MS}"));

@@ -79,15 +79,12 @@ pub fn shutdown_delay_serves_on_closing_each_connection_reuseport() -> Outcome {
 /// and the stop takes the delay plus the drain, not more.
 fn serves_on_through_the_delay(reuseport: bool) -> Outcome {
     let delay = DELAY_MS.to_string();
-    let mut env = vec![
+    let env = vec![
         ("PF_CHILDREN", "2"),
         ("PF_GRACE_MS", "3000"),
         ("PF_SHUTDOWN_DELAY_MS", &delay),
     ];
-    if reuseport {
-        env.push(("PF_REUSEPORT", "1"));
-    }
-    let mut m = Master::start(&env);
+    let mut m = Master::start_in_mode(&env, reuseport);
     let (ready, port) = m.ready()?;
     let mut early = connect(port)?;
     let (head, body) = exchange(&mut early, "/stopping")?;
