@@ -1653,6 +1653,28 @@ def get_at(addr, path, prefix=b""):
                                  "Connection: close\r\n\r\n".encode()))
 
 
+def answering_children(addr, kids, tries=40):
+    """The children that answer /pid on `addr`, checking /local each time. On a shared
+    listener the kernel may hand every sequential connection to the same idle child, so once
+    one child has answered, a /sleep holds some child's event loop while /pid is asked: if
+    it holds the one seen, another answers."""
+    pids = set()
+    for _ in range(tries):
+        hold = None
+        if pids:
+            hold = threading.Thread(target=get_at, args=(addr, "/sleep?ms=200"))
+            hold.start()
+            time.sleep(0.05)
+        local, pid = get_at(addr, "/local")[0], int(get_at(addr, "/pid")[0])
+        check(local == addr, f"/local on {addr} gave {local!r}")
+        pids.add(pid)
+        if hold:
+            hold.join()
+        if pids == set(kids):
+            break
+    return pids
+
+
 def listeners_line(srv):
     return srv.expect(r"^listeners (.*)$").group(1).split(" ")
 
@@ -1701,13 +1723,7 @@ def demo_listeners(prog):
                     check(all(fd in fds for fd in range(3, 8)),
                           f"child {kid}: sockets at {sorted(fds)}, expected 3..7")
                 for addr in want:
-                    pids = set()
-                    for _ in range(40):
-                        local, pid = get_at(addr, "/local")[0], int(get_at(addr, "/pid")[0])
-                        check(local == addr, f"/local on {addr} gave {local!r}")
-                        pids.add(pid)
-                        if pids == set(kids):
-                            break
+                    pids = answering_children(addr, kids)
                     check(pids == set(kids), f"{mode}: on {addr} only {pids} of {kids} answered")
                 unix = f"unix:{path}"
                 raw = exchange_at(unix, b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n"
