@@ -1817,10 +1817,20 @@ fn max_requests_recycles_under_load_without_a_failure() -> Outcome {
         m.context()
     );
     ensure!(fewest >= 2, "only {fewest} children at some point");
-    ensure!(
-        first.iter().all(|&p| !alive(p)) || recycled < 2,
-        "the first children {first:?} are still there after {recycled} recycles"
-    );
+    // Which first child reaches its limit depends on how the kernel spread the connections:
+    // one that served the most it may (max_requests + jitter) must be replaced, and gone
+    // once it drained.
+    for &pid in &first {
+        let by_it = got
+            .iter()
+            .filter(|(_, r)| r.as_ref().ok() == Some(&pid))
+            .count();
+        if by_it >= 400 {
+            all_gone(&[pid], 2 * SEC).map_err(|e| {
+                format!("first child {pid} served {by_it} requests (limit 300 to 400): {e}")
+            })?;
+        }
+    }
     stop_cleanly(&mut m)
 }
 
