@@ -77,7 +77,7 @@ fn serve_several(reuseport: bool) -> Outcome {
     let file = dir.sock("a.sock");
     let name = format!("pf-abstract-{}-{reuseport}", std::process::id());
     let list = format!("127.0.0.1:0;unix:{};unix:@{name}", file.display());
-    let env = vec![
+    let env = [
         ("PF_CHILDREN", "2"),
         ("PF_LISTENERS", list.as_str()),
         ("PF_UNIX_MODE", "432"),
@@ -261,7 +261,7 @@ fn upgrade_with(reuseport: bool) -> Outcome {
     let dir = Dir::new(if reuseport { "upg-rp" } else { "upg" });
     let file = dir.sock("u.sock");
     let list = format!("127.0.0.1:0;unix:{}", file.display());
-    let env = vec![("PF_CHILDREN", "2"), ("PF_LISTENERS", list.as_str())];
+    let env = [("PF_CHILDREN", "2"), ("PF_LISTENERS", list.as_str())];
     let mut m = Master::start_in_mode(&env, reuseport);
     let (old_kids, _) = m.ready()?;
     let addrs = listeners(&mut m)?;

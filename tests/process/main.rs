@@ -1394,7 +1394,7 @@ fn reload_under_steady_load_fails_no_request_reuseport() -> Outcome {
 /// SIGHUP under a steady client and with a slow request in flight: a new generation of
 /// children takes over, the old one drains, and not one request fails.
 fn reload_under_load(reuseport: bool) -> Outcome {
-    let env = vec![("PF_CHILDREN", "2"), ("PF_HANDLER_THREADS", "2")];
+    let env = [("PF_CHILDREN", "2"), ("PF_HANDLER_THREADS", "2")];
     let mut m = Master::start_in_mode(&env, reuseport);
     let (old, port) = m.ready()?;
     let client = SteadyClient::start(port);
@@ -1608,7 +1608,7 @@ fn ttin_and_ttou_add_and_remove_children_reuseport() -> Outcome {
 /// steady client that must see no failure; in reuseport mode each added slot has its own
 /// socket and a removed slot's socket leaves the master.
 fn scale_with_signals(reuseport: bool) -> Outcome {
-    let env = vec![("PF_CHILDREN", "2")];
+    let env = [("PF_CHILDREN", "2")];
     let mut m = Master::start_in_mode(&env, reuseport);
     let (first, port) = m.ready()?;
     let client = SteadyClient::start(port);
@@ -2144,7 +2144,7 @@ fn upgrade_under_steady_load_fails_no_request_reuseport() -> Outcome {
 /// SIGUSR2 under a steady client: a new master from the binary on disk adopts the sockets and
 /// starts its children; the old master stops its own and exits 0; no request fails.
 fn upgrade_under_load(reuseport: bool) -> Outcome {
-    let env = vec![("PF_CHILDREN", "2")];
+    let env = [("PF_CHILDREN", "2")];
     let mut m = Master::start_in_mode(&env, reuseport);
     let (old_kids, port) = m.ready()?;
     let old = m.pid();

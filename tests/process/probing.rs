@@ -67,7 +67,7 @@ pub struct Probing {
 }
 
 pub fn start_probing(reuseport: bool, threads: &str) -> Result<Probing, String> {
-    let env = vec![
+    let env = [
         ("PF_CHILDREN", "2"),
         ("PF_GRACE_MS", "8000"),
         ("PF_HANDLER_THREADS", threads),

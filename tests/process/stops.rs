@@ -79,7 +79,7 @@ pub fn shutdown_delay_serves_on_closing_each_connection_reuseport() -> Outcome {
 /// and the stop takes the delay plus the drain, not more.
 fn serves_on_through_the_delay(reuseport: bool) -> Outcome {
     let delay = DELAY_MS.to_string();
-    let env = vec![
+    let env = [
         ("PF_CHILDREN", "2"),
         ("PF_GRACE_MS", "3000"),
         ("PF_SHUTDOWN_DELAY_MS", &delay),
