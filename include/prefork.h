@@ -348,30 +348,35 @@ typedef struct prefork_handler {
      */
     void (*user_data_free)(void *user_data);
     /**
-     * Optional (since 0.2). Answers the pipelined requests that one read of a connection
-     * brought, in one call: for a handler whose every call is costly (a foreign-language
-     * runtime behind a callback, as the Go binding is), one call per read instead of one per
-     * request. When set, the event loop calls it instead of `handle` for every run of
-     * complete requests that a read leaves at the start of a connection's input, on a
-     * connection that pipelines; `handle` stays required: it gets the requests completed
-     * otherwise (a head begun in an earlier read, a body that came later or chunked), those of
-     * a connection whose last read brought only one (at depth 1 a batch of one costs more than
-     * a call of `handle`), and every request on the handler threads (`handler_threads` > 0).
+     * Optional (since 0.2). Answers several requests in one call: for a handler whose every
+     * call is costly (a foreign-language runtime behind a callback, as the Go binding is),
+     * one call per turn of the event loop instead of one per request. When set, the event
+     * loop calls it instead of `handle` for the complete requests at the start of
+     * connections' inputs: those a turn of the loop found on several connections at once
+     * (at depth 1, one request on each of the connections that were ready), and the
+     * pipelined requests of a connection's read. `handle` stays required: it gets the
+     * requests completed otherwise (a head begun in an earlier read, a body that came later
+     * or chunked), those of a lone connection whose last read brought only one (a batch of
+     * one costs more than a call of `handle`), and every request on the handler threads
+     * (`handler_threads` > 0).
      *
-     * `reqs[i]` is answered in `resps[i]`, for i in 0..`count`, the requests in the order
-     * received; `count` is between 1 and PREFORK_MAX_BATCH. Each request has its head and
-     * whole body in, and the batch ends after a request that closes the connection. The
-     * arrays, the pointers in them and every view obtained from them are valid only until
-     * `handle_batch` returns. Each response is what `handle` gets: the builders,
-     * `prefork_response_defer` and `prefork_response_hijack` work alike. It runs on the
-     * event-loop thread only.
+     * `reqs[i]` is answered in `resps[i]`, for i in 0..`count`; `count` is between 1 and
+     * PREFORK_MAX_BATCH. A batch may hold requests of several connections
+     * (`prefork_request_peer_addr` tells them apart): each connection's are next to each
+     * other, in the order received, and end after one that closes the connection. Each
+     * request has its head and whole body in. The arrays, the pointers in them and every view
+     * obtained from them are valid only until `handle_batch` returns. Each response is what
+     * `handle` gets: the builders, `prefork_response_defer` and `prefork_response_hijack`
+     * work alike. It runs on the event-loop thread only.
      *
      * Returns how many requests it answered, from the first: the others are not consumed and
      * come again in a later call, so a handler may stop early (its buffers are full, say). A
-     * response the connection must wait for or ends with (deferred, hijacked, with a body
-     * stream, or with `Connection: close`) must be the last answered: return its index + 1.
-     * If it is not, the library drops the answers after it (their requests are not handled
-     * again), logs an error, and closes the connection after that response. 0 or a value
+     * response its connection must wait for or ends with (deferred, hijacked, with a body
+     * stream, or with `Connection: close`) must be the last answered of that connection's
+     * requests; stopping right after it (returning its index + 1) is always right. If the
+     * handler answers a later request of the same connection anyway, the library drops those
+     * answers (their requests are not handled again), logs an error, and closes the
+     * connection after that response; the other connections' answers stand. 0 or a value
      * above `count` counts as `count`.
      *
      * Default: NULL (every request goes to `handle`).

@@ -28,7 +28,7 @@ enum {
 
 // The most requests one call into Go answers: a batch the library offers beyond it is
 // answered in several calls.
-#define GOPREFORK_BATCH 16
+#define GOPREFORK_BATCH PREFORK_MAX_BATCH
 
 // prefork_new with the Go request handler; on success the handle owns `handle` (deleted by the
 // user_data_free finalizer in prefork_free).

@@ -30,25 +30,30 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
-    /// Answers the pipelined requests that one read of a connection brought, at once: for a
-    /// handler behind a costly call (a foreign-language runtime), one crossing per batch
-    /// instead of one per request. When `batches` is true, the event loop calls it instead of
-    /// `handle` for every run of complete requests that a read leaves at the start of a
-    /// connection's input: `reqs.len() == resps.len()`, between 1 and
-    /// [`MAX_BATCH`](crate::MAX_BATCH) requests, in the order received, each with its head and
-    /// whole body (not chunked) in; the batch ends after a request that closes the connection.
-    /// A request completed otherwise (its head began in an earlier read, its body came later or
-    /// chunked), the requests of a connection whose last read brought only one (depth 1, where
-    /// a batch of one costs more than `handle`), and every request on the handler threads go to
-    /// `handle`.
+    /// Answers several requests at once: for a handler behind a costly call (a
+    /// foreign-language runtime), one crossing per turn of the event loop instead of one per
+    /// request. When `batches` is true, the event loop calls it instead of `handle` for the
+    /// complete requests at the start of connections' inputs: those one turn of the loop
+    /// found on several connections (at depth 1, one on each connection that was ready), and
+    /// the pipelined requests of a connection's read. `reqs.len() == resps.len()`, between 1
+    /// and [`MAX_BATCH`](crate::MAX_BATCH) requests; a batch may hold requests of several
+    /// connections, each connection's next to each other and in the order received, each with
+    /// its head and whole body (not chunked) in, and ending after a request that closes the
+    /// connection. A request completed otherwise (its head began in an earlier read, its body
+    /// came later or chunked), those of a lone connection whose last read brought only one
+    /// (where a batch of one costs more than `handle`), and every request on the handler
+    /// threads go to `handle`.
     ///
     /// Answer `reqs[i]` in `resps[i]` and return how many requests were answered, from the
     /// first: the others (`reqs[k..]`) are not consumed and come again in a later batch. A
-    /// response that is deferred, hijacked, streamed or closes the connection must be the last
-    /// answered (return its index + 1): the connection waits for it, or ends with it. If it is
-    /// not, the engine drops the responses answered after it, logs an error, and closes the
-    /// connection after it. A count of 0 or above `reqs.len()` counts as all. A panic answers
-    /// the first request 500, drops the others and closes the connection.
+    /// response that is deferred, hijacked, streamed or closes the connection must be the
+    /// last answered of its connection's requests (returning its index + 1 is always right):
+    /// the connection waits for it, or ends with it. If a later request of that connection is
+    /// answered anyway, the engine drops those answers, logs an error, and closes the
+    /// connection after it; other connections' answers stand. A count of 0 or above
+    /// `reqs.len()` counts as all. A panic answers the first request of each connection in the
+    /// batch 500 and closes those connections (which of their requests the handler ran is
+    /// not known).
     ///
     /// The default answers each with `handle`, and stops after one that ends the batch
     /// ([`Response::ends_batch`]).

@@ -27,7 +27,7 @@ use super::listener::{self, Accepted, Listening};
 use super::preamble::{self, Step};
 use super::rate::{self, Rates, Slow};
 use super::request::Handler;
-use super::session::{Ctx, Exec, Limits, Scratch, Session, Timer};
+use super::session::{Ctx, Exec, Limits, Part, Scratch, Session, Timer};
 use super::transport::{self, Drive, Io, Plain, Sock, Transport, turn};
 use super::workers::{Job, WorkerPool};
 use crate::config::HttpConfig;
@@ -35,6 +35,8 @@ use crate::error::{Error, ErrorKind, panic_message};
 use crate::lifeline;
 use crate::log::{Level, Logger};
 use crate::shared::{Beat, Cell};
+
+mod gathered;
 
 const WAKE: Token = Token(1);
 const LIFELINE: Token = Token(2);
@@ -115,6 +117,13 @@ struct Server<'a> {
     again: Vec<usize>,
     /// The previous turn's `again`, kept for its allocation.
     again_spare: Vec<usize>,
+    /// This turn's connections leave their requests for one batch (`gathered`).
+    gathering: bool,
+    /// The connections that did.
+    gathered: Vec<usize>,
+    /// Empty between turns: the allocations `gathered` borrows its connections into.
+    gather_conns: Vec<(usize, &'static mut Conn)>,
+    gather_parts: Vec<(usize, Part)>,
     cfg: &'a HttpConfig,
     limits: Limits,
     handler: &'a Arc<dyn Handler>,
@@ -245,6 +254,10 @@ pub(crate) fn run(
         next_generation: 0,
         again: Vec::new(),
         again_spare: Vec::new(),
+        gathering: false,
+        gathered: Vec::new(),
+        gather_conns: Vec::new(),
+        gather_parts: Vec::new(),
         cfg,
         limits: Limits {
             batch: pool.is_none() && handler.batches(),
@@ -331,6 +344,9 @@ impl Server<'_> {
             if self.now >= self.date_due {
                 self.refresh_date();
             }
+            // Several connections may have requests: one batch for all (see `gathered`).
+            let gather = self.limits.batch && events.iter().nth(1).is_some();
+            self.gathering = gather;
             for ev in events.iter() {
                 match ev.token() {
                     WAKE => {
@@ -373,6 +389,10 @@ impl Server<'_> {
             }
             self.collect_done();
             self.accept();
+            if gather {
+                self.gathering = false;
+                self.answer_gathered();
+            }
             if !self.again.is_empty() {
                 let mut batch =
                     std::mem::replace(&mut self.again, std::mem::take(&mut self.again_spare));
@@ -609,6 +629,7 @@ impl Server<'_> {
             conn: (idx, conn.generation),
             // A handler may take over a plain connection only: TLS state lives in `conn.io`.
             plain_socket: matches!(conn.io, Io::Plain),
+            gather: self.gathering,
             log: self.log,
         };
         let mut budget = self.cfg.max_bytes_per_turn;
@@ -655,6 +676,10 @@ impl Server<'_> {
                 }
             }
             Drive::Wait => {}
+        }
+        if conn.session.waits_for_batch() {
+            // The drive after the batch parks it and sets its timers.
+            return self.gathered.push(idx);
         }
         conn.session.park(&mut self.scratch);
         conn.update_timers(&self.limits, self.now, body_progress, wrote);
@@ -864,6 +889,7 @@ impl Server<'_> {
                     draining,
                     conn: job.conn,
                     plain_socket: matches!(conn.io, Io::Plain),
+                    gather: false,
                     log: self.log,
                 };
                 conn.session.complete(&mut job, &mut ctx);
@@ -904,6 +930,7 @@ impl Server<'_> {
                 draining,
                 conn: done.conn,
                 plain_socket: matches!(conn.io, Io::Plain),
+                gather: false,
                 log: self.log,
             };
             conn.session.complete_deferred(done, &mut ctx);

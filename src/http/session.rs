@@ -37,6 +37,7 @@ use crate::log::{Level, Logger};
 mod batch;
 
 pub use batch::MAX_BATCH;
+pub(crate) use batch::{Batch, Part};
 
 /// First size of a connection's input buffer, and the size it returns to when idle.
 const INITIAL_INPUT: usize = 8 * 1024;
@@ -168,6 +169,9 @@ pub(crate) struct Ctx<'a> {
     pub conn: ConnId,
     /// The connection's transport is a plain socket: only then may a handler take it over.
     pub plain_socket: bool,
+    /// The loop answers this turn's requests of every connection in one batch (see
+    /// `batch`): a session at a request's start leaves its input for it.
+    pub gather: bool,
     pub log: &'a dyn Logger,
 }
 
@@ -278,6 +282,8 @@ pub(crate) struct Session {
     /// more than one came then.
     seq_at_read: u64,
     pipelined: bool,
+    /// Its input waits for the loop's batch across connections (`Ctx::gather`).
+    waits_for_batch: bool,
     /// Who takes the connection once the current response is out (boxed again: a pointer in
     /// every session rather than two).
     handover: Option<Box<HijackFn>>,
@@ -342,6 +348,7 @@ impl Session {
             seq: 0,
             seq_at_read: 0,
             pipelined: true,
+            waits_for_batch: false,
             handover: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -449,7 +456,10 @@ impl Session {
     /// `handing_over`) once the output is sent.
     pub(crate) fn finished(&self) -> bool {
         self.phase == Phase::Done
-            || (self.peer_eof && !self.stalled && matches!(self.phase, Phase::Head | Phase::Body))
+            || (self.peer_eof
+                && !self.stalled
+                && !self.waits_for_batch
+                && matches!(self.phase, Phase::Head | Phase::Body))
     }
 
     /// Once finished and the output sent, the connection goes to a new owner
@@ -555,6 +565,11 @@ impl Session {
 
     #[inline(never)]
     fn step_all(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        if ctx.gather && self.phase == Phase::Head && self.out_pending() <= ctx.limits.max_output {
+            self.waits_for_batch = true;
+            return false;
+        }
+        self.waits_for_batch = false;
         // Batches first, then one by one what they leave (see `batches`).
         let mut progress = ctx.limits.batch && self.pipelining() && self.batches(ctx);
         loop {
@@ -1174,6 +1189,7 @@ mod tests {
                 draining: false,
                 conn: (0, 0),
                 plain_socket: true,
+                gather: false,
                 log: &Quiet,
             };
             f(s, &mut ctx);

@@ -198,6 +198,7 @@ impl<'h> MemoryConnection<'h> {
             draining: false,
             conn: (0, 0),
             plain_socket: true,
+            gather: false,
             log: &self.log,
         };
         let progress = self.session.process(&mut ctx);
@@ -367,6 +368,7 @@ pub fn run_tls_connection(
             draining: false,
             conn: (0, 0),
             plain_socket: false,
+            gather: false,
             log: &Quiet,
         };
         let (mut budget, draining) = (usize::MAX, false);

@@ -265,3 +265,166 @@ fn a_head_an_earlier_read_began_leads_the_next_batch() {
     );
     assert_eq!(*h.sizes.lock().unwrap(), [3]);
 }
+
+/// Connections that each send `requests[i]` while the event loop is held by a `/sleep` on
+/// another connection: when it turns again, all of them are ready in the same turn. Returns
+/// their responses (`counts[i]` each) and whether each connection closed after them.
+fn one_turn(
+    h: &Arc<Batcher>,
+    requests: &[Vec<u8>],
+    counts: &[usize],
+) -> (Vec<Vec<Resp>>, Vec<bool>) {
+    let server = Server::start_with(Arc::clone(h) as Arc<dyn Handler>, cfg(), Opts::default());
+    let mut hold = server.connect();
+    let mut cs: Vec<Client> = requests.iter().map(|_| server.connect()).collect();
+    thread::sleep(Duration::from_millis(100)); // every connection accepted, idle
+    hold.send(&get("/sleep?400"));
+    thread::sleep(Duration::from_millis(50)); // the loop is in the handler now
+    for (c, req) in cs.iter_mut().zip(requests) {
+        c.send(req);
+    }
+    let rs: Vec<Vec<Resp>> = cs
+        .iter_mut()
+        .zip(requests.iter().zip(counts))
+        .map(|(c, (req, &n))| collect(c, n, head_flags(req)[..n].to_vec()))
+        .collect();
+    assert_eq!(collect(&mut hold, 1, vec![false])[0].status, 200);
+    let closed = cs.iter_mut().map(Client::closed).collect();
+    (rs, closed)
+}
+
+/// Whether one batch held exactly the requests with the targets `want`.
+fn batched_together(h: &Batcher, want: &[&str]) -> bool {
+    h.sizes.lock().unwrap().contains(&want.len())
+        && want
+            .iter()
+            .all(|p| h.seen.lock().unwrap().contains(&format!("batch {p}")))
+}
+
+#[test]
+fn requests_of_several_connections_in_one_turn_make_one_batch() {
+    let h = Arc::new(Batcher::default());
+    let reqs: Vec<Vec<u8>> = (1..=4).map(|i| get(&format!("/{i}?q={i}"))).collect();
+    let (rs, closed) = one_turn(&h, &reqs, &[1; 4]);
+    for (i, r) in rs.iter().enumerate() {
+        let r = &r[0];
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-path"), Some(format!("/{}", i + 1).as_str()));
+        assert_eq!(r.header("x-query"), Some(format!("q={}", i + 1).as_str()));
+    }
+    assert_eq!(closed, [false; 4]);
+    assert!(
+        batched_together(&h, &["/1?q=1", "/2?q=2", "/3?q=3", "/4?q=4"]),
+        "sizes {:?}, seen {:?}",
+        h.sizes.lock().unwrap(),
+        h.seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn pipelined_connections_share_a_batch_each_answered_in_its_order() {
+    let h = Arc::new(Batcher::default());
+    let reqs = vec![
+        gets(["/a1", "/a2", "/a3"].map(String::from)),
+        gets(["/b1", "/b2"].map(String::from)),
+    ];
+    let (rs, _) = one_turn(&h, &reqs, &[3, 2]);
+    assert_eq!(paths(&rs[0]), ["/a1", "/a2", "/a3"]);
+    assert_eq!(paths(&rs[1]), ["/b1", "/b2"]);
+    assert!(batched_together(&h, &["/a1", "/a2", "/a3", "/b1", "/b2"]));
+}
+
+#[test]
+fn requests_a_batch_across_connections_leaves_unanswered_come_again() {
+    let h = Arc::new(Batcher {
+        take: 3,
+        ..Batcher::default()
+    });
+    let reqs: Vec<Vec<u8>> = (0..4)
+        .map(|c| gets((0..2).map(|i| format!("/{c}-{i}"))))
+        .collect();
+    let (rs, closed) = one_turn(&h, &reqs, &[2; 4]);
+    for (c, r) in rs.iter().enumerate() {
+        assert_eq!(paths(r), [format!("/{c}-0"), format!("/{c}-1")]);
+    }
+    assert_eq!(closed, [false; 4]);
+    let seen = h.seen.lock().unwrap();
+    let answered: Vec<&String> = seen.iter().filter(|s| s.contains('-')).collect();
+    assert_eq!(answered.len(), 8, "every request handled once: {seen:?}");
+    assert!(answered.iter().all(|s| s.starts_with("batch ")), "{seen:?}");
+    let sizes = h.sizes.lock().unwrap();
+    assert!(sizes.ends_with(&[8, 5, 2]), "{sizes:?}");
+}
+
+#[test]
+fn a_deferred_response_in_a_batch_across_connections_holds_only_its_own() {
+    let h = Arc::new(Batcher::default());
+    let reqs = vec![
+        gets(["/later", "/a2"].map(String::from)),
+        get("/b"),
+        get("/c"),
+    ];
+    let (rs, closed) = one_turn(&h, &reqs, &[2, 1, 1]);
+    assert_eq!(rs[0][0].body, b"late");
+    assert_eq!(
+        rs[0][1].header("x-path"),
+        Some("/a2"),
+        "after the deferred one"
+    );
+    assert_eq!(paths(&rs[1]), ["/b"]);
+    assert_eq!(paths(&rs[2]), ["/c"]);
+    assert_eq!(closed, [false; 3]);
+    let sizes = h.sizes.lock().unwrap();
+    assert!(
+        sizes.contains(&4) && sizes.contains(&2),
+        "one batch of all four, then one of the two after the deferred one: {sizes:?}"
+    );
+}
+
+#[test]
+fn answers_after_an_ending_response_are_dropped_for_its_connection_only() {
+    let h = Arc::new(Batcher {
+        misuse: true,
+        ..Batcher::default()
+    });
+    let reqs = vec![gets(["/stream?2", "/a2"].map(String::from)), get("/b")];
+    let (rs, closed) = one_turn(&h, &reqs, &[1, 1]);
+    assert_eq!(rs[0][0].body.len(), 2000, "the streamed body is sent whole");
+    assert_eq!(paths(&rs[1]), ["/b"]);
+    assert_eq!(closed, [true, false], "only the misused connection closes");
+    assert!(batched_together(&h, &["/stream?2", "/a2", "/b"]));
+}
+
+#[test]
+fn a_panicking_batch_across_connections_answers_each_500_and_closes_them() {
+    let h = Arc::new(Batcher::default());
+    let reqs = vec![get("/a"), get("/panic"), get("/c")];
+    let (rs, closed) = one_turn(&h, &reqs, &[1, 1, 1]);
+    for r in &rs {
+        assert_eq!(r[0].status, 500);
+        assert!(r[0].closes());
+    }
+    assert_eq!(closed, [true; 3]);
+    assert!(h.sizes.lock().unwrap().contains(&3));
+}
+
+#[test]
+fn a_request_whose_client_then_shuts_its_side_is_still_answered_from_a_batch() {
+    let h = Arc::new(Batcher::default());
+    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
+    let mut hold = server.connect();
+    let mut cs: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    thread::sleep(Duration::from_millis(100));
+    hold.send(&get("/sleep?400"));
+    thread::sleep(Duration::from_millis(50));
+    for (i, c) in cs.iter_mut().enumerate() {
+        c.send(&get(&format!("/{i}")));
+        c.s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    for (i, c) in cs.iter_mut().enumerate() {
+        let r = c.response(false).expect("answered before the close");
+        assert_eq!(r.header("x-path"), Some(format!("/{i}").as_str()));
+        assert!(c.response(false).is_none(), "then closed");
+    }
+    assert!(batched_together(&h, &["/0", "/1", "/2"]));
+}
