@@ -327,11 +327,14 @@ impl Server<'_> {
         }
         loop {
             if let Some(deadline) = self.drain_deadline {
-                if self.live == 0 || self.now >= deadline {
-                    return Ok(());
-                }
+                // First: giving up may close the last connection (its client, gone already,
+                // has its FIN read by the lingering close at once), and the wait that
+                // would follow could only end at the deadline, with the master's SIGKILL.
                 if self.give_up_at.is_some_and(|t| self.now >= t) {
                     self.give_up_deferred();
+                }
+                if self.live == 0 || self.now >= deadline {
+                    return Ok(());
                 }
             }
             let timeout = self.poll_timeout();

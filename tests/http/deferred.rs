@@ -2,6 +2,8 @@
 //! under pipelining, 500 when abandoned, dropped when the client left, 503 at the end of the
 //! drain's grace period.
 
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -223,6 +225,97 @@ fn a_deferred_response_pending_at_the_drain_deadline_gets_503() {
     c.expect_closed();
     server.join(IO_TIMEOUT);
     // Completing after the child stopped is harmless.
+    for d in h.kept.lock().unwrap().drain(..) {
+        d.complete();
+    }
+}
+
+/// Sets up the drain's give-up on a deferred response whose client hung up just before: the
+/// engine writes the 503 and then finds the FIN at once, with no event in between, so giving
+/// up closes the connection itself. `/never` defers; `/pause` holds the event loop (the
+/// handler runs on it) across the give-up instant, then completes the request of the
+/// `/hangup` connection; `/hangup`, served in the loop's first turn past that instant, shuts
+/// the write side of the `/never` client.
+#[derive(Default)]
+struct HangUp {
+    kept: Mutex<Vec<Deferred>>,
+    pause_until: Mutex<Option<Instant>>,
+    /// Client sides of the `/never` and `/hangup` connections.
+    never_client: Mutex<Option<TcpStream>>,
+    hangup_client: Mutex<Option<TcpStream>>,
+}
+
+impl Handler for HangUp {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        match req.path() {
+            "/never" => self.kept.lock().unwrap().push(resp.defer().unwrap()),
+            "/pause" => {
+                let until = self
+                    .pause_until
+                    .lock()
+                    .unwrap()
+                    .expect("set before the stop");
+                thread::sleep(until.saturating_duration_since(Instant::now()));
+                let mut c = self.hangup_client.lock().unwrap().take().unwrap();
+                c.write_all(b"\r\n").unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+            }
+            "/hangup" => {
+                let c = self.never_client.lock().unwrap().take().unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+            }
+            _ => {}
+        }
+        // Whatever this handler did to a socket has reached the other end (loopback).
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn serve_returns_when_giving_up_closed_the_last_connection() {
+    // The 503s are due 750 ms into the drain, which ends at 1 s. `/pause` ends between the
+    // two, with room on each side for a loaded machine.
+    let grace = Duration::from_secs(1);
+    let pause_end = Duration::from_millis(850);
+    let h = Arc::new(HangUp::default());
+    let opts = Opts {
+        grace,
+        lifeline: false,
+    };
+    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), opts);
+    let mut never = server.connect();
+    never.send(&get("/never"));
+    // Half a head each: not idle, so the drain keeps them.
+    let mut pause = server.connect();
+    pause.send(b"GET /pause HTTP/1.1\r\nHost: x\r\n");
+    let mut hangup = server.connect();
+    hangup.send(b"GET /hangup HTTP/1.1\r\nHost: x\r\n");
+    *h.never_client.lock().unwrap() = Some(never.s.try_clone().unwrap());
+    *h.hangup_client.lock().unwrap() = Some(hangup.s.try_clone().unwrap());
+    thread::sleep(Duration::from_millis(50));
+    let stop = Instant::now();
+    *h.pause_until.lock().unwrap() = Some(stop + pause_end);
+    server.stop();
+    thread::sleep(Duration::from_millis(300));
+    pause.send(b"\r\n");
+    pause.s.shutdown(Shutdown::Write).unwrap();
+
+    // The 503 came (so the give-up found the client's FIN only after it: a FIN seen first
+    // drops the connection unanswered), and serve returned with no connection left, not at
+    // the deadline, when the master's SIGKILL comes.
+    let r = never.response(false).expect("the 503 of the give-up");
+    assert_eq!((r.status, r.closes()), (503, true));
+    assert!(never.rest().is_empty());
+    let returned = server.join_returned_at(IO_TIMEOUT);
+    let took = returned - stop;
+    assert!(
+        took < grace,
+        "serve returned {took:?} into the drain, with nothing left to serve after {pause_end:?}"
+    );
+    for c in [&mut pause, &mut hangup] {
+        let r = c.response(false).unwrap();
+        assert_eq!((r.status, r.closes()), (200, true));
+    }
     for d in h.kept.lock().unwrap().drain(..) {
         d.complete();
     }

@@ -121,11 +121,14 @@ impl Read for Chunks {
     }
 }
 
+/// What `serve` returned, and when.
+type Served = (Result<(), prefork::Error>, Instant);
+
 pub struct Server {
     pub addr: SocketAddr,
     stop_w: OwnedFd,
     lifeline_w: Mutex<Option<OwnedFd>>,
-    done: Mutex<Option<mpsc::Receiver<Result<(), prefork::Error>>>>,
+    done: Mutex<Option<mpsc::Receiver<Served>>>,
     pub master_death_seen: Arc<AtomicBool>,
     pub log: Arc<MemLog>,
 }
@@ -192,7 +195,7 @@ impl Server {
             );
             drop(stop_r);
             drop(life_r);
-            let _ = tx.send(result);
+            let _ = tx.send((result, Instant::now()));
         });
         Server {
             addr,
@@ -228,12 +231,21 @@ impl Server {
     /// Waits for `serve` to return; returns how long that took.
     pub fn join(&self, limit: Duration) -> Duration {
         let t0 = Instant::now();
+        self.join_returned_at(limit);
+        t0.elapsed()
+    }
+
+    /// Waits for `serve` to return; returns the instant it did, as taken on its thread (the
+    /// wake-up of the joining thread is not part of it).
+    pub fn join_returned_at(&self, limit: Duration) -> Instant {
         let rx = self.done.lock().unwrap().take().expect("joined twice");
         match rx.recv_timeout(limit) {
-            Ok(result) => result.expect("serve returned an error"),
+            Ok((result, at)) => {
+                result.expect("serve returned an error");
+                at
+            }
             Err(_) => panic!("serve did not return within {limit:?}"),
         }
-        t0.elapsed()
     }
 
     pub fn connect(&self) -> Client {
