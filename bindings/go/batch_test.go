@@ -2,6 +2,7 @@ package prefork_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -86,6 +87,58 @@ func TestAPanicEndsItsBatch(t *testing.T) {
 	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("after the 500: %d bytes, %v; want EOF", n, err)
 	}
+	if strings.Contains(m.transcript(), "handle_batch answered") {
+		t.Fatalf("the library dropped answers:\n%s", m.transcript())
+	}
+}
+
+// Requests that arrive on several connections while the event loop is held (by a /sleep)
+// are ready in the same turn, and the library hands them to Go in one batch: each connection
+// gets the answer to its own request, and a panic in one answers that one 500 and closes
+// only its connection.
+func TestRequestsOfSeveralConnectionsInOneTurnGetTheirOwnAnswers(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	dial := func() net.Conn {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(waitBound))
+		return conn
+	}
+	hold := dial()
+	conns := make([]net.Conn, 6)
+	for i := range conns {
+		conns[i] = dial()
+	}
+	time.Sleep(100 * time.Millisecond) // all accepted
+	io.WriteString(hold, "GET /sleep?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // the loop is in the handler
+	for i, conn := range conns {
+		req := fmt.Sprintf("GET /echo?conn=%d HTTP/1.1\r\nHost: x\r\nX-Test: %d\r\n\r\n", i, i)
+		if i == 3 {
+			req = "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n"
+		}
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, conn := range conns {
+		r := bufio.NewReader(conn)
+		if i == 3 {
+			if resp := expectResponse(t, r, 500, "500 Internal Server Error\n"); !resp.Close {
+				t.Fatal("the 500 does not close its connection")
+			}
+			continue
+		}
+		resp := expectResponse(t, r, 200, fmt.Sprintf(
+			"method=GET\npath=/echo\nquery=conn=%d\ntarget=/echo?conn=%d\nx-test=%d\nx-missing=true\nheaders=2\nproto=1.1\nbody=\n", i, i, i))
+		if resp.Close {
+			t.Fatalf("connection %d closed after its answer", i)
+		}
+	}
+	expectResponse(t, bufio.NewReader(hold), 200, "slept")
 	if strings.Contains(m.transcript(), "handle_batch answered") {
 		t.Fatalf("the library dropped answers:\n%s", m.transcript())
 	}

@@ -380,7 +380,9 @@ impl Server<'_> {
                             s.readable |= ev.is_readable() || hup;
                             s.peer_hup |= hup;
                             s.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                            self.drive(idx);
+                            if !self.read_for_batch(idx) {
+                                self.drive(idx);
+                            }
                             if hup {
                                 self.drop_if_left(idx);
                             }
@@ -393,8 +395,8 @@ impl Server<'_> {
             self.collect_done();
             self.accept();
             if gather {
-                self.gathering = false;
                 self.answer_gathered();
+                self.gathering = false;
             }
             if !self.again.is_empty() {
                 let mut batch =
@@ -604,7 +606,9 @@ impl Server<'_> {
             rates: None,
         });
         self.live += 1;
-        self.drive(idx);
+        if !self.read_for_batch(idx) {
+            self.drive(idx);
+        }
     }
 
     /// Moves one connection as far as its socket, its budget and its requests allow (`turn`),
@@ -682,7 +686,7 @@ impl Server<'_> {
         }
         if conn.session.waits_for_batch() {
             // The drive after the batch parks it and sets its timers.
-            return self.gathered.push(idx);
+            return self.enlist(idx);
         }
         conn.session.park(&mut self.scratch);
         conn.update_timers(&self.limits, self.now, body_progress, wrote);

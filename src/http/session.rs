@@ -565,7 +565,13 @@ impl Session {
 
     #[inline(never)]
     fn step_all(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        if ctx.gather && self.phase == Phase::Head && self.out_pending() <= ctx.limits.max_output {
+        // A connection that pipelines fills batches of its own (`batches`): with its buffers
+        // held to the end of the turn the loop's working set would grow by a batch each.
+        if ctx.gather
+            && !self.reads_pipelined()
+            && self.phase == Phase::Head
+            && self.out_pending() <= ctx.limits.max_output
+        {
             self.waits_for_batch = true;
             return false;
         }

@@ -428,3 +428,54 @@ fn a_request_whose_client_then_shuts_its_side_is_still_answered_from_a_batch() {
     }
     assert!(batched_together(&h, &["/0", "/1", "/2"]));
 }
+
+#[test]
+fn connections_that_pipeline_take_batches_of_their_own() {
+    let h = Arc::new(Batcher::default());
+    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
+    let mut hold = server.connect();
+    let mut cs: Vec<Client> = (0..2).map(|_| server.connect()).collect();
+    for (i, c) in cs.iter_mut().enumerate() {
+        // One read of two requests: from then on the connection pipelines.
+        let first = gets([format!("/{i}-a"), format!("/{i}-b")]);
+        c.send(&first);
+        collect(c, 2, vec![false; 2]);
+    }
+    hold.send(&get("/sleep?400"));
+    thread::sleep(Duration::from_millis(50));
+    for (i, c) in cs.iter_mut().enumerate() {
+        c.send(&gets((0..3).map(|k| format!("/{i}-{k}"))));
+    }
+    for (i, c) in cs.iter_mut().enumerate() {
+        let rs = collect(c, 3, vec![false; 3]);
+        assert_eq!(paths(&rs), [0, 1, 2].map(|k| format!("/{i}-{k}")));
+    }
+    collect(&mut hold, 1, vec![false]);
+    let sizes = h.sizes.lock().unwrap();
+    assert!(
+        sizes.ends_with(&[3, 3]) && !sizes.contains(&6),
+        "each connection's three in a batch of their own: {sizes:?}"
+    );
+}
+
+#[test]
+fn a_batch_across_connections_is_answered_once_it_has_max_batch_connections() {
+    let h = Arc::new(Batcher::default());
+    let n = MAX_BATCH + 8;
+    let reqs: Vec<Vec<u8>> = (0..n).map(|i| get(&format!("/{i}"))).collect();
+    let (rs, closed) = one_turn(&h, &reqs, &vec![1; n]);
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r[0].header("x-path"), Some(format!("/{i}").as_str()));
+    }
+    assert!(closed.iter().all(|c| !c));
+    let sizes = h.sizes.lock().unwrap();
+    assert!(
+        sizes.contains(&MAX_BATCH) && sizes.iter().all(|&s| s <= MAX_BATCH),
+        "{sizes:?}"
+    );
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        n + 1,
+        "each request once, and the /sleep"
+    );
+}

@@ -237,6 +237,12 @@ impl Session {
         self.pipelined
     }
 
+    /// The last read that brought requests brought more than one (see `pipelining`); false
+    /// before the first request.
+    pub(crate) fn reads_pipelined(&self) -> bool {
+        self.pipelined && self.seq > 0
+    }
+
     /// The loop's turn gathers requests across connections (`Ctx::gather`), and this session
     /// left its input for that batch: its next drive answers what the batch did not.
     pub(crate) fn waits_for_batch(&self) -> bool {
@@ -246,6 +252,18 @@ impl Session {
     /// The loop's batch is over: the session's next drive takes its input one by one.
     pub(crate) fn leave_batch(&mut self) {
         self.waits_for_batch = false;
+    }
+
+    /// `step_all` under `Ctx::gather` for a session at rest that just read input (the loop's
+    /// shortcut, which skips the steps).
+    pub(crate) fn wait_for_batch(&mut self) {
+        debug_assert!(self.phase == Phase::Head && self.out_pending() == 0);
+        self.waits_for_batch = true;
+    }
+
+    /// Every request is answered and the next may come: nothing is left but output to send.
+    pub(crate) fn answered_all(&self) -> bool {
+        self.phase == Phase::Head && self.inp.len() == 0 && !self.scan.started()
     }
 
     /// For a handler that takes batches: batches while the input starts with complete
@@ -306,6 +324,12 @@ impl Session {
         }
         for resp in &mut answered.resps[at..end] {
             resp.abandon();
+        }
+        if at > start {
+            // What `pipelining` would have seen of this read, for the session's next reads
+            // when it is alone in a turn.
+            self.seq_at_read = self.seq;
+            self.pipelined = at - start > 1;
         }
         self.waits_for_batch &= part.wants_more(answered)
             && self.phase == Phase::Head
