@@ -4,8 +4,10 @@
 //!
 //! Per connection and turn: read what is available (up to a byte budget, for fairness), let the
 //! session answer every complete request, write all of it with one `send`, repeat until the
-//! socket would block. The connection's transport (`super::transport`: plain, or TLS) does the
-//! reads and writes; the session never knows which it has. Timeouts are checked by a sweep every `tick` over all connections, using
+//! socket would block. With a handler that takes batches, the requests of the connections a
+//! turn finds ready wait for one call for all of them (`gathered`). The connection's
+//! transport (`super::transport`: plain, or TLS) does the reads and writes; the session never
+//! knows which it has. Timeouts are checked by a sweep every `tick` over all connections, using
 //! the loop's cached clock: no timer syscall per request.
 
 use std::io;
