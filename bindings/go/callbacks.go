@@ -120,7 +120,6 @@ func (s *server) handleBatch(reqs []*C.prefork_request, resps []*C.prefork_respo
 		}
 	}()
 	for ; i < len(reqs); i++ {
-		x = nil
 		x = newExchange()
 		if s.serve(x, reqs[i], resps[i], &xs[i], &s.replays[i]) {
 			return i + 1
@@ -166,16 +165,11 @@ func (s *server) close(x *exchange) (ends bool) {
 	return ends
 }
 
-// recovered answers 500 for the request whose handler panicked with v (x is nil if it
-// panicked before the handler ran). What was staged is taken back; what reached the library
-// is replaced or stays.
+// recovered answers 500 for the request in x whose handler panicked with v. What was staged
+// is taken back; what reached the library is replaced or stays.
 func (s *server) recovered(v any, x *exchange, cresp *C.prefork_response, cx *C.goprefork_exchange) {
-	if x != nil {
-		s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
-		s.close(x)
-	} else {
-		s.logf("ERROR", "panic serving a request: %v\n%s", v, debug.Stack())
-	}
+	s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
+	s.close(x)
 	cx.stage_len, cx.fields_len, cx.status = 0, 0, 0
 	internalError(cresp)
 }
