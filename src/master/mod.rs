@@ -935,10 +935,6 @@ impl Master<'_> {
         if self.upgrade.is_some() {
             self.fail_upgrade_for_stop();
         }
-        if !self.handed_over {
-            // After an upgrade the service goes on, in the new master.
-            self.tell_systemd("STOPPING=1");
-        }
         let delay = self.shutdown_delay(forced);
         let now = Instant::now();
         if delay.is_zero() {
@@ -954,6 +950,12 @@ impl Master<'_> {
             for fd in self.children().filter_map(|c| c.lifeline.as_ref()) {
                 lifeline::announce_closing(fd.as_raw_fd());
             }
+        }
+        // After the children were told: a client that learns of the stop from systemd (a
+        // balancer's health check, say) then finds them stopping.
+        if !self.handed_over {
+            // After an upgrade the service goes on, in the new master.
+            self.tell_systemd("STOPPING=1");
         }
         let grace = if forced {
             Duration::ZERO
