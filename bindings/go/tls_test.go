@@ -1,6 +1,7 @@
 package prefork_test
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -160,4 +161,45 @@ func TestTLSKeyMismatchIsErrTLSBeforeAnyChild(t *testing.T) {
 		strings.Contains(text, "spawn pid=") {
 		t.Fatalf("want an ErrTLS naming %s and no child; got %v\n%s", pki.otherKey, err, text)
 	}
+}
+
+// TLS connections whose requests arrive while the event loop is held (by a /sleep) are
+// answered in one batch too: each gets its own answer, encrypted for it.
+func TestTLSConnectionsInOneTurnGetTheirOwnAnswers(t *testing.T) {
+	pki := newTestPKI(t)
+	m := startMaster(t, envChildren+"=1", envTLSCert+"="+pki.certFile, envTLSKey+"="+pki.keyFile)
+	addr := fmt.Sprintf("127.0.0.1:%d", m.port)
+	dial := func() *tls.Conn {
+		conn, err := tls.Dial("tcp", addr, pki.clientConfig(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(waitBound))
+		return conn
+	}
+	hold := dial()
+	conns := make([]*tls.Conn, 5)
+	for i := range conns {
+		conns[i] = dial() // the handshake is done: the next bytes are requests
+	}
+	io.WriteString(hold, "GET /sleep?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // the loop is in the handler
+	for i, conn := range conns {
+		if _, err := fmt.Fprintf(conn, "GET /echo?conn=%d HTTP/1.1\r\nHost: x\r\n\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, conn := range conns {
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("connection %d: %v\n%s", i, err, m.transcript())
+		}
+		body := readBody(t, resp)
+		if want := fmt.Sprintf("query=conn=%d\n", i); resp.StatusCode != 200 || !strings.Contains(body, want) {
+			t.Fatalf("connection %d: %d %q, want %q in it", i, resp.StatusCode, body, want)
+		}
+	}
+	expectResponse(t, bufio.NewReader(hold), 200, "slept")
+	m.stop()
 }
