@@ -192,7 +192,7 @@ impl<'b> Batch<'b> {
 
 impl Answered {
     /// Whether `part`'s requests were all answered.
-    pub(crate) fn took_all(&self, part: &Part) -> bool {
+    fn took_all(&self, part: &Part) -> bool {
         match self.outcome {
             Outcome::Answered(k) => k >= part.range.end,
             Outcome::Panicked(_) => true,
@@ -228,7 +228,7 @@ impl Session {
     /// none yet). A batch of one costs ~250 instructions more than the one-by-one path (the
     /// gathering, the arrays of pointers), and at depth 1 nearly every read is one request.
     #[inline(always)]
-    pub(crate) fn pipelining(&mut self) -> bool {
+    pub(super) fn pipelining(&mut self) -> bool {
         let since = self.seq - self.seq_at_read;
         if since > 0 {
             self.pipelined = since > 1;
