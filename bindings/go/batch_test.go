@@ -12,16 +12,41 @@ import (
 	"time"
 )
 
-// pipeline writes the GETs of paths in one write on a fresh connection to m's child and
-// returns the connection and its reader.
-func pipeline(t *testing.T, m *master, paths ...string) (net.Conn, *bufio.Reader) {
+// kept returns the connection dial makes, closed when the test ends, every wait on it
+// bounded by waitBound.
+func kept[C net.Conn](t *testing.T, dial func() (C, error)) C {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
+	conn, err := dial()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(waitBound))
+	return conn
+}
+
+// dialPlain dials m's port over TCP.
+func dialPlain(m *master) func() (net.Conn, error) {
+	return func() (net.Conn, error) {
+		return net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
+	}
+}
+
+// holdTheLoop holds the child's event loop in a 400 ms /sleep on hold: what the other
+// connections send meanwhile is ready in its next turn.
+func holdTheLoop(t *testing.T, hold net.Conn) {
+	t.Helper()
+	if _, err := io.WriteString(hold, "GET /sleep?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the loop is in the handler
+}
+
+// pipeline writes the GETs of paths in one write on a fresh connection to m's child and
+// returns the connection and its reader.
+func pipeline(t *testing.T, m *master, paths ...string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn := kept(t, dialPlain(m))
 	var b strings.Builder
 	for _, p := range paths {
 		b.WriteString("GET " + p + " HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -98,23 +123,13 @@ func TestAPanicEndsItsBatch(t *testing.T) {
 // only its connection.
 func TestRequestsOfSeveralConnectionsInOneTurnGetTheirOwnAnswers(t *testing.T) {
 	m := startMaster(t, envChildren+"=1")
-	dial := func() net.Conn {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		conn.SetDeadline(time.Now().Add(waitBound))
-		return conn
-	}
-	hold := dial()
+	hold := kept(t, dialPlain(m))
 	conns := make([]net.Conn, 6)
 	for i := range conns {
-		conns[i] = dial()
+		conns[i] = kept(t, dialPlain(m))
 	}
 	time.Sleep(100 * time.Millisecond) // all accepted
-	io.WriteString(hold, "GET /sleep?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(50 * time.Millisecond) // the loop is in the handler
+	holdTheLoop(t, hold)
 	for i, conn := range conns {
 		req := fmt.Sprintf("GET /echo?conn=%d HTTP/1.1\r\nHost: x\r\nX-Test: %d\r\n\r\n", i, i)
 		if i == 3 {

@@ -241,12 +241,7 @@ func TestHijackSendsWhatWasStaged(t *testing.T) {
 	for _, threads := range []string{"0", "2"} {
 		t.Run("threads="+threads, func(t *testing.T) {
 			m := startMaster(t, envChildren+"=1", envThreads+"="+threads)
-			conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(waitBound))
+			conn := kept(t, dialPlain(m))
 			fmt.Fprintf(conn, "GET /upgradestaged HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: line-echo\r\n\r\n")
 			r := bufio.NewReader(conn)
 			status, err := r.ReadString('\n')
@@ -325,12 +320,7 @@ func TestDeferredResponses(t *testing.T) {
 	}
 
 	// Pipelined: the request after the deferred one waits for it.
-	conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(m.port), waitBound)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(waitBound))
+	conn := kept(t, dialPlain(m))
 	fmt.Fprintf(conn, "GET /defer?ms=150 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	br := bufio.NewReader(conn)
 	for _, want := range []string{"deferred 150 ms", "hello"} {

@@ -169,22 +169,13 @@ func TestTLSConnectionsInOneTurnGetTheirOwnAnswers(t *testing.T) {
 	pki := newTestPKI(t)
 	m := startMaster(t, envChildren+"=1", envTLSCert+"="+pki.certFile, envTLSKey+"="+pki.keyFile)
 	addr := fmt.Sprintf("127.0.0.1:%d", m.port)
-	dial := func() *tls.Conn {
-		conn, err := tls.Dial("tcp", addr, pki.clientConfig(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		conn.SetDeadline(time.Now().Add(waitBound))
-		return conn
-	}
-	hold := dial()
+	dial := func() (*tls.Conn, error) { return tls.Dial("tcp", addr, pki.clientConfig(nil)) }
+	hold := kept(t, dial)
 	conns := make([]*tls.Conn, 5)
 	for i := range conns {
-		conns[i] = dial() // the handshake is done: the next bytes are requests
+		conns[i] = kept(t, dial) // the handshake is done: the next bytes are requests
 	}
-	io.WriteString(hold, "GET /sleep?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(50 * time.Millisecond) // the loop is in the handler
+	holdTheLoop(t, hold)
 	for i, conn := range conns {
 		if _, err := fmt.Fprintf(conn, "GET /echo?conn=%d HTTP/1.1\r\nHost: x\r\n\r\n", i); err != nil {
 			t.Fatal(err)

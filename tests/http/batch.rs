@@ -266,6 +266,22 @@ fn a_head_an_earlier_read_began_leads_the_next_batch() {
     assert_eq!(*h.sizes.lock().unwrap(), [3]);
 }
 
+/// A server with `h`, a connection to hold its loop with, and `n` others, all accepted.
+fn connected(h: &Arc<Batcher>, n: usize) -> (Server, Client, Vec<Client>) {
+    let server = Server::start_with(Arc::clone(h) as Arc<dyn Handler>, cfg(), Opts::default());
+    let hold = server.connect();
+    let cs = (0..n).map(|_| server.connect()).collect();
+    thread::sleep(Duration::from_millis(100)); // every connection accepted, idle
+    (server, hold, cs)
+}
+
+/// Holds the event loop in a 400 ms `/sleep` on `hold`: what the other connections send
+/// meanwhile is ready in its next turn.
+fn hold_the_loop(hold: &mut Client) {
+    hold.send(&get("/sleep?400"));
+    thread::sleep(Duration::from_millis(50)); // the loop is in the handler now
+}
+
 /// Connections that each send `requests[i]` while the event loop is held by a `/sleep` on
 /// another connection: when it turns again, all of them are ready in the same turn. Returns
 /// their responses (`counts[i]` each) and whether each connection closed after them.
@@ -274,12 +290,8 @@ fn one_turn(
     requests: &[Vec<u8>],
     counts: &[usize],
 ) -> (Vec<Vec<Resp>>, Vec<bool>) {
-    let server = Server::start_with(Arc::clone(h) as Arc<dyn Handler>, cfg(), Opts::default());
-    let mut hold = server.connect();
-    let mut cs: Vec<Client> = requests.iter().map(|_| server.connect()).collect();
-    thread::sleep(Duration::from_millis(100)); // every connection accepted, idle
-    hold.send(&get("/sleep?400"));
-    thread::sleep(Duration::from_millis(50)); // the loop is in the handler now
+    let (_server, mut hold, mut cs) = connected(h, requests.len());
+    hold_the_loop(&mut hold);
     for (c, req) in cs.iter_mut().zip(requests) {
         c.send(req);
     }
@@ -411,12 +423,8 @@ fn a_panicking_batch_across_connections_answers_each_500_and_closes_them() {
 #[test]
 fn a_request_whose_client_then_shuts_its_side_is_still_answered_from_a_batch() {
     let h = Arc::new(Batcher::default());
-    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
-    let mut hold = server.connect();
-    let mut cs: Vec<Client> = (0..3).map(|_| server.connect()).collect();
-    thread::sleep(Duration::from_millis(100));
-    hold.send(&get("/sleep?400"));
-    thread::sleep(Duration::from_millis(50));
+    let (_server, mut hold, mut cs) = connected(&h, 3);
+    hold_the_loop(&mut hold);
     for (i, c) in cs.iter_mut().enumerate() {
         c.send(&get(&format!("/{i}")));
         c.s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -432,17 +440,14 @@ fn a_request_whose_client_then_shuts_its_side_is_still_answered_from_a_batch() {
 #[test]
 fn connections_that_pipeline_take_batches_of_their_own() {
     let h = Arc::new(Batcher::default());
-    let server = Server::start_with(Arc::clone(&h) as Arc<dyn Handler>, cfg(), Opts::default());
-    let mut hold = server.connect();
-    let mut cs: Vec<Client> = (0..2).map(|_| server.connect()).collect();
+    let (_server, mut hold, mut cs) = connected(&h, 2);
     for (i, c) in cs.iter_mut().enumerate() {
         // One read of two requests: from then on the connection pipelines.
         let first = gets([format!("/{i}-a"), format!("/{i}-b")]);
         c.send(&first);
         collect(c, 2, vec![false; 2]);
     }
-    hold.send(&get("/sleep?400"));
-    thread::sleep(Duration::from_millis(50));
+    hold_the_loop(&mut hold);
     for (i, c) in cs.iter_mut().enumerate() {
         c.send(&gets((0..3).map(|k| format!("/{i}-{k}"))));
     }
