@@ -158,6 +158,19 @@ fn serves_on_through_the_delay(reuseport: bool) -> Outcome {
     all_gone(&ready, 2 * SEC).map(|_| ())
 }
 
+/// SIGTERM to the master, and a child asked 300 ms later says it is stopping: the shutdown
+/// delay has begun.
+fn sigterm_into_the_delay(m: &mut Master, port: u16) -> Outcome {
+    m.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = get(port, "/stopping").map_err(|e| format!("in the delay: {e}"))?;
+    ensure!(
+        stopping == "true",
+        "in the delay, /stopping said {stopping:?}"
+    );
+    Ok(())
+}
+
 /// A second SIGTERM during a long delay ends it: the children drain at once.
 pub fn second_stop_request_skips_the_shutdown_delay() -> Outcome {
     let mut m = Master::start(&[
@@ -166,13 +179,7 @@ pub fn second_stop_request_skips_the_shutdown_delay() -> Outcome {
         ("PF_SHUTDOWN_DELAY_MS", "30000"),
     ]);
     let (ready, port) = m.ready()?;
-    m.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    let stopping = get(port, "/stopping").map_err(|e| format!("in the delay: {e}"))?;
-    ensure!(
-        stopping == "true",
-        "in the delay, /stopping said {stopping:?}"
-    );
+    sigterm_into_the_delay(&mut m, port)?;
     let asked = Instant::now();
     m.signal(libc::SIGTERM);
     let status = m.wait_exit(10 * SEC)?;
@@ -200,13 +207,7 @@ pub fn serve_mode_stop_signal_waits_for_the_shutdown_delay() -> Outcome {
     ]);
     let (ready, port) = m.ready()?;
     let asked = Instant::now();
-    m.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    let stopping = get(port, "/stopping").map_err(|e| format!("in the delay: {e}"))?;
-    ensure!(
-        stopping == "true",
-        "in the delay, /stopping said {stopping:?}"
-    );
+    sigterm_into_the_delay(&mut m, port)?;
     m.expect("serve-stop ", 10 * SEC)?;
     let signalled = asked.elapsed();
     measure("SIGTERM to the serve function's stop descriptor", signalled);
