@@ -1656,19 +1656,23 @@ def get_at(addr, path, prefix=b""):
 def answering_children(addr, kids, tries=40):
     """The children that answer /pid on `addr`, checking /local each time. On a shared
     listener the kernel may hand every sequential connection to the same idle child, so once
-    one child has answered, a /sleep holds some child's event loop while /pid is asked: if
-    it holds the one seen, another answers."""
+    one child has answered, /sleeps hold event loops while /pid is asked. The kernel may also
+    favour one child for every accept: with one /sleep, the child it favours sleeps and the
+    other answers; with two, both sleep and the favoured one, woken first, answers. The tries
+    alternate, so each child answers whichever the kernel favours."""
     pids = set()
-    for _ in range(tries):
-        hold = None
+    for i in range(tries):
+        holds = []
         if pids:
-            hold = threading.Thread(target=get_at, args=(addr, "/sleep?ms=200"))
-            hold.start()
-            time.sleep(0.05)
+            for _ in range(1 + i % 2):
+                hold = threading.Thread(target=get_at, args=(addr, "/sleep?ms=200"))
+                hold.start()
+                holds.append(hold)
+                time.sleep(0.05)
         local, pid = get_at(addr, "/local")[0], int(get_at(addr, "/pid")[0])
         check(local == addr, f"/local on {addr} gave {local!r}")
         pids.add(pid)
-        if hold:
+        for hold in holds:
             hold.join()
         if pids == set(kids):
             break
