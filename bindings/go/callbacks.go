@@ -44,59 +44,25 @@ func goPreforkRelease(h C.uintptr_t) {
 	deleteHandle(cgo.Handle(h))
 }
 
-// exchange holds one request's Request and Response. A new one per request (never reused):
-// a Request kept past its handler must never alias a later request.
-type exchange struct {
-	req  Request
-	resp Response
-}
-
-// exchangesPerSlab is how many exchanges one allocation carves: an allocation per request cost
-// 229 of 3,506 instructions per request (bench/instructions). A retained Request keeps its
-// whole slab (3 KiB) alive instead of its own 48 bytes.
-const exchangesPerSlab = 64
-
-type exchangeSlab struct {
-	used atomic.Int32
-	xs   [exchangesPerSlab]exchange
-}
-
-var currentSlab atomic.Pointer[exchangeSlab]
-
-// newExchange returns an exchange no request has had. Handler threads call it concurrently.
-func newExchange() *exchange {
-	for {
-		s := currentSlab.Load()
-		if s != nil {
-			if i := s.used.Add(1) - 1; i < exchangesPerSlab {
-				return &s.xs[i]
-			}
-		}
-		fresh := new(exchangeSlab)
-		fresh.used.Store(1)
-		if currentSlab.CompareAndSwap(s, fresh) {
-			return &fresh.xs[0]
-		}
-	}
-}
-
 //export goPreforkHandle
 func goPreforkHandle(h C.uintptr_t, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange) {
 	s := serverOf(h)
-	var rp *replay
-	if s.replays != nil {
-		rp = &s.replays[0]
+	if s.calls == nil {
+		// A handler thread: a call of the pool's, an exchange of the shared slabs.
+		k := threadCalls.Get().(*call)
+		k.srv = s
+		s.handleOne(k, newExchange(), creq, cresp, cx)
+		threadCalls.Put(k)
+		return
 	}
-	s.handleOne(creq, cresp, cx, rp)
-	if rp != nil {
-		s.yield(1)
-	}
+	s.handleOne(&s.calls[0], s.slab.next(), creq, cresp, cx)
+	s.yield(1)
 }
 
 // goPreforkHandleBatch answers the n requests of a batch (on the event loop), each in its
-// exchange of cxs with its replay, up to the first whose response ends the batch; it returns
-// how many it answered (the library offers the rest again). One call from C into Go, the
-// costly direction (~475 instructions of the Go runtime), for all of them.
+// exchange of cxs, up to the first whose response ends the batch; it returns how many it
+// answered (the library offers the rest again). One call from C into Go, the costly
+// direction (~475 instructions of the Go runtime), for all of them.
 //
 //export goPreforkHandleBatch
 func goPreforkHandleBatch(h C.uintptr_t, creqs **C.prefork_request, cresps **C.prefork_response, cxs *C.goprefork_exchange, n C.size_t) C.size_t {
@@ -104,74 +70,6 @@ func goPreforkHandleBatch(h C.uintptr_t, creqs **C.prefork_request, cresps **C.p
 	answered := s.handleBatch(unsafe.Slice(creqs, int(n)), unsafe.Slice(cresps, int(n)), unsafe.Slice(cxs, int(n)))
 	s.yield(answered)
 	return C.size_t(answered)
-}
-
-// handleBatch runs the handler on reqs in order, up to the first response that ends the
-// batch, and returns how many it answered. A panic answers its request 500 and ends the
-// batch there. One deferred recover for the batch rather than one per request: 45
-// instructions a request (bench/instructions).
-func (s *server) handleBatch(reqs []*C.prefork_request, resps []*C.prefork_response, xs []C.goprefork_exchange) (answered int) {
-	var x *exchange
-	i := 0
-	defer func() {
-		if v := recover(); v != nil {
-			s.recovered(v, x, resps[i], &xs[i])
-			answered = i + 1
-		}
-	}()
-	for ; i < len(reqs); i++ {
-		x = newExchange()
-		if s.serve(x, reqs[i], resps[i], &xs[i], &s.replays[i]) {
-			return i + 1
-		}
-	}
-	return len(reqs)
-}
-
-// handleOne runs the handler on one request, as handleBatch does, with a recover of its own.
-func (s *server) handleOne(creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange, rp *replay) (ends bool) {
-	var x *exchange
-	defer func() {
-		if v := recover(); v != nil {
-			s.recovered(v, x, cresp, cx)
-			ends = true
-		}
-	}()
-	x = newExchange()
-	return s.serve(x, creq, cresp, cx, rp)
-}
-
-// serve runs the handler on a request in exchange x, staging its response in cx (and its
-// fields in rp's buffer, when it has one). Returns whether the response ends its batch.
-func (s *server) serve(x *exchange, creq *C.prefork_request, cresp *C.prefork_response, cx *C.goprefork_exchange, rp *replay) bool {
-	x.req = Request{creq, cx, s}
-	x.resp = Response{c: cresp, x: cx, srv: s, n: -1}
-	if rp != nil {
-		cx.fields, x.resp.n, x.resp.rp = rp.buf, 0, rp
-	}
-	s.p.handler(&x.req, &x.resp)
-	return s.close(x)
-}
-
-// close ends the handler's hold on x once it returned, and tells whether its response ends
-// the batch. Whatever the handler kept now reads as empty instead of freed memory. A
-// deferred Response is its goroutine's now: Defer already let go of the exchange.
-func (s *server) close(x *exchange) (ends bool) {
-	ends = x.resp.ends
-	x.req = Request{}
-	if x.resp.d == nil {
-		x.resp.c, x.resp.x = nil, nil
-	}
-	return ends
-}
-
-// recovered answers 500 for the request in x whose handler panicked with v. What was staged
-// is taken back; what reached the library is replaced or stays.
-func (s *server) recovered(v any, x *exchange, cresp *C.prefork_response, cx *C.goprefork_exchange) {
-	s.logf("ERROR", "panic serving %s %s: %v\n%s", x.req.Method(), x.req.Target(), v, debug.Stack())
-	s.close(x)
-	cx.stage_len, cx.fields_len, cx.status = 0, 0, 0
-	internalError(cresp)
 }
 
 // How often the event loop's goroutine goes through the scheduler: at least every

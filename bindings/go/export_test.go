@@ -14,4 +14,10 @@ func Stageable(name, value string) bool { return stageable(name, value) }
 
 // AddHeaderDirect adds the field as AddHeader does when it cannot stage it: the library
 // checks it at once.
-func AddHeaderDirect(r *Response, name, value string) error { return r.addHeaderDirect(name, value) }
+func AddHeaderDirect(r *Response, name, value string) error {
+	k, err := r.live("AddHeader")
+	if err != nil {
+		return err
+	}
+	return k.addHeaderDirect(name, value)
+}

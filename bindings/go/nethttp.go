@@ -253,7 +253,7 @@ func remoteAddr(req *Request, d *C.goprefork_exchange) string {
 	if d.peer_ok == 0 {
 		return ""
 	}
-	return req.peerText()
+	return req.live().peerText() // live: details filled d
 }
 
 // parseTarget is url.ParseRequestURI(target), without its allocation for the common

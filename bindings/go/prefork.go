@@ -629,9 +629,11 @@ func (p *Prefork) serve(op, addr string, run func(c *C.prefork, caddr *C.char) C
 		// On the event loop, in batches: the fields of a batch's i-th request are staged in a
 		// buffer of its own, kept across batches (see replay).
 		s.replays = make([]replay, C.GOPREFORK_BATCH)
+		s.calls = make([]call, C.GOPREFORK_BATCH)
 		for i := range s.replays {
 			s.replays[i].buf = (*C.char)(C.malloc(C.GOPREFORK_FIELDS_SIZE))
 			defer C.free(unsafe.Pointer(s.replays[i].buf))
+			s.calls[i].rp, s.calls[i].srv = &s.replays[i], s
 		}
 		s.peer = new(peerCache)
 	}
@@ -685,6 +687,10 @@ type server struct {
 	// replays are the staging buffers of the fields kept across requests, one for each place
 	// in a batch; nil with handler threads (see replay).
 	replays []replay
+	// On the event loop: the calls of a batch's places, each with its replay, and the slab
+	// its exchanges come from; nil and empty with handler threads.
+	calls []call
+	slab  loopSlab
 	// On the event loop: requests handled, and when the loop's goroutine last yielded (see
 	// yield).
 	handled uint64

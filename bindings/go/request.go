@@ -16,19 +16,33 @@ import (
 // Copy what must outlive the handler with the *String and *Copy methods, or bytes.Clone.
 // After the handler returns, every method returns empty values.
 type Request struct {
-	c *C.prefork_request
-	// The request line, read by the C callback (no cgo call for its accessors); nil once the
-	// handler returned. A pointer rather than a copy keeps the per-request allocation small.
-	x   *C.goprefork_exchange
-	srv *server // for its peer cache
+	k *call // the request's call, while it names this Request
 }
 
-// line is the request line's parts: empty ones once the handler returned.
-func (r *Request) line() *C.goprefork_exchange {
-	if r.x == nil {
-		return &noLine
+// live is the request's call while the handler runs, else nil.
+func (r *Request) live() *call {
+	if k := r.k; k != nil && k.req == r {
+		return k
 	}
-	return r.x
+	return nil
+}
+
+// creq is the library's request while the handler runs, else NULL, for which the library's
+// accessors return empty values.
+func (r *Request) creq() *C.prefork_request {
+	if k := r.live(); k != nil {
+		return k.c
+	}
+	return nil
+}
+
+// line is the exchange holding the request line, read by the C callback (no cgo call for its
+// accessors): an empty one once the handler returned.
+func (r *Request) line() *C.goprefork_exchange {
+	if k := r.live(); k != nil {
+		return k.x
+	}
+	return &noLine
 }
 
 var noLine C.goprefork_exchange
@@ -67,7 +81,7 @@ func (r *Request) Query() []byte { return view(r.line().query) }
 func (r *Request) QueryString() string { return string(r.Query()) }
 
 // Body is the whole request body, de-chunked (a view, valid only in the handler).
-func (r *Request) Body() []byte { return view(C.prefork_request_body(r.c)) }
+func (r *Request) Body() []byte { return view(C.prefork_request_body(r.creq())) }
 
 // BodyCopy is a copy of Body, or nil when the body is empty.
 func (r *Request) BodyCopy() []byte {
@@ -80,7 +94,7 @@ func (r *Request) BodyCopy() []byte {
 
 // ProtoMinor is 1 for HTTP/1.1 and 0 for HTTP/1.0.
 func (r *Request) ProtoMinor() int {
-	return max(int(C.prefork_request_minor_version(r.c)), 0)
+	return max(int(C.prefork_request_minor_version(r.creq())), 0)
 }
 
 // Header is the first value of the named header (compared case-insensitively), or nil when
@@ -88,7 +102,7 @@ func (r *Request) ProtoMinor() int {
 func (r *Request) Header(name string) []byte {
 	var v C.prefork_str
 	// The name's bytes are only read during the call.
-	if !C.prefork_request_header(r.c, stringPtr(name), C.size_t(len(name)), &v) {
+	if !C.prefork_request_header(r.creq(), stringPtr(name), C.size_t(len(name)), &v) {
 		return nil
 	}
 	return view(v)
@@ -100,10 +114,11 @@ func (r *Request) HeaderString(name string) string { return string(r.Header(name
 // VisitHeaders calls f with each header field in the order received, names as received
 // (views, valid only in the handler).
 func (r *Request) VisitHeaders(f func(name, value []byte)) {
-	n := C.prefork_request_header_count(r.c)
+	c := r.creq()
+	n := C.prefork_request_header_count(c)
 	for i := C.size_t(0); i < n; i++ {
 		var name, value C.prefork_str
-		if C.prefork_request_header_at(r.c, i, &name, &value) {
+		if C.prefork_request_header_at(c, i, &name, &value) {
 			f(view(name), view(value))
 		}
 	}
@@ -111,17 +126,18 @@ func (r *Request) VisitHeaders(f func(name, value []byte)) {
 
 // details is the exchange with its header views, body and version filled in (one cgo call).
 func (r *Request) details() *C.goprefork_exchange {
-	if r.x == nil {
+	k := r.live()
+	if k == nil {
 		return &noLine
 	}
-	C.goprefork_details(r.c, r.x)
-	return r.x
+	C.goprefork_details(k.c, k.x)
+	return k.x
 }
 
 // headerAt is the header field at i, in the order received (views, valid only in the handler).
 func (r *Request) headerAt(i int) (name, value []byte) {
 	var n, v C.prefork_str
-	if !C.prefork_request_header_at(r.c, C.size_t(i), &n, &v) {
+	if !C.prefork_request_header_at(r.creq(), C.size_t(i), &n, &v) {
 		return nil, nil
 	}
 	return view(n), view(v)
@@ -129,7 +145,7 @@ func (r *Request) headerAt(i int) (name, value []byte) {
 
 // Headers is a copy of every header field, keyed by canonical name as net/http does.
 func (r *Request) Headers() http.Header {
-	h := make(http.Header, int(C.prefork_request_header_count(r.c)))
+	h := make(http.Header, int(C.prefork_request_header_count(r.creq())))
 	r.VisitHeaders(func(name, value []byte) {
 		h.Add(string(name), string(value))
 	})
@@ -141,17 +157,18 @@ func (r *Request) Headers() http.Header {
 // the client's address from the connection's header, over a Unix socket too (the balancer's
 // own address for a header that names no client, such as a health check's).
 func (r *Request) RemoteAddr() string {
-	if r.x == nil {
+	k := r.live()
+	if k == nil {
 		return ""
 	}
-	if C.goprefork_peer(r.c, r.x) == 0 {
+	if C.goprefork_peer(k.c, k.x) == 0 {
 		// No IP address: the library's text, "unix:" for a Unix socket's peer.
-		if C.goprefork_peer_text(r.c, r.x) == 0 {
+		if C.goprefork_peer_text(k.c, k.x) == 0 {
 			return ""
 		}
-		return C.GoString(&r.x.peer_text[0])
+		return C.GoString(&k.x.peer_text[0])
 	}
-	return r.peerText()
+	return k.peerText()
 }
 
 // LocalAddr is the address of the listener that accepted the connection, as ListenerAddrs
@@ -159,23 +176,20 @@ func (r *Request) RemoteAddr() string {
 // of the server's listeners the request came in on.
 func (r *Request) LocalAddr() string {
 	var buf [C.PREFORK_ADDR_STRLEN]C.char
-	if C.prefork_request_local_addr(r.c, &buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
+	if C.prefork_request_local_addr(r.creq(), &buf[0], C.size_t(len(buf))) != C.PREFORK_OK {
 		return ""
 	}
 	return C.GoString(&buf[0])
 }
 
-// peerText is the text of the address in r.x (peer_ok set): for IPv4 formatted here, else the
+// peerText is the text of the address in k.x (peer_ok set): for IPv4 formatted here, else the
 // library's; on the event loop the last one is kept, so that the requests of a keep-alive
 // connection share one string.
-func (r *Request) peerText() string {
-	x := r.x
+func (k *call) peerText() string {
+	x := k.x
 	ip := unsafe.Slice((*byte)(unsafe.Pointer(&x.peer_ip[0])), int(x.peer_ip_len))
 	port := uint16(x.peer_port)
-	var last *peerCache
-	if r.srv != nil {
-		last = r.srv.peer
-	}
+	last := k.srv.peer
 	if last != nil && last.text != "" && last.port == port && string(last.ip[:last.n]) == string(ip) {
 		return last.text
 	}
@@ -187,7 +201,7 @@ func (r *Request) peerText() string {
 			t = strconv.AppendUint(append(t, '.'), uint64(o), 10)
 		}
 		text = string(strconv.AppendUint(append(t, ':'), uint64(port), 10))
-	} else if C.goprefork_peer_text(r.c, x) != 0 {
+	} else if C.goprefork_peer_text(k.c, x) != 0 {
 		text = C.GoString(&x.peer_text[0]) // IPv6, with its scope as the library writes it
 	} else {
 		return ""
@@ -213,7 +227,7 @@ type peerCache struct {
 // a view, valid only in the handler.
 func (r *Request) ProxyTLV(typ byte) ([]byte, bool) {
 	var value C.prefork_str
-	if !C.prefork_request_proxy_tlv(r.c, C.uint8_t(typ), &value) {
+	if !C.prefork_request_proxy_tlv(r.creq(), C.uint8_t(typ), &value) {
 		return nil, false
 	}
 	return view(value), true

@@ -20,32 +20,20 @@ import (
 // handler returns (for a deferred Response, after Complete or Hijack), the methods fail with
 // ErrState.
 type Response struct {
-	c *C.prefork_response
-	// n is the number of fields of rp this response staged, or -1 when it does not stage its
-	// fields in rp's buffer (rp is nil with handler threads).
-	n  int
-	rp *replay
-	// The response ends its batch: the library must send it (or wait for it) before it
-	// answers the next request, so the handler of the next one runs in a later batch. Set
-	// when it is deferred, streams its body, may close the connection, or panicked.
-	ends bool
-	// The C callback's staging buffers: the status, the header fields and the body go there
-	// while they fit, and the callback hands them to the library after the handler (shim.c's
-	// apply), so that a handler crosses into C not once. A field that does not fit, or that
-	// the library might refuse, goes to the library at once, after the staged ones; a body
-	// that does not fit (or a body stream) sets x.direct, and from then on every body call
-	// goes to the library, after what was staged. Defer hands all that was staged to the
-	// library first (goprefork_flush) and lets go of x: nil from then on, every call on the
-	// deferred Response goes to the library at once.
-	x   *C.goprefork_exchange
-	srv *server // for the log lines of a body stream
-	// Set by Defer: the response is the deferred handle's, and outlives the handler.
-	d *deferred
+	k *call // the response's call, while it names this Response
 }
 
-// deferred is a deferred Response's C handle. It is set once by Defer, in the handler, and
-// never replaced, so that the handler's return path may read it while the goroutine that
-// keeps the Response uses it.
+// How a Response reaches the library: its call's exchange holds the C callback's staging
+// buffers. The status, the header fields and the body go there while they fit, and the
+// callback hands them to the library after the handler (shim.c's apply), so that a handler
+// crosses into C not once. A field that does not fit, or that the library might refuse, goes
+// to the library at once, after the staged ones; a body that does not fit (or a body stream)
+// sets x.direct, and from then on every body call goes to the library, after what was staged.
+// Defer hands all that was staged to the library first (goprefork_flush) and moves the
+// Response to a call of its own without an exchange: every call on the deferred Response goes
+// to the library at once.
+
+// deferred is a deferred Response's C handle, set by Defer on the Response's own call.
 type deferred struct {
 	c *C.prefork_deferred // nil once completed
 	// SetStatus(101) waits for Hijack, which the library requires first.
@@ -76,62 +64,66 @@ func stringPtr(s string) *C.char {
 	return bytesPtr(stringBytes(s))
 }
 
-func (r *Response) ended(op string) error {
-	if r.c != nil {
-		return nil
+// live is the response's call while it may be used: while its handler runs, or once deferred
+// until Complete or Hijack; else an ErrState for op.
+func (r *Response) live(op string) (*call, error) {
+	if k := r.k; k != nil && k.resp == r {
+		return k, nil
 	}
-	return &Error{Op: op, Code: CodeState, Message: "the response was used after it was sent (its handler returned, or Complete or Hijack ran)"}
+	return nil, &Error{Op: op, Code: CodeState, Message: "the response was used after it was sent (its handler returned, or Complete or Hijack ran)"}
 }
 
 // A call on a deferred Response locks its goroutine to its OS thread (runtime.LockOSThread)
 // for the call and the prefork_last_error that may follow it, which is per thread; a
 // handler's goroutine is there already (cgo keeps a callback on its C thread), so the lock is
-// taken only for a deferred Response: `if r.d != nil { runtime.LockOSThread(); defer ... }`.
+// taken only for a deferred Response: `if k.d != nil { runtime.LockOSThread(); defer ... }`.
 
 // SetStatus sets the status code, 200 until set. It fails with ErrInvalidArgument, leaving
 // the status unchanged, outside 200..599 (interim 1xx responses are the library's), except
 // for 101 (Switching Protocols) on a deferred Response, which Hijack then sends.
 func (r *Response) SetStatus(code int) error {
-	if err := r.ended("SetStatus"); err != nil {
+	k, err := r.live("SetStatus")
+	if err != nil {
 		return err
 	}
-	if code == 101 && r.d != nil {
-		r.d.switching = true
+	if code == 101 && k.d != nil {
+		k.d.switching = true
 		return nil
 	}
 	if code < 200 || code > 599 {
 		return invalid("SetStatus", "status %d is outside 200..599 (101 is for a deferred Response that Hijack sends)", code)
 	}
-	if r.d == nil {
-		r.x.status = C.int(code) // the library's range too: applying it cannot fail
+	if k.d == nil {
+		k.x.status = C.int(code) // the library's range too: applying it cannot fail
 		return nil
 	}
-	r.d.switching = false
+	k.d.switching = false
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	return lastError("SetStatus", C.prefork_response_set_status(r.c, C.int(code)))
+	return lastError("SetStatus", C.prefork_response_set_status(k.rc, C.int(code)))
 }
 
 // AddHeader adds a header field. The name must be an HTTP token and the value hold no control
 // character but tab. Content-Length, Transfer-Encoding and Date belong to the library and are
 // refused; "Connection: close" closes the connection after this response.
 func (r *Response) AddHeader(name, value string) error {
-	x := r.x
-	if x == nil {
+	k := r.k
+	if k == nil || k.resp != r || k.x == nil {
 		// Ended, or deferred: a deferred Response stages nothing.
-		if err := r.ended("AddHeader"); err != nil {
+		k, err := r.live("AddHeader")
+		if err != nil {
 			return err
 		}
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		return lastError("AddHeader", C.prefork_response_add_header(r.c,
+		return lastError("AddHeader", C.prefork_response_add_header(k.rc,
 			stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
 	}
-	rp := r.rp
-	if r.n >= 0 && r.n < len(rp.fields) {
-		if f := &rp.fields[r.n]; sameString(f.name, name) && sameString(f.value, value) {
+	x, rp := k.x, k.rp
+	if k.n >= 0 && k.n < len(rp.fields) {
+		if f := &rp.fields[k.n]; sameString(f.name, name) && sameString(f.value, value) {
 			x.fields_len = C.size_t(f.end) // staged already, by the request before
-			r.n++
+			k.n++
 			return nil
 		}
 	}
@@ -141,37 +133,37 @@ func (r *Response) AddHeader(name, value string) error {
 		binary.LittleEndian.PutUint32(f, uint32(len(name))|uint32(len(value))<<16)
 		copy(f[4+copy(f[4:], name):], value)
 		x.fields_len = C.size_t(at + need)
-		if r.n >= 0 {
+		if k.n >= 0 {
 			// What follows in the buffer is overwritten from here on.
-			rp.fields = append(rp.fields[:r.n], replayField{name, value, at + need})
-			r.n++
+			rp.fields = append(rp.fields[:k.n], replayField{name, value, at + need})
+			k.n++
 		}
 		return nil
 	}
-	return r.addHeaderDirect(name, value)
+	return k.addHeaderDirect(name, value)
 }
 
-// addHeaderDirect adds the field to the library's response at once, after the staged ones,
-// with the library's verdict on it.
-func (r *Response) addHeaderDirect(name, value string) error {
+// addHeaderDirect adds the field to the library's response (not deferred) at once, after the
+// staged ones, with the library's verdict on it.
+func (k *call) addHeaderDirect(name, value string) error {
 	if strings.EqualFold(name, "Connection") {
-		r.ends = true // "close" ends the connection
+		k.ends = true // "close" ends the connection
 	}
-	if r.x.fields_len > 0 {
-		C.goprefork_flush_fields(r.c, r.x) // the fields keep their order
+	if k.x.fields_len > 0 {
+		C.goprefork_flush_fields(k.rc, k.x) // the fields keep their order
 	}
-	r.forgetReplay()
-	return lastError("AddHeader", C.prefork_response_add_header(r.c,
+	k.forgetReplay()
+	return lastError("AddHeader", C.prefork_response_add_header(k.rc,
 		stringPtr(name), C.size_t(len(name)), stringPtr(value), C.size_t(len(value))))
 }
 
 // forgetReplay stops this response's use of replay once the staged fields went to the
 // library: the fields it stages from then on overwrite the buffer from its start, which
 // replay no longer describes, so the next request stages its fields afresh.
-func (r *Response) forgetReplay() {
-	if r.n >= 0 {
-		r.rp.fields = r.rp.fields[:0]
-		r.n = -1
+func (k *call) forgetReplay() {
+	if k.n >= 0 {
+		k.rp.fields = k.rp.fields[:0]
+		k.n = -1
 	}
 }
 
@@ -261,16 +253,18 @@ func hasControlBytes(v string) bool {
 
 // Write appends p to the body (io.Writer).
 func (r *Response) Write(p []byte) (int, error) {
-	x := r.x
-	if x != nil && x.direct == 0 && len(p) <= int(x.stage_cap-x.stage_len) {
-		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
-		x.stage_len += C.size_t(copy(stage[x.stage_len:], p))
-		return len(p), nil
+	if k := r.k; k != nil && k.resp == r {
+		if x := k.x; x != nil && x.direct == 0 && len(p) <= int(x.stage_cap-x.stage_len) {
+			stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
+			x.stage_len += C.size_t(copy(stage[x.stage_len:], p))
+			return len(p), nil
+		}
 	}
-	if err := r.ended("Write"); err != nil {
+	k, err := r.live("Write")
+	if err != nil {
 		return 0, err
 	}
-	if err := r.write("Write", p); err != nil {
+	if err := k.write("Write", p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -278,50 +272,50 @@ func (r *Response) Write(p []byte) (int, error) {
 
 // write appends b to the body: into the staging buffer while it fits, else (and from then
 // on) to the library, after what was staged.
-func (r *Response) write(op string, b []byte) error {
-	x := r.x
+func (k *call) write(op string, b []byte) error {
+	x := k.x
 	if x != nil && x.direct == 0 && len(b) <= int(x.stage_cap-x.stage_len) {
 		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
 		x.stage_len += C.size_t(copy(stage[x.stage_len:], b))
 		return nil
 	}
-	if err := r.unstage(op); err != nil {
+	if err := k.unstage(op); err != nil {
 		return err
 	}
-	if r.d != nil {
+	if k.d != nil {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 	}
-	return lastError(op, C.goprefork_write(r.c, bytesPtr(b), C.size_t(len(b))))
+	return lastError(op, C.goprefork_write(k.rc, bytesPtr(b), C.size_t(len(b))))
 }
 
 // unstage hands the staged body to the library, after which every body call goes there. The
 // staged status and fields stay staged: the library puts the head before any body byte.
-func (r *Response) unstage(op string) error {
-	x := r.x
+func (k *call) unstage(op string) error {
+	x := k.x
 	if x == nil {
 		return nil // deferred: nothing is staged
 	}
 	x.direct = 1
 	if n := x.stage_len; n > 0 {
 		x.stage_len = 0
-		return lastError(op, C.goprefork_write(r.c, x.stage, n))
+		return lastError(op, C.goprefork_write(k.rc, x.stage, n))
 	}
 	return nil
 }
 
 // setBody replaces the body with b.
-func (r *Response) setBody(op string, b []byte) error {
-	if x := r.x; x != nil && x.direct == 0 {
+func (k *call) setBody(op string, b []byte) error {
+	if x := k.x; x != nil && x.direct == 0 {
 		// Nothing reached the library yet: the staged bytes were the whole body.
 		x.stage_len = 0
-		return r.write(op, b)
+		return k.write(op, b)
 	}
-	if r.d != nil {
+	if k.d != nil {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 	}
-	return lastError(op, C.goprefork_set_body(r.c, bytesPtr(b), C.size_t(len(b))))
+	return lastError(op, C.goprefork_set_body(k.rc, bytesPtr(b), C.size_t(len(b))))
 }
 
 // stringBytes is a read-only view of s, for the calls above, which only read it.
@@ -331,10 +325,11 @@ func stringBytes(s string) []byte {
 
 // WriteString appends s to the body (io.StringWriter).
 func (r *Response) WriteString(s string) (int, error) {
-	if err := r.ended("WriteString"); err != nil {
+	k, err := r.live("WriteString")
+	if err != nil {
 		return 0, err
 	}
-	if err := r.write("WriteString", stringBytes(s)); err != nil {
+	if err := k.write("WriteString", stringBytes(s)); err != nil {
 		return 0, err
 	}
 	return len(s), nil
@@ -342,18 +337,20 @@ func (r *Response) WriteString(s string) (int, error) {
 
 // SetBody replaces the body with b.
 func (r *Response) SetBody(b []byte) error {
-	if err := r.ended("SetBody"); err != nil {
+	k, err := r.live("SetBody")
+	if err != nil {
 		return err
 	}
-	return r.setBody("SetBody", b)
+	return k.setBody("SetBody", b)
 }
 
 // SetBodyString replaces the body with s.
 func (r *Response) SetBodyString(s string) error {
-	if err := r.ended("SetBodyString"); err != nil {
+	k, err := r.live("SetBodyString")
+	if err != nil {
 		return err
 	}
-	return r.setBody("SetBodyString", stringBytes(s))
+	return k.setBody("SetBodyString", stringBytes(s))
 }
 
 // SetBodyStream sends the body from r instead of a buffer, for a body whose length is not
@@ -368,24 +365,25 @@ func (r *Response) SetBodyString(s string) error {
 // client sees a truncated body. If r is also an io.Closer, it is closed once the body is done
 // with (sent, abandoned, or not sent at all, as for HEAD).
 func (r *Response) SetBodyStream(body io.Reader) error {
-	if err := r.ended("SetBodyStream"); err != nil {
+	k, err := r.live("SetBodyStream")
+	if err != nil {
 		return err
 	}
 	liveHandles.Add(1)
-	h := cgo.NewHandle(&bodyStream{body, r.srv})
-	if r.d != nil {
+	h := cgo.NewHandle(&bodyStream{body, k.srv})
+	if k.d != nil {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 	}
-	if err := lastError("SetBodyStream", C.goprefork_set_body_stream(r.c, C.uintptr_t(h))); err != nil {
+	if err := lastError("SetBodyStream", C.goprefork_set_body_stream(k.rc, C.uintptr_t(h))); err != nil {
 		deleteHandle(h)
 		return err
 	}
 	// The stream replaced the buffered body; later body calls are the library's to ignore.
-	if r.x != nil {
-		r.x.stage_len, r.x.direct = 0, 1
+	if k.x != nil {
+		k.x.stage_len, k.x.direct = 0, 1
 	}
-	r.ends = true
+	k.ends = true
 	return nil
 }
 
@@ -403,27 +401,28 @@ func (r *Response) SetBodyStream(body io.Reader) error {
 //
 // Call it in the handler, once: otherwise it fails with ErrState.
 func (r *Response) Defer() error {
-	if err := r.ended("Defer"); err != nil {
+	k, err := r.live("Defer")
+	if err != nil {
 		return err
 	}
-	if r.d != nil {
+	if k.d != nil {
 		return &Error{Op: "Defer", Code: CodeState, Message: "the response is deferred already"}
 	}
 	// What the handler staged (the status, the fields, then the body) reaches the library
 	// first, and moves into the deferred response with the rest: later calls go to the
 	// library at once, after it, and the callback has nothing left to apply.
-	if err := lastError("Defer", C.goprefork_flush(r.c, r.x)); err != nil {
+	if err := lastError("Defer", C.goprefork_flush(k.rc, k.x)); err != nil {
 		return err
 	}
-	r.forgetReplay()
+	k.forgetReplay()
 	var d *C.prefork_deferred
-	if rc := C.prefork_response_defer(r.c, &d); rc != C.PREFORK_OK {
+	if rc := C.prefork_response_defer(k.rc, &d); rc != C.PREFORK_OK {
 		return lastError("Defer", rc)
 	}
-	r.c = C.prefork_deferred_response(d)
-	r.x = nil
-	r.d = &deferred{c: d}
-	r.ends = true
+	k.ends = true
+	// The handler's call is reused once it returns: the Response moves to one of its own.
+	r.k = &call{resp: r, rc: C.prefork_deferred_response(d), srv: k.srv, n: -1, ends: true, d: &deferred{c: d}}
+	k.resp = nil
 	return nil
 }
 
@@ -433,7 +432,7 @@ func (r *Response) Defer() error {
 // that was not deferred, and with ErrInvalidArgument after SetStatus(101) (use Hijack).
 func (r *Response) Complete() error {
 	const op = "Complete"
-	d := r.d
+	d := r.deferred()
 	switch {
 	case d == nil:
 		return &Error{Op: op, Code: CodeState, Message: "Complete is for a deferred Response: call Defer in the handler first"}
@@ -445,13 +444,22 @@ func (r *Response) Complete() error {
 	return r.complete(op)
 }
 
+// deferred is the Response's deferred handle, or nil when Defer did not run. Only Defer's
+// own call has one, and such a call is never reused: what it holds is this Response's.
+func (r *Response) deferred() *deferred {
+	if r.k == nil {
+		return nil
+	}
+	return r.k.d
+}
+
 func (r *Response) complete(op string) error {
-	d := r.d
+	k := r.k
 	runtime.LockOSThread()
-	err := lastError(op, C.prefork_deferred_complete(d.c))
+	err := lastError(op, C.prefork_deferred_complete(k.d.c))
 	runtime.UnlockOSThread()
-	C.prefork_deferred_free(d.c)
-	d.c, r.c = nil, nil
+	C.prefork_deferred_free(k.d.c)
+	k.d.c, k.rc, k.resp = nil, nil, nil
 	return err
 }
 
@@ -472,21 +480,22 @@ func (r *Response) complete(op string) error {
 // the connection closed before the response was written.
 func (r *Response) Hijack() (net.Conn, error) {
 	const op = "Hijack"
-	d := r.d
+	d := r.deferred()
 	switch {
 	case d == nil:
 		return nil, &Error{Op: op, Code: CodeState, Message: "Hijack is for a deferred Response: call Defer in the handler, then Hijack from another goroutine"}
 	case d.c == nil:
 		return nil, &Error{Op: op, Code: CodeState, Message: "the deferred response was completed already"}
 	}
-	w := &hijackWait{conns: make(chan hijackResult, 1), srv: r.srv}
+	k := r.k
+	w := &hijackWait{conns: make(chan hijackResult, 1), srv: k.srv}
 	liveHandles.Add(1)
 	h := cgo.NewHandle(w)
 	runtime.LockOSThread()
-	err := lastError(op, C.goprefork_hijack(r.c, C.uintptr_t(h)))
+	err := lastError(op, C.goprefork_hijack(k.rc, C.uintptr_t(h)))
 	if err == nil && d.switching {
 		// Accepted now that the connection is taken over; it cannot fail then.
-		C.prefork_response_set_status(r.c, 101)
+		C.prefork_response_set_status(k.rc, 101)
 	}
 	runtime.UnlockOSThread()
 	if err != nil {
