@@ -254,9 +254,7 @@ func hasControlBytes(v string) bool {
 // Write appends p to the body (io.Writer).
 func (r *Response) Write(p []byte) (int, error) {
 	if k := r.k; k != nil && k.resp == r {
-		if x := k.x; x != nil && x.direct == 0 && len(p) <= int(x.stage_cap-x.stage_len) {
-			stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
-			x.stage_len += C.size_t(copy(stage[x.stage_len:], p))
+		if stage(k.x, p) {
 			return len(p), nil
 		}
 	}
@@ -273,10 +271,7 @@ func (r *Response) Write(p []byte) (int, error) {
 // write appends b to the body: into the staging buffer while it fits, else (and from then
 // on) to the library, after what was staged.
 func (k *call) write(op string, b []byte) error {
-	x := k.x
-	if x != nil && x.direct == 0 && len(b) <= int(x.stage_cap-x.stage_len) {
-		stage := unsafe.Slice((*byte)(unsafe.Pointer(x.stage)), int(x.stage_cap))
-		x.stage_len += C.size_t(copy(stage[x.stage_len:], b))
+	if stage(k.x, b) {
 		return nil
 	}
 	if err := k.unstage(op); err != nil {
@@ -287,6 +282,17 @@ func (k *call) write(op string, b []byte) error {
 		defer runtime.UnlockOSThread()
 	}
 	return lastError(op, C.goprefork_write(k.rc, bytesPtr(b), C.size_t(len(b))))
+}
+
+// stage appends b to the body staged in x, and reports whether it did: not when x is nil
+// (deferred), the body goes to the library already, or b does not fit.
+func stage(x *C.goprefork_exchange, b []byte) bool {
+	if x == nil || x.direct != 0 || len(b) > int(x.stage_cap-x.stage_len) {
+		return false
+	}
+	copy(unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(x.stage), x.stage_len)), len(b)), b)
+	x.stage_len += C.size_t(len(b))
+	return true
 }
 
 // unstage hands the staged body to the library, after which every body call goes there. The

@@ -89,30 +89,28 @@ void goprefork_details(const prefork_request *req, goprefork_exchange *x) {
 	goprefork_peer(req, x);
 }
 
-// Fills x for req, with the staging buffers given (GOPREFORK_STAGE_SIZE and
-// GOPREFORK_FIELDS_SIZE bytes, GOPREFORK_HEADERS header views).
-static inline __attribute__((always_inline)) void open_exchange(goprefork_exchange *x, const prefork_request *req, char *stage, char *fields,
-                          prefork_str *headers) {
-	// Every member but the address buffers, which goprefork_peer writes before they are read:
-	// an initializer would clear them all, a tenth of the callback's own work.
-	x->method = prefork_request_method(req);
-	x->target = prefork_request_target(req);
+// Gives x its staging buffers (GOPREFORK_STAGE_SIZE and GOPREFORK_FIELDS_SIZE bytes,
+// GOPREFORK_HEADERS header views): once for a batch arena's exchanges, which keep them.
+static void attach_buffers(goprefork_exchange *x, char *stage, char *fields, prefork_str *headers) {
 	x->stage = stage;
-	x->stage_len = 0;
 	x->stage_cap = GOPREFORK_STAGE_SIZE;
 	x->fields = fields;
-	x->fields_len = 0;
 	x->fields_cap = GOPREFORK_FIELDS_SIZE;
-	x->status = 0;
-	x->direct = 0;
 	x->headers = headers;
 	x->headers_cap = GOPREFORK_HEADERS;
-	x->header_count = 0;
-	x->body = (prefork_str){.ptr = "", .len = 0};
-	x->minor_version = 0;
-	x->peer_ip_len = 0;
-	x->peer_port = 0;
-	x->peer_ok = 0;
+}
+
+// Fills x, which has its buffers, for req. Only the members read before anything writes them:
+// goprefork_details fills the header views, the body, the version and the address before Go
+// reads them (goprefork_peer the address alone), and clearing them all was a tenth of the
+// callback's own work.
+static inline __attribute__((always_inline)) void open_exchange(goprefork_exchange *x, const prefork_request *req) {
+	x->method = prefork_request_method(req);
+	x->target = prefork_request_target(req);
+	x->stage_len = 0;
+	x->fields_len = 0;
+	x->status = 0;
+	x->direct = 0;
 	// The origin form ("/path?query", nearly every request) is split here, at its first "?"
 	// (RFC 9112 §3.2.1), as the library's accessors split it; the library splits the others.
 	if (x->target.len > 0 && x->target.ptr[0] == '/') {
@@ -134,15 +132,16 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
 	char fields[GOPREFORK_FIELDS_SIZE];
 	prefork_str headers[2 * GOPREFORK_HEADERS];
 	goprefork_exchange x;
-	open_exchange(&x, req, stage, fields, headers);
+	attach_buffers(&x, stage, fields, headers);
+	open_exchange(&x, req);
 	goPreforkHandle(HANDLE(user_data), (prefork_request *)req, resp, &x);
 	apply(resp, &x);
 }
 
 // A batch's staging buffers: too large for the C stack of a thread (musl's default is 128 KiB),
-// so one per event-loop thread, allocated by its first batch and freed when it exits. The
-// header views are shared: a handler reads them while it runs, and they are refilled for the
-// next.
+// so one per event-loop thread, allocated by its first batch and freed when it exits (by the
+// key's destructor). The header views are shared: a handler reads them while it runs, and
+// they are refilled for the next.
 typedef struct {
 	char stage[GOPREFORK_BATCH][GOPREFORK_STAGE_SIZE];
 	char fields[GOPREFORK_BATCH][GOPREFORK_FIELDS_SIZE];
@@ -158,15 +157,22 @@ static void make_arena_key(void) {
 	arena_key_ok = pthread_key_create(&arena_key, free) == 0;
 }
 
-static batch_arena *thread_arena(void) {
+// The thread's arena, once made: a thread-local variable costs a batch one load, where
+// pthread_once and pthread_getspecific cost it two calls.
+static __thread batch_arena *arena;
+
+static batch_arena *new_arena(void) {
 	pthread_once(&arena_once, make_arena_key);
 	if (!arena_key_ok) {
 		return NULL;
 	}
-	batch_arena *a = pthread_getspecific(arena_key);
-	if (a == NULL && (a = malloc(sizeof *a)) != NULL && pthread_setspecific(arena_key, a) != 0) {
+	batch_arena *a = malloc(sizeof *a);
+	if (a == NULL || pthread_setspecific(arena_key, a) != 0) {
 		free(a);
-		a = NULL;
+		return NULL;
+	}
+	for (size_t i = 0; i < GOPREFORK_BATCH; i++) {
+		attach_buffers(&a->xs[i], a->stage[i], a->fields[i], a->headers);
 	}
 	return a;
 }
@@ -175,14 +181,14 @@ static batch_arena *thread_arena(void) {
 // Without an arena (out of memory), one request the way handle takes it.
 static size_t handle_batch(void *user_data, const prefork_request *const *reqs, prefork_response *const *resps,
                            size_t count) {
-	batch_arena *a = thread_arena();
-	if (a == NULL) {
+	batch_arena *a = arena;
+	if (a == NULL && (a = arena = new_arena()) == NULL) {
 		handle(user_data, reqs[0], resps[0]);
 		return 1;
 	}
 	size_t n = count < GOPREFORK_BATCH ? count : GOPREFORK_BATCH;
 	for (size_t i = 0; i < n; i++) {
-		open_exchange(&a->xs[i], reqs[i], a->stage[i], a->fields[i], a->headers);
+		open_exchange(&a->xs[i], reqs[i]);
 	}
 	size_t answered = goPreforkHandleBatch(HANDLE(user_data), (prefork_request **)reqs, (prefork_response **)resps,
 	                                       a->xs, n);
