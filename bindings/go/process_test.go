@@ -175,15 +175,24 @@ func TestHandlerThreadsRunConcurrently(t *testing.T) {
 	m.stop()
 }
 
+// A Request and Response kept past their handler read empty and refuse writes, also while
+// the call they had (on the event loop, the batch place's; with handler threads, one of the
+// pool's) serves the next request: /retained reads them from its own handler.
 func TestRequestAndResponseAreDeadAfterTheHandler(t *testing.T) {
-	m := startMaster(t, envChildren+"=1")
-	if code, body := get(t, m.url("/retain")); code != 200 || body != "kept" {
-		t.Fatalf("GET /retain = %d %q", code, body)
+	for _, mode := range []string{envThreads + "=0", envThreads + "=1"} {
+		t.Run(mode, func(t *testing.T) {
+			m := startMaster(t, envChildren+"=1", mode)
+			for range 3 {
+				if code, body := get(t, m.url("/retain")); code != 200 || body != "kept" {
+					t.Fatalf("GET /retain = %d %q", code, body)
+				}
+				if code, body := get(t, m.url("/retained")); code != 200 || body != `method="" state-err=true` {
+					t.Fatalf("GET /retained = %d %q, want the old request empty and writes refused", code, body)
+				}
+			}
+			m.stop()
+		})
 	}
-	if code, body := get(t, m.url("/retained")); code != 200 || body != `method="" state-err=true` {
-		t.Fatalf("GET /retained = %d %q, want the old request empty and writes refused", code, body)
-	}
-	m.stop()
 }
 
 func TestKilledChildIsReplaced(t *testing.T) {
