@@ -76,7 +76,8 @@ typedef struct {
 	int direct;
 	// What goprefork_details fills, on demand (the net/http adapter reads it all): the first
 	// headers_cap header fields as name and value views (headers[2i], headers[2i+1]), the
-	// number of fields, the body and the minor version.
+	// number of fields, the body and the minor version. Like the address below, they hold
+	// whatever an earlier request left until the call that fills them: read them only after.
 	prefork_str *headers;
 	size_t headers_cap, header_count;
 	prefork_str body;
