@@ -262,7 +262,7 @@ func (r *Response) Write(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := k.write("Write", p); err != nil {
+	if err := k.send("Write", p); err != nil { // staging failed already
 		return 0, err
 	}
 	return len(p), nil
@@ -274,6 +274,11 @@ func (k *call) write(op string, b []byte) error {
 	if stage(k.x, b) {
 		return nil
 	}
+	return k.send(op, b)
+}
+
+// send appends b to the body in the library, after what was staged (which goes first).
+func (k *call) send(op string, b []byte) error {
 	if err := k.unstage(op); err != nil {
 		return err
 	}
