@@ -64,9 +64,30 @@ func expectResponse(t *testing.T, r *bufio.Reader, status int, body string) *htt
 		t.Fatal(err)
 	}
 	if got := readBody(t, resp); resp.StatusCode != status || got != body {
-		t.Fatalf("%d %q, want %d %q", resp.StatusCode, got, status, body)
+		t.Fatalf("%d %s, want %d %s", resp.StatusCode, brief(got), status, brief(body))
 	}
 	return resp
+}
+
+// brief quotes s, or for a long s its length and the runs of equal bytes it is made of.
+func brief(s string) string {
+	if len(s) <= 80 {
+		return strconv.Quote(s)
+	}
+	var runs []string
+	for i := 0; i < len(s); {
+		j := i
+		for j < len(s) && s[j] == s[i] {
+			j++
+		}
+		runs = append(runs, fmt.Sprintf("%d×%q", j-i, s[i]))
+		if len(runs) == 8 {
+			runs = append(runs, "...")
+			break
+		}
+		i = j
+	}
+	return fmt.Sprintf("%d bytes: %s", len(s), strings.Join(runs, " "))
 }
 
 // The requests of one read reach Go in one batch (prefork_handler.handle_batch). A response
@@ -94,6 +115,41 @@ func TestPipelinedRequestsAreAnsweredInOrderAcrossBatches(t *testing.T) {
 	}
 	if strings.Contains(m.transcript(), "handle_batch answered") {
 		t.Fatalf("the library dropped answers:\n%s", m.transcript())
+	}
+}
+
+// Each request of a batch stages its body in its own place's buffer: every body arrives whole
+// and alone, whether it fills the buffer exactly, is written in pieces, outgrows it (and goes
+// to the library) or is replaced, and whatever the request before it at that place left.
+func TestBodiesStagedInOneBatchStayApart(t *testing.T) {
+	m := startMaster(t, envChildren+"=1")
+	type want struct{ path, body string }
+	rep := strings.Repeat
+	cases := []want{
+		{"/pieces?sizes=13&from=a", rep("a", 13)},
+		{"/pieces?sizes=4096&from=c", rep("c", 4096)},
+		{"/pieces?sizes=1&from=e", "e"},
+		{"/pieces?sizes=4000,200&from=g", rep("g", 4000) + rep("h", 200)},
+		{"/pieces?sizes=4095,1&from=i", rep("i", 4095) + "j"},
+		{"/pieces?sizes=0&from=k", ""},
+		{"/pieces?sizes=17&set=5&from=m", "zzzzz"},
+		{"/pieces?sizes=15&from=o", rep("o", 15)},
+		{"/pieces?sizes=4097&from=q", rep("q", 4097)},
+		{"/pieces?sizes=30,30&from=s", rep("s", 30) + rep("t", 30)},
+	}
+	var paths []string
+	for range 2 {
+		for _, c := range cases {
+			paths = append(paths, c.path)
+		}
+	}
+	for range 3 {
+		_, r := pipeline(t, m, paths...)
+		for range 2 {
+			for _, c := range cases {
+				expectResponse(t, r, 200, c.body)
+			}
+		}
 	}
 }
 

@@ -283,11 +283,16 @@ func handle(req *prefork.Request, resp *prefork.Response) {
 	case "/stream-panic":
 		resp.SetBodyStream(&pattern{left: 1 << 20, panicAt: 5000})
 	case "/pieces":
-		// sizes=N,M,...: writes N bytes of 'a', M of 'b', ...; then set=K: SetBody of K 'z's.
+		// sizes=N,M,...: writes N bytes of 'a', M of 'b', ... (from=X: of X, the letter after
+		// X, ...); then set=K: SetBody of K 'z's.
 		q, _ := url.ParseQuery(req.QueryString())
+		first := byte('a')
+		if f := q.Get("from"); f != "" {
+			first = f[0]
+		}
 		for i, f := range strings.Split(q.Get("sizes"), ",") {
 			n, _ := strconv.Atoi(f)
-			resp.Write(bytes.Repeat([]byte{byte('a' + i)}, n))
+			resp.Write(bytes.Repeat([]byte{first + byte(i)}, n))
 		}
 		if k := q.Get("set"); k != "" {
 			n, _ := strconv.Atoi(k)
