@@ -1,6 +1,6 @@
 // Command hello is a preforking HTTP server with a Go handler, served by libprefork.
 //
-//	hello --addr 127.0.0.1:8080 --children 2 [--handler-threads N] [--reuseport]
+//	hello --addr 127.0.0.1:8080 --children 2 [--handler-threads N] [--reuseport] [--cpu-affinity]
 //
 // Routes (the same as examples-c/demo_server.c, which the benchmark relies on):
 //
@@ -50,12 +50,14 @@ func main() {
 	children := flag.Int("children", 0, "child processes (0: one per CPU)")
 	threads := flag.Int("handler-threads", 0, "handler threads per child (0: run the handler on the event loop)")
 	reuseport := flag.Bool("reuseport", false, "one SO_REUSEPORT socket per child")
+	affinity := flag.Bool("cpu-affinity", false, "pin child i to the i-th allowed CPU")
 	flag.Parse()
 
 	p := prefork.New(handle)
 	p.Children = *children
 	p.HandlerThreads = *threads
 	p.Reuseport = *reuseport
+	p.CPUAffinity = *affinity
 	p.OnMasterReady = func(pids []int) error {
 		s := make([]string, len(pids))
 		for i, pid := range pids {
