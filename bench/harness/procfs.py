@@ -102,6 +102,29 @@ def total_cpu_ticks(ident):
     return total, missing
 
 
+def context_switches(ident):
+    """(voluntary, involuntary) context switches summed over every thread of the processes
+    in ident: a thread that sleeps (an event loop with nothing to do) switches voluntarily,
+    a preempted one involuntarily."""
+    vol = invol = 0
+    for pid in ident:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            invol += int(line.split()[1])
+            except OSError:
+                pass
+    return vol, invol
+
+
 def rss_kib(pid):
     """VmRSS of a process in KiB, or None."""
     try:
