@@ -94,10 +94,9 @@ const (
 // so the loop yields as seldom as sysmon allows: sysmon counts 10 ms from the first look that
 // finds the goroutine rescheduled, which comes after the yield, so a yield every 9 ms (while
 // the loop is busy enough to check) is never late. One that is (its thread kept off the CPU)
-// costs one preemption, which the yield stands for anyway.
-// Against every 5 ms: 40% fewer futex calls, and sysmon still in its 10 ms sleep (~110
-// wake-ups a second against ~100). Only on the event loop: handler threads block and are
-// rescheduled anyway.
+// costs one preemption, which the yield stands for anyway. Against every 5 ms: 40% fewer
+// futex calls, and sysmon still in its 10 ms sleep (~110 wake-ups a second against ~100).
+// Only on the event loop: handler threads block and are rescheduled anyway.
 func (s *server) yield(n int) {
 	before := s.handled
 	if s.handled += uint64(n); s.handled/yieldCheck == before/yieldCheck || time.Since(s.yielded) < yieldInterval {
