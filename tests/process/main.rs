@@ -1568,13 +1568,14 @@ fn reload_call_from_a_hook() -> Outcome {
     stop_cleanly(&mut m)
 }
 
-/// The master's live children, as the kernel sees them.
-fn children_of(master: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|&p| alive(p))
+/// The master's live children (zombies left out), found by their parent pid in /proc. Not
+/// from /proc/PID/task/TID/children, which may leave out a live child while another exits
+/// (proc_tid_children(5)): a recycle's retiring child once made it report one child of two.
+fn live_children(master: i32) -> Vec<i32> {
+    harness::children_of(master)
+        .into_iter()
+        .filter(|&(_, state)| state != 'Z')
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -1582,7 +1583,7 @@ fn children_of(master: i32) -> Vec<i32> {
 fn wait_children(m: &Master, n: usize, within: Duration) -> Result<Vec<i32>, String> {
     let start = Instant::now();
     loop {
-        let kids = children_of(m.pid());
+        let kids = live_children(m.pid());
         if kids.len() == n {
             return Ok(kids);
         }
@@ -1769,7 +1770,7 @@ fn fewest_children(master: i32, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
     std::thread::spawn(move || {
         let mut fewest = usize::MAX;
         while !stop.load(Ordering::Relaxed) {
-            fewest = fewest.min(children_of(master).len());
+            fewest = fewest.min(live_children(master).len());
             std::thread::sleep(Duration::from_millis(2));
         }
         fewest
