@@ -1817,12 +1817,7 @@ def demo_systemd(prog):
             wait_until(lambda: len([p for p in children_of(srv.proc.pid) if alive(p)]) == 2
                        and victim not in children_of(srv.proc.pid), 20, "a replacement")
             fresh = [p for p in children_of(srv.proc.pid) if p != victim]
-            pids = set()
-            for _ in range(40):
-                for addr in [tcp, unix]:
-                    pids.add(int(get_at(addr, "/pid")[0]))
-                if pids >= set(fresh):
-                    break
+            pids = answering_children(tcp, fresh) | answering_children(unix, fresh)
             check(pids >= set(fresh), f"served by {pids}, children {fresh}")
             srv.stop()
             check(os.path.exists(unix[5:]), "the master removed systemd's socket file")
