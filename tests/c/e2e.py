@@ -66,10 +66,11 @@ def children_of(parent):
 
 
 def alive(pid):
+    # A process that is reaped between the open and the read fails the read with ESRCH.
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
