@@ -6,7 +6,7 @@
  *     [--grace-ms N] [--shutdown-delay-ms N] [--recover-threshold N] [--recover-interval-ms N]
  *     [--max-body BYTES]
  *     [--header-timeout-ms N] [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]
- *     [--user NAME] [--group NAME] [--cpu-affinity]
+ *     [--user NAME] [--group NAME] [--cpu-affinity] [--batch]
  *     [--proxy-protocol] [--proxy-allow CIDR]...
  *     [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N] [--max-child-age-ms N]
  *     [--tls-cert FILE --tls-key FILE]... [--tls-embed]
@@ -22,6 +22,9 @@
  * --tls-embed reads the files in the master and hands their text to the in-memory entry
  * point instead of the file names. With --proxy-protocol too, each connection's PROXY
  * protocol header comes first, then the TLS handshake.
+ *
+ * --batch takes the event loop's requests through prefork_handler.handle_batch, several in
+ * one call, as a language binding does (bench/probe weighs the two against each other).
  *
  * Routes (any method): /  /echo  /headers  /pid  /sleep?ms=N  /defer?ms=N  /status?code=N
  * /stats  /peer  /local  /health  /upgrade (with "Upgrade: echo")  /crash (with --allow-crash);
@@ -80,7 +83,7 @@ static const char USAGE[] =
     "                   [--recover-threshold N]\n"
     "                   [--recover-interval-ms N] [--max-body BYTES] [--header-timeout-ms N]\n"
     "                   [--idle-timeout-ms N] [--handler-threads N] [--allow-crash]\n"
-    "                   [--user NAME] [--group NAME] [--cpu-affinity]\n"
+    "                   [--user NAME] [--group NAME] [--cpu-affinity] [--batch]\n"
     "                   [--proxy-protocol] [--proxy-allow CIDR]... (repeatable)\n"
     "                   [--child-timeout-ms N] [--max-requests N] [--max-requests-jitter N]\n"
     "                   [--max-child-age-ms N]\n"
@@ -89,6 +92,7 @@ static const char USAGE[] =
     "  it defaults to 127.0.0.1:8080\n"
     "  --tls-cert/--tls-key serve HTTPS (repeat the pair for SNI; the first is the default);\n"
     "  --tls-embed passes the files' text instead of their names\n"
+    "  --batch takes the event loop's requests in batches (handle_batch), as bindings do\n"
     "routes, any method: / /echo /headers /pid /sleep?ms=N /defer?ms=N /status?code=N\n"
     "                    /stats /upgrade (Upgrade: echo) /crash (only with --allow-crash);\n"
     "                    and OPTIONS *\n"
@@ -549,6 +553,21 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
     }
 }
 
+/* --batch: the event loop's requests in batches (prefork_handler.handle_batch), as a binding
+ * takes them to pay one call into its language for several. Each goes to handle; a route
+ * other than / may defer, stream or close, which must end its connection's run of answers,
+ * so the batch stops after it (always right) and the library offers the rest again. */
+static size_t handle_batch(void *user_data, const prefork_request *const *reqs, prefork_response *const *resps,
+                           size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        handle(user_data, reqs[i], resps[i]);
+        if (!str_is(prefork_request_path(reqs[i]), "/")) {
+            return i + 1;
+        }
+    }
+    return count;
+}
+
 /* Master only: every initial child is listening. The tests wait for this exact line. */
 static int on_master_ready(void *user_data, const int32_t *pids, size_t count) {
     (void)user_data;
@@ -708,6 +727,16 @@ static bool set(prefork_result r) {
     return r == PREFORK_OK;
 }
 
+/* Whether argv holds `flag` (one that takes no value). */
+static bool has_flag(int argc, char **argv, const char *flag) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], flag) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int main(int argc, char **argv) {
     static struct app app;
     static struct tls_files tls;
@@ -719,6 +748,8 @@ int main(int argc, char **argv) {
         .init_child = init_child,
         .handle = handle,
         .exit_child = exit_child,
+        /* Before the flags are parsed: the handler is the handle's from prefork_new on. */
+        .handle_batch = has_flag(argc, argv, "--batch") ? handle_batch : NULL,
     };
     prefork_hooks hooks = {
         .on_master_ready = on_master_ready,
@@ -748,6 +779,8 @@ int main(int argc, char **argv) {
             app.allow_crash = true;
         } else if (strcmp(flag, "--tls-embed") == 0) {
             tls.embed = true;
+        } else if (strcmp(flag, "--batch") == 0) {
+            /* Read before prefork_new (has_flag). */
         } else if (strcmp(flag, "--cpu-affinity") == 0) {
             ok = set(prefork_set_cpu_affinity(server, true));
         } else if (strcmp(flag, "--proxy-protocol") == 0) {
