@@ -557,8 +557,8 @@ static void handle(void *user_data, const prefork_request *req, prefork_response
  * takes them to pay one call into its language for several. Each goes to handle; a route
  * other than / may defer, stream or close, which must end its connection's run of answers,
  * so the batch stops after it (always right) and the library offers the rest again. */
-static size_t handle_batch(void *user_data, const prefork_request *const *reqs, prefork_response *const *resps,
-                           size_t count) {
+static size_t handle_batch(void *user_data, const prefork_request *const *reqs,
+                           prefork_response *const *resps, size_t count) {
     for (size_t i = 0; i < count; i++) {
         handle(user_data, reqs[i], resps[i]);
         if (!str_is(prefork_request_path(reqs[i]), "/")) {

@@ -234,8 +234,8 @@ def demo_routes(prog, extra=()):
 
 
 def demo_routes_batch(prog):
-    """--batch: every route as without it, and pipelined requests of several routes, in
-    order, on connections that the event loop reads in the same turn."""
+    """--batch: every route as without it, and runs of pipelined requests of several routes,
+    answered in order, on 8 connections at once."""
     demo_routes(prog, ["--batch"])
     port = free_port()
     srv = Server([prog, "--addr", f"127.0.0.1:{port}", "--children", "1", "--batch"])
@@ -243,7 +243,9 @@ def demo_routes_batch(prog):
         srv.ready()
         # A deferred answer must end its connection's run of a batch: the batch handler
         # stops after every route but /, and the library offers the rest again.
-        paths = ["/", "/", "/pid", "/", "/defer?ms=1", "/", "/status?code=201", "/", "/sleep?ms=1", "/"] * 4
+        paths = ["/", "/", "/pid", "/", "/defer?ms=1", "/", "/status?code=201", "/",
+                 "/sleep?ms=1", "/"] * 4
+        bodies = {"/": b"Hello, World!", "/sleep?ms=1": b"slept", "/defer?ms=1": b"deferred 1 ms"}
         burst = b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths)
         conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
         for c in conns:
@@ -253,9 +255,10 @@ def demo_routes_batch(prog):
             for p in paths:
                 head, have = read_head(c, have)
                 status = int(head.split(b" ", 2)[1])
-                length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
-                body, have = take(c, length, have)
-                want = {"/": b"Hello, World!", "/sleep?ms=1": b"slept", "/defer?ms=1": b"deferred 1 ms"}.get(p)
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                check(length, f"{p}: no Content-Length in {head!r}")
+                body, have = take(c, int(length.group(1)), have)
+                want = bodies.get(p)
                 check(status == (201 if p.startswith("/status") else 200), f"{p}: {status}")
                 check(want is None or body == want, f"{p}: body {body!r}")
             c.close()
@@ -1897,8 +1900,8 @@ def demo_systemd_errors(prog):
     assert_nothing_left()
 
 
-SCENARIOS = {f.__name__: f for f in [demo_routes, demo_routes_batch, demo_sigint, demo_crash, demo_reuseport,
-                                      demo_reload, demo_binary_upgrade,
+SCENARIOS = {f.__name__: f for f in [demo_routes, demo_routes_batch, demo_sigint, demo_crash,
+                                      demo_reuseport, demo_reload, demo_binary_upgrade,
                                       demo_flags, demo_bind_error, demo_user, demo_limits,
                                       demo_tls, demo_defer, demo_upgrade_echo, hello, hooks,
                                       hooks_master_death, server, api, abi_v0_1, serve_echo,
