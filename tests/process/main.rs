@@ -1933,7 +1933,17 @@ fn stats_show_every_child_and_the_totals() -> Outcome {
     m.signal(libc::SIGHUP);
     let (_, reloaded) = reloaded(&m.expect("reloaded ", 10 * SEC)?)?;
     all_gone(&[ready[1], new], 6 * SEC)?;
-    let stats = get(port, "/stats").map_err(|e| e.to_string())?;
+    // The master counts an exit when it has reaped the child, which can come after the child
+    // is gone from /proc: read until the count is in (or the deadline), then check it all.
+    let deadline = Instant::now() + 5 * SEC;
+    let stats = loop {
+        let stats = get(port, "/stats").map_err(|e| e.to_string())?;
+        let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+        if field(master, "exited") == Some(3) || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
     ensure!(
         field(master, "generation") == Some(2)
