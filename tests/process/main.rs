@@ -1904,7 +1904,7 @@ fn stats_show_every_child_and_the_totals() -> Outcome {
     std::thread::sleep(Duration::from_millis(50));
     let stats = get(port, "/stats").map_err(|e| e.to_string())?;
     println!("    stats: {stats}");
-    let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+    let master = master_part(&stats)?;
     ensure!(
         field(master, "pid") == Some(m.pid() as u64) && field(master, "children") == Some(2),
         "master part {master}"
@@ -1938,13 +1938,13 @@ fn stats_show_every_child_and_the_totals() -> Outcome {
     let deadline = Instant::now() + 5 * SEC;
     let stats = loop {
         let stats = get(port, "/stats").map_err(|e| e.to_string())?;
-        let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+        let master = master_part(&stats)?;
         if field(master, "exited") == Some(3) || Instant::now() > deadline {
             break stats;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let master = &stats[..stats.find("\"children\":[").ok_or("no children list")?];
+    let master = master_part(&stats)?;
     ensure!(
         field(master, "generation") == Some(2)
             && field(master, "reloads") == Some(1)
@@ -1962,6 +1962,11 @@ fn stats_show_every_child_and_the_totals() -> Outcome {
         "a reaped child is still listed: {stats}"
     );
     stop_cleanly(&mut m)
+}
+
+/// The master's part of prefork_stats_json: everything before the children's list.
+fn master_part(stats: &str) -> Result<&str, String> {
+    Ok(&stats[..stats.find("\"children\":[").ok_or("no children list")?])
 }
 
 /// A service manager's notification socket: every datagram received within `within`.
