@@ -1119,16 +1119,36 @@ class Balancer:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
     def wait_port(self, port):
+        self._wait_accepting(lambda: socket.create_connection(("127.0.0.1", port), timeout=1),
+                             port)
+
+    def wait_unix(self, path):
+        """Waits for a unix socket such as HAProxy's stats socket, which HAProxy may bind
+        after its frontends."""
+
+        def connect():
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.settimeout(1)
+                s.connect(path)
+            except OSError:
+                s.close()
+                raise
+            return s
+
+        self._wait_accepting(connect, path)
+
+    def _wait_accepting(self, connect, where):
         def up():
             if self.proc.poll() is not None:
                 fail(f"{self.proc.args[0]} exited with {self.proc.returncode}: {self.logged()}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                with connect():
                     return True
             except OSError:
                 return False
 
-        wait_until(up, 20, f"{self.proc.args[0]} to listen on {port}")
+        wait_until(up, 20, f"{self.proc.args[0]} to listen on {where}")
 
     def logged(self):
         self.log.flush()
@@ -1253,6 +1273,7 @@ def demo_haproxy(prog):
         try:
             lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
             lb.wait_port(front)
+            lb.wait_unix(stats)
 
             def up():
                 # srv_op_state 2: running (its checks pass).
@@ -1381,6 +1402,7 @@ def demo_rolling_restart(prog):
                 running[name] = start(name)
             lb = Balancer([haproxy, "-db", "-f", cfg], open(os.path.join(tmp, "haproxy.log"), "w"))
             lb.wait_port(front)
+            lb.wait_unix(stats)
             wait_until(lambda: set(haproxy_servers(stats, "be").values()) == {2}, 20,
                        "HAProxy's checks to mark both instances up")
             # HAProxy's view, sampled every 10 ms: when each instance went down and up.
