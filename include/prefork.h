@@ -949,7 +949,9 @@ enum prefork_result prefork_set_children(struct prefork *p, uint32_t children);
 /**
  * true: the master binds one SO_REUSEPORT socket per child (the kernel spreads connections
  * evenly; a replaced child gets its predecessor's socket). false: one listener shared by all
- * children. Default: false.
+ * children. With CAP_BPF (or as root) the master also lets a removed slot's closing socket
+ * hand its connections to the others (a BPF program on the group); without it, it logs so at
+ * start. Default: false.
  */
 enum prefork_result prefork_set_reuseport(struct prefork *p, bool reuseport);
 

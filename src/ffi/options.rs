@@ -41,7 +41,9 @@ pub unsafe extern "C" fn prefork_set_children(p: *mut prefork, children: u32) ->
 
 /// true: the master binds one SO_REUSEPORT socket per child (the kernel spreads connections
 /// evenly; a replaced child gets its predecessor's socket). false: one listener shared by all
-/// children. Default: false.
+/// children. With CAP_BPF (or as root) the master also lets a removed slot's closing socket
+/// hand its connections to the others (a BPF program on the group); without it, it logs so at
+/// start. Default: false.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn prefork_set_reuseport(p: *mut prefork, reuseport: bool) -> prefork_result {
     ffi_boundary!({ unsafe { set(p, |c| c.process.reuseport = reuseport) } })

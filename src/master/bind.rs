@@ -5,7 +5,7 @@
 //! children.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use nix::fcntl::{FcntlArg, fcntl};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::activation;
+use super::migrate;
 use crate::config::{Network, ProcessConfig};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::LIFELINE_FD;
@@ -75,6 +76,27 @@ impl Listener {
             self.fds.push(reuseport_socket(*addr, network, backlog)?);
         }
         Ok(())
+    }
+
+    /// In reuseport mode, has the kernel move what a slot's socket holds when it closes to
+    /// the other slots' sockets (see `migrate`), and logs why when it cannot. Sockets added
+    /// later join the group and share its program.
+    pub fn migrate_on_close(&self, log: &dyn Logger) {
+        let (true, Some(fd)) = (self.per_slot, self.fds.first()) else {
+            return;
+        };
+        if let Err(e) = migrate::enable(fd.as_fd()) {
+            log.log(
+                Level::Info,
+                &format!(
+                    "reuseport on {}: a removed slot's socket cannot hand its connections to \
+                     the others ({e}; loading the BPF program takes CAP_BPF): a connection \
+                     that reaches it as it closes is reset, unless net.ipv4.tcp_migrate_req \
+                     is 1",
+                    self.addr
+                ),
+            );
+        }
     }
 
     /// Closes the sockets of the slots past `slots` (reuseport mode).

@@ -18,6 +18,7 @@
 mod activation;
 pub(crate) mod bind;
 mod hook;
+mod migrate;
 mod orphans;
 mod recovery;
 mod recycle;
@@ -77,6 +78,9 @@ pub(crate) fn run(
             Vec::new(),
         ),
     };
+    for l in &listeners {
+        l.migrate_on_close(log);
+    }
     crate::set_listener_addrs(listeners.iter().map(|l| l.addr.clone()).collect());
     let wake = control::wake_fd().map_err(|e| Error::io(ErrorKind::Io, "create stop pipe", e))?;
     let adopts_orphans = orphans::adopted();

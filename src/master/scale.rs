@@ -8,7 +8,8 @@
 //! retires: it drains within the grace period. In reuseport mode the master closes the slot's
 //! socket before it tells the child to stop, so the child holds the last descriptor and, as in
 //! a stop, takes its accept queue before closing it: nothing queued there is reset, and from
-//! then on the kernel sends the port's connections to the other slots' sockets. A slot whose
+//! then on the kernel sends the port's connections to the other slots' sockets (one that
+//! lands on the closing socket after the last accept moves to them: see `migrate`). A slot whose
 //! child is not ready yet is removed once it is: until then nobody would take what the kernel
 //! already queued on its socket.
 
