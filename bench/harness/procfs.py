@@ -102,6 +102,36 @@ def total_cpu_ticks(ident):
     return total, missing
 
 
+def thread_cpu_ns(ident):
+    """{(pid, tid): nanoseconds on a CPU} for every thread of the processes in ident
+    (/proc/PID/task/TID/schedstat, exact where utime and stime count 10 ms ticks)."""
+    out = {}
+    for pid in ident:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[(pid, int(tid))] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def other_threads_share(before, after):
+    """Of the CPU time the threads took between two thread_cpu_ns readings, the share of the
+    threads that are not their process's busiest (for an event-loop server: everything but
+    the loops)."""
+    per_process = {}
+    for key, ns in after.items():
+        per_process.setdefault(key[0], []).append(ns - before.get(key, 0))
+    total = sum(sum(v) for v in per_process.values())
+    others = sum(sum(v) - max(v) for v in per_process.values())
+    return others / total if total > 0 else 0.0
+
+
 def context_switches(ident):
     """(voluntary, involuntary) context switches summed over every thread of the processes
     in ident: a thread that sleeps (an event loop with nothing to do) switches voluntarily,

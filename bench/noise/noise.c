@@ -8,11 +8,19 @@
 //       "env LD_PRELOAD=/tmp/noise.so NOISE_US=1000 bench/.build/demo_server"   (one line)
 //
 // The environment reaches the children, so each process of the server gets the thread.
+// NOISE_BATCH=1 puts the thread under SCHED_BATCH, whose wake-ups preempt no running thread:
+// what the wake-ups cost through preemption, apart from what they cost at all.
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 
 static void *wake_and_sleep(void *arg) {
+	if (getenv("NOISE_BATCH") != NULL) {
+		struct sched_param none = {0};
+		sched_setscheduler(0, SCHED_BATCH, &none); // 0: this thread
+	}
 	struct timespec ts = {(long)arg / 1000000, (long)arg % 1000000 * 1000};
 	for (;;) {
 		nanosleep(&ts, NULL);
