@@ -102,21 +102,27 @@ def total_cpu_ticks(ident):
     return total, missing
 
 
-def thread_cpu_ns(ident):
-    """{(pid, tid): nanoseconds on a CPU} for every thread of the processes in ident
-    (/proc/PID/task/TID/schedstat, exact where utime and stime count 10 ms ticks)."""
-    out = {}
+def _threads(ident):
+    """(pid, tid) of every thread of the processes in ident that is still there."""
     for pid in ident:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    out[(pid, int(tid))] = int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
+            yield pid, int(tid)
+
+
+def thread_cpu_ns(ident):
+    """{(pid, tid): nanoseconds on a CPU} for every thread of the processes in ident
+    (/proc/PID/task/TID/schedstat, exact where utime and stime count 10 ms ticks)."""
+    out = {}
+    for pid, tid in _threads(ident):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[(pid, tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
     return out
 
 
@@ -137,21 +143,16 @@ def context_switches(ident):
     in ident: a thread that sleeps (an event loop with nothing to do) switches voluntarily,
     a preempted one involuntarily."""
     vol = invol = 0
-    for pid in ident:
+    for pid, tid in _threads(ident):
         try:
-            tids = os.listdir(f"/proc/{pid}/task")
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
         except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith("voluntary_ctxt_switches:"):
-                            vol += int(line.split()[1])
-                        elif line.startswith("nonvoluntary_ctxt_switches:"):
-                            invol += int(line.split()[1])
-            except OSError:
-                pass
+            pass
     return vol, invol
 
 
